@@ -1,0 +1,126 @@
+"""Core values shared by the frontends, the delivery engine and the upstream clients.
+
+Everything here is a frozen attrs class: values cross task and thread boundaries (the
+store runs on a worker thread), and immutability means no one can change a delivery
+under another task's feet.  Nothing in this module does I/O.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+#: Push types APNs knows (``apns-push-type``).  ``widgets`` and ``controls`` are newer and
+#: only seen in third-party notes, but sending them is harmless: APNs answers
+#: ``InvalidPushType`` if it does not know them.
+APNS_PUSH_TYPES = frozenset(
+    {
+        "alert",
+        "background",
+        "voip",
+        "complication",
+        "fileprovider",
+        "mdm",
+        "location",
+        "liveactivity",
+        "pushtotalk",
+        "widgets",
+        "controls",
+    }
+)
+
+#: ``apns-priority`` values APNs accepts.
+APNS_PRIORITIES = frozenset({1, 5, 10})
+
+
+@attrs.frozen
+class ApnsPush:
+    """One APNs notification, ready to send to any number of tokens.
+
+    ``payload`` is the JSON body, already encoded: the delivery engine treats it as
+    opaque bytes so that it never ends up in a log line by accident.
+    """
+
+    payload: bytes
+    push_type: str = "alert"
+    priority: int | None = None
+    #: Absolute UNIX time in seconds (APNs semantics, not a TTL); 0 means "try once".
+    expiration: int | None = None
+    collapse_id: str | None = None
+    apns_id: str | None = None
+
+    def __repr__(self) -> str:  # never show the payload, even in a traceback
+        return (
+            f"ApnsPush(<{len(self.payload)} bytes>, push_type={self.push_type!r}, "
+            f"priority={self.priority!r}, expiration={self.expiration!r})"
+        )
+
+
+Push = ApnsPush  # FCM joins this union in a later issue
+
+
+@attrs.frozen
+class Delivery:
+    """One upstream request to make: this push, to this token, through this app."""
+
+    app: str
+    token: str
+    push: Push
+    #: When the token was registered (UNIX seconds), for APNs' 410 timestamp rule;
+    #: ``None`` when the caller named a token we do not have stored.
+    registered_at: float | None = None
+    #: Absolute UNIX time after which retrying is pointless.
+    expires_at: float | None = None
+
+
+# --- Outcomes -------------------------------------------------------------------------
+# Every upstream answer maps to exactly one of these.  Frontends translate them into their
+# own wire format; the delivery engine acts on them (delete, retry, pause).
+
+
+@attrs.frozen
+class Delivered:
+    """The upstream accepted the notification."""
+
+    upstream_id: str | None = None
+
+
+@attrs.frozen
+class TokenDead:
+    """The token will never work again: delete it and tell the caller.
+
+    ``since`` (UNIX seconds) is APNs' 410 ``timestamp``: the token stopped being valid
+    then, so a registration made *after* it is a fresh one and must be kept.
+    """
+
+    reason: str
+    since: float | None = None
+
+
+@attrs.frozen
+class RetryLater:
+    """A transient failure: try again, no sooner than ``after`` seconds if given."""
+
+    reason: str
+    after: float | None = None
+
+
+@attrs.frozen
+class Failed:
+    """A permanent failure of this one message (bad payload, bad header): never retried.
+
+    ``credential`` marks a failure of the app's credentials rather than of the message:
+    the delivery engine pauses that app and raises an alarm.
+    """
+
+    reason: str
+    credential: bool = False
+
+
+Outcome = Delivered | TokenDead | RetryLater | Failed
+
+
+def mask_token(token: str) -> str:
+    """Return a token fit for a log line: enough to correlate, too little to use."""
+    if len(token) <= 12:
+        return "*" * len(token)
+    return f"{token[:6]}…{token[-4:]}"

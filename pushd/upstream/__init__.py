@@ -1,0 +1,1 @@
+"""Upstream clients: the only code that talks to APNs and FCM."""
