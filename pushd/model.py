@@ -124,3 +124,23 @@ def mask_token(token: str) -> str:
     if len(token) <= 12:
         return "*" * len(token)
     return f"{token[:6]}…{token[-4:]}"
+
+
+#: APNs tokens are hex; today's are 64 characters, Apple says not to rely on a length.
+APNS_TOKEN_MIN_LENGTH = 64
+APNS_TOKEN_MAX_LENGTH = 200
+_HEX = frozenset("0123456789abcdef")
+
+
+def normalize_apns_token(token: str) -> str | None:
+    """The canonical (lower-case) form of an APNs token, or None if it is not one.
+
+    APNs treats tokens case-insensitively, so storing one form keeps a device that
+    re-registers in upper case from appearing twice.
+    """
+    lowered = token.lower()
+    if not APNS_TOKEN_MIN_LENGTH <= len(lowered) <= APNS_TOKEN_MAX_LENGTH or len(lowered) % 2:
+        return None
+    if not _HEX.issuperset(lowered):
+        return None
+    return lowered

@@ -1,0 +1,287 @@
+"""The ``pushd`` command line.
+
+Note for shells: ``pushd`` is also a bash builtin, so typed bare at a bash prompt it
+changes directory instead.  Run it as ``python -m pushd``, by its path
+(``.venv/bin/pushd``), or from systemd, where no shell is involved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from pushd import __version__, config, logs
+from pushd.store.sqlite import Database, StoreError
+
+#: Where ``serve`` looks for a config when none is named (then falls back to the demo).
+CONFIG_ENV = "PUSHD_CONFIG"
+
+STARTER_CONFIG = """\
+# pushd configuration: see pushd.toml.example for every key.
+
+[server]
+listen = "127.0.0.1"
+port = 8080
+
+[store]
+path = "{store}"
+
+[log]
+level = "info"
+format = "text"
+
+# One [[apps]] entry per mobile app.  Fill in your own and run `pushd check-config`.
+# [[apps]]
+# name = "chat-ios"
+# provider = "apns"
+# environment = "production"
+# topic = "com.example.chat"
+# key_file = "AuthKey_ABC1234567.p8"
+# key_id = "ABC1234567"
+# team_id = "DEF8901234"
+"""
+
+
+def _fail(message: str) -> int:
+    print(f"pushd: {message}", file=sys.stderr)
+    return 1
+
+
+def _load(path: str) -> config.Config | None:
+    try:
+        return config.load_checked(path)
+    except config.ConfigError as error:
+        print(f"pushd: {path} has problems:", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+# --- serve ----------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    path = args.config or os.environ.get(CONFIG_ENV)
+    if path is None and Path("pushd.toml").exists():
+        path = "pushd.toml"
+    if path is None:
+        from pushd import demo
+
+        return demo.run(port=args.port)
+    cfg = _load(path)
+    if cfg is None:
+        return 1
+    logs.setup(cfg.log)
+    from pushd import server
+
+    try:
+        trio.run(server.serve, cfg)
+    except StoreError as error:
+        return _fail(str(error))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args.file)
+    if cfg is None:
+        return 1
+    print(f"{args.file}: OK")
+    scheme = "https" if cfg.server.tls_cert else "http"
+    print(f"  listen: {scheme}://{cfg.server.listen}:{cfg.server.port}")
+    print(f"  store:  {cfg.store.path}")
+    print(f"  log:    {cfg.log.level}, {cfg.log.format}")
+    for app in cfg.apps:
+        auth = "token auth" if app.key_file else "certificate auth"
+        upstream = app.upstream_url or f"Apple {app.environment}"
+        print(
+            f"  app {app.name}: {app.provider} {app.environment}, topic {app.topic}, "
+            f"{auth}, {app.connections} connection(s), upstream {upstream}"
+        )
+    if not cfg.apps:
+        print("  no apps configured: pushd will accept requests but can deliver nothing")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    target = Path(args.config)
+    store = Path(args.store).resolve() if args.store else target.resolve().parent / "pushd.sqlite3"
+    key_file = target.resolve().parent / f"{args.server}.key"
+    for existing in (target, store, key_file):
+        if existing.exists():
+            return _fail(f"{existing} exists already; init never overwrites anything")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    with open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640), "w") as file:
+        file.write(STARTER_CONFIG.format(store=store))
+    database = Database(str(store))
+    try:
+        _, key = database.add_server(args.server)
+    finally:
+        database.close()
+    with open(os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+        file.write(key + "\n")
+    print(f"wrote {target} (add your apps, then: pushd check-config {target})")
+    print(f"created {store} with chat server {args.server!r}")
+    print(f"its API key is in {key_file} (mode 0600); it is stored only hashed")
+    return 0
+
+
+# --- server ---------------------------------------------------------------------------
+
+
+def _database(args: argparse.Namespace) -> Database | None:
+    if args.store:
+        path = args.store
+    else:
+        cfg = _load(args.config)
+        if cfg is None:
+            return None
+        path = cfg.store.path
+    try:
+        return Database(path)
+    except StoreError as error:
+        _fail(str(error))
+        return None
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    database = _database(args)
+    if database is None:
+        return 1
+    try:
+        if args.action == "add":
+            server, key = database.add_server(args.name)
+            print(f"added chat server {server.name!r} (id {server.id})")
+            print(f"API key (shown once, store it on the chat server): {key}")
+        elif args.action == "list":
+            for server in database.servers():
+                state = "active" if server.active else "deactivated"
+                created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(server.created_at))
+                print(f"{server.id:>4}  {server.name:<30} {state:<12} created {created} UTC")
+        elif args.action == "rotate-key":
+            key = database.rotate_key(args.name)
+            print(f"new API key for {args.name!r} (the old one no longer works): {key}")
+        elif args.action in ("deactivate", "activate"):
+            database.set_active(args.name, args.action == "activate")
+            print(f"{args.name!r} is now {args.action}d")
+    except StoreError as error:
+        return _fail(str(error))
+    finally:
+        database.close()
+    return 0
+
+
+# --- send-test ------------------------------------------------------------------------
+
+
+def cmd_send_test(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    app = cfg.app(args.app)
+    if app is None:
+        names = ", ".join(a.name for a in cfg.apps) or "none"
+        return _fail(f"no app named {args.app!r} in {args.config} (apps: {names})")
+    from pushd.frontends.native import ApiError, SendBody, build_apns_push
+    from pushd.model import normalize_apns_token
+    from pushd.upstream.apns.client import ApnsClient
+
+    token = normalize_apns_token(args.token)
+    if token is None:
+        return _fail("the token must be an even number of hex digits (64 to 200)")
+    try:
+        push = build_apns_push(
+            SendBody(tokens=(token,), alert=args.alert, push_type=args.push_type), time.time()
+        )
+    except ApiError as error:
+        return _fail(f"{error.field}: {error.message}")
+    logs.setup(cfg.log)
+
+    async def send() -> None:
+        client = ApnsClient(config.apns_settings(app))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            outcome = await client.send(token, push)
+            print(f"{app.name}: {outcome}")
+            nursery.cancel_scope.cancel()
+
+    trio.run(send)
+    return 0
+
+
+# --- main -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pushd", description="Self-hosted push notification gateway for chat servers."
+    )
+    parser.add_argument("--version", action="version", version=f"pushd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve", help="run the daemon (with no config: a self-contained demo)"
+    )
+    serve.add_argument("--config", "-c", help=f"config file (default: ${CONFIG_ENV}, ./pushd.toml)")
+    serve.add_argument("--port", type=int, default=8080, help="demo mode only: HTTP port")
+    serve.set_defaults(func=cmd_serve)
+
+    check = commands.add_parser("check-config", help="check a config file and summarise it")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check_config)
+
+    init = commands.add_parser("init", help="write a starter config, store and server key")
+    init.add_argument("--config", "-c", default="pushd.toml")
+    init.add_argument("--store", help="SQLite file (default: beside the config)")
+    init.add_argument("--server", default="default", help="name of the first chat server")
+    init.set_defaults(func=cmd_init)
+
+    server = commands.add_parser("server", help="manage chat servers allowed to use the API")
+    server_actions = server.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (
+        ("add", "add a chat server and print its new API key"),
+        ("list", "list chat servers"),
+        ("rotate-key", "replace a server's API key"),
+        ("deactivate", "refuse a server's requests (403)"),
+        ("activate", "accept a deactivated server again"),
+    ):
+        sub = server_actions.add_parser(action, help=text)
+        if action != "list":
+            sub.add_argument("name")
+        where = sub.add_mutually_exclusive_group()
+        where.add_argument("--config", "-c", default="/etc/pushd/pushd.toml")
+        where.add_argument("--store", help="the SQLite file, instead of reading the config")
+        sub.set_defaults(func=cmd_server)
+
+    send_test = commands.add_parser("send-test", help="send one notification to one token")
+    send_test.add_argument("--config", "-c", required=True)
+    send_test.add_argument("--app", required=True)
+    send_test.add_argument("--token", required=True)
+    send_test.add_argument("--alert", default="Test notification from pushd")
+    send_test.add_argument("--push-type", default="alert")
+    send_test.set_defaults(func=cmd_send_test)
+
+    from pushd.simulators import cli as simulator_cli
+
+    simulate = commands.add_parser("simulate", help="run the APNs simulator (no Apple needed)")
+    simulator_cli.add_arguments(simulate)
+    simulate.set_defaults(func=simulator_cli.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""pushd.toml: one TOML file loaded into frozen attrs classes with cattrs.
+
+Two passes, so that ``pushd check-config`` can list *every* problem at once:
+
+1. structure: unknown keys, missing keys and wrong types, each named by its key path;
+2. check: what only the filesystem can say (files exist, keys load, names unique).
+
+Relative paths in the file are resolved against the file's own directory, so a config
+and its key files can be moved together.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+
+from pushd.typed import CONVERTER, describe_error
+from pushd.upstream.apns import jwt as apns_jwt
+from pushd.upstream.apns.settings import (
+    PRODUCTION_URL,
+    SANDBOX_URL,
+    ApnsSettings,
+    CertAuth,
+    TokenAuth,
+)
+
+DEFAULT_PORT = 8080
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+DEFAULT_FIRST_ATTEMPT_DEADLINE = 10.0
+DEFAULT_DRAIN_SECONDS = 10.0
+#: Apple's key and team identifiers are ten characters.
+APPLE_ID_LENGTH = 10
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+@attrs.frozen
+class ServerConfig:
+    """``[server]``: where the HTTP API listens and how much it accepts."""
+
+    listen: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    #: How long a caller waits for the first upstream attempt before hearing "retrying".
+    first_attempt_deadline: float = DEFAULT_FIRST_ATTEMPT_DEADLINE
+    #: On shutdown, how long in-flight deliveries may finish before they are cancelled.
+    drain_seconds: float = DEFAULT_DRAIN_SECONDS
+
+
+@attrs.frozen
+class StoreConfig:
+    """``[store]``: the embedded SQLite database."""
+
+    path: str = "/var/lib/pushd/pushd.sqlite3"
+
+
+@attrs.frozen
+class LogConfig:
+    """``[log]``."""
+
+    level: LogLevel = "info"
+    format: Literal["text", "json"] = "text"
+
+
+@attrs.frozen
+class RetryConfig:
+    """``[retry]``: the background retry loop for transient upstream failures."""
+
+    max_attempts: int = 8
+    base_delay: float = 1.0
+    max_delay: float = 300.0
+    #: Give up on a notification this long after it was first sent if it set no expiry.
+    default_ttl: float = 24 * 3600.0
+    #: At most this many notifications wait for a retry; beyond it the oldest are dropped.
+    max_queued: int = 100_000
+    #: How long an app stays paused after a credential error before pushd tries again.
+    credential_pause: float = 300.0
+
+
+@attrs.frozen
+class AppConfig:
+    """One ``[[apps]]`` entry: a mobile app and the credentials to push to it."""
+
+    name: str
+    provider: Literal["apns"]
+    #: The app's bundle id (APNs topic).
+    topic: str
+    environment: Literal["production", "sandbox"] = "production"
+    # Token auth (preferred): a .p8 key with its key id and team id.
+    key_file: str | None = None
+    key_id: str | None = None
+    team_id: str | None = None
+    # Certificate auth: PEM (certificate and key) or PKCS#12, optional password file.
+    cert_file: str | None = None
+    cert_password_file: str | None = None
+    #: Override Apple's URL, e.g. the bundled simulator ``https://127.0.0.1:2197``.
+    upstream_url: str | None = None
+    #: Extra CA bundle to trust for the upstream (the simulator's CA).
+    upstream_ca_file: str | None = None
+    connections: int = 1
+    #: Notifications in flight at once for this app.
+    concurrency: int = 1000
+    request_timeout: float = 10.0
+
+
+@attrs.frozen
+class Config:
+    """The whole of pushd.toml."""
+
+    server: ServerConfig = ServerConfig()
+    store: StoreConfig = StoreConfig()
+    log: LogConfig = LogConfig()
+    retry: RetryConfig = RetryConfig()
+    apps: tuple[AppConfig, ...] = ()
+    #: The file this came from; relative paths inside were already resolved against it.
+    source: str | None = None
+
+    def app(self, name: str) -> AppConfig | None:
+        """The app called ``name``, or None."""
+        for app in self.apps:
+            if app.name == name:
+                return app
+        return None
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; ``problems`` says why, one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _resolve(base: Path, value: str | None) -> str | None:
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else base / path)
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    apps = tuple(
+        attrs.evolve(
+            app,
+            key_file=_resolve(base, app.key_file),
+            cert_file=_resolve(base, app.cert_file),
+            cert_password_file=_resolve(base, app.cert_password_file),
+            upstream_ca_file=_resolve(base, app.upstream_ca_file),
+        )
+        for app in config.apps
+    )
+    server = attrs.evolve(
+        config.server,
+        tls_cert=_resolve(base, config.server.tls_cert),
+        tls_key=_resolve(base, config.server.tls_key),
+    )
+    store = StoreConfig(path=_resolve(base, config.store.path) or config.store.path)
+    return attrs.evolve(config, apps=apps, server=server, store=store)
+
+
+def parse(data: dict[str, Any], *, base: Path, source: str | None = None) -> Config:
+    """Structure a TOML document into a Config, or raise ConfigError with every problem."""
+    try:
+        config = CONVERTER.structure(data, Config)
+    except Exception as error:  # cattrs raises a tree of errors; flatten them all
+        raise ConfigError(describe_error(error)) from None
+    if data.get("source") is not None:
+        raise ConfigError(["source: unknown key (check its spelling and section)"])
+    return attrs.evolve(_resolve_paths(config, base), source=source)
+
+
+def load(path: str | Path) -> Config:
+    """Read and structure ``path``; raise ConfigError naming each problem."""
+    path = Path(path)
+    try:
+        with path.open("rb") as file:
+            data = tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"]) from None
+    except PermissionError:
+        raise ConfigError([f"{path}: not readable by this user"]) from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError([f"{path}: not valid TOML: {error}"]) from None
+    return parse(data, base=path.resolve().parent, source=str(path))
+
+
+def _check_file(key: str, value: str | None) -> list[str]:
+    if value is None:
+        return []
+    path = Path(value)
+    if not path.exists():
+        return [f"{key}: no such file {value}"]
+    if not path.is_file():
+        return [f"{key}: not a regular file {value}"]
+    try:
+        path.read_bytes()
+    except OSError as error:
+        return [f"{key}: cannot read {value}: {error.strerror}"]
+    return []
+
+
+def _check_app(index: int, app: AppConfig) -> list[str]:
+    key = f"apps[{index}]"
+    problems: list[str] = []
+    if not app.name:
+        problems.append(f"{key}.name: must not be empty")
+    if not app.topic:
+        problems.append(f"{key}.topic: must not be empty (the app's bundle id)")
+    if app.connections < 1:
+        problems.append(f"{key}.connections: must be at least 1")
+    if app.concurrency < 1:
+        problems.append(f"{key}.concurrency: must be at least 1")
+    if app.request_timeout <= 0:
+        problems.append(f"{key}.request_timeout: must be positive")
+    token_auth = [app.key_file, app.key_id, app.team_id]
+    if app.key_file is not None and app.cert_file is not None:
+        problems.append(f"{key}: set either key_file (token auth) or cert_file, not both")
+    elif app.cert_file is not None:
+        problems += _check_file(f"{key}.cert_file", app.cert_file)
+        problems += _check_file(f"{key}.cert_password_file", app.cert_password_file)
+    elif any(value is None for value in token_auth):
+        missing = [
+            name
+            for name, value in zip(("key_file", "key_id", "team_id"), token_auth, strict=True)
+            if value is None
+        ]
+        problems.append(
+            f"{key}: token auth needs {', '.join(missing)} "
+            "(or set cert_file for certificate auth)"
+        )
+    else:
+        file_problems = _check_file(f"{key}.key_file", app.key_file)
+        problems += file_problems
+        if not file_problems and app.key_file is not None:
+            try:
+                apns_jwt.load_p8(Path(app.key_file).read_bytes())
+            except ValueError as error:
+                problems.append(f"{key}.key_file: {error}")
+        for field in ("key_id", "team_id"):
+            value = getattr(app, field)
+            if value is not None and (len(value) != APPLE_ID_LENGTH or not value.isalnum()):
+                problems.append(
+                    f"{key}.{field}: must be the 10-character id from Apple, got {value!r}"
+                )
+    if app.upstream_url is not None and not app.upstream_url.startswith("https://"):
+        problems.append(f"{key}.upstream_url: must start with https://")
+    problems += _check_file(f"{key}.upstream_ca_file", app.upstream_ca_file)
+    return problems
+
+
+def check(config: Config) -> list[str]:
+    """Everything wrong with ``config`` that only the filesystem can tell; empty if fine."""
+    problems: list[str] = []
+    server = config.server
+    if not 0 <= server.port < 65536:
+        problems.append("server.port: must be between 1 and 65535 (0: any free port)")
+    if (server.tls_cert is None) != (server.tls_key is None):
+        problems.append("server: set both tls_cert and tls_key, or neither")
+    problems += _check_file("server.tls_cert", server.tls_cert)
+    problems += _check_file("server.tls_key", server.tls_key)
+    if server.max_body_bytes < 1024:
+        problems.append("server.max_body_bytes: must be at least 1024")
+    if server.first_attempt_deadline <= 0:
+        problems.append("server.first_attempt_deadline: must be positive")
+    if config.retry.max_attempts < 1:
+        problems.append("retry.max_attempts: must be at least 1")
+    store_dir = Path(config.store.path).parent
+    if not store_dir.is_dir():
+        problems.append(f"store.path: directory {store_dir} does not exist")
+    seen: set[str] = set()
+    for index, app in enumerate(config.apps):
+        if app.name in seen:
+            problems.append(f"apps[{index}].name: {app.name!r} is used by an earlier app")
+        seen.add(app.name)
+        problems += _check_app(index, app)
+    return problems
+
+
+def load_checked(path: str | Path) -> Config:
+    """Load and check; raise ConfigError listing every problem."""
+    config = load(path)
+    problems = check(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def apns_settings(app: AppConfig) -> ApnsSettings:
+    """Build the APNs client settings of a checked app (reads its key files)."""
+    auth: TokenAuth | CertAuth
+    if app.cert_file is not None:
+        password = None
+        if app.cert_password_file is not None:
+            password = Path(app.cert_password_file).read_bytes().strip()
+        auth = CertAuth(cert_file=app.cert_file, password=password)
+    else:
+        assert app.key_file and app.key_id and app.team_id  # guaranteed by check()
+        auth = TokenAuth(
+            key_pem=Path(app.key_file).read_bytes(), key_id=app.key_id, team_id=app.team_id
+        )
+    default_url = PRODUCTION_URL if app.environment == "production" else SANDBOX_URL
+    return ApnsSettings(
+        name=app.name,
+        base_url=app.upstream_url or default_url,
+        topic=app.topic,
+        auth=auth,
+        connections=app.connections,
+        ca_file=app.upstream_ca_file,
+        request_timeout=app.request_timeout,
+    )

@@ -1,0 +1,122 @@
+"""``pushd serve`` with no config: a self-contained demo on the embedded defaults.
+
+It runs the bundled APNs simulator in the same process as the upstream, makes a throwaway
+ES256 key and TLS CA for it, keeps the SQLite store in a temporary directory, and
+creates one chat server with a well-known key and one registered device, so that a
+single curl from the README sends a notification end to end and the simulator prints
+it.  It listens on 127.0.0.1 only: the demo key is public knowledge.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import trio
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from pushd import config, logs, server
+from pushd.simulators.apns import ApnsSimulator, Received
+from pushd.simulators.certs import make_self_signed
+from pushd.store.sqlite import Database
+
+#: Published in the README; only ever accepted by a demo bound to 127.0.0.1.
+DEMO_KEY = "pushd_demo_key_for_local_testing_only"
+DEMO_APP = "demo-ios"
+DEMO_TOPIC = "org.example.pushd.demo"
+DEMO_USER = "alice"
+DEMO_TOKEN = "a1" * 32
+DEMO_KEY_ID = "DEMOKEY001"
+DEMO_TEAM_ID = "DEMOTEAM01"
+
+log = logging.getLogger("pushd.demo")
+
+
+def _print_received(item: Received) -> None:
+    print(
+        f"simulated APNs received: token {item.token[:8]}… topic {item.topic} "
+        f"type {item.push_type} {len(item.payload)} bytes -> {item.status}"
+        f"{' ' + item.reason if item.reason else ''}",
+        flush=True,
+    )
+
+
+def _write_key(directory: Path) -> tuple[Path, ec.EllipticCurvePublicKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    path = directory / f"AuthKey_{DEMO_KEY_ID}.p8"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
+    return path, key.public_key()
+
+
+def demo_config(directory: Path, port: int, upstream_port: int) -> config.Config:
+    return config.parse(
+        {
+            "server": {"listen": "127.0.0.1", "port": port},
+            "store": {"path": "pushd.sqlite3"},
+            "apps": [
+                {
+                    "name": DEMO_APP,
+                    "provider": "apns",
+                    "environment": "sandbox",
+                    "topic": DEMO_TOPIC,
+                    "key_file": f"AuthKey_{DEMO_KEY_ID}.p8",
+                    "key_id": DEMO_KEY_ID,
+                    "team_id": DEMO_TEAM_ID,
+                    "upstream_url": f"https://127.0.0.1:{upstream_port}",
+                    "upstream_ca_file": "simulator-ca.pem",
+                }
+            ],
+        },
+        base=directory,
+        source="(embedded demo defaults)",
+    )
+
+
+async def _run(directory: Path, port: int) -> None:
+    _, public_key = _write_key(directory)
+    tls = make_self_signed()
+    tls.write_ca(directory / "simulator-ca.pem")
+    simulator = ApnsSimulator(topics=frozenset({DEMO_TOPIC}), on_received=_print_received)
+    simulator.add_key(DEMO_KEY_ID, DEMO_TEAM_ID, public_key)
+    async with trio.open_nursery() as nursery:
+        upstream_port: int = await nursery.start(simulator.serve, tls.server_context())
+        cfg = demo_config(directory, port, upstream_port)
+        database = Database(cfg.store.path)
+        try:
+            demo_server, key = database.add_server("demo", key=DEMO_KEY)
+            database.register(demo_server.id, DEMO_USER, DEMO_TOKEN, DEMO_APP, "sandbox")
+        finally:
+            database.close()
+        print(
+            "\npushd demo: no config file given, so running on embedded defaults:\n"
+            f"  upstream: the bundled APNs simulator on https://127.0.0.1:{upstream_port}\n"
+            f"  store:    {cfg.store.path} (temporary)\n"
+            f"  chat-server key: {key}\n"
+            f"  user {DEMO_USER!r} has one device registered for app {DEMO_APP!r}\n"
+            "Send a notification:\n"
+            f"  curl -s -H 'Authorization: Bearer {key}' -d '{{\"user\":\"{DEMO_USER}\","
+            f"\"alert\":\"Hello\"}}' http://127.0.0.1:{port}/v1/notifications\n",
+            flush=True,
+        )
+        await server.serve(cfg)
+        nursery.cancel_scope.cancel()
+
+
+def run(port: int) -> int:
+    """Run the demo until Ctrl-C."""
+    logs.setup(config.LogConfig())
+    with tempfile.TemporaryDirectory(prefix="pushd-demo-") as tmp:
+        try:
+            trio.run(_run, Path(tmp), port)
+        except KeyboardInterrupt:
+            pass
+    return 0

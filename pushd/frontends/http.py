@@ -1,0 +1,58 @@
+"""The small HTTP vocabulary every frontend speaks, independent of the HTTP server.
+
+A handler takes a parsed :class:`Request` and returns a :class:`Reply`; only
+:mod:`pushd.server` knows which server framework carries them.  That keeps protocol code
+testable without a server and lets the serving layer be swapped after measuring.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class Request:
+    """One HTTP request, body fully read (the server enforces the size limit)."""
+
+    method: str
+    path: str
+    #: Header names in lower case.
+    headers: Mapping[str, str]
+    body: bytes = attrs.field(repr=False)
+    #: Values captured from the route's ``{name}`` segments.
+    params: Mapping[str, str] = attrs.Factory(dict)
+    client: str | None = None
+    #: Set by the server for log correlation.
+    request_id: str = ""
+
+
+@attrs.frozen
+class Reply:
+    status: int
+    body: bytes = attrs.field(default=b"", repr=False)
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+Handler = Callable[[Request], Awaitable[Reply]]
+
+
+@attrs.frozen
+class Route:
+    """``method`` + ``path`` (with ``{name}`` segments) served by ``handler``."""
+
+    method: str
+    path: str
+    handler: Handler
+    #: Name of the route, unique within the app (used by the serving layer).
+    name: str
+
+
+def json_reply(status: int, value: Any, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
+    """A JSON reply, compact (no spaces): it is read by programs, and bytes cost CPU."""
+    body = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return Reply(status=status, body=body, headers=headers)

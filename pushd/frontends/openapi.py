@@ -1,0 +1,256 @@
+"""The OpenAPI 3.1 description of the native API, served at ``/v1/openapi.json``.
+
+Kept by hand beside the handlers; ``tests/test_openapi.py`` checks that every route
+is described and every described path is served, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pushd import __version__
+
+_ERROR = {"$ref": "#/components/responses/Error"}
+_AUTH_ERRORS = {"401": _ERROR, "403": _ERROR}
+
+
+def _body(schema: str) -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
+
+
+def _ok(schema: str, description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
+
+
+def _post(summary: str, body: str, responses: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "security": [{"serverKey": []}],
+            "requestBody": _body(body),
+            "responses": {**responses, "400": _ERROR, **_AUTH_ERRORS, "413": _ERROR},
+        }
+    }
+
+
+_TOKEN = {
+    "type": "string",
+    "pattern": "^([0-9a-fA-F]{2}){32,100}$",
+    "description": "APNs device token, hex (case-insensitive; stored in lower case).",
+}
+_USER = {"type": "string", "minLength": 1, "maxLength": 256}
+
+SCHEMAS: dict[str, Any] = {
+    "Register": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["user", "token", "app"],
+        "properties": {
+            "user": _USER,
+            "token": _TOKEN,
+            "app": {"type": "string", "description": "An app name from pushd.toml."},
+        },
+    },
+    "Registration": {
+        "type": "object",
+        "properties": {
+            "user": _USER,
+            "token": _TOKEN,
+            "app": {"type": "string"},
+            "environment": {"enum": ["production", "sandbox"]},
+            "registered_at": {"type": "number", "description": "UNIX time, seconds."},
+        },
+    },
+    "Unregister": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["token"],
+        "properties": {
+            "token": _TOKEN,
+            "app": {"type": "string", "description": "Only this app's registration."},
+        },
+    },
+    "User": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["user"],
+        "properties": {"user": _USER},
+    },
+    "Removed": {"type": "object", "properties": {"removed": {"type": "integer"}}},
+    "Devices": {
+        "type": "object",
+        "properties": {
+            "devices": {"type": "array", "items": {"$ref": "#/components/schemas/Registration"}}
+        },
+    },
+    "Send": {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "Give exactly one of user (all their devices) or tokens.",
+        "properties": {
+            "user": _USER,
+            "tokens": {"type": "array", "items": _TOKEN, "minItems": 1, "maxItems": 1000},
+            "app": {"type": "string", "description": "Only devices of this app."},
+            "alert": {
+                "oneOf": [
+                    {"type": "string"},
+                    {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "title": {"type": "string"},
+                            "subtitle": {"type": "string"},
+                            "body": {"type": "string"},
+                        },
+                    },
+                ]
+            },
+            "badge": {"type": "integer", "minimum": 0},
+            "sound": {"type": "string"},
+            "data": {"type": "object", "description": "Custom keys beside aps."},
+            "thread_id": {"type": "string"},
+            "category": {"type": "string"},
+            "content_available": {"type": "boolean"},
+            "mutable_content": {"type": "boolean"},
+            "push_type": {
+                "enum": [
+                    "alert",
+                    "background",
+                    "voip",
+                    "complication",
+                    "fileprovider",
+                    "mdm",
+                    "location",
+                    "liveactivity",
+                    "pushtotalk",
+                    "widgets",
+                    "controls",
+                ],
+                "default": "alert",
+            },
+            "priority": {"enum": [1, 5, 10]},
+            "ttl": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Seconds the upstream keeps trying; 0 = now or never.",
+            },
+            "collapse_id": {"type": "string", "maxLength": 64},
+        },
+    },
+    "Result": {
+        "type": "object",
+        "required": ["token", "app", "status"],
+        "properties": {
+            "token": {"type": "string"},
+            "app": {"type": ["string", "null"]},
+            "status": {
+                "enum": ["delivered", "removed", "retrying", "failed"],
+                "description": (
+                    "removed: the token is dead and was deleted; retrying: pushd keeps "
+                    "trying in the background; failed: see reason."
+                ),
+            },
+            "reason": {"type": "string"},
+        },
+    },
+    "SendResult": {
+        "type": "object",
+        "properties": {
+            "results": {"type": "array", "items": {"$ref": "#/components/schemas/Result"}},
+            "summary": {
+                "type": "object",
+                "properties": {
+                    name: {"type": "integer"}
+                    for name in ("delivered", "removed", "retrying", "failed")
+                },
+            },
+        },
+    },
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "field": {"type": "string", "description": "The offending key path."},
+                },
+            }
+        },
+    },
+    "Health": {
+        "type": "object",
+        "properties": {
+            "status": {"enum": ["ok", "degraded"]},
+            "apps": {"type": "object"},
+            "queued_retries": {"type": "integer"},
+        },
+    },
+}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "pushd native API",
+        "version": __version__,
+        "description": (
+            "Register devices and send notifications through pushd. Every request is "
+            "authenticated with a chat server's key (pushd server add)."
+        ),
+    },
+    "paths": {
+        "/v1/devices": _post(
+            "Register a device token for a user (idempotent)",
+            "Register",
+            {
+                "200": _ok("Registration", "Already registered; renewed"),
+                "201": _ok("Registration", "Registered"),
+            },
+        ),
+        "/v1/devices/unregister": _post(
+            "Remove a device token", "Unregister", {"200": _ok("Removed", "Count removed")}
+        ),
+        "/v1/users/unregister": _post(
+            "Remove all devices of a user", "User", {"200": _ok("Removed", "Count removed")}
+        ),
+        "/v1/users/devices": _post(
+            "List a user's devices", "User", {"200": _ok("Devices", "The user's devices")}
+        ),
+        "/v1/notifications": _post(
+            "Send a notification to a user's devices or to listed tokens",
+            "Send",
+            {"200": _ok("SendResult", "One result per device")},
+        ),
+        "/v1/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {"200": {"description": "OpenAPI 3.1 document"}},
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Liveness and per-app state",
+                "responses": {"200": _ok("Health", "Running")},
+            }
+        },
+    },
+    "components": {
+        "securitySchemes": {"serverKey": {"type": "http", "scheme": "bearer"}},
+        "schemas": SCHEMAS,
+        "responses": {
+            "Error": {
+                "description": "The request was refused",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            }
+        },
+    },
+}

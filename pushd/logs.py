@@ -1,0 +1,47 @@
+"""Logging setup: text for a terminal, JSON lines for a log collector.
+
+What is logged is decided where the log calls are (app names, masked tokens, outcomes,
+never payloads); this module only decides the shape of a line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+from pushd.config import LogConfig
+
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (and the exception type)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info and record.exc_info[1] is not None:
+            line["error"] = type(record.exc_info[1]).__name__
+            line["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+
+def setup(config: LogConfig) -> None:
+    """Send pushd's logs to stderr (journald picks them up under systemd)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter() if config.format == "json" else logging.Formatter(TEXT_FORMAT)
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.level.upper())
+    # Libraries log every frame at DEBUG; pushd's own debug lines are what an admin wants.
+    for noisy in ("hpack", "h2", "httpx", "httpcore", "quart.serving"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))

@@ -1,0 +1,221 @@
+"""Assembly: config → store, upstream clients, dispatcher, frontends → Quart-trio on hypercorn.
+
+This is the only module that knows the HTTP framework.  Frontends give a list of
+:class:`~pushd.frontends.http.Route`; :func:`build_asgi_app` mounts them, converting
+framework requests to :class:`~pushd.frontends.http.Request` and back.
+
+Lifecycle (all inside one nursery): open the store, start every app's upstream client
+and the retry loop, serve HTTP until SIGINT/SIGTERM, stop accepting requests, let
+deliveries in flight finish for ``server.drain_seconds``, then close everything.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import attrs
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from pushd import __version__
+from pushd.config import Config, apns_settings
+from pushd.dispatch import Dispatcher, Lane, Sender
+from pushd.frontends.http import Reply, Request, Route, json_reply
+from pushd.frontends.native import NativeApi
+from pushd.frontends.openapi import OPENAPI
+from pushd.store.sqlite import Store
+from pushd.upstream.apns.client import ApnsClient
+
+log = logging.getLogger(__name__)
+
+#: Quart's per-request timeouts would cut a send short; pushd enforces its own deadline.
+BODY_TIMEOUT = 30.0
+RESPONSE_TIMEOUT = 60.0
+
+
+@attrs.define
+class Services:
+    """What the HTTP layer serves: built once at start, shared by every request."""
+
+    config: Config
+    store: Store
+    dispatcher: Dispatcher
+    routes: list[Route]
+
+
+def build_lanes(config: Config) -> list[Lane]:
+    """One lane per configured app, each with its own upstream client and limiter."""
+    lanes = []
+    for app in config.apps:
+        sender: Sender = ApnsClient(apns_settings(app))
+        lanes.append(Lane(name=app.name, sender=sender, limiter=trio.CapacityLimiter(app.concurrency)))
+    return lanes
+
+
+def health(services: Services) -> Callable[[Request], Awaitable[Reply]]:
+    async def handler(_: Request) -> Reply:
+        now = services.dispatcher.clock()
+        apps: dict[str, Any] = {}
+        for lane in services.dispatcher.lanes.values():
+            paused = lane.paused_until > now
+            apps[lane.name] = {
+                "state": "paused" if paused else "ok",
+                **({"reason": lane.pause_reason} if paused else {}),
+                **attrs.asdict(lane.stats),
+            }
+        degraded = any(app["state"] != "ok" for app in apps.values())
+        return json_reply(
+            200,
+            {
+                "status": "degraded" if degraded else "ok",
+                "version": __version__,
+                "apps": apps,
+                "queued_retries": services.dispatcher.queued_retries,
+            },
+        )
+
+    return handler
+
+
+def all_routes(services: Services, native: NativeApi) -> list[Route]:
+    return [*native.routes(), Route("GET", "/healthz", health(services), "healthz")]
+
+
+def _error_json(status: int, code: str, message: str) -> Response:
+    reply = json_reply(status, {"error": {"code": code, "message": message}})
+    return Response(reply.body, status=reply.status, content_type=reply.content_type)
+
+
+def build_asgi_app(routes: Sequence[Route], max_body_bytes: int) -> QuartTrio:
+    """Mount ``routes`` on a Quart-trio app; every error is JSON, never an HTML page."""
+    app = QuartTrio("pushd")
+    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
+    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT
+    app.config["RESPONSE_TIMEOUT"] = RESPONSE_TIMEOUT
+    request_ids = itertools.count(1)
+
+    def view(route: Route) -> Callable[..., Awaitable[Response]]:
+        async def endpoint(**params: str) -> Response:
+            body = await request.get_data(cache=False)
+            assert isinstance(body, bytes)
+            reply = await route.handler(
+                Request(
+                    method=request.method,
+                    path=request.path,
+                    headers={k.lower(): v for k, v in request.headers.items()},
+                    body=body,
+                    params=params,
+                    client=request.remote_addr,
+                    request_id=f"r{next(request_ids)}",
+                )
+            )
+            response = Response(reply.body, status=reply.status, content_type=reply.content_type)
+            for name, value in reply.headers:
+                response.headers[name] = value
+            return response
+
+        return endpoint
+
+    for route in routes:
+        path = route.path.replace("{", "<").replace("}", ">")
+        app.add_url_rule(path, route.name, view(route), methods=[route.method])
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        if status == 413:
+            return _error_json(413, "body_too_large", f"the body exceeds {max_body_bytes} bytes")
+        name = (error.name or "error").lower().replace(" ", "_")
+        return _error_json(status, name, error.description or name)
+
+    @app.errorhandler(Exception)
+    async def unexpected(error: Exception) -> Response:
+        # The traceback goes to the log (no request data is in it); the caller gets JSON.
+        log.exception("unexpected error while handling a request")
+        return _error_json(500, "internal_error", "pushd failed to handle this request")
+
+    return app
+
+
+def hypercorn_config(config: Config) -> HypercornConfig:
+    hc = HypercornConfig()
+    host = config.server.listen
+    hc.bind = [f"[{host}]:{config.server.port}" if ":" in host else f"{host}:{config.server.port}"]
+    if config.server.tls_cert and config.server.tls_key:
+        hc.certfile = config.server.tls_cert
+        hc.keyfile = config.server.tls_key
+    hc.accesslog = None  # paths and clients are not logged: privacy, and CPU
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.graceful_timeout = config.server.drain_seconds
+    hc.keep_alive_timeout = 75.0  # chat servers keep pooled connections open
+    return hc
+
+
+async def wait_for_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s: shutting down", signal.Signals(signum).name)
+            return
+
+
+async def serve(
+    config: Config,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]] = wait_for_signal,
+    lanes: list[Lane] | None = None,
+    on_ready: Callable[[Services, list[str]], None] | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run pushd until ``shutdown_trigger`` returns; ``task_status`` gets the bound URLs."""
+    store = await Store.open(config.store.path)
+    try:
+        dispatcher = Dispatcher(
+            build_lanes(config) if lanes is None else lanes,
+            store,
+            config.retry,
+            first_attempt_deadline=config.server.first_attempt_deadline,
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(dispatcher.run)
+            services = Services(config=config, store=store, dispatcher=dispatcher, routes=[])
+            native = NativeApi(config, store, dispatcher, openapi=OPENAPI)
+            services.routes = all_routes(services, native)
+            app = build_asgi_app(services.routes, config.server.max_body_bytes)
+
+            http_done = trio.Event()
+
+            async def http(*, task_status: trio.TaskStatus[list[str]]) -> None:
+                try:
+                    await hypercorn_serve(
+                        app,
+                        hypercorn_config(config),
+                        shutdown_trigger=shutdown_trigger,
+                        task_status=task_status,
+                    )
+                finally:
+                    http_done.set()
+
+            urls: list[str] = await nursery.start(http)
+            log.info(
+                "pushd %s listening on %s with %d app(s)",
+                __version__,
+                ", ".join(urls),
+                len(config.apps),
+            )
+            if on_ready is not None:
+                on_ready(services, urls)
+            task_status.started(urls)
+            await http_done.wait()
+            await dispatcher.drain(config.server.drain_seconds)
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await store.close()

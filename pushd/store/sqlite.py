@@ -1,0 +1,410 @@
+"""The embedded SQLite store: chat servers and device registrations.
+
+Why two connections
+-------------------
+Writes go to one connection that lives on a worker thread (``trio.to_thread``, one at a
+time): a commit may wait for the disk, and the event loop must never wait with it.
+
+Reads go to a second, read-only connection used directly on the event-loop thread.  An
+indexed point read costs a few microseconds, while a hop to a worker thread and back
+costs about 130 µs of CPU on our machines (``benchmarks/store_hop.py``): on the hot path
+(authenticate, look up a user's devices) the hop would cost more than everything else
+pushd does per notification.  WAL mode lets the reader see every committed write at
+its next statement, never a half-written one.
+
+Every write method is one transaction (``with self._write_tx()``): a process killed at
+any moment leaves the database as it was before or after the request, never between.
+
+No message content is stored here: only servers, hashed keys and device tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import attrs
+import trio
+
+T = TypeVar("T")
+
+#: Prefix of native API keys, so a leaked one is recognisable in a secret scanner.
+KEY_PREFIX = "pushd_"
+KEY_BYTES = 32
+#: How long a writer waits for a lock held by another process (the CLI) before failing.
+BUSY_TIMEOUT_MS = 5000
+
+#: Forward migrations; the schema version is the number applied (``PRAGMA user_version``).
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE servers (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        key_hash TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        active INTEGER NOT NULL DEFAULT 1
+    );
+    CREATE TABLE registrations (
+        id INTEGER PRIMARY KEY,
+        server_id INTEGER NOT NULL REFERENCES servers(id),
+        user_id TEXT NOT NULL,
+        token TEXT NOT NULL,
+        app TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        registered_at REAL NOT NULL,
+        UNIQUE (server_id, app, token)
+    );
+    CREATE INDEX registrations_by_user ON registrations (server_id, user_id);
+    CREATE INDEX registrations_by_token ON registrations (app, token);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(Exception):
+    """The database cannot be used (newer schema, unwritable file, ...)."""
+
+
+@attrs.frozen
+class Server:
+    """A chat server allowed to use the native API."""
+
+    id: int
+    name: str
+    created_at: float
+    active: bool
+
+
+@attrs.frozen
+class Registration:
+    """One device token of one user of one chat server."""
+
+    server_id: int
+    user_id: str
+    token: str
+    app: str
+    environment: str
+    registered_at: float
+
+
+@attrs.frozen
+class DeadToken:
+    """A token an upstream called dead, and since when (APNs' 410 timestamp)."""
+
+    app: str
+    token: str
+    since: float | None = None
+
+
+def hash_key(key: str) -> str:
+    """SHA-256 of an API key.
+
+    Keys are 256 random bits, so a fast hash is enough: there is nothing to brute-force,
+    and a slow KDF would cost CPU on every request.
+    """
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    """A fresh API key; shown once, stored only as its hash."""
+    return KEY_PREFIX + secrets.token_urlsafe(KEY_BYTES)
+
+
+def _connect(path: str, *, readonly: bool) -> sqlite3.Connection:
+    uri = Path(path).resolve().as_uri() + ("?mode=ro" if readonly else "")
+    try:
+        db = sqlite3.connect(
+            uri, uri=True, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+        )
+    except sqlite3.OperationalError as error:
+        raise StoreError(f"cannot open {path}: {error}") from None
+    db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    db.execute("PRAGMA foreign_keys = ON")
+    return db
+
+
+def _registration(row: Sequence[object]) -> Registration:
+    server_id, user_id, token, app, environment, registered_at = row
+    return Registration(
+        server_id=int(server_id),  # type: ignore[call-overload]
+        user_id=str(user_id),
+        token=str(token),
+        app=str(app),
+        environment=str(environment),
+        registered_at=float(registered_at),  # type: ignore[arg-type]
+    )
+
+
+_REG_COLUMNS = "server_id, user_id, token, app, environment, registered_at"
+
+
+class Database:
+    """Synchronous access: used by the CLI directly and by :class:`Store` on threads."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._db = _connect(path, readonly=False)
+        try:
+            self._db.execute("PRAGMA journal_mode = WAL")
+            # NORMAL is durable across process crashes in WAL mode; only an OS crash can
+            # lose the last commits, never corrupt the file.
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            raise StoreError(f"{path}: {error}") from None
+        self._reader = _connect(path, readonly=True)
+        self._reader.execute("PRAGMA query_only = ON")
+
+    def close(self) -> None:
+        self._reader.close()
+        self._db.close()
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    @contextmanager
+    def _write_tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self._write_tx() as db:
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} has schema {version}, newer than this pushd "
+                    f"({SCHEMA_VERSION}): upgrade pushd or restore a backup"
+                )
+            for number in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @property
+    def schema_version(self) -> int:
+        (version,) = self._reader.execute("PRAGMA user_version").fetchone()
+        return int(version)
+
+    # --- servers ------------------------------------------------------------------------
+
+    def add_server(self, name: str, key: str | None = None) -> tuple[Server, str]:
+        """Create a server; returns it and its key (the only time the key is seen).
+
+        ``key`` is for the demo mode's well-known key; otherwise a fresh one is made.
+        """
+        key = key or new_key()
+        now = time.time()
+        with self._write_tx() as db:
+            try:
+                cursor = db.execute(
+                    "INSERT INTO servers (name, key_hash, created_at) VALUES (?, ?, ?)",
+                    (name, hash_key(key), now),
+                )
+            except sqlite3.IntegrityError:
+                raise StoreError(f"a server named {name!r} exists already") from None
+        assert cursor.lastrowid is not None
+        return Server(id=cursor.lastrowid, name=name, created_at=now, active=True), key
+
+    def servers(self) -> list[Server]:
+        rows = self._reader.execute(
+            "SELECT id, name, created_at, active FROM servers ORDER BY id"
+        ).fetchall()
+        return [Server(id=r[0], name=r[1], created_at=r[2], active=bool(r[3])) for r in rows]
+
+    def rotate_key(self, name: str) -> str:
+        """Give the server a new key; the old one stops working at once."""
+        key = new_key()
+        with self._write_tx() as db:
+            cursor = db.execute(
+                "UPDATE servers SET key_hash = ? WHERE name = ?", (hash_key(key), name)
+            )
+            if cursor.rowcount != 1:
+                raise StoreError(f"no server named {name!r}")
+        return key
+
+    def set_active(self, name: str, active: bool) -> None:
+        with self._write_tx() as db:
+            cursor = db.execute(
+                "UPDATE servers SET active = ? WHERE name = ?", (int(active), name)
+            )
+            if cursor.rowcount != 1:
+                raise StoreError(f"no server named {name!r}")
+
+    def authenticate(self, key: str) -> Server | None:
+        """The server whose key this is (active or not), or None.
+
+        The lookup is by hash, so comparing the stored hash again in constant time only
+        guards against an index that matched on something other than equality.
+        """
+        digest = hash_key(key)
+        row = self._reader.execute(
+            "SELECT id, name, created_at, active, key_hash FROM servers WHERE key_hash = ?",
+            (digest,),
+        ).fetchone()
+        if row is None or not hmac.compare_digest(row[4], digest):
+            return None
+        return Server(id=row[0], name=row[1], created_at=row[2], active=bool(row[3]))
+
+    # --- registrations --------------------------------------------------------------------
+
+    def register(
+        self, server_id: int, user_id: str, token: str, app: str, environment: str
+    ) -> tuple[Registration, bool]:
+        """Store a registration; returns it and whether it is new.
+
+        Registering a known (server, app, token) again moves it to the given user and
+        renews ``registered_at``: the device has proved the token alive just now, which
+        is what APNs' 410 timestamp rule compares against.
+        """
+        now = time.time()
+        with self._write_tx() as db:
+            existed = db.execute(
+                "SELECT 1 FROM registrations WHERE server_id = ? AND app = ? AND token = ?",
+                (server_id, app, token),
+            ).fetchone()
+            db.execute(
+                "INSERT INTO registrations (server_id, user_id, token, app, environment,"
+                " registered_at) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (server_id, app, token) DO UPDATE SET"
+                " user_id = excluded.user_id, environment = excluded.environment,"
+                " registered_at = excluded.registered_at",
+                (server_id, user_id, token, app, environment, now),
+            )
+        registration = Registration(server_id, user_id, token, app, environment, now)
+        return registration, existed is None
+
+    def unregister(self, server_id: int, token: str, app: str | None = None) -> int:
+        """Remove a server's registrations of ``token`` (of one app, or all); the count."""
+        with self._write_tx() as db:
+            if app is None:
+                cursor = db.execute(
+                    "DELETE FROM registrations WHERE server_id = ? AND token = ?",
+                    (server_id, token),
+                )
+            else:
+                cursor = db.execute(
+                    "DELETE FROM registrations WHERE server_id = ? AND token = ? AND app = ?",
+                    (server_id, token, app),
+                )
+        return cursor.rowcount
+
+    def unregister_user(self, server_id: int, user_id: str) -> int:
+        with self._write_tx() as db:
+            cursor = db.execute(
+                "DELETE FROM registrations WHERE server_id = ? AND user_id = ?",
+                (server_id, user_id),
+            )
+        return cursor.rowcount
+
+    def user_registrations(self, server_id: int, user_id: str) -> list[Registration]:
+        rows = self._reader.execute(
+            f"SELECT {_REG_COLUMNS} FROM registrations WHERE server_id = ? AND user_id = ?"
+            " ORDER BY id",
+            (server_id, user_id),
+        ).fetchall()
+        return [_registration(row) for row in rows]
+
+    def token_registrations(self, server_id: int, tokens: Iterable[str]) -> list[Registration]:
+        tokens = list(tokens)
+        if not tokens:
+            return []
+        marks = ",".join("?" * len(tokens))
+        rows = self._reader.execute(
+            f"SELECT {_REG_COLUMNS} FROM registrations"
+            f" WHERE server_id = ? AND token IN ({marks}) ORDER BY id",
+            (server_id, *tokens),
+        ).fetchall()
+        return [_registration(row) for row in rows]
+
+    def count_registrations(self) -> int:
+        (count,) = self._reader.execute("SELECT count(*) FROM registrations").fetchone()
+        return int(count)
+
+    def remove_dead(self, dead: Iterable[DeadToken]) -> int:
+        """Delete dead tokens across all servers, in one transaction; the count.
+
+        With a ``since`` time (APNs 410), only registrations made before it go: one made
+        after it belongs to a device that got the same token back and is alive.
+        """
+        removed = 0
+        with self._write_tx() as db:
+            for item in dead:
+                if item.since is None:
+                    cursor = db.execute(
+                        "DELETE FROM registrations WHERE app = ? AND token = ?",
+                        (item.app, item.token),
+                    )
+                else:
+                    cursor = db.execute(
+                        "DELETE FROM registrations WHERE app = ? AND token = ?"
+                        " AND registered_at < ?",
+                        (item.app, item.token, item.since),
+                    )
+                removed += cursor.rowcount
+        return removed
+
+
+class Store:
+    """The async face of :class:`Database` for the daemon: reads inline, writes on a thread.
+
+    A single-slot limiter serialises the writes, so the write connection is only ever
+    used by one thread at a time.
+    """
+
+    def __init__(self, database: Database) -> None:
+        self.db = database
+        self._writer = trio.CapacityLimiter(1)
+
+    @classmethod
+    async def open(cls, path: str) -> Store:
+        database = await trio.to_thread.run_sync(Database, path)
+        return cls(database)
+
+    async def close(self) -> None:
+        await self._write(self.db.close)
+
+    async def _write(self, fn: Callable[..., T], *args: object) -> T:
+        # Shielded: once a write has started, finish it even if the caller is cancelled,
+        # so what the caller hears never disagrees with what was committed.
+        with trio.CancelScope(shield=True):
+            return await trio.to_thread.run_sync(fn, *args, limiter=self._writer)
+
+    # Reads: inline, see the module docstring.
+    def authenticate(self, key: str) -> Server | None:
+        return self.db.authenticate(key)
+
+    def user_registrations(self, server_id: int, user_id: str) -> list[Registration]:
+        return self.db.user_registrations(server_id, user_id)
+
+    def token_registrations(self, server_id: int, tokens: Iterable[str]) -> list[Registration]:
+        return self.db.token_registrations(server_id, tokens)
+
+    # Writes.
+    async def register(
+        self, server_id: int, user_id: str, token: str, app: str, environment: str
+    ) -> tuple[Registration, bool]:
+        return await self._write(self.db.register, server_id, user_id, token, app, environment)
+
+    async def unregister(self, server_id: int, token: str, app: str | None = None) -> int:
+        return await self._write(self.db.unregister, server_id, token, app)
+
+    async def unregister_user(self, server_id: int, user_id: str) -> int:
+        return await self._write(self.db.unregister_user, server_id, user_id)
+
+    async def remove_dead(self, dead: Sequence[DeadToken]) -> int:
+        if not dead:
+            return 0
+        return await self._write(self.db.remove_dead, list(dead))

@@ -1,0 +1,195 @@
+"""Fixtures: a real pushd on a loopback port, talking TLS + HTTP/2 to the APNs simulator.
+
+Nothing is mocked between the test's HTTP client and the simulator: the test speaks
+HTTP/1.1 to pushd's socket, pushd speaks HTTP/2 over TLS to the simulator's socket.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import trio
+import trustme
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from pushd import config, server
+from pushd.simulators.apns import ApnsSimulator
+from pushd.store.sqlite import Database
+
+KEY_ID = "TESTKEY001"
+TEAM_ID = "TESTTEAM01"
+TOPIC = "org.example.chat"
+OTHER_TOPIC = "org.example.other"
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def simulator_tls(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
+@pytest.fixture
+def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def apns_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.fixture
+def key_file(apns_key: ec.EllipticCurvePrivateKey, tmp_path: Path) -> Path:
+    path = tmp_path / f"AuthKey_{KEY_ID}.p8"
+    path.write_bytes(
+        apns_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return path
+
+
+@pytest.fixture
+async def simulator(
+    nursery: trio.Nursery, simulator_tls: ssl.SSLContext, apns_key: ec.EllipticCurvePrivateKey
+) -> ApnsSimulator:
+    sim = ApnsSimulator(topics=frozenset({TOPIC, OTHER_TOPIC}))
+    sim.add_key(KEY_ID, TEAM_ID, apns_key.public_key())
+    await nursery.start(sim.serve, simulator_tls)
+    return sim
+
+
+def app_entry(name: str, topic: str, upstream: str, key_file: Path, ca_file: Path) -> dict[str, Any]:
+    return {
+        "name": name,
+        "provider": "apns",
+        "environment": "sandbox",
+        "topic": topic,
+        "key_file": str(key_file),
+        "key_id": KEY_ID,
+        "team_id": TEAM_ID,
+        "upstream_url": upstream,
+        "upstream_ca_file": str(ca_file),
+        "connections": 2,
+    }
+
+
+@attrs.define
+class Pushd:
+    """A running pushd: its URL, an HTTP client, and a chat server key to use."""
+
+    url: str
+    client: httpx.AsyncClient
+    key: str
+    config: config.Config
+    services: server.Services
+    stop: trio.Event
+
+    def auth(self, key: str | None = None) -> dict[str, str]:
+        return {"authorization": f"Bearer {key or self.key}"}
+
+    async def post(self, path: str, body: Any, key: str | None = None) -> httpx.Response:
+        return await self.client.post(self.url + path, json=body, headers=self.auth(key))
+
+    async def register(self, user: str, token: str, app: str = "chat") -> httpx.Response:
+        response = await self.post("/v1/devices", {"user": user, "token": token, "app": app})
+        assert response.status_code in (200, 201), response.text
+        return response
+
+    async def send(self, body: dict[str, Any]) -> dict[str, Any]:
+        response = await self.post("/v1/notifications", body)
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+
+PushdFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def start_pushd(
+    nursery: trio.Nursery,
+    simulator: ApnsSimulator,
+    key_file: Path,
+    ca_file: Path,
+    tmp_path: Path,
+) -> AsyncIterator[PushdFactory]:
+    """Start pushd with the given config overrides; returns a :class:`Pushd`."""
+    clients: list[httpx.AsyncClient] = []
+    stops: list[trio.Event] = []
+
+    async def start(
+        *, apps: list[dict[str, Any]] | None = None, **sections: dict[str, Any]
+    ) -> Pushd:
+        upstream = f"https://127.0.0.1:{simulator.port}"
+        if apps is None:
+            apps = [
+                app_entry("chat", TOPIC, upstream, key_file, ca_file),
+                app_entry("other", OTHER_TOPIC, upstream, key_file, ca_file),
+            ]
+        store = tmp_path / f"pushd-{len(stops)}.sqlite3"
+        data: dict[str, Any] = {
+            "server": {"listen": "127.0.0.1", "port": 0, **sections.pop("server", {})},
+            "store": {"path": str(store)},
+            "retry": {"base_delay": 0.05, "max_delay": 0.2, **sections.pop("retry", {})},
+            "apps": apps,
+            **sections,
+        }
+        cfg = config.parse(data, base=tmp_path)
+        assert config.check(cfg) == []
+        database = Database(str(store))
+        try:
+            _, key = database.add_server("test-server")
+        finally:
+            database.close()
+        stop = trio.Event()
+        stops.append(stop)
+        ready: list[server.Services] = []
+        urls = await nursery.start(
+            lambda task_status: server.serve(
+                cfg,
+                shutdown_trigger=stop.wait,
+                on_ready=lambda services, _: ready.append(services),
+                task_status=task_status,
+            )
+        )
+        client = httpx.AsyncClient(timeout=30)
+        clients.append(client)
+        return Pushd(
+            url=urls[0], client=client, key=key, config=cfg, services=ready[0], stop=stop
+        )
+
+    yield start
+    for client in clients:
+        await client.aclose()
+    for stop in stops:
+        stop.set()
+
+
+@pytest.fixture
+async def pushd(start_pushd: PushdFactory) -> Pushd:
+    result: Pushd = await start_pushd()
+    return result
+
+
+def token(n: int) -> str:
+    """A distinct, valid 64-hex-digit device token."""
+    return f"{n:064x}"
