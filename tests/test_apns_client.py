@@ -1,0 +1,299 @@
+"""The APNs client against the APNs simulator, over real TLS sockets on loopback."""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+import trustme
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from pushd.model import ApnsPush, Delivered, Failed, Outcome, RetryLater, TokenDead
+from pushd.simulators.apns import ApnsSimulator, SimReply
+from pushd.upstream.apns.client import ApnsClient
+from pushd.upstream.apns.settings import ApnsSettings, CertAuth, TokenAuth
+
+TOPIC = "com.example.app"
+KEY_ID = "KEYID12345"
+TEAM_ID = "TEAM123456"
+PUSH = ApnsPush(b'{"aps":{"alert":"hi"}}')
+#: Each test must finish well within this (seconds).
+TEST_DEADLINE = 2.0
+
+
+def token(n: int) -> str:
+    return f"{n:064x}"
+
+
+@attrs.define
+class Env:
+    """A running simulator and what a client needs to reach it."""
+
+    sim: ApnsSimulator
+    key: ec.EllipticCurvePrivateKey
+    ca_file: str
+    port: int
+    nursery: trio.Nursery
+    tmp: Path
+    ca: trustme.CA
+
+    def settings(self, **changes: object) -> ApnsSettings:
+        key_pem = self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        settings = ApnsSettings(
+            name="testapp",
+            base_url=f"https://127.0.0.1:{self.port}",
+            topic=TOPIC,
+            auth=TokenAuth(key_pem, KEY_ID, TEAM_ID),
+            ca_file=self.ca_file,
+            request_timeout=1.0,
+        )
+        return attrs.evolve(settings, **changes)  # type: ignore[arg-type]
+
+    async def client(
+        self, clock: Callable[[], float] = time.time, **changes: object
+    ) -> ApnsClient:
+        client = ApnsClient(self.settings(**changes), clock=clock)
+        await self.nursery.start(client.run)
+        return client
+
+
+def server_context(ca: trustme.CA, *, client_ca: trustme.CA | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
+    ctx.set_alpn_protocols(["h2"])
+    if client_ca is not None:
+        client_ca.configure_trust(ctx)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+async def start_env(tmp_path: Path, nursery: trio.Nursery, **sim_options: object) -> Env:
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(ca.cert_pem.bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    sim = ApnsSimulator(**sim_options)  # type: ignore[arg-type]
+    sim.add_key(KEY_ID, TEAM_ID, key.public_key())
+    port = await nursery.start(sim.serve, server_context(ca))
+    return Env(sim, key, str(ca_file), port, nursery, tmp_path, ca)
+
+
+@pytest.fixture
+async def env(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Env]:
+    with trio.fail_after(TEST_DEADLINE):
+        yield await start_env(tmp_path, nursery)
+
+
+async def send_many(client: ApnsClient, tokens: list[str]) -> dict[str, Outcome]:
+    outcomes: dict[str, Outcome] = {}
+
+    async def one(t: str) -> None:
+        outcomes[t] = await client.send(t, PUSH)
+
+    async with trio.open_nursery() as nursery:
+        for t in tokens:
+            nursery.start_soon(one, t)
+    return outcomes
+
+
+async def test_single_delivery(env: Env) -> None:
+    client = await env.client()
+    outcome = await client.send(token(1), PUSH)
+    assert isinstance(outcome, Delivered)
+    (received,) = env.sim.received
+    assert outcome.upstream_id == received.apns_id
+    assert received.token == token(1)
+    assert received.topic == TOPIC
+    assert received.push_type == "alert"
+    assert received.payload == PUSH.payload
+    assert env.sim.connections_opened == 1
+
+
+async def test_concurrent_sends_grow_past_one_stream(env: Env) -> None:
+    client = await env.client()
+    env.sim.set_default(SimReply(delay=0.05))  # hold each stream open a moment
+    tokens = [token(n) for n in range(200)]
+    outcomes = await send_many(client, tokens)
+    assert all(isinstance(o, Delivered) for o in outcomes.values()), set(outcomes.values())
+    assert sorted(r.token for r in env.sim.received) == sorted(tokens)  # exactly once each
+    assert env.sim.connections_opened == 1
+    # The first request ran alone (1 stream until authenticated), then the rest together.
+    assert max(env.sim.max_in_flight.values()) > 100
+    assert env.sim.streams_refused == 0
+
+
+async def test_several_connections_share_the_load(env: Env) -> None:
+    client = await env.client(connections=3)
+    env.sim.set_default(SimReply(delay=0.02))
+    # A burst while nothing is connected opens all three (connections are lazy) ...
+    outcomes = await send_many(client, [token(n) for n in range(100)])
+    assert all(isinstance(o, Delivered) for o in outcomes.values())
+    assert env.sim.connections_opened == 3
+    # ... and once all are warm, concurrent requests spread over them.
+    first = len(env.sim.received)
+    outcomes = await send_many(client, [token(n) for n in range(100, 400)])
+    assert all(isinstance(o, Delivered) for o in outcomes.values())
+    assert env.sim.connections_opened == 3
+    per_connection: dict[int, int] = {}
+    for r in env.sim.received[first:]:
+        per_connection[r.connection_id] = per_connection.get(r.connection_id, 0) + 1
+    assert len(per_connection) == 3
+    assert min(per_connection.values()) >= 80, per_connection
+
+
+async def test_shrink_to_one_stream_with_requests_in_flight(env: Env) -> None:
+    client = await env.client()
+    assert isinstance(await client.send(token(0), PUSH), Delivered)  # warm up: 1000 streams
+    # A rejection answered late, while many others are in flight: APNs drops to 1 stream.
+    env.sim.script(token(1), SimReply(400, "BadDeviceToken", delay=0.05))
+    for n in range(2, 12):
+        env.sim.script(token(n), SimReply(delay=0.1))
+    tokens = [token(n) for n in range(1, 150)]
+    outcomes = await send_many(client, tokens)
+    assert outcomes.pop(token(1)) == TokenDead("BadDeviceToken")
+    assert all(isinstance(o, Delivered) for o in outcomes.values()), set(outcomes.values())
+    assert sorted(r.token for r in env.sim.received if r.status == 200) == sorted(
+        [token(0), *outcomes]
+    )
+
+
+async def test_goaway_mid_load_resends_unprocessed_streams(env: Env) -> None:
+    client = await env.client()
+    assert isinstance(await client.send(token(0), PUSH), Delivered)
+    # Token 1 holds its stream, then the server says GOAWAY with a last_stream_id below
+    # every unanswered stream: all in flight must be resent on a new connection.
+    env.sim.script(token(1), SimReply(action="goaway", reason="Shutdown", delay=0.05))
+    tokens = [token(n) for n in range(1, 100)]
+    outcomes = await send_many(client, tokens)
+    assert all(isinstance(o, Delivered) for o in outcomes.values()), set(outcomes.values())
+    delivered = [r.token for r in env.sim.received if r.status == 200]
+    assert sorted(delivered) == sorted([token(0), *tokens])  # each exactly once
+    assert env.sim.goaways_sent == 1
+    assert env.sim.connections_opened == 2
+
+
+async def test_goaway_all_between_sends(env: Env) -> None:
+    client = await env.client()
+    assert isinstance(await client.send(token(0), PUSH), Delivered)
+    env.sim.goaway_all("IdleTimeout")
+    with trio.fail_after(1):
+        while env.sim.open_connections:
+            await trio.sleep(0.01)
+    assert isinstance(await client.send(token(1), PUSH), Delivered)
+    assert env.sim.connections_opened == 2
+
+
+async def test_dropped_connection(env: Env) -> None:
+    client = await env.client()
+    assert isinstance(await client.send(token(0), PUSH), Delivered)
+    env.sim.script(token(1), SimReply(action="drop", delay=0.05))
+    for n in range(2, 10):
+        env.sim.script(token(n), SimReply(delay=0.5))  # still in flight at the drop
+    outcomes = await send_many(client, [token(n) for n in range(1, 10)])
+    # They may have been delivered: reported, not silently resent.
+    assert all(isinstance(o, RetryLater) for o in outcomes.values()), outcomes
+    assert all("connection" in o.reason for o in outcomes.values() if isinstance(o, RetryLater))
+    assert isinstance(await client.send(token(20), PUSH), Delivered)
+    assert env.sim.connections_opened == 2
+
+
+async def test_expired_provider_token_regenerates_once(env: Env) -> None:
+    calls = 0
+
+    def clock() -> float:
+        nonlocal calls
+        calls += 1
+        return time.time() - (2 * 3600 if calls == 1 else 0)  # first JWT is 2 h old
+
+    client = await env.client(clock=clock)
+    outcome = await client.send(token(1), PUSH)
+    assert isinstance(outcome, Delivered)
+    statuses = [(r.status, r.reason) for r in env.sim.received]
+    assert statuses == [(403, "ExpiredProviderToken"), (200, None)]
+
+
+async def test_expired_provider_token_twice_is_a_credential_failure(env: Env) -> None:
+    client = await env.client(clock=lambda: time.time() - 2 * 3600)
+    outcome = await client.send(token(1), PUSH)
+    assert outcome == Failed("ExpiredProviderToken", credential=True)
+    assert len(env.sim.received) == 2  # one resend, no more
+
+
+async def test_unregistered_with_timestamp(env: Env) -> None:
+    client = await env.client()
+    env.sim.script(token(1), SimReply(410, "Unregistered", timestamp_ms=1_700_000_000_500))
+    outcome = await client.send(token(1), PUSH)
+    assert outcome == TokenDead("Unregistered", since=1_700_000_000.5)
+
+
+async def test_server_error_is_retry_later(env: Env) -> None:
+    client = await env.client()
+    env.sim.script(token(1), SimReply(500))
+    env.sim.script(token(2), SimReply(503, "ServiceUnavailable", retry_after=7))
+    assert await client.send(token(1), PUSH) == RetryLater("InternalServerError")
+    assert await client.send(token(2), PUSH) == RetryLater("ServiceUnavailable", 7.0)
+    assert isinstance(await client.send(token(3), PUSH), Delivered)
+
+
+async def test_invalid_push_fails_without_sending(env: Env) -> None:
+    client = await env.client()
+    outcome = await client.send(token(1), ApnsPush(b"x" * 5000))
+    assert isinstance(outcome, Failed)
+    assert outcome.reason.startswith("PayloadTooLarge")
+    assert await client.send("not-hex", PUSH) == TokenDead("BadDeviceToken")
+    assert env.sim.received == []
+    assert env.sim.connections_opened == 0  # lazily connected: nothing to send yet
+
+
+async def test_request_timeout(env: Env) -> None:
+    client = await env.client(request_timeout=0.2)
+    env.sim.script(token(1), SimReply(delay=5))
+    assert await client.send(token(1), PUSH) == RetryLater("timeout")
+    # The stream was reset; the connection still works.
+    assert isinstance(await client.send(token(2), PUSH), Delivered)
+    assert env.sim.connections_opened == 1
+
+
+async def test_unreachable_server_times_out(env: Env) -> None:
+    with trio.socket.socket() as sock:  # a port nobody listens on
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = await env.client(base_url=f"https://127.0.0.1:{port}", request_timeout=0.3)
+    assert await client.send(token(1), PUSH) == RetryLater("no APNs connection available")
+
+
+async def test_certificate_auth(tmp_path: Path, nursery: trio.Nursery) -> None:
+    with trio.fail_after(TEST_DEADLINE):
+        client_ca = trustme.CA()
+        ca = trustme.CA()
+        ca_file = tmp_path / "ca.pem"
+        ca_file.write_bytes(ca.cert_pem.bytes())
+        sim = ApnsSimulator(require_token_auth=False)
+        port = await nursery.start(sim.serve, server_context(ca, client_ca=client_ca))
+        cert = client_ca.issue_cert("pushd-client@example.com")
+        cert_file = tmp_path / "client.pem"
+        cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+        settings = ApnsSettings(
+            name="certapp",
+            base_url=f"https://127.0.0.1:{port}",
+            topic=TOPIC,
+            auth=CertAuth(str(cert_file)),
+            ca_file=str(ca_file),
+            request_timeout=1.0,
+        )
+        client = ApnsClient(settings)
+        await nursery.start(client.run)
+        sim.set_default(SimReply(delay=0.05))
+        outcomes = await send_many(client, [token(n) for n in range(50)])
+        assert all(isinstance(o, Delivered) for o in outcomes.values())
+        assert max(sim.max_in_flight.values()) > 1  # no 1-stream warm-up with certificates

@@ -1,0 +1,162 @@
+"""The pushd command line, run as a real subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+from pushd.store.sqlite import Database
+from tests.conftest import KEY_ID, TEAM_ID, Pushd, token
+
+
+def pushd_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pushd", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        check=False,
+    )
+
+
+def test_init_writes_config_store_and_key_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    target = tmp_path / "etc" / "pushd.toml"
+    done = pushd_cli("init", "--config", str(target))
+    assert done.returncode == 0, done.stderr
+    key = (tmp_path / "etc" / "default.key").read_text().strip()
+    assert key.startswith("pushd_")
+    assert (tmp_path / "etc" / "default.key").stat().st_mode & 0o077 == 0
+    database = Database(str(tmp_path / "etc" / "pushd.sqlite3"))
+    try:
+        server = database.authenticate(key)
+        assert server is not None and server.name == "default"
+    finally:
+        database.close()
+    # The starter config is valid as written.
+    assert pushd_cli("check-config", str(target)).returncode == 0
+    before = target.read_text()
+    again = pushd_cli("init", "--config", str(target))
+    assert again.returncode == 1
+    assert "exists already" in again.stderr
+    assert target.read_text() == before
+
+
+def test_check_config_lists_every_problem_with_its_key_path(tmp_path: Path) -> None:
+    config = tmp_path / "pushd.toml"
+    config.write_text(
+        f"""
+[server]
+port = "8080"
+colour = "blue"
+
+[store]
+path = "{tmp_path}/db.sqlite3"
+
+[[apps]]
+name = "ios"
+provider = "apns"
+topic = "org.example"
+key_file = "/etc/pushd/AuthKey_ABC.p8"
+key_id = "ABC"
+team_id = "{TEAM_ID}"
+"""
+    )
+    done = pushd_cli("check-config", str(config))
+    assert done.returncode == 1
+    assert "server.port: expected an integer, got a string" in done.stderr
+    assert "server.colour: unknown key" in done.stderr
+    # Structure errors come first; fix them and the file checks speak.
+    config.write_text(config.read_text().replace('port = "8080"\ncolour = "blue"', "port = 8080"))
+    done = pushd_cli("check-config", str(config))
+    assert done.returncode == 1
+    assert "apps[0].key_file: no such file /etc/pushd/AuthKey_ABC.p8" in done.stderr
+    assert "apps[0].key_id: must be the 10-character id from Apple" in done.stderr
+
+
+def test_check_config_summarises_a_good_file(tmp_path: Path, key_file: Path) -> None:
+    config = tmp_path / "pushd.toml"
+    config.write_text(
+        f"""
+[store]
+path = "db.sqlite3"
+
+[[apps]]
+name = "ios"
+provider = "apns"
+environment = "sandbox"
+topic = "org.example"
+key_file = "{key_file.name}"
+key_id = "{KEY_ID}"
+team_id = "{TEAM_ID}"
+"""
+    )
+    done = pushd_cli("check-config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert "app ios: apns sandbox, topic org.example, token auth" in done.stdout
+
+
+def test_check_config_rejects_a_key_that_is_not_p8(tmp_path: Path) -> None:
+    bad_key = tmp_path / "AuthKey.p8"
+    bad_key.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    config = tmp_path / "pushd.toml"
+    config.write_text(
+        f"""
+[store]
+path = "db.sqlite3"
+[[apps]]
+name = "ios"
+provider = "apns"
+topic = "org.example"
+key_file = "AuthKey.p8"
+key_id = "{KEY_ID}"
+team_id = "{TEAM_ID}"
+"""
+    )
+    done = pushd_cli("check-config", str(config))
+    assert done.returncode == 1
+    assert "apps[0].key_file:" in done.stderr
+
+
+async def test_server_key_lifecycle_against_a_running_pushd(pushd: Pushd) -> None:
+    store = pushd.config.store.path
+    added = await trio.to_thread.run_sync(pushd_cli, "server", "add", "zulip-1", "--store", store)
+    assert added.returncode == 0, added.stderr
+    key = added.stdout.split("API key (shown once, store it on the chat server): ")[1].strip()
+    body = {"user": "u", "token": token(1), "app": "chat"}
+    assert (await pushd.post("/v1/devices", body, key=key)).status_code == 201
+
+    listed = await trio.to_thread.run_sync(pushd_cli, "server", "list", "--store", store)
+    assert "zulip-1" in listed.stdout and "active" in listed.stdout
+    assert key not in listed.stdout
+
+    rotated = await trio.to_thread.run_sync(
+        pushd_cli, "server", "rotate-key", "zulip-1", "--store", store
+    )
+    new_key = rotated.stdout.rsplit(": ", 1)[1].strip()
+    assert (await pushd.post("/v1/devices", body, key=key)).status_code == 401
+    assert (await pushd.post("/v1/devices", body, key=new_key)).status_code == 200
+
+    off = await trio.to_thread.run_sync(
+        pushd_cli, "server", "deactivate", "zulip-1", "--store", store
+    )
+    assert off.returncode == 0
+    refused = await pushd.post("/v1/devices", body, key=new_key)
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "forbidden"
+    # Other servers are untouched.
+    assert (await pushd.post("/v1/users/devices", {"user": "u"})).status_code == 200
+
+    missing = await trio.to_thread.run_sync(
+        pushd_cli, "server", "deactivate", "nobody", "--store", store
+    )
+    assert missing.returncode == 1 and "no server named 'nobody'" in missing.stderr
+
+
+def test_bash_builtin_note_and_python_m_entry_point() -> None:
+    done = pushd_cli("--version")
+    assert done.returncode == 0
+    assert done.stdout.startswith("pushd ")

@@ -1,0 +1,130 @@
+"""The SQLite store: migrations, the 410 rule, and all-or-nothing writes under SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from pushd.store.sqlite import SCHEMA_VERSION, Database, DeadToken, StoreError
+from tests.conftest import token
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    database = Database(str(tmp_path / "pushd.sqlite3"))
+    yield database
+    database.close()
+
+
+def test_fresh_database_is_migrated_in_wal_mode(db: Database, tmp_path: Path) -> None:
+    assert db.schema_version == SCHEMA_VERSION
+    raw = sqlite3.connect(tmp_path / "pushd.sqlite3")
+    assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    raw.close()
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.sqlite3"
+    raw = sqlite3.connect(path)
+    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    raw.close()
+    with pytest.raises(StoreError, match="newer than this pushd"):
+        Database(str(path))
+
+
+def test_reopening_keeps_data_and_does_not_migrate_twice(tmp_path: Path) -> None:
+    path = str(tmp_path / "pushd.sqlite3")
+    first = Database(path)
+    server, key = first.add_server("s")
+    first.register(server.id, "u", token(1), "chat", "production")
+    first.close()
+    second = Database(path)
+    assert second.authenticate(key) == server
+    assert [r.token for r in second.user_registrations(server.id, "u")] == [token(1)]
+    second.close()
+
+
+def test_keys_are_stored_hashed(db: Database, tmp_path: Path) -> None:
+    _, key = db.add_server("s")
+    raw = (tmp_path / "pushd.sqlite3").read_bytes() + (tmp_path / "pushd.sqlite3-wal").read_bytes()
+    assert key.encode() not in raw
+    assert db.authenticate(key + "x") is None
+
+
+def test_register_is_idempotent_and_moves_the_token(db: Database) -> None:
+    server, _ = db.add_server("s")
+    _, new = db.register(server.id, "u1", token(1), "chat", "production")
+    assert new
+    _, new = db.register(server.id, "u2", token(1), "chat", "production")
+    assert not new
+    assert db.user_registrations(server.id, "u1") == []
+    assert [r.user_id for r in db.user_registrations(server.id, "u2")] == ["u2"]
+
+
+def test_410_rule_deletes_only_registrations_older_than_the_timestamp(db: Database) -> None:
+    server, _ = db.add_server("s")
+    other, _ = db.add_server("t")
+    db.register(server.id, "u", token(1), "chat", "production")
+    time.sleep(0.01)
+    (newer, _) = db.register(other.id, "v", token(1), "chat", "production")
+    removed = db.remove_dead([DeadToken("chat", token(1), since=newer.registered_at)])
+    assert removed == 1
+    assert db.user_registrations(server.id, "u") == []
+    assert len(db.user_registrations(other.id, "v")) == 1
+    assert db.remove_dead([DeadToken("chat", token(1))]) == 1
+    assert db.count_registrations() == 0
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from pushd.store.sqlite import Database, DeadToken
+    db = Database(sys.argv[1])
+    dead = [DeadToken("chat", f"{n:064x}") for n in range(int(sys.argv[2]))]
+    print("start", flush=True)
+    while True:
+        db.remove_dead(dead)
+    """
+)
+
+
+def test_sigkill_during_a_write_leaves_all_or_nothing(tmp_path: Path) -> None:
+    path = str(tmp_path / "pushd.sqlite3")
+    count = 20_000
+    db = Database(path)
+    server, _ = db.add_server("s")
+    with db._write_tx() as conn:  # bulk set-up only
+        conn.executemany(
+            "INSERT INTO registrations (server_id, user_id, token, app, environment,"
+            " registered_at) VALUES (?, 'u', ?, 'chat', 'production', 0)",
+            [(server.id, f"{n:064x}") for n in range(count)],
+        )
+    db.close()
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, path, str(count)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "start"
+    time.sleep(0.02)  # inside the delete transaction (it takes far longer)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=10)
+    reopened = Database(path)
+    try:
+        remaining = reopened.count_registrations()
+        assert remaining in (0, count)
+        raw = sqlite3.connect(path)
+        assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        raw.close()
+    finally:
+        reopened.close()
