@@ -230,8 +230,7 @@ def _check_app(index: int, app: AppConfig) -> list[str]:
             if value is None
         ]
         problems.append(
-            f"{key}: token auth needs {', '.join(missing)} "
-            "(or set cert_file for certificate auth)"
+            f"{key}: token auth needs {', '.join(missing)} (or set cert_file for certificate auth)"
         )
     else:
         file_problems = _check_file(f"{key}.key_file", app.key_file)

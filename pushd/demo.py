@@ -9,6 +9,7 @@ it.  It listens on 127.0.0.1 only: the demo key is public knowledge.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from pathlib import Path
@@ -103,8 +104,8 @@ async def _run(directory: Path, port: int) -> None:
             f"  chat-server key: {key}\n"
             f"  user {DEMO_USER!r} has one device registered for app {DEMO_APP!r}\n"
             "Send a notification:\n"
-            f"  curl -s -H 'Authorization: Bearer {key}' -d '{{\"user\":\"{DEMO_USER}\","
-            f"\"alert\":\"Hello\"}}' http://127.0.0.1:{port}/v1/notifications\n",
+            f'  curl -s -H \'Authorization: Bearer {key}\' -d \'{{"user":"{DEMO_USER}",'
+            f'"alert":"Hello"}}\' http://127.0.0.1:{port}/v1/notifications\n',
             flush=True,
         )
         await server.serve(cfg)
@@ -114,9 +115,9 @@ async def _run(directory: Path, port: int) -> None:
 def run(port: int) -> int:
     """Run the demo until Ctrl-C."""
     logs.setup(config.LogConfig())
-    with tempfile.TemporaryDirectory(prefix="pushd-demo-") as tmp:
-        try:
-            trio.run(_run, Path(tmp), port)
-        except KeyboardInterrupt:
-            pass
+    with (
+        tempfile.TemporaryDirectory(prefix="pushd-demo-") as tmp,
+        contextlib.suppress(KeyboardInterrupt),
+    ):
+        trio.run(_run, Path(tmp), port)
     return 0

@@ -108,7 +108,7 @@ def backoff(attempt: int, config: RetryConfig, rng: Callable[[], float] = random
     "Equal jitter": half the step is fixed, half random, so retries of a burst spread out
     but none comes back almost at once.
     """
-    step = min(config.max_delay, config.base_delay * 2 ** (attempt - 1))
+    step = min(config.max_delay, config.base_delay * 2.0 ** (attempt - 1))
     return step / 2 + rng() * step / 2
 
 
@@ -148,9 +148,9 @@ class Dispatcher:
             self._nursery = nursery
             task_status.started()
 
-    async def drain(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for attempts in flight to finish (shutdown)."""
-        with trio.move_on_after(timeout):
+    async def drain(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for attempts in flight to finish (shutdown)."""
+        with trio.move_on_after(grace):
             await self._idle.wait()
         if self._in_flight:
             log.warning("shutdown: %d deliveries still in flight were abandoned", self._in_flight)
@@ -229,7 +229,9 @@ class Dispatcher:
             return Failed(f"no app named {delivery.app!r} is configured")
         now = self.clock()
         if lane.paused_until > now:
-            return Failed(f"app {lane.name} is paused after a credential error: {lane.pause_reason}")
+            return Failed(
+                f"app {lane.name} is paused after a credential error: {lane.pause_reason}"
+            )
         async with lane.limiter:
             outcome = await lane.sender.send(delivery.token, delivery.push)
         if isinstance(outcome, Failed) and outcome.credential:

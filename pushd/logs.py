@@ -13,6 +13,7 @@ import time
 
 from pushd.config import LogConfig
 
+QUIET_LOGGERS = ("hpack", "h2", "httpx", "httpcore", "quart.serving", "hypercorn.access")
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
@@ -42,6 +43,15 @@ def setup(config: LogConfig) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(config.level.upper())
-    # Libraries log every frame at DEBUG; pushd's own debug lines are what an admin wants.
-    for noisy in ("hpack", "h2", "httpx", "httpcore", "quart.serving"):
-        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """Keep protocol libraries' DEBUG lines out, whatever pushd's own level.
+
+    hpack logs every header block it encodes, ``:path`` (the device token) included,
+    and h2 and httpcore log every frame: at DEBUG they would put full tokens in the log
+    and drown pushd's own debug lines.
+    """
+    for noisy in QUIET_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.INFO)

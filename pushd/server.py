@@ -56,7 +56,9 @@ def build_lanes(config: Config) -> list[Lane]:
     lanes = []
     for app in config.apps:
         sender: Sender = ApnsClient(apns_settings(app))
-        lanes.append(Lane(name=app.name, sender=sender, limiter=trio.CapacityLimiter(app.concurrency)))
+        lanes.append(
+            Lane(name=app.name, sender=sender, limiter=trio.CapacityLimiter(app.concurrency))
+        )
     return lanes
 
 
@@ -171,10 +173,15 @@ async def serve(
     *,
     shutdown_trigger: Callable[[], Awaitable[None]] = wait_for_signal,
     lanes: list[Lane] | None = None,
+    extra_routes: Sequence[Route] = (),
     on_ready: Callable[[Services, list[str]], None] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run pushd until ``shutdown_trigger`` returns; ``task_status`` gets the bound URLs."""
+    """Run pushd until ``shutdown_trigger`` returns; ``task_status`` gets the bound URLs.
+
+    ``lanes`` replaces the upstream clients built from the config and ``extra_routes``
+    adds routes (the benchmarks' empty endpoint); both are for tests and benchmarks.
+    """
     store = await Store.open(config.store.path)
     try:
         dispatcher = Dispatcher(
@@ -187,7 +194,7 @@ async def serve(
             await nursery.start(dispatcher.run)
             services = Services(config=config, store=store, dispatcher=dispatcher, routes=[])
             native = NativeApi(config, store, dispatcher, openapi=OPENAPI)
-            services.routes = all_routes(services, native)
+            services.routes = [*all_routes(services, native), *extra_routes]
             app = build_asgi_app(services.routes, config.server.max_body_bytes)
 
             http_done = trio.Event()

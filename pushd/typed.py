@@ -52,12 +52,20 @@ def _literal(kind: Any) -> Hook:
     return hook
 
 
+def _origin_is(origin: Any) -> Callable[[Any], bool]:
+    def predicate(kind: Any) -> bool:
+        found: Any = get_origin(kind)
+        return bool(found is origin)
+
+    return predicate
+
+
 def make_converter() -> cattrs.Converter:
     """A converter that forbids unknown keys and never coerces types."""
     converter = cattrs.Converter(forbid_extra_keys=True)
     for kind in (str, int, float, bool):
         converter.register_structure_hook(kind, _strict(kind))
-    converter.register_structure_hook_factory(lambda t: get_origin(t) is Literal, _literal)
+    converter.register_structure_hook_factory(_origin_is(Literal), _literal)
 
     # Without these guards a list or string where a table belongs (or a table where an
     # array belongs) fails deep inside cattrs with an AttributeError nobody can act on.
@@ -72,7 +80,7 @@ def make_converter() -> cattrs.Converter:
         return hook
 
     def array_factory(kind: Any) -> Hook:
-        as_list = list[get_args(kind)[0]]  # type: ignore[misc]
+        as_list: Any = list.__class_getitem__(get_args(kind)[0])
         inner = converter.get_structure_hook(as_list)
 
         def hook(value: Any, _: Any) -> Any:
@@ -93,8 +101,8 @@ def make_converter() -> cattrs.Converter:
         return hook
 
     converter.register_structure_hook_factory(attrs.has, table_factory)
-    converter.register_structure_hook_factory(lambda t: get_origin(t) is tuple, array_factory)
-    converter.register_structure_hook_factory(lambda t: get_origin(t) is dict, mapping_factory)
+    converter.register_structure_hook_factory(_origin_is(tuple), array_factory)
+    converter.register_structure_hook_factory(_origin_is(dict), mapping_factory)
     converter.register_structure_hook(Any, lambda value, _: value)
     return converter
 

@@ -77,7 +77,9 @@ async def simulator(
     return sim
 
 
-def app_entry(name: str, topic: str, upstream: str, key_file: Path, ca_file: Path) -> dict[str, Any]:
+def app_entry(
+    name: str, topic: str, upstream: str, key_file: Path, ca_file: Path
+) -> dict[str, Any]:
     return {
         "name": name,
         "provider": "apns",
@@ -173,9 +175,7 @@ async def start_pushd(
         )
         client = httpx.AsyncClient(timeout=30)
         clients.append(client)
-        return Pushd(
-            url=urls[0], client=client, key=key, config=cfg, services=ready[0], stop=stop
-        )
+        return Pushd(url=urls[0], client=client, key=key, config=cfg, services=ready[0], stop=stop)
 
     yield start
     for client in clients:

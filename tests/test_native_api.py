@@ -60,7 +60,10 @@ async def test_send_reaches_every_device_of_a_user_across_apps(pushd: Pushd, sim
 async def test_dead_token_is_removed_and_reported(pushd: Pushd, simulator) -> None:
     await pushd.register("dave", token(1))
     await pushd.register("dave", token(2))
-    simulator.script(token(1), SimReply(status=410, reason="Unregistered", timestamp_ms=int(time.time() * 1000) + 60_000))
+    simulator.script(
+        token(1),
+        SimReply(status=410, reason="Unregistered", timestamp_ms=int(time.time() * 1000) + 60_000),
+    )
     simulator.script(token(2), SimReply(status=400, reason="BadDeviceToken"))
     answer = await pushd.send({"user": "dave", "alert": "x"})
     statuses = {r["token"]: (r["status"], r.get("reason")) for r in answer["results"]}

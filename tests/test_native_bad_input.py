@@ -94,16 +94,16 @@ async def test_payload_over_the_apns_limit(pushd: Pushd, simulator: ApnsSimulato
     "raw", [b"{", b"not json", b"\xff\xfe", b"[1,2]", b"null", b'"string"', b""]
 )
 async def test_malformed_json(pushd: Pushd, raw: bytes) -> None:
-    response = await pushd.client.post(
-        pushd.url + "/v1/devices", content=raw, headers=pushd.auth()
-    )
+    response = await pushd.client.post(pushd.url + "/v1/devices", content=raw, headers=pushd.auth())
     error = error_of(response)
     assert error["code"] in ("malformed_json", "invalid_request")
 
 
 async def test_oversized_body(pushd: Pushd) -> None:
     body = b'{"user":"u","token":"' + b"a" * 100_000 + b'","app":"chat"}'
-    response = await pushd.client.post(pushd.url + "/v1/devices", content=body, headers=pushd.auth())
+    response = await pushd.client.post(
+        pushd.url + "/v1/devices", content=body, headers=pushd.auth()
+    )
     assert response.status_code == 413
     assert error_of(response)["code"] == "body_too_large"
     assert await devices(pushd, "u") == []

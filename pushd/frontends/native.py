@@ -267,7 +267,10 @@ class NativeApi:
         return [
             Route("POST", "/v1/devices", self._guarded(self.register), "native_register"),
             Route(
-                "POST", "/v1/devices/unregister", self._guarded(self.unregister), "native_unregister"
+                "POST",
+                "/v1/devices/unregister",
+                self._guarded(self.unregister),
+                "native_unregister",
             ),
             Route(
                 "POST",
@@ -283,9 +286,7 @@ class NativeApi:
     async def openapi(self, request: Request) -> Reply:
         return self._openapi
 
-    def _guarded(
-        self, handler: Callable[[Request, Server], Any]
-    ) -> Callable[[Request], Any]:
+    def _guarded(self, handler: Callable[[Request, Server], Any]) -> Callable[[Request], Any]:
         async def guarded(request: Request) -> Reply:
             try:
                 server = self._authenticate(request)

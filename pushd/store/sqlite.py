@@ -121,7 +121,11 @@ def _connect(path: str, *, readonly: bool) -> sqlite3.Connection:
     uri = Path(path).resolve().as_uri() + ("?mode=ro" if readonly else "")
     try:
         db = sqlite3.connect(
-            uri, uri=True, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+            uri,
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=BUSY_TIMEOUT_MS / 1000,
         )
     except sqlite3.OperationalError as error:
         raise StoreError(f"cannot open {path}: {error}") from None
@@ -237,9 +241,7 @@ class Database:
 
     def set_active(self, name: str, active: bool) -> None:
         with self._write_tx() as db:
-            cursor = db.execute(
-                "UPDATE servers SET active = ? WHERE name = ?", (int(active), name)
-            )
+            cursor = db.execute("UPDATE servers SET active = ? WHERE name = ?", (int(active), name))
             if cursor.rowcount != 1:
                 raise StoreError(f"no server named {name!r}")
 
@@ -380,7 +382,8 @@ class Store:
         # Shielded: once a write has started, finish it even if the caller is cancelled,
         # so what the caller hears never disagrees with what was committed.
         with trio.CancelScope(shield=True):
-            return await trio.to_thread.run_sync(fn, *args, limiter=self._writer)
+            result = await trio.to_thread.run_sync(fn, *args, limiter=self._writer)
+        return result
 
     # Reads: inline, see the module docstring.
     def authenticate(self, key: str) -> Server | None:
