@@ -11,10 +11,11 @@ deliveries in flight finish for ``server.drain_seconds``, then close everything.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -161,27 +162,50 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     return hc
 
 
-async def wait_for_signal() -> None:
+@contextlib.contextmanager
+def signal_trigger() -> Iterator[Callable[[], Awaitable[None]]]:
+    """A shutdown trigger for SIGINT/SIGTERM, listening from the moment it is entered.
+
+    Entered before the server binds, so a SIGTERM that arrives right after start-up is
+    a graceful shutdown, not the default action (instant death).
+    """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.info("received %s: shutting down", signal.Signals(signum).name)
-            return
+
+        async def wait() -> None:
+            async for signum in signals:
+                log.info("received %s: shutting down", signal.Signals(signum).name)
+                return
+
+        yield wait
 
 
 async def serve(
     config: Config,
     *,
-    shutdown_trigger: Callable[[], Awaitable[None]] = wait_for_signal,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     lanes: list[Lane] | None = None,
     extra_routes: Sequence[Route] = (),
     on_ready: Callable[[Services, list[str]], None] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run pushd until ``shutdown_trigger`` returns; ``task_status`` gets the bound URLs.
+    """Run pushd until ``shutdown_trigger`` returns (default: SIGINT or SIGTERM).
+
+    ``task_status`` gets the bound URLs.
 
     ``lanes`` replaces the upstream clients built from the config and ``extra_routes``
     adds routes (the benchmarks' empty endpoint); both are for tests and benchmarks.
     """
+    if shutdown_trigger is None:
+        with signal_trigger() as on_signal:
+            await serve(
+                config,
+                shutdown_trigger=on_signal,
+                lanes=lanes,
+                extra_routes=extra_routes,
+                on_ready=on_ready,
+                task_status=task_status,
+            )
+        return
     store = await Store.open(config.store.path)
     try:
         dispatcher = Dispatcher(

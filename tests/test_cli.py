@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -160,3 +161,66 @@ def test_bash_builtin_note_and_python_m_entry_point() -> None:
     done = pushd_cli("--version")
     assert done.returncode == 0
     assert done.stdout.startswith("pushd ")
+
+
+def _simulator_config(tmp_path: Path, port: int, key_file: Path, ca_file: Path) -> Path:
+    path = tmp_path / "pushd.toml"
+    path.write_text(
+        f"""
+[server]
+port = 0
+[store]
+path = "serve.sqlite3"
+[[apps]]
+name = "chat"
+provider = "apns"
+environment = "sandbox"
+topic = "org.example.chat"
+key_file = "{key_file}"
+key_id = "{KEY_ID}"
+team_id = "{TEAM_ID}"
+upstream_url = "https://127.0.0.1:{port}"
+upstream_ca_file = "{ca_file}"
+"""
+    )
+    return path
+
+
+async def test_send_test_prints_the_upstream_answer(
+    simulator, tmp_path: Path, key_file: Path, ca_file: Path
+) -> None:
+    from pushd.simulators.apns import SimReply
+
+    config = _simulator_config(tmp_path, simulator.port, key_file, ca_file)
+    done = await trio.to_thread.run_sync(
+        pushd_cli, "send-test", "--config", str(config), "--app", "chat", "--token", token(5)
+    )
+    assert done.returncode == 0, done.stderr
+    assert "chat: Delivered" in done.stdout
+    assert [r.token for r in simulator.received] == [token(5)]
+    simulator.script(token(6), SimReply(status=400, reason="BadDeviceToken"))
+    done = await trio.to_thread.run_sync(
+        pushd_cli, "send-test", "--config", str(config), "--app", "chat", "--token", token(6)
+    )
+    assert "TokenDead" in done.stdout and "BadDeviceToken" in done.stdout
+
+
+async def test_serve_runs_and_stops_cleanly_on_sigterm(
+    simulator, tmp_path: Path, key_file: Path, ca_file: Path
+) -> None:
+    config = _simulator_config(tmp_path, simulator.port, key_file, ca_file)
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "pushd", "serve", "--config", str(config)],
+        stderr=subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    seen = b""
+    with trio.fail_after(20):
+        while b"listening on http://" not in seen:
+            chunk = await process.stderr.receive_some()
+            assert chunk, seen.decode()
+            seen += chunk
+    process.send_signal(signal.SIGTERM)
+    with trio.fail_after(20):
+        await process.wait()
+    assert process.returncode == 0

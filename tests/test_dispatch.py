@@ -1,0 +1,99 @@
+"""The delivery engine's retry rules, observed at the simulator."""
+
+from __future__ import annotations
+
+import trio
+
+from pushd.config import RetryConfig
+from pushd.dispatch import backoff
+from pushd.simulators.apns import ApnsSimulator, SimReply
+from tests.conftest import Pushd, PushdFactory, token
+
+
+def test_backoff_grows_is_capped_and_jittered() -> None:
+    config = RetryConfig(base_delay=1.0, max_delay=30.0)
+    assert [backoff(n, config, rng=lambda: 0.0) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
+    assert [backoff(n, config, rng=lambda: 1.0) for n in (1, 2, 3)] == [1.0, 2.0, 4.0]
+    assert backoff(20, config, rng=lambda: 1.0) == 30.0
+    assert backoff(20, config, rng=lambda: 0.0) == 15.0
+
+
+async def test_retry_after_is_honoured(pushd: Pushd, simulator: ApnsSimulator) -> None:
+    await pushd.register("u", token(1))
+    simulator.script(token(1), SimReply(status=429, reason="TooManyRequests", retry_after=1))
+    answer = await pushd.send({"user": "u", "alert": "x"})
+    assert answer["results"][0]["status"] == "retrying"
+    with trio.fail_after(5):
+        first, second = await simulator.wait_for(2)
+    assert (first.status, second.status) == (429, 200)
+    assert second.at - first.at >= 1.0  # base_delay is 0.05 s here: Retry-After ruled
+
+
+async def test_retries_stop_after_max_attempts(
+    start_pushd: PushdFactory, simulator: ApnsSimulator
+) -> None:
+    pushd: Pushd = await start_pushd(retry={"max_attempts": 3})
+    await pushd.register("u", token(1))
+    simulator.set_default(SimReply(status=500, reason="InternalServerError"))
+    await pushd.send({"user": "u", "alert": "x"})
+    with trio.fail_after(5):
+        await simulator.wait_for(3)
+    await trio.sleep(0.5)  # several backoff periods: no fourth attempt comes
+    assert len(simulator.received) == 3
+    health = (await pushd.client.get(pushd.url + "/healthz")).json()
+    assert health["apps"]["chat"]["dropped"] == 1
+    assert health["queued_retries"] == 0
+
+
+async def test_ttl_zero_means_one_attempt(pushd: Pushd, simulator: ApnsSimulator) -> None:
+    await pushd.register("u", token(1))
+    simulator.script(token(1), SimReply(status=503, reason="ServiceUnavailable"))
+    answer = await pushd.send({"user": "u", "alert": "x", "ttl": 0})
+    (result,) = answer["results"]
+    assert result["status"] == "failed"
+    assert result["reason"].startswith("gave up")
+    await trio.sleep(0.3)
+    assert len(simulator.received) == 1
+    assert simulator.received[0].expiration == 0
+
+
+async def test_slow_upstream_answers_retrying_then_delivers_in_background(
+    start_pushd: PushdFactory, simulator: ApnsSimulator
+) -> None:
+    pushd: Pushd = await start_pushd(server={"first_attempt_deadline": 0.2})
+    await pushd.register("u", token(1))
+    await pushd.register("u", token(2))
+    simulator.script(token(1), SimReply(delay=0.6))
+    answer = await pushd.send({"user": "u", "alert": "x"})
+    statuses = {r["token"]: r["status"] for r in answer["results"]}
+    assert statuses == {token(1): "retrying", token(2): "delivered"}
+    with trio.fail_after(5):
+        await simulator.wait_for(2)
+    # The slow one was not cancelled and sent again: it arrived exactly once.
+    await trio.sleep(0.2)
+    assert [r.token for r in simulator.received].count(token(1)) == 1
+    health = (await pushd.client.get(pushd.url + "/healthz")).json()
+    assert health["apps"]["chat"]["delivered"] == 2
+
+
+async def test_one_app_at_its_concurrency_limit_does_not_slow_another(
+    start_pushd: PushdFactory, simulator: ApnsSimulator, key_file, ca_file
+) -> None:
+    from tests.conftest import OTHER_TOPIC, TOPIC, app_entry
+
+    upstream = f"https://127.0.0.1:{simulator.port}"
+    slow = {**app_entry("chat", TOPIC, upstream, key_file, ca_file), "concurrency": 1}
+    fast = app_entry("other", OTHER_TOPIC, upstream, key_file, ca_file)
+    pushd: Pushd = await start_pushd(apps=[slow, fast], server={"first_attempt_deadline": 5})
+    for n in range(3):
+        await pushd.register("slow", token(n), app="chat")
+        simulator.script(token(n), SimReply(delay=0.5))
+    await pushd.register("fast", token(50), app="other")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pushd.send, {"user": "slow", "alert": "x"})
+        await trio.sleep(0.1)
+        started = trio.current_time()
+        answer = await pushd.send({"user": "fast", "alert": "y"})
+        elapsed = trio.current_time() - started
+    assert answer["results"][0]["status"] == "delivered"
+    assert elapsed < 0.5  # not queued behind chat's three 0.5 s sends in a row
