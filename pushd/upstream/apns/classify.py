@@ -1,0 +1,151 @@
+"""Map one APNs response to an :data:`~pushd.model.Outcome`: a pure function, no I/O.
+
+The table is the protocol notes' §1.4.  Reasons decide first (they are unique across
+statuses); a reason we do not know falls back on its status class, choosing the outcome
+that does the least harm: an unknown 403 pauses the app (credentials), an unknown 4xx
+fails only this message, unknown 5xx and 429 retry.  Nothing here deletes a token unless
+APNs named one of the token reasons.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Final
+
+import attrs
+
+from pushd.model import Delivered, Failed, Outcome, RetryLater, TokenDead
+
+#: The token will never work again.
+TOKEN_DEAD_REASONS: Final = frozenset(
+    {"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered", "ExpiredToken"}
+)
+#: The app's credentials or topic configuration are wrong: pause the app, keep tokens.
+CREDENTIAL_REASONS: Final = frozenset(
+    {
+        "TopicDisallowed",
+        "BadTopic",
+        "MissingTopic",
+        "InvalidProviderToken",
+        "MissingProviderToken",
+        "BadCertificate",
+        "BadCertificateEnvironment",
+        "Forbidden",
+        "BadEnvironmentKeyIdInToken",
+        "BadEnvironmentKeyInToken",
+        "UnrelatedKeyIdInToken",
+    }
+)
+#: We built the request wrongly: fail this message, never retry it as is.
+REQUEST_REASONS: Final = frozenset(
+    {
+        "InvalidPushType",
+        "BadPriority",
+        "BadExpirationDate",
+        "BadMessageId",
+        "BadCollapseId",
+        "DuplicateHeaders",
+        "PayloadEmpty",
+        "MissingDeviceToken",
+        "BadPath",
+        "MethodNotAllowed",
+        "PayloadTooLarge",
+    }
+)
+#: Transient on APNs' side: try again later (on another connection, the pool's business).
+RETRY_REASONS: Final = frozenset(
+    {
+        "IdleTimeout",
+        "TooManyRequests",
+        "TooManyProviderTokenUpdates",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "Shutdown",
+    }
+)
+#: The one reason the client answers itself: regenerate the JWT and resend once.
+EXPIRED_PROVIDER_TOKEN: Final = "ExpiredProviderToken"
+
+
+@attrs.frozen
+class ProviderTokenExpired:
+    """Not an outcome: APNs says our JWT is too old.  The client regenerates and resends."""
+
+
+#: The single instance :func:`classify` returns for ``ExpiredProviderToken``.
+PROVIDER_TOKEN_EXPIRED: Final = ProviderTokenExpired()
+
+
+def parse_body(body: bytes) -> tuple[str | None, float | None]:
+    """``(reason, timestamp in seconds)`` from an APNs error body; ``None`` for what is absent.
+
+    Never raises: a proxy's HTML error page or a truncated body yields ``(None, None)``.
+    """
+    if not body:
+        return None, None
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    reason = data.get("reason")
+    if not isinstance(reason, str):
+        reason = None
+    timestamp = data.get("timestamp")
+    if isinstance(timestamp, bool) or not isinstance(timestamp, int | float):
+        return reason, None
+    return reason, timestamp / 1000
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header, or ``None``.
+
+    Only the delay-seconds form is understood: APNs does not document the header at all,
+    and an HTTP-date would need a clock, which this pure module does not have.
+    """
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    if not seconds >= 0 or seconds == float("inf"):  # also rejects NaN
+        return None
+    return seconds
+
+
+def classify(
+    status: int,
+    body: bytes,
+    retry_after: str | None = None,
+    apns_id: str | None = None,
+) -> Outcome | ProviderTokenExpired:
+    """The outcome of one APNs response.
+
+    ``retry_after`` is the raw ``Retry-After`` header, ``apns_id`` the ``apns-id``
+    response header (it becomes :attr:`Delivered.upstream_id`).
+    """
+    if status == 200:
+        return Delivered(apns_id)
+    reason, timestamp = parse_body(body)
+    if reason is not None:
+        if reason in TOKEN_DEAD_REASONS:
+            return TokenDead(reason, since=timestamp if reason == "Unregistered" else None)
+        if reason in CREDENTIAL_REASONS:
+            return Failed(reason, credential=True)
+        if reason in REQUEST_REASONS:
+            return Failed(reason)
+        if reason == EXPIRED_PROVIDER_TOKEN:
+            return PROVIDER_TOKEN_EXPIRED
+        if reason in RETRY_REASONS:
+            return RetryLater(reason, parse_retry_after(retry_after))
+    label = reason if reason is not None else f"HTTP {status}"
+    if status == 429 or 500 <= status <= 599:
+        return RetryLater(label, parse_retry_after(retry_after))
+    if status == 403:
+        return Failed(label, credential=True)
+    if 200 <= status <= 299:  # no APNs status, but a success is a success
+        return Delivered(apns_id)
+    # Unknown 4xx, or a status APNs never sends (a proxy in between): this message failed.
+    return Failed(label)

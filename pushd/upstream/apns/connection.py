@@ -1,0 +1,598 @@
+"""One long-lived HTTP/2 connection to APNs: h2 state, a reader, a writer and a pinger.
+
+The pool (:mod:`pushd.upstream.apns.client`) decides *which* connection a request uses
+and reserves a stream slot on it; this module runs the protocol.  Three tasks per
+connection and nothing per request:
+
+* the **reader** feeds received bytes to h2 and hands each event to the waiting request;
+* the **writer** sends whatever h2 has queued, so requests that arrive while a write is in
+  progress go out together in the next one (one ``send_all`` for many requests);
+* the **pinger** sends a PING only after :data:`PING_INTERVAL` of silence and drops the
+  connection if no ACK arrives within :data:`PING_TIMEOUT`.  Healthy idle connections are
+  never closed: Apple wants them kept for hours (unlike aioapns' 10 s idle close).
+
+Every request ends in exactly one of :class:`Response`, :class:`Unprocessed` (APNs
+certainly did not act on it: safe to resend elsewhere) or :class:`Lost` (it may have been
+delivered: report, do not resend).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+from h2.config import H2Configuration
+from h2.connection import (
+    ConnectionInputs,
+    ConnectionState,
+    H2Connection,
+    H2ConnectionStateMachine,
+)
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    Event,
+    PingAckReceived,
+    RemoteSettingsChanged,
+    ResponseReceived,
+    StreamEnded,
+    StreamReset,
+    WindowUpdated,
+)
+from h2.exceptions import H2Error
+from h2.settings import SettingCodes, Settings
+from hpack import Encoder
+
+from pushd.upstream.apns.request import Header
+
+log = logging.getLogger("pushd.upstream.apns")
+
+#: Send a PING after this many seconds without any frame from APNs.
+PING_INTERVAL = 60.0
+#: Drop the connection if the PING ACK takes longer than this (seconds).
+PING_TIMEOUT = 10.0
+#: Our receive windows.  APNs answers are tiny, so these only have to be big enough that
+#: flow control never throttles answers; acknowledging data keeps them open.
+STREAM_WINDOW = 1 << 20
+CONNECTION_WINDOW = 1 << 24
+#: Bytes asked of the TLS stream per read.
+READ_SIZE = 1 << 16
+#: Stop opening streams past this id and let the pool replace the connection (ids are
+#: 31-bit and odd; leave room for the streams already reserved).
+STREAM_ID_LIMIT = (1 << 31) - 1 - 2 * 100_000
+#: Drop h2's closed stream records once they outnumber open streams by this much.
+PRUNE_SLACK = 256
+
+_H2_CONFIG = H2Configuration(
+    client_side=True,
+    header_encoding=None,
+    validate_outbound_headers=False,
+    normalize_outbound_headers=False,
+    validate_inbound_headers=False,
+)
+
+
+# --- results --------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Response:
+    """APNs answered the request."""
+
+    status: int
+    body: bytes
+    apns_id: str | None
+    retry_after: str | None
+
+
+@attrs.frozen
+class Unprocessed:
+    """APNs did not act on the request (GOAWAY above it, REFUSED_STREAM, never sent)."""
+
+    reason: str
+
+
+@attrs.frozen
+class Lost:
+    """The connection failed after the request was sent: it may or may not be delivered."""
+
+    reason: str
+
+
+Result = Response | Unprocessed | Lost
+
+
+# --- h2 adjustments -------------------------------------------------------------------
+
+
+class _DrainingStateMachine(H2ConnectionStateMachine):
+    """h2's connection state machine, except that a received GOAWAY keeps it open.
+
+    Stock h2 moves to CLOSED on GOAWAY and then rejects every later frame, including
+    the answers to streams at or below ``last_stream_id`` that APNs promises to finish.
+    We still never open a new stream after GOAWAY; that rule lives in
+    :attr:`ApnsConnection.accepting`.
+    """
+
+    _transitions = {
+        **H2ConnectionStateMachine._transitions,
+        (ConnectionState.CLIENT_OPEN, ConnectionInputs.RECV_GOAWAY): (
+            None,
+            ConnectionState.CLIENT_OPEN,
+        ),
+    }
+
+
+class _PlainEncoder(Encoder):
+    """HPACK without Huffman coding.
+
+    Pure-Python Huffman coding of the per-request literals (``:path`` and the ~200-byte
+    JWT) measured about 0.12 CPU-ms per request, more than our whole budget, to save
+    some 60 bytes on a connection that is never bandwidth-bound.  Indexed headers cost
+    one byte either way.
+    """
+
+    def encode(self, headers: Any, huffman: bool = False) -> bytes:
+        return super().encode(headers, huffman=False)
+
+
+class _H2(H2Connection):
+    """h2 with O(1) stream accounting.
+
+    h2 counts open streams by scanning all of them on every ``send_headers`` (8.6 % of
+    Sygnal's APNs CPU, protocol notes §3.8), which is quadratic with 1000 streams in
+    flight.  We already count our streams exactly, so h2 uses that count, and closed
+    stream records are pruned in batches through the base implementation.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(config=_H2_CONFIG)
+        self.state_machine = _DrainingStateMachine()
+        self.encoder = _PlainEncoder()
+        self.open_count = 0
+
+    @property
+    def open_outbound_streams(self) -> int:
+        return self.open_count
+
+    def prune_closed_streams(self) -> None:
+        """Let h2 forget closed streams (its counting scan does that as a side effect)."""
+        _ = super().open_outbound_streams
+
+
+# --- one request ----------------------------------------------------------------------
+
+
+class _Stream:
+    """Mutable per-request state, touched only by the request's task and the reader."""
+
+    __slots__ = (
+        "apns_id",
+        "body",
+        "chunks",
+        "done",
+        "end_sent",
+        "result",
+        "retry_after",
+        "status",
+        "stream_id",
+    )
+
+    def __init__(self, stream_id: int, body: bytes) -> None:
+        self.stream_id = stream_id
+        self.body = body
+        self.end_sent = False
+        self.status = 0
+        self.apns_id: str | None = None
+        self.retry_after: str | None = None
+        self.chunks: list[bytes] = []
+        self.done = trio.Event()
+        self.result: Result | None = None
+
+
+class ConnectionFailed(Exception):
+    """Opening a connection failed (TLS, ALPN, or no SETTINGS from the server)."""
+
+
+class ApnsConnection:
+    """One HTTP/2 connection.  Create with :meth:`open`, then run :meth:`serve`.
+
+    ``reserved`` counts stream slots the pool handed out, including requests that are
+    about to start; the pool only hands out a slot while ``reserved < max_streams``.  If
+    APNs lowers SETTINGS_MAX_CONCURRENT_STREAMS below what is in flight, nothing is
+    taken back: streams finish, ``reserved`` sinks, and new requests wait until it is
+    below the new limit again.  Nothing ever blocks on the lowered limit, so no deadlock.
+    """
+
+    def __init__(
+        self,
+        sock: trio.SSLStream[trio.SocketStream],
+        *,
+        app: str,
+        index: int,
+        on_capacity: Callable[[ApnsConnection], None],
+    ) -> None:
+        self._sock = sock
+        self._app = app
+        self.index = index
+        self._on_capacity = on_capacity
+        self._h2 = _H2()
+        self._h2.local_settings = Settings(
+            client=True,
+            initial_values={
+                SettingCodes.ENABLE_PUSH: 0,
+                SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                SettingCodes.MAX_CONCURRENT_STREAMS: 0,
+            },
+        )
+        self._streams: dict[int, _Stream] = {}
+        #: Streams whose body waits for send window, in arrival order.
+        self._blocked: dict[int, _Stream] = {}
+        self._write_wanted = trio.Event()
+        self._ping_ack: trio.Event | None = None
+        self._cancel_scope: trio.CancelScope | None = None
+        self._last_received = trio.current_time()
+        #: Set once the server's first SETTINGS arrived.
+        self.ready = False
+        #: False after GOAWAY or once the connection failed: take no new requests.
+        self.accepting = True
+        self.max_streams = 0
+        self.reserved = 0
+        #: Requests that got an answer: a connection that never completed one counts as a
+        #: failed connect attempt for the pool's backoff.
+        self.completed = 0
+        self.lost_reason: str | None = None
+        self._goaway_reason: str | None = None
+
+    @property
+    def free_slots(self) -> int:
+        """Stream slots the pool may still hand out (may be negative after a shrink)."""
+        return self.max_streams - self.reserved if self.accepting else 0
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Send the preface and wait for the server's SETTINGS (the caller bounds time)."""
+        h2 = self._h2
+        h2.initiate_connection()
+        h2.increment_flow_control_window(CONNECTION_WINDOW - 65_535)
+        await self._sock.send_all(h2.data_to_send())
+        while not self.ready:
+            data = await self._sock.receive_some(READ_SIZE)
+            if not data:
+                raise ConnectionFailed("closed before sending SETTINGS")
+            try:
+                events = h2.receive_data(data)
+            except H2Error as exc:
+                raise ConnectionFailed(f"HTTP/2 error: {exc}") from None
+            self._handle(events)
+        pending = h2.data_to_send()
+        if pending:
+            await self._sock.send_all(pending)
+
+    async def serve(self) -> None:
+        """Run until the connection ends: drained after GOAWAY, failed, or cancelled.
+
+        On return every request that was on the connection has its result.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                self._cancel_scope = nursery.cancel_scope
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._pinger)
+                await self._reader()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.accepting = False
+            self._fail_all(self.lost_reason or "connection closed")
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self._sock)
+
+    def _die(self, reason: str) -> None:
+        """Mark the connection failed and stop its tasks (serve() then cleans up)."""
+        if self.lost_reason is None:
+            if self._goaway_reason is not None:
+                reason = f"{reason} after GOAWAY {self._goaway_reason}"
+            self.lost_reason = reason
+        self.accepting = False
+        if self._cancel_scope is not None:
+            self._cancel_scope.cancel()
+
+    def close(self) -> None:
+        """Stop the connection now (the pool is shutting down)."""
+        self._die("client closing")
+
+    def _fail_all(self, reason: str) -> None:
+        streams = list(self._streams.values())
+        self._streams.clear()
+        self._blocked.clear()
+        for stream in streams:
+            # Without END_STREAM on the body APNs cannot have processed it.
+            result: Result = (
+                Lost(f"connection lost: {reason}") if stream.end_sent else Unprocessed(reason)
+            )
+            self._finish(stream, result)
+
+    # --- tasks ------------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        sock = self._sock
+        h2 = self._h2
+        while True:
+            try:
+                data = await sock.receive_some(READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._die(f"read failed: {type(exc).__name__}")
+                return
+            if not data:
+                self._die("closed by APNs")
+                return
+            self._last_received = trio.current_time()
+            try:
+                events = h2.receive_data(data)
+            except H2Error as exc:
+                self._die(f"HTTP/2 protocol error: {type(exc).__name__}")
+                return
+            self._handle(events)
+
+    async def _writer(self) -> None:
+        sock = self._sock
+        h2 = self._h2
+        while True:
+            await self._write_wanted.wait()
+            self._write_wanted = trio.Event()
+            data = h2.data_to_send()
+            if data:
+                try:
+                    await sock.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    self._die(f"write failed: {type(exc).__name__}")
+                    return
+
+    async def _pinger(self) -> None:
+        while True:
+            await trio.sleep_until(self._last_received + PING_INTERVAL)
+            if trio.current_time() - self._last_received < PING_INTERVAL:
+                continue  # something arrived meanwhile: not idle
+            ack = self._ping_ack = trio.Event()
+            try:
+                self._h2.ping(os.urandom(8))
+            except H2Error:
+                return
+            self._flush()
+            with trio.move_on_after(PING_TIMEOUT):
+                await ack.wait()
+            if not ack.is_set():
+                log.warning("apns[%s] connection %d: no PING ACK, closing", self._app, self.index)
+                self._die("no PING ACK")
+                return
+
+    def _flush(self) -> None:
+        self._write_wanted.set()
+
+    # --- requests ---------------------------------------------------------------------
+
+    async def request(self, headers: list[Header], body: bytes) -> Result:
+        """Send one request on a slot the pool reserved for us and wait for its result.
+
+        If the caller is cancelled (its timeout), the stream is reset so APNs stops
+        working on it, and the slot is released.
+        """
+        if not self.accepting:
+            self.reserved -= 1
+            self._on_capacity(self)
+            return Unprocessed("connection no longer accepting")
+        h2 = self._h2
+        try:
+            stream_id = h2.get_next_available_stream_id()
+            h2.send_headers(stream_id, headers, end_stream=not body)
+        except H2Error as exc:
+            self.reserved -= 1
+            self.accepting = False
+            self._on_capacity(self)
+            return Unprocessed(f"cannot open stream: {type(exc).__name__}")
+        h2.open_count += 1
+        if stream_id >= STREAM_ID_LIMIT:
+            self.accepting = False  # let the pool open a fresh connection
+        stream = _Stream(stream_id, body)
+        self._streams[stream_id] = stream
+        if body:
+            self._send_body(stream)
+        else:
+            stream.end_sent = True
+        self._flush()
+        try:
+            await stream.done.wait()
+        finally:
+            if stream.result is None:
+                self._abandon(stream)
+        assert stream.result is not None
+        return stream.result
+
+    def _send_body(self, stream: _Stream) -> None:
+        """Send as much of the body as the send windows allow; park the rest."""
+        h2 = self._h2
+        sid = stream.stream_id
+        body = stream.body
+        while body:
+            size = min(len(body), h2.local_flow_control_window(sid), h2.max_outbound_frame_size)
+            if size <= 0:
+                stream.body = body
+                self._blocked[sid] = stream
+                return
+            last = size == len(body)
+            h2.send_data(sid, body[:size] if not last else body, end_stream=last)
+            body = body[size:]
+        stream.body = b""
+        stream.end_sent = True
+
+    def _resume_blocked(self) -> None:
+        blocked = self._blocked
+        self._blocked = {}
+        for stream in blocked.values():
+            if stream.result is None:
+                try:
+                    self._send_body(stream)
+                except H2Error:
+                    self._release(stream, Unprocessed("stream closed before body was sent"))
+        self._flush()
+
+    def _abandon(self, stream: _Stream) -> None:
+        """The request gave up (timeout): reset the stream and free the slot."""
+        if self._streams.pop(stream.stream_id, None) is None:
+            return
+        self._blocked.pop(stream.stream_id, None)
+        with contextlib.suppress(H2Error):
+            self._h2.reset_stream(stream.stream_id, ErrorCodes.CANCEL)
+        self._flush()
+        self._finish(stream, Lost("abandoned"))
+
+    def _release(self, stream: _Stream, result: Result) -> None:
+        if self._streams.pop(stream.stream_id, None) is not None:
+            self._blocked.pop(stream.stream_id, None)
+            self._finish(stream, result)
+
+    def _finish(self, stream: _Stream, result: Result) -> None:
+        stream.result = result
+        stream.done.set()
+        h2 = self._h2
+        h2.open_count -= 1
+        self.reserved -= 1
+        if len(h2.streams) > 2 * h2.open_count + PRUNE_SLACK:
+            h2.prune_closed_streams()
+        if isinstance(result, Response):
+            self.completed += 1
+        if not self.accepting and not self._streams:
+            self._die("drained")
+            return
+        self._on_capacity(self)
+
+    # --- events -----------------------------------------------------------------------
+
+    def _handle(self, events: list[Event]) -> None:
+        streams = self._streams
+        flush = False
+        for event in events:
+            # The three per-request events first: they are nearly all of the traffic.
+            if isinstance(event, ResponseReceived):
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    for name, value in event.headers or ():
+                        if name == b":status":
+                            stream.status = int(value)
+                        elif name == b"apns-id":
+                            stream.apns_id = bytes(value).decode("ascii", "replace")
+                        elif name == b"retry-after":
+                            stream.retry_after = bytes(value).decode("ascii", "replace")
+            elif isinstance(event, StreamEnded):
+                sid = event.stream_id
+                stream = streams.pop(sid, None)
+                if stream is not None:
+                    if not stream.end_sent:
+                        # APNs answered before reading the whole body (e.g. 413).
+                        self._blocked.pop(sid, None)
+                        with contextlib.suppress(H2Error):
+                            self._h2.reset_stream(sid, ErrorCodes.NO_ERROR)
+                        flush = True
+                    self._finish(
+                        stream,
+                        Response(
+                            stream.status,
+                            b"".join(stream.chunks),
+                            stream.apns_id,
+                            stream.retry_after,
+                        ),
+                    )
+            elif isinstance(event, DataReceived):
+                sid = event.stream_id
+                stream = streams.get(sid)
+                if stream is not None and event.data:
+                    stream.chunks.append(event.data)
+                if event.flow_controlled_length:
+                    self._h2.acknowledge_received_data(event.flow_controlled_length, sid)
+                    flush = True
+            elif isinstance(event, StreamReset):
+                sid = event.stream_id
+                stream = streams.get(sid)
+                if stream is not None:
+                    code = event.error_code
+                    if code == ErrorCodes.REFUSED_STREAM:
+                        self._release(stream, Unprocessed("stream refused"))
+                    else:
+                        self._release(stream, Lost(f"stream reset by APNs: {code!r}"))
+            elif isinstance(event, RemoteSettingsChanged):
+                self._settings_changed(event)
+                flush = True
+            elif isinstance(event, WindowUpdated):
+                if self._blocked:
+                    self._resume_blocked()
+            elif isinstance(event, ConnectionTerminated):
+                self._goaway(event)
+            elif isinstance(event, PingAckReceived):
+                if self._ping_ack is not None:
+                    self._ping_ack.set()
+            else:
+                # PingReceived, SettingsAcknowledged, ...: h2 already answered if needed.
+                flush = True
+        if flush:
+            self._flush()
+
+    def _settings_changed(self, event: RemoteSettingsChanged) -> None:
+        changed = event.changed_settings
+        first = not self.ready
+        self.ready = True
+        streams = changed.get(SettingCodes.MAX_CONCURRENT_STREAMS)
+        if first or streams is not None:
+            old = self.max_streams
+            self.max_streams = self._h2.remote_settings.max_concurrent_streams
+            if old != self.max_streams and not first:
+                log.debug(
+                    "apns[%s] connection %d: max streams %d -> %d",
+                    self._app,
+                    self.index,
+                    old,
+                    self.max_streams,
+                )
+        if SettingCodes.INITIAL_WINDOW_SIZE in changed and self._blocked:
+            self._resume_blocked()
+        if not first:
+            self._on_capacity(self)
+
+    def _goaway(self, event: ConnectionTerminated) -> None:
+        self.accepting = False
+        last = event.last_stream_id if event.last_stream_id is not None else 0
+        reason = _goaway_reason(event.additional_data)
+        log.warning(
+            "apns[%s] connection %d: GOAWAY %s (%s), last stream %d, %d in flight",
+            self._app,
+            self.index,
+            reason,
+            event.error_code,
+            last,
+            len(self._streams),
+        )
+        self._goaway_reason = reason
+        for sid in [sid for sid in self._streams if sid > last]:
+            self._release(self._streams[sid], Unprocessed(f"GOAWAY {reason}"))
+        if not self._streams:
+            self._die("drained")
+
+
+def _goaway_reason(data: bytes | None) -> str:
+    """APNs puts ``{"reason": "..."}`` in GOAWAY debug data; anything else is shown raw."""
+    if not data:
+        return "(no reason)"
+    try:
+        reason = json.loads(data).get("reason")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        reason = None
+    if isinstance(reason, str):
+        return reason
+    return repr(data[:100])
