@@ -7,11 +7,14 @@ httpx hides: SETTINGS changes, GOAWAY frames, refused streams and resets.
 from __future__ import annotations
 
 import base64
+import functools
 import json
+import signal
 import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from subprocess import PIPE
 from typing import Any
 
 import h2.config
@@ -20,14 +23,15 @@ import h2.events
 import httpx
 import pytest
 import trio
+import trio.testing
 import trustme
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 
-from pushd.simulators import certs
+from pushd.simulators import certs, cli
 from pushd.simulators.apns import ApnsSimulator, SimReply
 
 TOPIC = "com.example.chat"
@@ -55,7 +59,9 @@ def make_jwt(
     alg: str = "ES256",
 ) -> str:
     header = _b64(json.dumps({"alg": alg, "kid": kid}).encode())
-    claims = _b64(json.dumps({"iss": team, "iat": int(time.time() if iat is None else iat)}).encode())
+    claims = _b64(
+        json.dumps({"iss": team, "iat": int(time.time() if iat is None else iat)}).encode()
+    )
     signing_input = f"{header}.{claims}".encode()
     r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
     return f"{header}.{claims}.{_b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
@@ -279,6 +285,15 @@ async def test_push_types_with_their_topics(
 
 BAD_SIGNATURE = JWT[: JWT.rindex(".") + 1] + _b64(bytes(64))
 
+INVALID = "InvalidProviderToken"
+
+
+def bearer(**jwt_args: Any) -> str:
+    return f"bearer {make_jwt(**jwt_args)}"
+
+
+VOIP = {"apns_push_type": "voip", "apns_topic": TOPIC + ".voip"}
+
 VALIDATION_CASES: list[tuple[str, dict[str, Any], int, str]] = [
     ("bad apns-id", {"apns_id": "not-a-uuid"}, 400, "BadMessageId"),
     ("GET", {"method": "GET"}, 405, "MethodNotAllowed"),
@@ -296,19 +311,19 @@ VALIDATION_CASES: list[tuple[str, dict[str, Any], int, str]] = [
     ("short token", {"token": "abcd"}, 400, "BadDeviceToken"),
     ("non-hex token", {"token": "zz" * 32}, 400, "BadDeviceToken"),
     ("no JWT", {"authorization": None}, 403, "MissingProviderToken"),
-    ("unknown kid", {"authorization": f"bearer {make_jwt(kid='NOPE')}"}, 403, "InvalidProviderToken"),
-    ("wrong key", {"authorization": f"bearer {make_jwt(OTHER_KEY)}"}, 403, "InvalidProviderToken"),
-    ("bad signature", {"authorization": f"bearer {BAD_SIGNATURE}"}, 403, "InvalidProviderToken"),
-    ("wrong team", {"authorization": f"bearer {make_jwt(team=OTHER_TEAM)}"}, 403, "InvalidProviderToken"),
-    ("alg", {"authorization": f"bearer {make_jwt(alg='HS256')}"}, 403, "InvalidProviderToken"),
-    ("garbage JWT", {"authorization": "bearer abc.def"}, 403, "InvalidProviderToken"),
-    ("future iat", {"authorization": f"bearer {make_jwt(iat=time.time() + 600)}"}, 403, "InvalidProviderToken"),
-    ("old iat", {"authorization": f"bearer {make_jwt(iat=time.time() - 3700)}"}, 403, "ExpiredProviderToken"),
+    ("unknown kid", {"authorization": bearer(kid="NOPE")}, 403, INVALID),
+    ("wrong key", {"authorization": bearer(key=OTHER_KEY)}, 403, INVALID),
+    ("bad signature", {"authorization": f"bearer {BAD_SIGNATURE}"}, 403, INVALID),
+    ("wrong team", {"authorization": bearer(team=OTHER_TEAM)}, 403, INVALID),
+    ("alg", {"authorization": bearer(alg="HS256")}, 403, INVALID),
+    ("garbage JWT", {"authorization": "bearer abc.def"}, 403, INVALID),
+    ("future iat", {"authorization": bearer(iat=time.time() + 600)}, 403, INVALID),
+    ("old iat", {"authorization": bearer(iat=time.time() - 3700)}, 403, "ExpiredProviderToken"),
     ("expiration", {"apns_expiration": "soon"}, 400, "BadExpirationDate"),
     ("empty body", {"body": b""}, 400, "PayloadEmpty"),
     ("too large", {"body": b"x" * 4097}, 413, "PayloadTooLarge"),
-    ("voip too large", {"body": b"x" * 5121, "apns_push_type": "voip", "apns_topic": TOPIC + ".voip"}, 413, "PayloadTooLarge"),
-]  # fmt: skip
+    ("voip too large", {"body": b"x" * 5121, **VOIP}, 413, "PayloadTooLarge"),
+]
 
 
 @pytest.mark.parametrize(
@@ -329,13 +344,13 @@ async def test_validation_errors(
 async def test_duplicate_headers(start: Start, client: httpx.AsyncClient) -> None:
     sim = await start()
     hs = [*headers().items(), ("apns-priority", "10"), ("apns-priority", "5")]
-    r = await client.post(f"https://127.0.0.1:{sim.port}/3/device/{TOKEN}", content=BODY, headers=hs)
+    r = await client.post(
+        f"https://127.0.0.1:{sim.port}/3/device/{TOKEN}", content=BODY, headers=hs
+    )
     assert (r.status_code, r.json()) == (400, {"reason": "DuplicateHeaders"})
 
 
-async def test_topic_checks_off_without_topic_list(
-    start: Start, client: httpx.AsyncClient
-) -> None:
+async def test_topic_checks_off_without_topic_list(start: Start, client: httpx.AsyncClient) -> None:
     sim = await start(topics=None)
     r = await post(client, sim, apns_topic="org.anything.at.all")
     assert r.status_code == 200
@@ -419,9 +434,7 @@ async def test_scripted_success_still_validated(start: Start, client: httpx.Asyn
     assert r.json() == {"reason": "PayloadEmpty"}
 
 
-async def test_delay_does_not_block_other_streams(
-    start: Start, client: httpx.AsyncClient
-) -> None:
+async def test_delay_does_not_block_other_streams(start: Start, client: httpx.AsyncClient) -> None:
     sim = await start()
     assert (await post(client, sim)).status_code == 200  # authenticate: more streams
     sim.script(TOKEN, SimReply(delay=0.3))
@@ -472,10 +485,11 @@ async def test_goaway_action(start: Start, client_ctx: ssl.SSLContext) -> None:
     await raw.flush()
     await raw.until(lambda _: raw.ended(1))
     sim.script(TOKEN, SimReply(action="goaway", reason="Shutdown", delay=0.05))
+    sim.script(TOKEN2, SimReply(delay=0.5))
     raw.request(3)
-    raw.request(5, token=TOKEN2)  # behind the GOAWAY: unanswered, retryable
+    raw.request(5, token=TOKEN2)  # still waiting at the GOAWAY: unanswered, retryable
     await raw.flush()
-    await raw.until(lambda _: raw.eof)
+    await raw.until(has_terminated)
     term = raw.terminated()
     assert term is not None
     assert term.error_code == ErrorCodes.NO_ERROR
@@ -496,13 +510,13 @@ async def test_goaway_all(start: Start, client_ctx: ssl.SSLContext) -> None:
     assert sim.open_connections == 2
     sim.goaway_all("Shutdown")
     for raw in raws:
-        await raw.until(lambda _: raw.eof)  # noqa: B023
+        await raw.until(has_terminated)
         term = raw.terminated()
         assert term is not None and term.last_stream_id == 1
         assert json.loads(term.additional_data or b"") == {"reason": "Shutdown"}
-    with trio.fail_after(TIMEOUT):
-        while sim.open_connections:  # the server side closes right after the client
-            await trio.sleep(0.01)
+        await raw.aclose()
+    await trio.testing.wait_all_tasks_blocked(0.05)  # let the server notice the EOFs
+    assert sim.open_connections == 0
 
 
 async def test_idle_timeout(start: Start, client_ctx: ssl.SSLContext) -> None:
@@ -568,9 +582,7 @@ async def test_full_limit_at_once_without_token_auth(
     assert raw.stream_limits() == [20]
 
 
-async def test_shrink_after_rejection_and_restore(
-    start: Start, client_ctx: ssl.SSLContext
-) -> None:
+async def test_shrink_after_rejection_and_restore(start: Start, client_ctx: ssl.SSLContext) -> None:
     sim = await start(max_streams=100)
     raw = await RawClient.connect(sim, client_ctx)
     raw.request(1)
@@ -641,7 +653,9 @@ async def test_large_body_flow_control(start: Start, client_ctx: ssl.SSLContext)
     raw.request(1, body=b"", end=False)
     sent = 0
     while sent < len(body):
-        chunk = min(raw.h2.local_flow_control_window(1), raw.h2.max_outbound_frame_size)
+        chunk = min(
+            raw.h2.local_flow_control_window(1), raw.h2.max_outbound_frame_size, len(body) - sent
+        )
         if chunk == 0:
             await raw.until(lambda ev: isinstance(ev[-1], h2.events.WindowUpdated))
             continue
@@ -655,9 +669,7 @@ async def test_large_body_flow_control(start: Start, client_ctx: ssl.SSLContext)
 
 async def test_many_concurrent_connections(start: Start, client_ctx: ssl.SSLContext) -> None:
     sim = await start()
-    clients = [
-        httpx.AsyncClient(http2=True, verify=client_ctx, timeout=TIMEOUT) for _ in range(5)
-    ]
+    clients = [httpx.AsyncClient(http2=True, verify=client_ctx, timeout=TIMEOUT) for _ in range(5)]
     async with trio.open_nursery() as n:
         for c in clients:
             for _ in range(4):
@@ -688,8 +700,6 @@ async def test_self_signed_certs(tmp_path: Any) -> None:
 async def test_cli_runs_and_prints_lines(tmp_path: Any) -> None:
     """``pushd simulate`` serves, prints one line per notification, stops on SIGINT."""
     key_file = tmp_path / "AuthKey.p8"
-    from cryptography.hazmat.primitives import serialization
-
     key_file.write_bytes(
         KEY.private_bytes(
             serialization.Encoding.PEM,
@@ -704,15 +714,8 @@ async def test_cli_runs_and_prints_lines(tmp_path: Any) -> None:
     ]  # fmt: skip
     with trio.fail_after(5):
         async with trio.open_nursery() as n:
-            proc = await n.start(
-                lambda task_status: trio.run_process(
-                    cmd,
-                    stdout=-1,
-                    stderr=-1,
-                    check=False,
-                    task_status=task_status,
-                )
-            )
+            run = functools.partial(trio.run_process, cmd, stdout=PIPE, stderr=PIPE, check=False)
+            proc = await n.start(run)
             err = b""
             while b"(Ctrl-C" not in err:
                 err += await proc.stderr.receive_some(4096)
@@ -726,5 +729,36 @@ async def test_cli_runs_and_prints_lines(tmp_path: Any) -> None:
             out = await proc.stdout.receive_some(4096)
             assert b"a1a1a1" in out and TOKEN.encode() not in out
             assert b"alert  22B  200" in out
-            proc.send_signal(2)
+            proc.send_signal(signal.SIGINT)
     assert proc.returncode == 0
+
+
+async def test_cleartext_h2_prior_knowledge(nursery: trio.Nursery) -> None:
+    sim = ApnsSimulator(accept_any_key=True)
+    port = await nursery.start(sim.serve, None)
+    async with httpx.AsyncClient(http1=False, http2=True, timeout=TIMEOUT) as c:
+        r = await c.post(
+            f"http://127.0.0.1:{port}/3/device/{TOKEN}", content=BODY, headers=headers()
+        )
+    assert (r.status_code, r.http_version) == (200, "HTTP/2")
+
+
+def test_cli_trust_key_accepts_public_pem(tmp_path: Any) -> None:
+    path = tmp_path / "key.pub"
+    path.write_bytes(
+        KEY.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    kid, team, public = cli.parse_trust_key(f"{KID}:{TEAM}:{path}")
+    assert (kid, team, public.public_numbers()) == (KID, TEAM, KEY.public_key().public_numbers())
+    with pytest.raises(cli.UsageError):
+        cli.parse_trust_key("only-a-kid")
+
+
+async def test_record_off_keeps_memory_flat(start: Start, client: httpx.AsyncClient) -> None:
+    seen: list[int] = []
+    sim = await start(record=False, on_received=lambda r: seen.append(r.status))
+    await post(client, sim)
+    await post(client, sim, body=b"")
+    assert (sim.received, sim.answered, seen) == ([], 2, [200, 400])
