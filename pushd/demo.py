@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pushd import config, logs, server
 from pushd.simulators.apns import ApnsSimulator, Received
 from pushd.simulators.certs import make_self_signed
+from pushd.simulators.cli import format_line
 from pushd.store.sqlite import Database
 
 #: Published in the README; only ever accepted by a demo bound to 127.0.0.1.
@@ -36,12 +37,7 @@ log = logging.getLogger("pushd.demo")
 
 
 def _print_received(item: Received) -> None:
-    print(
-        f"simulated APNs received: token {item.token[:8]}… topic {item.topic} "
-        f"type {item.push_type} {len(item.payload)} bytes -> {item.status}"
-        f"{' ' + item.reason if item.reason else ''}",
-        flush=True,
-    )
+    print("simulated APNs received:", format_line(item, show_payload=False), flush=True)
 
 
 def _write_key(directory: Path) -> tuple[Path, ec.EllipticCurvePublicKey]:
