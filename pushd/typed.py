@@ -52,6 +52,15 @@ def _literal(kind: Any) -> Hook:
     return hook
 
 
+def _guarded(container: type, expected: str, inner: Hook) -> Hook:
+    def hook(value: Any, kind: Any) -> Any:
+        if not isinstance(value, container):
+            raise TypeError(f"expected {expected}, got {_type_name(value)}")
+        return inner(value, kind)
+
+    return hook
+
+
 def _origin_is(origin: Any) -> Callable[[Any], bool]:
     def predicate(kind: Any) -> bool:
         found: Any = get_origin(kind)
@@ -70,35 +79,15 @@ def make_converter() -> cattrs.Converter:
     # Without these guards a list or string where a table belongs (or a table where an
     # array belongs) fails deep inside cattrs with an AttributeError nobody can act on.
     def table_factory(kind: Any) -> Hook:
-        inner = converter.gen_structure_attrs_fromdict(kind)
+        return _guarded(dict, "a table/object", converter.gen_structure_attrs_fromdict(kind))
 
-        def hook(value: Any, _: Any) -> Any:
-            if not isinstance(value, dict):
-                raise TypeError(f"expected a table/object, got {_type_name(value)}")
-            return inner(value, kind)
-
-        return hook
+    def mapping_factory(kind: Any) -> Hook:
+        return _guarded(dict, "an object", converter.gen_structure_mapping(kind))
 
     def array_factory(kind: Any) -> Hook:
         as_list: Any = list.__class_getitem__(get_args(kind)[0])
         inner = converter.get_structure_hook(as_list)
-
-        def hook(value: Any, _: Any) -> Any:
-            if not isinstance(value, list):
-                raise TypeError(f"expected an array, got {_type_name(value)}")
-            return tuple(inner(value, as_list))
-
-        return hook
-
-    def mapping_factory(kind: Any) -> Hook:
-        inner = converter.gen_structure_mapping(kind)
-
-        def hook(value: Any, _: Any) -> Any:
-            if not isinstance(value, dict):
-                raise TypeError(f"expected an object, got {_type_name(value)}")
-            return inner(value, kind)
-
-        return hook
+        return _guarded(list, "an array", lambda value, _: tuple(inner(value, as_list)))
 
     converter.register_structure_hook_factory(attrs.has, table_factory)
     converter.register_structure_hook_factory(_origin_is(tuple), array_factory)

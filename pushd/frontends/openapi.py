@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from pushd import __version__
+from pushd.model import APNS_PRIORITIES, APNS_PUSH_TYPES
 
 _ERROR = {"$ref": "#/components/responses/Error"}
 _AUTH_ERRORS = {"401": _ERROR, "403": _ERROR}
@@ -119,22 +120,10 @@ SCHEMAS: dict[str, Any] = {
             "content_available": {"type": "boolean"},
             "mutable_content": {"type": "boolean"},
             "push_type": {
-                "enum": [
-                    "alert",
-                    "background",
-                    "voip",
-                    "complication",
-                    "fileprovider",
-                    "mdm",
-                    "location",
-                    "liveactivity",
-                    "pushtotalk",
-                    "widgets",
-                    "controls",
-                ],
+                "enum": sorted(APNS_PUSH_TYPES),
                 "default": "alert",
             },
-            "priority": {"enum": [1, 5, 10]},
+            "priority": {"enum": sorted(APNS_PRIORITIES)},
             "ttl": {
                 "type": "integer",
                 "minimum": 0,
