@@ -167,6 +167,7 @@ async def test_shrink_to_one_stream_with_requests_in_flight(env: Env) -> None:
     assert sorted(r.token for r in env.sim.received if r.status == 200) == sorted(
         [token(0), *outcomes]
     )
+    assert env.sim.connections_opened == 1  # the shrink never cost the connection
 
 
 async def test_goaway_mid_load_resends_unprocessed_streams(env: Env) -> None:

@@ -22,13 +22,14 @@ import contextlib
 import json
 import logging
 import os
+import struct
 from collections.abc import Callable
-from typing import Any
 
 import attrs
 import trio
 from h2.config import H2Configuration
 from h2.connection import (
+    AllowedStreamIDs,
     ConnectionInputs,
     ConnectionState,
     H2Connection,
@@ -46,10 +47,11 @@ from h2.events import (
     StreamReset,
     WindowUpdated,
 )
-from h2.exceptions import H2Error
+from h2.exceptions import H2Error, TooManyStreamsError
 from h2.settings import SettingCodes, Settings
-from hpack import Encoder
+from h2.stream import StreamInputs
 
+from pushd.upstream.apns.hpack import HeaderDecoder, HeaderEncoder
 from pushd.upstream.apns.request import Header
 
 log = logging.getLogger("pushd.upstream.apns")
@@ -69,6 +71,16 @@ READ_SIZE = 1 << 16
 STREAM_ID_LIMIT = (1 << 31) - 1 - 2 * 100_000
 #: Drop h2's closed stream records once they outnumber open streams by this much.
 PRUNE_SLACK = 256
+
+#: Frame types and flags (RFC 9113 §6) written by :meth:`_H2.send_request`.
+_DATA = 0x0
+_HEADERS = 0x1
+_CONTINUATION = 0x9
+_END_STREAM = 0x1
+_END_HEADERS = 0x4
+#: A frame header: 24-bit length and 8-bit type packed in one word, flags, stream id.
+_FRAME_HEADER = struct.Struct(">LBL")
+_POST = b"POST"
 
 _H2_CONFIG = H2Configuration(
     client_side=True,
@@ -130,32 +142,32 @@ class _DrainingStateMachine(H2ConnectionStateMachine):
     }
 
 
-class _PlainEncoder(Encoder):
-    """HPACK without Huffman coding.
-
-    Pure-Python Huffman coding of the per-request literals (``:path`` and the ~200-byte
-    JWT) measured about 0.12 CPU-ms per request, more than our whole budget, to save
-    some 60 bytes on a connection that is never bandwidth-bound.  Indexed headers cost
-    one byte either way.
-    """
-
-    def encode(self, headers: Any, huffman: bool = False) -> bytes:
-        return super().encode(headers, huffman=False)
-
-
 class _H2(H2Connection):
-    """h2 with O(1) stream accounting.
+    """h2 with O(1) stream accounting and a lean path for opening a request.
 
     h2 counts open streams by scanning all of them on every ``send_headers`` (8.6 % of
     Sygnal's APNs CPU, protocol notes §3.8), which is quadratic with 1000 streams in
     flight.  We already count our streams exactly, so h2 uses that count, and closed
     stream records are pruned in batches through the base implementation.
+
+    :meth:`send_request` replaces ``send_headers`` + ``send_data`` for a new request: the
+    stock path re-validates and re-encodes every header name to bytes, scans the headers
+    for the method and authority, and builds, flags and serialises hyperframe objects,
+    which together cost more than everything else per request.  Ours does the same
+    state transitions and window accounting and writes the frames' nine-byte headers
+    directly.  ``tests/test_apns_connection.py`` checks that the bytes and the stream
+    state equal stock h2's, so an h2 upgrade that changes the internals used here fails
+    there first.
     """
 
     def __init__(self) -> None:
         super().__init__(config=_H2_CONFIG)
         self.state_machine = _DrainingStateMachine()
-        self.encoder = _PlainEncoder()
+        # Static-table literals only, cached per field: see pushd.upstream.apns.hpack.
+        # h2 only calls encode() and sets header_table_size, which HeaderEncoder has.
+        self.encoder = HeaderEncoder()  # type: ignore[assignment]
+        # Same contract as hpack's Decoder, a third of its CPU: see HeaderDecoder.
+        self.decoder = HeaderDecoder(self.decoder.max_header_list_size)  # type: ignore[assignment]
         self.open_count = 0
 
     @property
@@ -165,6 +177,69 @@ class _H2(H2Connection):
     def prune_closed_streams(self) -> None:
         """Let h2 forget closed streams (its counting scan does that as a side effect)."""
         _ = super().open_outbound_streams
+
+    def send_request(self, headers: list[Header], body: bytes) -> tuple[int, int]:
+        """Open the next stream with ``headers`` and as much of ``body`` as the windows allow.
+
+        Returns ``(stream id, body bytes sent)``; the stream is half-closed (END_STREAM
+        sent) when all of ``body`` went out.  Raises :class:`H2Error` as ``send_headers``
+        does (no stream id left, too many streams, connection closed); nothing is queued
+        and no stream exists then.
+        """
+        stream_id = self.get_next_available_stream_id()
+        limit = self.remote_settings.max_concurrent_streams
+        if self.open_count + 1 > limit:
+            raise TooManyStreamsError(f"Max outbound streams is {limit}, {self.open_count} open")
+        self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+        stream = self._begin_new_stream(stream_id, AllowedStreamIDs.ODD)
+        machine = stream.state_machine
+        machine.process_input(StreamInputs.SEND_HEADERS)
+        # What stock send_headers reads from the headers: the method decides whether a
+        # response may have a body (HEAD); APNs requests are always POST.
+        stream.request_method = _POST
+
+        block = self.encoder.encode(headers)
+        frame_size = self.max_outbound_frame_size
+        size = min(len(body), frame_size, self.outbound_flow_control_window)
+        size = min(size, stream.outbound_flow_control_window)
+        headers_flags = _END_HEADERS
+        if not body:
+            headers_flags |= _END_STREAM
+            machine.process_input(StreamInputs.SEND_END_STREAM)
+        if len(block) <= frame_size:
+            header = _FRAME_HEADER.pack(len(block) << 8 | _HEADERS, headers_flags, stream_id)
+            parts = [header, block]
+        else:
+            parts = _split_header_block(block, frame_size, headers_flags, stream_id)
+        if size > 0:
+            self.state_machine.process_input(ConnectionInputs.SEND_DATA)
+            data_flags = 0
+            if size == len(body):
+                data_flags = _END_STREAM
+                machine.process_input(StreamInputs.SEND_END_STREAM)
+            # (OPEN, SEND_DATA) is a no-op transition: the stream was opened just above.
+            parts += (_FRAME_HEADER.pack(size << 8 | _DATA, data_flags, stream_id), body[:size])
+            stream.outbound_flow_control_window -= size
+            self.outbound_flow_control_window -= size
+        self._data_to_send += b"".join(parts)
+        return stream_id, size
+
+
+def _split_header_block(block: bytes, frame_size: int, flags: int, stream_id: int) -> list[bytes]:
+    """A HEADERS frame plus CONTINUATION frames for a block longer than one frame.
+
+    END_HEADERS moves to the last frame; END_STREAM stays on HEADERS (RFC 9113 §6.2).
+    """
+    chunks = [block[i : i + frame_size] for i in range(0, len(block), frame_size)]
+    parts: list[bytes] = []
+    last = len(chunks) - 1
+    for n, chunk in enumerate(chunks):
+        frame_type = _HEADERS if n == 0 else _CONTINUATION
+        frame_flags = (flags if n == 0 else 0) & ~_END_HEADERS
+        if n == last:
+            frame_flags |= _END_HEADERS
+        parts += (_FRAME_HEADER.pack(len(chunk) << 8 | frame_type, frame_flags, stream_id), chunk)
+    return parts
 
 
 # --- one request ----------------------------------------------------------------------
@@ -391,8 +466,14 @@ class ApnsConnection:
             return Unprocessed("connection no longer accepting")
         h2 = self._h2
         try:
-            stream_id = h2.get_next_available_stream_id()
-            h2.send_headers(stream_id, headers, end_stream=not body)
+            stream_id, sent = h2.send_request(headers, body)
+        except TooManyStreamsError:
+            # APNs lowered its limit after the pool handed us this slot (it drops to 1
+            # after a rejection).  The connection is fine: give the slot back, and the
+            # pool hands one out again once the in-flight count is below the new limit.
+            self.reserved -= 1
+            self._on_capacity(self)
+            return Unprocessed("stream limit lowered")
         except H2Error as exc:
             self.reserved -= 1
             self.accepting = False
@@ -403,10 +484,12 @@ class ApnsConnection:
             self.accepting = False  # let the pool open a fresh connection
         stream = _Stream(stream_id, body)
         self._streams[stream_id] = stream
-        if body:
-            self._send_body(stream)
-        else:
+        if sent == len(body):
+            stream.body = b""
             stream.end_sent = True
+        else:
+            stream.body = body[sent:]
+            self._send_body(stream)
         self._flush()
         try:
             await stream.done.wait()

@@ -1,11 +1,12 @@
 """Building one APNs request: pure functions over values, no I/O.
 
 Per-request CPU matters (protocol notes §3.8: HPACK was 28 % of Sygnal's APNs path), so
-headers are bytes, come in one stable order, and only ``:path`` and ``authorization`` —
-the two values that change per request or per token refresh — are sent as
-never-indexed literals (as are ``apns-id`` and ``apns-expiration``, unique per request,
-which would only churn the table).  Everything else stays in the HPACK dynamic table after the first
-request on a connection and costs one or two bytes per request afterwards.
+headers are bytes, come in one stable order, and the ones that repeat are the same
+objects every time (cached here), which :mod:`pushd.upstream.apns.hpack` turns into
+cached encoded bytes.  ``:path`` and ``authorization`` — the values that change per
+request or per token refresh — are never-indexed literals, as Apple suggests (as are
+``apns-id`` and ``apns-expiration``, unique per request).  Our encoder uses no dynamic
+table at all, so the never-indexed marking only tells intermediaries not to index them.
 """
 
 from __future__ import annotations

@@ -1,0 +1,115 @@
+"""What the benchmark's processes share: identities, the ready handshake, /proc readings.
+
+The benchmark runs pushd, the APNs simulator and the load driver as separate processes so
+that each one's CPU can be read from the kernel on its own.  Each child announces that it
+is ready with one line on stdout (``READY <value>``); :mod:`run` waits for that line.
+
+CPU time and memory come from ``/proc`` rather than ``psutil``: pushd takes no extra
+dependency for its benchmark, and the two fields needed are easy to parse.
+"""
+
+from __future__ import annotations
+
+import os
+
+import attrs
+import trio
+
+#: Names the launcher, the simulator and the store agree on.
+APP_NAME = "bench-ios"
+TOPIC = "org.example.pushd.bench"
+KEY_ID = "BENCHKEY01"
+TEAM_ID = "BENCHTEAM1"
+SERVER_NAME = "bench"
+
+#: Route of the do-nothing endpoint that gives the serving layer's own cost.
+EMPTY_PATH = "/bench/empty"
+SEND_PATH = "/v1/notifications"
+
+#: First line a child prints once it serves; the rest of the line is its address.
+READY_PREFIX = "READY "
+
+#: Users the store holds for each fan-out, named ``<prefix><n>``.
+SINGLE_USER_PREFIX = "one-"
+FANOUT_USER_PREFIX = "hundred-"
+FANOUT_DEVICES = 100
+
+#: Keys of :class:`CpuSnapshot` for the whole machine's busy and stolen CPU.
+MACHINE = "machine"
+STEAL = "steal"
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+#: utime and stime are fields 14 and 15 of /proc/<pid>/stat; after the ")" that ends
+#: the command name (which may hold spaces) they are items 11 and 12.
+_UTIME_AFTER_COMM = 11
+_STIME_AFTER_COMM = 12
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far, all its threads included."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        text = f.read()
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[_UTIME_AFTER_COMM]) + int(fields[_STIME_AFTER_COMM])) / _CLOCK_TICKS
+
+
+def status_kib(pid: int, field: str) -> int:
+    """A ``kB`` field of /proc/<pid>/status, e.g. ``VmHWM`` (peak RSS) or ``VmRSS``."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if name == field:
+                return int(value.split()[0])
+    raise KeyError(f"{field} is not in /proc/{pid}/status")
+
+
+#: Columns of the "cpu" line of /proc/stat (after the label), in clock ticks.
+_IDLE_COLUMNS = (3, 4)  # idle, iowait
+_STEAL_COLUMN = 7
+_BUSY_COLUMNS = 8  # user nice system idle iowait irq softirq steal; guest is inside user
+
+
+def machine_cpu() -> tuple[float, float]:
+    """CPU seconds every core together spent busy, and stolen by the hypervisor, so far.
+
+    The benchmark's processes are not alone on the machine; the difference between this
+    and their own CPU is what everything else (and the kernel's networking) used.
+    """
+    with open("/proc/stat", encoding="ascii") as f:
+        ticks = [int(v) for v in f.readline().split()[1 : 1 + _BUSY_COLUMNS]]
+    idle = sum(ticks[i] for i in _IDLE_COLUMNS)
+    steal = ticks[_STEAL_COLUMN]
+    return (sum(ticks) - idle - steal) / _CLOCK_TICKS, steal / _CLOCK_TICKS
+
+
+@attrs.frozen
+class CpuSnapshot:
+    """CPU seconds of several processes read at one moment, keyed by role."""
+
+    seconds: dict[str, float]
+
+    @classmethod
+    def take(cls, pids: dict[str, int]) -> CpuSnapshot:
+        """Each process's CPU seconds, plus the whole machine's as ``machine``/``steal``."""
+        seconds = {role: cpu_seconds(pid) for role, pid in pids.items()}
+        seconds[MACHINE], seconds[STEAL] = machine_cpu()
+        return cls(seconds)
+
+    def since(self, earlier: CpuSnapshot) -> dict[str, float]:
+        return {role: value - earlier.seconds[role] for role, value in self.seconds.items()}
+
+
+async def wait_for_stdin_eof() -> None:
+    """Return once stdin is closed: the runner keeps a pipe open while it wants us alive.
+
+    A pipe closes when its writer exits for any reason, SIGKILL included, so a child
+    waiting on this cannot outlive the benchmark runner.
+    """
+    async with trio.lowlevel.FdStream(os.dup(0)) as stdin:
+        while await stdin.receive_some():
+            pass
+
+
+def token(n: int) -> str:
+    """The ``n``-th distinct device token: 64 hex digits, as APNs issues today."""
+    return f"{n:064x}"

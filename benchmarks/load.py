@@ -1,0 +1,293 @@
+"""The load driver: closed-loop HTTP/1.1 keep-alive requests from hand-written bytes.
+
+It shares two cores with pushd and the simulator, so it has to be cheap per request:
+no HTTP client library, one trio task and one TCP connection per concurrent request,
+requests pre-encoded once, responses parsed only as far as the status line and
+``Content-Length``.  Every response is still checked: status 200, and for a send, the
+JSON summary must say every device was ``delivered`` (one JSON parse per response costs
+the driver microseconds; an unnoticed failure would make every number meaningless).
+
+The measured window starts after each connection's warm-up requests and ends when the
+last worker finishes; CPU seconds of the processes given with ``--watch ROLE=PID``
+(pushd, the simulator) and of the driver itself are read from /proc at both ends, so
+each one's CPU is known for exactly the window that produced the latencies.
+
+Prints one JSON object on stdout.  Bounded: a fixed number of requests, cut short after
+``--max-seconds``, and every request must finish within ``REQUEST_TIMEOUT``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import attrs
+import trio
+from common import (
+    EMPTY_PATH,
+    FANOUT_DEVICES,
+    FANOUT_USER_PREFIX,
+    SEND_PATH,
+    SINGLE_USER_PREFIX,
+    CpuSnapshot,
+)
+
+#: Distinct pre-encoded requests cycled through; users are spread over the whole store.
+REQUEST_POOL = 4096
+#: A send that takes longer has gone wrong (pushd's own first-attempt deadline is 10 s).
+REQUEST_TIMEOUT = 30.0
+#: Extra time over --max-seconds for requests in flight and connection set-up.
+GRACE_SECONDS = 30.0
+RECEIVE_BYTES = 65536
+HEADER_END = b"\r\n\r\n"
+CONTENT_LENGTH = b"\r\ncontent-length:"
+CONNECTION_CLOSE = b"\r\nconnection: close"
+#: The notification every send carries: a short alert, as a chat message preview is.
+ALERT = "Hello from the benchmark"
+
+
+@attrs.frozen
+class Mode:
+    """What one kind of run posts, where, and how many devices each request reaches."""
+
+    path: str
+    user_prefix: str
+    devices: int
+
+
+MODES: dict[str, Mode] = {
+    # The empty endpoint gets the same headers and body as a one-device send.
+    "empty": Mode(EMPTY_PATH, SINGLE_USER_PREFIX, 0),
+    "one": Mode(SEND_PATH, SINGLE_USER_PREFIX, 1),
+    "hundred": Mode(SEND_PATH, FANOUT_USER_PREFIX, FANOUT_DEVICES),
+}
+
+
+class ResponseError(Exception):
+    """A response that is not the success the benchmark expects."""
+
+
+class ConnectionLost(Exception):
+    """pushd closed the connection: this worker cannot go on."""
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection, one request at a time, reopened when told to.
+
+    Hypercorn ends a connection after ``keep_alive_max_requests`` (1000 by default) with
+    ``connection: close``; a real client opens a new one, and so does this.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.stream: trio.SocketStream | None = None
+        self.buffer = bytearray()
+        self.reopened = 0
+
+    async def _fill(self, stream: trio.SocketStream) -> None:
+        chunk = await stream.receive_some(RECEIVE_BYTES)
+        if not chunk:
+            raise ConnectionLost("pushd closed the connection")
+        self.buffer += chunk
+
+    async def close(self) -> None:
+        if self.stream is not None:
+            stream, self.stream = self.stream, None
+            await trio.aclose_forcefully(stream)
+
+    async def exchange(self, request: bytes) -> tuple[int, bytes]:
+        """Send ``request``; return the response's status and body."""
+        if self.stream is None:
+            self.stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+            self.buffer.clear()
+        stream = self.stream
+        await stream.send_all(request)
+        while (end := self.buffer.find(HEADER_END)) < 0:
+            await self._fill(stream)
+        head = bytes(self.buffer[:end]).lower()
+        del self.buffer[: end + len(HEADER_END)]
+        status = int(head[9:12])
+        at = head.find(CONTENT_LENGTH)
+        if at < 0:
+            raise ConnectionLost(f"status {status} without content-length: {head[:200]!r}")
+        value_start = at + len(CONTENT_LENGTH)
+        value_end = head.find(b"\r\n", value_start)
+        length = int(head[value_start : value_end if value_end >= 0 else len(head)])
+        while len(self.buffer) < length:
+            await self._fill(stream)
+        body = bytes(self.buffer[:length])
+        del self.buffer[:length]
+        if CONNECTION_CLOSE in head:
+            await self.close()
+            self.reopened += 1
+        return status, body
+
+
+def build_requests(args: argparse.Namespace, mode: Mode) -> list[bytes]:
+    """Pre-encode the requests, for users spread evenly over the stored ones."""
+    count = min(REQUEST_POOL, args.users)
+    requests = []
+    for k in range(count):
+        user = k * args.users // count
+        body = json.dumps(
+            {"user": f"{mode.user_prefix}{user}", "alert": ALERT}, separators=(",", ":")
+        ).encode()
+        head = (
+            f"POST {mode.path} HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{args.port}\r\n"
+            f"Authorization: Bearer {args.key}\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        requests.append(head.encode() + body)
+    return requests
+
+
+def check(mode: Mode, status: int, body: bytes) -> None:
+    """Raise unless the response is a full success for this mode."""
+    if status != 200:
+        raise ResponseError(f"status {status}: {body[:300]!r}")
+    if mode.devices == 0:
+        if body != b"{}":
+            raise ResponseError(f"empty endpoint answered {body[:300]!r}")
+        return
+    summary = json.loads(body)["summary"]
+    if summary.get("delivered") != mode.devices:
+        raise ResponseError(f"not all {mode.devices} delivered: {summary}")
+
+
+@attrs.define
+class Run:
+    """Shared state of one run's workers."""
+
+    mode: Mode
+    requests: list[bytes]
+    remaining: int
+    deadline: float = 0.0
+    tickets: itertools.count[int] = attrs.field(factory=itertools.count)
+    latencies: list[float] = attrs.Factory(list)
+    failures: int = 0
+    first_failure: str | None = None
+    warmed: int = 0
+    #: Connections reopened after pushd's ``connection: close`` in the measured window.
+    reopened: int = 0
+    all_warm: trio.Event = attrs.Factory(trio.Event)
+    go: trio.Event = attrs.Factory(trio.Event)
+
+    def fail(self, error: BaseException) -> None:
+        self.failures += 1
+        if self.first_failure is None:
+            self.first_failure = f"{type(error).__name__}: {error}"
+
+
+#: Errors after which a connection is out of step or gone: the worker stops.
+FATAL_ERRORS = (ConnectionLost, OSError, trio.BrokenResourceError, trio.TooSlowError)
+#: Errors in a complete response: the connection is fine, the request counts as failed.
+RESPONSE_ERRORS = (ResponseError, ValueError, KeyError)
+
+
+async def worker(run: Run, port: int, warmup: int, workers: int) -> None:
+    """Warm up, wait for the start, then send until the requests or the time run out."""
+    pool = len(run.requests)
+    connection = Connection(port)
+    alive = True
+    try:
+        for _ in range(warmup):
+            request = run.requests[next(run.tickets) % pool]
+            try:
+                with trio.fail_after(REQUEST_TIMEOUT):
+                    check(run.mode, *await connection.exchange(request))
+            except (*RESPONSE_ERRORS, *FATAL_ERRORS) as error:
+                run.fail(error)  # a bad start: leave this worker out of the measured window
+                alive = False
+                break
+        run.warmed += 1
+        if run.warmed == workers:
+            run.all_warm.set()
+        await run.go.wait()
+        connection.reopened = 0
+        while alive and run.remaining > 0 and time.monotonic() < run.deadline:
+            run.remaining -= 1
+            request = run.requests[next(run.tickets) % pool]
+            started = time.perf_counter()
+            try:
+                with trio.fail_after(REQUEST_TIMEOUT):
+                    status, body = await connection.exchange(request)
+                run.latencies.append(time.perf_counter() - started)
+                check(run.mode, status, body)
+            except RESPONSE_ERRORS as error:
+                run.fail(error)
+            except FATAL_ERRORS as error:
+                run.fail(error)
+                alive = False
+        run.reopened += connection.reopened
+    finally:
+        await connection.close()
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of already sorted values (0.0 if there are none)."""
+    if not sorted_values:
+        return 0.0
+    return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]
+
+
+async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    mode = MODES[args.mode]
+    run = Run(mode=mode, requests=build_requests(args, mode), remaining=args.requests)
+    watched = {role: int(pid) for role, _, pid in (w.partition("=") for w in args.watch)}
+    watched["driver"] = os.getpid()
+    with trio.fail_after(args.max_seconds + GRACE_SECONDS):
+        async with trio.open_nursery() as nursery:
+            for _ in range(args.concurrency):
+                nursery.start_soon(worker, run, args.port, args.warmup, args.concurrency)
+            await run.all_warm.wait()
+            before = CpuSnapshot.take(watched)
+            started = time.monotonic()
+            run.deadline = started + args.max_seconds
+            run.go.set()
+        elapsed = time.monotonic() - started
+        cpu = CpuSnapshot.take(watched).since(before)
+    latencies = sorted(run.latencies)
+    done = len(latencies)
+    return {
+        "mode": args.mode,
+        "concurrency": args.concurrency,
+        "requests": done,
+        "notifications": done * mode.devices,
+        "failures": run.failures,
+        "reconnects": run.reopened,
+        "first_failure": run.first_failure,
+        "elapsed": elapsed,
+        "p50_ms": percentile(latencies, 0.50) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+        "cpu_seconds": cpu,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True, help="pushd's port on 127.0.0.1")
+    parser.add_argument("--key", required=True, help="the chat server's API key")
+    parser.add_argument("--mode", choices=sorted(MODES), required=True)
+    parser.add_argument("--users", type=int, required=True, help="users stored for this mode")
+    parser.add_argument("--concurrency", type=int, required=True)
+    parser.add_argument("--requests", type=int, required=True, help="measured requests")
+    parser.add_argument("--warmup", type=int, default=5, help="unmeasured requests per connection")
+    parser.add_argument("--max-seconds", type=float, default=30.0, help="cut the run short")
+    parser.add_argument(
+        "--watch", action="append", default=[], metavar="ROLE=PID", help="report this CPU too"
+    )
+    result = trio.run(measure, parser.parse_args())
+    json.dump(result, sys.stdout)
+    print(flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

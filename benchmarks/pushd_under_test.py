@@ -1,0 +1,156 @@
+"""pushd as the benchmark runs it: the real server, one APNs app, plus an empty endpoint.
+
+The config is what an operator would write for one iOS app, pointed at the simulator
+(``upstream_url`` + ``upstream_ca_file``) with two upstream connections.  The store is
+prepared by the runner before this starts (100,000 registrations), so what is measured
+is pushd serving, not pushd filling its database.
+
+``POST /bench/empty`` is mounted through ``server.serve(extra_routes=...)``: it reads
+the body like every route and replies ``{}``, so its CPU cost per request is what the
+HTTP stack (hypercorn, Quart, the route adapter) costs before pushd does any work.
+Subtracting it from a send's cost leaves pushd's own work.
+
+Prints ``READY <url>`` once serving.  Stops gracefully when stdin closes (or on SIGINT/
+SIGTERM).  With ``--profile FILE``, SIGUSR1 starts cProfile and SIGUSR2 stops it; the
+stats are written to FILE on exit, so the runner can profile just one scenario.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+from common import (
+    APP_NAME,
+    EMPTY_PATH,
+    KEY_ID,
+    READY_PREFIX,
+    TEAM_ID,
+    TOPIC,
+    wait_for_stdin_eof,
+)
+
+from pushd import config, logs, server
+from pushd.frontends.http import Reply, Request, Route, json_reply
+
+#: Upstream HTTP/2 connections: more than one, as a production config would have.
+UPSTREAM_CONNECTIONS = 2
+#: In-flight deliveries waiting at shutdown get this long; the benchmark has none.
+DRAIN_SECONDS = 1.0
+#: pushd's default; per-connection events only, nothing per notification.
+LOG_LEVEL = "info"
+
+
+async def empty(request: Request) -> Reply:
+    """Do nothing and answer ``{}``: the floor under every pushd route."""
+    return json_reply(200, {})
+
+
+EMPTY_ROUTE = Route("POST", EMPTY_PATH, empty, "bench_empty")
+
+
+def build_config(args: argparse.Namespace) -> config.Config:
+    """The pushd.toml an operator would write for one app behind the simulator."""
+    data = {
+        "server": {"listen": "127.0.0.1", "port": args.port, "drain_seconds": DRAIN_SECONDS},
+        "store": {"path": str(args.store)},
+        "log": {"level": LOG_LEVEL},
+        "apps": [
+            {
+                "name": APP_NAME,
+                "provider": "apns",
+                "environment": "sandbox",
+                "topic": TOPIC,
+                "key_file": str(args.key_file),
+                "key_id": KEY_ID,
+                "team_id": TEAM_ID,
+                "upstream_url": f"https://127.0.0.1:{args.upstream_port}",
+                "upstream_ca_file": str(args.ca_file),
+                "connections": UPSTREAM_CONNECTIONS,
+            }
+        ],
+    }
+    cfg = config.parse(data, base=args.store.parent, source="(benchmark launcher)")
+    problems = config.check(cfg)
+    if problems:
+        raise SystemExit("pushd_under_test: bad config:\n  " + "\n  ".join(problems))
+    return cfg
+
+
+async def _stop_requested() -> None:
+    """Return on stdin EOF (the runner's normal stop) or on SIGINT/SIGTERM.
+
+    The launcher listens for the signals itself rather than through pushd's own
+    handler, so it does not depend on how ``server`` spells that helper.
+    """
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def on_signal() -> None:
+                async for _ in signals:
+                    return
+
+            async def first(wait: Callable[[], Awaitable[None]]) -> None:
+                await wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(first, wait_for_stdin_eof)
+            nursery.start_soon(first, on_signal)
+
+
+async def _toggle_profiler(
+    profiler: cProfile.Profile, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    with trio.open_signal_receiver(signal.SIGUSR1, signal.SIGUSR2) as signals:
+        task_status.started()
+        async for signum in signals:
+            if signum == signal.SIGUSR1:
+                profiler.enable()
+            else:
+                profiler.disable()
+
+
+async def _main(cfg: config.Config, profiler: cProfile.Profile | None) -> None:
+    async with trio.open_nursery() as nursery:
+        if profiler is not None:
+            await nursery.start(_toggle_profiler, profiler)
+
+        async def serve(*, task_status: trio.TaskStatus[list[str]]) -> None:
+            await server.serve(
+                cfg,
+                shutdown_trigger=_stop_requested,
+                extra_routes=[EMPTY_ROUTE],
+                task_status=task_status,
+            )
+            nursery.cancel_scope.cancel()  # serve() has shut down: end the helper tasks
+
+        urls: list[str] = await nursery.start(serve)
+        print(f"{READY_PREFIX}{urls[0]}", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any)")
+    parser.add_argument("--upstream-port", type=int, required=True)
+    parser.add_argument("--ca-file", type=Path, required=True, help="the simulator's CA")
+    parser.add_argument("--key-file", type=Path, required=True, help="the .p8 provider key")
+    parser.add_argument("--store", type=Path, required=True, help="prepared SQLite store")
+    parser.add_argument("--profile", type=Path, help="write cProfile stats here on exit")
+    args = parser.parse_args()
+    cfg = build_config(args)
+    logs.setup(cfg.log)
+    profiler = cProfile.Profile() if args.profile else None
+    trio.run(_main, cfg, profiler)
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(args.profile)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

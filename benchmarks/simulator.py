@@ -1,0 +1,69 @@
+"""The benchmark's APNs upstream: pushd's bundled simulator, quiet and with bounded memory.
+
+``pushd simulate`` prints a line per notification, which would make the simulator, not
+pushd, the bottleneck; this launcher keeps the same :class:`ApnsSimulator` but prints
+nothing per notification and forgets each :class:`Received` as soon as it is recorded
+(the simulator keeps them all for tests, which at 100,000s of notifications would be the
+largest memory user on the machine).
+
+It trusts any provider token's signature (``accept_any_key``): the benchmark measures
+pushd's cost of *making* tokens, not the simulator's cost of checking them.
+
+Prints ``READY <port>`` once listening; exits by itself when its stdin closes (the
+runner holds the other end) or after ``--max-seconds``, so an interrupted benchmark
+leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import trio
+from common import READY_PREFIX, TOPIC, wait_for_stdin_eof
+
+from pushd.simulators.apns import ApnsSimulator, Received
+from pushd.simulators.certs import make_self_signed
+
+#: A benchmark run takes about three minutes; nothing should outlive it by much.
+DEFAULT_MAX_SECONDS = 600.0
+
+
+class Counter:
+    """Counts answers by status and drops the simulator's record of each one."""
+
+    def __init__(self, sim: ApnsSimulator) -> None:
+        self.sim = sim
+        self.by_status: dict[int, int] = {}
+
+    def __call__(self, received: Received) -> None:
+        self.by_status[received.status] = self.by_status.get(received.status, 0) + 1
+        self.sim.received.clear()
+
+
+async def _main(args: argparse.Namespace) -> None:
+    tls = make_self_signed()
+    tls.write_ca(args.ca_out)
+    sim = ApnsSimulator(accept_any_key=True, topics=frozenset({TOPIC}))
+    counter = Counter(sim)
+    sim.on_received = counter
+    with trio.move_on_after(args.max_seconds):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(sim.serve, tls.server_context(), "127.0.0.1", args.port)
+            print(f"{READY_PREFIX}{port}", flush=True)
+            await wait_for_stdin_eof()
+            nursery.cancel_scope.cancel()
+    print(f"simulator: answers by status {counter.by_status}", file=sys.stderr, flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any)")
+    parser.add_argument("--ca-out", required=True, help="write the TLS CA here for pushd")
+    parser.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS)
+    trio.run(_main, parser.parse_args())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""CPU cost of reading the store through ``trio.to_thread`` versus inline.
+
+pushd's store (``pushd/store/sqlite.py``) reads on the event-loop thread and writes on a
+worker thread.  Its docstring justifies the split with a number: an indexed point read
+costs a few microseconds, a hop to a thread and back far more.  This script measures
+both on this machine so the claim can be checked, and re-checked after upgrades:
+
+- inline: ``Database.user_registrations`` (the send path's read) called directly;
+- hop:    the same read through ``trio.to_thread.run_sync``;
+- bare hop: ``trio.to_thread.run_sync`` around a function that does nothing.
+
+CPU is ``time.process_time`` (every thread of this process, so the worker thread's
+share is counted too); wall time is shown beside it.  The reads go to a store holding
+the benchmark's 100,000 registrations.
+
+    /work/venv/bin/python benchmarks/store_hop.py [--reads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+from common import SINGLE_USER_PREFIX
+from populate import populate
+
+from pushd.store.sqlite import Database
+
+REGISTRATIONS = 100_000
+FANOUT_USERS = 0
+DEFAULT_READS = 20_000
+#: Reads before measuring, so caches and the thread pool are warm.
+WARMUP_READS = 1_000
+MICROSECONDS = 1e6
+
+
+def nothing() -> None:
+    """The work of a bare hop: none."""
+
+
+async def timed(label: str, reads: int, step: Callable[[int], Awaitable[None]]) -> float:
+    """Run ``step`` ``reads`` times; print and return CPU µs per call."""
+    for i in range(WARMUP_READS):
+        await step(i)
+    cpu, wall = time.process_time(), time.perf_counter()
+    for i in range(reads):
+        await step(i)
+    cpu_us = (time.process_time() - cpu) / reads * MICROSECONDS
+    wall_us = (time.perf_counter() - wall) / reads * MICROSECONDS
+    print(f"  {label:<34} {cpu_us:8.1f} µs CPU {wall_us:8.1f} µs wall", flush=True)
+    return cpu_us
+
+
+async def measure(database: Database, server_id: int, users: int, reads: int) -> None:
+    def user(i: int) -> str:
+        return f"{SINGLE_USER_PREFIX}{(i * 7919) % users}"  # a prime stride: spread reads
+
+    async def inline(i: int) -> None:
+        database.user_registrations(server_id, user(i))
+
+    async def hop(i: int) -> None:
+        await trio.to_thread.run_sync(database.user_registrations, server_id, user(i))
+
+    async def bare(_: int) -> None:
+        await trio.to_thread.run_sync(nothing)
+
+    print(f"{reads:,} reads each, store with {REGISTRATIONS:,} registrations:")
+    inline_us = await timed("inline indexed read", reads, inline)
+    hop_us = await timed("read via trio.to_thread.run_sync", reads, hop)
+    bare_us = await timed("bare trio.to_thread.run_sync hop", reads, bare)
+    print(
+        f"the hop adds {hop_us - inline_us:.1f} µs of CPU per read"
+        f" ({hop_us / inline_us:.0f}x the inline read); a bare hop costs {bare_us:.1f} µs"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reads", type=int, default=DEFAULT_READS)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="pushd-store-hop-") as tmp:
+        path = str(Path(tmp) / "pushd.sqlite3")
+        population = populate(path, REGISTRATIONS, FANOUT_USERS)
+        database = Database(path)
+        try:
+            (server,) = database.servers()
+            trio.run(measure, database, server.id, population.single_users, args.reads)
+        finally:
+            database.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
