@@ -1,8 +1,7 @@
-"""Assembly: config → store, upstream clients, dispatcher, frontends → Quart-trio on hypercorn.
+"""Assembly: config → store, upstream clients, dispatcher, frontends → ASGI on hypercorn.
 
-This is the only module that knows the HTTP framework.  Frontends give a list of
-:class:`~pushd.frontends.http.Route`; :func:`build_asgi_app` mounts them, converting
-framework requests to :class:`~pushd.frontends.http.Request` and back.
+Frontends give a list of :class:`~pushd.frontends.http.Route`; :class:`~pushd.asgi.AsgiApp`
+serves them (see there why it is not Quart-trio), hypercorn's trio worker runs it.
 
 Lifecycle (all inside one nursery): open the store, start every app's upstream client
 and the retry loop, serve HTTP until SIGINT/SIGTERM, stop accepting requests, let
@@ -12,7 +11,6 @@ deliveries in flight finish for ``server.drain_seconds``, then close everything.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -22,11 +20,9 @@ import attrs
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
-from quart import Response, request
-from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
 
 from pushd import __version__
+from pushd.asgi import AsgiApp
 from pushd.config import Config, apns_settings
 from pushd.dispatch import Dispatcher, Lane, Sender
 from pushd.frontends.http import Reply, Request, Route, json_reply
@@ -37,9 +33,10 @@ from pushd.upstream.apns.client import ApnsClient
 
 log = logging.getLogger(__name__)
 
-#: Quart's per-request timeouts would cut a send short; pushd enforces its own deadline.
-BODY_TIMEOUT = 30.0
-RESPONSE_TIMEOUT = 60.0
+#: A client that stalls mid-request for this long is disconnected (slow-loris guard).
+READ_TIMEOUT = 30
+KEEP_ALIVE_TIMEOUT = 75.0
+KEEP_ALIVE_MAX_REQUESTS = 1_000_000
 
 
 @attrs.define
@@ -92,62 +89,6 @@ def all_routes(services: Services, native: NativeApi) -> list[Route]:
     return [*native.routes(), Route("GET", "/healthz", health(services), "healthz")]
 
 
-def _error_json(status: int, code: str, message: str) -> Response:
-    reply = json_reply(status, {"error": {"code": code, "message": message}})
-    return Response(reply.body, status=reply.status, content_type=reply.content_type)
-
-
-def build_asgi_app(routes: Sequence[Route], max_body_bytes: int) -> QuartTrio:
-    """Mount ``routes`` on a Quart-trio app; every error is JSON, never an HTML page."""
-    app = QuartTrio("pushd")
-    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
-    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT
-    app.config["RESPONSE_TIMEOUT"] = RESPONSE_TIMEOUT
-    request_ids = itertools.count(1)
-
-    def view(route: Route) -> Callable[..., Awaitable[Response]]:
-        async def endpoint(**params: str) -> Response:
-            body = await request.get_data(cache=False)
-            assert isinstance(body, bytes)
-            reply = await route.handler(
-                Request(
-                    method=request.method,
-                    path=request.path,
-                    headers={k.lower(): v for k, v in request.headers.items()},
-                    body=body,
-                    params=params,
-                    client=request.remote_addr,
-                    request_id=f"r{next(request_ids)}",
-                )
-            )
-            response = Response(reply.body, status=reply.status, content_type=reply.content_type)
-            for name, value in reply.headers:
-                response.headers[name] = value
-            return response
-
-        return endpoint
-
-    for route in routes:
-        path = route.path.replace("{", "<").replace("}", ">")
-        app.add_url_rule(path, route.name, view(route), methods=[route.method])
-
-    @app.errorhandler(HTTPException)
-    async def http_error(error: HTTPException) -> Response:
-        status = error.code or 500
-        if status == 413:
-            return _error_json(413, "body_too_large", f"the body exceeds {max_body_bytes} bytes")
-        name = (error.name or "error").lower().replace(" ", "_")
-        return _error_json(status, name, error.description or name)
-
-    @app.errorhandler(Exception)
-    async def unexpected(error: Exception) -> Response:
-        # The traceback goes to the log (no request data is in it); the caller gets JSON.
-        log.exception("unexpected error while handling a request")
-        return _error_json(500, "internal_error", "pushd failed to handle this request")
-
-    return app
-
-
 def hypercorn_config(config: Config) -> HypercornConfig:
     hc = HypercornConfig()
     host = config.server.listen
@@ -158,7 +99,12 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     hc.accesslog = None  # paths and clients are not logged: privacy, and CPU
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.graceful_timeout = config.server.drain_seconds
-    hc.keep_alive_timeout = 75.0  # chat servers keep pooled connections open
+    hc.read_timeout = READ_TIMEOUT
+    hc.include_server_header = False
+    hc.keep_alive_timeout = KEEP_ALIVE_TIMEOUT  # chat servers keep pooled connections open
+    # hypercorn closes a connection after 1000 requests by default; a chat server's
+    # pooled connection should not be torn down every thousand notifications.
+    hc.keep_alive_max_requests = KEEP_ALIVE_MAX_REQUESTS
     return hc
 
 
@@ -219,7 +165,8 @@ async def serve(
             services = Services(config=config, store=store, dispatcher=dispatcher, routes=[])
             native = NativeApi(config, store, dispatcher, openapi=OPENAPI)
             services.routes = [*all_routes(services, native), *extra_routes]
-            app = build_asgi_app(services.routes, config.server.max_body_bytes)
+            # hypercorn types scopes as TypedDict unions; AsgiApp reads plain mappings.
+            app: Any = AsgiApp(services.routes, config.server.max_body_bytes)
 
             http_done = trio.Event()
 
