@@ -7,7 +7,7 @@ is pushd serving, not pushd filling its database.
 
 ``POST /bench/empty`` is mounted through ``server.serve(extra_routes=...)``: it reads
 the body like every route and replies ``{}``, so its CPU cost per request is what the
-HTTP stack (hypercorn, Quart, the route adapter) costs before pushd does any work.
+HTTP stack (hypercorn, the ASGI router) costs before pushd does any work.
 Subtracting it from a send's cost leaves pushd's own work.
 
 Prints ``READY <url>`` once serving.  Stops gracefully when stdin closes (or on SIGINT/

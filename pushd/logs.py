@@ -13,7 +13,7 @@ import time
 
 from pushd.config import LogConfig
 
-QUIET_LOGGERS = ("hpack", "h2", "httpx", "httpcore", "quart.serving", "hypercorn.access")
+QUIET_LOGGERS = ("hpack", "h2", "httpx", "httpcore", "hypercorn.access")
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from pushd.model import ApnsPush, Delivered, Failed, Outcome, RetryLater, TokenDead
 from pushd.simulators.apns import ApnsSimulator, SimReply
 from pushd.upstream.apns import connection
+from pushd.upstream.apns import client as client_module
 from pushd.upstream.apns.client import ApnsClient
 from pushd.upstream.apns.settings import ApnsSettings, CertAuth, TokenAuth
 
@@ -278,12 +279,26 @@ async def test_request_timeout(env: Env) -> None:
     assert env.sim.connections_opened == 1
 
 
-async def test_unreachable_server_times_out(env: Env) -> None:
-    with trio.socket.socket() as sock:  # a port nobody listens on
+async def test_unreachable_server_fails_fast_then_recovers(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "RECONNECT_BACKOFF_BASE", 0.05)
+    monkeypatch.setattr(client_module, "RECONNECT_BACKOFF_MAX", 0.1)
+    with trio.socket.socket() as sock:  # a port nobody listens on (yet)
         await sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    client = await env.client(base_url=f"https://127.0.0.1:{port}", request_timeout=0.3)
-    assert await client.send(token(1), PUSH) == RetryLater("no APNs connection available")
+    client = await env.client(base_url=f"https://127.0.0.1:{port}", request_timeout=5.0)
+    started = trio.current_time()
+    outcome = await client.send(token(1), PUSH)
+    assert isinstance(outcome, RetryLater) and outcome.reason.startswith("APNs unreachable")
+    # Later sends do not wait for the 5 s request timeout either.
+    assert isinstance(await client.send(token(2), PUSH), RetryLater)
+    assert trio.current_time() - started < 1.0
+    # APNs comes back on that port: the pool reconnects by itself, sends succeed.
+    await env.nursery.start(env.sim.serve, server_context(env.ca), "127.0.0.1", port)
+    with trio.fail_after(1.5):
+        while not isinstance(outcome := await client.send(token(3), PUSH), Delivered):
+            await trio.sleep(0.05)
 
 
 def write_pkcs12(cert: trustme.LeafCert, path: Path, password: bytes) -> None:

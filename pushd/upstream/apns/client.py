@@ -68,11 +68,17 @@ MAX_RESENDS = 5
 class _Waiter:
     """A request queued for a stream slot; the pool fills ``conn`` and sets ``event``."""
 
-    __slots__ = ("conn", "event")
+    __slots__ = ("conn", "event", "failure")
 
     def __init__(self) -> None:
         self.conn: ApnsConnection | None = None
         self.event = trio.Event()
+        #: Why no slot came (``conn`` is None): APNs unreachable, or the client closed.
+        self.failure: str | None = None
+
+
+class _NoStream(Exception):
+    """No stream slot can be had now; the message says why."""
 
 
 def reconnect_delay(failures: int, rng: Callable[[], float] = random.random) -> float:
@@ -104,6 +110,9 @@ class ApnsClient:
         self._demand = trio.Event()
         self._running = False
         self._closed = False
+        #: Set while APNs cannot be reached and no connection is open: sends fail at once
+        #: as RetryLater instead of holding their caller for the whole request timeout.
+        self._unreachable: str | None = None
         #: Connections opened since start, for metrics and tests.
         self.connections_opened = 0
 
@@ -121,9 +130,7 @@ class ApnsClient:
             self._closed = True
             for conn in list(self._conns):
                 conn.close()
-            for waiter in self._waiters:
-                waiter.event.set()  # conn stays None: "client closed"
-            self._waiters.clear()
+            self._fail_waiters("APNs client closed")
 
     async def send(self, token: str, push: ApnsPush) -> Outcome:
         """Deliver one notification and say what happened.
@@ -162,9 +169,10 @@ class ApnsClient:
         sent = False
         with trio.move_on_after(settings.request_timeout):
             while True:
-                conn = await self._acquire()
-                if conn is None:
-                    return RetryLater("APNs client closed")
+                try:
+                    conn = await self._acquire()
+                except _NoStream as exc:
+                    return RetryLater(str(exc))
                 sent = True
                 result = await conn.request(headers, body)
                 if isinstance(result, Unprocessed):
@@ -205,15 +213,20 @@ class ApnsClient:
                 best, best_free = conn, free
         return best
 
-    async def _acquire(self) -> ApnsConnection | None:
-        """Reserve a stream slot; wait in FIFO order if there is none.  None = closed."""
+    async def _acquire(self) -> ApnsConnection:
+        """Reserve a stream slot; wait in FIFO order if there is none.
+
+        Raises :class:`_NoStream` when the client is closed or APNs is unreachable.
+        """
         if not self._waiters:
             conn = self._pick()
             if conn is not None:
                 conn.reserved += 1
                 return conn
         if self._closed:
-            return None
+            raise _NoStream("APNs client closed")
+        if self._unreachable is not None and not self._conns:
+            raise _NoStream(self._unreachable)
         waiter = _Waiter()
         self._waiters.append(waiter)
         if len(self._waiters) == 1:
@@ -228,6 +241,8 @@ class ApnsClient:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
             raise
+        if waiter.conn is None:
+            raise _NoStream(waiter.failure or "APNs client closed")
         return waiter.conn
 
     def _on_capacity(self, conn: ApnsConnection) -> None:
@@ -240,6 +255,13 @@ class ApnsClient:
             waiter = waiters.popleft()
             target.reserved += 1
             waiter.conn = target
+            waiter.event.set()
+
+    def _fail_waiters(self, reason: str) -> None:
+        """Release every queued request with ``reason`` (no slot will come soon)."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            waiter.failure = reason
             waiter.event.set()
 
     # --- connections ------------------------------------------------------------------
@@ -255,12 +277,18 @@ class ApnsClient:
         name = self._settings.name
         failures = 0
         while True:
-            await self._wait_for_demand()
+            if self._unreachable is None:
+                await self._wait_for_demand()
+            # else: keep trying with backoff; sends fail fast meanwhile, so no waiter
+            # would ever signal demand.
             try:
                 conn = await self._connect(index)
             except (OSError, trio.BrokenResourceError, trio.TooSlowError, ConnectionFailed) as exc:
                 failures += 1
                 delay = reconnect_delay(failures)
+                if not self._conns:
+                    self._unreachable = f"APNs unreachable: {type(exc).__name__}"
+                    self._fail_waiters(self._unreachable)
                 log.warning(
                     "apns[%s] connection %d: connect to %s failed (%s: %s); retry in %.1f s",
                     name,
@@ -273,6 +301,7 @@ class ApnsClient:
                 await trio.sleep(delay)
                 continue
             self.connections_opened += 1
+            self._unreachable = None
             log.info(
                 "apns[%s] connection %d: connected to %s, %d streams",
                 name,
