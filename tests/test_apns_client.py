@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from pushd.model import ApnsPush, Delivered, Failed, Outcome, RetryLater, TokenDead
 from pushd.simulators.apns import ApnsSimulator, SimReply
-from pushd.upstream.apns import connection
 from pushd.upstream.apns import client as client_module
+from pushd.upstream.apns import connection
 from pushd.upstream.apns.client import ApnsClient
 from pushd.upstream.apns.settings import ApnsSettings, CertAuth, TokenAuth
 
