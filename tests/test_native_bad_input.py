@@ -91,7 +91,18 @@ async def test_payload_over_the_apns_limit(pushd: Pushd, simulator: ApnsSimulato
 
 
 @pytest.mark.parametrize(
-    "raw", [b"{", b"not json", b"\xff\xfe", b"[1,2]", b"null", b'"string"', b""]
+    "raw",
+    [
+        b"{",
+        b"not json",
+        b"\xff\xfe",
+        b"[1,2]",
+        b"null",
+        b'"string"',
+        b"",
+        b"[" * 50_000,
+        b'{"user": "u", "token": "\\ud800", "app": "chat"}',
+    ],
 )
 async def test_malformed_json(pushd: Pushd, raw: bytes) -> None:
     response = await pushd.client.post(pushd.url + "/v1/devices", content=raw, headers=pushd.auth())
@@ -130,3 +141,22 @@ async def test_missing_or_wrong_key_is_401(pushd: Pushd, header: str | None) -> 
     assert response.headers["www-authenticate"].startswith("Bearer")
     assert error_of(response)["code"] == "unauthorized"
     assert await devices(pushd, "u") == []
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"user": "u", "badge": ' + b"9" * 5000 + b"}",
+        b'{"user": "u", "badge": 1e400}',
+        b'{"user": "u", "alert": "\\ud800"}',
+        b'{"user": "u", "data": {"k": "\\udfff"}}',
+        b'{"user": "\\ud800"}',
+    ],
+)
+async def test_hostile_send_bodies(pushd: Pushd, simulator: ApnsSimulator, raw: bytes) -> None:
+    await pushd.register("u", token(1))
+    response = await pushd.client.post(
+        pushd.url + "/v1/notifications", content=raw, headers=pushd.auth()
+    )
+    error_of(response)
+    assert simulator.received == []

@@ -114,10 +114,21 @@ class SendBody:
 def _parse(body: bytes, model: type[Any]) -> Any:
     try:
         value = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except RecursionError:
+        raise ApiError(400, "malformed_json", "the body is nested too deeply") from None
+    except ValueError as error:  # bad JSON, bad UTF-8, an integer of thousands of digits
         raise ApiError(400, "malformed_json", f"the body is not valid JSON: {error}") from None
     if not isinstance(value, dict):
         raise ApiError(400, "invalid_request", "the body must be a JSON object")
+    if b"\\u" in body:
+        # JSON may escape a lone UTF-16 surrogate ("\\ud800"), which no UTF-8 encoder
+        # (SQLite's, APNs') accepts: refuse it here, where the caller can be told.
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise ApiError(
+                400, "malformed_json", "the body holds a lone UTF-16 surrogate escape"
+            ) from None
     try:
         return CONVERTER.structure(value, model)
     except Exception as error:  # cattrs' error tree: report the first key, list them all
