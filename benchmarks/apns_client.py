@@ -35,13 +35,13 @@ import trio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from pushd.model import ApnsPush, Delivered
 from pushd.simulators.apns import ApnsSimulator
 from pushd.simulators.certs import make_self_signed
 from pushd.upstream.apns.client import ApnsClient
+from pushd.upstream.apns.jwt import p8_pem
 from pushd.upstream.apns.settings import ApnsSettings, TokenAuth
 
 TOPIC = "org.example.pushd.bench"
@@ -72,12 +72,7 @@ def _simulator(ready: Queue[Any], ca_path: str) -> None:
 
 
 def _settings(port: int, ca_path: str, connections: int) -> ApnsSettings:
-    key = ec.generate_private_key(ec.SECP256R1())
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+    key_pem = p8_pem(ec.generate_private_key(ec.SECP256R1()))
     return ApnsSettings(
         name="bench",
         base_url=f"https://127.0.0.1:{port}",

@@ -30,9 +30,9 @@ from typing import Any
 
 import attrs
 from common import FANOUT_DEVICES, KEY_ID, MACHINE, READY_PREFIX, STEAL, status_kib
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from populate import Population, populate
+
+from pushd.upstream.apns.jwt import write_p8
 
 HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
@@ -162,16 +162,8 @@ def running(child: Child) -> Iterator[Child]:
 
 def write_provider_key(directory: Path) -> Path:
     """A fresh ES256 key in Apple's .p8 format: pushd signs its provider tokens with it."""
-    key = ec.generate_private_key(ec.SECP256R1())
     path = directory / f"AuthKey_{KEY_ID}.p8"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    path.chmod(0o600)
+    write_p8(path)
     return path
 
 

@@ -15,14 +15,13 @@ import tempfile
 from pathlib import Path
 
 import trio
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from pushd import config, logs, server
 from pushd.simulators.apns import ApnsSimulator, Received
 from pushd.simulators.certs import make_self_signed
 from pushd.simulators.cli import format_line
 from pushd.store.sqlite import Database
+from pushd.upstream.apns.jwt import write_p8
 
 #: Published in the README; only ever accepted by a demo bound to 127.0.0.1.
 DEMO_KEY = "pushd_demo_key_for_local_testing_only"
@@ -38,20 +37,6 @@ log = logging.getLogger("pushd.demo")
 
 def _print_received(item: Received) -> None:
     print("simulated APNs received:", format_line(item, show_payload=False), flush=True)
-
-
-def _write_key(directory: Path) -> tuple[Path, ec.EllipticCurvePublicKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    path = directory / f"AuthKey_{DEMO_KEY_ID}.p8"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    path.chmod(0o600)
-    return path, key.public_key()
 
 
 def demo_config(directory: Path, port: int, upstream_port: int) -> config.Config:
@@ -79,7 +64,7 @@ def demo_config(directory: Path, port: int, upstream_port: int) -> config.Config
 
 
 async def _run(directory: Path, port: int) -> None:
-    _, public_key = _write_key(directory)
+    public_key = write_p8(directory / f"AuthKey_{DEMO_KEY_ID}.p8")
     tls = make_self_signed()
     tls.write_ca(directory / "simulator-ca.pem")
     simulator = ApnsSimulator(topics=frozenset({DEMO_TOPIC}), on_received=_print_received)

@@ -16,12 +16,12 @@ import httpx
 import pytest
 import trio
 import trustme
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from pushd import config, server
 from pushd.simulators.apns import ApnsSimulator
 from pushd.store.sqlite import Database
+from pushd.upstream.apns.jwt import write_p8
 
 KEY_ID = "TESTKEY001"
 TEAM_ID = "TESTTEAM01"
@@ -57,13 +57,7 @@ def apns_key() -> ec.EllipticCurvePrivateKey:
 @pytest.fixture
 def key_file(apns_key: ec.EllipticCurvePrivateKey, tmp_path: Path) -> Path:
     path = tmp_path / f"AuthKey_{KEY_ID}.p8"
-    path.write_bytes(
-        apns_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    write_p8(path, apns_key)
     return path
 
 

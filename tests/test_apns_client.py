@@ -21,6 +21,7 @@ from pushd.simulators.apns import ApnsSimulator, SimReply
 from pushd.upstream.apns import client as client_module
 from pushd.upstream.apns import connection
 from pushd.upstream.apns.client import ApnsClient
+from pushd.upstream.apns.jwt import p8_pem
 from pushd.upstream.apns.settings import ApnsSettings, CertAuth, TokenAuth
 
 TOPIC = "com.example.app"
@@ -48,11 +49,7 @@ class Env:
     ca: trustme.CA
 
     def settings(self, **changes: object) -> ApnsSettings:
-        key_pem = self.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        key_pem = p8_pem(self.key)
         settings = ApnsSettings(
             name="testapp",
             base_url=f"https://127.0.0.1:{self.port}",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -54,6 +55,28 @@ def load_p8(pem: bytes) -> ec.EllipticCurvePrivateKey:
     if not isinstance(key.curve, ec.SECP256R1):
         raise InvalidProviderKey(f"APNs key must use curve P-256, not {key.curve.name}")
     return key
+
+
+def p8_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """``key`` in Apple's ``.p8`` format (unencrypted PKCS#8 PEM).
+
+    For keys pushd makes itself: the demo's, the simulator's, tests' and benchmarks'.
+    """
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def write_p8(
+    path: Path, key: ec.EllipticCurvePrivateKey | None = None
+) -> ec.EllipticCurvePublicKey:
+    """Write ``key`` (default: a fresh P-256 key) to ``path`` as a 0600 ``.p8`` file."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    path.touch(mode=0o600)
+    path.write_bytes(p8_pem(key))
+    return key.public_key()
 
 
 def _b64url(data: bytes) -> bytes:
