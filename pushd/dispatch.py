@@ -20,7 +20,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import attrs
 import trio
@@ -31,7 +31,6 @@ from pushd.model import (
     Delivery,
     Failed,
     Outcome,
-    Push,
     RetryLater,
     TokenDead,
     mask_token,
@@ -43,12 +42,19 @@ log = logging.getLogger(__name__)
 Status = Literal["delivered", "removed", "retrying", "failed"]
 
 
-class Sender(Protocol):
-    """An upstream client (APNs, FCM): what a lane needs from it."""
+PushT = TypeVar("PushT", contravariant=True)
+
+
+class Sender(Protocol[PushT]):
+    """An upstream client (APNs, FCM): what a lane needs from it.
+
+    Each client takes its own provider's push type; a lane only ever hands its sender
+    deliveries built for that lane's app, so the lane holds a ``Sender[Any]``.
+    """
 
     async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
 
-    async def send(self, token: str, push: Push) -> Outcome: ...
+    async def send(self, token: str, push: PushT) -> Outcome: ...
 
 
 @attrs.frozen
@@ -76,7 +82,7 @@ class Lane:
     """One app's private share of the engine."""
 
     name: str
-    sender: Sender
+    sender: Sender[Any]
     limiter: trio.CapacityLimiter
     paused_until: float = 0.0
     pause_reason: str | None = None

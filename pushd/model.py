@@ -55,7 +55,26 @@ class ApnsPush:
         )
 
 
-Push = ApnsPush  # FCM joins this union in a later issue
+@attrs.frozen
+class FcmPush:
+    """One FCM HTTP v1 message without its target, ready to send to any number of tokens.
+
+    ``fields`` are the members of the v1 ``message`` object other than ``token``, already
+    encoded as JSON object members (``b'"data":{"k":"v"},"android":{...}'``): the client
+    splices a token in front of them, so a fan-out serialises the message once.  Opaque
+    bytes, like :attr:`ApnsPush.payload`, so they never reach a log line by accident.
+    """
+
+    fields: bytes
+    #: Absolute UNIX time in seconds after which retrying is pointless (from the TTL);
+    #: 0 means "now or never", None the upstream's default.
+    expiration: int | None = None
+
+    def __repr__(self) -> str:
+        return f"FcmPush(<{len(self.fields)} bytes>, expiration={self.expiration!r})"
+
+
+Push = ApnsPush | FcmPush
 
 
 @attrs.frozen

@@ -53,7 +53,7 @@ def build_lanes(config: Config) -> list[Lane]:
     """One lane per configured app, each with its own upstream client and limiter."""
     lanes = []
     for app in config.apps:
-        sender: Sender = ApnsClient(apns_settings(app))
+        sender: Sender[Any] = ApnsClient(apns_settings(app))
         lanes.append(
             Lane(name=app.name, sender=sender, limiter=trio.CapacityLimiter(app.concurrency))
         )
