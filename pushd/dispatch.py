@@ -1,14 +1,20 @@
 """The delivery engine: per-app lanes, inline first attempts, background retries.
 
 A frontend hands :meth:`Dispatcher.deliver` a batch of :class:`~pushd.model.Delivery`
-values and gets one :class:`Report` per delivery back.  Every attempt runs as a task in
-the dispatcher's own nursery, not the caller's: when the caller's deadline passes, the
-attempt is not cancelled (that could send a notification twice), it simply goes on in
-the background and the caller hears "retrying".
+values and gets one :class:`Report` per delivery back.  Deliveries that share an app and
+a push (a user's devices of one app) go to the upstream client together, as one
+``send_many`` call: one task per group, not per device, which is most of what a fan-out
+costs besides the HTTP/2 frames themselves.
+
+Every attempt runs in the dispatcher's own nursery, not the caller's: when the caller's
+deadline passes the attempt is not cancelled (that could send a notification twice), it
+goes on in the background, and the caller hears "retrying".  Outcomes that arrive after
+that are acted on here: retries are queued, dead tokens deleted (batched, one
+transaction for all that arrive together).
 
 Isolation: each app has its own lane, with its own sender (and so its own connections),
-its own concurrency limit and its own paused state.  A credential error pauses only that
-lane; nothing one app does can block another's tasks.
+its own concurrency budget and its own paused state.  A credential error pauses only
+that lane; nothing one app does can block another's tasks.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from pushd.store.sqlite import DeadToken, Store
 log = logging.getLogger(__name__)
 
 Status = Literal["delivered", "removed", "retrying", "failed"]
-
+ReportFn = Callable[[int, Outcome], None]
 
 PushT = TypeVar("PushT", contravariant=True)
 
@@ -55,6 +61,19 @@ class Sender(Protocol[PushT]):
     async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
 
     async def send(self, token: str, push: PushT) -> Outcome: ...
+
+
+async def send_each(
+    sender: Sender[Any], tokens: Sequence[str], push: Any, report: ReportFn
+) -> None:
+    """``send_many`` for a sender that has none: one task per token."""
+
+    async def one(index: int, token: str) -> None:
+        report(index, await sender.send(token, push))
+
+    async with trio.open_nursery() as nursery:
+        for index, token in enumerate(tokens):
+            nursery.start_soon(one, index, token)
 
 
 @attrs.frozen
@@ -77,16 +96,55 @@ class LaneStats:
     dropped: int = 0
 
 
-@attrs.define
+class Budget:
+    """How many notifications one app may have in flight; taken and given back in bulk.
+
+    A ``trio.CapacityLimiter`` counts tasks, and a fan-out is one task for many
+    notifications, so this counts notifications instead.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiting = 0
+        self._freed = trio.Event()
+
+    async def take(self, wanted: int) -> int:
+        """Wait until at least one unit is free; take up to ``wanted``; return how many."""
+        while self.used >= self.limit:
+            self._waiting += 1
+            try:
+                await self._freed.wait()
+            finally:
+                self._waiting -= 1
+        granted = min(wanted, self.limit - self.used)
+        self.used += granted
+        return granted
+
+    def give(self, count: int = 1) -> None:
+        self.used -= count
+        if self._waiting:  # a fan-out gives back one unit per answer: keep that cheap
+            self._freed.set()
+            self._freed = trio.Event()
+
+
+@attrs.define(eq=False)
 class Lane:
     """One app's private share of the engine."""
 
     name: str
     sender: Sender[Any]
-    limiter: trio.CapacityLimiter
+    budget: Budget
     paused_until: float = 0.0
     pause_reason: str | None = None
     stats: LaneStats = attrs.Factory(LaneStats)
+
+    async def send_many(self, tokens: Sequence[str], push: Any, report: ReportFn) -> None:
+        batch_send = getattr(self.sender, "send_many", None)
+        if batch_send is None:
+            await send_each(self.sender, tokens, push, report)
+        else:
+            await batch_send(tokens, push, report)
 
 
 @attrs.define(eq=False)
@@ -139,6 +197,8 @@ class Dispatcher:
         self._queue: list[_Retry] = []
         self._seq = itertools.count()
         self._queue_changed = trio.Event()
+        self._dead: list[DeadToken] = []
+        self._dead_waiting = trio.Event()
         self._in_flight = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -146,11 +206,12 @@ class Dispatcher:
     # --- lifecycle --------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Start every app's sender and the retry loop; run until cancelled."""
+        """Start every app's sender, the retry loop and the dead-token reaper."""
         async with trio.open_nursery() as nursery:
             for lane in self.lanes.values():
                 await nursery.start(lane.sender.run)
             nursery.start_soon(self._retry_loop)
+            nursery.start_soon(self._reaper)
             self._nursery = nursery
             task_status.started()
 
@@ -158,6 +219,8 @@ class Dispatcher:
         """Wait up to ``grace`` seconds for attempts in flight to finish (shutdown)."""
         with trio.move_on_after(grace):
             await self._idle.wait()
+        if self._dead:
+            await self._remove_dead()
         if self._in_flight:
             log.warning("shutdown: %d deliveries still in flight were abandoned", self._in_flight)
         if self._queue:
@@ -177,13 +240,10 @@ class Dispatcher:
         Dead tokens among the answers are deleted from the store in one transaction
         before this returns, so "removed" in a report is true when the caller reads it.
         """
-        if self._nursery is None:
-            raise RuntimeError("Dispatcher.run() has not been started")
         if not deliveries:
             return []
         batch = _Batch(outcomes=[None] * len(deliveries), pending=len(deliveries))
-        for index, delivery in enumerate(deliveries):
-            self._start(delivery, 1, batch, index)
+        self._start(deliveries, 1, batch)
         timeout = self.first_attempt_deadline if deadline is None else deadline
         with trio.move_on_after(timeout):
             await batch.done.wait()
@@ -203,46 +263,105 @@ class Dispatcher:
 
     # --- attempts ---------------------------------------------------------------------
 
-    def _start(self, delivery: Delivery, attempt: int, batch: _Batch | None, index: int) -> None:
-        assert self._nursery is not None
-        self._in_flight += 1
-        self._idle = trio.Event() if self._idle.is_set() else self._idle
-        self._nursery.start_soon(self._attempt, delivery, attempt, batch, index)
+    def _start(self, deliveries: Sequence[Delivery], attempt: int, batch: _Batch | None) -> None:
+        """Start one task per (app, push) group of ``deliveries``."""
+        if self._nursery is None:
+            raise RuntimeError("Dispatcher.run() has not been started")
+        groups: dict[tuple[str, int], list[int]] = {}
+        for index, delivery in enumerate(deliveries):
+            groups.setdefault((delivery.app, id(delivery.push)), []).append(index)
+        if self._in_flight == 0:
+            self._idle = trio.Event()
+        self._in_flight += len(deliveries)
+        for (app, _), indices in groups.items():
+            group = [deliveries[i] for i in indices]
+            self._nursery.start_soon(self._attempt, app, group, indices, attempt, batch)
 
     async def _attempt(
-        self, delivery: Delivery, attempt: int, batch: _Batch | None, index: int
+        self,
+        app: str,
+        group: list[Delivery],
+        indices: list[int],
+        attempt: int,
+        batch: _Batch | None,
     ) -> None:
-        try:
-            outcome = await self._send(delivery)
-            if batch is not None and not batch.closed:
-                batch.outcomes[index] = outcome
-                batch.pending -= 1
-                if batch.pending == 0:
-                    batch.done.set()
-                return
-            # Nobody is waiting any more: act on the outcome here.
-            _, dead_token = self._settle(delivery, outcome, attempt)
-            if dead_token is not None:
-                await self.store.remove_dead([dead_token])
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
+        """Send one group through its lane; every delivery is recorded exactly once."""
 
-    async def _send(self, delivery: Delivery) -> Outcome:
-        lane = self.lanes.get(delivery.app)
+        def record(position: int, outcome: Outcome) -> None:
+            self._record(group[position], outcome, attempt, batch, indices[position])
+
+        lane = self.lanes.get(app)
         if lane is None:
-            return Failed(f"no app named {delivery.app!r} is configured")
-        now = self.clock()
-        if lane.paused_until > now:
-            return Failed(
+            for position in range(len(group)):
+                record(position, Failed(f"no app named {app!r} is configured"))
+            return
+        if lane.paused_until > self.clock():
+            paused = Failed(
                 f"app {lane.name} is paused after a credential error: {lane.pause_reason}"
             )
-        async with lane.limiter:
-            outcome = await lane.sender.send(delivery.token, delivery.push)
-        if isinstance(outcome, Failed) and outcome.credential:
-            self._pause(lane, outcome.reason)
-        return outcome
+            for position in range(len(group)):
+                record(position, paused)
+            return
+        push = group[0].push
+        tokens = [delivery.token for delivery in group]
+        granted = await lane.budget.take(len(tokens))
+        if granted == len(tokens):  # the usual case: no extra task
+            await self._send_chunk(lane, tokens, push, 0, granted, record)
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._send_chunk, lane, tokens, push, 0, granted, record)
+            start = granted
+            while start < len(tokens):
+                granted = await lane.budget.take(len(tokens) - start)
+                nursery.start_soon(self._send_chunk, lane, tokens, push, start, granted, record)
+                start += granted
+
+    async def _send_chunk(
+        self,
+        lane: Lane,
+        tokens: list[str],
+        push: Any,
+        start: int,
+        count: int,
+        record: Callable[[int, Outcome], None],
+    ) -> None:
+        reported = 0
+
+        def report(index: int, outcome: Outcome) -> None:
+            nonlocal reported
+            reported += 1
+            lane.budget.give()
+            if isinstance(outcome, Failed) and outcome.credential:
+                self._pause(lane, outcome.reason)
+            record(start + index, outcome)
+
+        try:
+            await lane.send_many(tokens[start : start + count], push, report)
+        finally:
+            lane.budget.give(count - reported)  # only if cancelled part-way (shutdown)
+
+    def _record(
+        self,
+        delivery: Delivery,
+        outcome: Outcome,
+        attempt: int,
+        batch: _Batch | None,
+        index: int,
+    ) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
+        if batch is not None and not batch.closed:
+            batch.outcomes[index] = outcome
+            batch.pending -= 1
+            if batch.pending == 0:
+                batch.done.set()
+            return
+        # Nobody is waiting any more: act on the outcome here.
+        _, dead_token = self._settle(delivery, outcome, attempt)
+        if dead_token is not None:
+            self._dead.append(dead_token)
+            self._dead_waiting.set()
 
     def _pause(self, lane: Lane, reason: str) -> None:
         first = lane.paused_until <= self.clock()
@@ -295,7 +414,21 @@ class Dispatcher:
         stats.failed += 1
         return Report(delivery, "failed", outcome.reason), None
 
-    # --- retries ----------------------------------------------------------------------
+    # --- background work --------------------------------------------------------------
+
+    async def _reaper(self) -> None:
+        """Delete dead tokens found after their caller stopped waiting, in batches."""
+        while True:
+            await self._dead_waiting.wait()
+            self._dead_waiting = trio.Event()
+            await self._remove_dead()
+
+    async def _remove_dead(self) -> None:
+        dead, self._dead = self._dead, []
+        try:
+            await self.store.remove_dead(dead)
+        except Exception:
+            log.exception("could not delete %d dead tokens; they will be found again", len(dead))
 
     def _schedule(self, delivery: Delivery, attempt: int, outcome: RetryLater) -> bool:
         """Queue a retry if attempts and expiry allow; False if the delivery is given up."""
@@ -305,7 +438,8 @@ class Dispatcher:
             return False
         expires_at = delivery.expires_at
         if expires_at is None:
-            expires_at = now + self.retry.default_ttl
+            expiration = delivery.push.expiration
+            expires_at = float(expiration) if expiration else now + self.retry.default_ttl
             delivery = attrs.evolve(delivery, expires_at=expires_at)
         delay = max(backoff(attempt, self.retry), outcome.after or 0.0)
         if now + delay >= expires_at:
@@ -338,6 +472,8 @@ class Dispatcher:
             with trio.move_on_after(wait):
                 await self._queue_changed.wait()
             now = self.clock()
+            due: list[_Retry] = []
             while self._queue and self._queue[0].due <= now:
-                item = heapq.heappop(self._queue)
-                self._start(item.delivery, item.attempt, None, 0)
+                due.append(heapq.heappop(self._queue))
+            for item in due:
+                self._start([item.delivery], item.attempt, None)

@@ -24,7 +24,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from pushd import __version__
 from pushd.asgi import AsgiApp
 from pushd.config import Config, apns_settings
-from pushd.dispatch import Dispatcher, Lane, Sender
+from pushd.dispatch import Budget, Dispatcher, Lane, Sender
 from pushd.frontends.http import Reply, Request, Route, json_reply
 from pushd.frontends.native import NativeApi
 from pushd.frontends.openapi import OPENAPI
@@ -50,13 +50,11 @@ class Services:
 
 
 def build_lanes(config: Config) -> list[Lane]:
-    """One lane per configured app, each with its own upstream client and limiter."""
+    """One lane per configured app, each with its own upstream client and budget."""
     lanes = []
     for app in config.apps:
         sender: Sender[Any] = ApnsClient(apns_settings(app))
-        lanes.append(
-            Lane(name=app.name, sender=sender, limiter=trio.CapacityLimiter(app.concurrency))
-        )
+        lanes.append(Lane(name=app.name, sender=sender, budget=Budget(app.concurrency)))
     return lanes
 
 
