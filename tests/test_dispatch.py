@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import trio
+import trio.testing
 
 from pushd.config import RetryConfig
 from pushd.dispatch import backoff
@@ -97,3 +98,23 @@ async def test_one_app_at_its_concurrency_limit_does_not_slow_another(
         elapsed = trio.current_time() - started
     assert answer["results"][0]["status"] == "delivered"
     assert elapsed < 0.5  # not queued behind chat's three 0.5 s sends in a row
+
+
+async def test_budget_grants_what_is_free_and_wakes_waiters() -> None:
+    from pushd.dispatch import Budget
+
+    budget = Budget(10)
+    assert await budget.take(7) == 7
+    assert await budget.take(7) == 3  # only what is free
+    got: list[int] = []
+
+    async def waiter() -> None:
+        got.append(await budget.take(5))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == []  # nothing free: it waits
+        budget.give(2)
+    assert got == [2]
+    assert budget.used == 10
