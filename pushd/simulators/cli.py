@@ -1,29 +1,41 @@
-"""``pushd simulate``: run the APNs simulator in the foreground until Ctrl-C.
+"""``pushd simulate``: run the APNs (and, asked, FCM) simulator in the foreground until Ctrl-C.
 
-Meant for a first look at pushd without an Apple account, for demos, and as the upstream
-of a benchmark.  It prints one line per notification (never the payload unless
+Meant for a first look at pushd without an Apple or Google account, for demos, and as the
+upstream of a benchmark.  It prints one line per notification (never the payload unless
 ``--show-payload`` asks for it: payloads are private by default here as everywhere in
 pushd) and connection events on stderr.
+
+FCM is off unless ``--fcm-port`` is given (so the APNs-only behaviour stays as it was);
+it then serves Google's token endpoint and FCM's send endpoint on that port, on the same
+certificate as APNs.  Point an FCM app's ``base_url`` at ``https://HOST:PORT`` and give
+it a service-account file whose ``token_uri`` is ``https://HOST:PORT/token``:
+``--fcm-new-account FILE`` writes such a file and trusts it, ``--fcm-account FILE``
+trusts an existing one.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import sys
 import time
+from pathlib import Path
 
 import trio
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pushd.model import mask_token
 from pushd.simulators import certs
 from pushd.simulators.apns import DEFAULT_MAX_STREAMS, ApnsSimulator, Received
+from pushd.simulators.fcm import FcmReceived, FcmSimulator, configure_alpn, make_service_account
 
 #: Apple's alternative APNs port; 443 would need privileges.
 DEFAULT_PORT = 2197
 DEFAULT_HOST = "127.0.0.1"
+#: Project of the service account ``--fcm-new-account`` writes.
+DEFAULT_FCM_PROJECT = "pushd-sim"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +81,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--show-payload", action="store_true", help="print each notification's payload"
     )
+    fcm = parser.add_argument_group("FCM (off unless --fcm-port is given)")
+    fcm.add_argument(
+        "--fcm-port",
+        type=int,
+        default=None,
+        metavar="N",
+        help="serve FCM's send and token endpoints on this port (0: any free port)",
+    )
+    fcm.add_argument(
+        "--fcm-account",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="trust this service-account JSON file: its key, client_email and project (repeatable)",
+    )
+    fcm.add_argument(
+        "--fcm-new-account",
+        metavar="FILE",
+        help="write a fresh service-account file pointing at the simulator, and trust it",
+    )
+    fcm.add_argument(
+        "--fcm-project",
+        default=DEFAULT_FCM_PROJECT,
+        help=f"project id of --fcm-new-account (default {DEFAULT_FCM_PROJECT})",
+    )
+    fcm.add_argument(
+        "--fcm-accept-any-assertion",
+        action="store_true",
+        help="check OAuth assertions' shape and claims but not their signature",
+    )
+    fcm.add_argument(
+        "--fcm-token-url",
+        metavar="URL",
+        help="the aud assertions must carry (default: https://HOST:PORT/token)",
+    )
 
 
 class UsageError(Exception):
@@ -106,6 +153,55 @@ def parse_trust_key(spec: str) -> tuple[str, str, ec.EllipticCurvePublicKey]:
     return kid, team, load_public_key(path)
 
 
+def load_fcm_account(path: str) -> tuple[str, rsa.RSAPublicKey, str]:
+    """Read ``(client_email, public key, project_id)`` from a service-account JSON file."""
+    try:
+        with open(path, "rb") as f:
+            document = json.load(f)
+    except OSError as exc:
+        raise UsageError(f"cannot read service-account file {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise UsageError(f"{path} is not JSON: {exc}") from exc
+    fields = ("client_email", "private_key", "project_id")
+    if not isinstance(document, dict) or not all(
+        isinstance(document.get(name), str) for name in fields
+    ):
+        raise UsageError(f"{path} is not a service-account file (needs {', '.join(fields)})")
+    try:
+        key = serialization.load_pem_private_key(
+            document["private_key"].encode("ascii"), password=None
+        )
+    except (ValueError, TypeError, UnicodeEncodeError) as exc:
+        raise UsageError(f"{path}: private_key is not an unencrypted PEM key") from exc
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise UsageError(f"{path}: private_key is not an RSA key, as service-account keys are")
+    return document["client_email"], key.public_key(), document["project_id"]
+
+
+def format_fcm_line(received: FcmReceived, show_payload: bool) -> str:
+    """One line per FCM message: time, masked token (or topic), project, size, status."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(received.at))
+    millis = int(received.at * 1000) % 1000
+    if received.token is not None:
+        target = mask_token(received.token) or "-"
+    else:
+        topic = received.message.get("topic")
+        target = f"topic:{topic}" if isinstance(topic, str) else "condition/none"
+    status = str(received.status)
+    if received.error_code:
+        status += f" {received.error_code}"
+    if received.validate_only:
+        status += " (validate_only)"
+    line = f"{stamp}.{millis:03d}  fcm  {target}  {received.project_id}  {received.size}B  {status}"
+    if show_payload:
+        line += "  " + json.dumps(received.message, ensure_ascii=False)
+    return line
+
+
+def _print_fcm_received(show_payload: bool, received: FcmReceived) -> None:
+    print(format_fcm_line(received, show_payload), flush=True)
+
+
 def format_line(received: Received, show_payload: bool) -> str:
     """One line per notification: time, masked token, topic, push type, size, status."""
     stamp = time.strftime("%H:%M:%S", time.localtime(received.at))
@@ -139,11 +235,20 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--max-streams must be at least 1")
         if args.key and not args.cert:
             raise UsageError("--key needs --cert")
+        fcm_accounts = [load_fcm_account(path) for path in args.fcm_account]
+        fcm_wanted = args.fcm_port is not None
+        if not fcm_wanted and (fcm_accounts or args.fcm_new_account):
+            raise UsageError("--fcm-account and --fcm-new-account need --fcm-port")
+        fcm_context = None
         if args.cert:
             context = certs.server_context_from_files(args.cert, args.key)
+            if fcm_wanted:
+                fcm_context = configure_alpn(certs.server_context_from_files(args.cert, args.key))
         else:
             tls = certs.make_self_signed(sorted({args.host, *certs.DEFAULT_NAMES}))
             context = tls.server_context()
+            if fcm_wanted:
+                fcm_context = configure_alpn(tls.server_context())
             if args.ca_out:
                 tls.write_ca(args.ca_out)
                 _log(f"CA certificate written to {args.ca_out}")
@@ -166,12 +271,43 @@ def run(args: argparse.Namespace) -> int:
         sim.add_key(kid, team, public)
     if not keys and not args.accept_any_key:
         _log("warning: no --trust-key given: every provider token will be rejected")
+    fcm_sim: FcmSimulator | None = None
+    if fcm_context is not None:
+        fcm_sim = FcmSimulator(
+            token_url=args.fcm_token_url,
+            accept_any_assertion=args.fcm_accept_any_assertion,
+            record=False,
+            on_received=functools.partial(_print_fcm_received, args.show_payload),
+            log=_log,
+        )
+        for email, account_key, project in fcm_accounts:
+            fcm_sim.add_account(email, account_key, project)
+        if not fcm_accounts and not args.fcm_new_account and not args.fcm_accept_any_assertion:
+            _log("warning: no --fcm-account given: every OAuth assertion will be rejected")
+
+    async def start_fcm(nursery: trio.Nursery) -> None:
+        if fcm_sim is None:
+            return
+        port = await nursery.start(fcm_sim.serve, fcm_context, args.host, args.fcm_port)
+        if args.fcm_new_account:
+            # Written once the port is known, since its token_uri names the port.
+            email = f"pushd-sim@{args.fcm_project}.iam.gserviceaccount.com"
+            key = make_service_account(
+                Path(args.fcm_new_account), args.fcm_project, fcm_sim.token_url, email
+            )
+            fcm_sim.add_account(email, key.public_key(), args.fcm_project)
+            _log(f"service account of {args.fcm_project} written to {args.fcm_new_account}")
+        _log(
+            f"FCM simulator listening on https://{args.host}:{port} "
+            f"(token endpoint {fcm_sim.token_url})"
+        )
 
     async def main() -> int:
         errors: list[OSError] = []
         try:
             async with trio.open_nursery() as nursery:
                 port = await nursery.start(sim.serve, context, args.host, args.port)
+                await start_fcm(nursery)
                 _log(f"APNs simulator listening on https://{args.host}:{port} (Ctrl-C to stop)")
         except* OSError as group:  # cannot bind, typically: say so without a traceback
             errors.extend(e for e in group.exceptions if isinstance(e, OSError))
@@ -187,6 +323,8 @@ def run(args: argparse.Namespace) -> int:
         interrupted = True
     if interrupted:
         _log(f"stopped after {sim.answered} notifications")
+        if fcm_sim is not None:
+            _log(f"FCM: {fcm_sim.answered} messages, {fcm_sim.tokens_issued} access tokens")
     return 0
 
 
