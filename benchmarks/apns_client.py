@@ -3,16 +3,20 @@
 The simulator runs in a child process (so its CPU is not counted); this process runs one
 :class:`~pushd.upstream.apns.client.ApnsClient` with ``--connections`` connections and
 ``--concurrency`` tasks that send ``--count`` notifications, each to its own token, as
-fast as the simulator answers.  The reported figure is this process's CPU time
-(``time.process_time``: user + system, all threads) over the timed window divided by the
-number of notifications.  Setup (TLS handshake, first JWT, the one-stream warm-up) is
-done by one untimed send before the window opens.
+fast as the simulator answers.  With ``--batch N`` each of the ``--concurrency`` tasks
+(default 4) sends ``N`` tokens per :meth:`~pushd.upstream.apns.client.ApnsClient.send_many`
+call instead, as for one chat message to a user with ``N`` devices.  The reported figure
+is this process's CPU time (``time.process_time``: user + system, all threads) over the
+timed window divided by the number of notifications.  Setup (TLS handshake, first JWT,
+the one-stream warm-up) is done by one untimed send before the window opens.
 
 Run from the repository root::
 
     /work/venv/bin/python benchmarks/apns_client.py                   # 20,000 x 200, 1 conn
     /work/venv/bin/python benchmarks/apns_client.py --repeat 3        # best and median of 3
     /work/venv/bin/python benchmarks/apns_client.py --profile 25      # + cProfile top 25
+    /work/venv/bin/python benchmarks/apns_client.py --batch 100       # 4 x send_many(100)
+    /work/venv/bin/python benchmarks/apns_client.py --concurrency 400 # same load, per send
 
 The simulator child is a daemon process and is terminated on exit.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import itertools
 import multiprocessing
 import os
 import pstats
@@ -37,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from pushd.model import ApnsPush, Delivered
+from pushd.model import ApnsPush, Delivered, Outcome
 from pushd.simulators.apns import ApnsSimulator
 from pushd.simulators.certs import make_self_signed
 from pushd.upstream.apns.client import ApnsClient
@@ -52,6 +57,9 @@ PAYLOAD = b'{"aps":{"alert":{"title":"New message","body":"hello there, this is 
 DEFAULT_COUNT = 20_000
 DEFAULT_CONCURRENCY = 200
 DEFAULT_CONNECTIONS = 1
+#: Batches in flight with ``--batch``: 4 x 100 is as many requests in flight as
+#: ``--concurrency 400`` without it.
+DEFAULT_BATCHES = 4
 #: Seconds the simulator child waits for its parent before it gives up on its own.
 SIMULATOR_MAX_SECONDS = 600.0
 
@@ -85,9 +93,17 @@ def _settings(port: int, ca_path: str, connections: int) -> ApnsSettings:
 
 
 async def _one_run(
-    settings: ApnsSettings, count: int, concurrency: int, profiler: cProfile.Profile | None
+    settings: ApnsSettings,
+    count: int,
+    concurrency: int,
+    batch: int,
+    profiler: cProfile.Profile | None,
 ) -> float:
-    """Send ``count`` notifications; return CPU milliseconds per notification."""
+    """Send ``count`` notifications; return CPU milliseconds per notification.
+
+    ``batch`` 0 runs ``concurrency`` tasks calling ``send``; otherwise ``concurrency``
+    tasks each call ``send_many`` with ``batch`` tokens at a time.
+    """
     client = ApnsClient(settings)
     push = ApnsPush(PAYLOAD)
     delivered = 0
@@ -104,12 +120,23 @@ async def _one_run(
                 outcome = await client.send(f"{n:064x}", push)
                 delivered += isinstance(outcome, Delivered)
 
+        def report(_index: int, outcome: Outcome) -> None:
+            nonlocal delivered
+            delivered += isinstance(outcome, Delivered)
+
+        async def batch_worker() -> None:
+            while True:
+                group = [f"{n:064x}" for n in itertools.islice(tokens, batch)]
+                if not group:
+                    return
+                await client.send_many(group, push, report)
+
         if profiler is not None:
             profiler.enable()
         cpu0, wall0 = time.process_time(), time.perf_counter()
         async with trio.open_nursery() as workers:
             for _ in range(concurrency):
-                workers.start_soon(worker)
+                workers.start_soon(batch_worker if batch else worker)
         cpu1, wall1 = time.process_time(), time.perf_counter()
         if profiler is not None:
             profiler.disable()
@@ -118,7 +145,8 @@ async def _one_run(
         raise SystemExit(f"only {delivered} of {count} delivered")
     per_notification = (cpu1 - cpu0) / count * 1e3
     print(
-        f"count={count} concurrency={concurrency} connections={settings.connections} "
+        f"count={count} {f'batch={batch} batches' if batch else 'concurrency'}={concurrency} "
+        f"connections={settings.connections} "
         f"wall={wall1 - wall0:.2f}s rate={count / (wall1 - wall0):,.0f}/s "
         f"cpu/notification={per_notification:.4f} ms",
         flush=True,
@@ -129,13 +157,24 @@ async def _one_run(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=DEFAULT_COUNT)
-    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help=f"sending tasks (default {DEFAULT_CONCURRENCY}, or {DEFAULT_BATCHES} with --batch)",
+    )
+    parser.add_argument(
+        "--batch", type=int, default=0, metavar="N", help="tokens per send_many call (0: send)"
+    )
     parser.add_argument("--connections", type=int, default=DEFAULT_CONNECTIONS)
     parser.add_argument("--repeat", type=int, default=1, help="runs, each on a fresh client")
     parser.add_argument(
         "--profile", type=int, default=0, metavar="N", help="print cProfile's top N (tottime)"
     )
     args = parser.parse_args()
+    concurrency = args.concurrency
+    if concurrency is None:
+        concurrency = DEFAULT_BATCHES if args.batch else DEFAULT_CONCURRENCY
 
     with tempfile.TemporaryDirectory(prefix="pushd-apns-bench-") as tmp:
         ca_path = os.path.join(tmp, "ca.pem")
@@ -147,7 +186,7 @@ def main() -> int:
             settings = _settings(port, ca_path, args.connections)
             profiler = cProfile.Profile() if args.profile else None
             results = [
-                trio.run(_one_run, settings, args.count, args.concurrency, profiler)
+                trio.run(_one_run, settings, args.count, concurrency, args.batch, profiler)
                 for _ in range(args.repeat)
             ]
         finally:

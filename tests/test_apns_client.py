@@ -345,3 +345,212 @@ async def test_certificate_auth(tmp_path: Path, nursery: trio.Nursery, kind: str
         outcomes = await send_many(client, [token(n) for n in range(50)])
         assert all(isinstance(o, Delivered) for o in outcomes.values())
         assert max(sim.max_in_flight.values()) > 1  # no 1-stream warm-up with certificates
+
+
+# --- send_many ---------------------------------------------------------------------------
+
+
+class Reports:
+    """A ``report`` callback that checks each index is reported exactly once."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[int, Outcome] = {}
+
+    def __call__(self, index: int, outcome: Outcome) -> None:
+        assert index not in self.outcomes, f"index {index} reported twice"
+        self.outcomes[index] = outcome
+
+
+async def batch(client: ApnsClient, tokens: list[str], push: ApnsPush = PUSH) -> dict[int, Outcome]:
+    reports = Reports()
+    await client.send_many(tokens, push, reports)
+    assert sorted(reports.outcomes) == list(range(len(tokens)))
+    return reports.outcomes
+
+
+def delivered_tokens(env: Env) -> list[str]:
+    return sorted(r.token for r in env.sim.received if r.status == 200)
+
+
+async def test_batch_of_100_all_delivered(env: Env) -> None:
+    client = await env.client()
+    assert isinstance(await client.send(token(0), PUSH), Delivered)  # warm: 1000 streams
+    env.sim.set_default(SimReply(delay=0.02))  # hold each stream open a moment
+    tokens = [token(n) for n in range(1, 101)]
+    outcomes = await batch(client, tokens)
+    assert all(isinstance(o, Delivered) for o in outcomes.values()), outcomes
+    # Each outcome belongs to its own token: the upstream ids match what APNs saw.
+    ids = {r.token: r.apns_id for r in env.sim.received}
+    for index, outcome in outcomes.items():
+        assert isinstance(outcome, Delivered)
+        assert outcome.upstream_id == ids[tokens[index]]
+    assert delivered_tokens(env) == sorted([token(0), *tokens])
+    assert max(env.sim.max_in_flight.values()) > 50  # went out together
+    assert env.sim.connections_opened == 1
+
+
+async def test_cold_batch_waits_for_the_first_connection(env: Env) -> None:
+    client = await env.client()
+    outcomes = await batch(client, [token(n) for n in range(50)])
+    assert all(isinstance(o, Delivered) for o in outcomes.values()), outcomes
+    assert len(delivered_tokens(env)) == 50
+
+
+async def test_batch_mixed_outcomes(env: Env) -> None:
+    client = await env.client()
+    env.sim.script(token(1), SimReply(410, "Unregistered", timestamp_ms=1_700_000_000_500))
+    env.sim.script(token(2), SimReply(400, "BadDeviceToken"))
+    env.sim.script(token(3), SimReply(500))
+    tokens = [token(0), token(1), token(2), token(3), "not-hex", token(5), ""]
+    outcomes = await batch(client, tokens)
+    assert isinstance(outcomes.pop(0), Delivered)
+    assert isinstance(outcomes.pop(5), Delivered)
+    assert outcomes == {
+        1: TokenDead("Unregistered", since=1_700_000_000.5),
+        2: TokenDead("BadDeviceToken"),
+        3: RetryLater("InternalServerError"),
+        4: TokenDead("BadDeviceToken"),  # not hex: never sent
+        6: Failed("MissingDeviceToken"),
+    }
+    assert sorted(r.token for r in env.sim.received) == sorted([*tokens[:4], token(5)])
+
+
+async def test_batch_with_an_invalid_push_sends_nothing(env: Env) -> None:
+    client = await env.client()
+    outcomes = await batch(client, [token(1), "nothex"], ApnsPush(b"x" * 5000))
+    assert isinstance(outcomes[0], Failed) and outcomes[0].reason.startswith("PayloadTooLarge")
+    assert isinstance(outcomes[1], Failed)  # payload checks come before the token's
+    late = ApnsPush(b"{}", priority=7)  # checked after the token, as APNs does
+    outcomes = await batch(client, [token(1), "nothex"], late)
+    assert outcomes == {0: Failed("BadPriority: 7"), 1: TokenDead("BadDeviceToken")}
+    assert env.sim.received == []
+    assert env.sim.connections_opened == 0
+
+
+async def test_batch_larger_than_the_stream_limit(tmp_path: Path, nursery: trio.Nursery) -> None:
+    with trio.fail_after(TEST_DEADLINE):
+        env = await start_env(tmp_path, nursery, max_streams=10)
+        client = await env.client(connections=2)
+        env.sim.set_default(SimReply(delay=0.01))
+        tokens = [token(n) for n in range(120)]
+        outcomes = await batch(client, tokens)
+        assert all(isinstance(o, Delivered) for o in outcomes.values()), outcomes
+        assert delivered_tokens(env) == sorted(tokens)
+        assert max(env.sim.max_in_flight.values()) <= 10
+        assert env.sim.streams_refused == 0
+
+
+async def test_goaway_mid_batch_resends_unprocessed(env: Env) -> None:
+    client = await env.client()
+    assert isinstance(await client.send(token(0), PUSH), Delivered)
+    env.sim.script(token(1), SimReply(action="goaway", reason="Shutdown", delay=0.05))
+    for n in range(2, 30):
+        env.sim.script(token(n), SimReply(delay=0.1))  # unanswered at the GOAWAY
+    tokens = [token(n) for n in range(1, 100)]
+    outcomes = await batch(client, tokens)
+    assert all(isinstance(o, Delivered) for o in outcomes.values()), outcomes
+    assert delivered_tokens(env) == sorted([token(0), *tokens])  # each exactly once
+    assert env.sim.goaways_sent == 1
+    assert env.sim.connections_opened == 2
+
+
+async def test_expired_provider_token_in_a_batch_regenerates_once(env: Env) -> None:
+    calls = 0
+
+    def clock() -> float:
+        nonlocal calls
+        calls += 1
+        return time.time() - (2 * 3600 if calls == 1 else 0)  # first JWT is 2 h old
+
+    client = await env.client(clock=clock)
+    tokens = [token(n) for n in range(20)]
+    outcomes = await batch(client, tokens)
+    assert all(isinstance(o, Delivered) for o in outcomes.values()), outcomes
+    rejected = [r.token for r in env.sim.received if r.reason == "ExpiredProviderToken"]
+    assert rejected  # the stale JWT went out and was refused ...
+    assert delivered_tokens(env) == sorted(tokens)  # ... and each was resent once
+    assert calls == 2  # one JWT for the batch, one regeneration
+
+
+async def test_expired_provider_token_twice_in_a_batch(env: Env) -> None:
+    client = await env.client(clock=lambda: time.time() - 2 * 3600)
+    outcomes = await batch(client, [token(n) for n in range(5)])
+    assert set(outcomes.values()) == {Failed("ExpiredProviderToken", credential=True)}
+    assert len(env.sim.received) == 10  # one resend each, no more
+
+
+async def test_batch_against_unreachable_port_fails_fast(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "RECONNECT_BACKOFF_BASE", 0.05)
+    with trio.socket.socket() as sock:
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = await env.client(base_url=f"https://127.0.0.1:{port}", request_timeout=5.0)
+    started = trio.current_time()
+    outcomes = await batch(client, [token(n) for n in range(50)])
+    assert all(
+        isinstance(o, RetryLater) and o.reason.startswith("APNs unreachable")
+        for o in outcomes.values()
+    ), outcomes
+    outcomes = await batch(client, [token(n) for n in range(50)])  # still failing fast
+    assert all(isinstance(o, RetryLater) for o in outcomes.values())
+    assert trio.current_time() - started < 1.0
+
+
+async def test_batch_timeout(env: Env) -> None:
+    client = await env.client(request_timeout=0.3)
+    assert isinstance(await client.send(token(0), PUSH), Delivered)
+    env.sim.script(token(1), SimReply(delay=5))
+    outcomes = await batch(client, [token(1), token(2)])
+    assert outcomes[0] == RetryLater("timeout")
+    assert isinstance(outcomes[1], Delivered)
+    assert isinstance(await client.send(token(3), PUSH), Delivered)
+    assert env.sim.connections_opened == 1
+
+
+async def test_cancelled_batch_leaves_the_pool_usable(env: Env) -> None:
+    client = await env.client()
+    assert isinstance(await client.send(token(0), PUSH), Delivered)
+    env.sim.set_default(SimReply(delay=5))
+    reports = Reports()
+    with trio.move_on_after(0.2):
+        await client.send_many([token(n) for n in range(1, 2001)], PUSH, reports)
+    assert reports.outcomes == {}  # cancelled: nothing reported, nothing raised
+    env.sim.clear()
+    # Every slot was given back (the 1000-stream limit was full) and nothing is queued.
+    outcome = await client.send(token(5000), PUSH)
+    assert isinstance(outcome, Delivered), outcome
+    outcomes = await batch(client, [token(n) for n in range(6000, 6100)])
+    assert all(isinstance(o, Delivered) for o in outcomes.values())
+    assert env.sim.connections_opened == 1
+
+
+async def test_report_errors_are_raised_after_the_batch(env: Env) -> None:
+    client = await env.client()
+    seen: list[int] = []
+
+    def report(index: int, outcome: Outcome) -> None:
+        seen.append(index)
+        if index == 1:
+            raise RuntimeError("caller bug")
+
+    with pytest.raises(RuntimeError, match="caller bug"):
+        await client.send_many([token(n) for n in range(5)], PUSH, report)
+    assert sorted(seen) == list(range(5))
+    assert isinstance(await client.send(token(9), PUSH), Delivered)
+
+
+def test_spread_levels_free_slots() -> None:
+    class Conn:
+        def __init__(self, free: int) -> None:
+            self.free_slots = free
+
+    conns = [Conn(5), Conn(10), Conn(0), Conn(8)]
+    got = {conns.index(c): n for c, n in client_module.spread(conns, 9)}  # type: ignore[arg-type]
+    assert sum(got.values()) == 9 and 2 not in got
+    # What is left is level: as if each slot had gone to the one with most free.
+    assert sorted(c.free_slots - got.get(n, 0) for n, c in enumerate(conns)) == [0, 4, 5, 5]
+    got = {conns.index(c): n for c, n in client_module.spread(conns, 100)}  # type: ignore[arg-type]
+    assert got == {0: 5, 1: 10, 3: 8}
+    assert client_module.spread([], 3) == []

@@ -5,6 +5,7 @@ Usage (the delivery engine owns the nursery)::
     client = ApnsClient(settings)
     await nursery.start(client.run)
     outcome = await client.send(token, push)
+    await client.send_many(tokens, push, report)   # report(index, outcome) per token
 
 Connections are opened **lazily**: a pool slot connects only when a request is waiting
 for a stream and no open connection has one free.  A quiet gateway therefore holds one
@@ -12,9 +13,15 @@ connection, a busy one grows to ``settings.connections``, and a connection that 
 replaced on the next demand rather than in a loop.  Once open, connections stay open
 (PING keeps them honest) because Apple treats connect/disconnect churn as abuse.
 
-Requests wait for a free stream in one FIFO queue: whenever a stream ends, SETTINGS
-raise a limit or a connection becomes ready, the pool hands free slots to the oldest
-waiters, picking the connection with the most free slots to spread load.  Nobody polls.
+A call to :meth:`ApnsClient.send_many` is a **batch**: one push to many tokens.  Its
+headers are built and encoded once (only ``:path`` differs per token), it takes as many
+stream slots as are free in one go, spread over the connections, and writes all those
+requests with one flush.  Then the calling task sleeps on one event while the
+connections' readers classify each answer and report it; no task, event or cancel scope
+per request.  Requests that got no slot wait, as their batch, in one FIFO queue: whenever
+streams end, SETTINGS raise a limit or a connection becomes ready, the pool hands the
+free slots to the oldest waiting batch, which sends that many at once.  Nobody polls.
+:meth:`ApnsClient.send` is a batch of one.
 """
 
 from __future__ import annotations
@@ -27,26 +34,30 @@ import random
 import ssl
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from pushd.model import ApnsPush, Failed, Outcome, RetryLater, TokenDead, mask_token
+from pushd.model import ApnsPush, Delivered, Failed, Outcome, RetryLater, TokenDead
 from pushd.upstream.apns.classify import ProviderTokenExpired, classify
 from pushd.upstream.apns.connection import (
     ApnsConnection,
     ConnectionFailed,
-    Lost,
+    Failure,
+    Stream,
     Unprocessed,
 )
+from pushd.upstream.apns.hpack import encode_field, encode_fields
 from pushd.upstream.apns.jwt import ProviderToken
 from pushd.upstream.apns.request import (
     InvalidDeviceToken,
     InvalidPush,
     build_request,
+    device_path,
+    request_template,
     topic_for,
 )
 from pushd.upstream.apns.settings import ApnsSettings, CertAuth, TokenAuth
@@ -65,20 +76,238 @@ RECONNECT_JITTER = 0.5
 MAX_RESENDS = 5
 
 
-class _Waiter:
-    """A request queued for a stream slot; the pool fills ``conn`` and sets ``event``."""
+#: The :func:`encode_field` arguments of ``:path``: a never-indexed literal, as Apple asks.
+_PATH = b":path"
+_PATH_SENSITIVE = True
+#: What a request still waiting for a stream slot reports when the batch's time is up.
+NO_CONNECTION = "no APNs connection available"
+#: What a request that was sent but not answered in time reports.
+TIMEOUT = "timeout"
 
-    __slots__ = ("conn", "event", "failure")
-
-    def __init__(self) -> None:
-        self.conn: ApnsConnection | None = None
-        self.event = trio.Event()
-        #: Why no slot came (``conn`` is None): APNs unreachable, or the client closed.
-        self.failure: str | None = None
+Report = Callable[[int, Outcome], None]
 
 
-class _NoStream(Exception):
-    """No stream slot can be had now; the message says why."""
+class _Batch:
+    """One :meth:`ApnsClient.send_many` call: its shared request parts and progress.
+
+    It is the :class:`~pushd.upstream.apns.connection.StreamOwner` of its streams, so the
+    readers call it per answer; it classifies, resends (unprocessed, expired JWT) and
+    reports, and sets :attr:`done` when every index is reported.
+    """
+
+    __slots__ = (
+        "body",
+        "client",
+        "closed",
+        "conns",
+        "done",
+        "error",
+        "first_jwt",
+        "jwt",
+        "paths",
+        "pending",
+        "prefix",
+        "refreshed",
+        "remaining",
+        "report",
+        "resends",
+        "sent_jwt",
+        "suffix",
+        "template",
+        "waiting",
+    )
+
+    def __init__(
+        self,
+        client: ApnsClient,
+        report: Report,
+        template: tuple[str, ApnsPush],
+        jwt: str | None,
+        count: int,
+    ) -> None:
+        self.client = client
+        self.report = report
+        #: (topic, push), to rebuild the headers after a JWT regeneration.
+        self.template = template
+        self.jwt = jwt
+        self.first_jwt = jwt
+        self.prefix = b""
+        self.suffix = b""
+        self.body = b""
+        #: Encoded ``:path`` field per index (empty for tokens reported without sending).
+        self.paths: list[bytes] = []
+        #: Indices to send as soon as slots are free, oldest first.
+        self.pending: collections.deque[int] = collections.deque()
+        #: Indices not yet reported; :attr:`done` is set when it reaches 0.
+        self.remaining = count
+        self.done = trio.Event()
+        #: In the pool's waiter queue.
+        self.waiting = False
+        #: The caller gave up (timeout or cancellation): ignore everything from now on.
+        self.closed = False
+        #: Connections that got streams of this batch (to reset them if it gives up).
+        self.conns: set[ApnsConnection] = set()
+        #: Unprocessed resends so far, per index (only indices that had one).
+        self.resends: dict[int, int] = {}
+        #: Indices already resent after ExpiredProviderToken (only once each).
+        self.refreshed: set[int] = set()
+        #: The JWT each index was last sent with, once the batch's JWT has changed.
+        self.sent_jwt: dict[int, str | None] | None = None
+        #: The first exception ``report`` raised, re-raised by send_many at the end.
+        self.error: Exception | None = None
+
+    def set_headers(self, jwt: str | None) -> None:
+        """Build and encode the headers shared by every request for ``jwt``."""
+        topic, push = self.template
+        client = self.client
+        prefix, suffix, body = request_template(topic, push, jwt, authority=client.authority)
+        self.jwt = jwt
+        self.prefix = encode_fields(prefix)
+        self.suffix = encode_fields(suffix)
+        self.body = body
+
+    # --- reporting ----------------------------------------------------------------------
+
+    def finish(self, index: int, outcome: Outcome) -> None:
+        """Report ``index`` (exactly once); wake the caller after the last one.
+
+        ``report`` runs in whichever task got the answer (usually a connection's
+        reader): an exception from it must not kill a connection other batches share,
+        so it is kept and raised by :meth:`ApnsClient.send_many` at the end.
+        """
+        self.remaining -= 1
+        try:
+            self.report(index, outcome)
+        except Exception as exc:
+            if self.error is None:
+                self.error = exc
+        if self.remaining == 0:
+            self.done.set()
+
+    def fail_pending(self, reason: str) -> None:
+        """Report every request still waiting for a slot as ``RetryLater(reason)``."""
+        pending = self.pending
+        outcome = RetryLater(reason)
+        while pending:
+            self.finish(pending.popleft(), outcome)
+
+    # --- sending ------------------------------------------------------------------------
+
+    def send_on(self, conn: ApnsConnection, count: int) -> None:
+        """Send the ``count`` oldest pending requests on ``conn``, which has the slots."""
+        pending = self.pending
+        if count >= len(pending):
+            indices = list(pending)
+            pending.clear()
+        else:
+            indices = [pending.popleft() for _ in range(count)]
+        self.conns.add(conn)
+        if self.sent_jwt is not None:
+            for index in indices:
+                self.sent_jwt[index] = self.jwt
+        opened, failure = conn.open_streams(
+            self, indices, self.paths, self.prefix, self.suffix, self.body
+        )
+        if failure is not None:
+            # Never sent: count it as a resend, as send() always has, and queue it again.
+            for index in indices[opened:]:
+                self.unprocessed(index, failure)
+
+    def unprocessed(self, index: int, reason: str) -> None:
+        """APNs did not act on ``index``: queue it again, or give up after MAX_RESENDS."""
+        resends = self.resends.get(index, 0) + 1
+        if resends > MAX_RESENDS:
+            self.finish(index, RetryLater(reason))
+            return
+        self.resends[index] = resends
+        self.pending.append(index)
+
+    # --- StreamOwner --------------------------------------------------------------------
+
+    def stream_answered(self, stream: Stream) -> None:
+        if self.closed:
+            return
+        status = stream.status
+        if status == 200:
+            self.finish(stream.index, Delivered(stream.apns_id))
+            return
+        outcome = classify(status, stream.response_body(), stream.retry_after, stream.apns_id)
+        if isinstance(outcome, ProviderTokenExpired):
+            self.provider_token_expired(stream.index)
+        else:
+            self.finish(stream.index, outcome)
+
+    def stream_failed(self, stream: Stream, failure: Failure) -> None:
+        if self.closed:
+            return
+        if isinstance(failure, Unprocessed):
+            self.unprocessed(stream.index, failure.reason)
+            self.client.pump(self)
+        else:
+            self.finish(stream.index, RetryLater(failure.reason))
+
+    def provider_token_expired(self, index: int) -> None:
+        """Regenerate the shared JWT (once per rejected token) and resend ``index`` once."""
+        client = self.client
+        provider = client.provider
+        if provider is None or self.jwt is None or index in self.refreshed:
+            self.finish(index, Failed("ExpiredProviderToken", credential=True))
+            return
+        self.refreshed.add(index)
+        seen = self.jwt if self.sent_jwt is None else self.sent_jwt.get(index, self.first_jwt)
+        assert seen is not None
+        now = client.clock()
+        jwt = provider.expired(seen, now)
+        if jwt != self.jwt:
+            if provider.is_young(now):
+                log.warning(
+                    "apns[%s]: APNs rejected a young provider token as expired "
+                    "(clock skew?); regenerating",
+                    client.name,
+                )
+            if self.sent_jwt is None:
+                # From now on requests may carry different JWTs: remember which.
+                self.sent_jwt = {}
+            self.set_headers(jwt)
+        self.pending.append(index)
+        client.pump(self)
+
+
+def spread(conns: Sequence[ApnsConnection], wanted: int) -> list[tuple[ApnsConnection, int]]:
+    """How many of ``wanted`` slots to take from each connection, in one go.
+
+    The result is what taking one slot at a time from the connection with the most free
+    slots would give: the free counts are levelled from the top, so load spreads evenly.
+    """
+    frees = sorted(
+        ((conn.free_slots, n) for n, conn in enumerate(conns) if conn.free_slots > 0),
+        reverse=True,
+    )
+    wanted = min(wanted, sum(free for free, _ in frees))
+    takes = [0] * len(frees)
+    top = 1  # frees[:top] are levelled down to ``level`` by the takes so far
+    level = frees[0][0] if frees else 0
+    while wanted > 0:
+        below = frees[top][0] if top < len(frees) else 0
+        step = level - below
+        if step * top <= wanted:
+            for i in range(top):
+                takes[i] += step
+            wanted -= step * top
+            level = below
+            top += 1
+        else:
+            share, extra = divmod(wanted, top)
+            for i in range(top):
+                takes[i] += share + (i < extra)
+            wanted = 0
+    return [(conns[n], take) for (_, n), take in zip(frees, takes, strict=True) if take]
+
+
+def _raise_report_error(batch: _Batch) -> None:
+    """Re-raise, in the caller's task, the first exception its ``report`` raised."""
+    if batch.error is not None:
+        raise batch.error
 
 
 def reconnect_delay(failures: int, rng: Callable[[], float] = random.random) -> float:
@@ -106,7 +335,7 @@ class ApnsClient:
             self._provider = ProviderToken.from_auth(settings.auth)
         self._ssl_context = make_ssl_context(settings)
         self._conns: list[ApnsConnection] = []
-        self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._waiters: collections.deque[_Batch] = collections.deque()
         self._demand = trio.Event()
         self._running = False
         self._closed = False
@@ -133,11 +362,22 @@ class ApnsClient:
             self._fail_waiters("APNs client closed")
 
     async def send(self, token: str, push: ApnsPush) -> Outcome:
-        """Deliver one notification and say what happened.
+        """Deliver one notification and say what happened: :meth:`send_many` of one."""
+        outcomes: list[Outcome] = []
+        await self.send_many((token,), push, lambda _index, outcome: outcomes.append(outcome))
+        return outcomes[0]
+
+    async def send_many(
+        self, tokens: Sequence[str], push: ApnsPush, report: Callable[[int, Outcome], None]
+    ) -> None:
+        """Send ``push`` to every token at once; call ``report(index, outcome)`` exactly once per
+        index, as each answer arrives; return when every index has been reported.
 
         Never raises for network or APNs trouble (those are :class:`RetryLater`); only
         cancellation and programming errors escape.  The whole call, including waiting
-        for a stream, is bounded by ``settings.request_timeout``.
+        for stream slots, is bounded by ``settings.request_timeout``: whatever is
+        unanswered then is ``RetryLater("timeout")`` (``"no APNs connection available"``
+        if it was still waiting for a slot) and its stream is reset.
 
         * A push APNs would reject as malformed is :class:`Failed` without being sent; a
           token that is not hex is :class:`TokenDead` ("BadDeviceToken"), as APNs would say.
@@ -146,62 +386,118 @@ class ApnsClient:
         * A request whose connection failed after it was written is
           ``RetryLater("connection lost: ...")``: it may have been delivered, so the
           caller decides whether to retry.
-        * ``ExpiredProviderToken`` regenerates the shared JWT and resends once; a second
-          one is ``Failed(credential=True)``.
+        * ``ExpiredProviderToken`` regenerates the shared JWT (once for the batch) and
+          resends each affected request once; a second one is ``Failed(credential=True)``.
+        * While APNs is unreachable and no connection is open, requests that find no
+          slot are ``RetryLater("APNs unreachable: ...")`` at once.
+
+        ``report`` is called from whichever task sees the answer (usually a connection's
+        reader), so it must be quick and must not block.  If it raises, the other
+        indices are still reported and the first exception is raised at the end.  If
+        the call is cancelled, indices not reported yet are never reported and their
+        streams are reset, as :meth:`send` gives no outcome when cancelled.
         """
         settings = self._settings
         provider = self._provider
         jwt = provider.current(self._clock()) if provider is not None else None
+        batch = _Batch(self, report, (settings.topic, push), jwt, len(tokens))
         try:
             topic = topic_for(settings.topic, push.push_type)
-            _, headers, body = build_request(topic, token, push, jwt, authority=self._authority)
+            batch.template = (topic, push)
+            batch.set_headers(jwt)
+        except InvalidPush:
+            # The push itself is bad; build each request for the exact reason (a bad token
+            # can win over a bad header, as APNs checks in that order).
+            for index, token in enumerate(tokens):
+                batch.finish(index, self._rejected(token, push, jwt))
+            _raise_report_error(batch)
+            return
+        paths = batch.paths
+        pending = batch.pending
+        for index, token in enumerate(tokens):
+            try:
+                path = device_path(token)
+            except InvalidDeviceToken as exc:
+                paths.append(b"")
+                # A non-hex token: APNs would say BadDeviceToken, so it is dead.
+                batch.finish(index, TokenDead("BadDeviceToken") if token else Failed(str(exc)))
+                continue
+            paths.append(encode_field(_PATH, path, _PATH_SENSITIVE))
+            pending.append(index)
+        if pending:
+            if self._closed:
+                batch.fail_pending("APNs client closed")
+            else:
+                self.pump(batch)
+        if batch.remaining:
+            abandoned: list[int] = []
+            with trio.move_on_after(settings.request_timeout):
+                try:
+                    await batch.done.wait()
+                finally:
+                    if batch.remaining:
+                        abandoned = self._give_up(batch)
+            if batch.remaining:  # the deadline passed (cancellation would have raised)
+                self._time_out(batch, abandoned)
+        _raise_report_error(batch)
+
+    def _rejected(self, token: str, push: ApnsPush, jwt: str | None) -> Outcome:
+        """The outcome of a request that cannot be built (``push`` is invalid)."""
+        try:
+            topic = topic_for(self._settings.topic, push.push_type)
+            build_request(topic, token, push, jwt, authority=self._authority)
         except InvalidDeviceToken as exc:
-            if token:  # a non-hex token: APNs would say BadDeviceToken, so it is dead
-                return TokenDead("BadDeviceToken")
-            return Failed(str(exc))
+            return TokenDead("BadDeviceToken") if token else Failed(str(exc))
         except InvalidPush as exc:
             return Failed(str(exc))
-        if self._closed:
-            return RetryLater("APNs client closed")
+        raise AssertionError("a push that fails as a template builds for a token")
 
-        resends = 0
-        refreshed = False
-        sent = False
-        with trio.move_on_after(settings.request_timeout):
-            while True:
-                try:
-                    conn = await self._acquire()
-                except _NoStream as exc:
-                    return RetryLater(str(exc))
-                sent = True
-                result = await conn.request(headers, body)
-                if isinstance(result, Unprocessed):
-                    resends += 1
-                    if resends > MAX_RESENDS:
-                        return RetryLater(result.reason)
-                    sent = False
-                    continue
-                if isinstance(result, Lost):
-                    return RetryLater(result.reason)
-                outcome = classify(result.status, result.body, result.retry_after, result.apns_id)
-                if not isinstance(outcome, ProviderTokenExpired):
-                    return outcome
-                if provider is None or jwt is None or refreshed:
-                    return Failed("ExpiredProviderToken", credential=True)
-                refreshed = True
-                now = self._clock()
-                if provider.is_young(now):
-                    log.warning(
-                        "apns[%s]: APNs rejected a young provider token as expired "
-                        "(clock skew?); regenerating",
-                        settings.name,
-                    )
-                jwt = provider.expired(jwt, now)
-                _, headers, body = build_request(topic, token, push, jwt, authority=self._authority)
-        log.debug("apns[%s]: timeout for %s", settings.name, mask_token(token))
-        return RetryLater("timeout" if sent else "no APNs connection available")
+    def _give_up(self, batch: _Batch) -> list[int]:
+        """The caller stops waiting: dequeue ``batch``, reset its streams, free the slots.
+
+        Returns the indices whose streams were reset.  Nothing is reported here: after a
+        cancellation nothing is; after the deadline :meth:`_time_out` reports.
+        """
+        batch.closed = True
+        if batch.waiting:
+            batch.waiting = False
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(batch)
+        return [stream.index for conn in batch.conns for stream in conn.abandon(batch)]
+
+    def _time_out(self, batch: _Batch, abandoned: list[int]) -> None:
+        """Report what ``batch`` still had at its deadline: sent or still waiting."""
+        log.debug(
+            "apns[%s]: timeout: %d requests unanswered, %d without a stream",
+            self._settings.name,
+            len(abandoned),
+            len(batch.pending),
+        )
+        timeout = RetryLater(TIMEOUT)
+        for index in abandoned:
+            batch.finish(index, timeout)
+        batch.fail_pending(NO_CONNECTION)
 
     # --- stream slots -----------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The app's name, for log lines."""
+        return self._settings.name
+
+    @property
+    def authority(self) -> str:
+        """``host[:port]`` of APNs, the ``:authority`` of every request."""
+        return self._authority
+
+    @property
+    def provider(self) -> ProviderToken | None:
+        """The shared JWT source (token auth), or None (certificate auth)."""
+        return self._provider
+
+    def clock(self) -> float:
+        """Wall-clock seconds, as the JWT's ``iat`` needs them."""
+        return self._clock()
 
     def _pick(self) -> ApnsConnection | None:
         """The connection with the most free stream slots, or None if all are full."""
@@ -213,56 +509,58 @@ class ApnsClient:
                 best, best_free = conn, free
         return best
 
-    async def _acquire(self) -> ApnsConnection:
-        """Reserve a stream slot; wait in FIFO order if there is none.
+    def pump(self, batch: _Batch) -> None:
+        """Send what ``batch`` has pending on free slots now; queue the rest in FIFO order.
 
-        Raises :class:`_NoStream` when the client is closed or APNs is unreachable.
+        A batch already queued just waits its turn, and so does one that arrives while
+        others wait: slots go to the oldest.  Fails what is pending at once when no
+        slot can come soon (client closed, APNs unreachable with no connection open).
         """
+        if batch.waiting:
+            return
+        pending = batch.pending
         if not self._waiters:
-            conn = self._pick()
-            if conn is not None:
-                conn.reserved += 1
-                return conn
+            conns = self._conns
+            if len(conns) == 1:
+                conn = conns[0]
+                free = conn.free_slots
+                if free > 0:
+                    batch.send_on(conn, min(free, len(pending)))
+            elif conns:
+                for conn, count in spread(conns, len(pending)):
+                    batch.send_on(conn, count)
+            if not pending:
+                return
         if self._closed:
-            raise _NoStream("APNs client closed")
+            batch.fail_pending("APNs client closed")
+            return
         if self._unreachable is not None and not self._conns:
-            raise _NoStream(self._unreachable)
-        waiter = _Waiter()
-        self._waiters.append(waiter)
+            batch.fail_pending(self._unreachable)
+            return
+        batch.waiting = True
+        self._waiters.append(batch)
         if len(self._waiters) == 1:
             self._demand.set()
-        try:
-            await waiter.event.wait()
-        except BaseException:
-            if waiter.conn is not None:  # a slot was handed over just as we gave up
-                waiter.conn.reserved -= 1
-                self._on_capacity(waiter.conn)
-            else:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
-            raise
-        if waiter.conn is None:
-            raise _NoStream(waiter.failure or "APNs client closed")
-        return waiter.conn
 
     def _on_capacity(self, conn: ApnsConnection) -> None:
-        """A connection may have free slots: hand them to waiters, oldest first."""
+        """A connection may have free slots: hand them to waiting batches, oldest first."""
         waiters = self._waiters
         while waiters:
             target = conn if conn.free_slots > 0 else self._pick()
             if target is None:
                 return
-            waiter = waiters.popleft()
-            target.reserved += 1
-            waiter.conn = target
-            waiter.event.set()
+            batch = waiters[0]
+            batch.send_on(target, min(target.free_slots, len(batch.pending)))
+            if not batch.pending:
+                waiters.popleft()
+                batch.waiting = False
 
     def _fail_waiters(self, reason: str) -> None:
-        """Release every queued request with ``reason`` (no slot will come soon)."""
+        """Fail every queued request with ``reason`` (no slot will come soon)."""
         while self._waiters:
-            waiter = self._waiters.popleft()
-            waiter.failure = reason
-            waiter.event.set()
+            batch = self._waiters.popleft()
+            batch.waiting = False
+            batch.fail_pending(reason)
 
     # --- connections ------------------------------------------------------------------
 

@@ -111,14 +111,60 @@ def encode_field(name: bytes, value: bytes, sensitive: bool) -> bytes:
     return bytes((first,)) + _encode_string(name) + _encode_string(value)
 
 
-class HeaderEncoder:
+class FieldEncoder:
+    """Header fields to HPACK bytes, each field's encoding computed once and cached.
+
+    Every field is encoded without reference to any table state (see the module
+    docstring), so encodings can be cached per field and concatenated in any context:
+    one instance may serve any number of connections.
+    """
+
+    def __init__(self) -> None:
+        self._plain: dict[tuple[bytes, bytes], bytes] = {}
+        self._sensitive: dict[tuple[bytes, bytes], bytes] = {}
+
+    def encode(self, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+        """The fields' representations, concatenated in order."""
+        plain = self._plain
+        sensitive = self._sensitive
+        parts: list[bytes] = []
+        for header in headers:
+            never = not getattr(header, "indexable", True)
+            cache = sensitive if never else plain
+            encoded = cache.get(header)
+            if encoded is None:
+                name, value = header
+                encoded = encode_field(name, value, never)
+                if name not in UNCACHED_NAMES:
+                    if len(cache) >= FIELD_CACHE_SIZE:
+                        cache.clear()
+                    cache[header] = encoded
+            parts.append(encoded)
+        return b"".join(parts)
+
+
+#: Shared by every batch of every client: field encodings do not depend on the connection.
+_SHARED_FIELDS: Final = FieldEncoder()
+
+
+def encode_fields(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Encoded fields for a part of a header block, to pass to :meth:`HeaderEncoder.block`.
+
+    A batch encodes its shared headers once with this and splices only the per-token
+    ``:path`` in between, instead of encoding the whole list per request.
+    """
+    return _SHARED_FIELDS.encode(headers)
+
+
+class HeaderEncoder(FieldEncoder):
     """Drop-in for the ``encoder`` of an :class:`h2.connection.H2Connection`.
 
     h2 uses two things of its encoder: ``encode(headers)``, which must return one header
     block, and the ``header_table_size`` setter, called with the peer's
     SETTINGS_HEADER_TABLE_SIZE once our ACK of it is queued.  Headers are ``(name,
     value)`` byte pairs; an :class:`hpack.NeverIndexedHeaderTuple` (``indexable`` false)
-    is encoded as never indexed.
+    is encoded as never indexed.  :meth:`block` turns fields encoded elsewhere (with
+    :func:`encode_fields`) into a header block for this connection.
     """
 
     def __init__(self) -> None:
@@ -127,8 +173,7 @@ class HeaderEncoder:
         self._table_size = DEFAULT_TABLE_SIZE
         #: A size update must start the next block.
         self._size_update_due = False
-        self._plain: dict[tuple[bytes, bytes], bytes] = {}
-        self._sensitive: dict[tuple[bytes, bytes], bytes] = {}
+        super().__init__()
 
     @property
     def header_table_size(self) -> int:
@@ -144,6 +189,21 @@ class HeaderEncoder:
             self._table_size = value
             self._size_update_due = True
 
+    def block(self, fields: bytes) -> bytes:
+        """The header block that sends ``fields`` (already encoded) on this connection.
+
+        That is ``fields`` itself unless the peer lowered its table size, which the next
+        block must acknowledge with a size update in front (RFC 7541 §4.2).  Call it only
+        for a block that is certainly sent next.
+        """
+        if self._size_update_due:
+            self._size_update_due = False
+            return (
+                encode_integer(self._table_size, _TABLE_SIZE_UPDATE_PREFIX_BITS, _TABLE_SIZE_UPDATE)
+                + fields
+            )
+        return fields
+
     def encode(self, headers: Iterable[tuple[bytes, bytes]], huffman: bool = False) -> bytes:
         """One header block for ``headers``, in order.  ``huffman`` is accepted and ignored.
 
@@ -151,27 +211,7 @@ class HeaderEncoder:
         request than the whole budget allows, to save bytes nobody is short of.
         """
         del huffman
-        plain = self._plain
-        sensitive = self._sensitive
-        parts: list[bytes] = []
-        if self._size_update_due:
-            self._size_update_due = False
-            parts.append(
-                encode_integer(self._table_size, _TABLE_SIZE_UPDATE_PREFIX_BITS, _TABLE_SIZE_UPDATE)
-            )
-        for header in headers:
-            never = not getattr(header, "indexable", True)
-            cache = sensitive if never else plain
-            encoded = cache.get(header)
-            if encoded is None:
-                name, value = header
-                encoded = encode_field(name, value, never)
-                if name not in UNCACHED_NAMES:
-                    if len(cache) >= FIELD_CACHE_SIZE:
-                        cache.clear()
-                    cache[header] = encoded
-            parts.append(encoded)
-        return b"".join(parts)
+        return self.block(super().encode(headers))
 
 
 # --- decoding ---------------------------------------------------------------------------

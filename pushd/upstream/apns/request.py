@@ -87,6 +87,80 @@ def _authorization_header(authorization: str) -> Header:
     return NeverIndexedHeaderTuple(b"authorization", b"bearer " + authorization.encode("ascii"))
 
 
+def device_path(token: str) -> bytes:
+    """The ``:path`` for ``token``; :class:`InvalidDeviceToken` if APNs would refuse it."""
+    if not token:
+        raise InvalidDeviceToken("MissingDeviceToken")
+    if _TOKEN_RE.fullmatch(token) is None:
+        raise InvalidDeviceToken("BadDeviceToken: not a hex string")
+    return b"/3/device/" + token.encode("ascii")
+
+
+def path_header(path: bytes) -> Header:
+    """The ``:path`` header field: a never-indexed literal, as Apple suggests."""
+    return NeverIndexedHeaderTuple(b":path", path)
+
+
+def _check_payload(push: ApnsPush) -> None:
+    """The checks APNs makes before it looks at the token (so they win over token errors)."""
+    push_type = push.push_type
+    if push_type not in APNS_PUSH_TYPES:
+        raise InvalidPush(f"InvalidPushType: {push_type!r}")
+    payload = push.payload
+    if not payload:
+        raise InvalidPush("PayloadEmpty")
+    limit = VOIP_PAYLOAD_LIMIT if push_type == "voip" else PAYLOAD_LIMIT
+    if len(payload) > limit:
+        raise InvalidPush(f"PayloadTooLarge: {len(payload)} bytes > {limit}")
+
+
+def request_template(
+    topic: str,
+    push: ApnsPush,
+    authorization: str | None,
+    *,
+    authority: str,
+) -> tuple[list[Header], list[Header], bytes]:
+    """``(headers before :path, headers after it, body)``: everything but the token.
+
+    One push to many tokens differs only in ``:path``, so a batch builds (and encodes)
+    these once.  Raises :class:`InvalidPush` for a push APNs would reject whatever the
+    token; the checks on the token itself are :func:`device_path`'s.
+    """
+    _check_payload(push)
+    push_type = push.push_type
+    prefix: list[Header] = [*_fixed_headers(authority)]
+    suffix: list[Header] = [*_topic_headers(topic, push_type)]
+    priority = push.priority
+    if priority is None and push_type == "background":
+        # APNs' default priority is 10, which it rejects for background pushes.
+        priority = 5
+    if priority is not None:
+        if priority not in APNS_PRIORITIES:
+            raise InvalidPush(f"BadPriority: {priority!r}")
+        if push_type == "background" and priority == 10:
+            raise InvalidPush("BadPriority: background pushes must use priority 5 or 1")
+        suffix.append((b"apns-priority", b"%d" % priority))
+    expiration = push.expiration
+    if expiration is not None:
+        if expiration < 0:
+            raise InvalidPush(f"BadExpirationDate: {expiration!r}")
+        # Absolute times differ per request: indexing them would only churn the table.
+        suffix.append(NeverIndexedHeaderTuple(b"apns-expiration", b"%d" % expiration))
+    if push.collapse_id is not None:
+        collapse_id = push.collapse_id.encode("utf-8")
+        if len(collapse_id) > COLLAPSE_ID_LIMIT:
+            raise InvalidPush(f"BadCollapseId: {len(collapse_id)} bytes > {COLLAPSE_ID_LIMIT}")
+        suffix.append((b"apns-collapse-id", collapse_id))
+    if push.apns_id is not None:
+        if _APNS_ID_RE.fullmatch(push.apns_id) is None:
+            raise InvalidPush("BadMessageId: not a lowercase canonical UUID")
+        suffix.append(NeverIndexedHeaderTuple(b"apns-id", push.apns_id.encode("ascii")))
+    if authorization is not None:
+        suffix.append(_authorization_header(authorization))
+    return prefix, suffix, push.payload
+
+
 def build_request(
     topic: str,
     token: str,
@@ -100,53 +174,10 @@ def build_request(
     ``topic`` is the full topic (see :func:`topic_for`); ``authorization`` is the JWT for
     token auth, ``None`` for certificate auth; ``authority`` is the ``host[:port]`` the
     connection was made to.  Raises :class:`InvalidPush` for anything APNs would reject
-    as a malformed request, so the message is never sent.
+    as a malformed request, so the message is never sent.  Checks run in APNs' order:
+    push type and payload, then the token, then the other headers.
     """
-    push_type = push.push_type
-    if push_type not in APNS_PUSH_TYPES:
-        raise InvalidPush(f"InvalidPushType: {push_type!r}")
-    payload = push.payload
-    if not payload:
-        raise InvalidPush("PayloadEmpty")
-    limit = VOIP_PAYLOAD_LIMIT if push_type == "voip" else PAYLOAD_LIMIT
-    if len(payload) > limit:
-        raise InvalidPush(f"PayloadTooLarge: {len(payload)} bytes > {limit}")
-    if not token:
-        raise InvalidDeviceToken("MissingDeviceToken")
-    if _TOKEN_RE.fullmatch(token) is None:
-        raise InvalidDeviceToken("BadDeviceToken: not a hex string")
-
-    path = b"/3/device/" + token.encode("ascii")
-    headers: list[Header] = [
-        *_fixed_headers(authority),
-        NeverIndexedHeaderTuple(b":path", path),
-        *_topic_headers(topic, push_type),
-    ]
-    priority = push.priority
-    if priority is None and push_type == "background":
-        # APNs' default priority is 10, which it rejects for background pushes.
-        priority = 5
-    if priority is not None:
-        if priority not in APNS_PRIORITIES:
-            raise InvalidPush(f"BadPriority: {priority!r}")
-        if push_type == "background" and priority == 10:
-            raise InvalidPush("BadPriority: background pushes must use priority 5 or 1")
-        headers.append((b"apns-priority", b"%d" % priority))
-    expiration = push.expiration
-    if expiration is not None:
-        if expiration < 0:
-            raise InvalidPush(f"BadExpirationDate: {expiration!r}")
-        # Absolute times differ per request: indexing them would only churn the table.
-        headers.append(NeverIndexedHeaderTuple(b"apns-expiration", b"%d" % expiration))
-    if push.collapse_id is not None:
-        collapse_id = push.collapse_id.encode("utf-8")
-        if len(collapse_id) > COLLAPSE_ID_LIMIT:
-            raise InvalidPush(f"BadCollapseId: {len(collapse_id)} bytes > {COLLAPSE_ID_LIMIT}")
-        headers.append((b"apns-collapse-id", collapse_id))
-    if push.apns_id is not None:
-        if _APNS_ID_RE.fullmatch(push.apns_id) is None:
-            raise InvalidPush("BadMessageId: not a lowercase canonical UUID")
-        headers.append(NeverIndexedHeaderTuple(b"apns-id", push.apns_id.encode("ascii")))
-    if authorization is not None:
-        headers.append(_authorization_header(authorization))
-    return path, headers, payload
+    _check_payload(push)
+    path = device_path(token)
+    prefix, suffix, body = request_template(topic, push, authorization, authority=authority)
+    return path, [*prefix, path_header(path), *suffix], body
