@@ -26,6 +26,8 @@ from pushd.upstream.apns.settings import (
     CertAuth,
     TokenAuth,
 )
+from pushd.upstream.fcm.service_account import ServiceAccountError, load_service_account
+from pushd.upstream.fcm.settings import FCM_URL, FcmSettings
 
 DEFAULT_PORT = 8080
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
@@ -33,6 +35,10 @@ DEFAULT_FIRST_ATTEMPT_DEADLINE = 10.0
 DEFAULT_DRAIN_SECONDS = 10.0
 #: Apple's key and team identifiers are ten characters.
 APPLE_ID_LENGTH = 10
+#: FCM's longest ``android.ttl``: 28 days.
+FCM_MAX_TTL = 28 * 24 * 3600
+#: httpx carries at most 100 streams per connection: two give FCM room for a fan-out.
+FCM_MIN_CONNECTIONS = 2
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -83,13 +89,23 @@ class RetryConfig:
 
 
 @attrs.frozen
+class FcmApnsDefaults:
+    """``[apps.fcm_apns]``: the APNs block FCM forwards to iOS devices of an FCM app."""
+
+    headers: dict[str, str] = attrs.Factory(dict)
+    #: Members of ``aps`` added to every message, e.g. ``{"mutable-content" = 1}``.
+    aps: dict[str, Any] = attrs.Factory(dict)
+
+
+@attrs.frozen
 class AppConfig:
     """One ``[[apps]]`` entry: a mobile app and the credentials to push to it."""
 
     name: str
-    provider: Literal["apns"]
-    #: The app's bundle id (APNs topic).
-    topic: str
+    provider: Literal["apns", "fcm"]
+    #: APNs: the app's bundle id (APNs topic).
+    topic: str | None = None
+    #: APNs: which APNs environment the app's tokens belong to.
     environment: Literal["production", "sandbox"] = "production"
     # Token auth (preferred): a .p8 key with its key id and team id.
     key_file: str | None = None
@@ -98,7 +114,15 @@ class AppConfig:
     # Certificate auth: PEM (certificate and key) or PKCS#12, optional password file.
     cert_file: str | None = None
     cert_password_file: str | None = None
-    #: Override Apple's URL, e.g. the bundled simulator ``https://127.0.0.1:2197``.
+    # FCM: the Firebase service-account JSON file; project_id overrides the file's.
+    service_account_file: str | None = None
+    project_id: str | None = None
+    #: FCM: Android delivery defaults (``android.priority``, ``ttl`` seconds, collapse key).
+    android_priority: Literal["normal", "high"] = "high"
+    android_ttl: int | None = None
+    android_collapse_key: str | None = None
+    fcm_apns: FcmApnsDefaults | None = None
+    #: Override Apple's or Google's URL, e.g. the bundled simulator.
     upstream_url: str | None = None
     #: Extra CA bundle to trust for the upstream (the simulator's CA).
     upstream_ca_file: str | None = None
@@ -150,6 +174,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
             key_file=_resolve(base, app.key_file),
             cert_file=_resolve(base, app.cert_file),
             cert_password_file=_resolve(base, app.cert_password_file),
+            service_account_file=_resolve(base, app.service_account_file),
             upstream_ca_file=_resolve(base, app.upstream_ca_file),
         )
         for app in config.apps
@@ -204,19 +229,48 @@ def _check_file(key: str, value: str | None) -> list[str]:
     return []
 
 
+def _check_fcm_app(key: str, app: AppConfig) -> list[str]:
+    problems: list[str] = []
+    for field in ("topic", "key_file", "key_id", "team_id", "cert_file", "cert_password_file"):
+        if getattr(app, field) is not None:
+            problems.append(f'{key}.{field}: only for provider "apns"')
+    if app.service_account_file is None:
+        return [*problems, f'{key}.service_account_file: required for provider "fcm"']
+    file_problems = _check_file(f"{key}.service_account_file", app.service_account_file)
+    if file_problems:
+        return problems + file_problems
+    try:
+        load_service_account(Path(app.service_account_file).read_bytes())
+    except ServiceAccountError as error:
+        problems.append(f"{key}.service_account_file: {error}")
+    if app.android_ttl is not None and not 0 <= app.android_ttl <= FCM_MAX_TTL:
+        problems.append(f"{key}.android_ttl: must be 0 to {FCM_MAX_TTL} seconds")
+    return problems
+
+
 def _check_app(index: int, app: AppConfig) -> list[str]:
     key = f"apps[{index}]"
     problems: list[str] = []
     if not app.name:
         problems.append(f"{key}.name: must not be empty")
-    if not app.topic:
-        problems.append(f"{key}.topic: must not be empty (the app's bundle id)")
     if app.connections < 1:
         problems.append(f"{key}.connections: must be at least 1")
     if app.concurrency < 1:
         problems.append(f"{key}.concurrency: must be at least 1")
     if app.request_timeout <= 0:
         problems.append(f"{key}.request_timeout: must be positive")
+    if app.upstream_url is not None and not app.upstream_url.startswith("https://"):
+        problems.append(f"{key}.upstream_url: must start with https://")
+    problems += _check_file(f"{key}.upstream_ca_file", app.upstream_ca_file)
+    if app.provider == "fcm":
+        return problems + _check_fcm_app(key, app)
+    for field in ("service_account_file", "project_id", "android_ttl", "android_collapse_key"):
+        if getattr(app, field) is not None:
+            problems.append(f'{key}.{field}: only for provider "fcm"')
+    if app.fcm_apns is not None:
+        problems.append(f'{key}.fcm_apns: only for provider "fcm"')
+    if not app.topic:
+        problems.append(f'{key}.topic: required for provider "apns" (the app\'s bundle id)')
     token_auth = [app.key_file, app.key_id, app.team_id]
     if app.key_file is not None and app.cert_file is not None:
         problems.append(f"{key}: set either key_file (token auth) or cert_file, not both")
@@ -246,9 +300,6 @@ def _check_app(index: int, app: AppConfig) -> list[str]:
                 problems.append(
                     f"{key}.{field}: must be the 10-character id from Apple, got {value!r}"
                 )
-    if app.upstream_url is not None and not app.upstream_url.startswith("https://"):
-        problems.append(f"{key}.upstream_url: must start with https://")
-    problems += _check_file(f"{key}.upstream_ca_file", app.upstream_ca_file)
     return problems
 
 
@@ -289,6 +340,21 @@ def load_checked(path: str | Path) -> Config:
     return config
 
 
+def fcm_settings(app: AppConfig) -> FcmSettings:
+    """Build the FCM client settings of a checked app (reads its service account)."""
+    assert app.service_account_file is not None  # guaranteed by check()
+    account = load_service_account(Path(app.service_account_file).read_bytes())
+    return FcmSettings(
+        name=app.name,
+        account=account,
+        project_id=app.project_id or account.project_id,
+        base_url=app.upstream_url or FCM_URL,
+        ca_file=app.upstream_ca_file,
+        connections=max(app.connections, FCM_MIN_CONNECTIONS),
+        request_timeout=app.request_timeout,
+    )
+
+
 def apns_settings(app: AppConfig) -> ApnsSettings:
     """Build the APNs client settings of a checked app (reads its key files)."""
     auth: TokenAuth | CertAuth
@@ -303,6 +369,7 @@ def apns_settings(app: AppConfig) -> ApnsSettings:
             key_pem=Path(app.key_file).read_bytes(), key_id=app.key_id, team_id=app.team_id
         )
     default_url = PRODUCTION_URL if app.environment == "production" else SANDBOX_URL
+    assert app.topic is not None  # guaranteed by check()
     return ApnsSettings(
         name=app.name,
         base_url=app.upstream_url or default_url,

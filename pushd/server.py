@@ -23,13 +23,14 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from pushd import __version__
 from pushd.asgi import AsgiApp
-from pushd.config import Config, apns_settings
+from pushd.config import Config, apns_settings, fcm_settings
 from pushd.dispatch import Budget, Dispatcher, Lane, Sender
 from pushd.frontends.http import Reply, Request, Route, json_reply
 from pushd.frontends.native import NativeApi
 from pushd.frontends.openapi import OPENAPI
 from pushd.store.sqlite import Store
 from pushd.upstream.apns.client import ApnsClient
+from pushd.upstream.fcm.client import FcmClient
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,11 @@ def build_lanes(config: Config) -> list[Lane]:
     """One lane per configured app, each with its own upstream client and budget."""
     lanes = []
     for app in config.apps:
-        sender: Sender[Any] = ApnsClient(apns_settings(app))
+        sender: Sender[Any]
+        if app.provider == "fcm":
+            sender = FcmClient(fcm_settings(app))
+        else:
+            sender = ApnsClient(apns_settings(app))
         lanes.append(Lane(name=app.name, sender=sender, budget=Budget(app.concurrency)))
     return lanes
 

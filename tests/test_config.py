@@ -14,7 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_example_parses_and_only_misses_its_placeholder_files() -> None:
     cfg = config.load(ROOT / "pushd.toml.example")
-    assert [app.name for app in cfg.apps] == ["chat-ios"]
+    assert [(app.name, app.provider) for app in cfg.apps] == [
+        ("chat-ios", "apns"),
+        ("chat-android", "fcm"),
+    ]
     problems = config.check(cfg)
     assert all("no such file" in p or "store.path" in p for p in problems), problems
 
@@ -22,15 +25,17 @@ def test_the_example_parses_and_only_misses_its_placeholder_files() -> None:
 def test_the_example_documents_every_key() -> None:
     text = (ROOT / "pushd.toml.example").read_text()
     mentioned = set(re.findall(r"^#?\s*([a-z_]+)\s*=", text, flags=re.MULTILINE))
+    mentioned |= set(re.findall(r"^#?\s*\[apps\.([a-z_]+)\]", text, flags=re.MULTILINE))
     sections = {
         "server": config.ServerConfig,
         "store": config.StoreConfig,
         "log": config.LogConfig,
         "retry": config.RetryConfig,
         "apps": config.AppConfig,
+        "apps.fcm_apns": config.FcmApnsDefaults,
     }
     for section, cls in sections.items():
-        assert f"[{section}]" in text or f"[[{section}]]" in text
+        assert f"[{section}]" in text or f"[[{section}]]" in text or f"# [{section}]" in text
         missing = {f.name for f in attrs.fields(cls)} - mentioned
         assert not missing, f"{section}: {missing} not documented in pushd.toml.example"
 

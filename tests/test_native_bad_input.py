@@ -63,7 +63,7 @@ async def test_bad_registration(pushd: Pushd, body: dict[str, Any], field: str, 
         ({"alert": "no target"}, "user"),
         ({"user": "u", "tokens": [token(1)]}, "user"),
         ({"tokens": []}, "tokens"),
-        ({"tokens": ["zz"]}, "tokens[0]"),
+        ({"tokens": ["not a token"]}, "tokens[0]"),
         ({"user": "u", "content_available": "yes"}, "content_available"),
     ],
 )

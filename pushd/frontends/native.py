@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from pushd.config import Config
+from pushd.config import AppConfig, Config
 from pushd.dispatch import Dispatcher, Report
 from pushd.frontends.http import Reply, Request, Route, json_reply
 from pushd.model import (
@@ -26,11 +26,14 @@ from pushd.model import (
     APNS_PUSH_TYPES,
     ApnsPush,
     Delivery,
+    FcmPush,
+    Push,
     normalize_apns_token,
 )
 from pushd.store.sqlite import Registration, Server, Store
 from pushd.typed import CONVERTER, describe_error, first_key
 from pushd.upstream.apns.request import COLLAPSE_ID_LIMIT, payload_limit
+from pushd.upstream.fcm import message as fcm_message
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,8 @@ log = logging.getLogger(__name__)
 MAX_USER_ID_LENGTH = 256
 #: Most tokens one send may list.
 MAX_TOKENS_PER_SEND = 1000
+#: Native priorities mapped onto FCM's Android ones.
+FCM_PRIORITY = {10: "high", 5: "normal", 1: "normal"}
 #: Priority used when the caller names none (APNs' own default for alerts is 10;
 #: background pushes must use 5).
 DEFAULT_PRIORITY = {"background": 5}
@@ -146,7 +151,14 @@ def _check_user(user: str, field: str = "user") -> str:
     return user
 
 
-def _check_token(token: str, field: str = "token") -> str:
+def _check_token(token: str, provider: str, field: str = "token") -> str:
+    """The stored form of a device token of ``provider``; ApiError if it is not one."""
+    if provider == "fcm":
+        try:
+            fcm_message.check_token(token)
+        except fcm_message.InvalidToken:
+            raise ApiError(400, "invalid_token", "not an FCM registration token", field) from None
+        return token
     normalized = normalize_apns_token(token)
     if normalized is None:
         raise ApiError(
@@ -156,6 +168,17 @@ def _check_token(token: str, field: str = "token") -> str:
             field,
         )
     return normalized
+
+
+def _token_forms(token: str, field: str) -> list[str]:
+    """The forms ``token`` may be stored in, whatever its kind (APNs tokens in lower case)."""
+    lowered = normalize_apns_token(token)
+    if lowered is None:
+        try:
+            fcm_message.check_token(token)
+        except fcm_message.InvalidToken:
+            raise ApiError(400, "invalid_token", "not an APNs or FCM token", field) from None
+    return [token] if lowered is None or lowered == token else [token, lowered]
 
 
 def _alert(value: Any) -> str | dict[str, str] | None:
@@ -233,6 +256,65 @@ def build_apns_push(send: SendBody, now: float) -> ApnsPush:
         expiration=expiration,
         collapse_id=send.collapse_id,
     )
+
+
+def _fcm_data(data: Mapping[str, Any] | None) -> dict[str, str] | None:
+    """FCM data values are strings: strings pass, anything else is sent as its JSON."""
+    if data is None:
+        return None
+    return {
+        key: value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+        for key, value in data.items()
+    }
+
+
+def build_fcm_push(send: SendBody, app: AppConfig, now: float) -> FcmPush:
+    """The FCM message a send asks for, with the app's Android and iOS-via-FCM defaults."""
+    alert = _alert(send.alert)
+    notification = None
+    if send.push_type != "background" and alert is not None:
+        if isinstance(alert, str):
+            notification = fcm_message.Notification(body=alert)
+        else:
+            notification = fcm_message.Notification(
+                title=alert.get("title"), body=alert.get("body")
+            )
+    priority = app.android_priority
+    if send.priority is not None:
+        priority = "high" if FCM_PRIORITY.get(send.priority) == "high" else "normal"
+    aps: dict[str, Any] = dict(app.fcm_apns.aps) if app.fcm_apns else {}
+    for key, value in (
+        ("badge", send.badge),
+        ("sound", send.sound),
+        ("thread-id", send.thread_id),
+        ("category", send.category),
+        ("content-available", 1 if send.content_available else None),
+        ("mutable-content", 1 if send.mutable_content else None),
+    ):
+        if value is not None:
+            aps[key] = value
+    apns = None
+    if aps or (app.fcm_apns and app.fcm_apns.headers):
+        headers = dict(app.fcm_apns.headers) if app.fcm_apns else {}
+        apns = fcm_message.ApnsOptions(headers=headers, payload={"aps": aps} if aps else None)
+    try:
+        return fcm_message.build_push(
+            data=_fcm_data(send.data),
+            notification=notification,
+            android=fcm_message.AndroidOptions(
+                priority=priority,
+                ttl=app.android_ttl if send.ttl is None else send.ttl,
+                collapse_key=send.collapse_id or app.android_collapse_key,
+            ),
+            apns=apns,
+            now=now,
+        )
+    except fcm_message.InvalidMessage as error:
+        text = str(error)
+        field = text.split(":", 1)[0]
+        if "too big" in text or "bytes" in text:
+            raise ApiError(413, "payload_too_large", text, "payload") from None
+        raise ApiError(400, "invalid_request", text, field) from None
 
 
 def _result(report: Report) -> dict[str, Any]:
@@ -332,20 +414,20 @@ class NativeApi:
     async def register(self, request: Request, server: Server) -> Reply:
         body: RegisterBody = _parse(request.body, RegisterBody)
         user = _check_user(body.user)
-        app_name = self._app(body.app)
-        token = _check_token(body.token)
-        app = self.config.app(app_name)
+        app = self.config.app(self._app(body.app))
         assert app is not None
+        token = _check_token(body.token, app.provider)
+        environment = app.environment if app.provider == "apns" else "production"
         registration, new = await self.store.register(
-            server.id, user, token, app_name, app.environment
+            server.id, user, token, app.name, environment, app.provider
         )
         return json_reply(201 if new else 200, _registration_json(registration))
 
     async def unregister(self, request: Request, server: Server) -> Reply:
         body: UnregisterBody = _parse(request.body, UnregisterBody)
-        token = _check_token(body.token)
+        forms = _token_forms(body.token, "token")
         app = None if body.app is None else self._app(body.app)
-        removed = await self.store.unregister(server.id, token, app)
+        removed = await self.store.unregister(server.id, forms, app)
         return json_reply(200, {"removed": removed})
 
     async def unregister_user(self, request: Request, server: Server) -> Reply:
@@ -364,7 +446,10 @@ class NativeApi:
             raise ApiError(400, "invalid_request", "give either user or tokens", "user")
         app_filter = None if body.app is None else self._app(body.app)
         now = self.clock()
-        push = build_apns_push(body, now)
+        # Validate for APNs whatever the devices: a bad request is refused the same way
+        # whether or not the user happens to have an iPhone registered.
+        apns_push = build_apns_push(body, now)
+        pushes: dict[str, Push] = {}
 
         missing: list[str] = []
         if body.user is not None:
@@ -375,17 +460,32 @@ class NativeApi:
                 raise ApiError(
                     400, "invalid_request", f"list 1 to {MAX_TOKENS_PER_SEND} tokens", "tokens"
                 )
-            tokens = [_check_token(t, f"tokens[{i}]") for i, t in enumerate(body.tokens)]
-            registrations = self.store.token_registrations(server.id, tokens)
-            known = {r.token for r in registrations}
-            missing = [t for t in dict.fromkeys(tokens) if t not in known]
+            forms = {
+                form: token
+                for i, token in enumerate(body.tokens)
+                for form in _token_forms(token, f"tokens[{i}]")
+            }
+            registrations = self.store.token_registrations(server.id, forms)
+            known = {forms[r.token] for r in registrations}
+            missing = [t for t in dict.fromkeys(body.tokens) if t not in known]
         if app_filter is not None:
             registrations = [r for r in registrations if r.app == app_filter]
 
-        deliveries = [
-            Delivery(app=r.app, token=r.token, push=push, registered_at=r.registered_at)
-            for r in registrations
-        ]
+        deliveries = []
+        for r in registrations:
+            push = pushes.get(r.app)
+            if push is None:
+                app = self.config.app(r.app)
+                if app is None:  # removed from the config since it was registered
+                    push = apns_push
+                elif app.provider == "fcm":
+                    push = build_fcm_push(body, app, now)
+                else:
+                    push = apns_push
+                pushes[r.app] = push
+            deliveries.append(
+                Delivery(app=r.app, token=r.token, push=push, registered_at=r.registered_at)
+            )
         reports = await self.dispatcher.deliver(deliveries)
         results = [_result(report) for report in reports]
         results += [

@@ -64,6 +64,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX registrations_by_user ON registrations (server_id, user_id);
     CREATE INDEX registrations_by_token ON registrations (app, token);
     """,
+    # 2: the token's kind (apns or fcm), so a registration says what it is even if the
+    # app it was made for is later renamed or removed from the config.
+    """
+    ALTER TABLE registrations ADD COLUMN kind TEXT NOT NULL DEFAULT 'apns';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -92,6 +97,7 @@ class Registration:
     app: str
     environment: str
     registered_at: float
+    kind: str = "apns"
 
 
 @attrs.frozen
@@ -135,7 +141,7 @@ def _connect(path: str, *, readonly: bool) -> sqlite3.Connection:
 
 
 def _registration(row: Sequence[object]) -> Registration:
-    server_id, user_id, token, app, environment, registered_at = row
+    server_id, user_id, token, app, environment, registered_at, kind = row
     return Registration(
         server_id=int(server_id),  # type: ignore[call-overload]
         user_id=str(user_id),
@@ -143,10 +149,11 @@ def _registration(row: Sequence[object]) -> Registration:
         app=str(app),
         environment=str(environment),
         registered_at=float(registered_at),  # type: ignore[arg-type]
+        kind=str(kind),
     )
 
 
-_REG_COLUMNS = "server_id, user_id, token, app, environment, registered_at"
+_REG_COLUMNS = "server_id, user_id, token, app, environment, registered_at, kind"
 
 
 class Database:
@@ -263,7 +270,13 @@ class Database:
     # --- registrations --------------------------------------------------------------------
 
     def register(
-        self, server_id: int, user_id: str, token: str, app: str, environment: str
+        self,
+        server_id: int,
+        user_id: str,
+        token: str,
+        app: str,
+        environment: str,
+        kind: str = "apns",
     ) -> tuple[Registration, bool]:
         """Store a registration; returns it and whether it is new.
 
@@ -279,28 +292,29 @@ class Database:
             ).fetchone()
             db.execute(
                 "INSERT INTO registrations (server_id, user_id, token, app, environment,"
-                " registered_at) VALUES (?, ?, ?, ?, ?, ?)"
+                " registered_at, kind) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (server_id, app, token) DO UPDATE SET"
                 " user_id = excluded.user_id, environment = excluded.environment,"
-                " registered_at = excluded.registered_at",
-                (server_id, user_id, token, app, environment, now),
+                " registered_at = excluded.registered_at, kind = excluded.kind",
+                (server_id, user_id, token, app, environment, now, kind),
             )
-        registration = Registration(server_id, user_id, token, app, environment, now)
+        registration = Registration(server_id, user_id, token, app, environment, now, kind)
         return registration, existed is None
 
-    def unregister(self, server_id: int, token: str, app: str | None = None) -> int:
-        """Remove a server's registrations of ``token`` (of one app, or all); the count."""
+    def unregister(self, server_id: int, tokens: Sequence[str], app: str | None = None) -> int:
+        """Remove a server's registrations of a token (of one app, or all); the count.
+
+        ``tokens`` are the forms the token may be stored in (an APNs token in lower case,
+        an FCM token as given), so a caller need not know which kind it holds.
+        """
+        marks = ",".join("?" * len(tokens))
+        query = f"DELETE FROM registrations WHERE server_id = ? AND token IN ({marks})"
+        params: tuple[object, ...] = (server_id, *tokens)
+        if app is not None:
+            query += " AND app = ?"
+            params += (app,)
         with self._write_tx() as db:
-            if app is None:
-                cursor = db.execute(
-                    "DELETE FROM registrations WHERE server_id = ? AND token = ?",
-                    (server_id, token),
-                )
-            else:
-                cursor = db.execute(
-                    "DELETE FROM registrations WHERE server_id = ? AND token = ? AND app = ?",
-                    (server_id, token, app),
-                )
+            cursor = db.execute(query, params)
         return cursor.rowcount
 
     def unregister_user(self, server_id: int, user_id: str) -> int:
@@ -397,12 +411,22 @@ class Store:
 
     # Writes.
     async def register(
-        self, server_id: int, user_id: str, token: str, app: str, environment: str
+        self,
+        server_id: int,
+        user_id: str,
+        token: str,
+        app: str,
+        environment: str,
+        kind: str = "apns",
     ) -> tuple[Registration, bool]:
-        return await self._write(self.db.register, server_id, user_id, token, app, environment)
+        return await self._write(
+            self.db.register, server_id, user_id, token, app, environment, kind
+        )
 
-    async def unregister(self, server_id: int, token: str, app: str | None = None) -> int:
-        return await self._write(self.db.unregister, server_id, token, app)
+    async def unregister(
+        self, server_id: int, tokens: Sequence[str], app: str | None = None
+    ) -> int:
+        return await self._write(self.db.unregister, server_id, tokens, app)
 
     async def unregister_user(self, server_id: int, user_id: str) -> int:
         return await self._write(self.db.unregister_user, server_id, user_id)
