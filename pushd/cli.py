@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -190,23 +191,34 @@ def cmd_send_test(args: argparse.Namespace) -> int:
     if app is None:
         names = ", ".join(a.name for a in cfg.apps) or "none"
         return _fail(f"no app named {args.app!r} in {args.config} (apps: {names})")
-    from pushd.frontends.native import ApiError, SendBody, build_apns_push
-    from pushd.model import normalize_apns_token
+    from pushd.dispatch import Sender
+    from pushd.frontends.native import (
+        ApiError,
+        SendBody,
+        build_apns_push,
+        build_fcm_push,
+        check_token,
+    )
     from pushd.upstream.apns.client import ApnsClient
+    from pushd.upstream.fcm.client import FcmClient
 
-    token = normalize_apns_token(args.token)
-    if token is None:
-        return _fail("the token must be an even number of hex digits (64 to 200)")
     try:
-        push = build_apns_push(
-            SendBody(tokens=(token,), alert=args.alert, push_type=args.push_type), time.time()
+        token = check_token(args.token, app.provider)
+        body = SendBody(tokens=(token,), alert=args.alert, push_type=args.push_type)
+        now = time.time()
+        push = (
+            build_fcm_push(body, app, now) if app.provider == "fcm" else build_apns_push(body, now)
         )
     except ApiError as error:
         return _fail(f"{error.field}: {error.message}")
     logs.setup(cfg.log)
+    client: Sender[Any] = (
+        FcmClient(config.fcm_settings(app))
+        if app.provider == "fcm"
+        else ApnsClient(config.apns_settings(app))
+    )
 
     async def send() -> None:
-        client = ApnsClient(config.apns_settings(app))
         async with trio.open_nursery() as nursery:
             await nursery.start(client.run)
             outcome = await client.send(token, push)

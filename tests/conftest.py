@@ -16,13 +16,16 @@ import httpx
 import pytest
 import trio
 import trustme
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pushd import config, server
 from pushd.simulators.apns import ApnsSimulator
+from pushd.simulators.fcm import FcmSimulator, make_service_account
 from pushd.store.sqlite import Database
 from pushd.upstream.apns.jwt import write_p8
 
+FCM_PROJECT = "pushd-test"
+FCM_EMAIL = f"pushd@{FCM_PROJECT}.iam.gserviceaccount.com"
 KEY_ID = "TESTKEY001"
 TEAM_ID = "TESTTEAM01"
 TOPIC = "org.example.chat"
@@ -69,6 +72,44 @@ async def simulator(
     sim.add_key(KEY_ID, TEAM_ID, apns_key.public_key())
     await nursery.start(sim.serve, simulator_tls)
     return sim
+
+
+@pytest.fixture(scope="session")
+def fcm_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture
+async def fcm_simulator(
+    nursery: trio.Nursery, ca: trustme.CA, fcm_key: rsa.RSAPrivateKey
+) -> FcmSimulator:
+    sim = FcmSimulator()
+    sim.add_account(FCM_EMAIL, fcm_key.public_key(), FCM_PROJECT)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    await nursery.start(sim.serve, context)
+    return sim
+
+
+def fcm_entry(
+    name: str, sim: FcmSimulator, key: rsa.RSAPrivateKey, ca_file: Path, tmp_path: Path
+) -> dict[str, Any]:
+    account = tmp_path / f"{name}-service-account.json"
+    make_service_account(
+        account,
+        FCM_PROJECT,
+        sim.token_url,
+        FCM_EMAIL,
+        key=key,
+    )
+    return {
+        "name": name,
+        "provider": "fcm",
+        "service_account_file": str(account),
+        "upstream_url": sim.base_url,
+        "upstream_ca_file": str(ca_file),
+    }
 
 
 def app_entry(

@@ -224,3 +224,55 @@ async def test_serve_runs_and_stops_cleanly_on_sigterm(
     with trio.fail_after(20):
         await process.wait()
     assert process.returncode == 0
+
+
+def test_check_config_names_what_is_wrong_in_a_service_account(tmp_path: Path) -> None:
+    account = tmp_path / "firebase.json"
+    account.write_text('{"type": "service_account", "project_id": "p"}')
+    config = tmp_path / "pushd.toml"
+    config.write_text(
+        """
+[store]
+path = "db.sqlite3"
+[[apps]]
+name = "android"
+provider = "fcm"
+service_account_file = "firebase.json"
+topic = "org.example"
+"""
+    )
+    done = pushd_cli("check-config", str(config))
+    assert done.returncode == 1
+    assert 'apps[0].topic: only for provider "apns"' in done.stderr
+    assert "apps[0].service_account_file: " in done.stderr
+    account.write_text("not json")
+    done = pushd_cli("check-config", str(config))
+    assert "apps[0].service_account_file: " in done.stderr
+
+
+async def test_send_test_through_an_fcm_app(
+    fcm_simulator, fcm_key, ca_file: Path, tmp_path: Path
+) -> None:
+    from tests.conftest import fcm_entry
+
+    entry = fcm_entry("android", fcm_simulator, fcm_key, ca_file, tmp_path)
+    config = tmp_path / "pushd.toml"
+    config.write_text(
+        f"""
+[store]
+path = "db.sqlite3"
+[[apps]]
+name = "android"
+provider = "fcm"
+service_account_file = "{entry["service_account_file"]}"
+upstream_url = "{entry["upstream_url"]}"
+upstream_ca_file = "{entry["upstream_ca_file"]}"
+"""
+    )
+    device = "fcm-device-0001:APA91b" + "x" * 40
+    done = await trio.to_thread.run_sync(
+        pushd_cli, "send-test", "--config", str(config), "--app", "android", "--token", device
+    )
+    assert done.returncode == 0, done.stderr
+    assert "android: Delivered" in done.stdout
+    assert [r.token for r in fcm_simulator.received] == [device]

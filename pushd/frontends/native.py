@@ -151,7 +151,7 @@ def _check_user(user: str, field: str = "user") -> str:
     return user
 
 
-def _check_token(token: str, provider: str, field: str = "token") -> str:
+def check_token(token: str, provider: str, field: str = "token") -> str:
     """The stored form of a device token of ``provider``; ApiError if it is not one."""
     if provider == "fcm":
         try:
@@ -416,7 +416,7 @@ class NativeApi:
         user = _check_user(body.user)
         app = self.config.app(self._app(body.app))
         assert app is not None
-        token = _check_token(body.token, app.provider)
+        token = check_token(body.token, app.provider)
         environment = app.environment if app.provider == "apns" else "production"
         registration, new = await self.store.register(
             server.id, user, token, app.name, environment, app.provider
