@@ -50,6 +50,7 @@ from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 
 from pushd.model import APNS_PUSH_TYPES
+from pushd.simulators.recording import Recording
 
 __all__ = [
     "DEFAULT_INITIAL_MAX_STREAMS",
@@ -491,7 +492,7 @@ class _Connection:
 # --- The simulator ---------------------------------------------------------------------
 
 
-class ApnsSimulator:
+class ApnsSimulator(Recording[Received]):
     """An APNs provider API endpoint for tests, benchmarks and ``pushd simulate``.
 
     Configure it, register provider keys with :meth:`add_key`, start :meth:`serve` in a
@@ -514,6 +515,7 @@ class ApnsSimulator:
         on_received: Callable[[Received], None] | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
+        super().__init__(record=record, on_received=on_received)
         if initial_max_streams < 1 or max_streams < 1:
             raise ValueError("stream limits must be at least 1")
         #: SETTINGS_MAX_CONCURRENT_STREAMS of a fresh token-auth connection.
@@ -530,18 +532,9 @@ class ApnsSimulator:
         self.require_token_auth = require_token_auth
         #: Send GOAWAY ``IdleTimeout`` after this long without requests.
         self.idle_timeout = idle_timeout
-        #: Keep every answered notification in :attr:`received`.  A simulator left
-        #: running (``pushd simulate``) turns this off so memory stays flat.
-        self.record = record
-        #: Called with every :class:`Received` (e.g. the CLI's one line per notification).
-        self.on_received = on_received
         #: Called with connection-level events (opened, closed, GOAWAY, errors).
         self.log = log
 
-        #: Every notification that got an answer, in answer order (if ``record``).
-        self.received: list[Received] = []
-        #: Notifications answered since start, recorded or not.
-        self.answered = 0
         #: Connections accepted since start.
         self.connections_opened = 0
         #: Highest number of simultaneously open streams, per connection id.
@@ -557,7 +550,6 @@ class ApnsSimulator:
         self._scripts: dict[str, collections.deque[SimReply]] = {}
         self._default = _SUCCESS
         self._connections: dict[int, _Connection] = {}
-        self._waiters: list[tuple[int, trio.Event]] = []
         self._topic_verdicts: dict[bytes, str | None] = {}
         self._next_connection_id = 1
 
@@ -597,17 +589,6 @@ class ApnsSimulator:
     def open_connections(self) -> int:
         """Connections currently open."""
         return len(self._connections)
-
-    async def wait_for(self, count: int) -> list[Received]:
-        """Wait until :attr:`received` holds at least ``count`` notifications; return it.
-
-        Needs ``record=True``.  Wakes on answers, never polls.
-        """
-        if len(self.received) < count:
-            event = trio.Event()
-            self._waiters.append((count, event))
-            await event.wait()
-        return self.received
 
     # -- serving --
 
@@ -761,20 +742,7 @@ class ApnsSimulator:
             stream_id=sid,
             at=time.time(),
         )
-        self.answered += 1
-        if self.record:
-            self.received.append(received)
-        if self.on_received is not None:
-            self.on_received(received)
-        if self._waiters:
-            count = len(self.received)
-            still = []
-            for wanted, event in self._waiters:
-                if count >= wanted:
-                    event.set()
-                else:
-                    still.append((wanted, event))
-            self._waiters = still
+        self._note(received)
 
     def _judge(self, conn: _Connection, st: _Stream) -> _Verdict:
         """Validate a request in pushy's order and decide the answer."""

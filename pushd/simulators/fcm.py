@@ -61,6 +61,7 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ASGIFramework, LifespanState
 
+from pushd.simulators.recording import Recording
 from pushd.upstream.fcm.settings import OAUTH_SCOPE
 
 __all__ = [
@@ -920,7 +921,7 @@ class _Disconnected(Exception):
     pass
 
 
-class FcmSimulator:
+class FcmSimulator(Recording[FcmReceived]):
     """FCM HTTP v1 and Google's token endpoint for tests, benchmarks and ``pushd simulate``.
 
     Register the test service account(s) with :meth:`add_account` (or write one with
@@ -942,6 +943,7 @@ class FcmSimulator:
         on_received: Callable[[FcmReceived], None] | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
+        super().__init__(record=record, on_received=on_received)
         if token_lifetime < 1:
             raise ValueError("token_lifetime must be at least 1 second")
         #: ``expires_in`` of issued access tokens, and how long they work.
@@ -951,17 +953,9 @@ class FcmSimulator:
         self.accept_any_assertion = accept_any_assertion
         #: Every token request fails with 503 ``temporarily_unavailable`` while true.
         self.token_endpoint_down = False
-        #: Keep every answered send in :attr:`received` (off for long runs and benchmarks).
-        self.record = record
-        #: Called with every :class:`FcmReceived` (the CLI's one line per message).
-        self.on_received = on_received
         #: Called with connection-level and token events.
         self.log = log
 
-        #: Every send that got an answer, in answer order (if ``record``).
-        self.received: list[FcmReceived] = []
-        #: Sends answered since start, recorded or not.
-        self.answered = 0
         #: Requests to the token endpoint, and access tokens issued.
         self.token_requests = 0
         self.tokens_issued = 0
@@ -984,7 +978,6 @@ class FcmSimulator:
         self._token_scripts: collections.deque[FcmReply] = collections.deque()
         self._default = _SUCCESS
         self._quotas: dict[str, _Bucket] = {}
-        self._waiters: list[tuple[int, trio.Event]] = []
         self._connections: dict[tuple[str, int], _Connection] = {}
         self._last_message_us = 0
         self._project_suffix: dict[str, str] = {}
@@ -1069,17 +1062,6 @@ class FcmSimulator:
     @property
     def open_connections(self) -> int:
         return len(self._connections)
-
-    async def wait_for(self, count: int) -> list[FcmReceived]:
-        """Wait until :attr:`received` holds at least ``count`` sends; return it.
-
-        Needs ``record=True``.  Wakes on answers, never polls.
-        """
-        if len(self.received) < count:
-            event = trio.Event()
-            self._waiters.append((count, event))
-            await event.wait()
-        return self.received
 
     # -- serving --
 
@@ -1412,20 +1394,7 @@ class FcmSimulator:
         """Note a send as answered; done just before the answer goes out, so a client
         that has its answer finds it recorded."""
         received = attrs.evolve(received, at=time.time())
-        self.answered += 1
-        if self.record:
-            self.received.append(received)
-        if self.on_received is not None:
-            self.on_received(received)
-        if self._waiters:
-            count = len(self.received)
-            still = []
-            for wanted, event in self._waiters:
-                if count >= wanted:
-                    event.set()
-                else:
-                    still.append((wanted, event))
-            self._waiters = still
+        self._note(received)
 
 
 async def _read_body(receive: Receive) -> bytes:
