@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pushd import config, server
 from pushd.simulators.apns import ApnsSimulator
-from pushd.simulators.fcm import FcmSimulator, make_service_account
+from pushd.simulators.fcm import FcmSimulator, configure_alpn, make_service_account
 from pushd.store.sqlite import Database
 from pushd.upstream.apns.jwt import write_p8
 
@@ -80,16 +80,25 @@ def fcm_key() -> rsa.RSAPrivateKey:
 
 
 @pytest.fixture
-async def fcm_simulator(
-    nursery: trio.Nursery, ca: trustme.CA, fcm_key: rsa.RSAPrivateKey
-) -> FcmSimulator:
-    sim = FcmSimulator()
-    sim.add_account(FCM_EMAIL, fcm_key.public_key(), FCM_PROJECT)
+def fcm_tls(ca: trustme.CA) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
-    context.set_alpn_protocols(["h2", "http/1.1"])
-    await nursery.start(sim.serve, context)
+    return configure_alpn(context)
+
+
+@pytest.fixture
+async def fcm_sim(nursery: trio.Nursery, fcm_tls: ssl.SSLContext) -> FcmSimulator:
+    """An FCM simulator that trusts no account yet."""
+    sim = FcmSimulator()
+    await nursery.start(sim.serve, fcm_tls)
     return sim
+
+
+@pytest.fixture
+def fcm_simulator(fcm_sim: FcmSimulator, fcm_key: rsa.RSAPrivateKey) -> FcmSimulator:
+    """An FCM simulator that trusts the session's test service account."""
+    fcm_sim.add_account(FCM_EMAIL, fcm_key.public_key(), FCM_PROJECT)
+    return fcm_sim
 
 
 def fcm_entry(

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import logging
-import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import attrs
 import pytest
 import trio
-import trustme
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pushd.model import Delivered, Failed, FcmPush, Outcome, RetryLater, TokenDead
-from pushd.simulators.fcm import FcmReply, FcmSimulator, configure_alpn, make_service_account
+from pushd.simulators.fcm import FcmReply, FcmSimulator, make_service_account
 from pushd.upstream.fcm.client import ALARM_MIN_SENDS, RECYCLE_AFTER_TIMEOUTS, FcmClient
 from pushd.upstream.fcm.message import AndroidOptions, Notification, build_push
 from pushd.upstream.fcm.oauth import failure_backoff
@@ -32,25 +30,6 @@ PUSH = build_push(
 def token(n: int) -> str:
     """A distinct registration token of FCM's shape."""
     return f"d{n:05d}xYz:APA91b" + "Qx-_" * 30
-
-
-@pytest.fixture(scope="session")
-def fcm_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-@pytest.fixture
-def fcm_tls(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
-    return configure_alpn(context)
-
-
-@pytest.fixture
-async def fcm_sim(nursery: trio.Nursery, fcm_tls: ssl.SSLContext) -> FcmSimulator:
-    sim = FcmSimulator()
-    await nursery.start(sim.serve, fcm_tls)
-    return sim
 
 
 @pytest.fixture

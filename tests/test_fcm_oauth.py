@@ -21,7 +21,7 @@ import trustme
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from pushd.simulators.fcm import FcmReply, FcmSimulator, configure_alpn, make_service_account
+from pushd.simulators.fcm import FcmReply, FcmSimulator, make_service_account
 from pushd.upstream.fcm.oauth import (
     ASSERTION_LIFETIME,
     REFRESH_MARGIN,
@@ -35,25 +35,6 @@ from pushd.upstream.fcm.service_account import load_service_account
 from pushd.upstream.fcm.settings import OAUTH_SCOPE, ServiceAccount
 
 PROJECT = "chat-app-1234"
-
-
-@pytest.fixture(scope="session")
-def fcm_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-@pytest.fixture
-def fcm_tls(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
-    return configure_alpn(context)
-
-
-@pytest.fixture
-async def fcm_sim(nursery: trio.Nursery, fcm_tls: ssl.SSLContext) -> FcmSimulator:
-    sim = FcmSimulator()
-    await nursery.start(sim.serve, fcm_tls)
-    return sim
 
 
 @pytest.fixture
