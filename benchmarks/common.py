@@ -1,8 +1,9 @@
 """What the benchmark's processes share: identities, the ready handshake, /proc readings.
 
-The benchmark runs pushd, the APNs simulator and the load driver as separate processes so
-that each one's CPU can be read from the kernel on its own.  Each child announces that it
-is ready with one line on stdout (``READY <value>``); :mod:`run` waits for that line.
+The benchmark runs pushd, the APNs simulator, the FCM simulator and the load driver as
+separate processes so that each one's CPU can be read from the kernel on its own.  Each
+child announces that it is ready with one line on stdout (``READY <value>``); :mod:`run`
+waits for that line.
 
 CPU time and memory come from ``/proc`` rather than ``psutil``: pushd takes no extra
 dependency for its benchmark, and the two fields needed are easy to parse.
@@ -15,12 +16,23 @@ import os
 import attrs
 import trio
 
-#: Names the launcher, the simulator and the store agree on.
+#: Names the launcher, the simulators and the store agree on.
 APP_NAME = "bench-ios"
 TOPIC = "org.example.pushd.bench"
 KEY_ID = "BENCHKEY01"
 TEAM_ID = "BENCHTEAM1"
 SERVER_NAME = "bench"
+#: The FCM app: its name in pushd.toml and the service account the FCM simulator trusts.
+FCM_APP_NAME = "bench-android"
+FCM_PROJECT = "pushd-bench"
+FCM_CLIENT_EMAIL = f"pushd-bench@{FCM_PROJECT}.iam.gserviceaccount.com"
+
+#: Roles of the processes whose CPU the driver reads (``--watch ROLE=PID``) and the
+#: table shows; the driver adds itself as ``driver``.
+PUSHD = "pushd"
+APNS_SIM = "apns_sim"
+FCM_SIM = "fcm_sim"
+DRIVER = "driver"
 
 #: Route of the do-nothing endpoint that gives the serving layer's own cost.
 EMPTY_PATH = "/bench/empty"
@@ -33,6 +45,12 @@ READY_PREFIX = "READY "
 SINGLE_USER_PREFIX = "one-"
 FANOUT_USER_PREFIX = "hundred-"
 FANOUT_DEVICES = 100
+#: The same for FCM devices, and for users with half APNs, half FCM devices.
+FCM_SINGLE_USER_PREFIX = "fcm-one-"
+FCM_FANOUT_USER_PREFIX = "fcm-hundred-"
+MIXED_USER_PREFIX = "mixed-"
+MIXED_FCM_DEVICES = FANOUT_DEVICES // 2
+MIXED_APNS_DEVICES = FANOUT_DEVICES - MIXED_FCM_DEVICES
 
 #: Keys of :class:`CpuSnapshot` for the whole machine's busy and stolen CPU.
 MACHINE = "machine"
@@ -113,3 +131,13 @@ async def wait_for_stdin_eof() -> None:
 def token(n: int) -> str:
     """The ``n``-th distinct device token: 64 hex digits, as APNs issues today."""
     return f"{n:064x}"
+
+
+def fcm_token(n: int) -> str:
+    """The ``n``-th distinct FCM registration token, shaped like the tests' ones.
+
+    Real tokens are ~150 characters (``<instance id>:APA91b...``); this keeps the shape
+    and the simulator's rule (20+ of ``[A-Za-z0-9_:-]``) at 63-64 characters, about an
+    APNs token's length, so the two kinds cost the store alike.
+    """
+    return f"fcm-device-{n:04d}:APA91b{n:040x}"

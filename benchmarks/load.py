@@ -5,7 +5,9 @@ no HTTP client library, one trio task and one TCP connection per concurrent requ
 requests pre-encoded once, responses parsed only as far as the status line and
 ``Content-Length``.  Every response is still checked: status 200, and for a send, the
 JSON summary must say every device was ``delivered`` (one JSON parse per response costs
-the driver microseconds; an unnoticed failure would make every number meaningless).
+the driver microseconds; an unnoticed failure would make every number meaningless).  A
+mixed send must also show the expected number of delivered devices for *each* app: a
+summary of 100 delivered could otherwise hide an FCM app that was never reached.
 
 The measured window starts after each connection's warm-up requests and ends when the
 last worker finishes; CPU seconds of the processes given with ``--watch ROLE=PID``
@@ -29,9 +31,17 @@ from typing import Any
 import attrs
 import trio
 from common import (
+    APP_NAME,
+    DRIVER,
     EMPTY_PATH,
     FANOUT_DEVICES,
     FANOUT_USER_PREFIX,
+    FCM_APP_NAME,
+    FCM_FANOUT_USER_PREFIX,
+    FCM_SINGLE_USER_PREFIX,
+    MIXED_APNS_DEVICES,
+    MIXED_FCM_DEVICES,
+    MIXED_USER_PREFIX,
     SEND_PATH,
     SINGLE_USER_PREFIX,
     CpuSnapshot,
@@ -53,18 +63,35 @@ ALERT = "Hello from the benchmark"
 
 @attrs.frozen
 class Mode:
-    """What one kind of run posts, where, and how many devices each request reaches."""
+    """What one kind of run posts, where, and how many devices of each app it reaches."""
 
     path: str
     user_prefix: str
-    devices: int
+    apns_devices: int = 0
+    fcm_devices: int = 0
+
+    @property
+    def devices(self) -> int:
+        return self.apns_devices + self.fcm_devices
+
+    @property
+    def mixed(self) -> bool:
+        return self.apns_devices > 0 and self.fcm_devices > 0
 
 
 MODES: dict[str, Mode] = {
     # The empty endpoint gets the same headers and body as a one-device send.
-    "empty": Mode(EMPTY_PATH, SINGLE_USER_PREFIX, 0),
-    "one": Mode(SEND_PATH, SINGLE_USER_PREFIX, 1),
-    "hundred": Mode(SEND_PATH, FANOUT_USER_PREFIX, FANOUT_DEVICES),
+    "empty": Mode(EMPTY_PATH, SINGLE_USER_PREFIX),
+    "one": Mode(SEND_PATH, SINGLE_USER_PREFIX, apns_devices=1),
+    "hundred": Mode(SEND_PATH, FANOUT_USER_PREFIX, apns_devices=FANOUT_DEVICES),
+    "fcm-one": Mode(SEND_PATH, FCM_SINGLE_USER_PREFIX, fcm_devices=1),
+    "fcm-hundred": Mode(SEND_PATH, FCM_FANOUT_USER_PREFIX, fcm_devices=FANOUT_DEVICES),
+    "mixed": Mode(
+        SEND_PATH,
+        MIXED_USER_PREFIX,
+        apns_devices=MIXED_APNS_DEVICES,
+        fcm_devices=MIXED_FCM_DEVICES,
+    ),
 }
 
 
@@ -156,9 +183,18 @@ def check(mode: Mode, status: int, body: bytes) -> None:
         if body != b"{}":
             raise ResponseError(f"empty endpoint answered {body[:300]!r}")
         return
-    summary = json.loads(body)["summary"]
+    answer = json.loads(body)
+    summary = answer["summary"]
     if summary.get("delivered") != mode.devices:
         raise ResponseError(f"not all {mode.devices} delivered: {summary}")
+    if mode.mixed:
+        delivered = {APP_NAME: 0, FCM_APP_NAME: 0}
+        for result in answer["results"]:
+            if result["status"] == "delivered" and result["app"] in delivered:
+                delivered[result["app"]] += 1
+        expected = {APP_NAME: mode.apns_devices, FCM_APP_NAME: mode.fcm_devices}
+        if delivered != expected:
+            raise ResponseError(f"delivered per app {delivered}, expected {expected}")
 
 
 @attrs.define
@@ -241,7 +277,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     mode = MODES[args.mode]
     run = Run(mode=mode, requests=build_requests(args, mode), remaining=args.requests)
     watched = {role: int(pid) for role, _, pid in (w.partition("=") for w in args.watch)}
-    watched["driver"] = os.getpid()
+    watched[DRIVER] = os.getpid()
     with trio.fail_after(args.max_seconds + GRACE_SECONDS):
         async with trio.open_nursery() as nursery:
             for _ in range(args.concurrency):
@@ -260,6 +296,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "concurrency": args.concurrency,
         "requests": done,
         "notifications": done * mode.devices,
+        "fcm_notifications": done * mode.fcm_devices,
         "failures": run.failures,
         "reconnects": run.reopened,
         "first_failure": run.first_failure,

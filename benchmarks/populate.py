@@ -5,6 +5,10 @@ key is hashed exactly as pushd expects); the rows themselves go in through a pla
 ``sqlite3`` connection with ``executemany``, because 100,000 calls of
 ``Database.register`` (a transaction each) would take longer than the benchmark.  The
 columns are pushd's; if its schema changes, the INSERT below fails loudly.
+
+Rows are written the way pushd's own ``POST /v1/devices`` writes them: an APNs device
+carries the app's environment and kind ``apns``; an FCM device carries ``production``
+(FCM has no environments) and kind ``fcm``.
 """
 
 from __future__ import annotations
@@ -18,45 +22,137 @@ from common import (
     APP_NAME,
     FANOUT_DEVICES,
     FANOUT_USER_PREFIX,
+    FCM_APP_NAME,
+    FCM_FANOUT_USER_PREFIX,
+    FCM_SINGLE_USER_PREFIX,
+    MIXED_APNS_DEVICES,
+    MIXED_FCM_DEVICES,
+    MIXED_USER_PREFIX,
     SERVER_NAME,
     SINGLE_USER_PREFIX,
+    fcm_token,
     token,
 )
 
 from pushd.store.sqlite import Database
 
-#: What the app's config says; registrations carry it like pushd's own register() does.
+#: What the APNs app's config says; registrations carry it like pushd's register() does.
 ENVIRONMENT = "sandbox"
+#: What pushd stores as the environment of an FCM registration.
+FCM_ENVIRONMENT = "production"
+APNS_KIND = "apns"
+FCM_KIND = "fcm"
 
 
 @attrs.frozen
 class Population:
-    """What was stored: the chat server's key and how many users of each kind."""
+    """What was stored: the chat server's key and how many users of each kind.
+
+    APNs one-device users fill whatever the other kinds leave of the total, so the store
+    holds the registration count the memory goal names whatever the FCM share is.
+    """
 
     key: str
     single_users: int
     fanout_users: int
+    fcm_single_users: int
+    fcm_fanout_users: int
+    mixed_users: int
 
     @property
     def registrations(self) -> int:
-        return self.single_users + self.fanout_users * FANOUT_DEVICES
+        return (
+            self.single_users
+            + self.fcm_single_users
+            + (self.fanout_users + self.fcm_fanout_users + self.mixed_users) * FANOUT_DEVICES
+        )
+
+    @property
+    def fcm_registrations(self) -> int:
+        return (
+            self.fcm_single_users
+            + self.fcm_fanout_users * FANOUT_DEVICES
+            + self.mixed_users * MIXED_FCM_DEVICES
+        )
+
+    def users(self, prefix: str) -> int:
+        """How many users are stored under a user-name prefix of :mod:`common`."""
+        return {
+            SINGLE_USER_PREFIX: self.single_users,
+            FANOUT_USER_PREFIX: self.fanout_users,
+            FCM_SINGLE_USER_PREFIX: self.fcm_single_users,
+            FCM_FANOUT_USER_PREFIX: self.fcm_fanout_users,
+            MIXED_USER_PREFIX: self.mixed_users,
+        }[prefix]
 
 
-def _rows(server_id: int, singles: int, fanouts: int, now: float) -> Iterator[tuple[object, ...]]:
-    n = 0
-    for user in range(fanouts):
-        for _ in range(FANOUT_DEVICES):
-            yield (server_id, f"{FANOUT_USER_PREFIX}{user}", token(n), APP_NAME, ENVIRONMENT, now)
-            n += 1
-    for user in range(singles):
-        yield (server_id, f"{SINGLE_USER_PREFIX}{user}", token(n), APP_NAME, ENVIRONMENT, now)
-        n += 1
+Row = tuple[int, str, str, str, str, float, str]
 
 
-def populate(path: str, total: int, fanout_users: int) -> Population:
-    """Store ``total`` registrations: ``fanout_users`` users with 100 devices, the rest
-    users with one device each."""
-    single_users = total - fanout_users * FANOUT_DEVICES
+class _Rows:
+    """Registration rows; every APNs and every FCM token distinct across the store."""
+
+    def __init__(self, server_id: int, now: float) -> None:
+        self.server_id = server_id
+        self.now = now
+        self.apns_tokens = 0
+        self.fcm_tokens = 0
+
+    def apns(self, user: str, devices: int) -> Iterator[Row]:
+        for _ in range(devices):
+            yield (
+                self.server_id,
+                user,
+                token(self.apns_tokens),
+                APP_NAME,
+                ENVIRONMENT,
+                self.now,
+                APNS_KIND,
+            )
+            self.apns_tokens += 1
+
+    def fcm(self, user: str, devices: int) -> Iterator[Row]:
+        for _ in range(devices):
+            yield (
+                self.server_id,
+                user,
+                fcm_token(self.fcm_tokens),
+                FCM_APP_NAME,
+                FCM_ENVIRONMENT,
+                self.now,
+                FCM_KIND,
+            )
+            self.fcm_tokens += 1
+
+
+def _rows(rows: _Rows, population: Population) -> Iterator[Row]:
+    for n in range(population.fanout_users):
+        yield from rows.apns(f"{FANOUT_USER_PREFIX}{n}", FANOUT_DEVICES)
+    for n in range(population.single_users):
+        yield from rows.apns(f"{SINGLE_USER_PREFIX}{n}", 1)
+    for n in range(population.fcm_fanout_users):
+        yield from rows.fcm(f"{FCM_FANOUT_USER_PREFIX}{n}", FANOUT_DEVICES)
+    for n in range(population.fcm_single_users):
+        yield from rows.fcm(f"{FCM_SINGLE_USER_PREFIX}{n}", 1)
+    for n in range(population.mixed_users):
+        user = f"{MIXED_USER_PREFIX}{n}"
+        yield from rows.apns(user, MIXED_APNS_DEVICES)
+        yield from rows.fcm(user, MIXED_FCM_DEVICES)
+
+
+def populate(
+    path: str,
+    total: int,
+    fanout_users: int,
+    *,
+    fcm_single_users: int = 0,
+    fcm_fanout_users: int = 0,
+    mixed_users: int = 0,
+) -> Population:
+    """Store ``total`` registrations: users of each kind as given (``*_fanout_users`` and
+    ``mixed_users`` have 100 devices each), the rest APNs users with one device each."""
+    others = fcm_single_users + (fanout_users + fcm_fanout_users + mixed_users) * FANOUT_DEVICES
+    single_users = total - others
     if single_users < 1:
         raise ValueError(f"{total} registrations leave no room for one-device users")
     database = Database(path)
@@ -64,13 +160,21 @@ def populate(path: str, total: int, fanout_users: int) -> Population:
         server, key = database.add_server(SERVER_NAME)
     finally:
         database.close()
+    population = Population(
+        key=key,
+        single_users=single_users,
+        fanout_users=fanout_users,
+        fcm_single_users=fcm_single_users,
+        fcm_fanout_users=fcm_fanout_users,
+        mixed_users=mixed_users,
+    )
     db = sqlite3.connect(path, isolation_level=None)
     try:
         db.execute("BEGIN IMMEDIATE")
         db.executemany(
             "INSERT INTO registrations (server_id, user_id, token, app, environment,"
-            " registered_at) VALUES (?, ?, ?, ?, ?, ?)",
-            _rows(server.id, single_users, fanout_users, time.time()),
+            " registered_at, kind) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            _rows(_Rows(server.id, time.time()), population),
         )
         db.execute("COMMIT")
         (stored,) = db.execute("SELECT count(*) FROM registrations").fetchone()
@@ -78,4 +182,4 @@ def populate(path: str, total: int, fanout_users: int) -> Population:
         db.close()
     if stored != total:
         raise RuntimeError(f"stored {stored} registrations, meant {total}")
-    return Population(key=key, single_users=single_users, fanout_users=fanout_users)
+    return population

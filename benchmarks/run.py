@@ -1,20 +1,23 @@
 """Benchmark pushd's native send API: throughput, latency, CPU per notification, peak RSS.
 
-    /work/venv/bin/python benchmarks/run.py            # the full run, about 2-3 minutes
+    /work/venv/bin/python benchmarks/run.py            # the full run, about 3 minutes
     /work/venv/bin/python benchmarks/run.py --quick    # a few seconds: does it still work?
-    /work/venv/bin/python benchmarks/run.py --profile  # + cProfile of the 100-device runs
+    /work/venv/bin/python benchmarks/run.py --profile  # + cProfile of the APNs 100-device runs
 
-Three processes, so that the kernel can tell whose CPU is whose: pushd
-(``pushd_under_test.py``), the APNs simulator (``simulator.py``) and the load driver
-(``load.py``, started once per scenario).  Nothing is pinned: on a 2-core machine the
-three share both cores, which is why the table shows each one's CPU, so a reader can
-see whether pushd or its neighbours set the pace.  See README.md for how to read it.
+Four processes, so that the kernel can tell whose CPU is whose: pushd
+(``pushd_under_test.py``), the APNs simulator (``simulator.py``), the FCM simulator
+(``fcm_simulator.py``) and the load driver (``load.py``, started once per scenario).
+Nothing is pinned: on a 2-core machine they share both cores, which is why the table
+shows each one's CPU, so a reader can see whether pushd or its neighbours set the pace.
+The scenarios send to APNs devices, to FCM devices, and to users with both.  See
+README.md for how to read the table.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import pstats
@@ -24,14 +27,33 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
-from common import FANOUT_DEVICES, KEY_ID, MACHINE, READY_PREFIX, STEAL, status_kib
+from common import (
+    APNS_SIM,
+    DRIVER,
+    FANOUT_DEVICES,
+    FCM_CLIENT_EMAIL,
+    FCM_PROJECT,
+    FCM_SIM,
+    KEY_ID,
+    MACHINE,
+    MIXED_APNS_DEVICES,
+    MIXED_FCM_DEVICES,
+    PUSHD,
+    READY_PREFIX,
+    STEAL,
+    status_kib,
+)
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from load import MODES
 from populate import Population, populate
 
+from pushd.simulators.fcm import SERVICE_ACCOUNT_KEY_BITS, make_service_account
 from pushd.upstream.apns.jwt import write_p8
 
 HERE = Path(__file__).resolve().parent
@@ -39,12 +61,20 @@ PYTHON = sys.executable
 
 #: Registrations in the store, as the issue's memory goal states them.
 REGISTRATIONS = 100_000
-#: Users with 100 devices each; the rest of the registrations are one-device users.
+#: APNs users with 100 devices each.
 FANOUT_USERS = 500
+#: FCM users with one device, FCM users with 100, users with 50 APNs + 50 FCM devices:
+#: 10,000 registrations (8,500 FCM tokens), more users than any FCM scenario sends to.
+#: APNs users with one device fill the rest of the 100,000 (40,000).
+FCM_SINGLE_USERS = 5_000
+FCM_FANOUT_USERS = 20
+MIXED_USERS = 30
 #: How long a child may take to start serving.
 START_TIMEOUT = 30.0
 #: How long a child may take to exit after its stdin closes, before it is killed.
 STOP_TIMEOUT = 10.0
+#: The RSA exponent every service-account key has.
+RSA_PUBLIC_EXPONENT = 65537
 #: The issue's goals.
 GOAL_FANOUT_CPU_MS = 0.10
 GOAL_OWN_WORK_CPU_MS = 0.15
@@ -71,15 +101,20 @@ class Scenario:
 
 @attrs.frozen
 class Plan:
-    """A whole benchmark: a warm-up scenario, then the measured ones in order."""
+    """A whole benchmark: unmeasured warm-ups, then the measured scenarios in order."""
 
-    warmup: Scenario
+    warmups: tuple[Scenario, ...]
     scenarios: tuple[Scenario, ...]
 
 
 #: Baselines run next to the sends of the same concurrency, so the machine's state is alike.
+#: FCM costs about 50 times more CPU per notification than APNs, in pushd (httpx) and in
+#: the simulator (hypercorn) alike, so its runs send far fewer notifications: a few
+#: thousand each, enough for a steady window of several seconds.  Every FCM scenario has
+#: at most 400 sends in flight (4 x 100), so pushd's two httpx connections (200 streams)
+#: are busy and no send waits anywhere near pushd's 10 s first-attempt deadline.
 FULL = Plan(
-    warmup=Scenario("one", 16, 2000, 5, 15.0),
+    warmups=(Scenario("one", 16, 2000, 5, 15.0), Scenario("fcm-one", 16, 300, 5, 15.0)),
     scenarios=(
         Scenario("empty", 16, 12000, 5, 20.0),
         Scenario("one", 16, 9000, 5, 20.0),
@@ -87,15 +122,21 @@ FULL = Plan(
         Scenario("one", 64, 9000, 5, 20.0),
         Scenario("hundred", 4, 300, 2, 20.0),
         Scenario("hundred", 16, 300, 2, 20.0),
+        Scenario("fcm-one", 16, 3000, 5, 20.0),
+        Scenario("fcm-hundred", 4, 50, 1, 20.0),
+        Scenario("mixed", 4, 100, 1, 20.0),
     ),
 )
 #: Windows well under a second: proves the benchmark works, the numbers mean little.
 QUICK = Plan(
-    warmup=Scenario("one", 4, 100, 2, 5.0),
+    warmups=(Scenario("one", 4, 100, 2, 5.0), Scenario("fcm-one", 4, 20, 2, 5.0)),
     scenarios=(
         Scenario("empty", 16, 500, 2, 5.0),
         Scenario("one", 16, 500, 2, 5.0),
         Scenario("hundred", 4, 20, 1, 5.0),
+        Scenario("fcm-one", 16, 100, 1, 5.0),
+        Scenario("fcm-hundred", 2, 4, 1, 5.0),
+        Scenario("mixed", 2, 4, 1, 5.0),
     ),
 )
 
@@ -167,11 +208,21 @@ def write_provider_key(directory: Path) -> Path:
     return path
 
 
+def write_public_key(key: rsa.RSAPrivateKey, path: Path) -> Path:
+    """The public half of the service-account key, for the FCM simulator to trust."""
+    path.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return path
+
+
 def drive(
     scenario: Scenario, port: int, population: Population, pids: dict[str, int]
 ) -> dict[str, Any]:
     """Run the load driver once and return its JSON report (raises on any failure)."""
-    users = population.fanout_users if scenario.mode == "hundred" else population.single_users
+    users = population.users(MODES[scenario.mode].user_prefix)
     argv = [
         PYTHON,
         str(HERE / "load.py"),
@@ -211,6 +262,8 @@ class Row:
     p99_ms: float
     #: pushd CPU-ms per notification (per request for the empty endpoint).
     pushd_cpu_ms: float
+    #: The FCM simulator's CPU-ms per FCM send; None when the scenario sends to no FCM device.
+    fcm_sim_cpu_ms: float | None
     #: Share of one core each process used during the window.
     cores: dict[str, float]
     peak_rss_mb: float
@@ -222,47 +275,65 @@ class Row:
     @classmethod
     def from_report(cls, scenario: Scenario, report: dict[str, Any], peak_kib: int) -> Row:
         units = report["notifications"] or report["requests"]
+        fcm_sends = report["fcm_notifications"]
         cpu = report["cpu_seconds"]
         elapsed = report["elapsed"]
+        ours = sum(cpu[role] for role in PROCESSES)
         return cls(
             scenario=scenario,
             requests=report["requests"],
             per_second=units / elapsed,
             p50_ms=report["p50_ms"],
             p99_ms=report["p99_ms"],
-            pushd_cpu_ms=cpu["pushd"] * 1000 / units,
+            pushd_cpu_ms=cpu[PUSHD] * 1000 / units,
+            fcm_sim_cpu_ms=cpu[FCM_SIM] * 1000 / fcm_sends if fcm_sends else None,
             cores={role: seconds / elapsed for role, seconds in cpu.items()}
-            | {
-                OTHER: max(0.0, cpu[MACHINE] - cpu["pushd"] - cpu["simulator"] - cpu["driver"])
-                / elapsed
-            },  # clock ticks can make the difference slightly negative
+            # clock ticks can make the difference slightly negative
+            | {OTHER: max(0.0, cpu[MACHINE] - ours) / elapsed},
             peak_rss_mb=peak_kib / KIB_PER_MB,
         )
 
 
-#: Machine CPU used by anything but the three processes (kernel softirqs, other tasks).
+#: The processes whose CPU the table shows, in its column order.
+PROCESSES = (PUSHD, APNS_SIM, FCM_SIM, DRIVER)
+#: Machine CPU used by anything but those processes (kernel softirqs, other tasks).
 OTHER = "other"
-LABELS = {"empty": "empty endpoint", "one": "1 device/request", "hundred": "100 devices/request"}
+LABELS = {
+    "empty": "empty endpoint",
+    "one": "APNs 1 device/request",
+    "hundred": "APNs 100 devices/req",
+    "fcm-one": "FCM 1 device/request",
+    "fcm-hundred": "FCM 100 devices/req",
+    "mixed": f"mixed {MIXED_APNS_DEVICES} APNs+{MIXED_FCM_DEVICES} FCM",
+}
+LABEL_WIDTH = max(len(label) for label in LABELS.values())
+COLUMN_TITLES = {PUSHD: "pushd", APNS_SIM: "apnsim", FCM_SIM: "fcmsim", DRIVER: "driver"}
 HEADER = (
-    f"{'scenario':<20} {'conc':>4} {'requests':>8} {'notif/s':>8} {'p50 ms':>7} {'p99 ms':>7}"
-    f" {'CPU-ms/n':>8} {'pushd':>6} {'sim':>6} {'driver':>6} {'other':>6} {'steal':>6}"
-    f" {'RSS MB':>7}"
+    f"{'scenario':<{LABEL_WIDTH}} {'conc':>4} {'requests':>8} {'notif/s':>8} {'p50 ms':>7}"
+    f" {'p99 ms':>7} {'CPU-ms/n':>8}"
+    + "".join(f" {COLUMN_TITLES[role]:>6}" for role in PROCESSES)
+    + f" {'other':>6} {'steal':>6} {'RSS MB':>7}"
 )
 
 
 def format_row(row: Row) -> str:
     rate = f"{row.per_second:,.0f}" + ("*" if row.scenario.mode == "empty" else "")
     return (
-        f"{LABELS[row.scenario.mode]:<20} {row.scenario.concurrency:>4} {row.requests:>8}"
-        f" {rate:>8} {row.p50_ms:>7.1f} {row.p99_ms:>7.1f} {row.pushd_cpu_ms:>8.3f}"
-        f" {row.cores['pushd']:>6.0%} {row.cores['simulator']:>6.0%}"
-        f" {row.cores['driver']:>6.0%} {row.cores[OTHER]:>6.0%} {row.cores[STEAL]:>6.0%}"
+        f"{LABELS[row.scenario.mode]:<{LABEL_WIDTH}} {row.scenario.concurrency:>4}"
+        f" {row.requests:>8} {rate:>8} {row.p50_ms:>7.1f} {row.p99_ms:>7.1f}"
+        f" {row.pushd_cpu_ms:>8.3f}"
+        + "".join(f" {row.cores[role]:>6.0%}" for role in PROCESSES)
+        + f" {row.cores[OTHER]:>6.0%} {row.cores[STEAL]:>6.0%}"
         f" {row.peak_rss_mb:>7.1f}" + ("  !" if row.contended else "")
     )
 
 
 def verdict(ok: bool) -> str:
     return "MET" if ok else "NOT MET"
+
+
+def sends_no_fcm(row: Row) -> bool:
+    return row.fcm_sim_cpu_ms is None
 
 
 def print_report(
@@ -272,13 +343,18 @@ def print_report(
     if quick:
         print("QUICK RUN: windows too short for the numbers to mean much; use the full run.")
     print(
-        f"pushd native API, {population.registrations:,} registrations stored"
-        f" ({population.single_users:,} one-device users, {population.fanout_users}"
-        f" users x {FANOUT_DEVICES} devices); loopback; APNs simulator upstream, 2 connections."
+        f"pushd native API, {population.registrations:,} registrations stored:"
+        f" APNs {population.single_users:,} one-device users, {population.fanout_users}"
+        f" users x {FANOUT_DEVICES} devices;\nFCM {population.fcm_single_users:,} one-device"
+        f" users, {population.fcm_fanout_users} users x {FANOUT_DEVICES} devices;"
+        f" {population.mixed_users} users x ({MIXED_APNS_DEVICES} APNs + {MIXED_FCM_DEVICES}"
+        " FCM devices).\nLoopback. APNs simulator upstream through pushd's h2 pool, 2"
+        " connections; FCM simulator upstream through httpx, 2 clients of 1 connection"
+        " x 100 streams."
     )
     print(
-        f"{os.cpu_count()} CPUs shared by pushd, simulator and driver; nothing pinned."
-        f" pushd RSS after start-up: {startup_rss_mb:.1f} MB."
+        f"{os.cpu_count()} CPUs shared by pushd, both simulators and the driver; nothing"
+        f" pinned. pushd RSS after start-up: {startup_rss_mb:.1f} MB."
     )
     print()
     print(HEADER)
@@ -289,8 +365,9 @@ def print_report(
     print(
         "CPU-ms/n: pushd CPU milliseconds per notification (= CPU seconds per 1,000);"
         " * = requests/s, CPU per request.\n"
-        "pushd/sim/driver: share of one core each process used during the window (200% = both"
-        " cores);\nother: the rest of the machine's busy CPU (kernel, other tasks); steal: CPU"
+        "pushd/apnsim/fcmsim/driver: share of one core each process used during the window"
+        " (200% = both cores):\npushd, the APNs simulator, the FCM simulator, the load driver;"
+        " other: the rest of the machine's busy CPU (kernel, other tasks); steal: CPU"
         " the hypervisor gave to other guests.\n"
         "RSS MB: pushd's peak RSS (VmHWM) so far, a high-water mark over the whole run.\n"
         f"!: other tasks used >= {CONTENDED_OTHER_SHARE:.0%} of a core in this window: the"
@@ -322,32 +399,87 @@ def print_report(
                 f" {verdict(row.pushd_cpu_ms <= GOAL_FANOUT_CPU_MS)}{suspect(row)}"
             )
     peak = max(row.peak_rss_mb for row in rows)
+    # The column is a high-water mark, so the last row before any FCM send shows what the
+    # APNs-only part of the run reached; FCM's sends in flight (httpx) add to that.
+    before_fcm = [row.peak_rss_mb for row in itertools.takewhile(sends_no_fcm, rows)]
+    apns_only = f", {before_fcm[-1]:.1f} MB before the first FCM row" if before_fcm else ""
     print(
-        f"  peak RSS {peak:.1f} MB with {population.registrations:,} registrations;"
+        f"  peak RSS {peak:.1f} MB{apns_only}; {population.registrations:,} registrations"
+        f" ({population.fcm_registrations:,} of them FCM);"
         f" goal < {GOAL_PEAK_RSS_MB:.0f} MB: {verdict(peak < GOAL_PEAK_RSS_MB)}"
     )
+    print()
+    print_by_upstream(rows, suspect)
     print()
     print("Who set the pace (a process at >= 90% of a core, or the machine >= 90% busy):")
     for row in rows:
         busy = row.cores[MACHINE] + row.cores[STEAL]
-        hot = [
-            role
-            for role in ("pushd", "simulator", "driver")
-            if row.cores[role] >= SATURATED_CORE_SHARE
-        ]
+        hot = [ROLE_NAMES[role] for role in PROCESSES if row.cores[role] >= SATURATED_CORE_SHARE]
         if hot:
             limit = " and ".join(hot) + " saturated one core"
         elif busy >= (os.cpu_count() or 1) * SATURATED_CORE_SHARE:
             limit = f"the machine: {busy:.0%} of {os.cpu_count()} cores busy"
         else:
             limit = f"no process saturated ({busy:.0%} of one core busy or stolen): waiting"
-        print(f"  {LABELS[row.scenario.mode]:<20} x{row.scenario.concurrency:<3} {limit}")
+        print(
+            f"  {LABELS[row.scenario.mode]:<{LABEL_WIDTH}} x{row.scenario.concurrency:<3} {limit}"
+        )
+
+
+#: How the pace report names each process.
+ROLE_NAMES = {
+    PUSHD: "pushd",
+    APNS_SIM: "the APNs simulator",
+    FCM_SIM: "the FCM simulator",
+    DRIVER: "the driver",
+}
+#: Send scenarios in the order the per-upstream summary lists them.
+UPSTREAM_MODES = ("one", "hundred", "fcm-one", "fcm-hundred", "mixed")
+
+
+def print_by_upstream(rows: list[Row], suspect: Callable[..., str]) -> None:
+    """pushd's CPU per notification for each upstream, and what a mixed send adds.
+
+    The FCM rows also give the FCM simulator's CPU per send: it is the largest CPU user
+    in those rows, which is why they cannot reach APNs-like rates on this machine.  A
+    mixed send is compared with the blend of the single-upstream 100-device rows at the
+    same concurrency: if pushd handled both kinds in one request no worse than apart, the
+    mixed row costs what the blend predicts.
+    """
+    print("CPU-ms per notification by upstream (pushd's; FCM rows add the FCM simulator's):")
+    by_key = {(r.scenario.mode, r.scenario.concurrency): r for r in rows}
+    ordered = sorted(
+        (r for r in rows if r.scenario.mode in UPSTREAM_MODES),
+        key=lambda r: UPSTREAM_MODES.index(r.scenario.mode),
+    )
+    for row in ordered:
+        extra = ""
+        if row.fcm_sim_cpu_ms is not None:
+            extra = f"; FCM simulator {row.fcm_sim_cpu_ms:.3f} CPU-ms per FCM send"
+        print(
+            f"  {LABELS[row.scenario.mode]:<{LABEL_WIDTH}} x{row.scenario.concurrency:<3}"
+            f" pushd {row.pushd_cpu_ms:.3f}{extra}{suspect(row)}"
+        )
+        if row.scenario.mode != "mixed":
+            continue
+        apns = by_key.get(("hundred", row.scenario.concurrency))
+        fcm = by_key.get(("fcm-hundred", row.scenario.concurrency))
+        if apns is None or fcm is None:
+            continue
+        blend = (
+            apns.pushd_cpu_ms * MIXED_APNS_DEVICES + fcm.pushd_cpu_ms * MIXED_FCM_DEVICES
+        ) / FANOUT_DEVICES
+        print(
+            f"    {MIXED_APNS_DEVICES} x APNs 100-device + {MIXED_FCM_DEVICES} x FCM 100-device"
+            f" rows at x{row.scenario.concurrency} predict {blend:.3f}: mixing in one request"
+            f" costs {row.pushd_cpu_ms - blend:+.3f} CPU-ms/notification{suspect(row, apns, fcm)}"
+        )
 
 
 def print_profile(path: Path) -> None:
     print()
     print(
-        f"cProfile of pushd during the 100-device runs, top {PROFILE_TOP} by tottime"
+        f"cProfile of pushd during the APNs 100-device runs, top {PROFILE_TOP} by tottime"
         " (profiling slows pushd: the table's CPU numbers above are inflated):"
     )
     stats = pstats.Stats(str(path), stream=sys.stdout)
@@ -364,7 +496,14 @@ def run(plan: Plan, profile: bool, keep: Path | None = None) -> None:
             workdir = keep
         started = time.monotonic()
         store = workdir / "pushd.sqlite3"
-        population = populate(str(store), REGISTRATIONS, FANOUT_USERS)
+        population = populate(
+            str(store),
+            REGISTRATIONS,
+            FANOUT_USERS,
+            fcm_single_users=FCM_SINGLE_USERS,
+            fcm_fanout_users=FCM_FANOUT_USERS,
+            mixed_users=MIXED_USERS,
+        )
         print(
             f"stored {population.registrations:,} registrations in"
             f" {time.monotonic() - started:.1f} s",
@@ -381,6 +520,35 @@ def run(plan: Plan, profile: bool, keep: Path | None = None) -> None:
             )
         )
         upstream_port = int(simulator.wait_ready())
+        # The simulator trusts the key before it starts; the service account can only be
+        # written once it listens, because its token_uri names the simulator's port.
+        account_key = rsa.generate_private_key(
+            public_exponent=RSA_PUBLIC_EXPONENT, key_size=SERVICE_ACCOUNT_KEY_BITS
+        )
+        fcm_ca_file = workdir / "fcm-simulator-ca.pem"
+        fcm_simulator = stack.enter_context(
+            running(
+                Child(
+                    "fcm simulator",
+                    [
+                        PYTHON,
+                        str(HERE / "fcm_simulator.py"),
+                        f"--ca-out={fcm_ca_file}",
+                        f"--public-key={write_public_key(account_key, workdir / 'fcm-key.pub')}",
+                    ],
+                    workdir / "fcm-simulator.log",
+                )
+            )
+        )
+        fcm_port = int(fcm_simulator.wait_ready())
+        service_account = workdir / "fcm-service-account.json"
+        make_service_account(
+            service_account,
+            FCM_PROJECT,
+            f"https://127.0.0.1:{fcm_port}/token",
+            FCM_CLIENT_EMAIL,
+            key=account_key,
+        )
         profile_path = workdir / "pushd.prof"
         pushd = stack.enter_context(
             running(
@@ -392,6 +560,9 @@ def run(plan: Plan, profile: bool, keep: Path | None = None) -> None:
                         f"--upstream-port={upstream_port}",
                         f"--ca-file={ca_file}",
                         f"--key-file={write_provider_key(workdir)}",
+                        f"--fcm-upstream-port={fcm_port}",
+                        f"--fcm-ca-file={fcm_ca_file}",
+                        f"--fcm-service-account={service_account}",
                         f"--store={store}",
                         *([f"--profile={profile_path}"] if profile else []),
                     ],
@@ -402,10 +573,15 @@ def run(plan: Plan, profile: bool, keep: Path | None = None) -> None:
         url = pushd.wait_ready()
         port = int(url.rsplit(":", 1)[1])
         startup_rss_mb = status_kib(pushd.pid, "VmRSS") / KIB_PER_MB
-        pids = {"pushd": pushd.pid, "simulator": simulator.pid}
+        pids = {PUSHD: pushd.pid, APNS_SIM: simulator.pid, FCM_SIM: fcm_simulator.pid}
         try:
-            print(f"pushd at {url}, simulator on port {upstream_port}; warming up", flush=True)
-            drive(plan.warmup, port, population, pids)
+            print(
+                f"pushd at {url}, APNs simulator on port {upstream_port}, FCM simulator on"
+                f" port {fcm_port}; warming up",
+                flush=True,
+            )
+            for warmup in plan.warmups:
+                drive(warmup, port, population, pids)
             rows = []
             for scenario in plan.scenarios:
                 print(
@@ -421,9 +597,12 @@ def run(plan: Plan, profile: bool, keep: Path | None = None) -> None:
                     os.kill(pushd.pid, signal.SIGUSR2)
                 rows.append(Row.from_report(scenario, report, status_kib(pushd.pid, "VmHWM")))
         except BenchmarkError as error:
-            raise BenchmarkError(f"{error}{pushd.tail()}{simulator.tail()}") from None
+            raise BenchmarkError(
+                f"{error}{pushd.tail()}{simulator.tail()}{fcm_simulator.tail()}"
+            ) from None
         pushd.stop()
         simulator.stop()
+        fcm_simulator.stop()
         print_report(rows, population, startup_rss_mb, plan is QUICK)
         print(f"\nwhole run: {time.monotonic() - started:.0f} s")
         if profile:
@@ -434,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny run: does it still work?")
     parser.add_argument(
-        "--profile", action="store_true", help="cProfile pushd during the 100-device runs"
+        "--profile", action="store_true", help="cProfile pushd during the APNs 100-device runs"
     )
     parser.add_argument(
         "--keep",

@@ -14,6 +14,7 @@ import time
 from pushd.config import LogConfig
 
 QUIET_LOGGERS = ("hpack", "h2", "httpx", "httpcore", "hypercorn.access")
+CHATTY_LOGGERS = ("httpx",)
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
@@ -55,3 +56,6 @@ def quiet_libraries() -> None:
     """
     for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.INFO)
+    # httpx logs every request at INFO ("HTTP Request: POST ..."): one line per FCM send.
+    for chatty in CHATTY_LOGGERS:
+        logging.getLogger(chatty).setLevel(logging.WARNING)

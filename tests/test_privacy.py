@@ -58,3 +58,22 @@ async def test_logs_never_hold_content_or_full_tokens(
     for t in [*tokens, token(9)]:
         assert t not in text
     assert mask_token(tokens[0]) in text  # the dead token is named, masked
+
+
+async def test_fcm_sends_are_not_logged_one_line_each(
+    start_pushd, fcm_simulator, fcm_key, ca_file, tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.conftest import fcm_entry
+
+    caplog.set_level(logging.INFO)  # pushd's default level
+    logs.quiet_libraries()  # as `pushd serve` does
+    pushd = await start_pushd(
+        apps=[fcm_entry("android", fcm_simulator, fcm_key, ca_file, tmp_path)]
+    )
+    device = "fcm-device-0001:APA91b" + "x" * 40
+    await pushd.register("user", device, app="android")
+    caplog.clear()
+    for _ in range(3):
+        await pushd.send({"user": "user", "alert": SECRET})
+    assert [r for r in caplog.records if r.name.startswith("httpx")] == []
+    assert SECRET not in caplog.text and device not in caplog.text
