@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from pushd.model import ApnsPush, Delivered, Failed, Outcome, RetryLater, TokenDead
 from pushd.simulators.apns import ApnsSimulator, SimReply
-from pushd.upstream.apns import client as client_module
-from pushd.upstream.apns import connection
+from pushd.upstream import h2conn as connection
+from pushd.upstream import h2pool
 from pushd.upstream.apns.client import ApnsClient
 from pushd.upstream.apns.jwt import p8_pem
 from pushd.upstream.apns.settings import ApnsSettings, CertAuth, TokenAuth
@@ -279,8 +279,8 @@ async def test_request_timeout(env: Env) -> None:
 async def test_unreachable_server_fails_fast_then_recovers(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(client_module, "RECONNECT_BACKOFF_BASE", 0.05)
-    monkeypatch.setattr(client_module, "RECONNECT_BACKOFF_MAX", 0.1)
+    monkeypatch.setattr(h2pool, "RECONNECT_BACKOFF_BASE", 0.05)
+    monkeypatch.setattr(h2pool, "RECONNECT_BACKOFF_MAX", 0.1)
     with trio.socket.socket() as sock:  # a port nobody listens on (yet)
         await sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -482,7 +482,7 @@ async def test_expired_provider_token_twice_in_a_batch(env: Env) -> None:
 async def test_batch_against_unreachable_port_fails_fast(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(client_module, "RECONNECT_BACKOFF_BASE", 0.05)
+    monkeypatch.setattr(h2pool, "RECONNECT_BACKOFF_BASE", 0.05)
     with trio.socket.socket() as sock:
         await sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -547,10 +547,10 @@ def test_spread_levels_free_slots() -> None:
             self.free_slots = free
 
     conns = [Conn(5), Conn(10), Conn(0), Conn(8)]
-    got = {conns.index(c): n for c, n in client_module.spread(conns, 9)}  # type: ignore[arg-type]
+    got = {conns.index(c): n for c, n in h2pool.spread(conns, 9)}  # type: ignore[arg-type]
     assert sum(got.values()) == 9 and 2 not in got
     # What is left is level: as if each slot had gone to the one with most free.
     assert sorted(c.free_slots - got.get(n, 0) for n, c in enumerate(conns)) == [0, 4, 5, 5]
-    got = {conns.index(c): n for c, n in client_module.spread(conns, 100)}  # type: ignore[arg-type]
+    got = {conns.index(c): n for c, n in h2pool.spread(conns, 100)}  # type: ignore[arg-type]
     assert got == {0: 5, 1: 10, 3: 8}
-    assert client_module.spread([], 3) == []
+    assert h2pool.spread([], 3) == []

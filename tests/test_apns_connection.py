@@ -16,8 +16,7 @@ from h2.exceptions import TooManyStreamsError
 from h2.settings import SettingCodes
 from hpack import NeverIndexedHeaderTuple
 
-from pushd.upstream.apns.connection import _H2
-from pushd.upstream.apns.request import Header
+from pushd.upstream.h2conn import _H2, Header
 
 HEADERS: list[Header] = [
     (b":method", b"POST"),

@@ -13,8 +13,8 @@ from hpack.exceptions import (
     OversizedHeaderListError,
 )
 
-from pushd.upstream.apns import hpack as ours
-from pushd.upstream.apns.hpack import (
+from pushd.upstream import hpack as ours
+from pushd.upstream.hpack import (
     FIELD_CACHE_SIZE,
     HeaderDecoder,
     HeaderEncoder,

@@ -236,7 +236,7 @@ async def test_dropped_connection_is_retry_later(client: FcmClient, fcm_sim: Fcm
     fcm_sim.script(token(1), FcmReply(action="drop"))
     outcome = await client.send(token(1), PUSH)
     assert isinstance(outcome, RetryLater)
-    assert outcome.reason.startswith("connection: ")
+    assert outcome.reason.startswith("connection lost: ")
     assert isinstance(await client.send(token(2), PUSH), Delivered)
 
 
@@ -273,3 +273,83 @@ async def test_logs_carry_no_tokens_or_payloads(
     assert not [
         r for r in caplog.records if r.name.startswith("pushd") and r.levelno == logging.INFO
     ]
+
+
+async def test_send_many_mixed_outcomes_each_index_once(
+    client: FcmClient, fcm_sim: FcmSimulator
+) -> None:
+    """One batch of 100: answers of every kind, and tokens reported without sending."""
+    tokens = [token(n) for n in range(100)]
+    expected: dict[int, Outcome | type[Delivered]] = dict.fromkeys(range(100), Delivered)
+    for n in range(0, 100, 10):
+        fcm_sim.script(token(n), FcmReply(error_code="UNREGISTERED"))
+        expected[n] = TokenDead("UNREGISTERED")
+    for n in range(5, 100, 20):
+        fcm_sim.script(token(n), FcmReply(error_code="UNAVAILABLE", retry_after=7))
+        expected[n] = RetryLater("UNAVAILABLE", 7.0)
+    tokens[7] = 'x"}, "topic": "all'
+    expected[7] = TokenDead("INVALID_ARGUMENT")
+    tokens[8] = ""
+    expected[8] = Failed("token: missing")
+    reports: list[tuple[int, Outcome]] = []
+    await client.send_many(tokens, PUSH, lambda i, o: reports.append((i, o)))
+    assert sorted(i for i, _ in reports) == list(range(100))
+    for index, outcome in reports:
+        want = expected[index]
+        if want is Delivered:
+            assert isinstance(outcome, Delivered), (index, outcome)
+            assert outcome.upstream_id is not None
+        else:
+            assert outcome == want, (index, outcome)
+    assert len(fcm_sim.received) == 98  # the two malformed tokens were never sent
+    assert fcm_sim.http_versions["2"] == 98
+
+
+async def test_send_many_401_mid_batch_refreshes_once(
+    client: FcmClient, fcm_sim: FcmSimulator
+) -> None:
+    assert isinstance(await client.send(token(0), PUSH), Delivered)
+    fcm_sim.expire_tokens()
+    reports: dict[int, Outcome] = {}
+
+    def report(index: int, outcome: Outcome) -> None:
+        assert index not in reports
+        reports[index] = outcome
+
+    await client.send_many([token(n) for n in range(1, 101)], PUSH, report)
+    assert len(reports) == 100
+    assert all(isinstance(o, Delivered) for o in reports.values()), reports
+    assert fcm_sim.token_requests == 2
+    assert [r.status for r in fcm_sim.received if r.token == token(1)] == [401, 200]
+
+
+async def test_send_many_token_endpoint_down(client: FcmClient, fcm_sim: FcmSimulator) -> None:
+    fcm_sim.token_endpoint_down = True
+    reports: list[tuple[int, Outcome]] = []
+    await client.send_many([token(1), "", token(2)], PUSH, lambda i, o: reports.append((i, o)))
+    assert sorted(i for i, _ in reports) == [0, 1, 2]
+    outcomes = dict(reports)
+    assert outcomes[1] == Failed("token: missing")
+    for index in (0, 2):
+        outcome = outcomes[index]
+        assert isinstance(outcome, RetryLater)
+        assert "token endpoint" in outcome.reason
+    assert not fcm_sim.received
+
+
+async def test_send_many_dropped_connection(client: FcmClient, fcm_sim: FcmSimulator) -> None:
+    """A connection reset mid-batch: what was on it is RetryLater, each index once."""
+    assert isinstance(await client.send(token(0), PUSH), Delivered)
+    fcm_sim.script(token(5), FcmReply(action="drop"))
+    reports: dict[int, Outcome] = {}
+
+    def report(index: int, outcome: Outcome) -> None:
+        assert index not in reports
+        reports[index] = outcome
+
+    await client.send_many([token(n) for n in range(1, 21)], PUSH, report)
+    assert len(reports) == 20
+    lost = [o for o in reports.values() if not isinstance(o, Delivered)]
+    assert lost
+    assert all(isinstance(o, RetryLater) and o.reason.startswith("connection") for o in lost)
+    assert isinstance(await client.send(token(30), PUSH), Delivered)

@@ -2,7 +2,7 @@
 
 Per-request CPU matters (protocol notes §3.8: HPACK was 28 % of Sygnal's APNs path), so
 headers are bytes, come in one stable order, and the ones that repeat are the same
-objects every time (cached here), which :mod:`pushd.upstream.apns.hpack` turns into
+objects every time (cached here), which :mod:`pushd.upstream.hpack` turns into
 cached encoded bytes.  ``:path`` and ``authorization`` — the values that change per
 request or per token refresh — are never-indexed literals, as Apple suggests (as are
 ``apns-id`` and ``apns-expiration``, unique per request).  Our encoder uses no dynamic

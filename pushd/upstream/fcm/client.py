@@ -1,30 +1,31 @@
-"""The FCM HTTP v1 client of one app: long-lived HTTP/2 connections through httpx.
+"""The FCM HTTP v1 client of one app: pushd's own pool of long-lived HTTP/2 connections.
 
 Usage (the delivery engine owns the nursery)::
 
     client = FcmClient(settings)
     await nursery.start(client.run)
     outcome = await client.send(token, push)
+    await client.send_many(tokens, push, report)   # report(index, outcome) per token
 
-**Connections.**  httpx (httpcore 1.0.9) caps one HTTP/2 connection at 100 concurrent
-streams and never opens a second connection to the same origin while the first is
-usable: extra requests queue on the connection's semaphore (protocol notes §1.6).  So
-the client runs ``settings.connections`` separate ``AsyncClient`` s, each holding one
-connection, and sends each request through the least busy one: 2 clients carry up to
-200 requests in flight.
-
-**The shrink wedge.**  httpcore applies a *lowered* ``SETTINGS_MAX_CONCURRENT_STREAMS``
-by acquiring semaphore permits while holding its read lock; if a server drops the limit
-below the streams in flight, the connection can stop reading (§1.6).  FCM is not known
-to do this, but a wedged connection must not hold sends forever: every send is bounded
-by ``settings.request_timeout`` (a trio cancel scope, which also covers waiting on that
-semaphore, which httpx's own timeouts do not), and a connection whose requests time
-out :data:`RECYCLE_AFTER_TIMEOUTS` times in a row is replaced by a fresh client.
+**Connections.**  The pool, its connections and batches are shared with the APNs client
+(:mod:`pushd.upstream.h2pool`, :mod:`pushd.upstream.h2conn`): ``settings.connections``
+connections opened on demand, each with as many streams as FCM's SETTINGS allow (100
+assumed if it does not say), requests queued FIFO for free stream slots.  It replaced
+httpx, which cost about 2 CPU-ms per send and much of pushd's memory (benchmarks/
+fcm_client.py), and whose connection pool had to be worked around (one ``AsyncClient``
+per connection, the shrink wedge).  A batch (:meth:`FcmClient.send_many`) encodes the
+headers once and splices each token into the shared message
+(:func:`~pushd.upstream.fcm.message.body_for`), so a request costs a few byte
+concatenations.  Every call is bounded by ``settings.request_timeout``, and a connection
+on which :data:`RECYCLE_AFTER_TIMEOUTS` calls in a row timed out with no answer in
+between is replaced: the sign of a silently dead or wedged connection.
 
 **Access tokens.**  One :class:`~pushd.upstream.fcm.oauth.AccessTokens` per client,
-shared by all sends.  A 401 ``UNAUTHENTICATED`` invalidates the token that was refused
-and resends once with a new one; a token endpoint that is down makes sends
-``RetryLater`` (it never raises into the app's lane).
+shared by all sends; the token endpoint stays on httpx (HTTP/1.1, about once an hour).
+A batch fetches the token before it builds its headers.  A 401 ``UNAUTHENTICATED``
+invalidates the token that was refused, and the batch's own task fetches a new one
+(the readers cannot await) and resends each refused request once; a token endpoint that
+is down makes sends ``RetryLater`` (it never raises into the app's lane).
 
 **A project that does not match.**  ``SENDER_ID_MISMATCH`` means the token belongs to
 another Firebase project: for one token, it is dead.  When most recent sends of the app
@@ -40,31 +41,37 @@ import collections
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 from urllib.parse import quote, urlsplit
 
-import attrs
-import h2.exceptions
 import httpx
 import trio
+from hpack import NeverIndexedHeaderTuple
 
-from pushd.model import Failed, FcmPush, Outcome, RetryLater, TokenDead, mask_token
+from pushd.model import Failed, FcmPush, Outcome, RetryLater, TokenDead
 from pushd.upstream.fcm.classify import Unauthenticated, classify
 from pushd.upstream.fcm.message import InvalidToken, body_for
 from pushd.upstream.fcm.oauth import AccessTokens, TokenUnavailable
 from pushd.upstream.fcm.service_account import load_private_key
 from pushd.upstream.fcm.settings import FcmSettings
+from pushd.upstream.h2conn import Peer, Stream
+from pushd.upstream.h2pool import REAUTHENTICATE, Batch, H2Pool, Reauthenticate, Report
+from pushd.upstream.hpack import encode_fields
 
 log = logging.getLogger("pushd.upstream.fcm")
 
 #: Replace a connection after this many consecutive timeouts without any response:
-#: the sign of a wedged (§1.6) or silently dead connection.
+#: the sign of a wedged or silently dead connection.
 RECYCLE_AFTER_TIMEOUTS: Final = 3
-#: Idle HTTP/2 connections are kept this long (httpx's default is 5 s, which would mean
-#: a new TLS handshake for most pushes of a quiet gateway).
-KEEPALIVE_EXPIRY: Final = 300.0
-#: Bound on closing the clients at shutdown.
+#: Streams per connection when FCM's SETTINGS do not say (FCM's documented limit, and
+#: what it sends today).
+DEFAULT_STREAMS: Final = 100
+#: How FCM looks to a connection: no message-id header (it is in the JSON body).
+FCM_PEER: Final = Peer("FCM", log, default_streams=DEFAULT_STREAMS, connect_level=logging.DEBUG)
+#: Log prefix of the pool's lines: ``fcm[app]``.
+LOG_LABEL: Final = "fcm"
+#: Bound on closing the token endpoint's client at shutdown.
 CLOSE_TIMEOUT: Final = 5.0
 #: SENDER_ID_MISMATCH alarm: over the last ALARM_WINDOW answered sends, at least
 #: ALARM_MIN_SENDS of them, more than ALARM_RATIO mismatches raise it; it clears (and
@@ -75,31 +82,75 @@ ALARM_MIN_SENDS: Final = 20
 ALARM_RATIO: Final = 0.5
 ALARM_CLEAR_RATIO: Final = 0.25
 SENDER_ID_MISMATCH: Final = "SENDER_ID_MISMATCH"
+UNAUTHENTICATED: Final = "UNAUTHENTICATED"
 USER_AGENT: Final = "pushd"
+NOT_RUNNING: Final = "FCM client not running"
 
 
-@attrs.define(eq=False)
-class _Slot:
-    """One httpx client (one HTTP/2 connection) and how busy and healthy it is."""
+def make_ssl_context(settings: FcmSettings, *, h2: bool = False) -> ssl.SSLContext:
+    """TLS 1.2+ trusting the system store plus ``settings.ca_file``; ALPN h2 if ``h2``.
 
-    index: int
-    http: httpx.AsyncClient
-    in_flight: int = 0
-    #: Consecutive timeouts since the last response on this slot.
-    timeouts: int = 0
-
-
-def make_ssl_context(settings: FcmSettings) -> ssl.SSLContext:
-    """TLS 1.2+ trusting the system store plus ``settings.ca_file``.
-
-    httpcore sets ALPN on the context it is given, so HTTP/2 and HTTP/1.1 clients must
-    not share one: call this once per kind.
+    The token endpoint's httpx client sets its own ALPN on the context it is given, so
+    the two must not share one.
     """
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if h2:
+        ctx.set_alpn_protocols(["h2"])
     if settings.ca_file:
         ctx.load_verify_locations(cafile=settings.ca_file)
     return ctx
+
+
+class _FcmBatch(Batch):
+    """One :meth:`FcmClient.send_many` call: shared encoded headers, per-token body."""
+
+    __slots__ = ("bodies", "client", "fields", "tokens")
+
+    def __init__(self, client: FcmClient, tokens: AccessTokens, report: Report, count: int) -> None:
+        super().__init__(client.pool, report, count, None)
+        self.client = client
+        self.tokens = tokens
+        self.fields = b""
+        #: Request body per index (empty for tokens reported without sending).
+        self.bodies: list[bytes] = []
+
+    def set_credential(self, credential: str | None) -> None:
+        """Encode the headers every request shares, for the access token ``credential``."""
+        self.credential = credential
+        self.fields = self.client.fields_for(credential or "")
+
+    def build(self, index: int) -> tuple[bytes, bytes]:
+        return self.fields, self.bodies[index]
+
+    def classify(self, stream: Stream) -> Outcome | Reauthenticate:
+        client = self.client
+        verdict = classify(
+            stream.status, stream.response_body(), stream.retry_after, now=client.clock()
+        )
+        if isinstance(verdict, Unauthenticated):
+            return REAUTHENTICATE
+        return client.observe(verdict)
+
+    def credential_refused(self) -> Outcome:
+        return Failed(UNAUTHENTICATED, credential=True)
+
+    def renew(self, seen: str) -> str | None:
+        """Forget the refused token (only the first 401 for it does); fetch in the task."""
+        self.tokens.invalidate(seen)
+        return None
+
+    async def renew_async(self) -> str | Outcome:
+        try:
+            return await self.tokens.get()
+        except TokenUnavailable as exc:
+            return _token_failure(exc)
+
+
+def _token_failure(exc: TokenUnavailable) -> Outcome:
+    if exc.credential:
+        return Failed(f"oauth: {exc.reason}", credential=True)
+    return RetryLater(exc.reason, exc.retry_after)
 
 
 class FcmClient:
@@ -115,24 +166,39 @@ class FcmClient:
             raise ValueError("FCM project_id is empty")
         # Fail at start, not an hour later, if the key is unusable.
         load_private_key(settings.account.private_key_pem)
-        self._url = httpx.URL(
-            settings.base_url.rstrip("/")
-            + f"/v1/projects/{quote(settings.project_id, safe='')}/messages:send"
+        self.pool = H2Pool(
+            FCM_PEER,
+            name=settings.name,
+            label=LOG_LABEL,
+            host=url.hostname,
+            port=url.port or 443,
+            ssl_context=make_ssl_context(settings, h2=True),
+            connections=settings.connections,
+            recycle_after_timeouts=RECYCLE_AFTER_TIMEOUTS,
         )
-        self._h2_context = make_ssl_context(settings)
+        base_path = url.path.rstrip("/")
+        path = f"{base_path}/v1/projects/{quote(settings.project_id, safe='')}/messages:send"
+        #: Encoded headers before and after ``authorization``, shared by every request.
+        self._prefix = encode_fields(
+            [
+                (b":method", b"POST"),
+                (b":scheme", b"https"),
+                (b":authority", self.pool.authority.encode("ascii")),
+                (b":path", path.encode("ascii")),
+                (b"content-type", b"application/json"),
+                (b"user-agent", USER_AGENT.encode("ascii")),
+            ]
+        )
+        #: (access token, its encoded headers): the token changes about once an hour.
+        self._fields: tuple[str, bytes] = ("", b"")
         self._token_context = make_ssl_context(settings)
-        self._slots: list[_Slot] = []
-        self._retired: list[httpx.AsyncClient] = []
         self._token_http: httpx.AsyncClient | None = None
         self._tokens: AccessTokens | None = None
-        self._nursery: trio.Nursery | None = None
         #: Answered sends, newest last: True for a SENDER_ID_MISMATCH.
         self._recent: collections.deque[bool] = collections.deque(maxlen=ALARM_WINDOW)
         self._mismatches = 0
         #: Whether the SENDER_ID_MISMATCH alarm is raised.
         self.mismatch_alarm = False
-        #: Connections replaced after repeated timeouts, for metrics and tests.
-        self.recycled = 0
 
     @property
     def access_tokens(self) -> AccessTokens | None:
@@ -141,148 +207,120 @@ class FcmClient:
 
     @property
     def in_flight(self) -> int:
-        """Requests now on the wire or queued in httpx."""
-        return sum(slot.in_flight for slot in self._slots)
+        """Requests now on the wire."""
+        return self.pool.in_flight
+
+    @property
+    def recycled(self) -> int:
+        """Connections replaced after repeated timeouts, for metrics and tests."""
+        return self.pool.recycled
+
+    def clock(self) -> float:
+        """Wall-clock seconds (an HTTP-date ``Retry-After`` is measured with it)."""
+        return self._clock()
+
+    def fields_for(self, access: str) -> bytes:
+        """The encoded header fields of a request sent with ``access``, cached per token."""
+        cached_token, fields = self._fields
+        if access != cached_token:
+            # Never indexed: a bearer token must not enter any HPACK table (RFC 7541 §7.1.3).
+            auth = NeverIndexedHeaderTuple(b"authorization", b"Bearer " + access.encode("ascii"))
+            fields = self._prefix + encode_fields([auth])
+            self._fields = (access, fields)
+        return fields
 
     # --- lifecycle --------------------------------------------------------------------
 
-    def _new_http2(self) -> httpx.AsyncClient:
-        settings = self._settings
-        return httpx.AsyncClient(
-            http2=True,
-            verify=self._h2_context,
-            timeout=httpx.Timeout(settings.request_timeout),
-            # One connection per client (see the module docstring); room for a second
-            # only while the first drains after a GOAWAY.
-            limits=httpx.Limits(
-                max_connections=2, max_keepalive_connections=1, keepalive_expiry=KEEPALIVE_EXPIRY
-            ),
-            headers={"user-agent": USER_AGENT},
-        )
-
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Own the HTTP clients until cancelled.  Reports started at once; connects on demand."""
-        if self._nursery is not None or self._slots:
+        """Own the connections until cancelled.  Reports started at once; connects on demand."""
+        if self._tokens is not None:
             raise RuntimeError("FcmClient.run() called twice")
         settings = self._settings
-        self._token_http = httpx.AsyncClient(
+        token_http = self._token_http = httpx.AsyncClient(
             verify=self._token_context, headers={"user-agent": USER_AGENT}
         )
-        self._tokens = AccessTokens(settings.account, self._token_http, clock=self._clock)
-        self._slots = [_Slot(i, self._new_http2()) for i in range(max(1, settings.connections))]
+        self._tokens = AccessTokens(settings.account, token_http, clock=self._clock)
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                task_status.started()
-                await trio.sleep_forever()
+            await self.pool.run(task_status=task_status)
         finally:
-            self._nursery = None
-            clients = [slot.http for slot in self._slots] + self._retired
-            clients.append(self._token_http)
+            self._tokens = None
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + CLOSE_TIMEOUT
-                for client in clients:
-                    await client.aclose()
+                await token_http.aclose()
 
     # --- sending ----------------------------------------------------------------------
 
     async def send(self, token: str, push: FcmPush) -> Outcome:
-        """Deliver one message and say what happened.
+        """Deliver one message and say what happened: :meth:`send_many` of one."""
+        outcomes: list[Outcome] = []
+        await self.send_many((token,), push, lambda _index, outcome: outcomes.append(outcome))
+        return outcomes[0]
+
+    async def send_many(
+        self, tokens: Sequence[str], push: FcmPush, report: Callable[[int, Outcome], None]
+    ) -> None:
+        """Send ``push`` to every token at once; call ``report(index, outcome)`` exactly once
+        per index, as each answer arrives; return when every index has been reported.
 
         Never raises for network, FCM or token-endpoint trouble (those are
         :class:`RetryLater`); only cancellation and programming errors escape.  The whole
-        call, token refresh included, is bounded by ``settings.request_timeout``.
+        call, token refresh and waiting for stream slots included, is bounded by
+        ``settings.request_timeout``: whatever is unanswered then is
+        ``RetryLater("timeout")`` and its stream is reset.
 
         * A token that cannot be a registration token is never sent:
           ``TokenDead("INVALID_ARGUMENT")``, as FCM would answer (``Failed`` if empty).
-        * 401 ``UNAUTHENTICATED``: the access token is refreshed and the message resent
-          once; a second 401 is ``Failed(credential=True)``.
+        * 401 ``UNAUTHENTICATED``: the access token is refreshed (once, however many
+          requests saw it) and each refused message resent once; a second 401 is
+          ``Failed(credential=True)``.
         * The token endpoint refusing the account (``invalid_grant``...) is
           ``Failed(credential=True)``; the endpoint being down is ``RetryLater``.
+        * A request FCM certainly did not process (GOAWAY above it, REFUSED_STREAM) is
+          resent on another connection; one whose connection failed after it was
+          written is ``RetryLater("connection lost: ...")``.
+
+        ``report`` is called from whichever task sees the answer (usually a connection's
+        reader), so it must be quick and must not block.  If it raises, the other
+        indices are still reported and the first exception is raised at the end.  If
+        the call is cancelled, indices not reported yet are never reported.
         """
-        try:
-            body = body_for(token, push)
-        except InvalidToken as exc:
-            return TokenDead("INVALID_ARGUMENT") if token else Failed(str(exc))
-        tokens = self._tokens
-        if tokens is None or self._nursery is None:
-            return RetryLater("FCM client not running")
-
-        slot: _Slot | None = None
-        refreshed = False
-        with trio.move_on_after(self._settings.request_timeout):
-            while True:
-                try:
-                    access = await tokens.get()
-                except TokenUnavailable as exc:
-                    if exc.credential:
-                        return Failed(f"oauth: {exc.reason}", credential=True)
-                    return RetryLater(exc.reason, exc.retry_after)
-                slot = min(self._slots, key=_busy)
-                slot.in_flight += 1
-                try:
-                    response = await slot.http.post(
-                        self._url,
-                        content=body,
-                        headers={
-                            "authorization": "Bearer " + access,
-                            "content-type": "application/json",
-                        },
-                    )
-                except httpx.TimeoutException:
-                    break
-                except (httpx.HTTPError, h2.exceptions.H2Error) as exc:
-                    return RetryLater(f"connection: {type(exc).__name__}")
-                finally:
-                    slot.in_flight -= 1
-                slot.timeouts = 0
-                verdict = classify(
-                    response.status_code,
-                    response.content,
-                    response.headers.get("retry-after"),
-                    now=self._clock(),
-                )
-                if isinstance(verdict, Unauthenticated):
-                    if refreshed:
-                        return Failed("UNAUTHENTICATED", credential=True)
-                    refreshed = True
-                    tokens.invalidate(access)
-                    slot = None
-                    continue
-                return self._observe(verdict)
-        if slot is not None:
-            self._timed_out(slot)
-        log.debug("fcm[%s]: timeout for %s", self._settings.name, mask_token(token))
-        return RetryLater("timeout")
-
-    def _timed_out(self, slot: _Slot) -> None:
-        """Count a timeout on ``slot``; replace its connection after too many in a row."""
-        slot.timeouts += 1
-        nursery = self._nursery
-        if slot.timeouts < RECYCLE_AFTER_TIMEOUTS or nursery is None:
+        deadline = trio.current_time() + self._settings.request_timeout
+        holder = self._tokens
+        if holder is None:
+            for index in range(len(tokens)):
+                report(index, RetryLater(NOT_RUNNING))
             return
-        old = slot.http
-        slot.http = self._new_http2()
-        slot.timeouts = 0
-        self.recycled += 1
-        self._retired.append(old)
-        log.warning(
-            "fcm[%s] connection %d: %d requests in a row timed out; replacing the connection",
-            self._settings.name,
-            slot.index,
-            RECYCLE_AFTER_TIMEOUTS,
-        )
-        nursery.start_soon(self._retire, old)
-
-    async def _retire(self, old: httpx.AsyncClient) -> None:
-        # Requests still on the old connection end by their own timeout; then close it.
-        await trio.sleep(self._settings.request_timeout)
-        self._retired.remove(old)
-        await old.aclose()
+        batch = _FcmBatch(self, holder, report, len(tokens))
+        bodies = batch.bodies
+        pending = batch.pending
+        for index, token in enumerate(tokens):
+            try:
+                body = body_for(token, push)
+            except InvalidToken as exc:
+                bodies.append(b"")
+                batch.finish(index, TokenDead("INVALID_ARGUMENT") if token else Failed(str(exc)))
+                continue
+            bodies.append(body)
+            pending.append(index)
+        if pending:
+            failure: Outcome = RetryLater("timeout")
+            access = None
+            with trio.move_on_at(deadline):
+                try:
+                    access = await holder.get()
+                except TokenUnavailable as exc:
+                    failure = _token_failure(exc)
+            if access is None:
+                while pending:
+                    batch.finish(pending.popleft(), failure)
+            else:
+                batch.first_credential = access
+                batch.set_credential(access)
+        await self.pool.send_batch(batch, deadline)
 
     # --- SENDER_ID_MISMATCH alarm -----------------------------------------------------
 
-    def _observe(self, outcome: Outcome) -> Outcome:
+    def observe(self, outcome: Outcome) -> Outcome:
         """Feed an answered send into the mismatch window; return the outcome to report."""
         if isinstance(outcome, RetryLater):  # says nothing about the tokens
             return outcome
@@ -311,7 +349,3 @@ class FcmClient:
         if mismatch and self.mismatch_alarm:
             return Failed(SENDER_ID_MISMATCH, credential=True)
         return outcome
-
-
-def _busy(slot: _Slot) -> int:
-    return slot.in_flight

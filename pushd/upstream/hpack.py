@@ -1,4 +1,4 @@
-"""A minimal HPACK encoder for APNs requests: static-table names, literals, no dynamic table.
+"""A minimal HPACK coder for pushd's HTTP/2 clients (APNs, FCM): no dynamic table on send.
 
 Why not :class:`hpack.Encoder`: it is pure Python and does table searches, integer
 encoding and (optionally) Huffman coding per header per request; Sygnal spent 28 % of
@@ -18,6 +18,9 @@ within the new limit.  A raised limit needs nothing, since we never use the room
 The cost is bandwidth: repeated fields (authority, topic, the JWT) are re-sent in full,
 some 250 bytes per request more than a fully indexing encoder, on connections that are
 never bandwidth-bound.
+
+Shared by :mod:`pushd.upstream.h2conn`, hence by both providers' clients: an FCM
+request is the same shape (fixed headers, one bearer token) with the token in the body.
 """
 
 from __future__ import annotations

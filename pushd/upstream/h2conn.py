@@ -1,6 +1,12 @@
-"""One long-lived HTTP/2 connection to APNs: h2 state, a reader, a writer and a pinger.
+"""One long-lived HTTP/2 connection to a push service: h2 state, a reader, a writer, a pinger.
 
-The pool (:mod:`pushd.upstream.apns.client`) decides *which* connection a request uses
+Provider-neutral: APNs and FCM both take one POST per device over long-lived HTTP/2
+connections, and differ only in what a request carries and how an answer is read, which
+is the owners' business (:mod:`pushd.upstream.h2pool`).  What the connection needs to
+know of its peer is a :class:`Peer`: a name for log lines and failure reasons, the
+response header that carries a message id, and how many streams to assume.
+
+The pool (:mod:`pushd.upstream.h2pool`) decides *which* connection a request uses
 and reserves a stream slot on it; this module runs the protocol.  Three tasks per
 connection and nothing per request:
 
@@ -9,12 +15,13 @@ connection and nothing per request:
   progress go out together in the next one (one ``send_all`` for many requests);
 * the **pinger** sends a PING only after :data:`PING_INTERVAL` of silence and drops the
   connection if no ACK arrives within :data:`PING_TIMEOUT`.  Healthy idle connections are
-  never closed: Apple wants them kept for hours (unlike aioapns' 10 s idle close).
+  never closed: Apple wants them kept for hours (unlike aioapns' 10 s idle close), and
+  for FCM a new connection costs a TLS handshake the next push would wait for.
 
-Requests are opened in groups (:meth:`ApnsConnection.open_streams`: one batch's requests
+Requests are opened in groups (:meth:`PoolConnection.open_streams`: one batch's requests
 that share every header but ``:path``), and nothing waits per request: the reader tells
 each stream's :class:`StreamOwner` how it ended, which is exactly one of an answer,
-:class:`Unprocessed` (APNs certainly did not act on it: safe to resend elsewhere) or
+:class:`Unprocessed` (the server certainly did not act on it: safe to resend elsewhere) or
 :class:`Lost` (it may have been delivered: report, do not resend).
 """
 
@@ -53,21 +60,26 @@ from h2.events import (
 from h2.exceptions import H2Error, TooManyStreamsError
 from h2.settings import SettingCodes, Settings
 from h2.stream import StreamInputs
+from hpack import HeaderTuple
 
-from pushd.upstream.apns.hpack import HeaderDecoder, HeaderEncoder, encode_fields
-from pushd.upstream.apns.request import Header
+from pushd.upstream.hpack import HeaderDecoder, HeaderEncoder, encode_fields
 
-log = logging.getLogger("pushd.upstream.apns")
+#: One request header field; hpack's never-indexed tuple marks secrets.
+Header = HeaderTuple | tuple[bytes, bytes]
+#: Builds the request for a batch index: (encoded header fields, body).
+RequestBuilder = Callable[[int], tuple[bytes, bytes]]
 
-#: Send a PING after this many seconds without any frame from APNs.
+
+#: Send a PING after this many seconds without any frame from the server.
 PING_INTERVAL = 60.0
 #: Drop the connection if the PING ACK takes longer than this (seconds).
 PING_TIMEOUT = 10.0
-#: Our receive windows.  APNs answers are tiny, so these only have to be big enough that
-#: flow control never throttles answers; acknowledging data keeps them open.
+#: Our receive windows.  Answers are tiny (FCM's JSON bodies too), so these only have to
+#: be big enough that flow control never throttles answers; acknowledging data keeps
+#: them open.
 STREAM_WINDOW = 1 << 20
 CONNECTION_WINDOW = 1 << 24
-#: SETTINGS_MAX_CONCURRENT_STREAMS we advertise.  APNs opens no streams (push is off),
+#: SETTINGS_MAX_CONCURRENT_STREAMS we advertise.  The server opens no streams (push is off),
 #: but not 0: h2 checks this limit whenever HEADERS arrive for a stream it no longer
 #: knows, which is what an answer that crossed our RST_STREAM looks like once the closed
 #: stream was pruned.  With 0 that check kills the connection; with 1 it passes and h2
@@ -105,7 +117,7 @@ _H2_CONFIG = H2Configuration(
 
 @attrs.frozen
 class Unprocessed:
-    """APNs did not act on the request (GOAWAY above it, REFUSED_STREAM, never sent)."""
+    """The server did not act on the request (GOAWAY above it, REFUSED_STREAM, never sent)."""
 
     reason: str
 
@@ -130,7 +142,8 @@ class StreamOwner(Protocol):
     """
 
     def stream_answered(self, stream: Stream) -> None:
-        """APNs answered: ``status``, ``apns_id``, ``retry_after`` and ``body()`` are set."""
+        """The server answered: ``status``, ``upstream_id``, ``retry_after`` and
+        ``response_body()`` are set."""
 
     def stream_failed(self, stream: Stream, failure: Failure) -> None:
         """The stream ended without an answer."""
@@ -143,9 +156,9 @@ class _DrainingStateMachine(H2ConnectionStateMachine):
     """h2's connection state machine, except that a received GOAWAY keeps it open.
 
     Stock h2 moves to CLOSED on GOAWAY and then rejects every later frame, including
-    the answers to streams at or below ``last_stream_id`` that APNs promises to finish.
+    the answers to streams at or below ``last_stream_id`` that the server promises to finish.
     We still never open a new stream after GOAWAY; that rule lives in
-    :attr:`ApnsConnection.accepting`.
+    :attr:`PoolConnection.accepting`.
     """
 
     _transitions = {
@@ -178,7 +191,7 @@ class _H2(H2Connection):
     def __init__(self) -> None:
         super().__init__(config=_H2_CONFIG)
         self.state_machine = _DrainingStateMachine()
-        # Static-table literals only, cached per field: see pushd.upstream.apns.hpack.
+        # Static-table literals only, cached per field: see pushd.upstream.hpack.
         # h2 only calls encode() and sets header_table_size, which HeaderEncoder has.
         self._encoder = HeaderEncoder()
         self.encoder = self._encoder  # type: ignore[assignment]
@@ -218,7 +231,7 @@ class _H2(H2Connection):
         machine = stream.state_machine
         machine.process_input(StreamInputs.SEND_HEADERS)
         # What stock send_headers reads from the headers: the method decides whether a
-        # response may have a body (HEAD); APNs requests are always POST.
+        # response may have a body (HEAD); push requests are always POST.
         stream.request_method = _POST
 
         block = self._encoder.block(fields)
@@ -272,7 +285,6 @@ class Stream:
     """One request on the wire: what its owner needs back, filled in by the reader."""
 
     __slots__ = (
-        "apns_id",
         "body",
         "chunks",
         "end_sent",
@@ -281,6 +293,7 @@ class Stream:
         "retry_after",
         "status",
         "stream_id",
+        "upstream_id",
     )
 
     def __init__(self, stream_id: int, owner: StreamOwner, index: int) -> None:
@@ -292,7 +305,7 @@ class Stream:
         self.body = b""
         self.end_sent = True
         self.status = 0
-        self.apns_id: str | None = None
+        self.upstream_id: str | None = None
         self.retry_after: str | None = None
         #: Response body pieces; None until one arrives (a 200 has no body).
         self.chunks: list[bytes] | None = None
@@ -302,15 +315,33 @@ class Stream:
         return b"".join(self.chunks) if self.chunks else b""
 
 
+@attrs.frozen
+class Peer:
+    """What a connection needs to know about the service at the other end."""
+
+    #: The service's name in failure reasons ("closed by APNs").
+    name: str
+    #: Logger the connection's lines go to (each provider has its own).
+    log: logging.Logger
+    #: Response header holding the server's id for the message (``apns-id``), if any.
+    id_header: bytes | None = None
+    #: Streams assumed when the server's SETTINGS do not limit them (h2 would assume
+    #: 2**32); None takes h2's figure, as APNs always sends the setting.
+    default_streams: int | None = None
+    #: Level of the pool's "connected" and "closed" lines: FCM's tests and operators
+    #: expect no INFO lines from its client, APNs has always logged connections.
+    connect_level: int = logging.INFO
+
+
 class ConnectionFailed(Exception):
     """Opening a connection failed (TLS, ALPN, or no SETTINGS from the server)."""
 
 
-class ApnsConnection:
+class PoolConnection:
     """One HTTP/2 connection.  Create with :meth:`open`, then run :meth:`serve`.
 
     ``reserved`` counts the streams open on behalf of the pool; the pool opens streams
-    (:meth:`open_streams`) only while ``reserved < max_streams``.  If APNs lowers
+    (:meth:`open_streams`) only while ``reserved < max_streams``.  If the server lowers
     SETTINGS_MAX_CONCURRENT_STREAMS below what is in flight, nothing is taken back:
     streams finish, ``reserved`` sinks, and new requests wait until it is below the new
     limit again.  Nothing ever blocks on the lowered limit, so no deadlock.
@@ -320,11 +351,15 @@ class ApnsConnection:
         self,
         sock: trio.SSLStream[trio.SocketStream],
         *,
+        peer: Peer,
         app: str,
         index: int,
-        on_capacity: Callable[[ApnsConnection], None],
+        on_capacity: Callable[[PoolConnection], None],
     ) -> None:
         self._sock = sock
+        self._peer = peer
+        self._log = peer.log
+        #: Log prefix: ``apns[app]``, ``fcm[app]``.
         self._app = app
         self.index = index
         self._on_capacity = on_capacity
@@ -357,6 +392,9 @@ class ApnsConnection:
         #: Requests that got an answer: a connection that never completed one counts as a
         #: failed connect attempt for the pool's backoff.
         self.completed = 0
+        #: Requests given up by their caller's deadline since the last answer here: the
+        #: pool replaces a connection that only times out (see H2Pool).
+        self.timeouts = 0
         self.lost_reason: str | None = None
         self._goaway_reason: str | None = None
 
@@ -418,12 +456,18 @@ class ApnsConnection:
         """Stop the connection now (the pool is shutting down)."""
         self._die("client closing")
 
+    def retire(self, reason: str) -> None:
+        """Take no new requests; close once the streams still open have ended."""
+        self.accepting = False
+        if not self._streams:
+            self._die(reason)
+
     def _fail_all(self, reason: str) -> None:
         streams = list(self._streams.values())
         self._streams.clear()
         self._blocked.clear()
         for stream in streams:
-            # Without END_STREAM on the body APNs cannot have processed it.
+            # Without END_STREAM on the body the server cannot have processed it.
             failure: Failure = (
                 Lost(f"connection lost: {reason}") if stream.end_sent else Unprocessed(reason)
             )
@@ -444,7 +488,7 @@ class ApnsConnection:
                 self._die(f"read failed: {type(exc).__name__}")
                 return
             if not data:
-                self._die("closed by APNs")
+                self._die(f"closed by {self._peer.name}")
                 return
             self._last_received = trio.current_time()
             try:
@@ -482,7 +526,7 @@ class ApnsConnection:
             with trio.move_on_after(PING_TIMEOUT):
                 await ack.wait()
             if not ack.is_set():
-                log.warning("apns[%s] connection %d: no PING ACK, closing", self._app, self.index)
+                self._log.warning("%s connection %d: no PING ACK, closing", self._app, self.index)
                 self._die("no PING ACK")
                 return
 
@@ -492,18 +536,13 @@ class ApnsConnection:
     # --- requests ---------------------------------------------------------------------
 
     def open_streams(
-        self,
-        owner: StreamOwner,
-        indices: Sequence[int],
-        paths: Sequence[bytes],
-        prefix: bytes,
-        suffix: bytes,
-        body: bytes,
+        self, owner: StreamOwner, indices: Sequence[int], build: RequestBuilder
     ) -> tuple[int, str | None]:
-        """Open one stream per index, all with the same headers but ``:path``; flush once.
+        """Open one stream per index, with the request ``build(index)`` gives; flush once.
 
-        The header block of ``indices[n]`` is ``prefix + paths[indices[n]] + suffix``
-        (encoded fields, :func:`pushd.upstream.apns.hpack.encode_fields`).  Streams open
+        ``build`` returns the encoded header fields (:func:`pushd.upstream.hpack.
+        encode_fields`; APNs splices ``:path`` into shared ones) and the body (FCM
+        splices the token into a shared message).  Streams open
         in order until one cannot; returns ``(streams opened, why the rest were not)``,
         the reason ``None`` when all opened.  Those not opened were never sent.  The
         caller only asks for as many as :attr:`free_slots` says, so a refusal means APNs
@@ -514,14 +553,14 @@ class ApnsConnection:
         h2 = self._h2
         send = h2.send_fields
         streams = self._streams
-        size = len(body)
         opened = 0
         failure: str | None = None
         for index in indices:
+            fields, body = build(index)
             try:
-                stream_id, sent = send(prefix + paths[index] + suffix, body)
+                stream_id, sent = send(fields, body)
             except TooManyStreamsError:
-                # APNs lowered its limit and we have not seen the SETTINGS event yet: take
+                # The server lowered its limit and we have not seen the SETTINGS event yet: take
                 # h2's word for it, so the pool stops offering slots here.
                 self.max_streams = h2.remote_settings.max_concurrent_streams
                 failure = "stream limit lowered"
@@ -535,7 +574,7 @@ class ApnsConnection:
             opened += 1
             stream = Stream(stream_id, owner, index)
             streams[stream_id] = stream
-            if sent != size:
+            if sent != len(body):
                 stream.end_sent = False
                 stream.body = body[sent:]
                 self._send_body(stream)
@@ -630,6 +669,7 @@ class ApnsConnection:
         """
         streams = self._streams
         h2 = self._h2
+        id_header = self._peer.id_header
         flush = False
         #: Flow-controlled bytes received per stream, acknowledged once at the end: to the
         #: stream and connection while the stream is open, else to the connection only.
@@ -646,8 +686,8 @@ class ApnsConnection:
                         for name, value in event.headers or ():
                             if name == b":status":
                                 stream.status = int(value)
-                            elif name == b"apns-id":
-                                stream.apns_id = value.decode("ascii", "replace")
+                            elif name == id_header:
+                                stream.upstream_id = value.decode("ascii", "replace")
                             elif name == b"retry-after":
                                 stream.retry_after = value.decode("ascii", "replace")
                 elif isinstance(event, StreamEnded):
@@ -658,7 +698,7 @@ class ApnsConnection:
                     stream = streams.pop(sid, None)
                     if stream is not None:
                         if not stream.end_sent:
-                            # APNs answered before reading the whole body (e.g. 413).
+                            # Answered before reading the whole body (e.g. 413).
                             self._blocked.pop(sid, None)
                             with contextlib.suppress(H2Error):
                                 h2.reset_stream(sid, ErrorCodes.NO_ERROR)
@@ -692,7 +732,9 @@ class ApnsConnection:
                         if code == ErrorCodes.REFUSED_STREAM:
                             self._release(stream, Unprocessed("stream refused"))
                         else:
-                            self._release(stream, Lost(f"stream reset by APNs: {code!r}"))
+                            self._release(
+                                stream, Lost(f"stream reset by {self._peer.name}: {code!r}")
+                            )
                 elif isinstance(event, RemoteSettingsChanged):
                     self._settings_changed(event)
                     flush = True
@@ -718,6 +760,8 @@ class ApnsConnection:
         finally:
             self._in_handle = False
         self.completed += answered
+        if answered:
+            self.timeouts = 0
         if flush:
             self._flush()
         if self._capacity_freed:
@@ -735,9 +779,12 @@ class ApnsConnection:
         if first or streams is not None:
             old = self.max_streams
             self.max_streams = self._h2.remote_settings.max_concurrent_streams
+            default = self._peer.default_streams
+            if first and default is not None and streams is None:
+                self.max_streams = default
             if old != self.max_streams and not first:
-                log.debug(
-                    "apns[%s] connection %d: max streams %d -> %d",
+                self._log.debug(
+                    "%s connection %d: max streams %d -> %d",
                     self._app,
                     self.index,
                     old,
@@ -752,8 +799,8 @@ class ApnsConnection:
         self.accepting = False
         last = event.last_stream_id if event.last_stream_id is not None else 0
         reason = _goaway_reason(event.additional_data)
-        log.warning(
-            "apns[%s] connection %d: GOAWAY %s (%s), last stream %d, %d in flight",
+        self._log.warning(
+            "%s connection %d: GOAWAY %s (%s), last stream %d, %d in flight",
             self._app,
             self.index,
             reason,
@@ -769,7 +816,8 @@ class ApnsConnection:
 
 
 def _goaway_reason(data: bytes | None) -> str:
-    """APNs puts ``{"reason": "..."}`` in GOAWAY debug data; anything else is shown raw."""
+    """APNs puts ``{"reason": "..."}`` in GOAWAY debug data; anything else is shown raw
+    (Google's debug data is free text)."""
     if not data:
         return "(no reason)"
     try:

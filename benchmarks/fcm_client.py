@@ -1,0 +1,223 @@
+"""CPU the FCM client spends per send, measured in the client's own process.
+
+The FCM simulator runs in a child process (so its CPU, hypercorn's in particular, is not
+counted); this process runs one :class:`~pushd.upstream.fcm.client.FcmClient` with
+``--connections`` connections and ``--concurrency`` tasks that send ``--count`` messages,
+each to its own token, as fast as the simulator answers.  With ``--batch N`` each of the
+``--concurrency`` tasks (default 4) sends ``N`` tokens per ``send_many`` call instead, as
+for one chat message to a user with ``N`` devices; a client without ``send_many`` gets
+the delivery engine's fallback (one task per token, :func:`pushd.dispatch.send_each`), so
+the same command measures a before and an after.  The reported figure is this process's
+CPU time (``time.process_time``) over the timed window divided by the number of sends.
+Setup (TLS handshakes, the access token) is done by one untimed send first.
+
+The simulator checks credentials for real: the child makes the RSA key pair and writes
+the service-account file (``make_service_account``, ``token_uri`` pointing at itself)
+before it reports its port.
+
+Run from the repository root::
+
+    /work/venv/bin/python benchmarks/fcm_client.py                   # 20,000 x 200, per send
+    /work/venv/bin/python benchmarks/fcm_client.py --batch 100       # 4 x send_many(100)
+    /work/venv/bin/python benchmarks/fcm_client.py --repeat 3        # best and median of 3
+    /work/venv/bin/python benchmarks/fcm_client.py --profile 25      # + cProfile top 25
+
+The simulator child is a daemon process and is terminated on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import itertools
+import multiprocessing
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from multiprocessing.queues import Queue
+from typing import Any
+
+import trio
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pushd.dispatch import send_each
+from pushd.model import Delivered, Outcome
+from pushd.simulators.certs import make_self_signed
+from pushd.simulators.fcm import FcmSimulator, configure_alpn, make_service_account
+from pushd.upstream.fcm.client import FcmClient
+from pushd.upstream.fcm.message import AndroidOptions, Notification, build_push
+from pushd.upstream.fcm.service_account import load_service_account
+from pushd.upstream.fcm.settings import FcmSettings
+
+PROJECT = "pushd-bench"
+CLIENT_EMAIL = f"pushd-bench@{PROJECT}.iam.gserviceaccount.com"
+PUSH = build_push(
+    data={"room": "!abc:example.org", "event": "$event-id-123"},
+    notification=Notification(title="New message", body="hello there, this is a message"),
+    android=AndroidOptions(priority="high", ttl=3600),
+)
+#: Defaults, as in benchmarks/apns_client.py.
+DEFAULT_COUNT = 20_000
+DEFAULT_CONCURRENCY = 200
+DEFAULT_CONNECTIONS = 2
+#: Batches in flight with ``--batch``: 4 x 100 is as many requests in flight as
+#: ``--concurrency 400`` without it.
+DEFAULT_BATCHES = 4
+#: Seconds the simulator child waits for its parent before it gives up on its own.
+SIMULATOR_MAX_SECONDS = 600.0
+
+
+def token(n: int) -> str:
+    """A distinct registration token of FCM's shape."""
+    return f"d{n:07d}xYz:APA91b" + "Qx-_" * 30
+
+
+def _simulator(ready: Queue[Any], ca_path: str, account_path: str) -> None:
+    """Child process: a quiet simulator that keeps no records, and the account file."""
+    tls = make_self_signed()
+    tls.write_ca(ca_path)
+
+    async def main() -> None:
+        sim = FcmSimulator(record=False)
+        with trio.move_on_after(SIMULATOR_MAX_SECONDS):
+            async with trio.open_nursery() as nursery:
+                context = configure_alpn(tls.server_context())
+                port = await nursery.start(sim.serve, context, "127.0.0.1", 0)
+                key = make_service_account(account_path, PROJECT, sim.token_url, CLIENT_EMAIL)
+                sim.add_account(CLIENT_EMAIL, key.public_key(), PROJECT)
+                ready.put(port)
+
+    trio.run(main)
+
+
+def _settings(port: int, ca_path: str, account_path: str, connections: int) -> FcmSettings:
+    with open(account_path, "rb") as f:
+        account = load_service_account(f.read())
+    return FcmSettings(
+        name="bench",
+        account=account,
+        project_id=PROJECT,
+        base_url=f"https://127.0.0.1:{port}",
+        ca_file=ca_path,
+        connections=connections,
+        request_timeout=30.0,
+    )
+
+
+async def _one_run(
+    settings: FcmSettings,
+    count: int,
+    concurrency: int,
+    batch: int,
+    profiler: cProfile.Profile | None,
+) -> float:
+    """Send ``count`` messages; return CPU milliseconds per send."""
+    client = FcmClient(settings)
+    delivered = 0
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        warm = await client.send(token(count + 1), PUSH)  # connect, access token
+        if not isinstance(warm, Delivered):
+            raise SystemExit(f"warm-up send failed: {warm!r}")
+        tokens = iter(range(count))
+        send_many = getattr(client, "send_many", None)
+
+        async def worker() -> None:
+            nonlocal delivered
+            for n in tokens:
+                outcome = await client.send(token(n), PUSH)
+                delivered += isinstance(outcome, Delivered)
+
+        def report(_index: int, outcome: Outcome) -> None:
+            nonlocal delivered
+            delivered += isinstance(outcome, Delivered)
+
+        async def batch_worker() -> None:
+            while True:
+                group = [token(n) for n in itertools.islice(tokens, batch)]
+                if not group:
+                    return
+                if send_many is not None:
+                    await send_many(group, PUSH, report)
+                else:
+                    await send_each(client, group, PUSH, report)
+
+        if profiler is not None:
+            profiler.enable()
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        async with trio.open_nursery() as workers:
+            for _ in range(concurrency):
+                workers.start_soon(batch_worker if batch else worker)
+        cpu1, wall1 = time.process_time(), time.perf_counter()
+        if profiler is not None:
+            profiler.disable()
+        nursery.cancel_scope.cancel()
+    if delivered != count:
+        raise SystemExit(f"only {delivered} of {count} delivered")
+    per_send = (cpu1 - cpu0) / count * 1e3
+    mode = f"batch={batch} batches={concurrency}" if batch else f"concurrency={concurrency}"
+    print(
+        f"count={count} {mode} connections={settings.connections} "
+        f"send_many={'yes' if send_many is not None else 'no (one task per token)'} "
+        f"wall={wall1 - wall0:.2f}s rate={count / (wall1 - wall0):,.0f}/s "
+        f"cpu/send={per_send:.4f} ms",
+        flush=True,
+    )
+    return per_send
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=DEFAULT_COUNT)
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help=f"sending tasks (default {DEFAULT_CONCURRENCY}, or {DEFAULT_BATCHES} with --batch)",
+    )
+    parser.add_argument(
+        "--batch", type=int, default=0, metavar="N", help="tokens per send_many call (0: send)"
+    )
+    parser.add_argument("--connections", type=int, default=DEFAULT_CONNECTIONS)
+    parser.add_argument("--repeat", type=int, default=1, help="runs, each on a fresh client")
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="N", help="print cProfile's top N (tottime)"
+    )
+    args = parser.parse_args()
+    concurrency = args.concurrency
+    if concurrency is None:
+        concurrency = DEFAULT_BATCHES if args.batch else DEFAULT_CONCURRENCY
+
+    with tempfile.TemporaryDirectory(prefix="pushd-fcm-bench-") as tmp:
+        ca_path = os.path.join(tmp, "ca.pem")
+        account_path = os.path.join(tmp, "service-account.json")
+        ready: Queue[Any] = multiprocessing.Queue()
+        child = multiprocessing.Process(
+            target=_simulator, args=(ready, ca_path, account_path), daemon=True
+        )
+        child.start()
+        try:
+            port = ready.get(timeout=60)
+            settings = _settings(port, ca_path, account_path, args.connections)
+            profiler = cProfile.Profile() if args.profile else None
+            results = [
+                trio.run(_one_run, settings, args.count, concurrency, args.batch, profiler)
+                for _ in range(args.repeat)
+            ]
+        finally:
+            child.terminate()
+            child.join()
+    if args.repeat > 1:
+        print(f"best={min(results):.4f} ms median={statistics.median(results):.4f} ms")
+    if profiler is not None:
+        stats = pstats.Stats(profiler)
+        stats.sort_stats("tottime").print_stats(args.profile)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

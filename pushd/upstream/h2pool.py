@@ -1,0 +1,635 @@
+"""A pool of long-lived HTTP/2 connections to one push service, and its batches.
+
+Provider-neutral core of the APNs and FCM clients.  Usage (the client owns it)::
+
+    pool = H2Pool(peer, name=..., host=..., port=..., ssl_context=..., connections=...)
+    await nursery.start(pool.run)
+    batch = MyBatch(pool, report, count, credential)   # a Batch subclass
+    ...                                                # fill batch.pending
+    await pool.send_batch(batch, deadline)
+
+Connections are opened **lazily**: a pool slot connects only when a request is waiting
+for a stream and no open connection has one free.  A quiet gateway therefore holds one
+connection, a busy one grows to ``connections``, and a connection that died is
+replaced on the next demand rather than in a loop.  Once open, connections stay open
+(PING keeps them honest) because Apple treats connect/disconnect churn as abuse and
+every new connection costs a TLS handshake.
+
+A :class:`Batch` is one push to many tokens.  What differs per provider is a few hooks:
+how the request of one index is built (APNs splices ``:path`` into shared headers, FCM
+the token into a shared JSON body), how an answer is classified, and how credentials
+are renewed when the service says they expired (APNs regenerates its JWT at once, in
+the reader; FCM must fetch an access token, so the batch's own task does it).  The
+batch takes as many stream slots as are free in one go, spread over the connections,
+and writes all those requests with one flush.  Then the calling task sleeps on one
+event while the connections' readers classify each answer and report it; no task,
+event or cancel scope per request.  Requests that got no slot wait, as their batch, in
+one FIFO queue: whenever streams end, SETTINGS raise a limit or a connection becomes
+ready, the pool hands the free slots to the oldest waiting batch, which sends that many
+at once.  Nobody polls.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import random
+import ssl
+from collections.abc import Callable, Sequence
+
+import trio
+
+from pushd.model import Failed, Outcome, RetryLater
+from pushd.upstream.h2conn import (
+    ConnectionFailed,
+    Failure,
+    Peer,
+    PoolConnection,
+    Stream,
+    Unprocessed,
+)
+
+#: TCP + TLS + first SETTINGS must complete within this many seconds.
+CONNECT_TIMEOUT = 10.0
+#: Reconnect backoff after failures: BASE * 2**(n-1), capped, times a jitter factor in
+#: [1 - JITTER, 1], so many gateways restarting together do not reconnect in step.
+RECONNECT_BACKOFF_BASE = 0.5
+RECONNECT_BACKOFF_MAX = 60.0
+RECONNECT_JITTER = 0.5
+#: How often one request may be moved to another connection because the server did not
+#: process it (GOAWAY above it, REFUSED_STREAM) before it is reported as RetryLater.
+MAX_RESENDS = 5
+#: What a request that was sent but not answered in time reports.
+TIMEOUT = "timeout"
+
+Report = Callable[[int, Outcome], None]
+
+
+class Reauthenticate:
+    """An answer saying the credential expired: renew it and resend the request once."""
+
+
+#: The one instance :meth:`Batch.classify` returns for that.
+REAUTHENTICATE = Reauthenticate()
+
+
+class Batch:
+    """One ``send_many`` call: its shared request parts and progress.
+
+    It is the :class:`~pushd.upstream.h2conn.StreamOwner` of its streams, so the readers
+    call it per answer; it classifies, resends (unprocessed, expired credentials) and
+    reports, and sets :attr:`wake` when every index is reported or a credential must be
+    fetched.  Subclasses provide :meth:`build`, :meth:`classify`, :meth:`set_credential`
+    and the renewal hooks.
+    """
+
+    __slots__ = (
+        "closed",
+        "conns",
+        "credential",
+        "error",
+        "first_credential",
+        "pending",
+        "pool",
+        "refreshed",
+        "remaining",
+        "report",
+        "resends",
+        "sent_credential",
+        "stale",
+        "waiting",
+        "wake",
+    )
+
+    def __init__(self, pool: H2Pool, report: Report, count: int, credential: str | None) -> None:
+        self.pool = pool
+        self.report = report
+        #: The credential (JWT, access token) the shared headers carry now, if any.
+        self.credential = credential
+        self.first_credential = credential
+        #: Indices to send as soon as slots are free, oldest first.
+        self.pending: collections.deque[int] = collections.deque()
+        #: Indices not yet reported; :attr:`wake` is set when it reaches 0.
+        self.remaining = count
+        #: Set when the batch's task has something to do: all reported, or :attr:`stale`.
+        self.wake = trio.Event()
+        #: Indices whose credential was refused, waiting for the task to renew it.
+        self.stale: list[int] = []
+        #: In the pool's waiter queue.
+        self.waiting = False
+        #: The caller gave up (timeout or cancellation): ignore everything from now on.
+        self.closed = False
+        #: Connections that got streams of this batch (to reset them if it gives up).
+        self.conns: set[PoolConnection] = set()
+        #: Unprocessed resends so far, per index (only indices that had one).
+        self.resends: dict[int, int] = {}
+        #: Indices already resent after an expired credential (only once each).
+        self.refreshed: set[int] = set()
+        #: The credential each index was last sent with, once the batch's has changed.
+        self.sent_credential: dict[int, str | None] | None = None
+        #: The first exception ``report`` raised, re-raised by send_batch at the end.
+        self.error: Exception | None = None
+
+    # --- provider hooks -----------------------------------------------------------------
+
+    def build(self, index: int) -> tuple[bytes, bytes]:
+        """The request of ``index``: encoded header fields and body."""
+        raise NotImplementedError
+
+    def classify(self, stream: Stream) -> Outcome | Reauthenticate:
+        """The outcome of an answered stream, or :data:`REAUTHENTICATE`."""
+        raise NotImplementedError
+
+    def set_credential(self, credential: str | None) -> None:
+        """Rebuild the shared request parts for ``credential``."""
+        self.credential = credential
+
+    def credential_refused(self) -> Outcome:
+        """What an index reports when its renewed credential is refused too."""
+        return Failed("credential refused", credential=True)
+
+    def renew(self, seen: str) -> str | None:
+        """The server refused ``seen``: the credential to resend with, or None when it
+        must be fetched (then :meth:`renew_async` runs in the batch's task)."""
+        raise NotImplementedError
+
+    async def renew_async(self) -> str | Outcome:
+        """Fetch a fresh credential, or the outcome for the indices that wanted it."""
+        raise NotImplementedError
+
+    # --- reporting ----------------------------------------------------------------------
+
+    def finish(self, index: int, outcome: Outcome) -> None:
+        """Report ``index`` (exactly once); wake the caller after the last one.
+
+        ``report`` runs in whichever task got the answer (usually a connection's
+        reader): an exception from it must not kill a connection other batches share,
+        so it is kept and raised by :meth:`H2Pool.send_batch` at the end.
+        """
+        self.remaining -= 1
+        try:
+            self.report(index, outcome)
+        except Exception as exc:
+            if self.error is None:
+                self.error = exc
+        if self.remaining == 0:
+            self.wake.set()
+
+    def raise_error(self) -> None:
+        """Re-raise, in the caller's task, the first exception its ``report`` raised."""
+        if self.error is not None:
+            raise self.error
+
+    def fail_pending(self, reason: str) -> None:
+        """Report every request still waiting for a slot (or a credential) as RetryLater."""
+        pending = self.pending
+        outcome = RetryLater(reason)
+        while pending:
+            self.finish(pending.popleft(), outcome)
+        stale, self.stale = self.stale, []
+        for index in stale:
+            self.finish(index, outcome)
+
+    # --- sending ------------------------------------------------------------------------
+
+    def send_on(self, conn: PoolConnection, count: int) -> None:
+        """Send the ``count`` oldest pending requests on ``conn``, which has the slots."""
+        pending = self.pending
+        if count >= len(pending):
+            indices = list(pending)
+            pending.clear()
+        else:
+            indices = [pending.popleft() for _ in range(count)]
+        self.conns.add(conn)
+        if self.sent_credential is not None:
+            for index in indices:
+                self.sent_credential[index] = self.credential
+        opened, failure = conn.open_streams(self, indices, self.build)
+        if failure is not None:
+            # Never sent: count it as a resend, as send() always has, and queue it again.
+            for index in indices[opened:]:
+                self.unprocessed(index, failure)
+
+    def unprocessed(self, index: int, reason: str) -> None:
+        """The server did not act on ``index``: queue it again, or give up after
+        MAX_RESENDS."""
+        resends = self.resends.get(index, 0) + 1
+        if resends > MAX_RESENDS:
+            self.finish(index, RetryLater(reason))
+            return
+        self.resends[index] = resends
+        self.pending.append(index)
+
+    # --- StreamOwner --------------------------------------------------------------------
+
+    def stream_answered(self, stream: Stream) -> None:
+        if self.closed:
+            return
+        outcome = self.classify(stream)
+        if isinstance(outcome, Reauthenticate):
+            self.reauthenticate(stream.index)
+        else:
+            self.finish(stream.index, outcome)
+
+    def stream_failed(self, stream: Stream, failure: Failure) -> None:
+        if self.closed:
+            return
+        if isinstance(failure, Unprocessed):
+            self.unprocessed(stream.index, failure.reason)
+            self.pool.pump(self)
+        else:
+            self.finish(stream.index, RetryLater(failure.reason))
+
+    # --- credentials --------------------------------------------------------------------
+
+    def reauthenticate(self, index: int) -> None:
+        """Renew the shared credential (once per refused one) and resend ``index`` once."""
+        if self.credential is None or index in self.refreshed:
+            self.finish(index, self.credential_refused())
+            return
+        self.refreshed.add(index)
+        sent = self.sent_credential
+        seen = self.credential if sent is None else sent.get(index, self.first_credential)
+        assert seen is not None
+        renewed = self.renew(seen)
+        if renewed is None:
+            self.stale.append(index)
+            self.wake.set()
+            return
+        self.use_credential(renewed)
+        self.pending.append(index)
+        self.pool.pump(self)
+
+    def use_credential(self, credential: str) -> None:
+        """Send with ``credential`` from now on (remembering who got which, once it changes)."""
+        if credential != self.credential:
+            if self.sent_credential is None:
+                self.sent_credential = {}
+            self.set_credential(credential)
+
+    async def renew_stale(self) -> None:
+        """In the batch's task: fetch a credential and resend what waited for one."""
+        result = await self.renew_async()
+        stale, self.stale = self.stale, []
+        if self.closed:
+            return
+        if isinstance(result, str):
+            self.use_credential(result)
+            self.pending.extend(stale)
+            self.pool.pump(self)
+        else:
+            for index in stale:
+                self.finish(index, result)
+
+
+def spread(conns: Sequence[PoolConnection], wanted: int) -> list[tuple[PoolConnection, int]]:
+    """How many of ``wanted`` slots to take from each connection, in one go.
+
+    The result is what taking one slot at a time from the connection with the most free
+    slots would give: the free counts are levelled from the top, so load spreads evenly.
+    """
+    frees = sorted(
+        ((conn.free_slots, n) for n, conn in enumerate(conns) if conn.free_slots > 0),
+        reverse=True,
+    )
+    wanted = min(wanted, sum(free for free, _ in frees))
+    takes = [0] * len(frees)
+    top = 1  # frees[:top] are levelled down to ``level`` by the takes so far
+    level = frees[0][0] if frees else 0
+    while wanted > 0:
+        below = frees[top][0] if top < len(frees) else 0
+        step = level - below
+        if step * top <= wanted:
+            for i in range(top):
+                takes[i] += step
+            wanted -= step * top
+            level = below
+            top += 1
+        else:
+            share, extra = divmod(wanted, top)
+            for i in range(top):
+                takes[i] += share + (i < extra)
+            wanted = 0
+    return [(conns[n], take) for (_, n), take in zip(frees, takes, strict=True) if take]
+
+
+def reconnect_delay(failures: int, rng: Callable[[], float] = random.random) -> float:
+    """Seconds to wait after ``failures`` consecutive failed connects (>= 1)."""
+    delay = min(RECONNECT_BACKOFF_MAX, RECONNECT_BACKOFF_BASE * 2.0 ** min(failures - 1, 30))
+    return delay * (1 - RECONNECT_JITTER * rng())
+
+
+class H2Pool:
+    """Connections to one service for one app; see the module docstring for the design.
+
+    ``recycle_after_timeouts``: replace a connection once that many batches in a row gave
+    up on it by their deadline with no answer in between (a connection that stopped
+    answering but still acknowledges PING, or a server wedged on it); None never does.
+    """
+
+    def __init__(
+        self,
+        peer: Peer,
+        *,
+        name: str,
+        label: str,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext,
+        connections: int,
+        recycle_after_timeouts: int | None = None,
+    ) -> None:
+        self._peer = peer
+        self._log = peer.log
+        self._name = name
+        #: Log prefix, ``apns[app]``.
+        self._label = f"{label}[{name}]"
+        self._host = host
+        self._port = port
+        self._authority = host if port == 443 else f"{host}:{port}"
+        self._ssl_context = ssl_context
+        self._connections = max(1, connections)
+        self._recycle_after = recycle_after_timeouts
+        self._conns: list[PoolConnection] = []
+        self._waiters: collections.deque[Batch] = collections.deque()
+        self._demand = trio.Event()
+        self._closed = False
+        #: Set while the server cannot be reached and no connection is open: sends fail at
+        #: once as RetryLater instead of holding their caller for the whole timeout.
+        self._unreachable: str | None = None
+        #: Connections opened since start, and replaced after timeouts, for metrics, tests.
+        self.connections_opened = 0
+        self.recycled = 0
+
+    @property
+    def authority(self) -> str:
+        """``host[:port]``, the ``:authority`` of every request."""
+        return self._authority
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`run` has ended."""
+        return self._closed
+
+    @property
+    def in_flight(self) -> int:
+        """Streams open on all connections."""
+        return sum(conn.reserved for conn in self._conns)
+
+    @property
+    def closed_reason(self) -> str:
+        """What requests report once the pool has shut down."""
+        return f"{self._peer.name} client closed"
+
+    @property
+    def no_connection(self) -> str:
+        """What a request still waiting for a stream slot reports at its deadline."""
+        return f"no {self._peer.name} connection available"
+
+    # --- running ------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the pool until cancelled.  Reports started at once; connects on demand."""
+        try:
+            async with trio.open_nursery() as nursery:
+                for index in range(self._connections):
+                    nursery.start_soon(self._slot, index)
+                task_status.started()
+        finally:
+            self._closed = True
+            for conn in list(self._conns):
+                conn.close()
+            self._fail_waiters(self.closed_reason)
+
+    async def send_batch(self, batch: Batch, deadline: float) -> None:
+        """Send what ``batch`` has pending and wait until all is reported or ``deadline``.
+
+        At the deadline whatever is unanswered is ``RetryLater("timeout")`` (the
+        :attr:`no_connection` reason if it was still waiting for a slot) and its stream is
+        reset.  If cancelled, indices not reported yet are never reported.  The first
+        exception ``report`` raised is raised at the end.
+        """
+        if batch.pending:
+            if self._closed:
+                batch.fail_pending(self.closed_reason)
+            else:
+                self.pump(batch)
+        if batch.remaining:
+            abandoned: list[tuple[PoolConnection, list[Stream]]] = []
+            with trio.move_on_at(deadline):
+                try:
+                    while batch.remaining:
+                        await batch.wake.wait()
+                        batch.wake = trio.Event()
+                        if batch.stale:
+                            await batch.renew_stale()
+                finally:
+                    if batch.remaining:
+                        abandoned = self._give_up(batch)
+            if batch.remaining:  # the deadline passed (cancellation would have raised)
+                self._time_out(batch, abandoned)
+        batch.raise_error()
+
+    def _give_up(self, batch: Batch) -> list[tuple[PoolConnection, list[Stream]]]:
+        """The caller stops waiting: dequeue ``batch``, reset its streams, free the slots.
+
+        Returns the streams reset, per connection.  Nothing is reported here: after a
+        cancellation nothing is; after the deadline :meth:`_time_out` reports.
+        """
+        batch.closed = True
+        if batch.waiting:
+            batch.waiting = False
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(batch)
+        return [(conn, conn.abandon(batch)) for conn in batch.conns]
+
+    def _time_out(self, batch: Batch, abandoned: list[tuple[PoolConnection, list[Stream]]]) -> None:
+        """Report what ``batch`` still had at its deadline: sent or still waiting."""
+        timeout = RetryLater(TIMEOUT)
+        count = 0
+        for conn, streams in abandoned:
+            if streams:
+                self._timed_out(conn)
+            count += len(streams)
+            for stream in streams:
+                batch.finish(stream.index, timeout)
+        self._log.debug(
+            "%s: timeout: %d requests unanswered, %d without a stream",
+            self._label,
+            count,
+            len(batch.pending) + len(batch.stale),
+        )
+        batch.fail_pending(self.no_connection)
+
+    def _timed_out(self, conn: PoolConnection) -> None:
+        """Count a batch that gave up on ``conn``; replace ``conn`` after too many."""
+        conn.timeouts += 1
+        if self._recycle_after is None or conn.timeouts < self._recycle_after:
+            return
+        if not conn.accepting:
+            return
+        self.recycled += 1
+        self._log.warning(
+            "%s connection %d: %d requests in a row timed out; replacing the connection",
+            self._label,
+            conn.index,
+            conn.timeouts,
+        )
+        conn.retire("replaced after timeouts")
+
+    # --- stream slots -------------------------------------------------------------------
+
+    def _pick(self) -> PoolConnection | None:
+        """The connection with the most free stream slots, or None if all are full."""
+        best = None
+        best_free = 0
+        for conn in self._conns:
+            free = conn.free_slots
+            if free > best_free:
+                best, best_free = conn, free
+        return best
+
+    def pump(self, batch: Batch) -> None:
+        """Send what ``batch`` has pending on free slots now; queue the rest in FIFO order.
+
+        A batch already queued just waits its turn, and so does one that arrives while
+        others wait: slots go to the oldest.  Fails what is pending at once when no
+        slot can come soon (client closed, server unreachable with no connection open).
+        """
+        if batch.waiting:
+            return
+        pending = batch.pending
+        if not self._waiters:
+            conns = self._conns
+            if len(conns) == 1:
+                conn = conns[0]
+                free = conn.free_slots
+                if free > 0:
+                    batch.send_on(conn, min(free, len(pending)))
+            elif conns:
+                for conn, count in spread(conns, len(pending)):
+                    batch.send_on(conn, count)
+            if not pending:
+                return
+        if self._closed:
+            batch.fail_pending(self.closed_reason)
+            return
+        if self._unreachable is not None and not self._conns:
+            batch.fail_pending(self._unreachable)
+            return
+        batch.waiting = True
+        self._waiters.append(batch)
+        if len(self._waiters) == 1:
+            self._demand.set()
+
+    def _on_capacity(self, conn: PoolConnection) -> None:
+        """A connection may have free slots: hand them to waiting batches, oldest first."""
+        waiters = self._waiters
+        while waiters:
+            target = conn if conn.free_slots > 0 else self._pick()
+            if target is None:
+                return
+            batch = waiters[0]
+            batch.send_on(target, min(target.free_slots, len(batch.pending)))
+            if not batch.pending:
+                waiters.popleft()
+                batch.waiting = False
+
+    def _fail_waiters(self, reason: str) -> None:
+        """Fail every queued request with ``reason`` (no slot will come soon)."""
+        while self._waiters:
+            batch = self._waiters.popleft()
+            batch.waiting = False
+            batch.fail_pending(reason)
+
+    # --- connections --------------------------------------------------------------------
+
+    async def _wait_for_demand(self) -> None:
+        while not self._waiters:
+            if self._demand.is_set():
+                self._demand = trio.Event()
+            await self._demand.wait()
+
+    async def _slot(self, index: int) -> None:
+        """Keep pool slot ``index`` connected while requests want it."""
+        label = self._label
+        log = self._log
+        failures = 0
+        while True:
+            if self._unreachable is None:
+                await self._wait_for_demand()
+            # else: keep trying with backoff; sends fail fast meanwhile, so no waiter
+            # would ever signal demand.
+            try:
+                conn = await self._connect(index)
+            except (OSError, trio.BrokenResourceError, trio.TooSlowError, ConnectionFailed) as exc:
+                failures += 1
+                delay = reconnect_delay(failures)
+                if not self._conns:
+                    self._unreachable = f"{self._peer.name} unreachable: {type(exc).__name__}"
+                    self._fail_waiters(self._unreachable)
+                log.warning(
+                    "%s connection %d: connect to %s failed (%s: %s); retry in %.1f s",
+                    label,
+                    index,
+                    self._authority,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                await trio.sleep(delay)
+                continue
+            self.connections_opened += 1
+            self._unreachable = None
+            log.log(
+                self._peer.connect_level,
+                "%s connection %d: connected to %s, %d streams",
+                label,
+                index,
+                self._authority,
+                conn.max_streams,
+            )
+            self._conns.append(conn)
+            self._on_capacity(conn)
+            try:
+                await conn.serve()
+            finally:
+                self._conns.remove(conn)
+            log.log(
+                self._peer.connect_level,
+                "%s connection %d: closed (%s)",
+                label,
+                index,
+                conn.lost_reason,
+            )
+            if conn.completed:
+                failures = 0
+            else:
+                # Connected but never answered: treat like a failed connect, or a server
+                # that accepts and drops would be hammered.
+                failures += 1
+                await trio.sleep(reconnect_delay(failures))
+
+    async def _connect(self, index: int) -> PoolConnection:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            tcp = await trio.open_tcp_stream(self._host, self._port)
+            sock = trio.SSLStream(
+                tcp, self._ssl_context, server_hostname=self._host, https_compatible=True
+            )
+            try:
+                await sock.do_handshake()
+                if sock.selected_alpn_protocol() != "h2":
+                    raise ConnectionFailed("server did not negotiate HTTP/2 (ALPN h2)")
+                conn = PoolConnection(
+                    sock,
+                    peer=self._peer,
+                    app=self._label,
+                    index=index,
+                    on_capacity=self._on_capacity,
+                )
+                await conn.start()
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(sock)
+                raise
+        return conn

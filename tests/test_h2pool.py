@@ -1,0 +1,174 @@
+"""The provider-neutral pool against a bare h2 server: JSON bodies, GOAWAY, default streams.
+
+The APNs and FCM clients are tested against their simulators; this server does what
+neither simulator does (GOAWAY on an FCM-shaped connection, answers split over DATA
+frames, SETTINGS without a stream limit) in a few lines of stock h2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import ssl
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.events import DataReceived, RequestReceived, StreamEnded
+
+from pushd.model import Delivered, Outcome, RetryLater
+from pushd.upstream.h2conn import Peer, Stream
+from pushd.upstream.h2pool import Batch, H2Pool, Reauthenticate, Report, spread
+from pushd.upstream.hpack import encode_fields
+
+PEER = Peer("Test", logging.getLogger("pushd.test"), default_streams=7)
+
+
+@attrs.define
+class Server:
+    """Answers every request 200 with ``{"name": <body>}`` in two DATA frames.
+
+    On the first connection it sends GOAWAY after ``goaway_after`` requests, naming the
+    first stream as the last it will process, then answers only that one.
+    """
+
+    goaway_after: int = 0
+    connections: int = 0
+    bodies: list[bytes] = attrs.Factory(list)
+
+    async def handle(self, sock: trio.SSLStream[trio.SocketStream]) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.serve(sock)
+
+    async def serve(self, sock: trio.SSLStream[trio.SocketStream]) -> None:
+        self.connections += 1
+        first = self.connections == 1
+        conn = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+        conn.initiate_connection()  # no MAX_CONCURRENT_STREAMS: the peer's default applies
+        await sock.send_all(conn.data_to_send())
+        bodies: dict[int, bytes] = {}
+        ended: list[int] = []
+        while True:
+            data = await sock.receive_some(1 << 16)
+            if not data:
+                return
+            for event in conn.receive_data(data):
+                if isinstance(event, RequestReceived):
+                    bodies[event.stream_id] = b""
+                elif isinstance(event, DataReceived):
+                    bodies[event.stream_id] += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, StreamEnded):
+                    ended.append(event.stream_id)
+            goaway = first and self.goaway_after and len(ended) >= self.goaway_after
+            if goaway:
+                ended = ended[:1]
+            for sid in ended:
+                self.bodies.append(bodies[sid])
+                answer = json.dumps({"name": bodies[sid].decode()}).encode()
+                conn.send_headers(sid, [(b":status", b"200")])
+                half = len(answer) // 2
+                conn.send_data(sid, answer[:half])
+                conn.send_data(sid, answer[half:], end_stream=True)
+            if goaway:
+                conn.close_connection(last_stream_id=ended[0])
+            ended = []
+            await sock.send_all(conn.data_to_send())
+
+
+class EchoBatch(Batch):
+    """A batch whose body per index is the index; the answer's ``name`` must echo it."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, pool: H2Pool, report: Report, count: int) -> None:
+        super().__init__(pool, report, count, None)
+        self.fields = encode_fields(
+            [
+                (b":method", b"POST"),
+                (b":scheme", b"https"),
+                (b":authority", b"127.0.0.1"),
+                (b":path", b"/echo"),
+            ]
+        )
+
+    def build(self, index: int) -> tuple[bytes, bytes]:
+        return self.fields, str(index).encode()
+
+    def classify(self, stream: Stream) -> Outcome | Reauthenticate:
+        name = json.loads(stream.response_body())["name"]
+        if stream.status != 200 or name != str(stream.index):
+            return RetryLater(f"bad answer {name!r}")
+        return Delivered(name)
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery, simulator_tls: ssl.SSLContext) -> tuple[Server, int]:
+    srv = Server()
+    tcp = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = int(tcp[0].socket.getsockname()[1])
+    listeners = [trio.SSLListener(t, simulator_tls, https_compatible=True) for t in tcp]
+    nursery.start_soon(trio.serve_listeners, srv.handle, listeners)
+    return srv, port
+
+
+async def start_pool(nursery: trio.Nursery, port: int, ca_file: Path) -> H2Pool:
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    ctx.set_alpn_protocols(["h2"])
+    pool = H2Pool(
+        PEER, name="t", label="test", host="127.0.0.1", port=port, ssl_context=ctx, connections=1
+    )
+    await nursery.start(pool.run)
+    return pool
+
+
+async def send(pool: H2Pool, count: int) -> dict[int, Outcome]:
+    reports: dict[int, Outcome] = {}
+
+    def report(index: int, outcome: Outcome) -> None:
+        assert index not in reports
+        reports[index] = outcome
+
+    batch = EchoBatch(pool, report, count)
+    batch.pending.extend(range(count))
+    with trio.fail_after(5):
+        await pool.send_batch(batch, trio.current_time() + 5)
+    return reports
+
+
+async def test_bodies_are_collected_and_default_streams_apply(
+    nursery: trio.Nursery, server: tuple[Server, int], ca_file: Path
+) -> None:
+    srv, port = server
+    pool = await start_pool(nursery, port, ca_file)
+    reports = await send(pool, 30)  # 7 streams at a time: slots are reused
+    assert reports == {i: Delivered(str(i)) for i in range(30)}
+    assert srv.connections == 1
+    assert pool.in_flight == 0
+
+
+async def test_goaway_resends_unprocessed_on_a_new_connection(
+    nursery: trio.Nursery, server: tuple[Server, int], ca_file: Path
+) -> None:
+    srv, port = server
+    srv.goaway_after = 5
+    pool = await start_pool(nursery, port, ca_file)
+    reports = await send(pool, 7)
+    assert reports == {i: Delivered(str(i)) for i in range(7)}
+    assert srv.connections == 2
+    assert pool.connections_opened == 2
+    assert len(srv.bodies) == 7  # the refused ones were sent again, none twice answered
+
+
+def test_spread_levels_free_slots() -> None:
+    @attrs.define
+    class Conn:
+        free_slots: int
+
+    conns = [Conn(5), Conn(1), Conn(3)]
+    got = {conns.index(c): n for c, n in spread(conns, 4)}  # type: ignore[arg-type]
+    assert got == {0: 3, 2: 1}
