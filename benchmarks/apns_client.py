@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import itertools
 import multiprocessing
 import os
 import pstats
 import statistics
 import sys
 import tempfile
-import time
 from multiprocessing.queues import Queue
 from typing import Any
 
@@ -40,9 +38,10 @@ import trio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from client_run import measure
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from pushd.model import ApnsPush, Delivered, Outcome
+from pushd.model import ApnsPush
 from pushd.simulators.apns import ApnsSimulator
 from pushd.simulators.certs import make_self_signed
 from pushd.upstream.apns.client import ApnsClient
@@ -104,50 +103,20 @@ async def _one_run(
     ``batch`` 0 runs ``concurrency`` tasks calling ``send``; otherwise ``concurrency``
     tasks each call ``send_many`` with ``batch`` tokens at a time.
     """
-    client = ApnsClient(settings)
-    push = ApnsPush(PAYLOAD)
-    delivered = 0
-    async with trio.open_nursery() as nursery:
-        await nursery.start(client.run)
-        warm = await client.send("ab" * 32, push)  # connect, JWT, stream limit raised
-        if not isinstance(warm, Delivered):
-            raise SystemExit(f"warm-up send failed: {warm!r}")
-        tokens = iter(range(count))
-
-        async def worker() -> None:
-            nonlocal delivered
-            for n in tokens:
-                outcome = await client.send(f"{n:064x}", push)
-                delivered += isinstance(outcome, Delivered)
-
-        def report(_index: int, outcome: Outcome) -> None:
-            nonlocal delivered
-            delivered += isinstance(outcome, Delivered)
-
-        async def batch_worker() -> None:
-            while True:
-                group = [f"{n:064x}" for n in itertools.islice(tokens, batch)]
-                if not group:
-                    return
-                await client.send_many(group, push, report)
-
-        if profiler is not None:
-            profiler.enable()
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        async with trio.open_nursery() as workers:
-            for _ in range(concurrency):
-                workers.start_soon(batch_worker if batch else worker)
-        cpu1, wall1 = time.process_time(), time.perf_counter()
-        if profiler is not None:
-            profiler.disable()
-        nursery.cancel_scope.cancel()
-    if delivered != count:
-        raise SystemExit(f"only {delivered} of {count} delivered")
-    per_notification = (cpu1 - cpu0) / count * 1e3
+    cpu, wall = await measure(
+        ApnsClient(settings),
+        ApnsPush(PAYLOAD),
+        lambda n: f"{n:064x}",
+        count=count,
+        concurrency=concurrency,
+        batch=batch,
+        profiler=profiler,
+    )
+    per_notification = cpu / count * 1e3
     print(
         f"count={count} {f'batch={batch} batches' if batch else 'concurrency'}={concurrency} "
         f"connections={settings.connections} "
-        f"wall={wall1 - wall0:.2f}s rate={count / (wall1 - wall0):,.0f}/s "
+        f"wall={wall:.2f}s rate={count / wall:,.0f}/s "
         f"cpu/notification={per_notification:.4f} ms",
         flush=True,
     )

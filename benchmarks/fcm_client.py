@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import itertools
 import multiprocessing
 import os
 import pstats
 import statistics
 import sys
 import tempfile
-import time
 from multiprocessing.queues import Queue
 from typing import Any
 
@@ -44,8 +42,8 @@ import trio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pushd.dispatch import send_each
-from pushd.model import Delivered, Outcome
+from client_run import measure
+
 from pushd.simulators.certs import make_self_signed
 from pushd.simulators.fcm import FcmSimulator, configure_alpn, make_service_account
 from pushd.upstream.fcm.client import FcmClient
@@ -116,54 +114,20 @@ async def _one_run(
     profiler: cProfile.Profile | None,
 ) -> float:
     """Send ``count`` messages; return CPU milliseconds per send."""
-    client = FcmClient(settings)
-    delivered = 0
-    async with trio.open_nursery() as nursery:
-        await nursery.start(client.run)
-        warm = await client.send(token(count + 1), PUSH)  # connect, access token
-        if not isinstance(warm, Delivered):
-            raise SystemExit(f"warm-up send failed: {warm!r}")
-        tokens = iter(range(count))
-        send_many = getattr(client, "send_many", None)
-
-        async def worker() -> None:
-            nonlocal delivered
-            for n in tokens:
-                outcome = await client.send(token(n), PUSH)
-                delivered += isinstance(outcome, Delivered)
-
-        def report(_index: int, outcome: Outcome) -> None:
-            nonlocal delivered
-            delivered += isinstance(outcome, Delivered)
-
-        async def batch_worker() -> None:
-            while True:
-                group = [token(n) for n in itertools.islice(tokens, batch)]
-                if not group:
-                    return
-                if send_many is not None:
-                    await send_many(group, PUSH, report)
-                else:
-                    await send_each(client, group, PUSH, report)
-
-        if profiler is not None:
-            profiler.enable()
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        async with trio.open_nursery() as workers:
-            for _ in range(concurrency):
-                workers.start_soon(batch_worker if batch else worker)
-        cpu1, wall1 = time.process_time(), time.perf_counter()
-        if profiler is not None:
-            profiler.disable()
-        nursery.cancel_scope.cancel()
-    if delivered != count:
-        raise SystemExit(f"only {delivered} of {count} delivered")
-    per_send = (cpu1 - cpu0) / count * 1e3
+    cpu, wall = await measure(
+        FcmClient(settings),
+        PUSH,
+        token,
+        count=count,
+        concurrency=concurrency,
+        batch=batch,
+        profiler=profiler,
+    )
+    per_send = cpu / count * 1e3
     mode = f"batch={batch} batches={concurrency}" if batch else f"concurrency={concurrency}"
     print(
         f"count={count} {mode} connections={settings.connections} "
-        f"send_many={'yes' if send_many is not None else 'no (one task per token)'} "
-        f"wall={wall1 - wall0:.2f}s rate={count / (wall1 - wall0):,.0f}/s "
+        f"wall={wall:.2f}s rate={count / wall:,.0f}/s "
         f"cpu/send={per_send:.4f} ms",
         flush=True,
     )
