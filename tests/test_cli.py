@@ -13,6 +13,9 @@ from pushd.store.sqlite import Database
 from tests.conftest import KEY_ID, TEAM_ID, Pushd, token
 
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
 def pushd_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pushd", *args],
@@ -276,3 +279,46 @@ upstream_ca_file = "{entry["upstream_ca_file"]}"
     assert done.returncode == 0, done.stderr
     assert "android: Delivered" in done.stdout
     assert [r.token for r in fcm_simulator.received] == [device]
+
+
+async def test_demo_mode_delivers_the_readme_curl_end_to_end(tmp_path: Path) -> None:
+    import httpx
+
+    from pushd.demo import DEMO_KEY, DEMO_USER
+
+    with trio.socket.socket() as sock:  # a free port for the demo's HTTP API
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "pushd", "serve", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,  # no pushd.toml here: the embedded defaults
+    )
+    assert process.stdout is not None
+    seen = b""
+    try:
+        with trio.fail_after(30):
+            while b"listening on http://" not in seen:
+                chunk = await process.stdout.receive_some()
+                assert chunk, seen.decode()
+                seen += chunk
+        async with httpx.AsyncClient() as client:
+            response = await client.post(
+                f"http://127.0.0.1:{port}/v1/notifications",
+                headers={"authorization": f"Bearer {DEMO_KEY}"},
+                content=b'{"user":"%s","alert":"Hello"}' % DEMO_USER.encode(),
+            )
+        assert response.json()["summary"]["delivered"] == 1
+        with trio.fail_after(10):
+            while b"simulated APNs received:" not in seen:
+                seen += await process.stdout.receive_some()
+        line = seen.split(b"simulated APNs received:", 1)[1]
+        assert b"200" in line and b"Hello" not in line  # size and status, not content
+    finally:
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            await process.wait()
+    assert process.returncode == 0
+    readme = README.read_text()  # noqa: ASYNC240 - a small local file, once
+    assert f"Bearer {DEMO_KEY}" in readme and f'"user":"{DEMO_USER}"' in readme
