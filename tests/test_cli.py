@@ -12,7 +12,6 @@ import trio
 from pushd.store.sqlite import Database
 from tests.conftest import KEY_ID, TEAM_ID, Pushd, token
 
-
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -320,5 +319,5 @@ async def test_demo_mode_delivers_the_readme_curl_end_to_end(tmp_path: Path) -> 
         with trio.fail_after(20):
             await process.wait()
     assert process.returncode == 0
-    readme = README.read_text()  # noqa: ASYNC240 - a small local file, once
+    readme = README.read_text()
     assert f"Bearer {DEMO_KEY}" in readme and f'"user":"{DEMO_USER}"' in readme
