@@ -118,3 +118,30 @@ async def test_budget_grants_what_is_free_and_wakes_waiters() -> None:
         budget.give(2)
     assert got == [2]
     assert budget.used == 10
+
+
+async def test_an_unreachable_app_does_not_slow_the_others(
+    start_pushd: PushdFactory, simulator: ApnsSimulator, key_file, ca_file
+) -> None:
+    from tests.conftest import OTHER_TOPIC, TOPIC, app_entry
+
+    with trio.socket.socket() as sock:  # a port nobody listens on: a dead upstream
+        await sock.bind(("127.0.0.1", 0))
+        dead_port = sock.getsockname()[1]
+    dead = app_entry("chat", TOPIC, f"https://127.0.0.1:{dead_port}", key_file, ca_file)
+    alive = app_entry(
+        "other", OTHER_TOPIC, f"https://127.0.0.1:{simulator.port}", key_file, ca_file
+    )
+    pushd: Pushd = await start_pushd(apps=[dead, alive])
+    await pushd.register("u", token(1), app="chat")
+    await pushd.register("u", token(2), app="other")
+    for _ in range(3):
+        started = trio.current_time()
+        answer = await pushd.send({"user": "u", "alert": "x"})
+        elapsed = trio.current_time() - started
+        statuses = {r["app"]: (r["status"], r.get("reason", "")) for r in answer["results"]}
+        assert statuses["other"] == ("delivered", "")
+        assert statuses["chat"][0] == "retrying"
+        assert statuses["chat"][1].startswith("APNs unreachable")
+        assert elapsed < 2.0  # neither the dead app's connect attempts nor its timeout
+    assert [r.token for r in simulator.received] == [token(2)] * 3
