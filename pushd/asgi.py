@@ -102,9 +102,9 @@ class AsgiApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
+    async def _read_body(self, headers: dict[str, str], receive: Receive, limit: int) -> bytes:
         length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+        if length is not None and length.isdigit() and int(length) > limit:
             raise _TooLarge
         chunks: list[bytes] = []
         size = 0
@@ -114,7 +114,7 @@ class AsgiApp:
                 raise _Disconnected
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_bytes:
+            if size > limit:
                 raise _TooLarge
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -128,20 +128,22 @@ class AsgiApp:
             reply = error_reply(404, "not_found", f"no such endpoint: {method} {path}")
         elif method not in methods:
             allowed = ", ".join(sorted(methods))
-            reply = error_reply(405, "method_not_allowed", f"{path} takes {allowed}")
+            errors = next(iter(methods.values())).error_reply or error_reply
+            reply = errors(405, "method_not_allowed", f"{path} takes {allowed}")
             reply = Reply(reply.status, reply.body, reply.content_type, (("allow", allowed),))
         else:
+            route = methods[method]
+            limit = route.max_body_bytes or self.max_body_bytes
             headers = {
                 name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
             }
             try:
-                body = await self._read_body(headers, receive)
+                body = await self._read_body(headers, receive, limit)
             except _Disconnected:
                 return
             except _TooLarge:
-                reply = error_reply(
-                    413, "body_too_large", f"the body exceeds {self.max_body_bytes} bytes"
-                )
+                errors = route.error_reply or error_reply
+                reply = errors(413, "body_too_large", f"the body exceeds {limit} bytes")
             else:
                 client = scope.get("client")
                 request = Request(
@@ -154,7 +156,7 @@ class AsgiApp:
                     request_id=f"r{next(self._ids)}",
                 )
                 try:
-                    reply = await methods[method].handler(request)
+                    reply = await route.handler(request)
                 except Exception:
                     # The traceback goes to the log (it holds no request data); the
                     # caller gets JSON.

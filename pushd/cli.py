@@ -180,6 +180,63 @@ def cmd_server(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- zulip ----------------------------------------------------------------------------
+
+#: ``zulip_org_key`` is 64 characters: 32 random bytes in hex.
+ZULIP_KEY_BYTES = 32
+
+
+def cmd_zulip_servers(args: argparse.Namespace) -> int:
+    """Zulip servers of the push bouncer; ``add`` pre-registers one for closed mode.
+
+    A pre-registered server still runs ``manage.py register_server`` with the uuid and
+    key printed here (as ``zulip_org_id`` and ``zulip_org_key`` in its
+    zulip-secrets.conf); that call then succeeds whatever ``[zulip] registration`` says.
+    """
+    import secrets
+    import uuid
+
+    from pushd.frontends.zulip.wire import ORG_KEY_LENGTH, ZulipError, check_hostname, is_uuid
+
+    database = _database(args)
+    if database is None:
+        return 1
+    try:
+        if args.action == "list":
+            for server in database.zulip_servers():
+                state = "deactivated" if server.deactivated else "active"
+                created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(server.created_at))
+                print(
+                    f"{server.uuid}  {server.hostname:<30} {state:<12} created {created} UTC"
+                    f"  {server.contact_email}"
+                )
+        elif args.action == "add":
+            org_id = args.uuid or str(uuid.uuid4())
+            key = args.key or secrets.token_hex(ZULIP_KEY_BYTES)
+            if not is_uuid(org_id):
+                return _fail(f"{org_id} is not a UUID")
+            if len(key) != ORG_KEY_LENGTH:
+                return _fail(f"a zulip_org_key is {ORG_KEY_LENGTH} characters")
+            try:
+                check_hostname(args.hostname)
+            except ZulipError as error:
+                return _fail(error.msg)
+            database.zulip_add_server(org_id.lower(), key, args.hostname)
+            print(f"added Zulip server {args.hostname} ({org_id})")
+            print("put these in its /etc/zulip/zulip-secrets.conf, then run")
+            print("`manage.py register_server` there (the key is shown once):")
+            print(f"zulip_org_id = {org_id}")
+            print(f"zulip_org_key = {key}")
+        else:
+            database.zulip_set_deactivated(args.uuid, args.action == "deactivate")
+            print(f"Zulip server {args.uuid} is now {args.action}d")
+    except StoreError as error:
+        return _fail(str(error))
+    finally:
+        database.close()
+    return 0
+
+
 # --- send-test ------------------------------------------------------------------------
 
 
@@ -272,6 +329,28 @@ def build_parser() -> argparse.ArgumentParser:
         where.add_argument("--config", "-c", default="/etc/pushd/pushd.toml")
         where.add_argument("--store", help="the SQLite file, instead of reading the config")
         sub.set_defaults(func=cmd_server)
+
+    zulip = commands.add_parser("zulip", help="the Zulip push notification bouncer")
+    zulip_topics = zulip.add_subparsers(dest="topic", required=True, metavar="TOPIC")
+    zulip_servers = zulip_topics.add_parser("servers", help="Zulip servers using pushd")
+    zulip_actions = zulip_servers.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (
+        ("list", "list Zulip servers"),
+        ("add", "pre-register a Zulip server (for registration = closed) and print its key"),
+        ("deactivate", "refuse a Zulip server's requests (401, as Zulip's service does)"),
+        ("reactivate", "accept a deactivated Zulip server again"),
+    ):
+        sub = zulip_actions.add_parser(action, help=text)
+        if action == "add":
+            sub.add_argument("hostname", help="the server's EXTERNAL_HOST")
+            sub.add_argument("--uuid", help="its zulip_org_id (default: a new one)")
+            sub.add_argument("--key", help="its zulip_org_key (default: a new one)")
+        elif action != "list":
+            sub.add_argument("uuid", help="the server's zulip_org_id")
+        where = sub.add_mutually_exclusive_group()
+        where.add_argument("--config", "-c", default="/etc/pushd/pushd.toml")
+        where.add_argument("--store", help="the SQLite file, instead of reading the config")
+        sub.set_defaults(func=cmd_zulip_servers)
 
     send_test = commands.add_parser("send-test", help="send one notification to one token")
     send_test.add_argument("--config", "-c", required=True)

@@ -42,6 +42,9 @@ FCM_MIN_CONNECTIONS = 2
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 
+#: Zulip's own bouncer allows each server 1000 requests a minute (``api_by_remote_server``).
+DEFAULT_ZULIP_RATE_LIMIT = 1000
+
 
 @attrs.frozen
 class ServerConfig:
@@ -133,6 +136,25 @@ class AppConfig:
 
 
 @attrs.frozen
+class ZulipConfig:
+    """``[zulip]``: the Zulip push bouncer under ``/api/v1/remotes/``.
+
+    ``registration`` says who may create a registration with ``manage.py
+    register_server``: nobody but servers pre-registered with ``pushd zulip servers add``
+    (``closed``), servers whose hostname is in ``allowlist`` (``allowlist``, the default:
+    an open bouncer on the internet would push for anyone), or anybody (``open``).
+    """
+
+    registration: Literal["closed", "allowlist", "open"] = "allowlist"
+    allowlist: tuple[str, ...] = ()
+    #: The FCM app (an ``[[apps]]`` name) that serves Zulip's Android registrations.
+    #: APNs registrations go to the app whose ``topic`` equals their ``ios_app_id``.
+    fcm_app: str | None = None
+    #: Requests a minute one Zulip server may make.
+    rate_limit: int = DEFAULT_ZULIP_RATE_LIMIT
+
+
+@attrs.frozen
 class Config:
     """The whole of pushd.toml."""
 
@@ -141,6 +163,7 @@ class Config:
     log: LogConfig = LogConfig()
     retry: RetryConfig = RetryConfig()
     apps: tuple[AppConfig, ...] = ()
+    zulip: ZulipConfig = ZulipConfig()
     #: The file this came from; relative paths inside were already resolved against it.
     source: str | None = None
 
@@ -328,6 +351,21 @@ def check(config: Config) -> list[str]:
             problems.append(f"apps[{index}].name: {app.name!r} is used by an earlier app")
         seen.add(app.name)
         problems += _check_app(index, app)
+    problems += _check_zulip(config)
+    return problems
+
+
+def _check_zulip(config: Config) -> list[str]:
+    zulip = config.zulip
+    problems: list[str] = []
+    if zulip.rate_limit < 1:
+        problems.append("zulip.rate_limit: must be at least 1")
+    if zulip.fcm_app is not None:
+        app = config.app(zulip.fcm_app)
+        if app is None:
+            problems.append(f"zulip.fcm_app: no app named {zulip.fcm_app!r}")
+        elif app.provider != "fcm":
+            problems.append(f"zulip.fcm_app: {zulip.fcm_app!r} is not an FCM app")
     return problems
 
 

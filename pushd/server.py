@@ -28,6 +28,7 @@ from pushd.dispatch import Budget, Dispatcher, Lane, Sender
 from pushd.frontends.http import Reply, Request, Route, json_reply
 from pushd.frontends.native import NativeApi
 from pushd.frontends.openapi import OPENAPI
+from pushd.frontends.zulip import ZulipBouncer
 from pushd.store.sqlite import Store
 from pushd.upstream.apns.client import ApnsClient
 from pushd.upstream.fcm.client import FcmClient
@@ -47,7 +48,11 @@ class Services:
     config: Config
     store: Store
     dispatcher: Dispatcher
+    #: pushd's own API (documented by its OpenAPI document) and /healthz.
     routes: list[Route]
+    #: Other protocols' routes (Zulip's ``/api/v1/remotes/``): their documentation is
+    #: the protocol's own, so they are kept apart from ``routes``.
+    protocol_routes: list[Route] = attrs.Factory(list)
 
 
 def build_lanes(config: Config) -> list[Lane]:
@@ -168,8 +173,11 @@ async def serve(
             services = Services(config=config, store=store, dispatcher=dispatcher, routes=[])
             native = NativeApi(config, store, dispatcher, openapi=OPENAPI)
             services.routes = [*all_routes(services, native), *extra_routes]
+            services.protocol_routes = ZulipBouncer(config, store, dispatcher).routes()
             # hypercorn types scopes as TypedDict unions; AsgiApp reads plain mappings.
-            app: Any = AsgiApp(services.routes, config.server.max_body_bytes)
+            app: Any = AsgiApp(
+                [*services.routes, *services.protocol_routes], config.server.max_body_bytes
+            )
 
             http_done = trio.Event()
 

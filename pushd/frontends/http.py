@@ -39,6 +39,7 @@ class Reply:
 
 
 Handler = Callable[[Request], Awaitable[Reply]]
+ErrorReply = Callable[[int, str, str], Reply]
 
 
 @attrs.frozen
@@ -50,6 +51,13 @@ class Route:
     handler: Handler
     #: Name of the route, unique within the app (used by the serving layer).
     name: str
+    #: Largest body this route takes (None: the server's ``max_body_bytes``).  Zulip's
+    #: analytics upload, for one, can be megabytes.
+    max_body_bytes: int | None = None
+    #: How errors the serving layer raises on this route (413, 405) are worded:
+    #: ``(status, code, message) -> Reply``, in the route's own protocol.  None: the
+    #: native API's ``{"error": {...}}``.
+    error_reply: ErrorReply | None = None
 
 
 def json_reply(status: int, value: Any, headers: tuple[tuple[str, str], ...] = ()) -> Reply:

@@ -69,6 +69,44 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE registrations ADD COLUMN kind TEXT NOT NULL DEFAULT 'apns';
     """,
+    # 3: the Zulip push bouncer (pushd.frontends.zulip).  Zulip servers authenticate
+    # with their own (uuid, key) and key device tokens by their own user ids, so they
+    # get tables of their own rather than rows in servers/registrations.  Realms keep
+    # only what the protocol needs: which server owns them, host and name.
+    """
+    CREATE TABLE zulip_servers (
+        uuid TEXT PRIMARY KEY,
+        key_hash TEXT NOT NULL,
+        hostname TEXT NOT NULL,
+        contact_email TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        deactivated INTEGER NOT NULL DEFAULT 0,
+        last_realm_count_id INTEGER NOT NULL DEFAULT 0,
+        last_installation_count_id INTEGER NOT NULL DEFAULT 0,
+        last_realmauditlog_id INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE zulip_realms (
+        uuid TEXT PRIMARY KEY,
+        server_uuid TEXT NOT NULL REFERENCES zulip_servers(uuid),
+        host TEXT NOT NULL,
+        name TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE zulip_registrations (
+        id INTEGER PRIMARY KEY,
+        server_uuid TEXT NOT NULL REFERENCES zulip_servers(uuid),
+        kind INTEGER NOT NULL,
+        token TEXT NOT NULL,
+        ios_app_id TEXT,
+        user_id INTEGER,
+        user_uuid TEXT,
+        realm_uuid TEXT,
+        registered_at REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX zulip_registrations_unique ON zulip_registrations
+        (server_uuid, kind, token, ifnull(user_id, -1), ifnull(user_uuid, ''));
+    CREATE INDEX zulip_registrations_by_token ON zulip_registrations (kind, token);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -154,6 +192,101 @@ def _registration(row: Sequence[object]) -> Registration:
 
 
 _REG_COLUMNS = "server_id, user_id, token, app, environment, registered_at, kind"
+
+
+@attrs.frozen
+class ZulipServer:
+    """A Zulip server registered with the push bouncer (its key only as a hash)."""
+
+    uuid: str
+    key_hash: str = attrs.field(repr=False)
+    hostname: str
+    contact_email: str
+    created_at: float
+    deactivated: bool
+    last_realm_count_id: int = 0
+    last_installation_count_id: int = 0
+    last_realmauditlog_id: int = 0
+
+
+@attrs.frozen
+class ZulipRealm:
+    """A realm (organization) of a Zulip server, learned from its analytics upload."""
+
+    uuid: str
+    server_uuid: str
+    host: str
+    name: str
+
+
+@attrs.frozen
+class ZulipRegistration:
+    """A legacy Zulip device token: kind 1 = APNs (stored lower case), 2 = FCM.
+
+    Exactly one of ``user_id`` and ``user_uuid`` is set, as in Zulip's own bouncer.
+    """
+
+    id: int
+    server_uuid: str
+    kind: int
+    token: str
+    ios_app_id: str | None
+    user_id: int | None
+    user_uuid: str | None
+    realm_uuid: str | None
+    registered_at: float
+
+
+_ZULIP_SERVER_COLUMNS = (
+    "uuid, key_hash, hostname, contact_email, created_at, deactivated,"
+    " last_realm_count_id, last_installation_count_id, last_realmauditlog_id"
+)
+_ZULIP_REG_COLUMNS = (
+    "id, server_uuid, kind, token, ios_app_id, user_id, user_uuid, realm_uuid, registered_at"
+)
+
+
+def _zulip_server(row: Sequence[object]) -> ZulipServer:
+    return ZulipServer(
+        uuid=str(row[0]),
+        key_hash=str(row[1]),
+        hostname=str(row[2]),
+        contact_email=str(row[3]),
+        created_at=float(row[4]),  # type: ignore[arg-type]
+        deactivated=bool(row[5]),
+        last_realm_count_id=int(row[6]),  # type: ignore[call-overload]
+        last_installation_count_id=int(row[7]),  # type: ignore[call-overload]
+        last_realmauditlog_id=int(row[8]),  # type: ignore[call-overload]
+    )
+
+
+def _zulip_registration(row: Sequence[object]) -> ZulipRegistration:
+    return ZulipRegistration(
+        id=int(row[0]),  # type: ignore[call-overload]
+        server_uuid=str(row[1]),
+        kind=int(row[2]),  # type: ignore[call-overload]
+        token=str(row[3]),
+        ios_app_id=None if row[4] is None else str(row[4]),
+        user_id=None if row[5] is None else int(row[5]),  # type: ignore[call-overload]
+        user_uuid=None if row[6] is None else str(row[6]),
+        realm_uuid=None if row[7] is None else str(row[7]),
+        registered_at=float(row[8]),  # type: ignore[arg-type]
+    )
+
+
+def _identity_clause(user_id: int | None, user_uuid: str | None) -> tuple[str, tuple[object, ...]]:
+    """Zulip's ``UserPushIdentityCompat.filter_q``: match the uuid OR the id, if given."""
+    parts: list[str] = []
+    params: tuple[object, ...] = ()
+    if user_uuid is not None:
+        parts.append("user_uuid = ?")
+        params += (user_uuid,)
+    if user_id is not None:
+        parts.append("user_id = ?")
+        params += (user_id,)
+    if not parts:
+        return "0", ()
+    return "(" + " OR ".join(parts) + ")", params
 
 
 class Database:
@@ -350,27 +483,216 @@ class Database:
         return int(count)
 
     def remove_dead(self, dead: Iterable[DeadToken]) -> int:
-        """Delete dead tokens across all servers, in one transaction; the count.
+        """Delete dead tokens across all servers and protocols, in one transaction.
 
         With a ``since`` time (APNs 410), only registrations made before it go: one made
-        after it belongs to a device that got the same token back and is alive.
+        after it belongs to a device that got the same token back and is alive.  The
+        Zulip bouncer's registrations go too, whoever found the token dead (a native
+        send, a Zulip notify, or a background retry after its caller left).  Returns the
+        count removed.
         """
         removed = 0
         with self._write_tx() as db:
             for item in dead:
-                if item.since is None:
-                    cursor = db.execute(
-                        "DELETE FROM registrations WHERE app = ? AND token = ?",
-                        (item.app, item.token),
-                    )
-                else:
-                    cursor = db.execute(
-                        "DELETE FROM registrations WHERE app = ? AND token = ?"
-                        " AND registered_at < ?",
-                        (item.app, item.token, item.since),
-                    )
+                newer = "" if item.since is None else " AND registered_at < ?"
+                after = () if item.since is None else (item.since,)
+                cursor = db.execute(
+                    f"DELETE FROM registrations WHERE app = ? AND token = ?{newer}",
+                    (item.app, item.token, *after),
+                )
+                removed += cursor.rowcount
+                cursor = db.execute(
+                    f"DELETE FROM zulip_registrations WHERE token = ?{newer}",
+                    (item.token, *after),
+                )
                 removed += cursor.rowcount
         return removed
+
+    # --- Zulip push bouncer ---------------------------------------------------------------
+
+    def zulip_server(self, uuid: str) -> ZulipServer | None:
+        row = self._reader.execute(
+            f"SELECT {_ZULIP_SERVER_COLUMNS} FROM zulip_servers WHERE uuid = ?", (uuid,)
+        ).fetchone()
+        return None if row is None else _zulip_server(row)
+
+    def zulip_servers(self) -> list[ZulipServer]:
+        rows = self._reader.execute(
+            f"SELECT {_ZULIP_SERVER_COLUMNS} FROM zulip_servers ORDER BY created_at, uuid"
+        ).fetchall()
+        return [_zulip_server(row) for row in rows]
+
+    def zulip_hostname_in_use(self, hostname: str) -> bool:
+        """Whether an active server other than a new one already uses ``hostname``."""
+        row = self._reader.execute(
+            "SELECT 1 FROM zulip_servers WHERE hostname = ? AND deactivated = 0", (hostname,)
+        ).fetchone()
+        return row is not None
+
+    def zulip_add_server(
+        self, uuid: str, key: str, hostname: str, contact_email: str = ""
+    ) -> ZulipServer:
+        """Create a server; StoreError if the uuid is taken."""
+        now = time.time()
+        with self._write_tx() as db:
+            try:
+                db.execute(
+                    "INSERT INTO zulip_servers (uuid, key_hash, hostname, contact_email,"
+                    " created_at) VALUES (?, ?, ?, ?, ?)",
+                    (uuid, hash_key(key), hostname, contact_email, now),
+                )
+            except sqlite3.IntegrityError:
+                raise StoreError(f"a Zulip server with uuid {uuid} exists already") from None
+        return ZulipServer(uuid, hash_key(key), hostname, contact_email, now, False)
+
+    def zulip_update_server(
+        self, uuid: str, hostname: str, contact_email: str, new_key: str | None
+    ) -> None:
+        """Record a re-registration: new hostname and contact, and a new key if rotated."""
+        with self._write_tx() as db:
+            db.execute(
+                "UPDATE zulip_servers SET hostname = ?, contact_email = ? WHERE uuid = ?",
+                (hostname, contact_email, uuid),
+            )
+            if new_key is not None:
+                db.execute(
+                    "UPDATE zulip_servers SET key_hash = ? WHERE uuid = ?",
+                    (hash_key(new_key), uuid),
+                )
+
+    def zulip_set_deactivated(self, uuid: str, deactivated: bool) -> None:
+        with self._write_tx() as db:
+            cursor = db.execute(
+                "UPDATE zulip_servers SET deactivated = ? WHERE uuid = ?",
+                (int(deactivated), uuid),
+            )
+            if cursor.rowcount != 1:
+                raise StoreError(f"no Zulip server with uuid {uuid}")
+
+    def zulip_realm(self, uuid: str) -> ZulipRealm | None:
+        row = self._reader.execute(
+            "SELECT uuid, server_uuid, host, name FROM zulip_realms WHERE uuid = ?", (uuid,)
+        ).fetchone()
+        if row is None:
+            return None
+        return ZulipRealm(str(row[0]), str(row[1]), str(row[2]), str(row[3]))
+
+    def zulip_record_analytics(
+        self,
+        server_uuid: str,
+        realms: Sequence[ZulipRealm],
+        marks: tuple[int, int, int],
+    ) -> None:
+        """Upsert the server's realms and raise its analytics high-water marks.
+
+        The caller has checked that no realm belongs to another server; the UPDATE's
+        ``server_uuid`` guard keeps a race from moving one anyway.
+        """
+        now = time.time()
+        with self._write_tx() as db:
+            for realm in realms:
+                db.execute(
+                    "INSERT INTO zulip_realms (uuid, server_uuid, host, name, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (uuid) DO UPDATE SET"
+                    " host = excluded.host, name = excluded.name,"
+                    " updated_at = excluded.updated_at"
+                    " WHERE zulip_realms.server_uuid = excluded.server_uuid",
+                    (realm.uuid, server_uuid, realm.host, realm.name, now),
+                )
+            db.execute(
+                "UPDATE zulip_servers SET"
+                " last_realm_count_id = max(last_realm_count_id, ?),"
+                " last_installation_count_id = max(last_installation_count_id, ?),"
+                " last_realmauditlog_id = max(last_realmauditlog_id, ?) WHERE uuid = ?",
+                (*marks, server_uuid),
+            )
+
+    def zulip_register(
+        self,
+        server_uuid: str,
+        kind: int,
+        token: str,
+        ios_app_id: str | None,
+        user_id: int | None,
+        user_uuid: str | None,
+        realm_uuid: str | None,
+    ) -> None:
+        """Store a legacy registration, idempotently (Zulip's ``ignore_conflicts``).
+
+        With both ids, Zulip keeps only the uuid row and drops the user-id row of the
+        same token.  A repeated registration renews ``registered_at`` (APNs' 410 rule).
+        """
+        now = time.time()
+        with self._write_tx() as db:
+            if user_id is not None and user_uuid is not None:
+                db.execute(
+                    "DELETE FROM zulip_registrations WHERE server_uuid = ? AND kind = ?"
+                    " AND token = ? AND user_id = ?",
+                    (server_uuid, kind, token, user_id),
+                )
+                user_id = None
+            cursor = db.execute(
+                "UPDATE zulip_registrations SET registered_at = ?,"
+                " realm_uuid = ifnull(?, realm_uuid)"
+                " WHERE server_uuid = ? AND kind = ? AND token = ?"
+                " AND ifnull(user_id, -1) = ifnull(?, -1)"
+                " AND ifnull(user_uuid, '') = ifnull(?, '')",
+                (now, realm_uuid, server_uuid, kind, token, user_id, user_uuid),
+            )
+            if cursor.rowcount == 0:
+                db.execute(
+                    f"INSERT INTO zulip_registrations ({_ZULIP_REG_COLUMNS})"
+                    " VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (server_uuid, kind, token, ios_app_id, user_id, user_uuid, realm_uuid, now),
+                )
+
+    def zulip_unregister(
+        self,
+        server_uuid: str,
+        kind: int,
+        token: str,
+        user_id: int | None,
+        user_uuid: str | None,
+    ) -> int:
+        clause, params = _identity_clause(user_id, user_uuid)
+        with self._write_tx() as db:
+            cursor = db.execute(
+                "DELETE FROM zulip_registrations WHERE server_uuid = ? AND kind = ?"
+                f" AND token = ? AND {clause}",
+                (server_uuid, kind, token, *params),
+            )
+        return cursor.rowcount
+
+    def zulip_unregister_all(
+        self, server_uuid: str, user_id: int | None, user_uuid: str | None
+    ) -> int:
+        clause, params = _identity_clause(user_id, user_uuid)
+        with self._write_tx() as db:
+            cursor = db.execute(
+                f"DELETE FROM zulip_registrations WHERE server_uuid = ? AND {clause}",
+                (server_uuid, *params),
+            )
+        return cursor.rowcount
+
+    def zulip_user_registrations(
+        self, server_uuid: str, user_id: int | None, user_uuid: str | None
+    ) -> list[ZulipRegistration]:
+        clause, params = _identity_clause(user_id, user_uuid)
+        rows = self._reader.execute(
+            f"SELECT {_ZULIP_REG_COLUMNS} FROM zulip_registrations"
+            f" WHERE server_uuid = ? AND {clause} ORDER BY id",
+            (server_uuid, *params),
+        ).fetchall()
+        return [_zulip_registration(row) for row in rows]
+
+    def zulip_delete_registrations(self, ids: Iterable[int]) -> int:
+        ids = list(ids)
+        if not ids:
+            return 0
+        marks = ",".join("?" * len(ids))
+        with self._write_tx() as db:
+            cursor = db.execute(f"DELETE FROM zulip_registrations WHERE id IN ({marks})", ids)
+        return cursor.rowcount
 
 
 class Store:
@@ -435,3 +757,74 @@ class Store:
         if not dead:
             return 0
         return await self._write(self.db.remove_dead, list(dead))
+
+    # Zulip push bouncer: reads inline, writes on the worker thread, as above.
+    def zulip_server(self, uuid: str) -> ZulipServer | None:
+        return self.db.zulip_server(uuid)
+
+    def zulip_hostname_in_use(self, hostname: str) -> bool:
+        return self.db.zulip_hostname_in_use(hostname)
+
+    def zulip_realm(self, uuid: str) -> ZulipRealm | None:
+        return self.db.zulip_realm(uuid)
+
+    def zulip_user_registrations(
+        self, server_uuid: str, user_id: int | None, user_uuid: str | None
+    ) -> list[ZulipRegistration]:
+        return self.db.zulip_user_registrations(server_uuid, user_id, user_uuid)
+
+    async def zulip_add_server(
+        self, uuid: str, key: str, hostname: str, contact_email: str
+    ) -> ZulipServer:
+        return await self._write(self.db.zulip_add_server, uuid, key, hostname, contact_email)
+
+    async def zulip_update_server(
+        self, uuid: str, hostname: str, contact_email: str, new_key: str | None
+    ) -> None:
+        await self._write(self.db.zulip_update_server, uuid, hostname, contact_email, new_key)
+
+    async def zulip_set_deactivated(self, uuid: str, deactivated: bool) -> None:
+        await self._write(self.db.zulip_set_deactivated, uuid, deactivated)
+
+    async def zulip_record_analytics(
+        self, server_uuid: str, realms: Sequence[ZulipRealm], marks: tuple[int, int, int]
+    ) -> None:
+        await self._write(self.db.zulip_record_analytics, server_uuid, list(realms), marks)
+
+    async def zulip_register(
+        self,
+        server_uuid: str,
+        kind: int,
+        token: str,
+        ios_app_id: str | None,
+        user_id: int | None,
+        user_uuid: str | None,
+        realm_uuid: str | None,
+    ) -> None:
+        await self._write(
+            self.db.zulip_register,
+            server_uuid,
+            kind,
+            token,
+            ios_app_id,
+            user_id,
+            user_uuid,
+            realm_uuid,
+        )
+
+    async def zulip_unregister(
+        self, server_uuid: str, kind: int, token: str, user_id: int | None, user_uuid: str | None
+    ) -> int:
+        return await self._write(
+            self.db.zulip_unregister, server_uuid, kind, token, user_id, user_uuid
+        )
+
+    async def zulip_unregister_all(
+        self, server_uuid: str, user_id: int | None, user_uuid: str | None
+    ) -> int:
+        return await self._write(self.db.zulip_unregister_all, server_uuid, user_id, user_uuid)
+
+    async def zulip_delete_registrations(self, ids: Sequence[int]) -> int:
+        if not ids:
+            return 0
+        return await self._write(self.db.zulip_delete_registrations, list(ids))

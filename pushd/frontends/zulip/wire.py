@@ -1,0 +1,226 @@
+"""Zulip's wire conventions, as an unmodified Zulip server expects them (no I/O).
+
+A Zulip server treats anything but ``200`` + JSON as failure, reads ``code`` from every
+4xx body to decide what to do (turn push notifications off, e-mail its admins, show the
+user an error), and sends some endpoints form-encoded, others as JSON.  Everything here
+reproduces that exactly; see ``/work/shared/protocols/zulip.md`` §1.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid as uuid_module
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from pushd.frontends.http import Reply, json_reply
+
+#: ``RemotePushDeviceToken.APNS`` / ``.FCM`` (the old name GCM is also 2).
+KIND_APNS = 1
+KIND_FCM = 2
+TOKEN_KINDS = frozenset({KIND_APNS, KIND_FCM})
+#: Longest device token Zulip accepts (``validate_token``).
+MAX_TOKEN_LENGTH = 4096
+#: ``ApnsAppId`` in Zulip's ``typed_endpoint``.
+IOS_APP_ID_RE = re.compile(r"[.a-zA-Z0-9-]+")
+#: Exact lengths of ``zulip_org_id`` (a UUID) and ``zulip_org_key``.
+ORG_ID_LENGTH = 36
+ORG_KEY_LENGTH = 64
+MAX_HOSTNAME_LENGTH = 128
+_HOST_LABEL_RE = re.compile(r"(?!-)[a-zA-Z0-9-]{1,63}(?<!-)")
+_EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_HEX_RE = re.compile(r"(?:[0-9a-fA-F]{2})+")
+#: Zulip's rate-limit window (``api_by_remote_server``: 1000 requests in 60 s).
+RATE_WINDOW_SECONDS = 60.0
+
+
+class ZulipError(Exception):
+    """A request Zulip's bouncer would refuse; becomes ``{"result":"error",...}``."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        msg: str,
+        data: Mapping[str, Any] | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        super().__init__(msg)
+        self.status = status
+        self.code = code
+        self.msg = msg
+        self.data = dict(data or {})
+        self.headers = headers
+
+    def reply(self) -> Reply:
+        body = {"result": "error", "msg": self.msg, "code": self.code, **self.data}
+        return json_reply(self.status, body, self.headers)
+
+
+def bad_request(msg: str, **data: Any) -> ZulipError:
+    return ZulipError(400, "BAD_REQUEST", msg, data)
+
+
+def unauthorized(msg: str) -> ZulipError:
+    """Zulip's ``UnauthorizedError``: 401, with the Basic challenge Django sends."""
+    return ZulipError(
+        401, "UNAUTHORIZED", msg, headers=(("www-authenticate", 'Basic realm="zulip"'),)
+    )
+
+
+def success(**data: Any) -> Reply:
+    return json_reply(200, {"result": "success", "msg": "", **data})
+
+
+# --- bodies -----------------------------------------------------------------------------
+
+
+def parse_form(body: bytes) -> dict[str, str]:
+    """An ``application/x-www-form-urlencoded`` body; the last value of a repeated key."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad_request("Malformed request body: not UTF-8") from None
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, errors="strict")
+    except (ValueError, UnicodeDecodeError):
+        raise bad_request("Malformed request body") from None
+    return dict(pairs)
+
+
+def parse_json_body(body: bytes) -> dict[str, Any]:
+    """A JSON object body (``JsonBodyPayload``); anything else is a 400."""
+    try:
+        value = json.loads(body or b"{}")
+    except (ValueError, RecursionError):
+        raise bad_request("Malformed JSON") from None
+    if not isinstance(value, dict):
+        raise bad_request("Malformed payload")
+    try:  # a lone surrogate escape cannot be re-encoded for APNs or FCM
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise bad_request("Malformed JSON") from None
+    return value
+
+
+def ignored(form: Mapping[str, str], used: frozenset[str]) -> dict[str, Any]:
+    """Zulip's ``ignored_parameters_unsupported``, present only when there are any."""
+    extra = sorted(set(form) - used)
+    return {"ignored_parameters_unsupported": extra} if extra else {}
+
+
+def required(form: Mapping[str, str], name: str) -> str:
+    value = form.get(name)
+    if value is None:
+        raise ZulipError(
+            400, "REQUEST_VARIABLE_MISSING", f"Missing '{name}' argument", {"var_name": name}
+        )
+    return value
+
+
+def json_int(form: Mapping[str, str], name: str) -> int | None:
+    """A ``Json[int]`` form field: the decimal string of an integer."""
+    raw = form.get(name)
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise bad_request(f"{name} is not valid JSON") from None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise bad_request(f"{name} is not an integer")
+    return value
+
+
+def is_uuid(value: str) -> bool:
+    try:
+        return str(uuid_module.UUID(value)) == value.lower()
+    except ValueError:
+        return False
+
+
+def check_token(token: str, kind: int) -> str:
+    """Zulip's ``validate_token``; the stored form (APNs tokens in lower case)."""
+    if not token or len(token) > MAX_TOKEN_LENGTH:
+        raise bad_request("Empty or invalid length token")
+    if kind == KIND_APNS:
+        if _HEX_RE.fullmatch(token) is None:  # Zulip: bytes.fromhex(token) fails
+            raise bad_request("Invalid APNS token")
+        return token.lower()
+    return token
+
+
+def check_kind(kind: int | None) -> int:
+    if kind not in TOKEN_KINDS:
+        raise bad_request("Invalid token type")
+    assert kind is not None
+    return kind
+
+
+def check_hostname(hostname: str) -> str:
+    """Zulip's hostname check: ``host[:port]``, nothing else, at most 128 characters."""
+    if len(hostname) > MAX_HOSTNAME_LENGTH:
+        raise bad_request(f"{hostname} is not a valid hostname")
+    try:
+        parts = urlsplit("http://" + hostname)
+        port = parts.port
+    except ValueError:
+        raise bad_request(f"{hostname} is not a valid hostname") from None
+    if parts.path or parts.query or parts.fragment:
+        raise bad_request(f"{hostname} contains invalid components (e.g., path, query, fragment).")
+    host = parts.hostname or ""
+    if parts.username is not None or port == 0 or not host:
+        raise bad_request(f"{hostname} is not a valid hostname")
+    labels = host.rstrip(".").split(".")
+    if not all(_HOST_LABEL_RE.fullmatch(label) for label in labels) and host != "localhost":
+        raise bad_request(f"{hostname} is not a valid hostname")
+    return hostname
+
+
+def check_email(email: str) -> str:
+    if _EMAIL_RE.fullmatch(email) is None:
+        reason = "Enter a valid email address."
+        raise bad_request(
+            f"Invalid server administrator email address: {reason}", email_reason=reason
+        )
+    return email
+
+
+# --- rate limit -------------------------------------------------------------------------
+
+
+class RateLimiter:
+    """Zulip's per-server sliding window: at most ``limit`` requests in any 60 s.
+
+    Kept in memory: a restart forgets the window, which only errs on the side of the
+    chat server, and the limit is a guard against runaway loops, not a quota.
+    """
+
+    def __init__(self, limit: int, window: float = RATE_WINDOW_SECONDS) -> None:
+        self.limit = limit
+        self.window = window
+        self._hits: dict[str, deque[float]] = {}
+
+    def check(self, key: str, now: float) -> float | None:
+        """Count one request; None if allowed, else the seconds until one would be."""
+        hits = self._hits.setdefault(key, deque())
+        while hits and hits[0] <= now - self.window:
+            hits.popleft()
+        if len(hits) >= self.limit:
+            return hits[0] + self.window - now
+        hits.append(now)
+        return None
+
+
+def rate_limited(retry_after: float) -> ZulipError:
+    """Zulip's ``RateLimitedError`` body and ``Retry-After`` header."""
+    return ZulipError(
+        429,
+        "RATE_LIMIT_HIT",
+        "API usage exceeded rate limit",
+        {"retry-after": retry_after},
+        headers=(("retry-after", str(retry_after)),),
+    )
