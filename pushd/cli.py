@@ -237,6 +237,42 @@ def cmd_zulip_servers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zulip_keys(args: argparse.Namespace) -> int:
+    """Bouncer key pairs for Zulip's E2EE pushes (X25519, as Zulip's own bouncer uses).
+
+    ``add`` prints the new public key once in the base64 form a white-label app bakes in
+    (zulip-flutter's ``bouncerPublicKey``); the private key never leaves the store.
+    Several keys live at once so an app release can move to a new key while older
+    installs keep registering with theirs; ``remove`` a key once no app carries it.  The
+    running daemon reads keys per request, so changes take effect without a restart.
+    """
+    from pushd.frontends.zulip.e2ee import new_key_pair
+
+    database = _database(args)
+    if database is None:
+        return 1
+    try:
+        if args.action == "list":
+            for key in database.zulip_bouncer_keys():
+                created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(key.created_at))
+                print(f"{key.id:>4}  {key.public_key}  created {created} UTC")
+        elif args.action == "add":
+            public, private = new_key_pair()
+            key = database.zulip_add_bouncer_key(public, private)
+            print(f"added bouncer key {key.id}; build it into the mobile app as its")
+            print("bouncer public key (zulip-flutter: PushDeviceManager.bouncerPublicKey):")
+            print(public)
+        elif database.zulip_remove_bouncer_key(args.key) == 0:
+            return _fail(f"no bouncer key {args.key}")
+        else:
+            print(f"removed bouncer key {args.key}; apps built with it can no longer register")
+    except StoreError as error:
+        return _fail(str(error))
+    finally:
+        database.close()
+    return 0
+
+
 # --- send-test ------------------------------------------------------------------------
 
 
@@ -351,6 +387,21 @@ def build_parser() -> argparse.ArgumentParser:
         where.add_argument("--config", "-c", default="/etc/pushd/pushd.toml")
         where.add_argument("--store", help="the SQLite file, instead of reading the config")
         sub.set_defaults(func=cmd_zulip_servers)
+
+    zulip_keys = zulip_topics.add_parser("keys", help="bouncer key pairs for E2EE pushes")
+    key_actions = zulip_keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (
+        ("list", "list bouncer keys: id, public key, created"),
+        ("add", "make a new key pair and print its public key for the app"),
+        ("remove", "retire a key (apps built with it can no longer register)"),
+    ):
+        sub = key_actions.add_parser(action, help=text)
+        if action == "remove":
+            sub.add_argument("key", help="the key's id or its base64 public key")
+        where = sub.add_mutually_exclusive_group()
+        where.add_argument("--config", "-c", default="/etc/pushd/pushd.toml")
+        where.add_argument("--store", help="the SQLite file, instead of reading the config")
+        sub.set_defaults(func=cmd_zulip_keys)
 
     send_test = commands.add_parser("send-test", help="send one notification to one token")
     send_test.add_argument("--config", "-c", required=True)

@@ -633,7 +633,7 @@ async def test_fcm_test_notification_and_privacy(
 
 
 async def test_unknown_endpoints_answer_in_zulips_format(zulip: ZulipServer) -> None:
-    response = await zulip.json("push/e2ee/register", {})
+    response = await zulip.json("push/e2ee/unknown", {})
     assert response.status_code == 404
     assert response.json() == error("BAD_REQUEST", "Endpoint not found")
 

@@ -15,7 +15,8 @@ its next statement, never a half-written one.
 Every write method is one transaction (``with self._write_tx()``): a process killed at
 any moment leaves the database as it was before or after the request, never between.
 
-No message content is stored here: only servers, hashed keys and device tokens.
+No message content is stored here: only servers, hashed keys, device tokens and the
+Zulip bouncer's own key pairs (see migration 4).
 """
 
 from __future__ import annotations
@@ -106,6 +107,38 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX zulip_registrations_unique ON zulip_registrations
         (server_uuid, kind, token, ifnull(user_id, -1), ifnull(user_uuid, ''));
     CREATE INDEX zulip_registrations_by_token ON zulip_registrations (kind, token);
+    """,
+    # 4: the Zulip bouncer's end-to-end encrypted pushes (pushd.frontends.zulip.e2ee).
+    # Bouncer key pairs live here rather than in the config: the CLI adds and removes
+    # them while the daemon runs, and the daemon reads them per request from this file,
+    # which is already the one place holding secrets of the same weight (device tokens).
+    # E2EE devices are keyed by realm and, for Zulip 12, by ``token_id`` (the signed
+    # int64 of the token's SHA-256 prefix) or, for Zulip 11, by ``push_account_id``;
+    # their ``id`` is the ``device_id`` Zulip 11 is told.  No sealed registration and no
+    # push key is ever stored: only what sending needs.
+    """
+    CREATE TABLE zulip_bouncer_keys (
+        id INTEGER PRIMARY KEY,
+        public_key TEXT NOT NULL UNIQUE,
+        private_key TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE zulip_e2ee_devices (
+        id INTEGER PRIMARY KEY,
+        server_uuid TEXT NOT NULL REFERENCES zulip_servers(uuid),
+        realm_uuid TEXT NOT NULL REFERENCES zulip_realms(uuid),
+        token_kind TEXT NOT NULL,
+        token TEXT NOT NULL,
+        ios_app_id TEXT,
+        token_id INTEGER,
+        push_account_id INTEGER,
+        registered_at REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX zulip_e2ee_by_token_id ON zulip_e2ee_devices (realm_uuid, token_id)
+        WHERE token_id IS NOT NULL;
+    CREATE UNIQUE INDEX zulip_e2ee_by_account ON zulip_e2ee_devices
+        (realm_uuid, push_account_id, token) WHERE push_account_id IS NOT NULL;
+    CREATE INDEX zulip_e2ee_by_token ON zulip_e2ee_devices (token);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -235,6 +268,60 @@ class ZulipRegistration:
     user_uuid: str | None
     realm_uuid: str | None
     registered_at: float
+
+
+@attrs.frozen
+class ZulipBouncerKey:
+    """A bouncer X25519 key pair (base64); apps seal their registrations to the public one.
+
+    Several live at once: each app release bakes in one public key, and a key is only
+    removed once the app versions carrying it are gone.
+    """
+
+    id: int
+    public_key: str
+    private_key: str = attrs.field(repr=False)
+    created_at: float
+
+
+@attrs.frozen
+class ZulipE2eeDevice:
+    """An E2EE device registration: what sending to it needs, nothing more.
+
+    ``token_id`` (Zulip 12, signed int64) or ``push_account_id`` (Zulip 11) is set;
+    ``id`` is the ``device_id`` Zulip 11 servers are given.  ``token_kind`` is "apns"
+    (token stored lower case) or "fcm".
+    """
+
+    id: int
+    server_uuid: str
+    realm_uuid: str
+    token_kind: str
+    token: str
+    ios_app_id: str | None
+    token_id: int | None
+    push_account_id: int | None
+    registered_at: float
+
+
+_ZULIP_E2EE_COLUMNS = (
+    "id, server_uuid, realm_uuid, token_kind, token, ios_app_id, token_id, push_account_id,"
+    " registered_at"
+)
+
+
+def _zulip_e2ee_device(row: Sequence[object]) -> ZulipE2eeDevice:
+    return ZulipE2eeDevice(
+        id=int(row[0]),  # type: ignore[call-overload]
+        server_uuid=str(row[1]),
+        realm_uuid=str(row[2]),
+        token_kind=str(row[3]),
+        token=str(row[4]),
+        ios_app_id=None if row[5] is None else str(row[5]),
+        token_id=None if row[6] is None else int(row[6]),  # type: ignore[call-overload]
+        push_account_id=None if row[7] is None else int(row[7]),  # type: ignore[call-overload]
+        registered_at=float(row[8]),  # type: ignore[arg-type]
+    )
 
 
 _ZULIP_SERVER_COLUMNS = (
@@ -506,6 +593,11 @@ class Database:
                     (item.token, *after),
                 )
                 removed += cursor.rowcount
+                cursor = db.execute(
+                    f"DELETE FROM zulip_e2ee_devices WHERE token = ?{newer}",
+                    (item.token, *after),
+                )
+                removed += cursor.rowcount
         return removed
 
     # --- Zulip push bouncer ---------------------------------------------------------------
@@ -694,6 +786,123 @@ class Database:
             cursor = db.execute(f"DELETE FROM zulip_registrations WHERE id IN ({marks})", ids)
         return cursor.rowcount
 
+    # --- Zulip E2EE: bouncer keys and devices ---------------------------------------------
+
+    def zulip_add_bouncer_key(self, public_key: str, private_key: str) -> ZulipBouncerKey:
+        """Store a key pair (base64); StoreError if the public key is there already."""
+        now = time.time()
+        with self._write_tx() as db:
+            try:
+                cursor = db.execute(
+                    "INSERT INTO zulip_bouncer_keys (public_key, private_key, created_at)"
+                    " VALUES (?, ?, ?)",
+                    (public_key, private_key, now),
+                )
+            except sqlite3.IntegrityError:
+                raise StoreError("this bouncer key exists already") from None
+        assert cursor.lastrowid is not None
+        return ZulipBouncerKey(cursor.lastrowid, public_key, private_key, now)
+
+    def zulip_bouncer_keys(self) -> list[ZulipBouncerKey]:
+        rows = self._reader.execute(
+            "SELECT id, public_key, private_key, created_at FROM zulip_bouncer_keys ORDER BY id"
+        ).fetchall()
+        return [ZulipBouncerKey(int(r[0]), str(r[1]), str(r[2]), float(r[3])) for r in rows]
+
+    def zulip_bouncer_key(self, public_key: str) -> ZulipBouncerKey | None:
+        """The live key pair with this public key (base64), or None."""
+        row = self._reader.execute(
+            "SELECT id, public_key, private_key, created_at FROM zulip_bouncer_keys"
+            " WHERE public_key = ?",
+            (public_key,),
+        ).fetchone()
+        if row is None:
+            return None
+        return ZulipBouncerKey(int(row[0]), str(row[1]), str(row[2]), float(row[3]))
+
+    def zulip_remove_bouncer_key(self, key: str) -> int:
+        """Delete the key pair named by its id or its public key; returns the count."""
+        with self._write_tx() as db:
+            cursor = db.execute(
+                "DELETE FROM zulip_bouncer_keys WHERE public_key = ? OR CAST(id AS TEXT) = ?",
+                (key, key),
+            )
+        return cursor.rowcount
+
+    def zulip_e2ee_register(
+        self,
+        server_uuid: str,
+        realm_uuid: str,
+        token_kind: str,
+        token: str,
+        ios_app_id: str | None,
+        *,
+        token_id: int | None = None,
+        push_account_id: int | None = None,
+    ) -> int:
+        """Store an E2EE device idempotently; returns its id (Zulip 11's ``device_id``).
+
+        The key is (realm, token_id) for Zulip 12 and (realm, push_account_id, token) for
+        Zulip 11.  A repeat renews ``registered_at`` (the device has just shown the token
+        alive, which APNs' 410 rule compares against) and takes the newest token and app.
+        """
+        if (token_id is None) == (push_account_id is None):
+            raise ValueError("exactly one of token_id and push_account_id")
+        now = time.time()
+        with self._write_tx() as db:
+            if token_id is not None:
+                match = "realm_uuid = ? AND token_id = ?"
+                key: tuple[object, ...] = (realm_uuid, token_id)
+            else:
+                match = "realm_uuid = ? AND push_account_id = ? AND token = ?"
+                key = (realm_uuid, push_account_id, token)
+            row = db.execute(f"SELECT id FROM zulip_e2ee_devices WHERE {match}", key).fetchone()
+            if row is not None:
+                db.execute(
+                    "UPDATE zulip_e2ee_devices SET token_kind = ?, token = ?, ios_app_id = ?,"
+                    " registered_at = ? WHERE id = ?",
+                    (token_kind, token, ios_app_id, now, row[0]),
+                )
+                return int(row[0])
+            cursor = db.execute(
+                f"INSERT INTO zulip_e2ee_devices ({_ZULIP_E2EE_COLUMNS})"
+                " VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    server_uuid,
+                    realm_uuid,
+                    token_kind,
+                    token,
+                    ios_app_id,
+                    token_id,
+                    push_account_id,
+                    now,
+                ),
+            )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def zulip_e2ee_devices(
+        self,
+        realm_uuid: str,
+        *,
+        token_ids: Sequence[int] = (),
+        device_ids: Sequence[int] = (),
+    ) -> list[ZulipE2eeDevice]:
+        """The realm's devices with these token ids (Zulip 12) or device ids (Zulip 11)."""
+        found: list[ZulipE2eeDevice] = []
+        for column, values in (("token_id", token_ids), ("id", device_ids)):
+            unique = sorted(set(values))
+            if not unique:
+                continue
+            marks = ",".join("?" * len(unique))
+            rows = self._reader.execute(
+                f"SELECT {_ZULIP_E2EE_COLUMNS} FROM zulip_e2ee_devices"
+                f" WHERE realm_uuid = ? AND {column} IN ({marks}) ORDER BY id",
+                (realm_uuid, *unique),
+            ).fetchall()
+            found.extend(_zulip_e2ee_device(row) for row in rows)
+        return found
+
 
 class Store:
     """The async face of :class:`Database` for the daemon: reads inline, writes on a thread.
@@ -828,3 +1037,40 @@ class Store:
         if not ids:
             return 0
         return await self._write(self.db.zulip_delete_registrations, list(ids))
+
+    # Zulip E2EE: keys are read per request, so ones the CLI adds or removes count at once.
+    def zulip_bouncer_key(self, public_key: str) -> ZulipBouncerKey | None:
+        return self.db.zulip_bouncer_key(public_key)
+
+    def zulip_e2ee_devices(
+        self,
+        realm_uuid: str,
+        *,
+        token_ids: Sequence[int] = (),
+        device_ids: Sequence[int] = (),
+    ) -> list[ZulipE2eeDevice]:
+        return self.db.zulip_e2ee_devices(realm_uuid, token_ids=token_ids, device_ids=device_ids)
+
+    async def zulip_e2ee_register(
+        self,
+        server_uuid: str,
+        realm_uuid: str,
+        token_kind: str,
+        token: str,
+        ios_app_id: str | None,
+        *,
+        token_id: int | None = None,
+        push_account_id: int | None = None,
+    ) -> int:
+        def write() -> int:
+            return self.db.zulip_e2ee_register(
+                server_uuid,
+                realm_uuid,
+                token_kind,
+                token,
+                ios_app_id,
+                token_id=token_id,
+                push_account_id=push_account_id,
+            )
+
+        return await self._write(write)

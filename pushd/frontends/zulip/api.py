@@ -4,7 +4,8 @@ An unmodified Zulip server pointed at pushd (``ZULIP_SERVICES_URL``) must see wh
 sees from Zulip's own service: same status codes, error ``code`` and ``msg``, same
 success keys.  It joins ``/api/v1/remotes/...`` to the host root, discarding any path
 prefix, so these routes live at the root.  End-to-end encrypted pushes (``push/e2ee/*``)
-are a separate module still to come; they share the auth, realms and errors here.
+are handled in :mod:`pushd.frontends.zulip.e2ee`, mounted here so that they share the
+auth, rate limit, realms and errors.
 
 Servers authenticate with HTTP Basic (their ``zulip_org_id`` and ``zulip_org_key``);
 the key is stored as a SHA-256 hash and compared in constant time.
@@ -25,6 +26,7 @@ from pushd.config import AppConfig, Config
 from pushd.dispatch import Dispatcher, Report
 from pushd.frontends.http import Reply, Request, Route
 from pushd.frontends.zulip import payloads
+from pushd.frontends.zulip.e2ee import E2eeHandlers, no_app_message
 from pushd.frontends.zulip.wire import (
     IOS_APP_ID_RE,
     KIND_APNS,
@@ -114,6 +116,14 @@ class ZulipBouncer:
         self.dispatcher = dispatcher
         self.clock = clock
         self.limiter = RateLimiter(config.zulip.rate_limit)
+        self.e2ee = E2eeHandlers(
+            store,
+            dispatcher,
+            realm=self._realm,
+            app_for=self._app_for,
+            push_status=REALM_PUSH_STATUS,
+            clock=clock,
+        )
 
     def routes(self) -> list[Route]:
         authed: list[tuple[str, str, AuthedHandler]] = [
@@ -122,6 +132,8 @@ class ZulipBouncer:
             ("POST", "push/unregister/all", self.push_unregister_all),
             ("POST", "push/notify", self.push_notify),
             ("POST", "push/test_notification", self.push_test_notification),
+            ("POST", "push/e2ee/register", self.e2ee.register),
+            ("POST", "push/e2ee/notify", self.e2ee.notify),
             ("POST", "server/deactivate", self.server_deactivate),
             ("GET", "server/analytics/status", self.analytics_status),
             ("POST", "server/analytics", self.analytics),
@@ -152,8 +164,8 @@ class ZulipBouncer:
                     error_reply=zulip_error_reply,
                 )
             )
-        # Anything else under the prefix (the E2EE endpoints, until they come) gets a
-        # Zulip-shaped 404: a Zulip server reads ``msg`` from every 4xx body.
+        # Anything else under the prefix gets a Zulip-shaped 404: a Zulip server reads
+        # ``msg`` from every 4xx body.
         for depth in range(1, MAX_UNKNOWN_DEPTH + 1):
             path = PREFIX + "/".join(f"{{p{n}}}" for n in range(depth))
             for method in ("GET", "POST"):
@@ -407,7 +419,7 @@ class ZulipBouncer:
         user_id, user_uuid = _user(form)
         realm = self._realm(server, form.get("realm_uuid"), request.path)
         if self._app_for(kind, ios_app_id) is None:
-            raise bad_request(_no_app_message(kind, ios_app_id))
+            raise bad_request(no_app_message(kind, ios_app_id))
         await self.store.zulip_register(
             server.uuid,
             kind,
@@ -566,7 +578,7 @@ class ZulipBouncer:
                     "Zulip server %s: no configured app serves token %s (%s); skipped",
                     server.uuid,
                     mask_token(registration.token),
-                    _no_app_message(registration.kind, registration.ios_app_id),
+                    no_app_message(registration.kind, registration.ios_app_id),
                 )
                 continue
             deliveries.append(
@@ -620,12 +632,6 @@ def _strings(body: Mapping[str, Any], name: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise bad_request(f"Invalid {name}")
     return value
-
-
-def _no_app_message(kind: int, ios_app_id: str | None) -> str:
-    if kind == KIND_APNS:
-        return f"This push notification service has no app for ios_app_id {ios_app_id}"
-    return "This push notification service is not set up for Android (FCM) devices"
 
 
 def _json_list(form: Mapping[str, str], name: str, *, required: bool = False) -> list[Any]:
