@@ -12,6 +12,7 @@ dependency for its benchmark, and the two fields needed are easy to parse.
 from __future__ import annotations
 
 import os
+import uuid
 
 import attrs
 import trio
@@ -40,6 +41,9 @@ SEND_PATH = "/v1/notifications"
 
 #: First line a child prints once it serves; the rest of the line is its address.
 READY_PREFIX = "READY "
+#: The APNs simulator's last log line starts with this, then its answers by status as a
+#: JSON object (``{"200": 123456}``): the runner checks it against the drivers' counts.
+ANSWERS_PREFIX = "simulator: answers by status "
 
 #: Users the store holds for each fan-out, named ``<prefix><n>``.
 SINGLE_USER_PREFIX = "one-"
@@ -51,6 +55,26 @@ FCM_FANOUT_USER_PREFIX = "fcm-hundred-"
 MIXED_USER_PREFIX = "mixed-"
 MIXED_FCM_DEVICES = FANOUT_DEVICES // 2
 MIXED_APNS_DEVICES = FANOUT_DEVICES - MIXED_FCM_DEVICES
+
+#: The Zulip server the store holds (pushd's Zulip bouncer, ``/api/v1/remotes/``): its
+#: uuid and key are what ``manage.py register_server`` would have sent; the key is a
+#: fixed benchmark value (64 hex digits, like ``secrets.token_hex(32)``) because the
+#: store only keeps its hash and the driver has to authenticate with it.
+ZULIP_SERVER_UUID = "6cde5f7a-1f7e-4978-9716-49f69ebfc9fe"
+ZULIP_SERVER_KEY = "b3e1" * 16
+ZULIP_HOSTNAME = "zulip.bench.example.com"
+ZULIP_REALM_UUID = "a9a0d2b8-0f9c-4d52-9d8f-2c4e1d3c5b71"
+ZULIP_NOTIFY_PATH = "/api/v1/remotes/push/notify"
+#: Label of the Zulip users in :meth:`populate.Population.users` (they have no names:
+#: Zulip identifies them by number and uuid, see :func:`zulip_user_uuid`).
+ZULIP_USER_PREFIX = "zulip-"
+ZULIP_DEVICES = 10
+#: Zulip's token kind for APNs (``RemotePushDeviceToken.APNS``).
+ZULIP_KIND_APNS = 1
+#: Zulip tokens are numbered from here, far above the native API's, so that no token is
+#: in both tables (a dead token leaves every table; the benchmark has none, but a token
+#: shared between the two would make the APNs simulator's counts ambiguous).
+_ZULIP_TOKEN_BASE = 1 << 48
 
 #: Keys of :class:`CpuSnapshot` for the whole machine's busy and stolen CPU.
 MACHINE = "machine"
@@ -141,3 +165,18 @@ def fcm_token(n: int) -> str:
     APNs token's length, so the two kinds cost the store alike.
     """
     return f"fcm-device-{n:04d}:APA91b{n:040x}"
+
+
+def zulip_user_id(n: int) -> int:
+    """The Zulip user id (``UserProfile.id``) of the ``n``-th benchmark Zulip user."""
+    return n + 1
+
+
+def zulip_user_uuid(n: int) -> str:
+    """The ``n``-th Zulip user's uuid: Zulip >= 8 registers and notifies by it."""
+    return str(uuid.UUID(int=zulip_user_id(n), version=4))
+
+
+def zulip_token(n: int, device: int) -> str:
+    """The APNs token of the ``n``-th Zulip user's ``device``-th phone (lower-case hex)."""
+    return token(_ZULIP_TOKEN_BASE + n * ZULIP_DEVICES + device)

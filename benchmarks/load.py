@@ -9,6 +9,14 @@ the driver microseconds; an unnoticed failure would make every number meaningles
 mixed send must also show the expected number of delivered devices for *each* app: a
 summary of 100 delivered could otherwise hide an FCM app that was never reached.
 
+The ``zulip`` mode is a Zulip server calling pushd's Zulip bouncer: ``POST
+/api/v1/remotes/push/notify`` with the JSON body ``send_notifications_to_bouncer``
+sends for a new stream message (``apns_payload``, ``gcm_payload``, ``gcm_options`` and
+the user's token lists), HTTP Basic with the server's uuid and key, and Zulip's
+``User-Agent``, as ``tests/zulip_client.py`` sends it.  Its response must be exactly
+Zulip's success: the user's 10 APNs devices counted, no ``deleted_devices`` (a device
+pushd failed to reach and deleted would show up there) and the realm allowed to push.
+
 The measured window starts after each connection's warm-up requests and ends when the
 last worker finishes; CPU seconds of the processes given with ``--watch ROLE=PID``
 (pushd, the simulator) and of the driver itself are read from /proc at both ends, so
@@ -21,6 +29,7 @@ Prints one JSON object on stdout.  Bounded: a fixed number of requests, cut shor
 from __future__ import annotations
 
 import argparse
+import base64
 import itertools
 import json
 import os
@@ -44,7 +53,17 @@ from common import (
     MIXED_USER_PREFIX,
     SEND_PATH,
     SINGLE_USER_PREFIX,
+    ZULIP_DEVICES,
+    ZULIP_HOSTNAME,
+    ZULIP_NOTIFY_PATH,
+    ZULIP_REALM_UUID,
+    ZULIP_SERVER_KEY,
+    ZULIP_SERVER_UUID,
+    ZULIP_USER_PREFIX,
     CpuSnapshot,
+    zulip_token,
+    zulip_user_id,
+    zulip_user_uuid,
 )
 
 #: Distinct pre-encoded requests cycled through; users are spread over the whole store.
@@ -59,6 +78,26 @@ CONTENT_LENGTH = b"\r\ncontent-length:"
 CONNECTION_CLOSE = b"\r\nconnection: close"
 #: The notification every send carries: a short alert, as a chat message preview is.
 ALERT = "Hello from the benchmark"
+#: What a Zulip server says it is (``tests/zulip_client.py``'s version).
+ZULIP_USER_AGENT = "ZulipServer/11.4"
+#: The sender and stream of the benchmark's Zulip message; ids as a small Zulip has.
+ZULIP_SENDER_ID = 8
+ZULIP_SENDER = "Iago"
+ZULIP_REALM_ID = 2
+ZULIP_STREAM = "general"
+ZULIP_STREAM_ID = 3
+ZULIP_TOPIC = "benchmarks"
+ZULIP_MESSAGE_TIME = 1_700_000_000
+#: The one answer a Zulip server accepts as a full success for one user's 10 APNs
+#: devices (protocol notes §2.4): anything in ``deleted_devices`` means pushd lost one.
+ZULIP_SUCCESS = {
+    "result": "success",
+    "msg": "",
+    "total_android_devices": 0,
+    "total_apple_devices": ZULIP_DEVICES,
+    "deleted_devices": {"android_devices": [], "apple_devices": []},
+    "realm": {"can_push": True, "expected_end_timestamp": None},
+}
 
 
 @attrs.frozen
@@ -69,6 +108,8 @@ class Mode:
     user_prefix: str
     apns_devices: int = 0
     fcm_devices: int = 0
+    #: A Zulip server's ``push/notify`` rather than a native send.
+    zulip: bool = False
 
     @property
     def devices(self) -> int:
@@ -92,6 +133,7 @@ MODES: dict[str, Mode] = {
         apns_devices=MIXED_APNS_DEVICES,
         fcm_devices=MIXED_FCM_DEVICES,
     ),
+    "zulip": Mode(ZULIP_NOTIFY_PATH, ZULIP_USER_PREFIX, apns_devices=ZULIP_DEVICES, zulip=True),
 }
 
 
@@ -155,23 +197,91 @@ class Connection:
         return status, body
 
 
+def zulip_notify_body(n: int, message_id: int) -> dict[str, Any]:
+    """What a Zulip server posts to ``push/notify`` for a stream message to user ``n``.
+
+    The shape of ``send_notifications_to_bouncer``'s payloads (protocol notes §3):
+    both payloads always go, whatever devices the user has, with the server's own list
+    of the user's tokens so that the bouncer can say which ones it no longer has.
+    """
+    user_id = zulip_user_id(n)
+    realm_url = f"https://{ZULIP_HOSTNAME}"
+    sender_email = f"{ZULIP_SENDER.lower()}@{ZULIP_HOSTNAME}"
+    common_fields = {
+        "server": ZULIP_HOSTNAME,
+        "realm_id": ZULIP_REALM_ID,
+        "realm_name": "Bench",
+        "realm_uri": realm_url,
+        "realm_url": realm_url,
+        "user_id": user_id,
+        "sender_id": ZULIP_SENDER_ID,
+        "sender_email": sender_email,
+        "time": ZULIP_MESSAGE_TIME,
+        "recipient_type": "stream",
+        "stream": ZULIP_STREAM,
+        "stream_id": ZULIP_STREAM_ID,
+        "topic": ZULIP_TOPIC,
+    }
+    return {
+        "user_id": user_id,
+        "user_uuid": zulip_user_uuid(n),
+        "realm_uuid": ZULIP_REALM_UUID,
+        "apns_payload": {
+            "alert": {
+                "title": ZULIP_SENDER,
+                "subtitle": f"#{ZULIP_STREAM} > {ZULIP_TOPIC}:",
+                "body": ALERT,
+            },
+            "sound": "default",
+            "badge": 0,
+            "custom": {"zulip": {"message_ids": [message_id], **common_fields}},
+        },
+        "gcm_payload": {
+            "event": "message",
+            "zulip_message_id": message_id,
+            "content": ALERT,
+            "content_truncated": False,
+            "sender_full_name": ZULIP_SENDER,
+            "sender_avatar_url": f"{realm_url}/avatar/{ZULIP_SENDER_ID}",
+            **common_fields,
+        },
+        "gcm_options": {"priority": "high"},
+        "android_devices": [],
+        "apple_devices": [zulip_token(n, device) for device in range(ZULIP_DEVICES)],
+    }
+
+
+def basic_auth(user: str, password: str) -> str:
+    """An ``Authorization`` value for HTTP Basic, as a Zulip server sends its uuid/key."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def encode_request(path: str, port: int, headers: dict[str, str], body: bytes) -> bytes:
+    """One HTTP/1.1 POST with a JSON body, keep-alive (HTTP/1.1's default)."""
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n" + "".join(
+        f"{name}: {value}\r\n" for name, value in headers.items()
+    )
+    head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
 def build_requests(args: argparse.Namespace, mode: Mode) -> list[bytes]:
     """Pre-encode the requests, for users spread evenly over the stored ones."""
     count = min(REQUEST_POOL, args.users)
     requests = []
     for k in range(count):
         user = k * args.users // count
-        body = json.dumps(
-            {"user": f"{mode.user_prefix}{user}", "alert": ALERT}, separators=(",", ":")
-        ).encode()
-        head = (
-            f"POST {mode.path} HTTP/1.1\r\n"
-            f"Host: 127.0.0.1:{args.port}\r\n"
-            f"Authorization: Bearer {args.key}\r\n"
-            "Content-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        )
-        requests.append(head.encode() + body)
+        if mode.zulip:
+            payload = zulip_notify_body(user, message_id=k + 1)
+            headers = {
+                "User-Agent": ZULIP_USER_AGENT,
+                "Authorization": basic_auth(ZULIP_SERVER_UUID, ZULIP_SERVER_KEY),
+            }
+        else:
+            payload = {"user": f"{mode.user_prefix}{user}", "alert": ALERT}
+            headers = {"Authorization": f"Bearer {args.key}"}
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        requests.append(encode_request(mode.path, args.port, headers, body))
     return requests
 
 
@@ -184,6 +294,10 @@ def check(mode: Mode, status: int, body: bytes) -> None:
             raise ResponseError(f"empty endpoint answered {body[:300]!r}")
         return
     answer = json.loads(body)
+    if mode.zulip:
+        if answer != ZULIP_SUCCESS:
+            raise ResponseError(f"Zulip notify answered {answer}")
+        return
     summary = answer["summary"]
     if summary.get("delivered") != mode.devices:
         raise ResponseError(f"not all {mode.devices} delivered: {summary}")
@@ -210,6 +324,8 @@ class Run:
     failures: int = 0
     first_failure: str | None = None
     warmed: int = 0
+    #: Warm-up requests answered in full success (not in the window, but sent upstream).
+    warmup_done: int = 0
     #: Connections reopened after pushd's ``connection: close`` in the measured window.
     reopened: int = 0
     all_warm: trio.Event = attrs.Factory(trio.Event)
@@ -238,6 +354,7 @@ async def worker(run: Run, port: int, warmup: int, workers: int) -> None:
             try:
                 with trio.fail_after(REQUEST_TIMEOUT):
                     check(run.mode, *await connection.exchange(request))
+                run.warmup_done += 1
             except (*RESPONSE_ERRORS, *FATAL_ERRORS) as error:
                 run.fail(error)  # a bad start: leave this worker out of the measured window
                 alive = False
@@ -297,6 +414,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "requests": done,
         "notifications": done * mode.devices,
         "fcm_notifications": done * mode.fcm_devices,
+        # Every APNs notification of this run, warm-ups included: the runner checks the
+        # sum of all runs against what the APNs simulator counted.
+        "apns_sent": (done + run.warmup_done) * mode.apns_devices,
         "failures": run.failures,
         "reconnects": run.reopened,
         "first_failure": run.first_failure,

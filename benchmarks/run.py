@@ -9,8 +9,11 @@ Four processes, so that the kernel can tell whose CPU is whose: pushd
 (``fcm_simulator.py``) and the load driver (``load.py``, started once per scenario).
 Nothing is pinned: on a 2-core machine they share both cores, which is why the table
 shows each one's CPU, so a reader can see whether pushd or its neighbours set the pace.
-The scenarios send to APNs devices, to FCM devices, and to users with both.  See
-README.md for how to read the table.
+The scenarios send to APNs devices, to FCM devices, to users with both, and, as a
+Zulip server through pushd's Zulip bouncer (``push/notify``), to users with 10 APNs
+devices.  Before them, ``zulip_fanout.py`` checks that such a notify costs one upstream
+round trip, not ten; after them, that the APNs simulator answered exactly the
+notifications the drivers sent.  See README.md for how to read the table.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 
 import attrs
 from common import (
+    ANSWERS_PREFIX,
     APNS_SIM,
     DRIVER,
     FANOUT_DEVICES,
@@ -46,6 +50,7 @@ from common import (
     PUSHD,
     READY_PREFIX,
     STEAL,
+    ZULIP_DEVICES,
     status_kib,
 )
 from cryptography.hazmat.primitives import serialization
@@ -65,10 +70,16 @@ REGISTRATIONS = 100_000
 FANOUT_USERS = 500
 #: FCM users with one device, FCM users with 100, users with 50 APNs + 50 FCM devices:
 #: 10,000 registrations (8,500 FCM tokens), more users than any FCM scenario sends to.
-#: APNs users with one device fill the rest of the 100,000 (40,000).
 FCM_SINGLE_USERS = 5_000
 FCM_FANOUT_USERS = 20
 MIXED_USERS = 30
+#: Users of the one Zulip server, 10 legacy APNs registrations each: 10,000 rows of
+#: ``zulip_registrations``, counted in the 100,000.  APNs users with one device fill the
+#: rest (30,000).
+ZULIP_USERS = 1_000
+#: The one-round check of a Zulip notify to 10 devices (``zulip_fanout.py``) ends by
+#: itself within 60 s; this is the runner's backstop.
+FANOUT_CHECK_TIMEOUT = 90.0
 #: How long a child may take to start serving.
 START_TIMEOUT = 30.0
 #: How long a child may take to exit after its stdin closes, before it is killed.
@@ -85,6 +96,7 @@ SATURATED_CORE_SHARE = 0.90
 #: neighbours slow pushd down and raise its CPU per request (caches, fewer batched reads).
 CONTENDED_OTHER_SHARE = 0.20
 PROFILE_TOP = 15
+HTTP_OK = 200
 KIB_PER_MB = 1024
 
 
@@ -125,6 +137,8 @@ FULL = Plan(
         Scenario("fcm-one", 16, 3000, 5, 20.0),
         Scenario("fcm-hundred", 4, 50, 1, 20.0),
         Scenario("mixed", 4, 100, 1, 20.0),
+        Scenario("zulip", 4, 2000, 2, 20.0),
+        Scenario("zulip", 16, 2000, 2, 20.0),
     ),
 )
 #: Windows well under a second: proves the benchmark works, the numbers mean little.
@@ -137,6 +151,7 @@ QUICK = Plan(
         Scenario("fcm-one", 16, 100, 1, 5.0),
         Scenario("fcm-hundred", 2, 4, 1, 5.0),
         Scenario("mixed", 2, 4, 1, 5.0),
+        Scenario("zulip", 4, 40, 1, 5.0),
     ),
 )
 
@@ -216,6 +231,49 @@ def write_public_key(key: rsa.RSAPrivateKey, path: Path) -> Path:
         )
     )
     return path
+
+
+def check_zulip_fanout() -> str:
+    """Run ``zulip_fanout.py``: one notify to 10 delayed devices must take one delay.
+
+    It needs an APNs simulator scripted in its own process, so it is not a load-driver
+    scenario; a failure stops the benchmark, because the Zulip rows would then measure
+    a pushd that sends a user's devices one by one.
+    """
+    argv = [PYTHON, str(HERE / "zulip_fanout.py")]
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=FANOUT_CHECK_TIMEOUT, check=False
+    )
+    if done.returncode != 0:
+        raise BenchmarkError(
+            f"Zulip fan-out check failed ({done.returncode}):\n{done.stdout}{done.stderr[-3000:]}"
+        )
+    return done.stdout.strip()
+
+
+def apns_answers(log_path: Path) -> dict[str, int]:
+    """The APNs simulator's answers by status, from the line it logs as it exits."""
+    for line in reversed(log_path.read_text(errors="replace").splitlines()):
+        if line.startswith(ANSWERS_PREFIX):
+            answers: dict[str, int] = json.loads(line[len(ANSWERS_PREFIX) :])
+            return answers
+    raise BenchmarkError(f"the APNs simulator logged no answers line in {log_path}")
+
+
+def check_apns_count(log_path: Path, sent: int) -> str:
+    """The simulator must have answered exactly the drivers' APNs notifications, all 200.
+
+    A notify's answer cannot show every delivery (a Zulip notify counts the user's
+    devices before sending), so this is what proves that every notification of every
+    run, warm-ups included, reached the APNs simulator once: no fewer (a device
+    skipped), no more (a retry, or a device sent twice), and no error status.
+    """
+    answers = apns_answers(log_path)
+    if answers != {str(HTTP_OK): sent}:
+        raise BenchmarkError(
+            f"the APNs simulator answered {answers}, the drivers sent {sent} APNs notifications"
+        )
+    return f"the APNs simulator answered {sent:,} notifications, all 200, as the drivers sent"
 
 
 def drive(
@@ -305,6 +363,7 @@ LABELS = {
     "fcm-one": "FCM 1 device/request",
     "fcm-hundred": "FCM 100 devices/req",
     "mixed": f"mixed {MIXED_APNS_DEVICES} APNs+{MIXED_FCM_DEVICES} FCM",
+    "zulip": f"Zulip notify, {ZULIP_DEVICES} devices",
 }
 LABEL_WIDTH = max(len(label) for label in LABELS.values())
 COLUMN_TITLES = {PUSHD: "pushd", APNS_SIM: "apnsim", FCM_SIM: "fcmsim", DRIVER: "driver"}
@@ -343,14 +402,15 @@ def print_report(
     if quick:
         print("QUICK RUN: windows too short for the numbers to mean much; use the full run.")
     print(
-        f"pushd native API, {population.registrations:,} registrations stored:"
-        f" APNs {population.single_users:,} one-device users, {population.fanout_users}"
+        f"pushd native API and Zulip bouncer, {population.registrations:,} registrations"
+        f" stored: APNs {population.single_users:,} one-device users, {population.fanout_users}"
         f" users x {FANOUT_DEVICES} devices;\nFCM {population.fcm_single_users:,} one-device"
         f" users, {population.fcm_fanout_users} users x {FANOUT_DEVICES} devices;"
         f" {population.mixed_users} users x ({MIXED_APNS_DEVICES} APNs + {MIXED_FCM_DEVICES}"
-        " FCM devices).\nLoopback. APNs simulator upstream through pushd's h2 pool, 2"
-        " connections; FCM simulator upstream through httpx, 2 clients of 1 connection"
-        " x 100 streams."
+        f" FCM devices);\nZulip: 1 server, {population.zulip_users:,} users x {ZULIP_DEVICES}"
+        " legacy APNs registrations (push/notify, HTTP Basic).\nLoopback. APNs simulator"
+        " upstream through pushd's h2 pool, 2 connections; FCM simulator upstream through"
+        " httpx, 2 clients of 1 connection x 100 streams."
     )
     print(
         f"{os.cpu_count()} CPUs shared by pushd, both simulators and the driver; nothing"
@@ -434,7 +494,7 @@ ROLE_NAMES = {
     DRIVER: "the driver",
 }
 #: Send scenarios in the order the per-upstream summary lists them.
-UPSTREAM_MODES = ("one", "hundred", "fcm-one", "fcm-hundred", "mixed")
+UPSTREAM_MODES = ("one", "hundred", "zulip", "fcm-one", "fcm-hundred", "mixed")
 
 
 def print_by_upstream(rows: list[Row], suspect: Callable[..., str]) -> None:
@@ -495,6 +555,8 @@ def run(plan: Plan, profile: bool, keep: Path | None = None) -> None:
             keep.mkdir(parents=True, exist_ok=False)
             workdir = keep
         started = time.monotonic()
+        fanout = check_zulip_fanout()
+        print(fanout, flush=True)
         store = workdir / "pushd.sqlite3"
         population = populate(
             str(store),
@@ -503,6 +565,7 @@ def run(plan: Plan, profile: bool, keep: Path | None = None) -> None:
             fcm_single_users=FCM_SINGLE_USERS,
             fcm_fanout_users=FCM_FANOUT_USERS,
             mixed_users=MIXED_USERS,
+            zulip_users=ZULIP_USERS,
         )
         print(
             f"stored {population.registrations:,} registrations in"
@@ -580,8 +643,9 @@ def run(plan: Plan, profile: bool, keep: Path | None = None) -> None:
                 f" port {fcm_port}; warming up",
                 flush=True,
             )
+            apns_sent = 0
             for warmup in plan.warmups:
-                drive(warmup, port, population, pids)
+                apns_sent += drive(warmup, port, population, pids)["apns_sent"]
             rows = []
             for scenario in plan.scenarios:
                 print(
@@ -593,6 +657,7 @@ def run(plan: Plan, profile: bool, keep: Path | None = None) -> None:
                 if profiling:
                     os.kill(pushd.pid, signal.SIGUSR1)
                 report = drive(scenario, port, population, pids)
+                apns_sent += report["apns_sent"]
                 if profiling:
                     os.kill(pushd.pid, signal.SIGUSR2)
                 rows.append(Row.from_report(scenario, report, status_kib(pushd.pid, "VmHWM")))
@@ -603,7 +668,10 @@ def run(plan: Plan, profile: bool, keep: Path | None = None) -> None:
         pushd.stop()
         simulator.stop()
         fcm_simulator.stop()
+        apns_count = check_apns_count(simulator.log_path, apns_sent)
         print_report(rows, population, startup_rss_mb, plan is QUICK)
+        print(f"\nOne round of concurrent sends: {fanout}")
+        print(f"Count check: {apns_count}")
         print(f"\nwhole run: {time.monotonic() - started:.0f} s")
         if profile:
             print_profile(profile_path)

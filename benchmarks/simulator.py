@@ -17,10 +17,11 @@ leaves nothing running.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import trio
-from common import READY_PREFIX, TOPIC, wait_for_stdin_eof
+from common import ANSWERS_PREFIX, READY_PREFIX, TOPIC, wait_for_stdin_eof
 
 from pushd.simulators.apns import ApnsSimulator, Received
 from pushd.simulators.certs import make_self_signed
@@ -53,7 +54,8 @@ async def _main(args: argparse.Namespace) -> None:
             print(f"{READY_PREFIX}{port}", flush=True)
             await wait_for_stdin_eof()
             nursery.cancel_scope.cancel()
-    print(f"simulator: answers by status {counter.by_status}", file=sys.stderr, flush=True)
+    # The runner reads this line to check that the driver's counts add up.
+    print(f"{ANSWERS_PREFIX}{json.dumps(counter.by_status)}", file=sys.stderr, flush=True)
 
 
 def main() -> int:

@@ -128,3 +128,19 @@ def test_sigkill_during_a_write_leaves_all_or_nothing(tmp_path: Path) -> None:
         raw.close()
     finally:
         reopened.close()
+
+
+@pytest.mark.parametrize(
+    ("user_id", "user_uuid"), [(7, None), (None, "2b9b3a0a-0000-4000-8000-000000000001"), (7, "u")]
+)
+def test_a_zulip_user_lookup_uses_an_index(db: Database, user_id, user_uuid) -> None:
+    from pushd.store.sqlite import _identity_clause
+
+    clause, params = _identity_clause(user_id, user_uuid)
+    plan = db._reader.execute(
+        "EXPLAIN QUERY PLAN SELECT * FROM zulip_registrations"
+        f" WHERE server_uuid = ? AND {clause} ORDER BY id",
+        ("s", *params),
+    ).fetchall()
+    details = " ".join(str(row[-1]) for row in plan)
+    assert "zulip_registrations_by_" in details, details
