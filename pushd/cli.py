@@ -20,6 +20,8 @@ import trio
 from pushd import __version__, config, logs
 from pushd.store.sqlite import Database, StoreError
 
+#: The config the admin commands read when none is named.
+DEFAULT_CONFIG = "/etc/pushd/pushd.toml"
 #: Where ``serve`` looks for a config when none is named (then falls back to the demo).
 CONFIG_ENV = "PUSHD_CONFIG"
 
@@ -325,6 +327,13 @@ def cmd_send_test(args: argparse.Namespace) -> int:
 # --- main -----------------------------------------------------------------------------
 
 
+def _store_options(parser: argparse.ArgumentParser) -> None:
+    """Where a store-managing command finds the store: the config's, or a named file."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    where.add_argument("--store", help="the SQLite file, instead of reading the config")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pushd", description="Self-hosted push notification gateway for chat servers."
@@ -361,9 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub = server_actions.add_parser(action, help=text)
         if action != "list":
             sub.add_argument("name")
-        where = sub.add_mutually_exclusive_group()
-        where.add_argument("--config", "-c", default="/etc/pushd/pushd.toml")
-        where.add_argument("--store", help="the SQLite file, instead of reading the config")
+        _store_options(sub)
         sub.set_defaults(func=cmd_server)
 
     zulip = commands.add_parser("zulip", help="the Zulip push notification bouncer")
@@ -383,9 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--key", help="its zulip_org_key (default: a new one)")
         elif action != "list":
             sub.add_argument("uuid", help="the server's zulip_org_id")
-        where = sub.add_mutually_exclusive_group()
-        where.add_argument("--config", "-c", default="/etc/pushd/pushd.toml")
-        where.add_argument("--store", help="the SQLite file, instead of reading the config")
+        _store_options(sub)
         sub.set_defaults(func=cmd_zulip_servers)
 
     zulip_keys = zulip_topics.add_parser("keys", help="bouncer key pairs for E2EE pushes")
@@ -398,9 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub = key_actions.add_parser(action, help=text)
         if action == "remove":
             sub.add_argument("key", help="the key's id or its base64 public key")
-        where = sub.add_mutually_exclusive_group()
-        where.add_argument("--config", "-c", default="/etc/pushd/pushd.toml")
-        where.add_argument("--store", help="the SQLite file, instead of reading the config")
+        _store_options(sub)
         sub.set_defaults(func=cmd_zulip_keys)
 
     send_test = commands.add_parser("send-test", help="send one notification to one token")
