@@ -11,6 +11,7 @@ and its key files can be moved together.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +45,10 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 
 #: Zulip's own bouncer allows each server 1000 requests a minute (``api_by_remote_server``).
 DEFAULT_ZULIP_RATE_LIMIT = 1000
+#: A secret URL prefix stands in for a password: refuse short ones.
+MIN_PATH_SECRET = 16
+#: Mattermost's proxy default (`ThrottlePerSec`).
+DEFAULT_MATTERMOST_THROTTLE = 300
 
 
 @attrs.frozen
@@ -125,6 +130,9 @@ class AppConfig:
     android_ttl: int | None = None
     android_collapse_key: str | None = None
     fcm_apns: FcmApnsDefaults | None = None
+    #: Mattermost: the platform type this app serves (the device id's prefix without
+    #: ``-vN``: ``apple_rn``, ``android_rn``, ``apple_rnbeta``, ...).
+    mattermost_type: str | None = None
     #: Override Apple's or Google's URL, e.g. the bundled simulator.
     upstream_url: str | None = None
     #: Extra CA bundle to trust for the upstream (the simulator's CA).
@@ -155,6 +163,61 @@ class ZulipConfig:
 
 
 @attrs.frozen
+class MattermostServer:
+    """``[[mattermost.servers]]``: one Mattermost server allowed to use the push proxy.
+
+    Mattermost sends no credentials, so the secret is in the URL: the server's "Push
+    Notification Server" setting is ``https://<pushd>/<path_secret>``, and Mattermost
+    keeps that prefix on every request.
+    """
+
+    name: str
+    #: The URL path prefix (no slashes): long and random, like a password.
+    path_secret: str
+    #: Optional source networks (CIDR) this server's requests must come from.
+    allowed_networks: tuple[str, ...] = ()
+    #: Optional ``server_id`` values its requests must carry.
+    server_ids: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class MattermostConfig:
+    """``[mattermost]``: the Mattermost push proxy API (``/api/v1/send_push`` and ack)."""
+
+    servers: tuple[MattermostServer, ...] = ()
+    #: Requests a second per source address, as Mattermost's proxy throttles.
+    throttle_per_second: int = DEFAULT_MATTERMOST_THROTTLE
+
+
+@attrs.frozen
+class RocketChatServer:
+    """``[[rocketchat.servers]]``: one Rocket.Chat server allowed to use the push gateway.
+
+    Rocket.Chat sends its cloud token in ``Authorization``, which pushd cannot verify
+    offline: instead the admin configures the exact values this server sends, or a
+    secret path prefix (its gateway URL is then ``https://<pushd>/<path_secret>``).
+    """
+
+    name: str
+    #: Accepted ``Authorization`` header values (compared in constant time).
+    tokens: tuple[str, ...] = ()
+    #: Or a URL path prefix (no slashes) that authenticates the server.
+    path_secret: str | None = None
+    #: The FCM app (an ``[[apps]]`` name) for this server's Android devices.
+    fcm_app: str | None = None
+
+
+@attrs.frozen
+class RocketChatConfig:
+    """``[rocketchat]``: the Rocket.Chat push gateway API (``/push/apn|gcm/send``)."""
+
+    servers: tuple[RocketChatServer, ...] = ()
+    #: The FCM app for servers that name none.  APNs apps are chosen by
+    #: ``options.topic`` (an app's ``topic``).
+    fcm_app: str | None = None
+
+
+@attrs.frozen
 class Config:
     """The whole of pushd.toml."""
 
@@ -164,6 +227,8 @@ class Config:
     retry: RetryConfig = RetryConfig()
     apps: tuple[AppConfig, ...] = ()
     zulip: ZulipConfig = ZulipConfig()
+    mattermost: MattermostConfig = MattermostConfig()
+    rocketchat: RocketChatConfig = RocketChatConfig()
     #: The file this came from; relative paths inside were already resolved against it.
     source: str | None = None
 
@@ -352,7 +417,21 @@ def check(config: Config) -> list[str]:
         seen.add(app.name)
         problems += _check_app(index, app)
     problems += _check_zulip(config)
+    problems += _check_mattermost(config)
+    problems += _check_rocketchat(config)
     return problems
+
+
+def _check_fcm_reference(config: Config, key: str, name: str | None) -> list[str]:
+    """A reference to an FCM app from a protocol section: it must exist and be FCM."""
+    if name is None:
+        return []
+    app = config.app(name)
+    if app is None:
+        return [f"{key}: no app named {name!r}"]
+    if app.provider != "fcm":
+        return [f"{key}: {name!r} is not an FCM app"]
+    return []
 
 
 def _check_zulip(config: Config) -> list[str]:
@@ -360,12 +439,61 @@ def _check_zulip(config: Config) -> list[str]:
     problems: list[str] = []
     if zulip.rate_limit < 1:
         problems.append("zulip.rate_limit: must be at least 1")
-    if zulip.fcm_app is not None:
-        app = config.app(zulip.fcm_app)
-        if app is None:
-            problems.append(f"zulip.fcm_app: no app named {zulip.fcm_app!r}")
-        elif app.provider != "fcm":
-            problems.append(f"zulip.fcm_app: {zulip.fcm_app!r} is not an FCM app")
+    return problems + _check_fcm_reference(config, "zulip.fcm_app", zulip.fcm_app)
+
+
+def _check_path_secret(key: str, secret: str | None, seen: set[str]) -> list[str]:
+    if secret is None:
+        return []
+    problems = []
+    if len(secret) < MIN_PATH_SECRET or not all(c.isalnum() or c in "-_" for c in secret):
+        problems.append(
+            f"{key}: at least {MIN_PATH_SECRET} letters, digits, - or _ "
+            "(it is the server's password)"
+        )
+    if secret in seen:
+        problems.append(f"{key}: used by another server")
+    seen.add(secret)
+    return problems
+
+
+def _check_mattermost(config: Config) -> list[str]:
+    mattermost = config.mattermost
+    problems: list[str] = []
+    if mattermost.throttle_per_second < 1:
+        problems.append("mattermost.throttle_per_second: must be at least 1")
+    secrets: set[str] = set()
+    for index, server in enumerate(mattermost.servers):
+        key = f"mattermost.servers[{index}]"
+        problems += _check_path_secret(f"{key}.path_secret", server.path_secret, secrets)
+        for n, network in enumerate(server.allowed_networks):
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                problems.append(f"{key}.allowed_networks[{n}]: not a network like 10.0.0.0/8")
+    types: dict[str, str] = {}
+    for index, app in enumerate(config.apps):
+        if app.mattermost_type is None:
+            continue
+        if app.mattermost_type in types:
+            problems.append(
+                f"apps[{index}].mattermost_type: {app.mattermost_type!r} is served by "
+                f"{types[app.mattermost_type]!r} already"
+            )
+        types[app.mattermost_type] = app.name
+    return problems
+
+
+def _check_rocketchat(config: Config) -> list[str]:
+    rocketchat = config.rocketchat
+    problems = _check_fcm_reference(config, "rocketchat.fcm_app", rocketchat.fcm_app)
+    secrets: set[str] = set()
+    for index, server in enumerate(rocketchat.servers):
+        key = f"rocketchat.servers[{index}]"
+        if not server.tokens and server.path_secret is None:
+            problems.append(f"{key}: set tokens, path_secret or both (how it authenticates)")
+        problems += _check_path_secret(f"{key}.path_secret", server.path_secret, secrets)
+        problems += _check_fcm_reference(config, f"{key}.fcm_app", server.fcm_app)
     return problems
 
 
