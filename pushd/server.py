@@ -26,8 +26,10 @@ from pushd.asgi import AsgiApp
 from pushd.config import Config, apns_settings, fcm_settings
 from pushd.dispatch import Budget, Dispatcher, Lane, Sender
 from pushd.frontends.http import Reply, Request, Route, json_reply
+from pushd.frontends.mattermost import MattermostProxy
 from pushd.frontends.native import NativeApi
 from pushd.frontends.openapi import OPENAPI
+from pushd.frontends.rocketchat import RocketChatGateway
 from pushd.frontends.zulip import ZulipBouncer
 from pushd.store.sqlite import Store
 from pushd.upstream.apns.client import ApnsClient
@@ -173,7 +175,11 @@ async def serve(
             services = Services(config=config, store=store, dispatcher=dispatcher, routes=[])
             native = NativeApi(config, store, dispatcher, openapi=OPENAPI)
             services.routes = [*all_routes(services, native), *extra_routes]
-            services.protocol_routes = ZulipBouncer(config, store, dispatcher).routes()
+            services.protocol_routes = [
+                *ZulipBouncer(config, store, dispatcher).routes(),
+                *MattermostProxy(config, store, dispatcher).routes(),
+                *RocketChatGateway(config, store, dispatcher).routes(),
+            ]
             # hypercorn types scopes as TypedDict unions; AsgiApp reads plain mappings.
             app: Any = AsgiApp(
                 [*services.routes, *services.protocol_routes], config.server.max_body_bytes
