@@ -83,6 +83,9 @@ class Report:
     delivery: Delivery
     status: Status
     reason: str | None = None
+    #: The upstream's verdict (None: no answer before the deadline), for frontends whose
+    #: protocol needs more than the status, e.g. a Retry-After to pass on.
+    outcome: Outcome | None = None
 
 
 @attrs.define
@@ -156,6 +159,8 @@ class _Batch:
     done: trio.Event = attrs.Factory(trio.Event)
     #: Set when the caller stops waiting; later outcomes are handled in the background.
     closed: bool = False
+    #: Whether transient failures are retried in the background (see ``deliver``).
+    retry: bool = True
 
 
 @attrs.frozen(order=True)
@@ -233,16 +238,20 @@ class Dispatcher:
     # --- the caller's side ------------------------------------------------------------
 
     async def deliver(
-        self, deliveries: Sequence[Delivery], deadline: float | None = None
+        self, deliveries: Sequence[Delivery], deadline: float | None = None, *, retry: bool = True
     ) -> list[Report]:
         """Attempt every delivery at once; wait until all answered or the deadline passed.
 
         Dead tokens among the answers are deleted from the store in one transaction
         before this returns, so "removed" in a report is true when the caller reads it.
+
+        ``retry=False`` is for protocols whose caller retries by itself (Rocket.Chat):
+        a transient failure is then reported ``failed`` with its RetryLater outcome and
+        not retried here too, which would deliver the notification twice.
         """
         if not deliveries:
             return []
-        batch = _Batch(outcomes=[None] * len(deliveries), pending=len(deliveries))
+        batch = _Batch(outcomes=[None] * len(deliveries), pending=len(deliveries), retry=retry)
         self._start(deliveries, 1, batch)
         timeout = self.first_attempt_deadline if deadline is None else deadline
         with trio.move_on_after(timeout):
@@ -254,7 +263,7 @@ class Dispatcher:
             if outcome is None:
                 reports.append(Report(delivery, "retrying", "upstream has not answered yet"))
                 continue
-            report, dead_token = self._settle(delivery, outcome, attempt=1)
+            report, dead_token = self._settle(delivery, outcome, attempt=1, retry=retry)
             reports.append(report)
             if dead_token is not None:
                 dead.append(dead_token)
@@ -358,7 +367,8 @@ class Dispatcher:
                 batch.done.set()
             return
         # Nobody is waiting any more: act on the outcome here.
-        _, dead_token = self._settle(delivery, outcome, attempt)
+        retry = batch.retry if batch is not None else True
+        _, dead_token = self._settle(delivery, outcome, attempt, retry=retry)
         if dead_token is not None:
             self._dead.append(dead_token)
             self._dead_waiting.set()
@@ -377,14 +387,14 @@ class Dispatcher:
             )
 
     def _settle(
-        self, delivery: Delivery, outcome: Outcome, attempt: int
+        self, delivery: Delivery, outcome: Outcome, attempt: int, *, retry: bool = True
     ) -> tuple[Report, DeadToken | None]:
         """Turn an outcome into a report, scheduling a retry or naming a dead token."""
         lane = self.lanes.get(delivery.app)
         stats = lane.stats if lane is not None else LaneStats()
         if isinstance(outcome, Delivered):
             stats.delivered += 1
-            return Report(delivery, "delivered"), None
+            return Report(delivery, "delivered", outcome=outcome), None
         if isinstance(outcome, TokenDead):
             kept = (
                 outcome.since is not None
@@ -394,7 +404,8 @@ class Dispatcher:
             if kept:
                 # The device registered this token again after APNs saw it die.
                 stats.failed += 1
-                return Report(delivery, "failed", f"{outcome.reason} (kept: re-registered)"), None
+                reason = f"{outcome.reason} (kept: re-registered)"
+                return Report(delivery, "failed", reason, outcome), None
             stats.removed += 1
             log.info(
                 "app %s: token %s is dead (%s), removing it",
@@ -402,17 +413,20 @@ class Dispatcher:
                 mask_token(delivery.token),
                 outcome.reason,
             )
-            return Report(delivery, "removed", outcome.reason), DeadToken(
+            return Report(delivery, "removed", outcome.reason, outcome), DeadToken(
                 delivery.app, delivery.token, outcome.since
             )
         if isinstance(outcome, RetryLater):
+            if not retry:
+                stats.failed += 1
+                return Report(delivery, "failed", outcome.reason, outcome), None
             if self._schedule(delivery, attempt, outcome):
                 stats.retried += 1
-                return Report(delivery, "retrying", outcome.reason), None
+                return Report(delivery, "retrying", outcome.reason, outcome), None
             stats.dropped += 1
-            return Report(delivery, "failed", f"gave up: {outcome.reason}"), None
+            return Report(delivery, "failed", f"gave up: {outcome.reason}", outcome), None
         stats.failed += 1
-        return Report(delivery, "failed", outcome.reason), None
+        return Report(delivery, "failed", outcome.reason, outcome), None
 
     # --- background work --------------------------------------------------------------
 

@@ -145,3 +145,19 @@ async def test_an_unreachable_app_does_not_slow_the_others(
         assert statuses["chat"][1].startswith("APNs unreachable")
         assert elapsed < 2.0  # neither the dead app's connect attempts nor its timeout
     assert [r.token for r in simulator.received] == [token(2)] * 3
+
+
+async def test_retry_false_leaves_retrying_to_the_caller(
+    pushd: Pushd, simulator: ApnsSimulator
+) -> None:
+    from pushd.model import ApnsPush, Delivery, RetryLater
+
+    simulator.script(token(1), SimReply(status=503, reason="ServiceUnavailable", retry_after=7))
+    (report,) = await pushd.services.dispatcher.deliver(
+        [Delivery("chat", token(1), ApnsPush(b'{"aps":{}}'))], retry=False
+    )
+    assert report.status == "failed"
+    assert isinstance(report.outcome, RetryLater) and report.outcome.after == 7
+    await trio.sleep(0.3)  # several backoff periods here: nothing is retried
+    assert len(simulator.received) == 1
+    assert pushd.services.dispatcher.queued_retries == 0
