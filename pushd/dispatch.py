@@ -306,7 +306,8 @@ class Dispatcher:
             return
         if lane.paused_until > self.clock():
             paused = Failed(
-                f"app {lane.name} is paused after a credential error: {lane.pause_reason}"
+                f"app {lane.name} is paused after a credential error: {lane.pause_reason}",
+                credential=True,
             )
             for position in range(len(group)):
                 record(position, paused)

@@ -1,20 +1,427 @@
-"""The Rocket.Chat push gateway API (``/push/apn/send``, ``/push/gcm/send``)."""
+"""The Rocket.Chat push gateway API (``/push/apn/send``, ``/push/gcm/send``).
+
+A Rocket.Chat server whose ``Push_gateway`` setting points at pushd sends one request per
+device token (protocol notes §3.2): ``{"token": ..., "options": {...}}``.  pushd stores
+nothing for this protocol: the token comes with every push, and Rocket.Chat deletes it
+itself when told so.
+
+Authentication: Rocket.Chat sends its Rocket.Chat Cloud workspace token in
+``Authorization``, which cannot be verified offline, so each configured server lists
+the exact header values it sends (``tokens``), or owns a secret path prefix
+(``/<path_secret>/push/...``; Rocket.Chat keeps a prefix in its gateway URL).
+
+Answers (§3.3) decide what Rocket.Chat does next, so they follow its reading exactly:
+2xx delivered; 406 the token is dead (the server deletes it); 422 bad input (never
+retried); 401 not authorized; 503 with ``Retry-After`` for transient trouble, which
+Rocket.Chat retries after 1, 2, 4, 8 and 16 minutes.  Rocket.Chat awaits each token in
+turn, so pushd answers within :data:`DELIVER_DEADLINE` instead of holding the request
+through retries of its own.
+
+No double retries.  Rocket.Chat retries a 503 itself, so pushd must not retry the same
+notification in the background too: sends here use ``Dispatcher.deliver(retry=False)``,
+and a transient failure comes back as a ``failed`` report carrying its ``RetryLater``
+outcome, which this module answers with a 503.
+"""
 
 from __future__ import annotations
 
-from pushd.config import Config
-from pushd.dispatch import Dispatcher
-from pushd.frontends.http import Route
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal
+
+import attrs
+
+from pushd.config import AppConfig, Config, RocketChatServer
+from pushd.dispatch import Dispatcher, Report
+from pushd.frontends.http import Reply, Request, Route, json_reply
+from pushd.model import ApnsPush, Delivery, Failed, FcmPush, RetryLater, mask_token
 from pushd.store.sqlite import Store
+from pushd.upstream.apns.request import PAYLOAD_LIMIT
+from pushd.upstream.fcm import message as fcm_message
+
+log = logging.getLogger(__name__)
+
+Provider = Literal["apn", "gcm"]
+
+#: How long a request waits for the upstream's first answer.  Rocket.Chat aborts after
+#: about 20 s and awaits each device in turn: a slow answer delays the user's other
+#: devices, and an abort skips them (§3.3).  A few seconds covers a healthy upstream.
+DELIVER_DEADLINE = 5.0
+#: ``Retry-After`` on a 503.  Rocket.Chat ignores it (its own schedule starts at one
+#: minute), but it is the honest answer for other clients and proxies.
+RETRY_AFTER_SECONDS = 60
+#: What Rocket.Chat's native APNs sender sets: ``apns-expiration`` one hour ahead,
+#: priority 10 (``priority`` is stripped before gateway sends, so it is always the default).
+APNS_EXPIRY_SECONDS = 3600
+APNS_PRIORITY = 10
+#: Largest request body.  A push is a few hundred bytes of options plus the ``payload``
+#: that becomes ``ejson``; whatever the upstream can carry (4 KiB) fits with room.
+MAX_BODY_BYTES = 32 * 1024
+
+
+class GatewayError(Exception):
+    """A request the gateway refuses; becomes a JSON error reply with ``status``."""
+
+    def __init__(self, status: int, message: str, *, retry_after: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+
+def error_reply(status: int, message: str, error_id: str, *, retry_after: bool = False) -> Reply:
+    """The official gateway's error shape (``{"error", "errorId", "status"}``, issue #15296).
+
+    Rocket.Chat only logs the body; ``errorId`` is pushd's request id, so an admin can
+    find the matching pushd log line.
+    """
+    headers = (("retry-after", str(RETRY_AFTER_SECONDS)),) if retry_after else ()
+    body = {"error": message, "errorId": error_id, "status": status}
+    return json_reply(status, body, headers)
+
+
+def serving_error_reply(status: int, code: str, message: str) -> Reply:
+    """Errors the serving layer raises (413, 405), worded for Rocket.Chat.
+
+    An oversized body is bad input: 422, not 413, which Rocket.Chat would retry five
+    times over half an hour.
+    """
+    return error_reply(422 if status == 413 else status, message, code)
+
+
+# --- the request ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class GatewayPush:
+    """The parts of one ``sendGatewayPush`` body the mobile apps use (§3.2)."""
+
+    token: str = attrs.field(repr=mask_token)
+    title: str | None = attrs.field(default=None, repr=False)
+    text: str | None = attrs.field(default=None, repr=False)
+    badge: int | None = None
+    sound: str | None = None
+    #: The signed 32-bit hash of ``uniqueID|rid``: Android's notification id, iOS's thread.
+    not_id: int | None = None
+    #: ``options.payload`` (becomes ``ejson`` on the device), already JSON-encoded.
+    ejson: str | None = attrs.field(default=None, repr=False)
+    sender: str | None = None
+    topic: str | None = None
+    content_available: bool = False
+    apn_category: str | None = None
+    apn_expiration_seconds: int | None = None
+    gcm_style: str | None = None
+    gcm_image: str | None = None
+
+
+def _bad(message: str) -> GatewayError:
+    return GatewayError(422, message)
+
+
+def _get(options: Mapping[str, Any], name: str, kind: type, path: str = "options") -> Any:
+    """``options[name]`` if it is a ``kind`` (None when absent or null); 422 otherwise.
+
+    The message names the field, never its value (values are message content).
+    """
+    value = options.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise _bad(f"{path}.{name}: must be a {kind.__name__}")
+    return value
+
+
+def _not_id(options: Mapping[str, Any]) -> int | None:
+    """``notId``: a number on the wire; a numeric string is accepted as Android's app does."""
+    value = options.get("notId")
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise _bad("options.notId: must be an integer") from None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _bad("options.notId: must be an integer")
+    return value
+
+
+def _encode(value: Any, field: str) -> str:
+    """``value`` as compact JSON (what ``EJSON.stringify`` gives for plain JSON)."""
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text.encode()
+    except (ValueError, RecursionError):  # NaN, lone surrogates (UnicodeEncodeError)
+        raise _bad(f"{field}: not encodable as JSON") from None
+    return text
+
+
+def parse_body(body: bytes) -> GatewayPush:
+    """Parse and check a ``{token, options}`` body; GatewayError(422) naming the field."""
+    try:
+        document = json.loads(body)
+    except RecursionError:
+        raise _bad("the body is nested too deeply") from None
+    except ValueError:  # bad JSON, bad UTF-8, an integer of thousands of digits
+        raise _bad("the body is not valid JSON") from None
+    if not isinstance(document, dict):
+        raise _bad("the body must be a JSON object")
+    token = document.get("token")
+    if not isinstance(token, str) or not token:
+        raise _bad("token: missing")
+    options = document.get("options")
+    if not isinstance(options, dict):
+        raise _bad("options: missing")
+    apn = _get(options, "apn", dict) or {}
+    gcm = _get(options, "gcm", dict) or {}
+    badge = _get(options, "badge", int)
+    if badge is not None and badge < 0:
+        raise _bad("options.badge: must be 0 or more")
+    expiration = _get(apn, "expirationSeconds", int, "options.apn")
+    if expiration is not None and expiration < 0:
+        raise _bad("options.apn.expirationSeconds: must be 0 or more")
+    content_available = options.get("contentAvailable")
+    if content_available not in (None, True, False, 0, 1):
+        raise _bad("options.contentAvailable: must be a boolean")
+    payload = options.get("payload")
+    return GatewayPush(
+        token=token,
+        title=_get(options, "title", str),
+        text=_get(options, "text", str),
+        badge=badge,
+        sound=_get(options, "sound", str),
+        not_id=_not_id(options),
+        ejson=None if payload is None else _encode(payload, "options.payload"),
+        sender=_get(options, "from", str),
+        topic=_get(options, "topic", str),
+        content_available=bool(content_available),
+        apn_category=_get(apn, "category", str, "options.apn") or None,
+        apn_expiration_seconds=expiration,
+        gcm_style=_get(gcm, "style", str, "options.gcm"),
+        gcm_image=_get(gcm, "image", str, "options.gcm"),
+    )
+
+
+# --- the upstream messages ---------------------------------------------------------------
+
+
+def build_apns_push(push: GatewayPush, now: float) -> ApnsPush:
+    """What Rocket.Chat's native ``sendAPN`` sends (§3.4).
+
+    ``mutable-content`` lets the iOS NotificationService extension run: it parses the
+    top-level ``ejson`` (fetching id-only messages, decrypting E2E ones).
+    """
+    alert: dict[str, str] = {}
+    if push.title is not None:
+        alert["title"] = push.title
+    if push.text is not None:
+        alert["body"] = push.text
+    aps: dict[str, Any] = {}
+    if alert:
+        aps["alert"] = alert
+    if push.badge is not None:
+        aps["badge"] = push.badge
+    if push.sound is not None:
+        aps["sound"] = push.sound
+    if push.apn_category is not None:
+        aps["category"] = push.apn_category
+    if push.not_id is not None:
+        aps["thread-id"] = str(push.not_id)
+    aps["mutable-content"] = 1
+    if push.content_available:
+        aps["content-available"] = 1
+    document: dict[str, Any] = {"aps": aps}
+    if push.ejson is not None:
+        document["ejson"] = push.ejson
+    if push.sender is not None:
+        document["messageFrom"] = push.sender
+    payload = _encode(document, "options").encode()
+    if len(payload) > PAYLOAD_LIMIT:
+        raise _bad(f"the APNs payload would be {len(payload)} bytes, over {PAYLOAD_LIMIT}")
+    seconds = APNS_EXPIRY_SECONDS
+    if push.apn_expiration_seconds is not None:
+        seconds = push.apn_expiration_seconds
+    return ApnsPush(payload=payload, priority=APNS_PRIORITY, expiration=int(now) + seconds)
+
+
+def build_fcm_push(push: GatewayPush, app: AppConfig, now: float) -> FcmPush:
+    """A data-only, high-priority message, as the React Native app reads it (§3.4).
+
+    No ``notification`` block: Android would show it by itself while the app is in the
+    background, bypassing the app's handler (no grouping, no E2E decryption).  The app
+    drops a message without a numeric ``notId``, so it is required here.
+    """
+    if push.not_id is None:
+        raise _bad("options.notId: required for Android")
+    data = {"notId": str(push.not_id)}
+    for key, value in (
+        ("title", push.title),
+        ("message", push.text),
+        ("ejson", push.ejson),
+        ("msgcnt", None if push.badge is None else str(push.badge)),
+        ("soundname", push.sound),
+        ("style", push.gcm_style),
+        ("image", push.gcm_image),
+        ("content-available", "1" if push.content_available else None),
+    ):
+        if value is not None:
+            data[key] = value
+    try:
+        return fcm_message.build_push(
+            data=data,
+            android=fcm_message.AndroidOptions(
+                priority="high", ttl=app.android_ttl, collapse_key=app.android_collapse_key
+            ),
+            now=now,
+        )
+    except fcm_message.InvalidMessage as error:  # names the field, never its value
+        raise _bad(str(error)) from None
+
+
+# --- the handlers ------------------------------------------------------------------------
+
+
+def _matches(given: bytes, accepted: str) -> bool:
+    return hmac.compare_digest(given, accepted.encode())
 
 
 class RocketChatGateway:
     """Serves Rocket.Chat servers as Rocket.Chat's cloud push gateway does."""
 
-    def __init__(self, config: Config, store: Store, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        dispatcher: Dispatcher,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
-        self.store = store
+        self.store = store  # unused: nothing of this protocol is stored
         self.dispatcher = dispatcher
+        self.clock = clock
+        self.deadline = min(DELIVER_DEADLINE, config.server.first_attempt_deadline)
 
     def routes(self) -> list[Route]:
-        return []
+        routes = []
+        for provider in ("apn", "gcm"):
+            for prefixed in (False, True):
+                path = f"/push/{provider}/send"
+                routes.append(
+                    Route(
+                        "POST",
+                        "/{path_secret}" + path if prefixed else path,
+                        self._handler(provider, prefixed=prefixed),
+                        f"rocketchat_{provider}{'_prefixed' if prefixed else ''}",
+                        max_body_bytes=MAX_BODY_BYTES,
+                        error_reply=serving_error_reply,
+                    )
+                )
+        return routes
+
+    def _handler(
+        self, provider: Provider, *, prefixed: bool
+    ) -> Callable[[Request], Awaitable[Reply]]:
+        async def handle(request: Request) -> Reply:
+            try:
+                server = self.authenticate(request, prefixed=prefixed)
+                return await self.send(request, server, provider)
+            except GatewayError as error:
+                return error_reply(
+                    error.status, error.message, request.request_id, retry_after=error.retry_after
+                )
+
+        return handle
+
+    def authenticate(self, request: Request, *, prefixed: bool) -> RocketChatServer:
+        """The configured server this request comes from, or GatewayError(401).
+
+        Every configured value is compared, in constant time, so the answer's timing
+        says nothing about how close a guess was.
+        """
+        found: RocketChatServer | None = None
+        if prefixed:
+            given = request.params.get("path_secret", "").encode()
+            for server in self.config.rocketchat.servers:
+                if server.path_secret and _matches(given, server.path_secret) and found is None:
+                    found = server
+        else:
+            header = request.headers.get("authorization")
+            given = header.encode("latin-1") if header else b""
+            for server in self.config.rocketchat.servers:
+                for token in server.tokens:
+                    if given and token and _matches(given, token) and found is None:
+                        found = server
+        if found is None:
+            log.warning(
+                "%s: Rocket.Chat request refused: %s",
+                request.request_id,
+                "unknown path secret" if prefixed else "Authorization matches no server",
+            )
+            raise GatewayError(401, "not authorized")
+        return found
+
+    def _app(self, push: GatewayPush, server: RocketChatServer, provider: Provider) -> AppConfig:
+        """The app to send through: by ``options.topic`` for APNs, by config for FCM."""
+        if provider == "apn":
+            if not push.topic:
+                raise _bad("options.topic: missing")
+            for app in self.config.apps:
+                if app.provider == "apns" and app.topic == push.topic:
+                    return app
+            log.warning("Rocket.Chat server %s: no APNs app has this topic", server.name)
+            raise _bad("options.topic: no app with this topic is configured")
+        name = server.fcm_app or self.config.rocketchat.fcm_app
+        fcm_app = None if name is None else self.config.app(name)
+        if fcm_app is None:
+            log.warning("Rocket.Chat server %s: no FCM app is configured for it", server.name)
+            raise _bad("no FCM app is configured for this server")
+        return fcm_app
+
+    async def send(self, request: Request, server: RocketChatServer, provider: Provider) -> Reply:
+        push = parse_body(request.body)
+        app = self._app(push, server, provider)
+        now = self.clock()
+        upstream = (
+            build_apns_push(push, now) if provider == "apn" else build_fcm_push(push, app, now)
+        )
+        delivery = Delivery(app=app.name, token=push.token, push=upstream)
+        [report] = await self.dispatcher.deliver([delivery], deadline=self.deadline, retry=False)
+        status = self._status(report)
+        log.info(
+            "%s: Rocket.Chat server %s, app %s, token %s: %s (%s) -> %d",
+            request.request_id,
+            server.name,
+            app.name,
+            mask_token(push.token),
+            report.status,
+            report.reason or "ok",
+            status,
+        )
+        if status == 200:
+            return json_reply(200, {})
+        if status == 503:
+            raise GatewayError(503, "temporary failure, try again later", retry_after=True)
+        if status == 406:
+            raise GatewayError(406, "the device token is no longer valid")
+        raise GatewayError(422, f"the push service refused the notification: {report.reason}")
+
+    def _status(self, report: Report) -> int:
+        """The HTTP status that makes Rocket.Chat do the right thing with ``report``."""
+        if report.status == "delivered":
+            return 200
+        if report.status == "removed":
+            return 406
+        outcome = report.outcome
+        if report.status == "retrying" or isinstance(outcome, RetryLater):
+            return 503  # no answer in time, or a transient failure: Rocket.Chat retries
+        if isinstance(outcome, Failed) and outcome.credential:
+            # pushd's credentials, not the message: Rocket.Chat's retries may succeed
+            # once the key is fixed.
+            return 503
+        return 422
