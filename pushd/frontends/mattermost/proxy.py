@@ -1,0 +1,269 @@
+"""Routes, access control and delivery of the Mattermost push proxy.
+
+Access control: Mattermost sends no credentials, but keeps the path of its configured
+push server URL, so each ``[[mattermost.servers]]`` entry has a secret path prefix
+(compared in constant time), optionally narrowed to source networks and ``server_id``
+values.  Un-prefixed paths are not served: without a secret no server is identified.
+A refused request gets MPNS's own FAIL answer (the server logs its text) and is
+counted in :attr:`MattermostProxy.rejected`.
+
+Delivery: ``send_push`` is synchronous, and the server's client gives up after 30 s,
+so a push gets at most :data:`MAX_ATTEMPTS` attempts within :data:`SEND_BUDGET`.  The
+dispatcher's own background retries are switched off for these deliveries (they
+expire at once), so pushd never sends a push the server was told had failed -- except
+an attempt still in flight when the budget runs out, which may yet deliver.
+"""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import ipaddress
+import logging
+from typing import Final
+
+import attrs
+import trio
+
+from pushd import __version__
+from pushd.config import AppConfig, Config, MattermostServer
+from pushd.dispatch import Dispatcher, Report
+from pushd.frontends.http import Reply, Request, Route, json_reply
+from pushd.frontends.mattermost import payloads, wire
+from pushd.model import Delivery, Push, RetryLater, mask_token
+from pushd.store.sqlite import Store
+
+log = logging.getLogger(__name__)
+
+#: Total time for one ``send_push``, retries included: under the server's 30 s timeout.
+SEND_BUDGET: Final = 25.0
+#: Attempts per push, as MPNS (``MAX_RETRIES``).
+MAX_ATTEMPTS: Final = 3
+#: Pauses between attempts, as MPNS (1 s, then 2 s).
+RETRY_DELAYS: Final = (1.0, 2.0)
+#: Dead-token reasons MPNS answers REMOVE for (notes §1.9).  Others pushd deems dead
+#: (APNs ``ExpiredToken``, FCM ``INVALID_ARGUMENT``) are a FAIL there, so here too.
+APNS_REMOVE_REASONS: Final = frozenset(
+    {"BadDeviceToken", "Unregistered", "MissingDeviceToken", "DeviceTokenNotForTopic"}
+)
+FCM_REMOVE_REASONS: Final = frozenset({"UNREGISTERED", "SENDER_ID_MISMATCH"})
+#: MPNS's FAIL texts for APNs (the reason is appended in parentheses).
+APNS_TRANSPORT_ERROR: Final = "unknown transport error"
+APNS_RESPONSE_ERROR: Final = "unknown send response error"
+#: pushd's build identity for ``/version`` (MPNS reports its git hash).
+BUILD_HASH: Final = "pushd"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Refused(Exception):
+    """Access control refused the request; ``kind`` is the counter, ``str()`` the text."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@attrs.frozen
+class _Server:
+    """A configured Mattermost server with its networks parsed once."""
+
+    config: MattermostServer
+    networks: tuple[Network, ...]
+
+
+def _in_networks(client: str | None, networks: tuple[Network, ...]) -> bool:
+    if client is None:
+        return False
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
+
+
+class MattermostProxy:
+    """Serves Mattermost servers as mattermost-push-proxy does."""
+
+    def __init__(self, config: Config, store: Store, dispatcher: Dispatcher) -> None:
+        self.config = config
+        #: Unused: this protocol stores nothing (the token comes in every push).
+        self.store = store
+        self.dispatcher = dispatcher
+        self.servers = tuple(
+            _Server(
+                server,
+                tuple(ipaddress.ip_network(n, strict=False) for n in server.allowed_networks),
+            )
+            for server in config.mattermost.servers
+        )
+        self.apps: dict[str, AppConfig] = {
+            app.mattermost_type: app for app in config.apps if app.mattermost_type is not None
+        }
+        self.throttle = wire.Throttle(config.mattermost.throttle_per_second)
+        #: Refused requests by kind (``path``, ``network``, ``server_id``, ``throttled``).
+        self.rejected: collections.Counter[str] = collections.Counter()
+
+    def routes(self) -> list[Route]:
+        if not self.servers:
+            return []
+        errors = wire.serving_error_reply
+        return [
+            Route(
+                "POST",
+                "/{secret}/api/v1/send_push",
+                self.send_push,
+                "mattermost_send_push",
+                error_reply=errors,
+            ),
+            Route("POST", "/{secret}/api/v1/ack", self.ack, "mattermost_ack", error_reply=errors),
+            Route(
+                "GET", "/{secret}/version", self.version, "mattermost_version", error_reply=errors
+            ),
+        ]
+
+    # --- access control -----------------------------------------------------------------
+
+    def _server(self, request: Request) -> _Server:
+        """The server ``request`` is from, or :class:`Refused`."""
+        source = request.client or "-"
+        secret = request.params.get("secret", "").encode()
+        found: _Server | None = None
+        for server in self.servers:  # no early exit: the time says nothing
+            if hmac.compare_digest(secret, server.config.path_secret.encode()):
+                found = server
+        if found is None:
+            raise self._refuse("path", "unknown push proxy path", source)
+        if found.networks and not _in_networks(request.client, found.networks):
+            raise self._refuse(
+                "network", f"source address not allowed for {found.config.name}", source
+            )
+        return found
+
+    def _refuse(self, kind: str, message: str, source: str) -> Refused:
+        self.rejected[kind] += 1
+        log.warning("mattermost: refused a request from %s: %s", source, message)
+        return Refused(kind, f"pushd: {message}")
+
+    def _guarded(self, request: Request) -> _Server | Reply:
+        """The server, or the answer to a refused request (429 or FAIL).
+
+        The throttle comes first, as in MPNS, where it wraps every route: a flood of
+        wrong secrets costs a comparison loop and a log line only up to the limit.
+        """
+        retry_after = self.throttle.check(request.client or "-", trio.current_time())
+        if retry_after is not None:
+            self.rejected["throttled"] += 1
+            log.warning("mattermost: throttled a request from %s (429)", request.client or "-")
+            return wire.throttled_reply(self.config.mattermost.throttle_per_second, retry_after)
+        try:
+            return self._server(request)
+        except Refused as refused:
+            return wire.fail(str(refused))
+
+    # --- handlers -----------------------------------------------------------------------
+
+    async def version(self, request: Request) -> Reply:
+        server = self._guarded(request)
+        if isinstance(server, Reply):
+            # Not called by Mattermost servers: a prober gets a plain refusal.
+            return server if server.status == 429 else attrs.evolve(server, status=403)
+        return json_reply(200, {"hash": BUILD_HASH, "version": __version__})
+
+    async def ack(self, request: Request) -> Reply:
+        server = self._guarded(request)
+        if isinstance(server, Reply):
+            return server
+        try:
+            ack = wire.parse_ack(request.body)
+        except wire.BadRequest as error:
+            return wire.fail(str(error))
+        log.debug(
+            "mattermost: acknowledged delivery receipt server=%s platform=%s type=%s",
+            server.config.name,
+            ack.platform,
+            ack.type,
+        )
+        return wire.answer("OK")
+
+    async def send_push(self, request: Request) -> Reply:
+        server = self._guarded(request)
+        if isinstance(server, Reply):
+            return server
+        try:
+            push = wire.parse_push(request.body)
+        except wire.BadRequest as error:
+            return wire.fail(str(error))
+        allowed_ids = server.config.server_ids
+        if allowed_ids and push.server_id not in allowed_ids:
+            refused = self._refuse(
+                "server_id",
+                f"server_id not allowed for {server.config.name}",
+                request.client or "-",
+            )
+            return wire.fail(str(refused))
+        kind, app_version = wire.split_platform(push.platform)
+        app = self.apps.get(kind)
+        if app is None:
+            return wire.fail(
+                "Did not send message because of missing platform property "
+                f"type={kind} serverId={push.server_id}"
+            )
+        try:
+            built: Push = (
+                payloads.fcm_push(push, app)
+                if app.provider == "fcm"
+                else payloads.apns_push(push, app_version)
+            )
+        except wire.BadRequest as error:
+            return wire.fail(str(error))
+        return await self._deliver(app, push, built)
+
+    # --- delivery -----------------------------------------------------------------------
+
+    async def _deliver(self, app: AppConfig, push: wire.PushNotification, built: Push) -> Reply:
+        """Send within :data:`SEND_BUDGET`, retrying transient failures as MPNS does."""
+        end = trio.current_time() + SEND_BUDGET
+        attempt = 1
+        while True:
+            # retry=False: this loop retries as MPNS does; a background retry on top
+            # could deliver after the server was told FAIL.
+            delivery = Delivery(app=app.name, token=push.device_id, push=built)
+            remaining = end - trio.current_time()
+            (report,) = await self.dispatcher.deliver([delivery], deadline=remaining, retry=False)
+            transient = isinstance(report.outcome, RetryLater)
+            if transient and attempt < MAX_ATTEMPTS:
+                delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS)) - 1]
+                if trio.current_time() + delay < end:
+                    await trio.sleep(delay)
+                    attempt += 1
+                    continue
+            reply = self._answer(app, report, transient)
+            log.info(
+                "mattermost: %s push to %s via %s: %s%s",
+                push.type or "-",
+                mask_token(push.device_id),
+                app.name,
+                report.status,
+                f" ({report.reason})" if report.reason else "",
+            )
+            return reply
+
+    def _answer(self, app: AppConfig, report: Report, transient: bool) -> Reply:
+        reason = report.reason or ""
+        apns = app.provider == "apns"
+        if report.status == "delivered":
+            return wire.answer("OK")
+        if report.status == "removed":
+            if reason in (APNS_REMOVE_REASONS if apns else FCM_REMOVE_REASONS):
+                return wire.answer("REMOVE")
+            return wire.fail(f"{APNS_RESPONSE_ERROR} ({reason})" if apns else reason)
+        if report.status == "retrying":  # no answer within the budget: still in flight
+            reason = f"no answer within {SEND_BUDGET:.0f} s"
+            transient = True
+        if not apns:
+            return wire.fail(reason)
+        prefix = APNS_TRANSPORT_ERROR if transient else APNS_RESPONSE_ERROR
+        return wire.fail(f"{prefix} ({reason})")

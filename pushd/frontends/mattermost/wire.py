@@ -1,0 +1,289 @@
+"""Mattermost's wire format: ``model.PushNotification``, the ack, the answers, the throttle.
+
+Mattermost servers decode every answer as JSON and treat anything but HTTP 200 as an
+error (protocol notes §2.3), so every application-level outcome, bad input included,
+is a 200 with ``{"status": "FAIL", "error": ...}``.  The texts are MPNS's own where the
+notes give them, so a server's log reads the same as with the official proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any, Final, Literal
+
+import attrs
+
+from pushd.frontends.http import Reply, json_reply
+
+#: MPNS cuts ``message`` longer than this many bytes ...
+MESSAGE_MAX_BYTES: Final = 2047
+#: ... to this many (notes §1.2, step 3).
+MESSAGE_CUT_BYTES: Final = 2046
+#: MPNS cuts ``channel_name`` to this many bytes.
+CHANNEL_NAME_MAX_BYTES: Final = 64
+#: The app version when ``platform`` carries no (valid) ``-vN`` suffix.
+DEFAULT_APP_VERSION: Final = 1
+#: Go's ``int`` is 64 bits: larger JSON numbers fail to decode there, so here too.
+GO_INT_MAX: Final = 2**63 - 1
+#: What ``strconv.Atoi`` accepts after ``-v``.
+_GO_INT_RE: Final = re.compile(r"[+-]?[0-9]+")
+#: The separator between a platform type and its app version (``apple_rn-v2``).
+VERSION_SEPARATOR: Final = "-v"
+
+#: ``model.PushNotification`` string fields (all optional on the wire).
+STRING_FIELDS: Final = (
+    "ack_id",
+    "platform",
+    "server_id",
+    "device_id",
+    "post_id",
+    "category",
+    "sound",
+    "message",
+    "team_id",
+    "channel_id",
+    "root_id",
+    "channel_name",
+    "type",
+    "sub_type",
+    "transport",
+    "sender_id",
+    "sender_name",
+    "override_username",
+    "override_icon_url",
+    "from_webhook",
+    "version",
+    "signature",
+)
+INT_FIELDS: Final = ("badge", "cont_ava")
+BOOL_FIELDS: Final = ("is_crt_enabled", "is_id_loaded")
+#: ``model.PushNotificationAck`` fields, checked the same way.
+ACK_STRING_FIELDS: Final = ("id", "platform", "type", "post_id")
+
+Status = Literal["OK", "REMOVE", "FAIL"]
+
+
+class BadRequest(ValueError):
+    """The request cannot be served; ``str()`` is the FAIL ``error`` text."""
+
+
+@attrs.frozen
+class PushNotification:
+    """The fields of ``model.PushNotification`` pushd uses (unknown ones are ignored)."""
+
+    ack_id: str = ""
+    platform: str = ""
+    server_id: str = ""
+    device_id: str = ""
+    post_id: str = ""
+    category: str = ""
+    sound: str = ""
+    message: str = attrs.field(default="", repr=False)
+    badge: int = 0
+    cont_ava: int = 0
+    team_id: str = ""
+    channel_id: str = ""
+    root_id: str = ""
+    channel_name: str = attrs.field(default="", repr=False)
+    type: str = ""
+    sub_type: str = ""
+    transport: str = ""
+    sender_id: str = ""
+    sender_name: str = attrs.field(default="", repr=False)
+    override_username: str = ""
+    override_icon_url: str = ""
+    from_webhook: str = ""
+    version: str = ""
+    is_crt_enabled: bool = False
+    is_id_loaded: bool = False
+    signature: str = ""
+
+
+@attrs.frozen
+class PushNotificationAck:
+    """``model.PushNotificationAck``: only checked and counted, as MPNS does."""
+
+    id: str = ""
+    platform: str = ""
+    type: str = ""
+    post_id: str = ""
+    is_id_loaded: bool = False
+
+
+def answer(status: Status, error: str | None = None) -> Reply:
+    """MPNS's ``PushResponse``: always HTTP 200, a flat map of strings."""
+    body: dict[str, str] = {"status": status}
+    if error is not None:
+        body["error"] = error
+    return json_reply(200, body)
+
+
+def fail(error: str) -> Reply:
+    return answer("FAIL", error)
+
+
+def serving_error_reply(status: int, code: str, message: str) -> Reply:
+    """Errors of the serving layer in MPNS's words.
+
+    An oversized body is bad input like malformed JSON: a 200 FAIL, which the server
+    logs with its text.  A wrong method keeps its 405 (gorilla/mux answers that too).
+    """
+    del code  # pushd's own error code means nothing to a Mattermost server
+    reply_status = 405 if status == 405 else 200
+    return json_reply(
+        reply_status, {"status": "FAIL", "error": f"Failed to read message body: {message}"}
+    )
+
+
+def _load_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object; :class:`BadRequest` worded as MPNS words it."""
+    try:
+        value = json.loads(body)
+    except RecursionError:
+        raise BadRequest("Failed to read message body: nested too deeply") from None
+    except ValueError as error:  # bad JSON, bad UTF-8, huge integers
+        raise BadRequest(f"Failed to read message body: {error}") from None
+    if not isinstance(value, dict):
+        raise BadRequest("Failed to read message body: not a JSON object")
+    if b"\\u" in body:
+        # A lone UTF-16 surrogate escape decodes but cannot be re-encoded as UTF-8 for
+        # APNs or FCM: refuse it here, where the caller can be told.
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise BadRequest("Failed to read message body: a lone surrogate escape") from None
+    return value
+
+
+def _typed_fields(
+    value: dict[str, Any], strings: tuple[str, ...], ints: tuple[str, ...], bools: tuple[str, ...]
+) -> dict[str, Any]:
+    """The known fields of ``value``, type-checked as Go's decoder checks them.
+
+    ``null`` leaves a field at its zero value, as in Go; unknown keys are ignored.
+    """
+    fields: dict[str, Any] = {}
+    for name, kind in [
+        *((name, str) for name in strings),
+        *((name, int) for name in ints),
+        *((name, bool) for name in bools),
+    ]:
+        item = value.get(name)
+        if item is None:
+            continue
+        wrong = not isinstance(item, kind) or (kind is int and isinstance(item, bool))
+        if wrong or (kind is int and not -GO_INT_MAX - 1 <= item <= GO_INT_MAX):
+            raise BadRequest(
+                f"Failed to read message body: {name} must be a {kind.__name__}"
+                if wrong
+                else f"Failed to read message body: {name} is out of range"
+            )
+        fields[name] = item
+    return fields
+
+
+def _cut(text: str, limit: int, cut: int) -> str:
+    """``text`` cut to ``cut`` UTF-8 bytes if longer than ``limit``.
+
+    MPNS cuts on a byte offset and may split a character; a split character is dropped
+    here instead, so the payload stays valid UTF-8.
+    """
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    return encoded[:cut].decode(errors="ignore")
+
+
+def parse_push(body: bytes) -> PushNotification:
+    """A ``send_push`` body, checked and truncated as MPNS does (notes §1.2, steps 1-3)."""
+    fields = _typed_fields(_load_object(body), STRING_FIELDS, INT_FIELDS, BOOL_FIELDS)
+    push = PushNotification(**fields)
+    if not push.server_id:
+        raise BadRequest("Failed because of missing server Id")
+    if not push.device_id:
+        raise BadRequest("Failed because of missing device Id")
+    return attrs.evolve(
+        push,
+        message=_cut(push.message, MESSAGE_MAX_BYTES, MESSAGE_CUT_BYTES),
+        channel_name=_cut(push.channel_name, CHANNEL_NAME_MAX_BYTES, CHANNEL_NAME_MAX_BYTES),
+    )
+
+
+def parse_ack(body: bytes) -> PushNotificationAck:
+    """An ``ack`` body; ``id``, ``platform`` and ``type`` are required (notes §1.2)."""
+    ack = PushNotificationAck(
+        **_typed_fields(_load_object(body), ACK_STRING_FIELDS, (), ("is_id_loaded",))
+    )
+    for name, label in (("id", "Id"), ("platform", "platform"), ("type", "type")):
+        if not getattr(ack, name):
+            raise BadRequest(f"Failed because of missing ack {label}")
+    return ack
+
+
+def split_platform(platform: str) -> tuple[str, int]:
+    """``(type, app version)`` from ``platform``: ``apple_rn-v2`` is ``("apple_rn", 2)``.
+
+    As MPNS: the type is what precedes the first ``-v``; the version is the integer
+    after it, 1 when absent or not an integer (notes §1.2, step 4).
+    """
+    if VERSION_SEPARATOR not in platform:
+        return platform, DEFAULT_APP_VERSION
+    parts = platform.split(VERSION_SEPARATOR)
+    suffix = parts[1]
+    version = int(suffix) if _GO_INT_RE.fullmatch(suffix) else DEFAULT_APP_VERSION
+    return parts[0], version
+
+
+# --- throttle ---------------------------------------------------------------------------
+
+#: MPNS's ``ThrottleMemoryStoreSize``: at most this many sources are remembered.
+THROTTLE_MAX_KEYS: Final = 50_000
+#: The throttle's window: ``ThrottlePerSec`` counts requests per second.
+THROTTLE_WINDOW: Final = 1.0
+#: ``throttled``'s denied answer: Go's ``http.Error(w, "limit exceeded", 429)``.
+THROTTLED_BODY: Final = b"limit exceeded\n"
+THROTTLED_CONTENT_TYPE: Final = "text/plain; charset=utf-8"
+
+
+class Throttle:
+    """``throttled.v1``'s fixed-window rate limit: ``limit`` requests a second per key.
+
+    Memory is bounded like MPNS's store: past :data:`THROTTLE_MAX_KEYS` sources the
+    least recently started windows are forgotten, which only errs on the caller's side.
+    """
+
+    def __init__(self, limit: int, max_keys: int = THROTTLE_MAX_KEYS) -> None:
+        self.limit = limit
+        self.max_keys = max_keys
+        #: key -> (window start, requests in it); insertion order is window order.
+        self._windows: dict[str, tuple[float, int]] = {}
+
+    def check(self, key: str, now: float) -> float | None:
+        """Count one request; None if allowed, else the seconds until the window ends."""
+        start, count = self._windows.get(key, (now - THROTTLE_WINDOW, 0))
+        if now - start >= THROTTLE_WINDOW:
+            self._windows.pop(key, None)  # re-inserted at the end: a fresh window
+            start, count = now, 0
+            while len(self._windows) >= self.max_keys:
+                del self._windows[next(iter(self._windows))]
+        if count >= self.limit:
+            return start + THROTTLE_WINDOW - now
+        self._windows[key] = (start, count + 1)
+        return None
+
+
+def throttled_reply(limit: int, retry_after: float) -> Reply:
+    """The 429 ``throttled`` sends: plain text, rate-limit headers, ``Retry-After``."""
+    seconds = str(max(1, math.ceil(retry_after)))
+    return Reply(
+        status=429,
+        body=THROTTLED_BODY,
+        content_type=THROTTLED_CONTENT_TYPE,
+        headers=(
+            ("x-ratelimit-limit", str(limit)),
+            ("x-ratelimit-remaining", "0"),
+            ("retry-after", seconds),
+        ),
+    )
