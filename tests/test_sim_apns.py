@@ -34,6 +34,9 @@ from h2.settings import SettingCodes
 from pushd.simulators import certs, cli
 from pushd.simulators.apns import ApnsSimulator, SimReply
 
+#: How long a test may wait for a ``pushd simulate`` child process.
+SUBPROCESS_DEADLINE = 30
+
 TOPIC = "com.example.chat"
 KID = "ABC123DEFG"
 TEAM = "TEAM123456"
@@ -712,7 +715,8 @@ async def test_cli_runs_and_prints_lines(tmp_path: Any) -> None:
         sys.executable, "-m", "pushd.simulators.cli", "--port", "0",
         "--ca-out", str(ca_file), "--trust-key", f"{KID}:{TEAM}:{key_file}",
     ]  # fmt: skip
-    with trio.fail_after(5):
+    # A child Python must start and import pushd first: generous on a loaded machine.
+    with trio.fail_after(SUBPROCESS_DEADLINE):
         async with trio.open_nursery() as n:
             run = functools.partial(trio.run_process, cmd, stdout=PIPE, stderr=PIPE, check=False)
             proc = await n.start(run)
@@ -726,7 +730,9 @@ async def test_cli_runs_and_prints_lines(tmp_path: Any) -> None:
                     f"https://127.0.0.1:{port}/3/device/{TOKEN}", content=BODY, headers=headers()
                 )
             assert r.status_code == 200
-            out = await proc.stdout.receive_some(4096)
+            out = b""
+            while b"  200" not in out:  # the line may arrive in pieces
+                out += await proc.stdout.receive_some(4096)
             assert b"a1a1a1" in out and TOKEN.encode() not in out
             assert b"alert  22B  200" in out
             proc.send_signal(signal.SIGINT)

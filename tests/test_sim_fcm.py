@@ -40,6 +40,9 @@ from pushd.simulators.fcm import (
 )
 from pushd.upstream.fcm.settings import OAUTH_SCOPE
 
+#: How long a test may wait for a ``pushd simulate`` child process.
+SUBPROCESS_DEADLINE = 30
+
 PROJECT = "chat-app-1234"
 OTHER_PROJECT = "someone-else"
 EMAIL = f"pushd@{PROJECT}.iam.gserviceaccount.com"
@@ -704,7 +707,8 @@ async def test_cli_serves_fcm(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> Non
         sys.executable, "-m", "pushd.simulators.cli", "--port", "0", "--ca-out", str(ca_file),
         "--fcm-port", "0", "--fcm-account", str(account),
     ]  # fmt: skip
-    with trio.fail_after(5):
+    # A child Python must start and import pushd first: generous on a loaded machine.
+    with trio.fail_after(SUBPROCESS_DEADLINE):
         async with trio.open_nursery() as n:
             run = functools.partial(trio.run_process, cmd, stdout=PIPE, stderr=PIPE, check=False)
             proc = await n.start(run)
@@ -725,7 +729,9 @@ async def test_cli_serves_fcm(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> Non
                     headers={"authorization": f"Bearer {r.json()['access_token']}"},
                 )
                 assert (r.status_code, r.http_version) == (200, "HTTP/2")
-            out = await proc.stdout.receive_some(4096)
+            out = b""
+            while b"  200" not in out:  # the line may arrive in pieces
+                out += await proc.stdout.receive_some(4096)
             assert b"cXyZ12" in out and TOKEN.encode() not in out
             assert f"fcm  cXyZ12\u2026aaaa  {PROJECT}  15B  200".encode() in out
             assert b"!abc" not in out  # no payload without --show-payload
