@@ -76,6 +76,23 @@ ZULIP_KIND_APNS = 1
 #: shared between the two would make the APNs simulator's counts ambiguous).
 _ZULIP_TOKEN_BASE = 1 << 48
 
+#: The Mattermost server of pushd's Mattermost push proxy (``[[mattermost.servers]]``).
+#: Mattermost sends no credentials: its "Push Notification Server" setting is
+#: ``http://<pushd>/<path secret>`` and the secret in every request's path is all that
+#: identifies it.  A fixed benchmark value (16+ letters, digits, ``-`` or ``_``).
+MATTERMOST_SERVER_NAME = "bench-mattermost"
+MATTERMOST_PATH_SECRET = "bench-mm-7Qx2Lp9Vd4Kz8Rw3"
+MATTERMOST_SEND_PATH = f"/{MATTERMOST_PATH_SECRET}/api/v1/send_push"
+#: The platform type the APNs app serves for Mattermost (its ``mattermost_type``), and
+#: the ``platform`` a current Mattermost mobile app's iOS session carries.
+MATTERMOST_APPLE_TYPE = "apple_rn"
+MATTERMOST_APPLE_PLATFORM = f"{MATTERMOST_APPLE_TYPE}-v2"
+#: Distinct device tokens the Mattermost run cycles through.  pushd stores none: a
+#: Mattermost push carries its token, so the store is not populated for it.
+MATTERMOST_DEVICES = 4096
+#: Mattermost tokens are numbered from here, far above the native and Zulip ones.
+_MATTERMOST_TOKEN_BASE = 1 << 52
+
 #: Keys of :class:`CpuSnapshot` for the whole machine's busy and stolen CPU.
 MACHINE = "machine"
 STEAL = "steal"
@@ -180,3 +197,8 @@ def zulip_user_uuid(n: int) -> str:
 def zulip_token(n: int, device: int) -> str:
     """The APNs token of the ``n``-th Zulip user's ``device``-th phone (lower-case hex)."""
     return token(_ZULIP_TOKEN_BASE + n * ZULIP_DEVICES + device)
+
+
+def mattermost_token(n: int) -> str:
+    """The ``n``-th Mattermost device's APNs token (lower-case hex, in no table)."""
+    return token(_MATTERMOST_TOKEN_BASE + n)

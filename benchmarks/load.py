@@ -17,6 +17,14 @@ the user's token lists), HTTP Basic with the server's uuid and key, and Zulip's
 Zulip's success: the user's 10 APNs devices counted, no ``deleted_devices`` (a device
 pushd failed to reach and deleted would show up there) and the realm allowed to push.
 
+The ``mattermost`` mode is a Mattermost server calling pushd's Mattermost push proxy:
+``POST /<path secret>/api/v1/send_push``, one device per request, the body
+``json.Marshal`` makes of the ``model.PushNotification`` a server builds for a channel
+message in "full" contents mode (``tests/mattermost_client.py``'s ``message``), in the
+struct's field order, compact, with no Content-Type and no credentials, and the headers
+Go's ``net/http`` client adds by default.  Every answer must be ``{"status": "OK"}``:
+anything else (``FAIL``, ``REMOVE``, a 429 from the throttle) fails the run.
+
 The measured window starts after each connection's warm-up requests and ends when the
 last worker finishes; CPU seconds of the processes given with ``--watch ROLE=PID``
 (pushd, the simulator) and of the driver itself are read from /proc at both ends, so
@@ -48,6 +56,8 @@ from common import (
     FCM_APP_NAME,
     FCM_FANOUT_USER_PREFIX,
     FCM_SINGLE_USER_PREFIX,
+    MATTERMOST_APPLE_PLATFORM,
+    MATTERMOST_SEND_PATH,
     MIXED_APNS_DEVICES,
     MIXED_FCM_DEVICES,
     MIXED_USER_PREFIX,
@@ -61,6 +71,7 @@ from common import (
     ZULIP_SERVER_UUID,
     ZULIP_USER_PREFIX,
     CpuSnapshot,
+    mattermost_token,
     zulip_token,
     zulip_user_id,
     zulip_user_uuid,
@@ -98,6 +109,36 @@ ZULIP_SUCCESS = {
     "deleted_devices": {"android_devices": [], "apple_devices": []},
     "realm": {"can_push": True, "expected_end_timestamp": None},
 }
+#: What Go's ``net/http`` client sends with every request unless told otherwise
+#: (Mattermost's ``sendToPushProxy`` sets no header of its own).
+GO_USER_AGENT = "Go-http-client/1.1"
+GO_ACCEPT_ENCODING = "gzip"
+#: Characters ``json.Marshal`` escapes inside strings (``SetEscapeHTML`` is on), which
+#: Python's ``json`` leaves alone.
+GO_JSON_ESCAPES = {
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
+#: The benchmark's Mattermost message: ids are 26 lower-case letters and digits, the
+#: length of ``model.NewId()``'s (fixed ones for the server, team, channel and sender).
+MATTERMOST_SERVER_ID = "benchtelemetry000000000000"
+MATTERMOST_TEAM_ID = "benchteam00000000000000000"
+MATTERMOST_CHANNEL_ID = "benchchannel00000000000000"
+MATTERMOST_SENDER_ID = "benchsender000000000000000"
+MATTERMOST_SENDER = "alice"
+MATTERMOST_CHANNEL = "Town Square"
+MATTERMOST_BADGE = 3
+MATTERMOST_ID_LENGTH = 26
+#: ``signature``: an ES256 JWT over ``{ack_id, device_id}``.  pushd passes it through
+#: without checking it, so the benchmark's has a real JWT's shape and length (a 64-byte
+#: signature) but is signed by nobody.
+JWT_HEADER = {"alg": "ES256", "typ": "JWT"}
+JWT_SIGNATURE = bytes(range(64))
+#: pushd's answer to a push it delivered (MPNS's ``PushResponse``).
+MATTERMOST_OK = {"status": "OK"}
 
 
 @attrs.frozen
@@ -105,11 +146,15 @@ class Mode:
     """What one kind of run posts, where, and how many devices of each app it reaches."""
 
     path: str
-    user_prefix: str
+    #: The stored users' names start with this; None when pushd stores nothing for the
+    #: mode (a Mattermost push carries its device token).
+    user_prefix: str | None
     apns_devices: int = 0
     fcm_devices: int = 0
     #: A Zulip server's ``push/notify`` rather than a native send.
     zulip: bool = False
+    #: A Mattermost server's ``send_push`` (one device per request).
+    mattermost: bool = False
 
     @property
     def devices(self) -> int:
@@ -134,6 +179,7 @@ MODES: dict[str, Mode] = {
         fcm_devices=MIXED_FCM_DEVICES,
     ),
     "zulip": Mode(ZULIP_NOTIFY_PATH, ZULIP_USER_PREFIX, apns_devices=ZULIP_DEVICES, zulip=True),
+    "mattermost": Mode(MATTERMOST_SEND_PATH, None, apns_devices=1, mattermost=True),
 }
 
 
@@ -251,6 +297,73 @@ def zulip_notify_body(n: int, message_id: int) -> dict[str, Any]:
     }
 
 
+def go_marshal(value: dict[str, Any]) -> bytes:
+    """``json.Marshal``'s bytes for ``value``: compact, UTF-8, HTML characters escaped.
+
+    Go writes a struct's fields in declaration order; ``value`` must already be in it.
+    """
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    for character, escaped in GO_JSON_ESCAPES.items():
+        text = text.replace(character, escaped)
+    return text.encode()
+
+
+def base64url(data: bytes) -> str:
+    """Unpadded base64url, as JWTs use it."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def mattermost_id(prefix: str, n: int) -> str:
+    """A distinct 26-character id (``model.NewId()``'s length) per ``n``."""
+    return f"{prefix}{n:0{MATTERMOST_ID_LENGTH - len(prefix)}x}"
+
+
+def mattermost_push_body(n: int, message_number: int) -> bytes:
+    """What a Mattermost server posts to ``send_push`` for a channel message to device ``n``.
+
+    ``model.PushNotification`` as ``json.Marshal`` writes it, fields in the struct's
+    order; ``omitempty`` drops the empty ones (``sound``, ``cont_ava``, ``root_id``,
+    ``sub_type``, ...), while ``post_id``, the two booleans and ``signature`` are always
+    written.  Every message gets its own ``ack_id`` and ``post_id``, as on a server.
+    """
+    ack_id = mattermost_id("ack", message_number)
+    device = mattermost_token(n)
+    claims = go_marshal({"ack_id": ack_id, "device_id": device})
+    signature = ".".join(
+        (base64url(go_marshal(JWT_HEADER)), base64url(claims), base64url(JWT_SIGNATURE))
+    )
+    return go_marshal(
+        {
+            "ack_id": ack_id,
+            "platform": MATTERMOST_APPLE_PLATFORM,
+            "server_id": MATTERMOST_SERVER_ID,
+            "device_id": device,
+            "post_id": mattermost_id("post", message_number),
+            "category": "CAN_REPLY",
+            "message": f"{MATTERMOST_SENDER}: {ALERT}",
+            "badge": MATTERMOST_BADGE,
+            "team_id": MATTERMOST_TEAM_ID,
+            "channel_id": MATTERMOST_CHANNEL_ID,
+            "channel_name": MATTERMOST_CHANNEL,
+            "type": "message",
+            "sender_id": MATTERMOST_SENDER_ID,
+            "sender_name": MATTERMOST_SENDER,
+            "version": "v2",
+            "is_crt_enabled": False,
+            "is_id_loaded": False,
+            "signature": signature,
+        }
+    )
+
+
+def encode_go_request(path: str, port: int, body: bytes) -> bytes:
+    """A POST as Go's ``net/http`` writes one with no headers set: no Content-Type."""
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: {GO_USER_AGENT}\r\n"
+        f"Content-Length: {len(body)}\r\nAccept-Encoding: {GO_ACCEPT_ENCODING}\r\n\r\n"
+    ).encode() + body
+
+
 def basic_auth(user: str, password: str) -> str:
     """An ``Authorization`` value for HTTP Basic, as a Zulip server sends its uuid/key."""
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
@@ -266,11 +379,14 @@ def encode_request(path: str, port: int, headers: dict[str, str], body: bytes) -
 
 
 def build_requests(args: argparse.Namespace, mode: Mode) -> list[bytes]:
-    """Pre-encode the requests, for users spread evenly over the stored ones."""
+    """Pre-encode the requests, for users (or devices) spread evenly over the stored ones."""
     count = min(REQUEST_POOL, args.users)
     requests = []
     for k in range(count):
         user = k * args.users // count
+        if mode.mattermost:
+            requests.append(encode_go_request(mode.path, args.port, mattermost_push_body(user, k)))
+            continue
         if mode.zulip:
             payload = zulip_notify_body(user, message_id=k + 1)
             headers = {
@@ -289,6 +405,10 @@ def check(mode: Mode, status: int, body: bytes) -> None:
     """Raise unless the response is a full success for this mode."""
     if status != 200:
         raise ResponseError(f"status {status}: {body[:300]!r}")
+    if mode.mattermost:
+        if json.loads(body) != MATTERMOST_OK:
+            raise ResponseError(f"Mattermost send_push answered {body[:300]!r}")
+        return
     if mode.devices == 0:
         if body != b"{}":
             raise ResponseError(f"empty endpoint answered {body[:300]!r}")
@@ -432,7 +552,9 @@ def main() -> int:
     parser.add_argument("--port", type=int, required=True, help="pushd's port on 127.0.0.1")
     parser.add_argument("--key", required=True, help="the chat server's API key")
     parser.add_argument("--mode", choices=sorted(MODES), required=True)
-    parser.add_argument("--users", type=int, required=True, help="users stored for this mode")
+    parser.add_argument(
+        "--users", type=int, required=True, help="users stored (Mattermost: devices) for this mode"
+    )
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--requests", type=int, required=True, help="measured requests")
     parser.add_argument("--warmup", type=int, default=5, help="unmeasured requests per connection")

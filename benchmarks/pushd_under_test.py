@@ -14,6 +14,11 @@ server sends thousands of ``push/notify`` a minute, which a real one would not. 
 APNs registrations reach the APNs app through their ``ios_app_id`` (its topic), so no
 ``fcm_app`` is needed: the Zulip users have APNs devices only.
 
+The ``[mattermost]`` section serves one Mattermost server at its secret path prefix
+(``common.MATTERMOST_PATH_SECRET``), and the APNs app serves Mattermost's ``apple_rn``
+devices (``mattermost_type``).  Its throttle, per source address as Mattermost's proxy
+counts, is lifted far above the benchmark's rate: the driver is one address.
+
 ``POST /bench/empty`` is mounted through ``server.serve(extra_routes=...)``: it reads
 the body like every route and replies ``{}``, so its CPU cost per request is what the
 HTTP stack (hypercorn, the ASGI router) costs before pushd does any work.
@@ -40,6 +45,9 @@ from common import (
     EMPTY_PATH,
     FCM_APP_NAME,
     KEY_ID,
+    MATTERMOST_APPLE_TYPE,
+    MATTERMOST_PATH_SECRET,
+    MATTERMOST_SERVER_NAME,
     READY_PREFIX,
     TEAM_ID,
     TOPIC,
@@ -56,6 +64,9 @@ FCM_CONNECTIONS = 2
 #: Requests a minute the Zulip server may make: far above what any scenario sends
 #: (pushd's default, 1,000, would answer 429 a few hundred milliseconds into a run).
 ZULIP_RATE_LIMIT = 10_000_000
+#: Mattermost requests a second from one source address: far above what any scenario
+#: sends (pushd's default, Mattermost's 300, would answer 429 within the first second).
+MATTERMOST_THROTTLE_PER_SECOND = 10_000_000
 #: In-flight deliveries waiting at shutdown get this long; the benchmark has none.
 DRAIN_SECONDS = 1.0
 #: pushd's default, as an operator runs it.  APNs logs per-connection events only; FCM
@@ -85,16 +96,24 @@ def apns_app(key_file: Path, upstream_port: int, ca_file: Path) -> dict[str, Any
         "upstream_url": f"https://127.0.0.1:{upstream_port}",
         "upstream_ca_file": str(ca_file),
         "connections": UPSTREAM_CONNECTIONS,
+        "mattermost_type": MATTERMOST_APPLE_TYPE,
     }
 
 
 def build_config(args: argparse.Namespace) -> config.Config:
-    """The pushd.toml an operator would write for two apps behind the simulators."""
+    """The pushd.toml an operator would write for two apps behind the simulators.
+
+    Plus the Zulip and Mattermost front ends, each with one server.
+    """
     data = {
         "server": {"listen": "127.0.0.1", "port": args.port, "drain_seconds": DRAIN_SECONDS},
         "store": {"path": str(args.store)},
         "log": {"level": LOG_LEVEL},
         "zulip": {"rate_limit": ZULIP_RATE_LIMIT},
+        "mattermost": {
+            "throttle_per_second": MATTERMOST_THROTTLE_PER_SECOND,
+            "servers": [{"name": MATTERMOST_SERVER_NAME, "path_secret": MATTERMOST_PATH_SECRET}],
+        },
         "apps": [
             apns_app(args.key_file, args.upstream_port, args.ca_file),
             {

@@ -11,9 +11,11 @@ Nothing is pinned: on a 2-core machine they share both cores, which is why the t
 shows each one's CPU, so a reader can see whether pushd or its neighbours set the pace.
 The scenarios send to APNs devices, to FCM devices, to users with both, and, as a
 Zulip server through pushd's Zulip bouncer (``push/notify``), to users with 10 APNs
-devices.  Before them, ``zulip_fanout.py`` checks that such a notify costs one upstream
-round trip, not ten; after them, that the APNs simulator answered exactly the
-notifications the drivers sent.  See README.md for how to read the table.
+devices, and, as a Mattermost server through pushd's Mattermost push proxy
+(``send_push``), to one APNs device per request.  Before them, ``zulip_fanout.py``
+checks that a Zulip notify costs one upstream round trip, not ten; after them, that
+the APNs simulator answered exactly the notifications the drivers sent.  See README.md
+for how to read the table.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from common import (
     FCM_SIM,
     KEY_ID,
     MACHINE,
+    MATTERMOST_DEVICES,
     MIXED_APNS_DEVICES,
     MIXED_FCM_DEVICES,
     PUSHD,
@@ -119,7 +122,8 @@ class Plan:
     scenarios: tuple[Scenario, ...]
 
 
-#: Baselines run next to the sends of the same concurrency, so the machine's state is alike.
+#: Baselines run next to the sends of the same concurrency, so the machine's state is alike;
+#: so do the Mattermost sends, which are compared with both (one APNs device a request).
 #: FCM costs about 50 times more CPU per notification than APNs, in pushd (httpx) and in
 #: the simulator (hypercorn) alike, so its runs send far fewer notifications: a few
 #: thousand each, enough for a steady window of several seconds.  Every FCM scenario has
@@ -130,8 +134,10 @@ FULL = Plan(
     scenarios=(
         Scenario("empty", 16, 12000, 5, 20.0),
         Scenario("one", 16, 9000, 5, 20.0),
+        Scenario("mattermost", 16, 9000, 5, 20.0),
         Scenario("empty", 64, 12000, 5, 20.0),
         Scenario("one", 64, 9000, 5, 20.0),
+        Scenario("mattermost", 64, 9000, 5, 20.0),
         Scenario("hundred", 4, 300, 2, 20.0),
         Scenario("hundred", 16, 300, 2, 20.0),
         Scenario("fcm-one", 16, 3000, 5, 20.0),
@@ -147,6 +153,7 @@ QUICK = Plan(
     scenarios=(
         Scenario("empty", 16, 500, 2, 5.0),
         Scenario("one", 16, 500, 2, 5.0),
+        Scenario("mattermost", 16, 500, 2, 5.0),
         Scenario("hundred", 4, 20, 1, 5.0),
         Scenario("fcm-one", 16, 100, 1, 5.0),
         Scenario("fcm-hundred", 2, 4, 1, 5.0),
@@ -280,7 +287,9 @@ def drive(
     scenario: Scenario, port: int, population: Population, pids: dict[str, int]
 ) -> dict[str, Any]:
     """Run the load driver once and return its JSON report (raises on any failure)."""
-    users = population.users(MODES[scenario.mode].user_prefix)
+    prefix = MODES[scenario.mode].user_prefix
+    # Nothing stored (Mattermost): the driver cycles through its own device tokens.
+    users = MATTERMOST_DEVICES if prefix is None else population.users(prefix)
     argv = [
         PYTHON,
         str(HERE / "load.py"),
@@ -364,6 +373,7 @@ LABELS = {
     "fcm-hundred": "FCM 100 devices/req",
     "mixed": f"mixed {MIXED_APNS_DEVICES} APNs+{MIXED_FCM_DEVICES} FCM",
     "zulip": f"Zulip notify, {ZULIP_DEVICES} devices",
+    "mattermost": "Mattermost send_push, 1 device",
 }
 LABEL_WIDTH = max(len(label) for label in LABELS.values())
 COLUMN_TITLES = {PUSHD: "pushd", APNS_SIM: "apnsim", FCM_SIM: "fcmsim", DRIVER: "driver"}
@@ -402,13 +412,16 @@ def print_report(
     if quick:
         print("QUICK RUN: windows too short for the numbers to mean much; use the full run.")
     print(
-        f"pushd native API and Zulip bouncer, {population.registrations:,} registrations"
+        f"pushd native API, Zulip bouncer and Mattermost push proxy,"
+        f" {population.registrations:,} registrations"
         f" stored: APNs {population.single_users:,} one-device users, {population.fanout_users}"
         f" users x {FANOUT_DEVICES} devices;\nFCM {population.fcm_single_users:,} one-device"
         f" users, {population.fcm_fanout_users} users x {FANOUT_DEVICES} devices;"
         f" {population.mixed_users} users x ({MIXED_APNS_DEVICES} APNs + {MIXED_FCM_DEVICES}"
         f" FCM devices);\nZulip: 1 server, {population.zulip_users:,} users x {ZULIP_DEVICES}"
-        " legacy APNs registrations (push/notify, HTTP Basic).\nLoopback. APNs simulator"
+        " legacy APNs registrations (push/notify, HTTP Basic);\nMattermost: 1 server"
+        f" (secret path), send_push to {MATTERMOST_DEVICES:,} APNs tokens in turn, nothing"
+        " stored.\nLoopback. APNs simulator"
         " upstream through pushd's h2 pool, 2 connections; FCM simulator upstream through"
         " httpx, 2 clients of 1 connection x 100 streams."
     )
@@ -494,7 +507,7 @@ ROLE_NAMES = {
     DRIVER: "the driver",
 }
 #: Send scenarios in the order the per-upstream summary lists them.
-UPSTREAM_MODES = ("one", "hundred", "zulip", "fcm-one", "fcm-hundred", "mixed")
+UPSTREAM_MODES = ("one", "mattermost", "hundred", "zulip", "fcm-one", "fcm-hundred", "mixed")
 
 
 def print_by_upstream(rows: list[Row], suspect: Callable[..., str]) -> None:
@@ -520,6 +533,8 @@ def print_by_upstream(rows: list[Row], suspect: Callable[..., str]) -> None:
             f"  {LABELS[row.scenario.mode]:<{LABEL_WIDTH}} x{row.scenario.concurrency:<3}"
             f" pushd {row.pushd_cpu_ms:.3f}{extra}{suspect(row)}"
         )
+        if row.scenario.mode == "mattermost":
+            print_mattermost_comparison(row, by_key, suspect)
         if row.scenario.mode != "mixed":
             continue
         apns = by_key.get(("hundred", row.scenario.concurrency))
@@ -533,6 +548,33 @@ def print_by_upstream(rows: list[Row], suspect: Callable[..., str]) -> None:
             f"    {MIXED_APNS_DEVICES} x APNs 100-device + {MIXED_FCM_DEVICES} x FCM 100-device"
             f" rows at x{row.scenario.concurrency} predict {blend:.3f}: mixing in one request"
             f" costs {row.pushd_cpu_ms - blend:+.3f} CPU-ms/notification{suspect(row, apns, fcm)}"
+        )
+
+
+def print_mattermost_comparison(
+    row: Row, by_key: dict[tuple[str, int], Row], suspect: Callable[..., str]
+) -> None:
+    """A Mattermost send against the empty endpoint and the native 1-device send.
+
+    Both rows send one APNs notification per request at the same concurrency, so the
+    difference is what the Mattermost front end costs over the native one (its body
+    parse, secret check, throttle, payload build and per-push log line), and the
+    difference to the empty endpoint is pushd's own work, as in the goals.
+    """
+    concurrency = row.scenario.concurrency
+    base = by_key.get(("empty", concurrency))
+    native = by_key.get(("one", concurrency))
+    if base is not None:
+        print(
+            f"    minus the empty endpoint at x{concurrency} ({base.pushd_cpu_ms:.3f}):"
+            f" pushd's own work {row.pushd_cpu_ms - base.pushd_cpu_ms:.3f}"
+            f" CPU-ms/notification{suspect(row, base)}"
+        )
+    if native is not None:
+        print(
+            f"    against the native APNs 1-device send at x{concurrency}"
+            f" ({native.pushd_cpu_ms:.3f}): {row.pushd_cpu_ms - native.pushd_cpu_ms:+.3f}"
+            f" CPU-ms/notification{suspect(row, native)}"
         )
 
 
