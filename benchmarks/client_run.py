@@ -7,8 +7,11 @@ message (connection, credentials, stream limit), then time ``count`` messages se
 
 from __future__ import annotations
 
+import argparse
 import cProfile
 import itertools
+import pstats
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -68,3 +71,58 @@ async def measure(
     if delivered != count:
         raise SystemExit(f"only {delivered} of {count} delivered")
     return cpu1 - cpu0, wall1 - wall0
+
+
+def parse_arguments(
+    description: str, *, count: int, concurrency: int, batches: int, connections: int
+) -> argparse.Namespace:
+    """The options both client benchmarks take; ``concurrency`` resolved for ``--batch``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--count", type=int, default=count)
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help=f"sending tasks (default {concurrency}, or {batches} with --batch)",
+    )
+    parser.add_argument(
+        "--batch", type=int, default=0, metavar="N", help="tokens per send_many call (0: send)"
+    )
+    parser.add_argument("--connections", type=int, default=connections)
+    parser.add_argument("--repeat", type=int, default=1, help="runs, each on a fresh client")
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="N", help="print cProfile's top N (tottime)"
+    )
+    args = parser.parse_args()
+    if args.concurrency is None:
+        args.concurrency = batches if args.batch else concurrency
+    return args
+
+
+def report_run(
+    unit: str,
+    *,
+    count: int,
+    batch: int,
+    concurrency: int,
+    connections: int,
+    cpu: float,
+    wall: float,
+) -> float:
+    """Print one run's line; return CPU milliseconds per ``unit``."""
+    per_unit = cpu / count * 1e3
+    mode = f"batch={batch} batches={concurrency}" if batch else f"concurrency={concurrency}"
+    print(
+        f"count={count} {mode} connections={connections} "
+        f"wall={wall:.2f}s rate={count / wall:,.0f}/s cpu/{unit}={per_unit:.4f} ms",
+        flush=True,
+    )
+    return per_unit
+
+
+def summarise(results: list[float], profiler: cProfile.Profile | None, top: int) -> None:
+    """Best and median over repeated runs, and the profile if one was taken."""
+    if len(results) > 1:
+        print(f"best={min(results):.4f} ms median={statistics.median(results):.4f} ms")
+    if profiler is not None:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(top)

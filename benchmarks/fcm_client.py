@@ -27,12 +27,9 @@ The simulator child is a daemon process and is terminated on exit.
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import multiprocessing
 import os
-import pstats
-import statistics
 import sys
 import tempfile
 from multiprocessing.queues import Queue
@@ -42,7 +39,7 @@ import trio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from client_run import measure
+from client_run import measure, parse_arguments, report_run, summarise
 
 from pushd.simulators.certs import make_self_signed
 from pushd.simulators.fcm import FcmSimulator, configure_alpn, make_service_account
@@ -123,38 +120,26 @@ async def _one_run(
         batch=batch,
         profiler=profiler,
     )
-    per_send = cpu / count * 1e3
-    mode = f"batch={batch} batches={concurrency}" if batch else f"concurrency={concurrency}"
-    print(
-        f"count={count} {mode} connections={settings.connections} "
-        f"wall={wall:.2f}s rate={count / wall:,.0f}/s "
-        f"cpu/send={per_send:.4f} ms",
-        flush=True,
+    return report_run(
+        "send",
+        count=count,
+        batch=batch,
+        concurrency=concurrency,
+        connections=settings.connections,
+        cpu=cpu,
+        wall=wall,
     )
-    return per_send
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=DEFAULT_COUNT)
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        default=None,
-        help=f"sending tasks (default {DEFAULT_CONCURRENCY}, or {DEFAULT_BATCHES} with --batch)",
+    args = parse_arguments(
+        __doc__.splitlines()[0],
+        count=DEFAULT_COUNT,
+        concurrency=DEFAULT_CONCURRENCY,
+        batches=DEFAULT_BATCHES,
+        connections=DEFAULT_CONNECTIONS,
     )
-    parser.add_argument(
-        "--batch", type=int, default=0, metavar="N", help="tokens per send_many call (0: send)"
-    )
-    parser.add_argument("--connections", type=int, default=DEFAULT_CONNECTIONS)
-    parser.add_argument("--repeat", type=int, default=1, help="runs, each on a fresh client")
-    parser.add_argument(
-        "--profile", type=int, default=0, metavar="N", help="print cProfile's top N (tottime)"
-    )
-    args = parser.parse_args()
     concurrency = args.concurrency
-    if concurrency is None:
-        concurrency = DEFAULT_BATCHES if args.batch else DEFAULT_CONCURRENCY
 
     with tempfile.TemporaryDirectory(prefix="pushd-fcm-bench-") as tmp:
         ca_path = os.path.join(tmp, "ca.pem")
@@ -175,11 +160,7 @@ def main() -> int:
         finally:
             child.terminate()
             child.join()
-    if args.repeat > 1:
-        print(f"best={min(results):.4f} ms median={statistics.median(results):.4f} ms")
-    if profiler is not None:
-        stats = pstats.Stats(profiler)
-        stats.sort_stats("tottime").print_stats(args.profile)
+    summarise(results, profiler, args.profile)
     return 0
 
 
