@@ -26,6 +26,11 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+#: A body over its route's limit by at most this much is read and dropped before the
+#: 413: answering while the client still sends makes its kernel see a reset, and the
+#: client an error without our answer.  Bigger ones are refused unread.
+DRAIN_BYTES = 1024 * 1024
+
 
 def error_reply(status: int, code: str, message: str) -> Reply:
     """The JSON error shape the native API uses, for errors no frontend handled."""
@@ -104,7 +109,7 @@ class AsgiApp:
 
     async def _read_body(self, headers: dict[str, str], receive: Receive, limit: int) -> bytes:
         length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
+        if length is not None and length.isdigit() and int(length) > limit + DRAIN_BYTES:
             raise _TooLarge
         chunks: list[bytes] = []
         size = 0
@@ -114,10 +119,16 @@ class AsgiApp:
                 raise _Disconnected
             chunk = message.get("body", b"")
             size += len(chunk)
+            more = message.get("more_body", False)
             if size > limit:
+                # Read the rest (up to DRAIN_BYTES) and drop it, so the client gets to
+                # read our 413 instead of a connection reset.
+                if more and size <= limit + DRAIN_BYTES:
+                    chunks.clear()
+                    continue
                 raise _TooLarge
             chunks.append(chunk)
-            if not message.get("more_body", False):
+            if not more:
                 return b"".join(chunks)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:

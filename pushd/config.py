@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import attrs
 
+from pushd.model import APNS_PUSH_TYPES
 from pushd.typed import CONVERTER, describe_error
 from pushd.upstream.apns import jwt as apns_jwt
 from pushd.upstream.apns.settings import (
@@ -49,6 +50,16 @@ DEFAULT_ZULIP_RATE_LIMIT = 1000
 MIN_PATH_SECRET = 16
 #: Mattermost's proxy default (`ThrottlePerSec`).
 DEFAULT_MATTERMOST_THROTTLE = 300
+#: Synapse waits 60 s for a gateway and sends one pusher's pushes one after another:
+#: answer well before, and retry the rest in the background.
+DEFAULT_MATRIX_ANSWER_WITHIN = 3.0
+#: Synapse retries a failed push after 1 s, doubling: ten minutes covers a burst of
+#: its retries after a lost answer.
+DEFAULT_MATRIX_DEDUPE_SECONDS = 600.0
+#: The client-server API caps ``app_id`` at 64 characters.
+MATRIX_APP_ID_MAX = 64
+#: ``fcm_options`` members pushd sets itself or that would retarget the message.
+FCM_OPTIONS_RESERVED = ("token", "topic", "condition", "data")
 
 
 @attrs.frozen
@@ -106,6 +117,32 @@ class FcmApnsDefaults:
 
 
 @attrs.frozen
+class MatrixAppOptions:
+    """``[apps.matrix]``: this app serves Matrix pushers whose ``app_id`` matches.
+
+    The knobs are Sygnal's per-app options under pushd's names (protocol notes §4), so
+    an app built against Sygnal gets the same payloads.
+    """
+
+    #: Exact app ids or globs (``*`` any run, ``?`` one character, case-sensitive).
+    #: An exact match wins; a pushkey matched by globs of two apps is rejected.
+    app_ids: tuple[str, ...] = ()
+    #: APNs: pushkeys are the base64 of the device token (Element iOS, Element X iOS)
+    #: and are sent as hex; false for apps that register the hex token itself.
+    convert_pushkey_to_hex: bool = True
+    #: Put ``counts`` into the push (APNs ``aps.badge``, FCM ``unread``); false for
+    #: apps that count by themselves (counts are wrong with end-to-end encryption).
+    send_badge_counts: bool = True
+    #: APNs: ``apns-push-type`` (default ``alert``); ``background`` is sent at priority 5.
+    push_type: str = "alert"
+    #: APNs: map the push rule's ``tweaks.sound`` to ``aps.sound`` (Sygnal does not).
+    sound_from_tweaks: bool = False
+    #: FCM: the base of every v1 ``message`` (e.g. ``apns`` options for iOS through
+    #: FCM, ``android.ttl``); ``data``, ``token`` and ``android.priority`` are pushd's.
+    fcm_options: dict[str, Any] = attrs.Factory(dict)
+
+
+@attrs.frozen
 class AppConfig:
     """One ``[[apps]]`` entry: a mobile app and the credentials to push to it."""
 
@@ -133,6 +170,7 @@ class AppConfig:
     #: Mattermost: the platform type this app serves (the device id's prefix without
     #: ``-vN``: ``apple_rn``, ``android_rn``, ``apple_rnbeta``, ...).
     mattermost_type: str | None = None
+    matrix: MatrixAppOptions | None = None
     #: Override Apple's or Google's URL, e.g. the bundled simulator.
     upstream_url: str | None = None
     #: Extra CA bundle to trust for the upstream (the simulator's CA).
@@ -218,6 +256,23 @@ class RocketChatConfig:
 
 
 @attrs.frozen
+class MatrixConfig:
+    """``[matrix]``: the Matrix push gateway API (``/_matrix/push/v1/notify``).
+
+    Homeservers send no credentials and the path is fixed by the spec, so the only
+    access control is the source address; apps opt in with ``[apps.matrix]``.
+    """
+
+    #: Source networks (CIDR) allowed to call notify; empty: anyone (as Sygnal).
+    allowed_networks: tuple[str, ...] = ()
+    #: Seconds a notify waits for the first upstream attempt before answering; what
+    #: is still pending (or failed transiently) is retried in the background.
+    answer_within: float = DEFAULT_MATRIX_ANSWER_WITHIN
+    #: Seconds a repeated (app_id, pushkey, event_id) is recognised and not sent again.
+    dedupe_seconds: float = DEFAULT_MATRIX_DEDUPE_SECONDS
+
+
+@attrs.frozen
 class Config:
     """The whole of pushd.toml."""
 
@@ -229,6 +284,7 @@ class Config:
     zulip: ZulipConfig = ZulipConfig()
     mattermost: MattermostConfig = MattermostConfig()
     rocketchat: RocketChatConfig = RocketChatConfig()
+    matrix: MatrixConfig = MatrixConfig()
     #: The file this came from; relative paths inside were already resolved against it.
     source: str | None = None
 
@@ -419,6 +475,7 @@ def check(config: Config) -> list[str]:
     problems += _check_zulip(config)
     problems += _check_mattermost(config)
     problems += _check_rocketchat(config)
+    problems += _check_matrix(config)
     return problems
 
 
@@ -466,11 +523,7 @@ def _check_mattermost(config: Config) -> list[str]:
     for index, server in enumerate(mattermost.servers):
         key = f"mattermost.servers[{index}]"
         problems += _check_path_secret(f"{key}.path_secret", server.path_secret, secrets)
-        for n, network in enumerate(server.allowed_networks):
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError:
-                problems.append(f"{key}.allowed_networks[{n}]: not a network like 10.0.0.0/8")
+        problems += _check_networks(f"{key}.allowed_networks", server.allowed_networks)
     types: dict[str, str] = {}
     for index, app in enumerate(config.apps):
         if app.mattermost_type is None:
@@ -494,6 +547,67 @@ def _check_rocketchat(config: Config) -> list[str]:
             problems.append(f"{key}: set tokens, path_secret or both (how it authenticates)")
         problems += _check_path_secret(f"{key}.path_secret", server.path_secret, secrets)
         problems += _check_fcm_reference(config, f"{key}.fcm_app", server.fcm_app)
+    return problems
+
+
+def _check_networks(key: str, networks: tuple[str, ...]) -> list[str]:
+    problems = []
+    for n, network in enumerate(networks):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            problems.append(f"{key}[{n}]: not a network like 10.0.0.0/8")
+    return problems
+
+
+def _check_matrix_app(key: str, app: AppConfig, options: MatrixAppOptions) -> list[str]:
+    problems: list[str] = []
+    if not options.app_ids:
+        problems.append(f"{key}.app_ids: name at least one Matrix app_id (or glob)")
+    for n, app_id in enumerate(options.app_ids):
+        if not app_id or len(app_id) > MATRIX_APP_ID_MAX:
+            problems.append(f"{key}.app_ids[{n}]: 1 to {MATRIX_APP_ID_MAX} characters")
+    if app.provider == "fcm":
+        defaults = MatrixAppOptions()
+        for field in ("convert_pushkey_to_hex", "push_type", "sound_from_tweaks"):
+            if getattr(options, field) != getattr(defaults, field):
+                problems.append(f'{key}.{field}: only for provider "apns"')
+        for member in FCM_OPTIONS_RESERVED:
+            if member in options.fcm_options:
+                problems.append(f"{key}.fcm_options.{member}: set by pushd, remove it")
+        android = options.fcm_options.get("android", {})
+        if not isinstance(android, dict):
+            problems.append(f"{key}.fcm_options.android: must be a table")
+    else:
+        if options.fcm_options:
+            problems.append(f'{key}.fcm_options: only for provider "fcm"')
+        if options.push_type not in APNS_PUSH_TYPES:
+            problems.append(
+                f"{key}.push_type: one of {', '.join(sorted(APNS_PUSH_TYPES))}, "
+                f"got {options.push_type!r}"
+            )
+    return problems
+
+
+def _check_matrix(config: Config) -> list[str]:
+    matrix = config.matrix
+    problems = _check_networks("matrix.allowed_networks", matrix.allowed_networks)
+    if matrix.answer_within <= 0:
+        problems.append("matrix.answer_within: must be positive")
+    if matrix.dedupe_seconds < 0:
+        problems.append("matrix.dedupe_seconds: must be 0 (off) or more")
+    claimed: dict[str, str] = {}
+    for index, app in enumerate(config.apps):
+        if app.matrix is None:
+            continue
+        key = f"apps[{index}].matrix"
+        problems += _check_matrix_app(key, app, app.matrix)
+        for n, app_id in enumerate(app.matrix.app_ids):
+            if app_id in claimed and claimed[app_id] != app.name:
+                problems.append(
+                    f"{key}.app_ids[{n}]: {app_id!r} is served by {claimed[app_id]!r} already"
+                )
+            claimed.setdefault(app_id, app.name)
     return problems
 
 

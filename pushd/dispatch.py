@@ -415,7 +415,7 @@ class Dispatcher:
                 outcome.reason,
             )
             return Report(delivery, "removed", outcome.reason, outcome), DeadToken(
-                delivery.app, delivery.token, outcome.since
+                delivery.app, delivery.token, outcome.since, outcome.reason, delivery.ref
             )
         if isinstance(outcome, RetryLater):
             if not retry:

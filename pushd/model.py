@@ -89,6 +89,11 @@ class Delivery:
     registered_at: float | None = None
     #: Absolute UNIX time after which retrying is pointless.
     expires_at: float | None = None
+    #: The caller's own name for this device, for a protocol that can be told of a dead
+    #: verdict on its next request (Matrix: app_id and pushkey): a verdict found after
+    #: the caller was answered, or in an answer it may not have received, is kept in
+    #: the store under this name.
+    ref: str | None = None
 
 
 # --- Outcomes -------------------------------------------------------------------------

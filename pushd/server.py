@@ -26,6 +26,7 @@ from pushd.asgi import AsgiApp
 from pushd.config import Config, apns_settings, fcm_settings
 from pushd.dispatch import Budget, Dispatcher, Lane, Sender
 from pushd.frontends.http import Reply, Request, Route, json_reply
+from pushd.frontends.matrix import MatrixGateway
 from pushd.frontends.mattermost import MattermostProxy
 from pushd.frontends.native import NativeApi
 from pushd.frontends.openapi import OPENAPI
@@ -55,6 +56,8 @@ class Services:
     #: Other protocols' routes (Zulip's ``/api/v1/remotes/``): their documentation is
     #: the protocol's own, so they are kept apart from ``routes``.
     protocol_routes: list[Route] = attrs.Factory(list)
+    #: Per-protocol counters for /healthz, by protocol name.
+    protocol_stats: dict[str, Callable[[], dict[str, int]]] = attrs.Factory(dict)
 
 
 def build_lanes(config: Config) -> list[Lane]:
@@ -89,14 +92,24 @@ def health(services: Services) -> Callable[[Request], Awaitable[Reply]]:
                 "version": __version__,
                 "apps": apps,
                 "queued_retries": services.dispatcher.queued_retries,
+                **{name: stats() for name, stats in services.protocol_stats.items()},
             },
         )
 
     return handler
 
 
+async def liveness(_: Request) -> Reply:
+    """``GET /health``: 200 with an empty body, as Sygnal's (container health checks)."""
+    return Reply(200, b"", content_type="text/plain")
+
+
 def all_routes(services: Services, native: NativeApi) -> list[Route]:
-    return [*native.routes(), Route("GET", "/healthz", health(services), "healthz")]
+    return [
+        *native.routes(),
+        Route("GET", "/healthz", health(services), "healthz"),
+        Route("GET", "/health", liveness, "health"),
+    ]
 
 
 def hypercorn_config(config: Config) -> HypercornConfig:
@@ -175,11 +188,15 @@ async def serve(
             services = Services(config=config, store=store, dispatcher=dispatcher, routes=[])
             native = NativeApi(config, store, dispatcher, openapi=OPENAPI)
             services.routes = [*all_routes(services, native), *extra_routes]
+            matrix = MatrixGateway(config, store, dispatcher)
             services.protocol_routes = [
                 *ZulipBouncer(config, store, dispatcher).routes(),
                 *MattermostProxy(config, store, dispatcher).routes(),
                 *RocketChatGateway(config, store, dispatcher).routes(),
+                *matrix.routes(),
             ]
+            if matrix.enabled:
+                services.protocol_stats["matrix"] = lambda: attrs.asdict(matrix.stats)
             # hypercorn types scopes as TypedDict unions; AsgiApp reads plain mappings.
             app: Any = AsgiApp(
                 [*services.routes, *services.protocol_routes], config.server.max_body_bytes

@@ -25,7 +25,7 @@ def test_the_example_parses_and_only_misses_its_placeholder_files() -> None:
 def test_the_example_documents_every_key() -> None:
     text = (ROOT / "pushd.toml.example").read_text()
     mentioned = set(re.findall(r"^#?\s*([a-z_]+)\s*=", text, flags=re.MULTILINE))
-    mentioned |= set(re.findall(r"^#?\s*\[apps\.([a-z_]+)\]", text, flags=re.MULTILINE))
+    mentioned |= set(re.findall(r"^#?\s*\[\[?[a-z_]+\.([a-z_]+)\]", text, flags=re.MULTILINE))
     sections = {
         "server": config.ServerConfig,
         "store": config.StoreConfig,
@@ -33,6 +33,13 @@ def test_the_example_documents_every_key() -> None:
         "retry": config.RetryConfig,
         "apps": config.AppConfig,
         "apps.fcm_apns": config.FcmApnsDefaults,
+        "apps.matrix": config.MatrixAppOptions,
+        "zulip": config.ZulipConfig,
+        "mattermost": config.MattermostConfig,
+        "mattermost.servers": config.MattermostServer,
+        "rocketchat": config.RocketChatConfig,
+        "rocketchat.servers": config.RocketChatServer,
+        "matrix": config.MatrixConfig,
     }
     for section, cls in sections.items():
         assert f"[{section}]" in text or f"[[{section}]]" in text or f"# [{section}]" in text

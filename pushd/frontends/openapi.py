@@ -182,6 +182,10 @@ SCHEMAS: dict[str, Any] = {
             "status": {"enum": ["ok", "degraded"]},
             "apps": {"type": "object"},
             "queued_retries": {"type": "integer"},
+            "matrix": {
+                "type": "object",
+                "description": "Matrix gateway counters, when an app serves Matrix",
+            },
         },
     },
 }
@@ -229,6 +233,12 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "Liveness and per-app state",
                 "responses": {"200": _ok("Health", "Running")},
+            }
+        },
+        "/health": {
+            "get": {
+                "summary": "Liveness only: 200 with an empty body (as Sygnal's /health)",
+                "responses": {"200": {"description": "Running"}},
             }
         },
     },

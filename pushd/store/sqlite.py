@@ -41,6 +41,9 @@ KEY_PREFIX = "pushd_"
 KEY_BYTES = 32
 #: How long a writer waits for a lock held by another process (the CLI) before failing.
 BUSY_TIMEOUT_MS = 5000
+#: A late dead verdict nobody asked about for this long is dropped: the device's
+#: pusher is gone, or the next push finds the token dead again anyway.
+LATE_VERDICT_KEEP = 30 * 24 * 3600.0
 
 #: Forward migrations; the schema version is the number applied (``PRAGMA user_version``).
 MIGRATIONS: tuple[str, ...] = (
@@ -146,6 +149,17 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX zulip_registrations_by_uuid ON zulip_registrations (server_uuid, user_uuid);
     CREATE INDEX zulip_registrations_by_id ON zulip_registrations (server_uuid, user_id);
     """,
+    # 6: dead verdicts found after the caller stopped waiting, kept under the caller's
+    # own name for the device (Matrix: app_id and pushkey) until its next request.
+    """
+    CREATE TABLE late_verdicts (
+        ref TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        since REAL,
+        found_at REAL NOT NULL
+    );
+    CREATE INDEX late_verdicts_by_age ON late_verdicts (found_at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -179,11 +193,30 @@ class Registration:
 
 @attrs.frozen
 class DeadToken:
-    """A token an upstream called dead, and since when (APNs' 410 timestamp)."""
+    """A token an upstream called dead, and since when (APNs' 410 timestamp).
+
+    ``ref`` is the caller's own name for the device when its protocol can be told of
+    a verdict later (Matrix's ``rejected``): the verdict is then kept under that name
+    until the next request that carries it (:meth:`Database.late_verdicts`), whether it
+    came after the caller was answered (a background retry) or in an answer that may
+    have been lost (the homeserver then repeats the request).
+    """
 
     app: str
     token: str
     since: float | None = None
+    reason: str = ""
+    ref: str | None = None
+
+
+@attrs.frozen
+class LateVerdict:
+    """A dead verdict kept for a caller who had already been answered."""
+
+    ref: str
+    reason: str
+    since: float | None
+    found_at: float
 
 
 def hash_key(key: str) -> str:
@@ -585,6 +618,7 @@ class Database:
         count removed.
         """
         removed = 0
+        now = time.time()
         with self._write_tx() as db:
             for item in dead:
                 newer = "" if item.since is None else " AND registered_at < ?"
@@ -604,7 +638,30 @@ class Database:
                     (item.token, *after),
                 )
                 removed += cursor.rowcount
+                if item.ref is not None:
+                    db.execute(
+                        "INSERT OR REPLACE INTO late_verdicts (ref, reason, since, found_at)"
+                        " VALUES (?, ?, ?, ?)",
+                        (item.ref, item.reason, item.since, now),
+                    )
+            db.execute("DELETE FROM late_verdicts WHERE found_at < ?", (now - LATE_VERDICT_KEEP,))
         return removed
+
+    def late_verdicts(self, refs: Sequence[str]) -> dict[str, LateVerdict]:
+        """The kept verdicts among ``refs`` (one indexed read)."""
+        if not refs:
+            return {}
+        marks = ",".join("?" * len(refs))
+        rows = self._reader.execute(
+            f"SELECT ref, reason, since, found_at FROM late_verdicts WHERE ref IN ({marks})",
+            list(refs),
+        ).fetchall()
+        return {row[0]: LateVerdict(*row) for row in rows}
+
+    def forget_late_verdicts(self, refs: Iterable[str]) -> None:
+        """Drop verdicts the caller has now been told (or that no longer apply)."""
+        with self._write_tx() as db:
+            db.executemany("DELETE FROM late_verdicts WHERE ref = ?", [(ref,) for ref in refs])
 
     # --- Zulip push bouncer ---------------------------------------------------------------
 
@@ -972,6 +1029,13 @@ class Store:
         if not dead:
             return 0
         return await self._write(self.db.remove_dead, list(dead))
+
+    def late_verdicts(self, refs: Sequence[str]) -> dict[str, LateVerdict]:
+        return self.db.late_verdicts(refs)
+
+    async def forget_late_verdicts(self, refs: Sequence[str]) -> None:
+        if refs:
+            await self._write(self.db.forget_late_verdicts, list(refs))
 
     # Zulip push bouncer: reads inline, writes on the worker thread, as above.
     def zulip_server(self, uuid: str) -> ZulipServer | None:

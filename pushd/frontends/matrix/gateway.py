@@ -1,0 +1,374 @@
+"""Routes, app matching, access control and delivery of the Matrix push gateway.
+
+What a homeserver observes is Sygnal's (protocol notes §5.1); how pushd gets there is
+not (§5.2):
+
+- every device of a request goes upstream at once, and each gets its own verdict: the
+  answer is 200 with the pushkeys to delete unless the request itself is malformed;
+- the first attempt runs under ``[matrix] answer_within`` (3 s), far below Synapse's
+  60 s, because Synapse sends one pusher's pushes one after another: what has not
+  answered by then, or failed transiently, is retried by the dispatcher in the
+  background, and never makes the homeserver wait or retry;
+- a dead verdict is kept in the store under the delivery's ``ref`` (app_id and
+  pushkey) and reported in ``rejected`` the next time a request carries that pushkey,
+  which is then not sent: a token found dead by a background retry is not lost, nor
+  one whose rejection the homeserver never received (it repeats the request);
+- a homeserver's retry of an event already sent (same app_id, pushkey and event_id
+  within ``dedupe_seconds``) is answered 200 and not sent again.
+
+Access: the API has no credentials and a fixed path, so the only control is a list of
+source networks (``[matrix] allowed_networks``), and only configured app ids are
+served: an unknown or ambiguous app id is rejected, as Sygnal does, so the homeserver
+stops pushing to it.
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import logging
+import re
+import sqlite3
+from collections.abc import Sequence
+from typing import Final
+
+import attrs
+import trio
+
+from pushd.config import AppConfig, Config, MatrixAppOptions
+from pushd.dispatch import Dispatcher
+from pushd.frontends.http import Reply, Request, Route
+from pushd.frontends.matrix import payloads, wire
+from pushd.model import Delivery, Push, mask_token
+from pushd.store.sqlite import LateVerdict, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+NOTIFY_PATH: Final = "/_matrix/push/v1/notify"
+#: Unknown paths up to this many segments below ``/_matrix/`` get a Matrix 404.
+MAX_UNKNOWN_DEPTH: Final = 5
+#: Remembered (app_id, pushkey, event_id) at most: beyond it the window shrinks
+#: rather than memory growing (two generations of hashes, about 60 bytes each).
+DEDUPE_MAX_ENTRIES: Final = 200_000
+#: Separator inside a late-verdict ref; app ids and pushkeys never contain it.
+_REF_SEPARATOR: Final = "\x1f"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    """Sygnal's app id globs: ``*`` any run, ``?`` one character, the rest literal."""
+    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def _is_glob(app_id: str) -> bool:
+    return "*" in app_id or "?" in app_id
+
+
+def in_networks(client: str | None, networks: Sequence[Network]) -> bool:
+    """Whether ``client`` (an address) is in one of ``networks``; IPv4-mapped IPv6 counts
+    as the IPv4 address it maps."""
+    if client is None:
+        return False
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
+
+
+class Dedupe:
+    """Recently sent (app_id, pushkey, event_id), forgotten after ``window`` seconds.
+
+    Two generations of hashes: a key is known if either holds it, and the older one is
+    dropped when the newer is ``window`` old (or full), so a key is remembered for
+    between one and two windows.  Hashes, not strings: a 64-bit collision would only
+    suppress one push, and the strings would cost five times the memory.
+    """
+
+    def __init__(self, window: float, max_entries: int = DEDUPE_MAX_ENTRIES) -> None:
+        self.window = window
+        self.max_entries = max_entries
+        self._current: set[int] = set()
+        self._previous: set[int] = set()
+        self._started: float | None = None  # set on first use, inside trio
+
+    def seen(self, key: tuple[str, str, str]) -> bool:
+        """Whether ``key`` was sent recently; remembers it either way."""
+        if self.window <= 0:
+            return False
+        now = trio.current_time()
+        if self._started is None:
+            self._started = now
+        if now - self._started >= self.window or len(self._current) >= self.max_entries // 2:
+            self._previous, self._current = self._current, set()
+            self._started = now
+        digest = hash(key)
+        if digest in self._current or digest in self._previous:
+            return True
+        self._current.add(digest)
+        return False
+
+
+@attrs.frozen
+class _App:
+    config: AppConfig
+    options: MatrixAppOptions
+
+
+@attrs.define
+class MatrixStats:
+    """Counters for /healthz."""
+
+    notifications: int = 0
+    rejected: int = 0
+    deduplicated: int = 0
+    nothing_to_send: int = 0
+    payload_errors: int = 0
+    refused: int = 0
+
+
+class MatrixGateway:
+    """Serves Matrix homeservers as Sygnal does, with pushd's delivery."""
+
+    def __init__(self, config: Config, store: Store, dispatcher: Dispatcher) -> None:
+        self.config = config
+        self.store = store
+        self.dispatcher = dispatcher
+        self.exact: dict[str, _App] = {}
+        self.globs: list[tuple[re.Pattern[str], _App]] = []
+        for app in config.apps:
+            if app.matrix is None:
+                continue
+            entry = _App(app, app.matrix)
+            for app_id in app.matrix.app_ids:
+                if _is_glob(app_id):
+                    self.globs.append((_glob(app_id), entry))
+                else:
+                    self.exact.setdefault(app_id, entry)
+        self.networks = tuple(
+            ipaddress.ip_network(network, strict=False)
+            for network in config.matrix.allowed_networks
+        )
+        self.dedupe = Dedupe(config.matrix.dedupe_seconds)
+        self.stats = MatrixStats()
+        self.refused: collections.Counter[str] = collections.Counter()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.exact or self.globs)
+
+    def routes(self) -> list[Route]:
+        """Notify, and a Matrix 404 for other ``/_matrix/`` paths; nothing if no app
+        serves Matrix (a homeserver then hears 404 and keeps its pushers, where an
+        answer would have rejected, and so deleted, every one)."""
+        if not self.enabled:
+            return []
+        errors = wire.serving_error_reply
+        routes = [
+            Route(
+                "POST",
+                NOTIFY_PATH,
+                self.notify,
+                "matrix_notify",
+                max_body_bytes=wire.MAX_BODY_BYTES,
+                error_reply=errors,
+            )
+        ]
+        for depth in range(1, MAX_UNKNOWN_DEPTH + 1):
+            path = "/_matrix/" + "/".join(f"{{p{n}}}" for n in range(depth))
+            for method in ("GET", "POST", "PUT"):
+                routes.append(
+                    Route(
+                        method,
+                        path,
+                        self.not_found,
+                        f"matrix_unknown_{method}{depth}",
+                        error_reply=errors,
+                    )
+                )
+        return routes
+
+    async def not_found(self, request: Request) -> Reply:
+        return wire.error_reply(404, "M_UNRECOGNIZED", "Unrecognized request")
+
+    # --- app matching -------------------------------------------------------------------
+
+    def match(self, app_id: str) -> _App | None:
+        """The app serving ``app_id``: an exact id first, else the one app whose globs
+        match; None if none or several apps match (the pushkey is then rejected)."""
+        exact = self.exact.get(app_id)
+        if exact is not None:
+            return exact
+        found: _App | None = None
+        for pattern, app in self.globs:
+            if pattern.fullmatch(app_id) and app is not found:
+                if found is not None:
+                    log.warning(
+                        "matrix: app_id %r matches apps %s and %s; rejecting its pushkey",
+                        app_id,
+                        found.config.name,
+                        app.config.name,
+                    )
+                    return None
+                found = app
+        return found
+
+    # --- the request --------------------------------------------------------------------
+
+    async def notify(self, request: Request) -> Reply:
+        if self.networks and not in_networks(request.client, self.networks):
+            self.stats.refused += 1
+            log.warning("matrix: refused a notify from %s (not allowed)", request.client or "-")
+            return wire.error_reply(403, "M_FORBIDDEN", "source address not allowed")
+        try:
+            notification = wire.parse_notify(request.body)
+        except wire.BadRequest as error:
+            return wire.error_reply(400, error.errcode, str(error))
+        try:
+            rejected = await self._deliver(request, notification)
+        except (StoreError, sqlite3.Error):
+            log.exception("matrix: the store failed during a notify; answering 503")
+            return wire.error_reply(503, "M_UNKNOWN", "pushd cannot take work right now")
+        self.stats.notifications += 1
+        self.stats.rejected += len(rejected)
+        return wire.rejected_reply(rejected)
+
+    async def _deliver(self, request: Request, notification: wire.Notification) -> list[str]:
+        """Send every device at once; return the pushkeys to reject, in request order."""
+        devices = notification.devices
+        apps = [self.match(device.app_id) for device in devices]
+        refs = [
+            _REF_SEPARATOR.join((device.app_id, device.pushkey))
+            for device, app in zip(devices, apps, strict=True)
+            if app is not None
+        ]
+        verdicts = self.store.late_verdicts(refs)
+        #: Per device (request order): its pushkey when rejected, else None.
+        rejected: list[str | None] = [None] * len(devices)
+        told: list[str] = []
+        deliveries: list[Delivery] = []
+        positions: list[int] = []
+        for position, (device, app) in enumerate(zip(devices, apps, strict=True)):
+            if app is None:
+                log.info(
+                    "matrix %s: no app serves app_id %r; rejecting %s",
+                    request.request_id,
+                    device.app_id,
+                    mask_token(device.pushkey),
+                )
+                rejected[position] = device.pushkey
+                continue
+            ref = _REF_SEPARATOR.join((device.app_id, device.pushkey))
+            verdict = verdicts.get(ref)
+            if verdict is not None:
+                told.append(ref)
+                if self._still_dead(device, verdict):
+                    log.info(
+                        "matrix %s: %s was found dead earlier (%s); rejecting it",
+                        request.request_id,
+                        mask_token(device.pushkey),
+                        verdict.reason,
+                    )
+                    rejected[position] = device.pushkey
+                    continue
+            delivery = self._delivery(request, notification, device, app, ref)
+            if isinstance(delivery, str):
+                rejected[position] = delivery
+            elif delivery is not None:
+                deliveries.append(delivery)
+                positions.append(position)
+        if told:
+            await self.store.forget_late_verdicts(told)
+        if deliveries:
+            reports = await self.dispatcher.deliver(
+                deliveries, deadline=self.config.matrix.answer_within
+            )
+            for position, report in zip(positions, reports, strict=True):
+                pushkey = devices[position].pushkey
+                if report.status == "removed":
+                    rejected[position] = pushkey
+                elif report.status == "failed":
+                    log.info(
+                        "matrix %s: push to %s via %s failed: %s",
+                        request.request_id,
+                        mask_token(pushkey),
+                        report.delivery.app,
+                        report.reason,
+                    )
+        return list(dict.fromkeys(key for key in rejected if key is not None))
+
+    @staticmethod
+    def _still_dead(device: wire.Device, verdict: LateVerdict) -> bool:
+        """Whether a kept verdict applies to this pusher: not if the pusher was set
+        after the verdict (the app registered the pushkey again, as a new pusher)."""
+        return device.pushkey_ts is None or device.pushkey_ts <= verdict.found_at
+
+    def _delivery(
+        self,
+        request: Request,
+        notification: wire.Notification,
+        device: wire.Device,
+        app: _App,
+        ref: str,
+    ) -> Delivery | str | None:
+        """The delivery for ``device``; its pushkey (a str) to reject; or None when
+        there is nothing to send (a badge update FCM would not show, a repeat)."""
+        if payloads.default_payload(device) is None:
+            log.info(
+                "matrix %s: %s has a default_payload that is not an object; rejecting it",
+                request.request_id,
+                mask_token(device.pushkey),
+            )
+            return device.pushkey
+        options = app.options
+        token: str | None
+        if app.config.provider == "apns":
+            token = payloads.apns_token(device.pushkey, options.convert_pushkey_to_hex)
+            if token is None:
+                log.info(
+                    "matrix %s: pushkey %s of %r is not an APNs token%s; rejecting it",
+                    request.request_id,
+                    mask_token(device.pushkey),
+                    device.app_id,
+                    " in base64" if options.convert_pushkey_to_hex else "",
+                )
+                return device.pushkey
+        else:
+            token = device.pushkey
+        event_id = notification.event_id
+        if event_id and self.dedupe.seen((device.app_id, device.pushkey, event_id)):
+            self.stats.deduplicated += 1
+            log.debug(
+                "matrix %s: a repeat of an event already sent; not sent again", request.request_id
+            )
+            return None
+        push: Push | None
+        try:
+            if app.config.provider == "apns":
+                push = payloads.apns_push(notification, device, options)
+            else:
+                push = payloads.fcm_push(notification, device, options)
+        except payloads.PayloadError as error:
+            self.stats.payload_errors += 1
+            log.warning(
+                "matrix %s: cannot build a push for %s via %s: %s",
+                request.request_id,
+                mask_token(device.pushkey),
+                app.config.name,
+                error,
+            )
+            return None
+        if push is None:
+            self.stats.nothing_to_send += 1
+            return None
+        return Delivery(
+            app=app.config.name,
+            token=token,
+            push=push,
+            registered_at=None if device.pushkey_ts is None else float(device.pushkey_ts),
+            ref=ref,
+        )

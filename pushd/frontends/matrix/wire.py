@@ -1,0 +1,215 @@
+"""The Matrix push gateway API's wire format: the notify request, its answers, errors.
+
+A homeserver reads only the status and, on 200, ``rejected`` (protocol notes §1.4), but
+an admin reading its log sees our error texts, so the 400 cases and their wording are
+Sygnal's (§5.1), carried in the Matrix error shape ``{"errcode", "error"}`` with a JSON
+content type (§5.2, point 7).
+
+Checks are Sygnal's and no stricter: unknown fields are ignored everywhere, top-level
+string fields are not type-checked (a non-string is treated as absent when building a
+payload), ``type: null`` is a badge update.  What Sygnal answers with a 500 (odd shapes
+deeper down) is a clean 400 or a per-device verdict here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Final, Literal
+
+import attrs
+
+from pushd.frontends.http import Reply, json_reply
+
+#: Sygnal drops bodies over 512 KiB; pushd answers 413 instead.
+MAX_BODY_BYTES: Final = 512 * 1024
+#: The top-level fields that are strings when present (not type-checked, as Sygnal).
+STRING_FIELDS: Final = (
+    "event_id",
+    "room_id",
+    "type",
+    "sender",
+    "sender_display_name",
+    "room_name",
+    "room_alias",
+    "membership",
+)
+
+Prio = Literal["high", "low"]
+
+
+class BadRequest(ValueError):
+    """A malformed notify request: ``str()`` is Sygnal's 400 text."""
+
+    def __init__(self, message: str, errcode: str = "M_BAD_JSON") -> None:
+        super().__init__(message)
+        self.errcode = errcode
+
+
+@attrs.frozen
+class Counts:
+    """``notification.counts``; an absent count is None (0 is kept: it clears a badge)."""
+
+    unread: int | None = None
+    missed_calls: int | None = None
+
+
+@attrs.frozen
+class Device:
+    """One ``devices[]`` entry: a pusher of the receiving user."""
+
+    app_id: str
+    #: Exactly as the homeserver sent it: a rejection must name it unchanged.
+    pushkey: str
+    #: When the pusher was set, UNIX **seconds** (APNs' 410 rule compares it).
+    pushkey_ts: int | None = None
+    #: The pusher's ``data`` minus ``url``: ``format``, ``default_payload``, others.
+    data: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+    tweaks: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+
+
+@attrs.frozen
+class Notification:
+    """``notification``: the event (or a badge update) and the devices to tell.
+
+    String fields are None when absent *or not a string*: Sygnal does not check their
+    types, and a payload never carries a non-string where a string belongs.
+    """
+
+    devices: tuple[Device, ...]
+    event_id: str | None = None
+    room_id: str | None = None
+    type: str | None = None
+    sender: str | None = None
+    sender_display_name: str | None = None
+    room_name: str | None = None
+    room_alias: str | None = None
+    membership: str | None = None
+    user_is_target: bool = False
+    prio: Prio = "high"
+    content: Mapping[str, Any] | None = attrs.field(default=None, repr=False)
+    counts: Counts = Counts()
+
+    def __repr__(self) -> str:  # ids only: names and content are private
+        return (
+            f"Notification(event_id={self.event_id!r}, type={self.type!r}, "
+            f"prio={self.prio!r}, devices={len(self.devices)})"
+        )
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _load(body: bytes) -> Any:
+    try:
+        value = json.loads(body, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):  # bad JSON, bad UTF-8, NaN, huge integers
+        raise BadRequest("Expected JSON request body", "M_NOT_JSON") from None
+    if b"\\u" in body:
+        # A lone UTF-16 surrogate escape decodes but cannot be re-encoded as UTF-8 for
+        # APNs or FCM: refuse it here, where the caller can be told.
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise BadRequest("Expected JSON request body", "M_NOT_JSON") from None
+    return value
+
+
+def _int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _optional_int(holder: Mapping[str, Any], key: str, label: str) -> int | None:
+    """An optional integer field; present but null or not an integer is a 400."""
+    if key not in holder:
+        return None
+    value = holder[key]
+    if not _int(value):
+        raise BadRequest(f"{label} is of invalid type")
+    assert isinstance(value, int)
+    return value
+
+
+def _optional_object(holder: Mapping[str, Any], key: str, label: str) -> dict[str, Any]:
+    if key not in holder:
+        return {}
+    value = holder[key]
+    if not isinstance(value, dict):
+        raise BadRequest(f"{label} is of invalid type")
+    return value
+
+
+def _device(value: object) -> Device:
+    if not isinstance(value, dict):
+        raise BadRequest("Device with missing or non-string app_id")
+    app_id = value.get("app_id")
+    if not isinstance(app_id, str):
+        raise BadRequest("Device with missing or non-string app_id")
+    pushkey = value.get("pushkey")
+    if not isinstance(pushkey, str):
+        raise BadRequest("Device with missing or non-string pushkey")
+    pushkey_ts = _optional_int(value, "pushkey_ts", "pushkey_ts")
+    data = _optional_object(value, "data", "data")
+    tweaks = _optional_object(value, "tweaks", "tweaks")
+    if "sound" in tweaks and not isinstance(tweaks["sound"], str):
+        raise BadRequest("tweaks.sound is of invalid type")
+    return Device(app_id, pushkey, pushkey_ts, data, tweaks)
+
+
+def _string(holder: Mapping[str, Any], key: str) -> str | None:
+    value = holder.get(key)
+    return value if isinstance(value, str) else None
+
+
+def parse_notify(body: bytes) -> Notification:
+    """Parse a ``POST /_matrix/push/v1/notify`` body, or :class:`BadRequest` (a 400)."""
+    document = _load(body)
+    if not isinstance(document, dict) or not isinstance(document.get("notification"), dict):
+        raise BadRequest("Invalid notification: expecting object in 'notification' key")
+    notification: dict[str, Any] = document["notification"]
+    devices = notification.get("devices")
+    if not isinstance(devices, list):
+        raise BadRequest("Expected list in 'devices' key")
+    parsed = tuple(_device(device) for device in devices)
+    counts_value = _optional_object(notification, "counts", "counts")
+    counts = Counts(
+        unread=_optional_int(counts_value, "unread", "counts.unread"),
+        missed_calls=_optional_int(counts_value, "missed_calls", "counts.missed_calls"),
+    )
+    if not parsed:
+        raise BadRequest("No devices in notification")
+    content = notification.get("content")
+    strings = {key: _string(notification, key) for key in STRING_FIELDS}
+    return Notification(
+        devices=parsed,
+        user_is_target=notification.get("user_is_target") is True,
+        prio="low" if notification.get("prio") == "low" else "high",
+        content=content if isinstance(content, dict) else None,
+        counts=counts,
+        **strings,
+    )
+
+
+def rejected_reply(pushkeys: list[str]) -> Reply:
+    """The answer to a notify: the pushkeys, as sent, the homeserver must delete."""
+    return json_reply(200, {"rejected": pushkeys})
+
+
+def error_reply(status: int, errcode: str, message: str) -> Reply:
+    """A Matrix error: ``{"errcode": "M_...", "error": "..."}``."""
+    return json_reply(status, {"errcode": errcode, "error": message})
+
+
+#: The serving layer's error codes mapped to Matrix's.
+_ERRCODES: Final = {
+    404: "M_UNRECOGNIZED",
+    405: "M_UNRECOGNIZED",
+    413: "M_TOO_LARGE",
+    403: "M_FORBIDDEN",
+}
+
+
+def serving_error_reply(status: int, _code: str, message: str) -> Reply:
+    """How the serving layer's own errors (405, 413) read on a Matrix route."""
+    return error_reply(status, _ERRCODES.get(status, "M_UNKNOWN"), message)
