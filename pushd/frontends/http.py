@@ -7,8 +7,9 @@ testable without a server and lets the serving layer be swapped after measuring.
 
 from __future__ import annotations
 
+import ipaddress
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -64,3 +65,28 @@ def json_reply(status: int, value: Any, headers: tuple[tuple[str, str], ...] = (
     """A JSON reply, compact (no spaces): it is read by programs, and bytes cost CPU."""
     body = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
     return Reply(status=status, body=body, headers=headers)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(networks: Iterable[str]) -> tuple[Network, ...]:
+    """CIDR strings (checked by ``check-config``) as networks; host bits are ignored."""
+    return tuple(ipaddress.ip_network(network, strict=False) for network in networks)
+
+
+def in_networks(client: str | None, networks: Iterable[Network]) -> bool:
+    """Whether ``client`` (the peer address) is in one of ``networks``.
+
+    An IPv4-mapped IPv6 address (a dual-stack listener's view of an IPv4 peer) counts
+    as the IPv4 address it maps, so ``10.0.0.0/8`` works whichever way pushd listens.
+    """
+    if client is None:
+        return False
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)

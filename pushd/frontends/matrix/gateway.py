@@ -24,12 +24,9 @@ stops pushing to it.
 
 from __future__ import annotations
 
-import collections
-import ipaddress
 import logging
 import re
 import sqlite3
-from collections.abc import Sequence
 from typing import Final
 
 import attrs
@@ -37,7 +34,7 @@ import trio
 
 from pushd.config import AppConfig, Config, MatrixAppOptions
 from pushd.dispatch import Dispatcher
-from pushd.frontends.http import Reply, Request, Route
+from pushd.frontends.http import Reply, Request, Route, in_networks, parse_networks
 from pushd.frontends.matrix import payloads, wire
 from pushd.model import Delivery, Push, mask_token
 from pushd.store.sqlite import LateVerdict, Store, StoreError
@@ -53,8 +50,6 @@ DEDUPE_MAX_ENTRIES: Final = 200_000
 #: Separator inside a late-verdict ref; app ids and pushkeys never contain it.
 _REF_SEPARATOR: Final = "\x1f"
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
 
 def _glob(pattern: str) -> re.Pattern[str]:
     """Sygnal's app id globs: ``*`` any run, ``?`` one character, the rest literal."""
@@ -64,20 +59,6 @@ def _glob(pattern: str) -> re.Pattern[str]:
 
 def _is_glob(app_id: str) -> bool:
     return "*" in app_id or "?" in app_id
-
-
-def in_networks(client: str | None, networks: Sequence[Network]) -> bool:
-    """Whether ``client`` (an address) is in one of ``networks``; IPv4-mapped IPv6 counts
-    as the IPv4 address it maps."""
-    if client is None:
-        return False
-    try:
-        address = ipaddress.ip_address(client)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)
 
 
 class Dedupe:
@@ -149,13 +130,9 @@ class MatrixGateway:
                     self.globs.append((_glob(app_id), entry))
                 else:
                     self.exact.setdefault(app_id, entry)
-        self.networks = tuple(
-            ipaddress.ip_network(network, strict=False)
-            for network in config.matrix.allowed_networks
-        )
+        self.networks = parse_networks(config.matrix.allowed_networks)
         self.dedupe = Dedupe(config.matrix.dedupe_seconds)
         self.stats = MatrixStats()
-        self.refused: collections.Counter[str] = collections.Counter()
 
     @property
     def enabled(self) -> bool:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import hmac
-import ipaddress
 import logging
 from typing import Final
 
@@ -28,7 +27,15 @@ import trio
 from pushd import __version__
 from pushd.config import AppConfig, Config, MattermostServer
 from pushd.dispatch import Dispatcher, Report
-from pushd.frontends.http import Reply, Request, Route, json_reply
+from pushd.frontends.http import (
+    Network,
+    Reply,
+    Request,
+    Route,
+    in_networks,
+    json_reply,
+    parse_networks,
+)
 from pushd.frontends.mattermost import payloads, wire
 from pushd.model import Delivery, Push, RetryLater, mask_token
 from pushd.store.sqlite import Store
@@ -53,8 +60,6 @@ APNS_RESPONSE_ERROR: Final = "unknown send response error"
 #: pushd's build identity for ``/version`` (MPNS reports its git hash).
 BUILD_HASH: Final = "pushd"
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
 
 class Refused(Exception):
     """Access control refused the request; ``kind`` is the counter, ``str()`` the text."""
@@ -72,18 +77,6 @@ class _Server:
     networks: tuple[Network, ...]
 
 
-def _in_networks(client: str | None, networks: tuple[Network, ...]) -> bool:
-    if client is None:
-        return False
-    try:
-        address = ipaddress.ip_address(client)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)
-
-
 class MattermostProxy:
     """Serves Mattermost servers as mattermost-push-proxy does."""
 
@@ -95,7 +88,7 @@ class MattermostProxy:
         self.servers = tuple(
             _Server(
                 server,
-                tuple(ipaddress.ip_network(n, strict=False) for n in server.allowed_networks),
+                parse_networks(server.allowed_networks),
             )
             for server in config.mattermost.servers
         )
@@ -136,7 +129,7 @@ class MattermostProxy:
                 found = server
         if found is None:
             raise self._refuse("path", "unknown push proxy path", source)
-        if found.networks and not _in_networks(request.client, found.networks):
+        if found.networks and not in_networks(request.client, found.networks):
             raise self._refuse(
                 "network", f"source address not allowed for {found.config.name}", source
             )
