@@ -16,6 +16,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pushd import logs
+from pushd.frontends.matrix.gateway import late_ref
 from pushd.simulators.apns import ApnsSimulator, SimReply
 from pushd.simulators.fcm import FcmReply, FcmSimulator
 from tests import matrix_homeserver as hs
@@ -92,7 +93,7 @@ async def verdict_kept(pushd: Pushd, device: dict[str, Any]) -> None:
     The reaper runs after the upstream's answer, with nothing to wait on from outside
     the process, so this polls the store (a read costs microseconds).
     """
-    refs = ["\x1f".join((device["app_id"], device["pushkey"]))]
+    refs = [late_ref(device["app_id"], device["pushkey"])]
     with trio.fail_after(10):
         while not pushd.services.store.late_verdicts(refs):  # noqa: ASYNC110 (see above)
             await trio.sleep(0.01)
@@ -392,7 +393,7 @@ async def test_a_token_found_dead_in_a_background_retry_is_rejected_next_time(
     assert await homeserver.rejected(hs.full_event([device], event_id="$b")) == [device["pushkey"]]
     await trio.sleep(0.1)
     assert len(simulator.received) == 2
-    refs = ["\x1f".join((device["app_id"], device["pushkey"]))]
+    refs = [late_ref(device["app_id"], device["pushkey"])]
     assert store.late_verdicts(refs) == {}  # told once
 
 

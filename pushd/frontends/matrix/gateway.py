@@ -24,6 +24,7 @@ stops pushing to it.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sqlite3
@@ -47,8 +48,17 @@ MAX_UNKNOWN_DEPTH: Final = 5
 #: Remembered (app_id, pushkey, event_id) at most: beyond it the window shrinks
 #: rather than memory growing (two generations of hashes, about 60 bytes each).
 DEDUPE_MAX_ENTRIES: Final = 200_000
-#: Separator inside a late-verdict ref; app ids and pushkeys never contain it.
-_REF_SEPARATOR: Final = "\x1f"
+#: How much of an unknown app id a log line shows (the client API caps it at 64).
+LOGGED_APP_ID_CHARS: Final = 64
+
+
+def late_ref(app_id: str, pushkey: str) -> str:
+    """The name a dead verdict for this pusher is kept under in the store.
+
+    JSON, not a separator: both strings come from the homeserver, and no choice of them
+    may name another pusher's verdict.
+    """
+    return json.dumps(["matrix", app_id, pushkey], ensure_ascii=False, separators=(",", ":"))
 
 
 def _glob(pattern: str) -> re.Pattern[str]:
@@ -218,28 +228,25 @@ class MatrixGateway:
         """Send every device at once; return the pushkeys to reject, in request order."""
         devices = notification.devices
         apps = [self.match(device.app_id) for device in devices]
-        refs = [
-            _REF_SEPARATOR.join((device.app_id, device.pushkey))
-            for device, app in zip(devices, apps, strict=True)
-            if app is not None
-        ]
-        verdicts = self.store.late_verdicts(refs)
+        refs = [late_ref(device.app_id, device.pushkey) for device in devices]
+        verdicts = self.store.late_verdicts(
+            [ref for ref, app in zip(refs, apps, strict=True) if app is not None]
+        )
         #: Per device (request order): its pushkey when rejected, else None.
         rejected: list[str | None] = [None] * len(devices)
         told: list[str] = []
         deliveries: list[Delivery] = []
         positions: list[int] = []
-        for position, (device, app) in enumerate(zip(devices, apps, strict=True)):
+        for position, (device, app, ref) in enumerate(zip(devices, apps, refs, strict=True)):
             if app is None:
                 log.info(
                     "matrix %s: no app serves app_id %r; rejecting %s",
                     request.request_id,
-                    device.app_id,
+                    device.app_id[:LOGGED_APP_ID_CHARS],
                     mask_token(device.pushkey),
                 )
                 rejected[position] = device.pushkey
                 continue
-            ref = _REF_SEPARATOR.join((device.app_id, device.pushkey))
             verdict = verdicts.get(ref)
             if verdict is not None:
                 told.append(ref)
