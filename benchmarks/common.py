@@ -11,6 +11,7 @@ dependency for its benchmark, and the two fields needed are easy to parse.
 
 from __future__ import annotations
 
+import base64
 import os
 import uuid
 
@@ -92,6 +93,19 @@ MATTERMOST_APPLE_PLATFORM = f"{MATTERMOST_APPLE_TYPE}-v2"
 MATTERMOST_DEVICES = 4096
 #: Mattermost tokens are numbered from here, far above the native and Zulip ones.
 _MATTERMOST_TOKEN_BASE = 1 << 52
+
+#: The Matrix push gateway API's one path (fixed by the spec), and the Matrix app id the
+#: benchmark's APNs app serves (``[apps.matrix] app_ids``): Element iOS's, whose pushers
+#: register the base64 of the raw APNs token as their pushkey.
+MATRIX_NOTIFY_PATH = "/_matrix/push/v1/notify"
+MATRIX_APP_ID = "im.vector.app.ios"
+#: Devices in one request of the ``matrix-4`` run (``matrix`` sends one, as Synapse does).
+MATRIX_FANOUT_DEVICES = 4
+#: Distinct devices (pushers) the Matrix runs cycle through.  pushd stores none: a
+#: notify carries its pushkeys, so the store is not populated for them.
+MATRIX_DEVICES = 4096
+#: Matrix tokens are numbered from here, far above the native, Zulip and Mattermost ones.
+_MATRIX_TOKEN_BASE = 1 << 56
 
 #: Keys of :class:`CpuSnapshot` for the whole machine's busy and stolen CPU.
 MACHINE = "machine"
@@ -202,3 +216,14 @@ def zulip_token(n: int, device: int) -> str:
 def mattermost_token(n: int) -> str:
     """The ``n``-th Mattermost device's APNs token (lower-case hex, in no table)."""
     return token(_MATTERMOST_TOKEN_BASE + n)
+
+
+def matrix_token(n: int) -> str:
+    """The ``n``-th Matrix device's APNs token (lower-case hex, in no table)."""
+    return token(_MATRIX_TOKEN_BASE + n)
+
+
+def matrix_pushkey(n: int) -> str:
+    """The ``n``-th Matrix device's pushkey: standard, padded base64 of the raw 32-byte
+    token, as Element iOS registers it (pushd sends it to APNs as :func:`matrix_token`)."""
+    return base64.b64encode(bytes.fromhex(matrix_token(n))).decode()

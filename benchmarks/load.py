@@ -25,6 +25,23 @@ struct's field order, compact, with no Content-Type and no credentials, and the 
 Go's ``net/http`` client adds by default.  Every answer must be ``{"status": "OK"}``:
 anything else (``FAIL``, ``REMOVE``, a 429 from the throttle) fails the run.
 
+The ``matrix`` and ``matrix-4`` modes are a Matrix homeserver (Synapse) calling pushd's
+Matrix push gateway: ``POST /_matrix/push/v1/notify``, no credentials, a full-format
+notify for an ``m.room.message`` event as Synapse's HTTP pusher builds it (protocol
+notes §1.3: compact JSON, its fields in Synapse's order, the pusher's ``data`` minus
+``url`` and the push rule's tweaks on each device) to 1 or 4 APNs devices of Element
+iOS (``app_id`` ``im.vector.app.ios``, pushkeys the base64 of raw 32-byte tokens).
+Synapse sends one device per request; ``matrix-4`` is the batched shape other
+homeservers may send, and the second of Sygnal's benchmark figures.  Every request
+carries its own ``event_id`` (and ``id``, Synapse's deprecated copy of it): pushd drops
+a repeat of (app_id, pushkey, event_id) within ``[matrix] dedupe_seconds``, as the spec
+asks, so a request pool cycled with fixed ids would measure the dedupe, not delivery.
+The requests are pre-encoded with a placeholder of the event id's length, and each one
+is joined around a fresh id when sent.  Every answer must be 200 ``{"rejected": []}``;
+a pushkey in ``rejected`` or any other answer fails the run.  ``[]`` alone does not
+prove delivery (a push that failed, or a repeat, is not rejected either): the runner's
+count of the APNs simulator's answers does.
+
 The measured window starts after each connection's warm-up requests and ends when the
 last worker finishes; CPU seconds of the processes given with ``--watch ROLE=PID``
 (pushd, the simulator) and of the driver itself are read from /proc at both ends, so
@@ -41,8 +58,10 @@ import base64
 import itertools
 import json
 import os
+import secrets
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -56,6 +75,9 @@ from common import (
     FCM_APP_NAME,
     FCM_FANOUT_USER_PREFIX,
     FCM_SINGLE_USER_PREFIX,
+    MATRIX_APP_ID,
+    MATRIX_FANOUT_DEVICES,
+    MATRIX_NOTIFY_PATH,
     MATTERMOST_APPLE_PLATFORM,
     MATTERMOST_SEND_PATH,
     MIXED_APNS_DEVICES,
@@ -71,6 +93,7 @@ from common import (
     ZULIP_SERVER_UUID,
     ZULIP_USER_PREFIX,
     CpuSnapshot,
+    matrix_pushkey,
     mattermost_token,
     zulip_token,
     zulip_user_id,
@@ -139,6 +162,28 @@ JWT_HEADER = {"alg": "ES256", "typ": "JWT"}
 JWT_SIGNATURE = bytes(range(64))
 #: pushd's answer to a push it delivered (MPNS's ``PushResponse``).
 MATTERMOST_OK = {"status": "OK"}
+#: What Synapse's HTTP client says it is (its own version; Twisted's ``Agent`` adds the
+#: rest: ``Host``, ``Content-Length``, and ``Content-Type`` set by ``post_json``).
+SYNAPSE_USER_AGENT = "Synapse/1.139.0"
+#: The benchmark's Matrix room, sender and message (ids shaped as Synapse's).
+MATRIX_SERVER = "bench.example.org"
+MATRIX_ROOM_ID = f"!bEnChRoOmAbCdEfGhI:{MATRIX_SERVER}"
+MATRIX_SENDER = f"@alice:{MATRIX_SERVER}"
+MATRIX_SENDER_NAME = "Alice"
+MATRIX_ROOM_NAME = "Town Square"
+#: When the benchmark's pushers were set, UNIX seconds (Synapse sends seconds).
+MATRIX_PUSHKEY_TS = 1_700_000_000
+#: The push rule's tweaks for a message in a small room, as Synapse's defaults set them.
+MATRIX_TWEAKS = {"sound": "default", "highlight": False}
+#: A room version >= 4 event id: ``$`` and 43 URL-safe base64 characters.  The request
+#: pool carries this placeholder; each request replaces it with ``$``, the run's
+#: :data:`EVENT_TAG_LENGTH` random characters and the request's number in hex.
+EVENT_ID_LENGTH = 44
+EVENT_TAG_LENGTH = 11
+EVENT_ID_PLACEHOLDER = "$" + "~" * (EVENT_ID_LENGTH - 1)
+EVENT_NUMBER_FORMAT = b"%0" + str(EVENT_ID_LENGTH - 1 - EVENT_TAG_LENGTH).encode() + b"x"
+#: pushd's answer to a notify whose every pushkey it kept (Matrix's ``rejected`` list).
+MATRIX_OK: dict[str, list[str]] = {"rejected": []}
 
 
 @attrs.frozen
@@ -155,6 +200,8 @@ class Mode:
     zulip: bool = False
     #: A Mattermost server's ``send_push`` (one device per request).
     mattermost: bool = False
+    #: A Matrix homeserver's ``notify`` (``apns_devices`` per request).
+    matrix: bool = False
 
     @property
     def devices(self) -> int:
@@ -180,6 +227,8 @@ MODES: dict[str, Mode] = {
     ),
     "zulip": Mode(ZULIP_NOTIFY_PATH, ZULIP_USER_PREFIX, apns_devices=ZULIP_DEVICES, zulip=True),
     "mattermost": Mode(MATTERMOST_SEND_PATH, None, apns_devices=1, mattermost=True),
+    "matrix": Mode(MATRIX_NOTIFY_PATH, None, apns_devices=1, matrix=True),
+    "matrix-4": Mode(MATRIX_NOTIFY_PATH, None, apns_devices=MATRIX_FANOUT_DEVICES, matrix=True),
 }
 
 
@@ -194,8 +243,8 @@ class ConnectionLost(Exception):
 class Connection:
     """One keep-alive HTTP/1.1 connection, one request at a time, reopened when told to.
 
-    Hypercorn ends a connection after ``keep_alive_max_requests`` (1000 by default) with
-    ``connection: close``; a real client opens a new one, and so does this.
+    A server may end a connection with ``connection: close`` (pushd does on shutdown);
+    a real client opens a new one, and so does this.
     """
 
     def __init__(self, port: int) -> None:
@@ -356,6 +405,41 @@ def mattermost_push_body(n: int, message_number: int) -> bytes:
     )
 
 
+def matrix_notify_body(devices: Sequence[int], k: int, event_id: str) -> bytes:
+    """What Synapse's HTTP pusher posts for a message in a named room to ``devices``.
+
+    ``_build_notification_dict``'s full format, its keys in Synapse's order (``id``
+    and the event's fields, ``prio``, ``counts``, ``devices``, then ``content``,
+    ``sender_display_name`` and ``room_name`` as they are present), each device as a
+    pusher with no ``format`` sends it (``data`` is the pusher's data minus ``url``:
+    empty), encoded as Synapse's ``json_encoder`` does: compact.  ``prio`` is
+    ``high`` because the tweaks set a sound.
+    """
+    notification = {
+        "id": event_id,
+        "event_id": event_id,
+        "room_id": MATRIX_ROOM_ID,
+        "type": "m.room.message",
+        "sender": MATRIX_SENDER,
+        "prio": "high",
+        "counts": {"unread": 1 + k % 9},
+        "devices": [
+            {
+                "app_id": MATRIX_APP_ID,
+                "pushkey": matrix_pushkey(device),
+                "pushkey_ts": MATRIX_PUSHKEY_TS,
+                "data": {},
+                "tweaks": MATRIX_TWEAKS,
+            }
+            for device in devices
+        ],
+        "content": {"msgtype": "m.text", "body": ALERT},
+        "sender_display_name": MATRIX_SENDER_NAME,
+        "room_name": MATRIX_ROOM_NAME,
+    }
+    return json.dumps({"notification": notification}, separators=(",", ":")).encode()
+
+
 def encode_go_request(path: str, port: int, body: bytes) -> bytes:
     """A POST as Go's ``net/http`` writes one with no headers set: no Content-Type."""
     return (
@@ -378,14 +462,28 @@ def encode_request(path: str, port: int, headers: dict[str, str], body: bytes) -
     return head.encode() + body
 
 
-def build_requests(args: argparse.Namespace, mode: Mode) -> list[bytes]:
-    """Pre-encode the requests, for users (or devices) spread evenly over the stored ones."""
+def build_requests(args: argparse.Namespace, mode: Mode) -> list[tuple[bytes, ...]]:
+    """Pre-encode the requests, for users (or devices) spread evenly over the stored ones.
+
+    Each is a tuple of the request's parts around its event id placeholders: one part
+    (the whole request) except for Matrix, whose requests get a fresh id when sent.
+    """
     count = min(REQUEST_POOL, args.users)
-    requests = []
+    requests: list[tuple[bytes, ...]] = []
     for k in range(count):
         user = k * args.users // count
         if mode.mattermost:
-            requests.append(encode_go_request(mode.path, args.port, mattermost_push_body(user, k)))
+            body = mattermost_push_body(user, k)
+            requests.append((encode_go_request(mode.path, args.port, body),))
+            continue
+        if mode.matrix:
+            # Consecutive devices, wrapping round: distinct within a request.
+            devices = [(k * mode.devices + d) % args.users for d in range(mode.devices)]
+            body = matrix_notify_body(devices, k, EVENT_ID_PLACEHOLDER)
+            request = encode_request(mode.path, args.port, {"User-Agent": SYNAPSE_USER_AGENT}, body)
+            parts = tuple(request.split(EVENT_ID_PLACEHOLDER.encode()))
+            assert len(parts) == 3, "the event id is in a Matrix notify twice (id, event_id)"
+            requests.append(parts)
             continue
         if mode.zulip:
             payload = zulip_notify_body(user, message_id=k + 1)
@@ -397,7 +495,7 @@ def build_requests(args: argparse.Namespace, mode: Mode) -> list[bytes]:
             payload = {"user": f"{mode.user_prefix}{user}", "alert": ALERT}
             headers = {"Authorization": f"Bearer {args.key}"}
         body = json.dumps(payload, separators=(",", ":")).encode()
-        requests.append(encode_request(mode.path, args.port, headers, body))
+        requests.append((encode_request(mode.path, args.port, headers, body),))
     return requests
 
 
@@ -408,6 +506,10 @@ def check(mode: Mode, status: int, body: bytes) -> None:
     if mode.mattermost:
         if json.loads(body) != MATTERMOST_OK:
             raise ResponseError(f"Mattermost send_push answered {body[:300]!r}")
+        return
+    if mode.matrix:
+        if json.loads(body) != MATRIX_OK:
+            raise ResponseError(f"Matrix notify answered {body[:300]!r}")
         return
     if mode.devices == 0:
         if body != b"{}":
@@ -436,8 +538,12 @@ class Run:
     """Shared state of one run's workers."""
 
     mode: Mode
-    requests: list[bytes]
+    #: Pre-encoded requests, as :func:`build_requests` returns them.
+    requests: list[tuple[bytes, ...]]
     remaining: int
+    #: ``$`` and this run's random characters, the start of every event id it sends
+    #: (Matrix only: unique across runs against the same pushd, whose dedupe remembers).
+    event_tag: bytes | None = None
     deadline: float = 0.0
     tickets: itertools.count[int] = attrs.field(factory=itertools.count)
     latencies: list[float] = attrs.Factory(list)
@@ -450,6 +556,14 @@ class Run:
     reopened: int = 0
     all_warm: trio.Event = attrs.Factory(trio.Event)
     go: trio.Event = attrs.Factory(trio.Event)
+
+    def next_request(self) -> bytes:
+        """The next request to send; a Matrix one with an event id no other has."""
+        ticket = next(self.tickets)
+        parts = self.requests[ticket % len(self.requests)]
+        if self.event_tag is None:
+            return parts[0]
+        return (self.event_tag + EVENT_NUMBER_FORMAT % ticket).join(parts)
 
     def fail(self, error: BaseException) -> None:
         self.failures += 1
@@ -465,12 +579,11 @@ RESPONSE_ERRORS = (ResponseError, ValueError, KeyError)
 
 async def worker(run: Run, port: int, warmup: int, workers: int) -> None:
     """Warm up, wait for the start, then send until the requests or the time run out."""
-    pool = len(run.requests)
     connection = Connection(port)
     alive = True
     try:
         for _ in range(warmup):
-            request = run.requests[next(run.tickets) % pool]
+            request = run.next_request()
             try:
                 with trio.fail_after(REQUEST_TIMEOUT):
                     check(run.mode, *await connection.exchange(request))
@@ -486,7 +599,7 @@ async def worker(run: Run, port: int, warmup: int, workers: int) -> None:
         connection.reopened = 0
         while alive and run.remaining > 0 and time.monotonic() < run.deadline:
             run.remaining -= 1
-            request = run.requests[next(run.tickets) % pool]
+            request = run.next_request()
             started = time.perf_counter()
             try:
                 with trio.fail_after(REQUEST_TIMEOUT):
@@ -512,7 +625,15 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     mode = MODES[args.mode]
-    run = Run(mode=mode, requests=build_requests(args, mode), remaining=args.requests)
+    event_tag = None
+    if mode.matrix:
+        event_tag = ("$" + secrets.token_urlsafe(EVENT_TAG_LENGTH)[:EVENT_TAG_LENGTH]).encode()
+    run = Run(
+        mode=mode,
+        requests=build_requests(args, mode),
+        remaining=args.requests,
+        event_tag=event_tag,
+    )
     watched = {role: int(pid) for role, _, pid in (w.partition("=") for w in args.watch)}
     watched[DRIVER] = os.getpid()
     with trio.fail_after(args.max_seconds + GRACE_SECONDS):
@@ -553,7 +674,10 @@ def main() -> int:
     parser.add_argument("--key", required=True, help="the chat server's API key")
     parser.add_argument("--mode", choices=sorted(MODES), required=True)
     parser.add_argument(
-        "--users", type=int, required=True, help="users stored (Mattermost: devices) for this mode"
+        "--users",
+        type=int,
+        required=True,
+        help="users stored (Mattermost, Matrix: devices) for this mode",
     )
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--requests", type=int, required=True, help="measured requests")

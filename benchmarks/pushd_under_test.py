@@ -19,9 +19,18 @@ The ``[mattermost]`` section serves one Mattermost server at its secret path pre
 devices (``mattermost_type``).  Its throttle, per source address as Mattermost's proxy
 counts, is lifted far above the benchmark's rate: the driver is one address.
 
+The APNs app also serves Matrix pushers (``[apps.matrix]``): Element iOS's app id
+(``common.MATRIX_APP_ID``), pushkeys the base64 of the token (``convert_pushkey_to_hex``),
+everything else at its default, and so does ``[matrix]`` (no ``allowed_networks``, as
+Sygnal; ``answer_within`` 3 s; ``dedupe_seconds`` 600, which is why every Matrix request
+of the benchmark has its own event id).  Only the benchmark's pushd gets the table:
+``zulip_fanout.py`` reuses :func:`apns_app` and serves no Matrix.  The Matrix routes
+(``/_matrix/push/v1/notify`` a static path, the Matrix 404s templates listed after
+the Mattermost ones) do not change how the other scenarios' paths are routed.
+
 ``POST /bench/empty`` is mounted through ``server.serve(extra_routes=...)``: it reads
 the body like every route and replies ``{}``, so its CPU cost per request is what the
-HTTP stack (hypercorn, the ASGI router) costs before pushd does any work.
+HTTP stack (``pushd/http11.py`` and the router) costs before pushd does any work.
 Subtracting it from a send's cost leaves pushd's own work.
 
 Prints ``READY <url>`` once serving.  Stops gracefully when stdin closes (or on SIGINT/
@@ -45,6 +54,7 @@ from common import (
     EMPTY_PATH,
     FCM_APP_NAME,
     KEY_ID,
+    MATRIX_APP_ID,
     MATTERMOST_APPLE_TYPE,
     MATTERMOST_PATH_SECRET,
     MATTERMOST_SERVER_NAME,
@@ -103,7 +113,8 @@ def apns_app(key_file: Path, upstream_port: int, ca_file: Path) -> dict[str, Any
 def build_config(args: argparse.Namespace) -> config.Config:
     """The pushd.toml an operator would write for two apps behind the simulators.
 
-    Plus the Zulip and Mattermost front ends, each with one server.
+    Plus the Zulip and Mattermost front ends, each with one server, and the Matrix push
+    gateway, served by the APNs app.
     """
     data = {
         "server": {"listen": "127.0.0.1", "port": args.port, "drain_seconds": DRAIN_SECONDS},
@@ -114,8 +125,12 @@ def build_config(args: argparse.Namespace) -> config.Config:
             "throttle_per_second": MATTERMOST_THROTTLE_PER_SECOND,
             "servers": [{"name": MATTERMOST_SERVER_NAME, "path_secret": MATTERMOST_PATH_SECRET}],
         },
+        "matrix": {},
         "apps": [
-            apns_app(args.key_file, args.upstream_port, args.ca_file),
+            {
+                **apns_app(args.key_file, args.upstream_port, args.ca_file),
+                "matrix": {"app_ids": [MATRIX_APP_ID], "convert_pushkey_to_hex": True},
+            },
             {
                 "name": FCM_APP_NAME,
                 "provider": "fcm",

@@ -1,6 +1,6 @@
 """Benchmark pushd's native send API: throughput, latency, CPU per notification, peak RSS.
 
-    /work/venv/bin/python benchmarks/run.py            # the full run, about 3 minutes
+    /work/venv/bin/python benchmarks/run.py            # the full run, about 3-4 minutes
     /work/venv/bin/python benchmarks/run.py --quick    # a few seconds: does it still work?
     /work/venv/bin/python benchmarks/run.py --profile  # + cProfile of the APNs 100-device runs
 
@@ -11,8 +11,11 @@ Nothing is pinned: on a 2-core machine they share both cores, which is why the t
 shows each one's CPU, so a reader can see whether pushd or its neighbours set the pace.
 The scenarios send to APNs devices, to FCM devices, to users with both, and, as a
 Zulip server through pushd's Zulip bouncer (``push/notify``), to users with 10 APNs
-devices, and, as a Mattermost server through pushd's Mattermost push proxy
-(``send_push``), to one APNs device per request.  Before them, ``zulip_fanout.py``
+devices, as a Mattermost server through pushd's Mattermost push proxy
+(``send_push``), to one APNs device per request, and, as a Matrix homeserver through
+pushd's Matrix push gateway (``notify``), to one and to four APNs devices per request,
+the requests of Sygnal's benchmark (compared at the end of the report).  Before them,
+``zulip_fanout.py``
 checks that a Zulip notify costs one upstream round trip, not ten; after them, that
 the APNs simulator answered exactly the notifications the drivers sent.  See README.md
 for how to read the table.
@@ -47,6 +50,8 @@ from common import (
     FCM_SIM,
     KEY_ID,
     MACHINE,
+    MATRIX_DEVICES,
+    MATRIX_FANOUT_DEVICES,
     MATTERMOST_DEVICES,
     MIXED_APNS_DEVICES,
     MIXED_FCM_DEVICES,
@@ -104,6 +109,32 @@ KIB_PER_MB = 1024
 
 
 @attrs.frozen
+class PeerFigure:
+    """A figure from the protocol notes, for comparison; not measured by this benchmark."""
+
+    per_second: float
+    concurrency: int | None
+    p50_ms: float
+    p99_ms: float | None
+    cpu_ms: float | None
+
+
+#: Sygnal 0.17.0 on a 2-core machine like ours, against a Node HTTP/2 APNs look-alike on
+#: loopback (``/work/shared/protocols/apns-fcm-and-peers.md`` §3.8), by devices per
+#: request.  The notes give no p99 and no CPU for 4 devices, and do not say the 4-device
+#: concurrency (the 1-device figures are at 64).
+SYGNAL = {
+    1: PeerFigure(per_second=1_500, concurrency=64, p50_ms=40, p99_ms=67, cpu_ms=0.66),
+    MATRIX_FANOUT_DEVICES: PeerFigure(
+        per_second=2_100, concurrency=None, p50_ms=117, p99_ms=None, cpu_ms=None
+    ),
+}
+SYGNAL_SOURCE = "/work/shared/protocols/apns-fcm-and-peers.md section 3.8"
+#: The Matrix rows' concurrency that Sygnal's figures are given at.
+SYGNAL_CONCURRENCY = 64
+
+
+@attrs.frozen
 class Scenario:
     """One load-driver run: a mode (see ``load.MODES``) at one concurrency."""
 
@@ -129,6 +160,18 @@ class Plan:
 #: thousand each, enough for a steady window of several seconds.  Every FCM scenario has
 #: at most 400 sends in flight (4 x 100), so pushd's two httpx connections (200 streams)
 #: are busy and no send waits anywhere near pushd's 10 s first-attempt deadline.
+#: The Matrix runs come last, as one block: RSS is a high-water mark, and theirs rises
+#: far more than the other rows' (the 256-concurrency runs: 256 connections and up to
+#: 1,024 deliveries in flight, about 20-25 MB that pushd's allocator keeps; and the
+#: dedupe of every event sent within ``[matrix] dedupe_seconds``, about 5-7 MB after
+#: 60,000), so any row after them would show that memory too.  Their requests give
+#: windows of several seconds at
+#: about 800 (1 device) and 1,800 (4 devices) notifications/s; at 256 there are more, so
+#: that connection set-up and the last requests' drain weigh less on the window.
+MATRIX_REQUESTS = 6000
+MATRIX_4_REQUESTS = 3000
+MATRIX_256_REQUESTS = 10000
+MATRIX_4_256_REQUESTS = 5000
 FULL = Plan(
     warmups=(Scenario("one", 16, 2000, 5, 15.0), Scenario("fcm-one", 16, 300, 5, 15.0)),
     scenarios=(
@@ -145,6 +188,12 @@ FULL = Plan(
         Scenario("mixed", 4, 100, 1, 20.0),
         Scenario("zulip", 4, 2000, 2, 20.0),
         Scenario("zulip", 16, 2000, 2, 20.0),
+        Scenario("matrix", 16, MATRIX_REQUESTS, 5, 20.0),
+        Scenario("matrix-4", 16, MATRIX_4_REQUESTS, 5, 20.0),
+        Scenario("matrix", 64, MATRIX_REQUESTS, 5, 20.0),
+        Scenario("matrix-4", 64, MATRIX_4_REQUESTS, 5, 20.0),
+        Scenario("matrix", 256, MATRIX_256_REQUESTS, 3, 20.0),
+        Scenario("matrix-4", 256, MATRIX_4_256_REQUESTS, 3, 20.0),
     ),
 )
 #: Windows well under a second: proves the benchmark works, the numbers mean little.
@@ -159,6 +208,7 @@ QUICK = Plan(
         Scenario("fcm-hundred", 2, 4, 1, 5.0),
         Scenario("mixed", 2, 4, 1, 5.0),
         Scenario("zulip", 4, 40, 1, 5.0),
+        Scenario("matrix", 16, 500, 2, 5.0),
     ),
 )
 
@@ -287,9 +337,12 @@ def drive(
     scenario: Scenario, port: int, population: Population, pids: dict[str, int]
 ) -> dict[str, Any]:
     """Run the load driver once and return its JSON report (raises on any failure)."""
-    prefix = MODES[scenario.mode].user_prefix
-    # Nothing stored (Mattermost): the driver cycles through its own device tokens.
-    users = MATTERMOST_DEVICES if prefix is None else population.users(prefix)
+    mode = MODES[scenario.mode]
+    # Nothing stored (Mattermost, Matrix): the driver cycles through its own devices.
+    if mode.user_prefix is not None:
+        users = population.users(mode.user_prefix)
+    else:
+        users = MATRIX_DEVICES if mode.matrix else MATTERMOST_DEVICES
     argv = [
         PYTHON,
         str(HERE / "load.py"),
@@ -374,6 +427,8 @@ LABELS = {
     "mixed": f"mixed {MIXED_APNS_DEVICES} APNs+{MIXED_FCM_DEVICES} FCM",
     "zulip": f"Zulip notify, {ZULIP_DEVICES} devices",
     "mattermost": "Mattermost send_push, 1 device",
+    "matrix": "Matrix notify, 1 device",
+    "matrix-4": f"Matrix notify, {MATRIX_FANOUT_DEVICES} devices",
 }
 LABEL_WIDTH = max(len(label) for label in LABELS.values())
 COLUMN_TITLES = {PUSHD: "pushd", APNS_SIM: "apnsim", FCM_SIM: "fcmsim", DRIVER: "driver"}
@@ -405,6 +460,10 @@ def sends_no_fcm(row: Row) -> bool:
     return row.fcm_sim_cpu_ms is None
 
 
+def not_matrix(row: Row) -> bool:
+    return not MODES[row.scenario.mode].matrix
+
+
 def print_report(
     rows: list[Row], population: Population, startup_rss_mb: float, quick: bool
 ) -> None:
@@ -412,7 +471,7 @@ def print_report(
     if quick:
         print("QUICK RUN: windows too short for the numbers to mean much; use the full run.")
     print(
-        f"pushd native API, Zulip bouncer and Mattermost push proxy,"
+        f"pushd native API, Zulip bouncer, Mattermost push proxy and Matrix push gateway,"
         f" {population.registrations:,} registrations"
         f" stored: APNs {population.single_users:,} one-device users, {population.fanout_users}"
         f" users x {FANOUT_DEVICES} devices;\nFCM {population.fcm_single_users:,} one-device"
@@ -421,7 +480,9 @@ def print_report(
         f" FCM devices);\nZulip: 1 server, {population.zulip_users:,} users x {ZULIP_DEVICES}"
         " legacy APNs registrations (push/notify, HTTP Basic);\nMattermost: 1 server"
         f" (secret path), send_push to {MATTERMOST_DEVICES:,} APNs tokens in turn, nothing"
-        " stored.\nLoopback. APNs simulator"
+        f" stored;\nMatrix: notify as Synapse sends it, to {MATRIX_DEVICES:,} APNs pushers in"
+        f" turn (1 or {MATRIX_FANOUT_DEVICES} per request), a fresh event_id per request,"
+        " nothing stored.\nLoopback. APNs simulator"
         " upstream through pushd's h2 pool, 2 connections; FCM simulator upstream through"
         " httpx, 2 clients of 1 connection x 100 streams."
     )
@@ -476,6 +537,10 @@ def print_report(
     # APNs-only part of the run reached; FCM's sends in flight (httpx) add to that.
     before_fcm = [row.peak_rss_mb for row in itertools.takewhile(sends_no_fcm, rows)]
     apns_only = f", {before_fcm[-1]:.1f} MB before the first FCM row" if before_fcm else ""
+    # The Matrix rows come last; their dedupe memory is part of the peak, shown apart.
+    before_matrix = [row.peak_rss_mb for row in itertools.takewhile(not_matrix, rows)]
+    if before_matrix and len(before_matrix) < len(rows):
+        apns_only += f", {before_matrix[-1]:.1f} MB before the first Matrix row"
     print(
         f"  peak RSS {peak:.1f} MB{apns_only}; {population.registrations:,} registrations"
         f" ({population.fcm_registrations:,} of them FCM);"
@@ -483,6 +548,8 @@ def print_report(
     )
     print()
     print_by_upstream(rows, suspect)
+    print()
+    print_matrix_vs_sygnal(rows, suspect)
     print()
     print("Who set the pace (a process at >= 90% of a core, or the machine >= 90% busy):")
     for row in rows:
@@ -507,7 +574,17 @@ ROLE_NAMES = {
     DRIVER: "the driver",
 }
 #: Send scenarios in the order the per-upstream summary lists them.
-UPSTREAM_MODES = ("one", "mattermost", "hundred", "zulip", "fcm-one", "fcm-hundred", "mixed")
+UPSTREAM_MODES = (
+    "one",
+    "mattermost",
+    "matrix",
+    "matrix-4",
+    "hundred",
+    "zulip",
+    "fcm-one",
+    "fcm-hundred",
+    "mixed",
+)
 
 
 def print_by_upstream(rows: list[Row], suspect: Callable[..., str]) -> None:
@@ -533,8 +610,8 @@ def print_by_upstream(rows: list[Row], suspect: Callable[..., str]) -> None:
             f"  {LABELS[row.scenario.mode]:<{LABEL_WIDTH}} x{row.scenario.concurrency:<3}"
             f" pushd {row.pushd_cpu_ms:.3f}{extra}{suspect(row)}"
         )
-        if row.scenario.mode == "mattermost":
-            print_mattermost_comparison(row, by_key, suspect)
+        if row.scenario.mode in ("mattermost", "matrix", "matrix-4"):
+            print_front_end_comparison(row, by_key, suspect)
         if row.scenario.mode != "mixed":
             continue
         apns = by_key.get(("hundred", row.scenario.concurrency))
@@ -551,23 +628,30 @@ def print_by_upstream(rows: list[Row], suspect: Callable[..., str]) -> None:
         )
 
 
-def print_mattermost_comparison(
+def print_front_end_comparison(
     row: Row, by_key: dict[tuple[str, int], Row], suspect: Callable[..., str]
 ) -> None:
-    """A Mattermost send against the empty endpoint and the native 1-device send.
+    """A chat front end's send against the empty endpoint and the native 1-device send.
 
-    Both rows send one APNs notification per request at the same concurrency, so the
-    difference is what the Mattermost front end costs over the native one (its body
-    parse, secret check, throttle, payload build and per-push log line), and the
-    difference to the empty endpoint is pushd's own work, as in the goals.
+    A Mattermost send and a 1-device Matrix notify carry one APNs notification per
+    request, as the native 1-device send at the same concurrency does, so the difference
+    is what that front end costs over the native one (for Mattermost its body parse,
+    secret check, throttle, payload build and per-push log line; for Matrix its body
+    parse, app match, late-verdict lookup, dedupe and Sygnal-compatible payload), and
+    the difference to the empty endpoint is pushd's own work, as in the goals.  A
+    4-device notify is one request for 4 notifications: the empty endpoint's cost per
+    request is shared among them, and the native send is not comparable.
     """
     concurrency = row.scenario.concurrency
+    devices = MODES[row.scenario.mode].devices
     base = by_key.get(("empty", concurrency))
-    native = by_key.get(("one", concurrency))
+    native = by_key.get(("one", concurrency)) if devices == 1 else None
     if base is not None:
+        share = base.pushd_cpu_ms / devices
+        per = "" if devices == 1 else f" / {devices} devices = {share:.3f}"
         print(
-            f"    minus the empty endpoint at x{concurrency} ({base.pushd_cpu_ms:.3f}):"
-            f" pushd's own work {row.pushd_cpu_ms - base.pushd_cpu_ms:.3f}"
+            f"    minus the empty endpoint at x{concurrency} ({base.pushd_cpu_ms:.3f}{per}):"
+            f" pushd's own work {row.pushd_cpu_ms - share:.3f}"
             f" CPU-ms/notification{suspect(row, base)}"
         )
     if native is not None:
@@ -576,6 +660,62 @@ def print_mattermost_comparison(
             f" ({native.pushd_cpu_ms:.3f}): {row.pushd_cpu_ms - native.pushd_cpu_ms:+.3f}"
             f" CPU-ms/notification{suspect(row, native)}"
         )
+
+
+def print_matrix_vs_sygnal(rows: list[Row], suspect: Callable[..., str]) -> None:
+    """pushd's Matrix rows beside Sygnal's figures from the protocol notes.
+
+    Sygnal's numbers are quoted, not measured here: they come from the notes (Sygnal
+    0.17.0 on a similar 2-core machine, against a Node APNs look-alike), so only large
+    differences mean anything.  The request is the same: a Synapse notify to 1 or 4
+    APNs devices.
+    """
+    matrix = [r for r in rows if MODES[r.scenario.mode].matrix]
+    if not matrix:
+        return
+    print(
+        f"Matrix vs Sygnal (Sygnal's figures are quoted from {SYGNAL_SOURCE},"
+        " NOT measured here;\nSygnal 0.17.0 on a similar 2-core machine against a Node HTTP/2"
+        " APNs look-alike; pushd's are this run's rows):"
+    )
+    for devices in sorted({MODES[r.scenario.mode].devices for r in matrix}):
+        ours = sorted(
+            (r for r in matrix if MODES[r.scenario.mode].devices == devices),
+            key=lambda r: r.scenario.concurrency,
+        )
+        peer = SYGNAL.get(devices)
+        noun = "device" if devices == 1 else "devices"
+        print(f"  {devices} {noun} per request:")
+        if peer is not None:
+            at = f"x{peer.concurrency}" if peer.concurrency else "concurrency not stated"
+            p99 = f"{peer.p99_ms:.0f}" if peer.p99_ms is not None else "n/a"
+            cpu = f"{peer.cpu_ms:.2f}" if peer.cpu_ms is not None else "n/a"
+            print(
+                f"    Sygnal (notes), {at:<22} {peer.per_second:>6,.0f} notif/s"
+                f"  p50 {peer.p50_ms:>5.0f} ms  p99 {p99:>5} ms  CPU-ms/n {cpu}"
+            )
+        for row in ours:
+            vs = ""
+            if peer is not None and row.scenario.concurrency == SYGNAL_CONCURRENCY:
+                ratios = [f"{row.per_second / peer.per_second:.1f}x the notif/s"]
+                ratios.append(f"{row.p50_ms / peer.p50_ms:.2f}x the p50")
+                if peer.p99_ms is not None:
+                    ratios.append(f"{row.p99_ms / peer.p99_ms:.2f}x the p99")
+                if peer.cpu_ms is not None:
+                    ratios.append(f"{row.pushd_cpu_ms / peer.cpu_ms:.2f}x the CPU-ms/n")
+                vs = f"\n      = {', '.join(ratios)} of Sygnal's"
+            print(
+                f"    pushd (measured), x{row.scenario.concurrency:<20} {row.per_second:>6,.0f}"
+                f" notif/s  p50 {row.p50_ms:>5.1f} ms  p99 {row.p99_ms:>5.1f} ms"
+                f"  CPU-ms/n {row.pushd_cpu_ms:.3f}{suspect(row)}{vs}"
+            )
+    before = [row.peak_rss_mb for row in itertools.takewhile(not_matrix, rows)]
+    start = f" from {before[-1]:.1f} MB before the first Matrix row" if before else ""
+    print(
+        f"  pushd peak RSS{start} to {matrix[-1].peak_rss_mb:.1f} MB after the last"
+        " (a high-water mark; it includes the dedupe's remembered event ids).\n"
+        "  The notes give no RSS for Sygnal."
+    )
 
 
 def print_profile(path: Path) -> None:

@@ -1,7 +1,8 @@
-"""Assembly: config → store, upstream clients, dispatcher, frontends → ASGI on hypercorn.
+"""Assembly: config → store, upstream clients, dispatcher, frontends → the HTTP server.
 
-Frontends give a list of :class:`~pushd.frontends.http.Route`; :class:`~pushd.asgi.AsgiApp`
-serves them (see there why it is not Quart-trio), hypercorn's trio worker runs it.
+Frontends give a list of :class:`~pushd.frontends.http.Route`; a
+:class:`~pushd.routing.Router` finds them and :class:`~pushd.http11.HttpServer` (h11 on
+trio; see there why not hypercorn or Quart-trio) serves them.
 
 Lifecycle (all inside one nursery): open the store, start every app's upstream client
 and the retry loop, serve HTTP until SIGINT/SIGTERM, stop accepting requests, let
@@ -13,16 +14,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import ssl
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from pushd import __version__
-from pushd.asgi import AsgiApp
 from pushd.config import Config, apns_settings, fcm_settings
 from pushd.dispatch import Budget, Dispatcher, Lane, Sender
 from pushd.frontends.http import Reply, Request, Route, json_reply
@@ -32,6 +31,8 @@ from pushd.frontends.native import NativeApi
 from pushd.frontends.openapi import OPENAPI
 from pushd.frontends.rocketchat import RocketChatGateway
 from pushd.frontends.zulip import ZulipBouncer
+from pushd.http11 import HttpServer, HttpSettings
+from pushd.routing import Router
 from pushd.store.sqlite import Store
 from pushd.upstream.apns.client import ApnsClient
 from pushd.upstream.fcm.client import FcmClient
@@ -39,9 +40,9 @@ from pushd.upstream.fcm.client import FcmClient
 log = logging.getLogger(__name__)
 
 #: A client that stalls mid-request for this long is disconnected (slow-loris guard).
-READ_TIMEOUT = 30
+READ_TIMEOUT = 30.0
+#: Chat servers keep pooled connections open: close one only after this long idle.
 KEEP_ALIVE_TIMEOUT = 75.0
-KEEP_ALIVE_MAX_REQUESTS = 1_000_000
 
 
 @attrs.define
@@ -112,23 +113,14 @@ def all_routes(services: Services, native: NativeApi) -> list[Route]:
     ]
 
 
-def hypercorn_config(config: Config) -> HypercornConfig:
-    hc = HypercornConfig()
-    host = config.server.listen
-    hc.bind = [f"[{host}]:{config.server.port}" if ":" in host else f"{host}:{config.server.port}"]
-    if config.server.tls_cert and config.server.tls_key:
-        hc.certfile = config.server.tls_cert
-        hc.keyfile = config.server.tls_key
-    hc.accesslog = None  # paths and clients are not logged: privacy, and CPU
-    hc.errorlog = logging.getLogger("hypercorn.error")
-    hc.graceful_timeout = config.server.drain_seconds
-    hc.read_timeout = READ_TIMEOUT
-    hc.include_server_header = False
-    hc.keep_alive_timeout = KEEP_ALIVE_TIMEOUT  # chat servers keep pooled connections open
-    # hypercorn closes a connection after 1000 requests by default; a chat server's
-    # pooled connection should not be torn down every thousand notifications.
-    hc.keep_alive_max_requests = KEEP_ALIVE_MAX_REQUESTS
-    return hc
+def server_tls(config: Config) -> ssl.SSLContext | None:
+    """The TLS context for ``[server] tls_cert``/``tls_key``, or None for plain HTTP."""
+    if not (config.server.tls_cert and config.server.tls_key):
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.server.tls_cert, config.server.tls_key)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 @contextlib.contextmanager
@@ -197,19 +189,26 @@ async def serve(
             ]
             if matrix.enabled:
                 services.protocol_stats["matrix"] = lambda: attrs.asdict(matrix.stats)
-            # hypercorn types scopes as TypedDict unions; AsgiApp reads plain mappings.
-            app: Any = AsgiApp(
+            router = Router(
                 [*services.routes, *services.protocol_routes], config.server.max_body_bytes
             )
-
+            http_server = HttpServer(
+                router,
+                HttpSettings(
+                    read_timeout=READ_TIMEOUT,
+                    keep_alive_timeout=KEEP_ALIVE_TIMEOUT,
+                    drain_seconds=config.server.drain_seconds,
+                ),
+                server_tls(config),
+            )
             http_done = trio.Event()
 
             async def http(*, task_status: trio.TaskStatus[list[str]]) -> None:
                 try:
-                    await hypercorn_serve(
-                        app,
-                        hypercorn_config(config),
-                        shutdown_trigger=shutdown_trigger,
+                    await http_server.serve(
+                        config.server.listen,
+                        config.server.port,
+                        shutdown_trigger,
                         task_status=task_status,
                     )
                 finally:

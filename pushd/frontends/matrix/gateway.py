@@ -45,9 +45,10 @@ log = logging.getLogger(__name__)
 NOTIFY_PATH: Final = "/_matrix/push/v1/notify"
 #: Unknown paths up to this many segments below ``/_matrix/`` get a Matrix 404.
 MAX_UNKNOWN_DEPTH: Final = 5
-#: Remembered (app_id, pushkey, event_id) at most: beyond it the window shrinks
-#: rather than memory growing (two generations of hashes, about 60 bytes each).
-DEDUPE_MAX_ENTRIES: Final = 200_000
+#: Remembered (app_id, pushkey, event_id) at most, about 100 bytes each (6.5 MB):
+#: beyond it the window shrinks rather than memory growing.  At 2,000 pushes a second
+#: that still covers 30 s, Synapse's first five retries of a lost answer.
+DEDUPE_MAX_ENTRIES: Final = 65_536
 #: How much of an unknown app id a log line shows (the client API caps it at 64).
 LOGGED_APP_ID_CHARS: Final = 64
 

@@ -1,0 +1,105 @@
+"""Routing: which frontend route serves a method and path, and how its errors read.
+
+Kept apart from the HTTP server (:mod:`pushd.http11`) so that the server only moves
+bytes and the rules (404 and 405 in the route's own protocol, one body limit per
+route, a handler's exception as a JSON 500 without its details) are one piece.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import attrs
+
+from pushd.frontends.http import ErrorReply, Reply, Request, Route, json_reply
+
+log = logging.getLogger(__name__)
+
+
+def error_reply(status: int, code: str, message: str) -> Reply:
+    """The JSON error shape the native API uses, for errors no frontend handled."""
+    return json_reply(status, {"error": {"code": code, "message": message}})
+
+
+@attrs.frozen
+class Found:
+    """The route for a request, its ``{name}`` values, and its body limit."""
+
+    route: Route
+    params: dict[str, str]
+    max_body_bytes: int
+
+    @property
+    def errors(self) -> ErrorReply:
+        return self.route.error_reply or error_reply
+
+
+class Router:
+    """Static paths, and paths with ``{name}`` segments matching one segment each."""
+
+    def __init__(self, routes: Iterable[Route], max_body_bytes: int) -> None:
+        self.max_body_bytes = max_body_bytes
+        self._static: dict[str, dict[str, Route]] = {}
+        self._templates: list[tuple[list[str], dict[str, Route]]] = []
+        for route in routes:
+            if "{" in route.path:
+                parts = route.path.split("/")
+                for known, methods in self._templates:
+                    if known == parts:
+                        methods[route.method] = route
+                        break
+                else:
+                    self._templates.append((parts, {route.method: route}))
+            else:
+                self._static.setdefault(route.path, {})[route.method] = route
+
+    def _match(self, path: str) -> tuple[dict[str, Route] | None, dict[str, str]]:
+        methods = self._static.get(path)
+        if methods is not None:
+            return methods, {}
+        segments = path.split("/")
+        for parts, methods in self._templates:
+            if len(parts) != len(segments):
+                continue
+            params: dict[str, str] = {}
+            for part, segment in zip(parts, segments, strict=True):
+                if part.startswith("{") and part.endswith("}"):
+                    if not segment:
+                        break
+                    params[part[1:-1]] = segment
+                elif part != segment:
+                    break
+            else:
+                return methods, params
+        return None, {}
+
+    def find(self, method: str, path: str) -> Found | Reply:
+        """The route for ``method`` and ``path``, or the 404 or 405 to answer."""
+        methods, params = self._match(path)
+        if methods is None:
+            return error_reply(404, "not_found", f"no such endpoint: {method} {path}")
+        route = methods.get(method)
+        if route is None:
+            allowed = ", ".join(sorted(methods))
+            errors = next(iter(methods.values())).error_reply or error_reply
+            reply = errors(405, "method_not_allowed", f"{path} takes {allowed}")
+            return attrs.evolve(reply, headers=(*reply.headers, ("allow", allowed)))
+        return Found(route, params, route.max_body_bytes or self.max_body_bytes)
+
+    @staticmethod
+    def too_large(found: Found) -> Reply:
+        return found.errors(413, "body_too_large", f"the body exceeds {found.max_body_bytes} bytes")
+
+    @staticmethod
+    async def call(found: Found, request: Request) -> Reply:
+        """Run the handler; a bug in it is logged with its traceback and answered 500.
+
+        The traceback holds no request data (handlers never put content in exception
+        messages), and the caller gets JSON, never a page with internals.
+        """
+        try:
+            return await found.route.handler(request)
+        except Exception:
+            log.exception("unexpected error while handling %s %s", request.method, request.path)
+            return error_reply(500, "internal_error", "pushd failed to handle this request")

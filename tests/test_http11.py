@@ -1,0 +1,354 @@
+"""The HTTP server's own rules, over real sockets: routing, limits, keep-alive,
+malformed requests, timeouts, TLS and graceful shutdown.
+
+Raw bytes go over the socket where a client library would hide what is tested
+(pipelining, ``Expect: 100-continue``, chunked bodies, broken requests)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import trio
+import trustme
+
+from pushd.frontends.http import Reply, Request, Route, json_reply
+from pushd.http11 import DRAIN_BYTES, HttpServer, HttpSettings
+from pushd.routing import Router
+
+
+async def echo(request: Request) -> Reply:
+    return json_reply(
+        200,
+        {
+            "params": dict(request.params),
+            "size": len(request.body),
+            "client": request.client,
+            "path": request.path,
+        },
+    )
+
+
+async def boom(request: Request) -> Reply:
+    raise RuntimeError("handler bug")
+
+
+#: Lets a test hold a request in its handler (graceful shutdown).
+RELEASE: dict[str, trio.Event] = {}
+
+
+async def slow(request: Request) -> Reply:
+    await RELEASE["slow"].wait()
+    return json_reply(200, {"slow": True})
+
+
+def plain_error(status: int, code: str, message: str) -> Reply:
+    return Reply(status, f"{code}: {message}".encode(), content_type="text/plain")
+
+
+ROUTES = [
+    Route("POST", "/v1/echo", echo, "echo"),
+    Route("POST", "/hooks/{secret}/send", echo, "templated"),
+    Route("POST", "/small", echo, "small", max_body_bytes=16, error_reply=plain_error),
+    Route("GET", "/boom", boom, "boom"),
+    Route("GET", "/slow", slow, "slow"),
+]
+
+
+@attrs.define
+class Running:
+    host: str
+    port: int
+    url: str
+    stop: trio.Event
+    done: trio.Event
+
+    async def connect(self) -> trio.SocketStream:
+        return await trio.open_tcp_stream(self.host, self.port)
+
+
+Start = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def start(nursery: trio.Nursery) -> AsyncIterator[Start]:
+    stops: list[trio.Event] = []
+
+    async def run(
+        settings: HttpSettings = HttpSettings(), tls: ssl.SSLContext | None = None
+    ) -> Running:
+        server = HttpServer(Router(ROUTES, max_body_bytes=1024), settings, tls)
+        stop, done = trio.Event(), trio.Event()
+        stops.append(stop)
+
+        async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
+            try:
+                await server.serve("127.0.0.1", 0, stop.wait, task_status=task_status)
+            finally:
+                done.set()
+
+        (url,) = await nursery.start(serve)
+        port = int(url.rsplit(":", 1)[1])
+        return Running("127.0.0.1", port, url, stop, done)
+
+    yield run
+    for stop in stops:
+        stop.set()
+
+
+@pytest.fixture
+async def running(start: Start) -> Running:
+    return await start()
+
+
+async def exchange(stream: trio.SocketStream, data: bytes, answers: int = 1) -> list[Any]:
+    """Send raw bytes; read ``answers`` responses (every answer has a Content-Length),
+    or fewer if the server closes the connection."""
+    await stream.send_all(data)
+    buffer = b""
+    responses: list[Any] = []
+    with trio.fail_after(5):
+        while len(responses) < answers:
+            head, found, rest = buffer.partition(b"\r\n\r\n")
+            if found:
+                status_line, *lines = head.decode("latin-1").split("\r\n")
+                status = int(status_line.split()[1])
+                headers = {}
+                for line in lines:
+                    name, _, value = line.partition(":")
+                    headers[name.strip().lower().encode()] = value.strip().encode()
+                length = int(headers.get(b"content-length", b"0"))
+                if status < 200 or len(rest) >= length:
+                    if status >= 200:
+                        responses.append(
+                            {"status": status, "headers": headers, "body": rest[:length]}
+                        )
+                        rest = rest[length:]
+                    buffer = rest
+                    continue
+            try:
+                chunk = await stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                chunk = b""
+            if not chunk:
+                break
+            buffer += chunk
+    return responses
+
+
+def post(path: str, body: bytes, extra: bytes = b"") -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {len(body)}\r\n".encode()
+        + extra
+        + b"\r\n"
+        + body
+    )
+
+
+async def closed_by_server(stream: trio.SocketStream) -> bool:
+    with trio.fail_after(5):
+        try:
+            while await stream.receive_some(65536):
+                pass
+        except trio.BrokenResourceError:
+            pass
+    return True
+
+
+# --- routing and errors ----------------------------------------------------------------
+
+
+async def test_static_and_templated_routes_and_the_client_address(running: Running) -> None:
+    async with httpx.AsyncClient() as client:
+        response = await client.post(running.url + "/v1/echo", content=b"x" * 10)
+        assert response.json() == {
+            "params": {},
+            "size": 10,
+            "client": "127.0.0.1",
+            "path": "/v1/echo",
+        }
+        response = await client.post(running.url + "/hooks/s%33cret/send?x=1")
+        assert response.json()["params"] == {"secret": "s3cret"}  # percent-decoded
+        response = await client.post(running.url + "/hooks//send")
+        assert response.status_code == 404
+
+
+async def test_unknown_path_and_wrong_method_are_json(running: Running) -> None:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(running.url + "/nope")
+        assert (response.status_code, response.json()["error"]["code"]) == (404, "not_found")
+        response = await client.get(running.url + "/v1/echo")
+        assert response.status_code == 405
+        assert response.json()["error"]["code"] == "method_not_allowed"
+        assert response.headers["allow"] == "POST"
+        # A route's own error format is used for its 405 and 413.
+        response = await client.get(running.url + "/small")
+        assert (response.status_code, response.text) == (
+            405,
+            "method_not_allowed: /small takes POST",
+        )
+
+
+async def test_handler_exception_is_a_json_500_and_logged(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR)
+    async with httpx.AsyncClient() as client:
+        response = await client.get(running.url + "/boom")
+        assert (response.status_code, response.json()["error"]["code"]) == (500, "internal_error")
+        assert "handler bug" not in response.text
+        assert "handler bug" in caplog.text  # the traceback is logged for the admin
+        # The connection and the server carry on.
+        assert (await client.post(running.url + "/v1/echo")).status_code == 200
+
+
+# --- bodies --------------------------------------------------------------------------
+
+
+async def test_body_limit_per_route(running: Running) -> None:
+    async with httpx.AsyncClient() as client:
+        response = await client.post(running.url + "/v1/echo", content=b"x" * 1025)
+        assert (response.status_code, response.json()["error"]["code"]) == (413, "body_too_large")
+        assert (await client.post(running.url + "/v1/echo", content=b"x" * 1024)).status_code == 200
+        response = await client.post(running.url + "/small", content=b"x" * 17)
+        assert (response.status_code, response.text) == (
+            413,
+            "body_too_large: the body exceeds 16 bytes",
+        )
+
+
+async def test_an_oversized_body_is_read_so_the_client_gets_its_413(running: Running) -> None:
+    # Near the drain limit: the client must be able to read the answer, not a reset.
+    body = b"x" * (DRAIN_BYTES // 2)
+    async with httpx.AsyncClient() as client:
+        response = await client.post(running.url + "/v1/echo", content=body)
+        assert response.status_code == 413
+        # Drained: the same connection serves the next request.
+        assert (await client.post(running.url + "/v1/echo", content=b"ok")).status_code == 200
+
+
+async def test_a_far_too_large_body_is_refused_unread_and_the_connection_closed(
+    running: Running,
+) -> None:
+    stream = await running.connect()
+    head = f"POST /v1/echo HTTP/1.1\r\nhost: x\r\ncontent-length: {10 * DRAIN_BYTES}\r\n\r\n"
+    (answer,) = await exchange(stream, head.encode())
+    assert answer["status"] == 413
+    assert await closed_by_server(stream)
+
+
+async def test_chunked_bodies_and_pipelined_requests(running: Running) -> None:
+    stream = await running.connect()
+    chunked = (
+        b"POST /v1/echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    )
+    answers = await exchange(
+        stream, chunked + post("/hooks/a/send", b"12") + post("/nope", b"z"), 3
+    )
+    assert [a["status"] for a in answers] == [200, 200, 404]
+    assert json.loads(answers[0]["body"])["size"] == 11
+    assert json.loads(answers[1]["body"])["params"] == {"secret": "a"}
+    await stream.aclose()
+
+
+async def test_expect_100_continue(running: Running) -> None:
+    stream = await running.connect()
+    head = b"POST /v1/echo HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\nexpect: 100-continue\r\n\r\n"
+    await stream.send_all(head)
+    first = await stream.receive_some(65536)
+    assert first.startswith(b"HTTP/1.1 100 ")
+    (answer,) = await exchange(stream, b"abc")
+    assert answer["status"] == 200 and json.loads(answer["body"])["size"] == 3
+
+
+# --- malformed input and timeouts ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"NONSENSE\r\n\r\n", 400),
+        (b"POST /v1/echo HTTP/1.1\r\ncontent-length: 2\r\n\r\nab", 400),  # no Host
+        (b"POST /v1/echo HTTP/1.1\r\nhost: x\r\ncontent-length: -1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nhost: x\r\nbig: " + b"y" * 100_000 + b"\r\n\r\n", 431),
+    ],
+    ids=["garbage", "no-host", "bad-length", "huge-head"],
+)
+async def test_malformed_http_gets_a_json_4xx_then_close(
+    running: Running, raw: bytes, status: int
+) -> None:
+    stream = await running.connect()
+    (answer,) = await exchange(stream, raw)
+    assert answer["status"] == status
+    assert json.loads(answer["body"])["error"]["code"] == "bad_request"
+    assert await closed_by_server(stream)
+
+
+async def test_a_stalled_body_and_an_idle_connection_are_closed(start: Start) -> None:
+    running = await start(HttpSettings(read_timeout=0.2, keep_alive_timeout=0.3))
+    stalled = await running.connect()
+    await stalled.send_all(b"POST /v1/echo HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc")
+    assert await closed_by_server(stalled)
+    idle = await running.connect()
+    (answer,) = await exchange(idle, post("/v1/echo", b""))
+    assert answer["status"] == 200
+    assert await closed_by_server(idle)  # after keep_alive_timeout
+
+
+async def test_a_client_that_disconnects_mid_request_does_not_hurt_the_server(
+    running: Running,
+) -> None:
+    for _ in range(3):
+        stream = await running.connect()
+        await stream.send_all(b"POST /v1/echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nab")
+        await stream.aclose()
+    async with httpx.AsyncClient() as client:
+        assert (await client.post(running.url + "/v1/echo")).status_code == 200
+
+
+# --- TLS and shutdown ----------------------------------------------------------------
+
+
+async def test_tls(start: Start, tmp_path: Any) -> None:
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    running = await start(tls=context)
+    assert running.url.startswith("https://")
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(ca_file))) as client:
+        response = await client.post(running.url + "/v1/echo", content=b"tls")
+        assert response.json()["size"] == 3
+    # A client that is not speaking TLS is dropped without harm.
+    stream = await running.connect()
+    await stream.send_all(post("/v1/echo", b""))
+    assert await closed_by_server(stream)
+
+
+async def test_graceful_shutdown_finishes_requests_in_flight(start: Start) -> None:
+    running = await start(HttpSettings(drain_seconds=5))
+    RELEASE["slow"] = trio.Event()
+    idle = await running.connect()
+    (warm,) = await exchange(idle, post("/v1/echo", b""))
+    assert warm["status"] == 200
+    busy = await running.connect()
+    await busy.send_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+    await trio.sleep(0.1)
+    running.stop.set()
+    assert await closed_by_server(idle)  # idle: closed at once
+    with pytest.raises(OSError):  # no new connections
+        await running.connect()
+    RELEASE["slow"].set()
+    (answer,) = await exchange(busy, b"")
+    assert answer["status"] == 200
+    assert answer["headers"][b"connection"] == b"close"
+    with trio.fail_after(5):
+        await running.done.wait()
