@@ -81,9 +81,9 @@ async def start(nursery: trio.Nursery) -> AsyncIterator[Start]:
     stops: list[trio.Event] = []
 
     async def run(
-        settings: HttpSettings = HttpSettings(), tls: ssl.SSLContext | None = None
+        settings: HttpSettings | None = None, tls: ssl.SSLContext | None = None
     ) -> Running:
-        server = HttpServer(Router(ROUTES, max_body_bytes=1024), settings, tls)
+        server = HttpServer(Router(ROUTES, max_body_bytes=1024), settings or HttpSettings(), tls)
         stop, done = trio.Event(), trio.Event()
         stops.append(stop)
 
