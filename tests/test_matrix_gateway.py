@@ -674,3 +674,15 @@ async def test_logs_hold_no_content_and_no_full_pushkeys(
         for n in (1, 2, 3, 4):
             assert token(n) not in text and hs.pushkey_for(token(n)) not in text
         assert FCM_TOKEN not in text and "c29tZXRoaW5nLXNlY3JldA==" not in text
+
+
+async def test_one_app_serves_the_native_api_and_matrix_at_once(
+    start_gateway: Any, simulator: ApnsSimulator
+) -> None:
+    pushd, homeserver = await start_gateway()
+    await pushd.register("alice", token(5), app="ios")
+    assert (await pushd.send({"user": "alice", "alert": "native"}))["summary"]["delivered"] == 1
+    assert await homeserver.rejected(hs.full_event([ios_device(6)], content=MESSAGE)) == []
+    await simulator.wait_for(2)
+    assert [r.token for r in simulator.received] == [token(5), token(6)]
+    assert pushd.services.dispatcher.lanes["ios"].stats.delivered == 2
