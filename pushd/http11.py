@@ -93,11 +93,16 @@ class _Connection:
             self.protocol.receive_data(data if isinstance(data, bytes) else bytes(data))
 
     async def _send(self, *events: h11.Event) -> None:
+        """Write ``events`` in one go; a client that stops reading for ``read_timeout``
+        is dropped rather than holding its task forever."""
         data = b"".join(self.protocol.send(event) or b"" for event in events)
-        try:
-            await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            raise _ClientGone from None
+        with trio.move_on_after(self.server.settings.read_timeout) as writing:
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                raise _ClientGone from None
+        if writing.cancelled_caught:
+            raise _ClientGone
 
     async def run(self) -> None:
         try:

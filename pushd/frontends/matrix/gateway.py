@@ -266,8 +266,6 @@ class MatrixGateway:
             elif delivery is not None:
                 deliveries.append(delivery)
                 positions.append(position)
-        if told:
-            await self.store.forget_late_verdicts(told)
         if deliveries:
             reports = await self.dispatcher.deliver(
                 deliveries, deadline=self.config.matrix.answer_within
@@ -284,6 +282,9 @@ class MatrixGateway:
                         report.delivery.app,
                         report.reason,
                     )
+        # Forgotten last: if anything above fails (a 503), the next try hears them still.
+        if told:
+            await self.store.forget_late_verdicts(told)
         return list(dict.fromkeys(key for key in rejected if key is not None))
 
     @staticmethod
