@@ -304,10 +304,14 @@ class Dispatcher:
             for position in range(len(group)):
                 record(position, Failed(f"no app named {app!r} is configured"))
             return
-        if lane.paused_until > self.clock():
-            paused = Failed(
+        now = self.clock()
+        if lane.paused_until > now:
+            # Not sent, so not lost: retried once the pause is over, when the
+            # credential may work again (a propagating key, a clock fixed, Google's
+            # token endpoint back).  If it still fails, that one attempt pauses again.
+            paused = RetryLater(
                 f"app {lane.name} is paused after a credential error: {lane.pause_reason}",
-                credential=True,
+                after=lane.paused_until - now,
             )
             for position in range(len(group)):
                 record(position, paused)

@@ -7,8 +7,8 @@ import time
 
 import trio
 
-from pushd.simulators.apns import SimReply
-from tests.conftest import TOPIC, Pushd, token
+from pushd.simulators.apns import ApnsSimulator, SimReply
+from tests.conftest import TOPIC, Pushd, PushdFactory, token
 
 
 async def test_register_and_send_reaches_the_simulator(pushd: Pushd, simulator) -> None:
@@ -126,13 +126,31 @@ async def test_credential_error_pauses_only_that_app(pushd: Pushd, simulator) ->
     answer = await pushd.send({"user": "ivy", "alert": "x"})
     statuses = {r["app"]: r["status"] for r in answer["results"]}
     assert statuses == {"chat": "failed", "other": "delivered"}
-    # chat is now paused: nothing more goes upstream for it, other still delivers.
+    # chat is now paused: nothing more goes upstream for it (the push waits for the
+    # pause to end), other still delivers.
     answer = await pushd.send({"user": "ivy", "alert": "y"})
     by_app = {r["app"]: r for r in answer["results"]}
-    assert by_app["chat"]["status"] == "failed" and "paused" in by_app["chat"]["reason"]
+    assert by_app["chat"]["status"] == "retrying" and "paused" in by_app["chat"]["reason"]
     assert by_app["other"]["status"] == "delivered"
     assert [r.token for r in simulator.received].count(token(1)) == 1
     health = (await pushd.client.get(pushd.url + "/healthz")).json()
     assert health["status"] == "degraded"
     assert health["apps"]["chat"]["state"] == "paused"
     assert health["apps"]["other"]["state"] == "ok"
+
+
+async def test_a_push_held_by_a_pause_is_sent_when_the_pause_ends(
+    start_pushd: PushdFactory, simulator: ApnsSimulator
+) -> None:
+    pushd = await start_pushd(retry={"credential_pause": 0.5})
+    await pushd.register("jan", token(1), app="chat")
+    simulator.script(token(1), SimReply(status=403, reason="InvalidProviderToken"))
+    first = await pushd.send({"user": "jan", "alert": "lost: the credential failed"})
+    assert first["results"][0]["status"] == "failed"
+    held = await pushd.send({"user": "jan", "alert": "held"})
+    assert held["results"][0]["status"] == "retrying"
+    assert len(simulator.received) == 1  # nothing sent while paused
+    with trio.fail_after(10):
+        await simulator.wait_for(2)  # the credential works again after the pause
+    assert simulator.received[1].status == 200
+    assert json.loads(simulator.received[1].payload)["aps"]["alert"] == "held"
