@@ -9,7 +9,9 @@ it.  It listens on 127.0.0.1 only: the demo key is public knowledge.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -29,6 +31,10 @@ DEMO_APP = "demo-ios"
 DEMO_TOPIC = "org.example.pushd.demo"
 DEMO_USER = "alice"
 DEMO_TOKEN = "a1" * 32
+#: The Matrix app id the demo app serves, and the demo device's Matrix pushkey (the
+#: base64 of its token, as Element iOS registers it).
+DEMO_MATRIX_APP_ID = "org.example.pushd.demo.ios"
+DEMO_PUSHKEY = base64.b64encode(bytes.fromhex(DEMO_TOKEN)).decode()
 DEMO_KEY_ID = "DEMOKEY001"
 DEMO_TEAM_ID = "DEMOTEAM01"
 
@@ -55,12 +61,28 @@ def demo_config(directory: Path, port: int, upstream_port: int) -> config.Config
                     "team_id": DEMO_TEAM_ID,
                     "upstream_url": f"https://127.0.0.1:{upstream_port}",
                     "upstream_ca_file": "simulator-ca.pem",
+                    "matrix": {"app_ids": [DEMO_MATRIX_APP_ID]},
                 }
             ],
         },
         base=directory,
         source="(embedded demo defaults)",
     )
+
+
+def matrix_demo_body() -> str:
+    """A Synapse-shaped notify for the demo device (printed for curl, and tested)."""
+    device = {"app_id": DEMO_MATRIX_APP_ID, "pushkey": DEMO_PUSHKEY}
+    notification = {
+        "event_id": "$demo",
+        "room_id": "!demo:example.org",
+        "type": "m.room.message",
+        "sender": "@bob:example.org",
+        "content": {"msgtype": "m.text", "body": "Hello"},
+        "counts": {"unread": 1},
+        "devices": [device],
+    }
+    return json.dumps({"notification": notification}, separators=(",", ":"))
 
 
 async def _run(directory: Path, port: int) -> None:
@@ -86,7 +108,9 @@ async def _run(directory: Path, port: int) -> None:
             f"  user {DEMO_USER!r} has one device registered for app {DEMO_APP!r}\n"
             "Send a notification:\n"
             f'  curl -s -H \'Authorization: Bearer {key}\' -d \'{{"user":"{DEMO_USER}",'
-            f'"alert":"Hello"}}\' http://127.0.0.1:{port}/v1/notifications\n',
+            f'"alert":"Hello"}}\' http://127.0.0.1:{port}/v1/notifications\n'
+            "Or as a Matrix homeserver would:\n"
+            f"  curl -s -d '{matrix_demo_body()}' http://127.0.0.1:{port}/_matrix/push/v1/notify\n",
             flush=True,
         )
         await server.serve(cfg)

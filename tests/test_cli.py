@@ -283,7 +283,7 @@ upstream_ca_file = "{entry["upstream_ca_file"]}"
 async def test_demo_mode_delivers_the_readme_curl_end_to_end(tmp_path: Path) -> None:
     import httpx
 
-    from pushd.demo import DEMO_KEY, DEMO_USER
+    from pushd.demo import DEMO_KEY, DEMO_USER, matrix_demo_body
 
     with trio.socket.socket() as sock:  # a free port for the demo's HTTP API
         await sock.bind(("127.0.0.1", 0))
@@ -314,6 +314,16 @@ async def test_demo_mode_delivers_the_readme_curl_end_to_end(tmp_path: Path) -> 
                 seen += await process.stdout.receive_some()
         line = seen.split(b"simulated APNs received:", 1)[1]
         assert b"200" in line and b"Hello" not in line  # size and status, not content
+        # The printed Matrix curl reaches the same device.
+        assert matrix_demo_body().encode() in seen
+        async with httpx.AsyncClient() as client:
+            response = await client.post(
+                f"http://127.0.0.1:{port}/_matrix/push/v1/notify", content=matrix_demo_body()
+            )
+        assert response.json() == {"rejected": []}
+        with trio.fail_after(10):
+            while seen.count(b"simulated APNs received:") < 2:
+                seen += await process.stdout.receive_some()
     finally:
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(20):
