@@ -500,6 +500,19 @@ async def test_a_long_message_is_truncated_to_fit_apns(
             "pushkey_ts is of invalid type",
         ),
         (
+            b'{"notification": {"devices": [{"app_id": "a", "pushkey": "k", "pushkey_ts": '
+            + b"9" * 400
+            + b"}]}}",
+            "M_BAD_JSON",
+            "pushkey_ts is of invalid type",
+        ),
+        (
+            b'{"notification": {"counts": {"unread": 1e400},'
+            b' "devices": [{"app_id": "a", "pushkey": "k"}]}}',
+            "M_BAD_JSON",
+            "counts.unread is of invalid type",
+        ),
+        (
             b'{"notification": {"devices": [{"app_id": "a", "pushkey": "k", "data": null}]}}',
             "M_BAD_JSON",
             "data is of invalid type",

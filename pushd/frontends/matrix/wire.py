@@ -23,6 +23,9 @@ from pushd.frontends.http import Reply, json_reply
 
 #: Sygnal drops bodies over 512 KiB; pushd answers 413 instead.
 MAX_BODY_BYTES: Final = 512 * 1024
+#: Integers are refused outside 64 bits, like the homeserver's own.
+INT_MIN: Final = -(2**63)
+INT_MAX: Final = 2**63 - 1
 #: The top-level fields that are strings when present (not type-checked, as Sygnal).
 STRING_FIELDS: Final = (
     "event_id",
@@ -117,7 +120,9 @@ def _load(body: bytes) -> Any:
 
 
 def _int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """A JSON integer a homeserver could mean: Synapse's are 64-bit (Python's JSON would
+    take thousands of digits, which no timestamp or count has)."""
+    return isinstance(value, int) and not isinstance(value, bool) and INT_MIN <= value <= INT_MAX
 
 
 def _optional_int(holder: Mapping[str, Any], key: str, label: str) -> int | None:
