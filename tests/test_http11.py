@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -352,3 +353,30 @@ async def test_graceful_shutdown_finishes_requests_in_flight(start: Start) -> No
     assert answer["headers"][b"connection"] == b"close"
     with trio.fail_after(5):
         await running.done.wait()
+
+
+async def test_mangled_requests_never_get_a_500_or_stop_the_server(start: Start) -> None:
+    # Short timeouts: a request cut short waits for bytes that never come.
+    running = await start(HttpSettings(read_timeout=0.2, keep_alive_timeout=0.2))
+    rng = random.Random(7)
+    valid = post("/v1/echo", b'{"a": 1}', b"transfer-encoding: identity\r\n")
+    statuses: set[int] = set()
+    for _ in range(150):
+        raw = bytearray(valid)
+        for _ in range(rng.randint(1, 4)):
+            position = rng.randrange(len(raw))
+            choice = rng.random()
+            if choice < 0.4:
+                raw[position] = rng.randrange(256)
+            elif choice < 0.7:
+                del raw[position : position + rng.randint(1, 8)]
+            else:
+                raw[position:position] = rng.choice([b"\r\n", b":", b" ", b"\x00", b"9" * 30])
+        stream = await running.connect()
+        answers = await exchange(stream, bytes(raw))
+        statuses.update(answer["status"] for answer in answers)
+        await stream.aclose()
+    assert statuses <= {200, 400, 404, 405, 413, 431, 501}, statuses  # 501: odd Transfer-Encoding
+    assert 400 in statuses  # the mutations did break requests
+    async with httpx.AsyncClient() as client:
+        assert (await client.post(running.url + "/v1/echo", content=b"{}")).status_code == 200
