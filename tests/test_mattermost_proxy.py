@@ -388,6 +388,17 @@ async def test_persistent_transient_failure_is_fail_after_three_attempts(
     assert len(simulator.received) == 3
 
 
+async def test_a_retry_after_beyond_the_budget_is_fail_at_once(
+    mattermost: mm.MattermostServer, simulator: ApnsSimulator
+) -> None:
+    # APNs asks for 60 s; the server gives up after 30: no retry can help, so none is
+    # made (a paused app's remaining pause is handled the same way).
+    simulator.script(token(1), SimReply(status=429, reason="TooManyRequests", retry_after=60))
+    answer = await mattermost.send(mm.message(token(1)))
+    assert answer["status"] == "FAIL" and "TooManyRequests" in answer["error"]
+    assert len(simulator.received) == 1
+
+
 # --- bad input --------------------------------------------------------------------------
 
 

@@ -228,7 +228,12 @@ class MattermostProxy:
             (report,) = await self.dispatcher.deliver([delivery], deadline=remaining, retry=False)
             transient = isinstance(report.outcome, RetryLater)
             if transient and attempt < MAX_ATTEMPTS:
-                delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS)) - 1]
+                assert isinstance(report.outcome, RetryLater)
+                # Retry-After, or a paused app's remaining pause, may be longer than
+                # MPNS's pause: then no retry fits the budget, and FAIL comes at once.
+                delay = max(
+                    RETRY_DELAYS[min(attempt, len(RETRY_DELAYS)) - 1], report.outcome.after or 0.0
+                )
                 if trio.current_time() + delay < end:
                     await trio.sleep(delay)
                     attempt += 1
