@@ -149,8 +149,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX zulip_registrations_by_uuid ON zulip_registrations (server_uuid, user_uuid);
     CREATE INDEX zulip_registrations_by_id ON zulip_registrations (server_uuid, user_id);
     """,
-    # 6: dead verdicts found after the caller stopped waiting, kept under the caller's
-    # own name for the device (Matrix: app_id and pushkey) until its next request.
+    # 6: dead verdicts kept under the caller's own name for the device (Matrix: app_id
+    # and pushkey) until its next request: see DeadToken.
     """
     CREATE TABLE late_verdicts (
         ref TEXT PRIMARY KEY,
@@ -211,7 +211,7 @@ class DeadToken:
 
 @attrs.frozen
 class LateVerdict:
-    """A dead verdict kept for a caller who had already been answered."""
+    """A dead verdict kept for the caller's next request carrying ``ref``."""
 
     ref: str
     reason: str

@@ -197,7 +197,7 @@ class MatrixGateway:
                 if found is not None:
                     log.warning(
                         "matrix: app_id %r matches apps %s and %s; rejecting its pushkey",
-                        app_id,
+                        app_id[:LOGGED_APP_ID_CHARS],
                         found.config.name,
                         app.config.name,
                     )
