@@ -51,3 +51,14 @@ def test_the_simulator_sample_structures() -> None:
     cfg = config.load(ROOT / "config" / "simulator.toml")
     assert cfg.apps[0].upstream_url == "https://127.0.0.1:2197"
     assert cfg.apps[0].key_file == str(ROOT / "config" / "AuthKey_SIMULATOR1.p8")
+
+
+def test_the_matrix_sample_structures_and_only_misses_its_placeholder_files() -> None:
+    cfg = config.load(ROOT / "config" / "matrix-element.toml")
+    served = {app.name: app.matrix.app_ids for app in cfg.apps if app.matrix is not None}
+    assert served == {
+        "element-ios": ("com.example.element.ios", "com.example.element.ios.*"),
+        "element-android": ("com.example.element.android",),
+    }
+    problems = config.check(cfg)
+    assert all("no such file" in p or "store.path" in p for p in problems), problems
