@@ -90,3 +90,19 @@ def in_networks(client: str | None, networks: Iterable[Network]) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return any(address in network for network in networks)
+
+
+def has_lone_surrogate(body: bytes, value: Any) -> bool:
+    """Whether the decoded JSON ``value`` of ``body`` holds a lone UTF-16 surrogate.
+
+    JSON may escape one (``"\\ud800"``) and Python decodes it, but no UTF-8 encoder
+    (SQLite's, APNs', FCM's) accepts it: frontends refuse such a body up front, where
+    the caller can be told.  Only an escaped body can hold one, so others cost nothing.
+    """
+    if b"\\u" not in body:
+        return False
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return True
+    return False

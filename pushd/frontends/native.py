@@ -20,7 +20,7 @@ import attrs
 
 from pushd.config import AppConfig, Config
 from pushd.dispatch import Dispatcher, Report
-from pushd.frontends.http import Reply, Request, Route, json_reply
+from pushd.frontends.http import Reply, Request, Route, has_lone_surrogate, json_reply
 from pushd.model import (
     APNS_PRIORITIES,
     APNS_PUSH_TYPES,
@@ -128,15 +128,8 @@ def _parse(body: bytes, model: type[Any]) -> Any:
         raise ApiError(400, "malformed_json", f"the body is not valid JSON: {error}") from None
     if not isinstance(value, dict):
         raise ApiError(400, "invalid_request", "the body must be a JSON object")
-    if b"\\u" in body:
-        # JSON may escape a lone UTF-16 surrogate ("\\ud800"), which no UTF-8 encoder
-        # (SQLite's, APNs') accepts: refuse it here, where the caller can be told.
-        try:
-            json.dumps(value, ensure_ascii=False).encode()
-        except UnicodeEncodeError:
-            raise ApiError(
-                400, "malformed_json", "the body holds a lone UTF-16 surrogate escape"
-            ) from None
+    if has_lone_surrogate(body, value):
+        raise ApiError(400, "malformed_json", "the body holds a lone UTF-16 surrogate escape")
     try:
         return CONVERTER.structure(value, model)
     except Exception as error:  # cattrs' error tree: report the first key, list them all

@@ -19,7 +19,7 @@ from typing import Any, Final, Literal
 
 import attrs
 
-from pushd.frontends.http import Reply, json_reply
+from pushd.frontends.http import Reply, has_lone_surrogate, json_reply
 
 #: Sygnal drops bodies over 512 KiB; pushd answers 413 instead.
 MAX_BODY_BYTES: Final = 512 * 1024
@@ -109,13 +109,8 @@ def _load(body: bytes) -> Any:
         value = json.loads(body, parse_constant=_refuse_constant)
     except (ValueError, RecursionError):  # bad JSON, bad UTF-8, NaN, huge integers
         raise BadRequest("Expected JSON request body", "M_NOT_JSON") from None
-    if b"\\u" in body:
-        # A lone UTF-16 surrogate escape decodes but cannot be re-encoded as UTF-8 for
-        # APNs or FCM: refuse it here, where the caller can be told.
-        try:
-            json.dumps(value, ensure_ascii=False).encode()
-        except UnicodeEncodeError:
-            raise BadRequest("Expected JSON request body", "M_NOT_JSON") from None
+    if has_lone_surrogate(body, value):
+        raise BadRequest("Expected JSON request body", "M_NOT_JSON")
     return value
 
 

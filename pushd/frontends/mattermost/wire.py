@@ -15,7 +15,7 @@ from typing import Any, Final, Literal
 
 import attrs
 
-from pushd.frontends.http import Reply, json_reply
+from pushd.frontends.http import Reply, has_lone_surrogate, json_reply
 
 #: MPNS cuts ``message`` longer than this many bytes ...
 MESSAGE_MAX_BYTES: Final = 2047
@@ -147,13 +147,8 @@ def _load_object(body: bytes) -> dict[str, Any]:
         raise BadRequest(f"Failed to read message body: {error}") from None
     if not isinstance(value, dict):
         raise BadRequest("Failed to read message body: not a JSON object")
-    if b"\\u" in body:
-        # A lone UTF-16 surrogate escape decodes but cannot be re-encoded as UTF-8 for
-        # APNs or FCM: refuse it here, where the caller can be told.
-        try:
-            json.dumps(value, ensure_ascii=False).encode()
-        except UnicodeEncodeError:
-            raise BadRequest("Failed to read message body: a lone surrogate escape") from None
+    if has_lone_surrogate(body, value):
+        raise BadRequest("Failed to read message body: a lone surrogate escape")
     return value
 
 

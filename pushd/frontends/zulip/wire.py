@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from pushd.frontends.http import Reply, json_reply
+from pushd.frontends.http import Reply, has_lone_surrogate, json_reply
 
 #: ``RemotePushDeviceToken.APNS`` / ``.FCM`` (the old name GCM is also 2).
 KIND_APNS = 1
@@ -99,10 +99,8 @@ def parse_json_body(body: bytes) -> dict[str, Any]:
         raise bad_request("Malformed JSON") from None
     if not isinstance(value, dict):
         raise bad_request("Malformed payload")
-    try:  # a lone surrogate escape cannot be re-encoded for APNs or FCM
-        json.dumps(value, ensure_ascii=False).encode()
-    except UnicodeEncodeError:
-        raise bad_request("Malformed JSON") from None
+    if has_lone_surrogate(body, value):
+        raise bad_request("Malformed JSON")
     return value
 
 
