@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import attrs
 
-from pushd.model import APNS_PUSH_TYPES
+from pushd.model import APNS_PUSH_TYPES, RemovalScope
 from pushd.typed import CONVERTER, describe_error
 from pushd.upstream.apns import jwt as apns_jwt
 from pushd.upstream.apns.settings import (
@@ -58,6 +58,9 @@ DEFAULT_MATRIX_ANSWER_WITHIN = 3.0
 DEFAULT_MATRIX_DEDUPE_SECONDS = 600.0
 #: The client-server API caps ``app_id`` at 64 characters.
 MATRIX_APP_ID_MAX = 64
+#: Zulip's ``kind`` of a legacy device token: 1 is APNs, 2 is FCM (``PushDeviceToken``).
+ZULIP_KIND_APNS = 1
+ZULIP_KIND_FCM = 2
 #: ``fcm_options`` members pushd sets itself or that would retarget the message.
 FCM_OPTIONS_RESERVED = ("token", "topic", "condition", "data")
 
@@ -294,6 +297,28 @@ class Config:
             if app.name == name:
                 return app
         return None
+
+    def zulip_app(self, kind: int, ios_app_id: str | None) -> AppConfig | None:
+        """The app serving a Zulip device: APNs by ``ios_app_id`` (the first app whose
+        ``topic`` it is), FCM by ``[zulip] fcm_app``."""
+        if kind == ZULIP_KIND_APNS:
+            for app in self.apps:
+                if app.provider == "apns" and ios_app_id is not None and app.topic == ios_app_id:
+                    return app
+            return None
+        return None if self.zulip.fcm_app is None else self.app(self.zulip.fcm_app)
+
+    def removal_scope(self, app: AppConfig) -> RemovalScope:
+        """The stored registrations a dead verdict of ``app`` may remove (see there)."""
+        kind = ZULIP_KIND_APNS if app.provider == "apns" else ZULIP_KIND_FCM
+        ios_app_id = app.topic if app.provider == "apns" else None
+        served = self.zulip_app(kind, ios_app_id)
+        serves_zulip = served is not None and served.name == app.name
+        return RemovalScope(
+            environment=app.environment if app.provider == "apns" else "production",
+            zulip_kind=kind if serves_zulip else None,
+            zulip_ios_app_id=ios_app_id if serves_zulip else None,
+        )
 
 
 class ConfigError(Exception):

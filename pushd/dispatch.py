@@ -33,10 +33,12 @@ import trio
 
 from pushd.config import RetryConfig
 from pushd.model import (
+    STORED_PROTOCOLS,
     Delivered,
     Delivery,
     Failed,
     Outcome,
+    RemovalScope,
     RetryLater,
     TokenDead,
     mask_token,
@@ -141,6 +143,8 @@ class Lane:
     paused_until: float = 0.0
     pause_reason: str | None = None
     stats: LaneStats = attrs.Factory(LaneStats)
+    #: What this app's dead verdicts may remove from the store.
+    scope: RemovalScope = attrs.Factory(RemovalScope)
 
     async def send_many(self, tokens: Sequence[str], push: Any, report: ReportFn) -> None:
         batch_send = getattr(self.sender, "send_many", None)
@@ -418,8 +422,11 @@ class Dispatcher:
                 mask_token(delivery.token),
                 outcome.reason,
             )
+            scope = None
+            if lane is not None and delivery.protocol in STORED_PROTOCOLS:
+                scope = lane.scope
             return Report(delivery, "removed", outcome.reason, outcome), DeadToken(
-                delivery.app, delivery.token, outcome.since, outcome.reason, delivery.ref
+                delivery.app, delivery.token, outcome.since, outcome.reason, delivery.ref, scope
             )
         if isinstance(outcome, RetryLater):
             if not retry:

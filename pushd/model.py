@@ -7,6 +7,8 @@ under another task's feet.  Nothing in this module does I/O.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import attrs
 
 #: Push types APNs knows (``apns-push-type``).  ``widgets`` and ``controls`` are newer and
@@ -76,6 +78,31 @@ class FcmPush:
 
 Push = ApnsPush | FcmPush
 
+#: The protocol a delivery came in by (a metrics label, and what a dead verdict may touch).
+Protocol = Literal["native", "zulip", "mattermost", "rocketchat", "matrix"]
+#: Protocols whose devices pushd stores itself: a dead verdict for one of their deliveries
+#: removes the stored registrations of that app and environment.  The others name their
+#: tokens in each request (Matrix, Mattermost, Rocket.Chat), so their verdicts go back
+#: to their caller and touch nothing stored: an open Matrix notify must not be able to
+#: delete another tenant's registrations.
+STORED_PROTOCOLS: frozenset[str] = frozenset({"native", "zulip"})
+
+
+@attrs.frozen
+class RemovalScope:
+    """Which stored registrations a dead verdict of one app removes.
+
+    A token is dead *for an app in an environment*: APNs' BadDeviceToken from the
+    sandbox says nothing about the same token in production, nor about another bundle
+    id.  So a verdict removes native registrations of that app and environment, and the
+    Zulip registrations that pushd routes to that same app (``zulip_kind`` and, for
+    APNs, ``zulip_ios_app_id``; None when the app serves no Zulip devices).
+    """
+
+    environment: str | None = None
+    zulip_kind: int | None = None
+    zulip_ios_app_id: str | None = None
+
 
 @attrs.frozen
 class Delivery:
@@ -94,6 +121,8 @@ class Delivery:
     #: the caller was answered, or in an answer it may not have received, is kept in
     #: the store under this name.
     ref: str | None = None
+    #: The protocol it came in by: see :data:`STORED_PROTOCOLS`.
+    protocol: Protocol = attrs.field(kw_only=True)
 
 
 # --- Outcomes -------------------------------------------------------------------------

@@ -70,7 +70,14 @@ def build_lanes(config: Config) -> list[Lane]:
             sender = FcmClient(fcm_settings(app))
         else:
             sender = ApnsClient(apns_settings(app))
-        lanes.append(Lane(name=app.name, sender=sender, budget=Budget(app.concurrency)))
+        lanes.append(
+            Lane(
+                name=app.name,
+                sender=sender,
+                budget=Budget(app.concurrency),
+                scope=config.removal_scope(app),
+            )
+        )
     return lanes
 
 

@@ -154,7 +154,7 @@ async def test_retry_false_leaves_retrying_to_the_caller(
 
     simulator.script(token(1), SimReply(status=503, reason="ServiceUnavailable", retry_after=7))
     (report,) = await pushd.services.dispatcher.deliver(
-        [Delivery("chat", token(1), ApnsPush(b'{"aps":{}}'))], retry=False
+        [Delivery("chat", token(1), ApnsPush(b'{"aps":{}}'), protocol="native")], retry=False
     )
     assert report.status == "failed"
     assert isinstance(report.outcome, RetryLater) and report.outcome.after == 7

@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from pushd.model import RemovalScope
 from pushd.store.sqlite import SCHEMA_VERSION, Database, DeadToken, StoreError
 from tests.conftest import token
+
+SCOPE = RemovalScope(environment="production")
 
 
 @pytest.fixture
@@ -75,20 +78,22 @@ def test_410_rule_deletes_only_registrations_older_than_the_timestamp(db: Databa
     db.register(server.id, "u", token(1), "chat", "production")
     time.sleep(0.01)
     (newer, _) = db.register(other.id, "v", token(1), "chat", "production")
-    removed = db.remove_dead([DeadToken("chat", token(1), since=newer.registered_at)])
+    removed = db.remove_dead([DeadToken("chat", token(1), since=newer.registered_at, scope=SCOPE)])
     assert removed == 1
     assert db.user_registrations(server.id, "u") == []
     assert len(db.user_registrations(other.id, "v")) == 1
-    assert db.remove_dead([DeadToken("chat", token(1))]) == 1
+    assert db.remove_dead([DeadToken("chat", token(1), scope=SCOPE)]) == 1
     assert db.count_registrations() == 0
 
 
 KILL_SCRIPT = textwrap.dedent(
     """
     import sys
+    from pushd.model import RemovalScope
     from pushd.store.sqlite import Database, DeadToken
     db = Database(sys.argv[1])
-    dead = [DeadToken("chat", f"{n:064x}") for n in range(int(sys.argv[2]))]
+    scope = RemovalScope()
+    dead = [DeadToken("chat", f"{n:064x}", scope=scope) for n in range(int(sys.argv[2]))]
     print("start", flush=True)
     while True:
         db.remove_dead(dead)

@@ -23,6 +23,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pushd import cli
+from pushd.model import RemovalScope
 from pushd.simulators.apns import ApnsSimulator, SimReply
 from pushd.simulators.fcm import FcmReply, FcmSimulator
 from pushd.store.sqlite import Database, DeadToken, ZulipRealm
@@ -566,9 +567,14 @@ def test_store_keeps_one_row_per_device_and_remove_dead_takes_it(tmp_path: Path)
         assert (device.token, device.token_id) == (token(1), tid)
 
         # A 410 dated before the (re-)registration keeps it; a later one removes it.
-        database.remove_dead([DeadToken("ios", token(1), since=device.registered_at - 1)])
+        scope = RemovalScope("sandbox", zulip_kind=1, zulip_ios_app_id=TOPIC)
+        since = device.registered_at - 1
+        database.remove_dead([DeadToken("ios", token(1), since=since, scope=scope)])
         assert database.zulip_e2ee_devices(REALM, token_ids=[tid])
-        assert database.remove_dead([DeadToken("ios", token(1))]) == 1
+        # Another app's verdict (another bundle id) leaves it alone.
+        other = RemovalScope("sandbox", zulip_kind=1, zulip_ios_app_id="org.example.other")
+        assert database.remove_dead([DeadToken("other", token(1), scope=other)]) == 0
+        assert database.remove_dead([DeadToken("ios", token(1), scope=scope)]) == 1
         assert database.zulip_e2ee_devices(REALM, token_ids=[tid]) == []
     finally:
         database.close()

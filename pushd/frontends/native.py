@@ -482,7 +482,13 @@ class NativeApi:
                     push = apns_push
                 pushes[r.app] = push
             deliveries.append(
-                Delivery(app=r.app, token=r.token, push=push, registered_at=r.registered_at)
+                Delivery(
+                    app=r.app,
+                    token=r.token,
+                    push=push,
+                    registered_at=r.registered_at,
+                    protocol="native",
+                )
             )
         reports = await self.dispatcher.deliver(deliveries)
         results = [_result(report) for report in reports]

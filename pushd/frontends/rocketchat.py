@@ -390,7 +390,7 @@ class RocketChatGateway:
         upstream = (
             build_apns_push(push, now) if provider == "apn" else build_fcm_push(push, app, now)
         )
-        delivery = Delivery(app=app.name, token=push.token, push=upstream)
+        delivery = Delivery(app=app.name, token=push.token, push=upstream, protocol="rocketchat")
         [report] = await self.dispatcher.deliver([delivery], deadline=self.deadline, retry=False)
         status = self._status(report)
         log.info(

@@ -34,6 +34,8 @@ from typing import TypeVar
 import attrs
 import trio
 
+from pushd.model import RemovalScope
+
 T = TypeVar("T")
 
 #: Prefix of native API keys, so a leaked one is recognisable in a secret scanner.
@@ -207,6 +209,9 @@ class DeadToken:
     since: float | None = None
     reason: str = ""
     ref: str | None = None
+    #: Which stored registrations the verdict removes; None: none (a protocol that
+    #: names its tokens per request, see ``pushd.model.STORED_PROTOCOLS``).
+    scope: RemovalScope | None = None
 
 
 @attrs.frozen
@@ -415,6 +420,35 @@ def _identity_clause(user_id: int | None, user_uuid: str | None) -> tuple[str, t
     return "(" + " OR ".join(parts) + ")", params
 
 
+#: Zulip E2EE devices name their kind in words; legacy ones by number.
+_E2EE_TOKEN_KIND = {1: "apns", 2: "fcm"}
+
+
+def _remove_scoped(db: sqlite3.Connection, item: DeadToken, scope: RemovalScope) -> int:
+    """Delete ``item.token``'s registrations within ``scope``; the count."""
+    newer = "" if item.since is None else " AND registered_at < ?"
+    after: tuple[object, ...] = () if item.since is None else (item.since,)
+    environment = "" if scope.environment is None else " AND environment = ?"
+    env: tuple[object, ...] = () if scope.environment is None else (scope.environment,)
+    removed = db.execute(
+        f"DELETE FROM registrations WHERE app = ? AND token = ?{environment}{newer}",
+        (item.app, item.token, *env, *after),
+    ).rowcount
+    if scope.zulip_kind is None:
+        return removed
+    app_id = "" if scope.zulip_ios_app_id is None else " AND ios_app_id = ?"
+    ios: tuple[object, ...] = () if scope.zulip_ios_app_id is None else (scope.zulip_ios_app_id,)
+    removed += db.execute(
+        f"DELETE FROM zulip_registrations WHERE kind = ? AND token = ?{app_id}{newer}",
+        (scope.zulip_kind, item.token, *ios, *after),
+    ).rowcount
+    removed += db.execute(
+        f"DELETE FROM zulip_e2ee_devices WHERE token_kind = ? AND token = ?{app_id}{newer}",
+        (_E2EE_TOKEN_KIND[scope.zulip_kind], item.token, *ios, *after),
+    ).rowcount
+    return removed
+
+
 class Database:
     """Synchronous access: used by the CLI directly and by :class:`Store` on threads."""
 
@@ -609,35 +643,21 @@ class Database:
         return int(count)
 
     def remove_dead(self, dead: Iterable[DeadToken]) -> int:
-        """Delete dead tokens across all servers and protocols, in one transaction.
+        """Delete dead tokens in the scope of the app that found them, in one transaction.
 
-        With a ``since`` time (APNs 410), only registrations made before it go: one made
-        after it belongs to a device that got the same token back and is alive.  The
-        Zulip bouncer's registrations go too, whoever found the token dead (a native
-        send, a Zulip notify, or a background retry after its caller left).  Returns the
+        Only registrations that the same app and environment serve go (see
+        ``RemovalScope``): native ones of that app, and the Zulip ones pushd routes to
+        it.  With a ``since`` time (APNs 410), only those made before it: one made
+        after it belongs to a device that got the same token back and is alive.
+        Verdicts with a ``ref`` are kept for the caller's next request.  Returns the
         count removed.
         """
         removed = 0
         now = time.time()
         with self._write_tx() as db:
             for item in dead:
-                newer = "" if item.since is None else " AND registered_at < ?"
-                after = () if item.since is None else (item.since,)
-                cursor = db.execute(
-                    f"DELETE FROM registrations WHERE app = ? AND token = ?{newer}",
-                    (item.app, item.token, *after),
-                )
-                removed += cursor.rowcount
-                cursor = db.execute(
-                    f"DELETE FROM zulip_registrations WHERE token = ?{newer}",
-                    (item.token, *after),
-                )
-                removed += cursor.rowcount
-                cursor = db.execute(
-                    f"DELETE FROM zulip_e2ee_devices WHERE token = ?{newer}",
-                    (item.token, *after),
-                )
-                removed += cursor.rowcount
+                if item.scope is not None:
+                    removed += _remove_scoped(db, item, item.scope)
                 if item.ref is not None:
                     db.execute(
                         "INSERT OR REPLACE INTO late_verdicts (ref, reason, since, found_at)"

@@ -357,4 +357,5 @@ class MatrixGateway:
             push=push,
             registered_at=None if device.pushkey_ts is None else float(device.pushkey_ts),
             ref=ref,
+            protocol="matrix",
         )

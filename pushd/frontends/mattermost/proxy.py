@@ -223,7 +223,9 @@ class MattermostProxy:
         while True:
             # retry=False: this loop retries as MPNS does; a background retry on top
             # could deliver after the server was told FAIL.
-            delivery = Delivery(app=app.name, token=push.device_id, push=built)
+            delivery = Delivery(
+                app=app.name, token=push.device_id, push=built, protocol="mattermost"
+            )
             remaining = end - trio.current_time()
             (report,) = await self.dispatcher.deliver([delivery], deadline=remaining, retry=False)
             transient = isinstance(report.outcome, RetryLater)

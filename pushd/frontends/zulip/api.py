@@ -264,17 +264,8 @@ class ZulipBouncer:
             raise _mismatch()
         return realm
 
-    def _apns_app(self, ios_app_id: str | None) -> AppConfig | None:
-        for app in self.config.apps:
-            if app.provider == "apns" and ios_app_id is not None and app.topic == ios_app_id:
-                return app
-        return None
-
     def _app_for(self, kind: int, ios_app_id: str | None) -> AppConfig | None:
-        if kind == KIND_APNS:
-            return self._apns_app(ios_app_id)
-        name = self.config.zulip.fcm_app
-        return None if name is None else self.config.app(name)
+        return self.config.zulip_app(kind, ios_app_id)
 
     # --- server registration ------------------------------------------------------------
 
@@ -587,6 +578,7 @@ class ZulipBouncer:
                     token=registration.token,
                     push=push,
                     registered_at=registration.registered_at,
+                    protocol="zulip",
                 )
             )
             kinds.append(registration.kind)
@@ -596,7 +588,7 @@ class ZulipBouncer:
             for kind, report in zip(kinds, reports, strict=True)
             if report.status == "removed"
         }
-        # deliver() has deleted them already, from the Zulip tables too (Store.remove_dead).
+        # deliver() has deleted them already: the Zulip rows this app serves too.
         return dead
 
 

@@ -431,6 +431,7 @@ class E2eeHandlers:
             token=device.token,
             push=push_request.push,
             registered_at=device.registered_at,
+            protocol="zulip",
         )
 
 

@@ -16,11 +16,12 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from pushd.config import ZULIP_KIND_APNS, ZULIP_KIND_FCM
 from pushd.frontends.http import Reply, has_lone_surrogate, json_reply
 
 #: ``RemotePushDeviceToken.APNS`` / ``.FCM`` (the old name GCM is also 2).
-KIND_APNS = 1
-KIND_FCM = 2
+KIND_APNS = ZULIP_KIND_APNS
+KIND_FCM = ZULIP_KIND_FCM
 TOKEN_KINDS = frozenset({KIND_APNS, KIND_FCM})
 #: Longest device token Zulip accepts (``validate_token``).
 MAX_TOKEN_LENGTH = 4096
