@@ -18,6 +18,7 @@ from typing import Any
 import trio
 
 from pushd import __version__, config, logs
+from pushd.files import private_dirs
 from pushd.store.sqlite import Database, StoreError
 
 #: The config the admin commands read when none is named.
@@ -120,8 +121,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     for existing in (target, store, key_file):
         if existing.exists():
             return _fail(f"{existing} exists already; init never overwrites anything")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    store.parent.mkdir(parents=True, exist_ok=True)
+    private_dirs(target.resolve().parent)
+    private_dirs(store.parent)
     with open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640), "w") as file:
         file.write(STARTER_CONFIG.format(store=store))
     database = Database(str(store))

@@ -43,11 +43,16 @@ from pushd.model import (
     TokenDead,
     mask_token,
 )
-from pushd.store.sqlite import DeadToken, Store
+from pushd.store.sqlite import DeadToken, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 Status = Literal["delivered", "removed", "retrying", "failed"]
+
+#: While the store cannot write, dead-token removals wait in memory, this many at most,
+#: and are tried again this often.
+MAX_PENDING_DEAD = 10_000
+DEAD_RETRY_SECONDS = 5.0
 ReportFn = Callable[[int, Outcome], None]
 
 PushT = TypeVar("PushT", contravariant=True)
@@ -271,7 +276,11 @@ class Dispatcher:
             reports.append(report)
             if dead_token is not None:
                 dead.append(dead_token)
-        await self.store.remove_dead(dead)
+        try:
+            await self.store.remove_dead(dead)
+        except StoreUnavailable:
+            # The answers stand: the sends happened.  The removals wait for the store.
+            self._keep_dead(dead)
         return reports
 
     # --- attempts ---------------------------------------------------------------------
@@ -443,18 +452,33 @@ class Dispatcher:
     # --- background work --------------------------------------------------------------
 
     async def _reaper(self) -> None:
-        """Delete dead tokens found after their caller stopped waiting, in batches."""
+        """Delete dead tokens found after their caller stopped waiting, in batches.
+
+        While the store fails, the batch is kept and tried again every
+        :data:`DEAD_RETRY_SECONDS` (at most :data:`MAX_PENDING_DEAD` tokens).
+        """
         while True:
             await self._dead_waiting.wait()
             self._dead_waiting = trio.Event()
-            await self._remove_dead()
+            if not await self._remove_dead():
+                await trio.sleep(DEAD_RETRY_SECONDS)
+                self._dead_waiting.set()
 
-    async def _remove_dead(self) -> None:
+    async def _remove_dead(self) -> bool:
+        """Delete the pending dead tokens; False (and they stay pending) if the store fails."""
         dead, self._dead = self._dead, []
         try:
             await self.store.remove_dead(dead)
-        except Exception:
-            log.exception("could not delete %d dead tokens; they will be found again", len(dead))
+        except StoreUnavailable:  # logged by the store, rate-limited
+            self._keep_dead(dead)
+            return False
+        return True
+
+    def _keep_dead(self, dead: Sequence[DeadToken]) -> None:
+        """Keep verdicts the store could not take yet; the oldest go first past the cap:
+        a token whose removal is lost is found dead again by its next push."""
+        self._dead = [*dead, *self._dead][-MAX_PENDING_DEAD:]
+        self._dead_waiting.set()
 
     def _schedule(self, delivery: Delivery, attempt: int, outcome: RetryLater) -> bool:
         """Queue a retry if attempts and expiry allow; False if the delivery is given up."""

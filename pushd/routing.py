@@ -13,8 +13,12 @@ from collections.abc import Iterable
 import attrs
 
 from pushd.frontends.http import ErrorReply, Reply, Request, Route, json_reply
+from pushd.store.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
+
+#: What a caller is told to wait before trying again while the store is failing.
+STORE_RETRY_AFTER_SECONDS = 10
 
 
 def error_reply(status: int, code: str, message: str) -> Reply:
@@ -95,11 +99,22 @@ class Router:
     async def call(found: Found, request: Request) -> Reply:
         """Run the handler; a bug in it is logged with its traceback and answered 500.
 
+        A failing store (:class:`StoreUnavailable`, logged by the store itself) is an
+        outage: 503 ``store_unavailable`` in the route's protocol, with Retry-After.
+
         The traceback holds no request data (handlers never put content in exception
         messages), and the caller gets JSON, never a page with internals.
         """
         try:
             return await found.route.handler(request)
+        except StoreUnavailable as error:
+            reply = found.errors(
+                503,
+                "store_unavailable",
+                f"pushd cannot use its store right now ({error.kind}); try again later",
+            )
+            retry_after = ("retry-after", str(STORE_RETRY_AFTER_SECONDS))
+            return attrs.evolve(reply, headers=(*reply.headers, retry_after))
         except Exception:
             log.exception("unexpected error while handling %s %s", request.method, request.path)
             return error_reply(500, "internal_error", "pushd failed to handle this request")

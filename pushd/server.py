@@ -92,12 +92,22 @@ def health(services: Services) -> Callable[[Request], Awaitable[Reply]]:
                 **({"reason": lane.pause_reason} if paused else {}),
                 **attrs.asdict(lane.stats),
             }
-        degraded = any(app["state"] != "ok" for app in apps.values())
+        store_failing = services.store.unhealthy
+        degraded = store_failing is not None or any(app["state"] != "ok" for app in apps.values())
+        store = (
+            {"state": "ok"}
+            if store_failing is None
+            else {
+                "state": "failing",
+                "reason": store_failing,
+            }
+        )
         return json_reply(
             200,
             {
                 "status": "degraded" if degraded else "ok",
                 "version": __version__,
+                "store": store,
                 "apps": apps,
                 "queued_retries": services.dispatcher.queued_retries,
                 **{name: stats() for name, stats in services.protocol_stats.items()},

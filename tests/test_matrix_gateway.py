@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from pushd import logs
 from pushd.frontends.matrix.gateway import late_ref
 from pushd.simulators.apns import ApnsSimulator, SimReply
 from pushd.simulators.fcm import FcmReply, FcmSimulator
+from pushd.store.errors import StoreUnavailable
 from tests import matrix_homeserver as hs
 from tests.conftest import TOPIC, Pushd, PushdFactory, app_entry, fcm_entry, token
 
@@ -626,12 +626,14 @@ async def test_a_failing_store_is_a_503_the_homeserver_retries(
     pushd, homeserver = await start_gateway()
 
     def broken(refs: Any) -> Any:
-        raise sqlite3.OperationalError("disk I/O error")
+        raise StoreUnavailable("io_error")
 
     monkeypatch.setattr(pushd.services.store, "late_verdicts", broken)
     response = await homeserver.notify(hs.full_event([ios_device(1)]))
     assert response.status_code == 503
     assert response.json()["errcode"] == "M_UNKNOWN"
+    assert response.json()["error"].startswith("store_unavailable: ")
+    assert "retry-after" in response.headers
     assert simulator.received == []
 
 

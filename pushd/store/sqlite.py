@@ -34,7 +34,11 @@ from typing import TypeVar
 import attrs
 import trio
 
+from pushd.files import private_file
 from pushd.model import RemovalScope
+from pushd.store.errors import FailureLog, StoreError, StoreUnavailable
+
+__all__ = ["StoreError", "StoreUnavailable"]
 
 T = TypeVar("T")
 
@@ -166,8 +170,26 @@ MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class StoreError(Exception):
-    """The database cannot be used (newer schema, unwritable file, ...)."""
+def failure_kind(error: sqlite3.Error) -> str:
+    """A few words for what went wrong, from SQLite's error name (never its message,
+    which may quote a value)."""
+    name = getattr(error, "sqlite_errorname", "") or ""
+    for prefix, kind in _FAILURE_KINDS:
+        if name.startswith(prefix):
+            return kind
+    return "database_error"
+
+
+_FAILURE_KINDS: tuple[tuple[str, str], ...] = (
+    ("SQLITE_FULL", "disk_full"),
+    ("SQLITE_IOERR", "io_error"),
+    ("SQLITE_READONLY", "read_only"),
+    ("SQLITE_BUSY", "busy"),
+    ("SQLITE_LOCKED", "busy"),
+    ("SQLITE_CANTOPEN", "cannot_open"),
+    ("SQLITE_CORRUPT", "corrupt"),
+    ("SQLITE_NOTADB", "corrupt"),
+)
 
 
 @attrs.frozen
@@ -454,6 +476,10 @@ class Database:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        try:
+            private_file(Path(path))
+        except OSError as error:
+            raise StoreError(f"cannot open {path}: {error.strerror}") from None
         self._db = _connect(path, readonly=False)
         try:
             self._db.execute("PRAGMA journal_mode = WAL")
@@ -997,6 +1023,7 @@ class Store:
     def __init__(self, database: Database) -> None:
         self.db = database
         self._writer = trio.CapacityLimiter(1)
+        self.failures = FailureLog()
 
     @classmethod
     async def open(cls, path: str) -> Store:
@@ -1010,18 +1037,35 @@ class Store:
         # Shielded: once a write has started, finish it even if the caller is cancelled,
         # so what the caller hears never disagrees with what was committed.
         with trio.CancelScope(shield=True):
-            result = await trio.to_thread.run_sync(fn, *args, limiter=self._writer)
+            try:
+                result = await trio.to_thread.run_sync(fn, *args, limiter=self._writer)
+            except sqlite3.IntegrityError:
+                raise  # a bug, not an outage: the write methods turn expected ones into StoreError
+            except sqlite3.Error as error:
+                raise self.failures.failed(failure_kind(error)) from None
+        self.failures.succeeded()
         return result
+
+    def _read(self, fn: Callable[..., T], *args: object) -> T:
+        try:
+            return fn(*args)
+        except sqlite3.Error as error:
+            raise self.failures.failed(failure_kind(error)) from None
+
+    @property
+    def unhealthy(self) -> str | None:
+        """Why the store is failing (a kind like ``disk_full``), or None."""
+        return self.failures.failing
 
     # Reads: inline, see the module docstring.
     def authenticate(self, key: str) -> Server | None:
-        return self.db.authenticate(key)
+        return self._read(self.db.authenticate, key)
 
     def user_registrations(self, server_id: int, user_id: str) -> list[Registration]:
-        return self.db.user_registrations(server_id, user_id)
+        return self._read(self.db.user_registrations, server_id, user_id)
 
     def token_registrations(self, server_id: int, tokens: Iterable[str]) -> list[Registration]:
-        return self.db.token_registrations(server_id, tokens)
+        return self._read(self.db.token_registrations, server_id, tokens)
 
     # Writes.
     async def register(
@@ -1051,7 +1095,7 @@ class Store:
         return await self._write(self.db.remove_dead, list(dead))
 
     def late_verdicts(self, refs: Sequence[str]) -> dict[str, LateVerdict]:
-        return self.db.late_verdicts(refs)
+        return self._read(self.db.late_verdicts, refs)
 
     async def forget_late_verdicts(self, refs: Sequence[str]) -> None:
         if refs:
@@ -1059,18 +1103,18 @@ class Store:
 
     # Zulip push bouncer: reads inline, writes on the worker thread, as above.
     def zulip_server(self, uuid: str) -> ZulipServer | None:
-        return self.db.zulip_server(uuid)
+        return self._read(self.db.zulip_server, uuid)
 
     def zulip_hostname_in_use(self, hostname: str) -> bool:
-        return self.db.zulip_hostname_in_use(hostname)
+        return self._read(self.db.zulip_hostname_in_use, hostname)
 
     def zulip_realm(self, uuid: str) -> ZulipRealm | None:
-        return self.db.zulip_realm(uuid)
+        return self._read(self.db.zulip_realm, uuid)
 
     def zulip_user_registrations(
         self, server_uuid: str, user_id: int | None, user_uuid: str | None
     ) -> list[ZulipRegistration]:
-        return self.db.zulip_user_registrations(server_uuid, user_id, user_uuid)
+        return self._read(self.db.zulip_user_registrations, server_uuid, user_id, user_uuid)
 
     async def zulip_add_server(
         self, uuid: str, key: str, hostname: str, contact_email: str
@@ -1130,7 +1174,7 @@ class Store:
 
     # Zulip E2EE: keys are read per request, so ones the CLI adds or removes count at once.
     def zulip_bouncer_key(self, public_key: str) -> ZulipBouncerKey | None:
-        return self.db.zulip_bouncer_key(public_key)
+        return self._read(self.db.zulip_bouncer_key, public_key)
 
     def zulip_e2ee_devices(
         self,
@@ -1139,7 +1183,11 @@ class Store:
         token_ids: Sequence[int] = (),
         device_ids: Sequence[int] = (),
     ) -> list[ZulipE2eeDevice]:
-        return self.db.zulip_e2ee_devices(realm_uuid, token_ids=token_ids, device_ids=device_ids)
+        return self._read(
+            lambda: self.db.zulip_e2ee_devices(
+                realm_uuid, token_ids=token_ids, device_ids=device_ids
+            )
+        )
 
     async def zulip_e2ee_register(
         self,

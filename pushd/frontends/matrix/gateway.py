@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sqlite3
 from typing import Final
 
 import attrs
@@ -38,7 +37,7 @@ from pushd.dispatch import Dispatcher
 from pushd.frontends.http import Reply, Request, Route, in_networks, parse_networks
 from pushd.frontends.matrix import payloads, wire
 from pushd.model import Delivery, Push, mask_token
-from pushd.store.sqlite import LateVerdict, Store, StoreError
+from pushd.store.sqlite import LateVerdict, Store
 
 log = logging.getLogger(__name__)
 
@@ -216,11 +215,8 @@ class MatrixGateway:
             notification = wire.parse_notify(request.body)
         except wire.BadRequest as error:
             return wire.error_reply(400, error.errcode, str(error))
-        try:
-            rejected = await self._deliver(request, notification)
-        except (StoreError, sqlite3.Error):
-            log.exception("matrix: the store failed during a notify; answering 503")
-            return wire.error_reply(503, "M_UNKNOWN", "pushd cannot take work right now")
+        # A failing store raises StoreUnavailable: a 503 the homeserver retries (routing).
+        rejected = await self._deliver(request, notification)
         self.stats.notifications += 1
         self.stats.rejected += len(rejected)
         return wire.rejected_reply(rejected)

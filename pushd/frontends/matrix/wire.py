@@ -210,6 +210,11 @@ _ERRCODES: Final = {
 }
 
 
-def serving_error_reply(status: int, _code: str, message: str) -> Reply:
-    """How the serving layer's own errors (405, 413) read on a Matrix route."""
+def serving_error_reply(status: int, code: str, message: str) -> Reply:
+    """How the serving layer's own errors (405, 413, 503) read on a Matrix route.
+
+    Matrix has no errcode for an outage: M_UNKNOWN, with pushd's code in the text.
+    """
+    if status >= 500:
+        return error_reply(status, "M_UNKNOWN", f"{code}: {message}")
     return error_reply(status, _ERRCODES.get(status, "M_UNKNOWN"), message)

@@ -128,9 +128,11 @@ def serving_error_reply(status: int, code: str, message: str) -> Reply:
     """Errors of the serving layer in MPNS's words.
 
     An oversized body is bad input like malformed JSON: a 200 FAIL, which the server
-    logs with its text.  A wrong method keeps its 405 (gorilla/mux answers that too).
+    logs with its text.  A wrong method keeps its 405 (gorilla/mux answers that too),
+    and pushd's own outage (503 ``store_unavailable``) its status and code.
     """
-    del code  # pushd's own error code means nothing to a Mattermost server
+    if status >= 500:  # pushd's outage, not the message's fault: a status it logs
+        return json_reply(status, {"status": "FAIL", "error": f"{code}: {message}"})
     reply_status = 405 if status == 405 else 200
     return json_reply(
         reply_status, {"status": "FAIL", "error": f"Failed to read message body: {message}"}

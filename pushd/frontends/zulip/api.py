@@ -593,8 +593,11 @@ class ZulipBouncer:
 
 
 def zulip_error_reply(status: int, code: str, message: str) -> Reply:
-    """Errors the serving layer raises on a Zulip route (413, 405), in Zulip's shape."""
-    return ZulipError(status, "BAD_REQUEST", message).reply()
+    """Errors the serving layer raises on a Zulip route (413, 405, 503), in Zulip's shape.
+
+    Zulip reads ``msg`` from a 4xx and retries a 5xx later, whatever its code.
+    """
+    return ZulipError(status, "BAD_REQUEST" if status < 500 else code.upper(), message).reply()
 
 
 # --- field helpers ----------------------------------------------------------------------

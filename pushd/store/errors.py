@@ -1,0 +1,72 @@
+"""Store errors, and how a failing store is told apart from a bad request.
+
+A store that cannot write (a full disk, an I/O error, a read-only file, a database
+server gone) is an outage, not a bug: the caller hears 503 ``store_unavailable`` in its
+own protocol and retries, the log gets one line per kind of failure rather than a
+traceback per request, and ``/healthz`` says "degraded" until a write succeeds again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Final
+
+import attrs
+
+log = logging.getLogger("pushd.store")
+
+#: One log line per kind of failure at most this often; the rest are counted.
+FAILURE_LOG_INTERVAL: Final = 60.0
+
+
+class StoreError(Exception):
+    """The database cannot be used (newer schema, unwritable file, ...)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store failed to read or write for a reason outside the request (an outage).
+
+    ``kind`` names the failure in a few words (``disk_full``, ``io_error``, ...): it is
+    what the log and ``/healthz`` show, never the statement or its values.
+    """
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"the store is unavailable: {kind}")
+        self.kind = kind
+
+
+@attrs.define
+class FailureLog:
+    """The store's recent failures: rate-limited log lines and the health reason."""
+
+    clock: Callable[[], float] = time.monotonic
+    #: The kind of the last failure, until a write succeeds again.
+    failing: str | None = None
+    _logged: dict[str, float] = attrs.Factory(dict)
+    _suppressed: dict[str, int] = attrs.Factory(dict)
+
+    def failed(self, kind: str) -> StoreUnavailable:
+        """Record a failure of ``kind``, log it if due, return the error to raise."""
+        self.failing = kind
+        now = self.clock()
+        last = self._logged.get(kind)
+        if last is None or now - last >= FAILURE_LOG_INTERVAL:
+            suppressed = self._suppressed.pop(kind, 0)
+            more = f" ({suppressed} more since the last line)" if suppressed else ""
+            log.error(
+                "store unavailable: %s; requests that need it are answered 503%s",
+                kind,
+                more,
+            )
+            self._logged[kind] = now
+        else:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+        return StoreUnavailable(kind)
+
+    def succeeded(self) -> None:
+        """A write went through: the store is healthy again."""
+        if self.failing is not None:
+            log.warning("store available again (after %s)", self.failing)
+            self.failing = None
