@@ -1,4 +1,4 @@
-"""``pushd zulip ...``: the Zulip bouncer's servers and E2EE keys.
+"""``pushd zulip ...``: the Zulip bouncer's servers, hostname pins and E2EE keys.
 
 Every command writes the store directly, which the running daemon reads per request,
 so changes count at once without a restart.  Split from :mod:`pushd.cli` to keep each
@@ -11,61 +11,185 @@ import argparse
 import secrets
 import time
 import uuid
-from typing import Any
+from typing import Any, Final
 
-from pushd.cli import _database, _fail, _store_options
-from pushd.store.sqlite import StoreError
+from pushd.cli import _fail, _load, _store_options
+from pushd.config import Config
+from pushd.model import normalize_zulip_hostname
+from pushd.store.sqlite import Database, HostnameTaken, StoreError, ZulipServer
 
 #: ``zulip_org_key`` is 64 characters: 32 random bytes in hex.
-ZULIP_KEY_BYTES = 32
+ZULIP_KEY_BYTES: Final = 32
+_HOSTNAME_FORM: Final = "a hostname like chat.example.com or chat.example.com:8443"
+
+
+def _open(args: argparse.Namespace) -> tuple[Database, Config | None] | None:
+    """The store, and the config when it was read (``--store`` skips it)."""
+    cfg = None
+    path = args.store
+    if path is None:
+        cfg = _load(args.config)
+        if cfg is None:
+            return None
+        path = cfg.store.path
+    try:
+        return Database(path), cfg
+    except StoreError as error:
+        _fail(str(error))
+        return None
+
+
+def _config_pins(cfg: Config | None) -> dict[str, str]:
+    if cfg is None:
+        return {}
+    return {
+        normalize_zulip_hostname(pin.hostname) or pin.hostname: pin.org_id.lower()
+        for pin in cfg.zulip.allowlist
+    }
+
+
+def _state(server: ZulipServer) -> str:
+    if server.released_at is not None:
+        return "released"
+    return "deactivated" if server.deactivated else "active"
 
 
 def cmd_zulip_servers(args: argparse.Namespace) -> int:
-    """Zulip servers of the push bouncer; ``add`` pre-registers one for closed mode.
+    """Zulip servers of the push bouncer and the hostnames pinned to them.
 
-    A pre-registered server still runs ``manage.py register_server`` with the uuid and
-    key printed here (as ``zulip_org_id`` and ``zulip_org_key`` in its
-    zulip-secrets.conf); that call then succeeds whatever ``[zulip] registration`` says.
+    ``add`` pre-registers a server for ``closed`` mode: it then runs ``manage.py
+    register_server`` with the uuid and key printed here (``zulip_org_id`` and
+    ``zulip_org_key`` in its zulip-secrets.conf).  ``allow`` pins a hostname to the
+    ``zulip_org_id`` its admin reads from that file, so that only that server may
+    register it (see :mod:`pushd.frontends.zulip.registration` for why).
     """
-    from pushd.frontends.zulip.wire import ORG_KEY_LENGTH, ZulipError, check_hostname, is_uuid
-
-    database = _database(args)
-    if database is None:
+    opened = _open(args)
+    if opened is None:
         return 1
+    database, cfg = opened
     try:
-        if args.action == "list":
-            for server in database.zulip_servers():
-                state = "deactivated" if server.deactivated else "active"
-                created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(server.created_at))
-                print(
-                    f"{server.uuid}  {server.hostname:<30} {state:<12} created {created} UTC"
-                    f"  {server.contact_email}"
-                )
-        elif args.action == "add":
-            org_id = args.uuid or str(uuid.uuid4())
-            key = args.key or secrets.token_hex(ZULIP_KEY_BYTES)
-            if not is_uuid(org_id):
-                return _fail(f"{org_id} is not a UUID")
-            if len(key) != ORG_KEY_LENGTH:
-                return _fail(f"a zulip_org_key is {ORG_KEY_LENGTH} characters")
-            try:
-                check_hostname(args.hostname)
-            except ZulipError as error:
-                return _fail(error.msg)
-            database.zulip_add_server(org_id.lower(), key, args.hostname)
-            print(f"added Zulip server {args.hostname} ({org_id})")
-            print("put these in its /etc/zulip/zulip-secrets.conf, then run")
-            print("`manage.py register_server` there (the key is shown once):")
-            print(f"zulip_org_id = {org_id}")
-            print(f"zulip_org_key = {key}")
-        else:
-            database.zulip_set_deactivated(args.uuid, args.action == "deactivate")
-            print(f"Zulip server {args.uuid} is now {args.action}d")
+        return _servers_action(args, database, cfg)
     except StoreError as error:
         return _fail(str(error))
     finally:
         database.close()
+
+
+def _servers_action(args: argparse.Namespace, database: Database, cfg: Config | None) -> int:
+    from pushd.frontends.zulip.wire import ORG_KEY_LENGTH, ZulipError, check_hostname, is_uuid
+
+    action = args.action
+    if action == "list":
+        _list(database, cfg)
+        return 0
+    if action in ("deactivate", "reactivate"):
+        database.zulip_set_deactivated(args.uuid, action == "deactivate")
+        print(f"Zulip server {args.uuid} is now {action}d")
+        return 0
+    host = normalize_zulip_hostname(args.hostname)
+    if host is None:
+        return _fail(f"{args.hostname} is not {_HOSTNAME_FORM}")
+    if action == "add":
+        org_id = args.uuid or str(uuid.uuid4())
+        key = args.key or secrets.token_hex(ZULIP_KEY_BYTES)
+        if not is_uuid(org_id):
+            return _fail(f"{org_id} is not a UUID")
+        if len(key) != ORG_KEY_LENGTH:
+            return _fail(f"a zulip_org_key is {ORG_KEY_LENGTH} characters")
+        try:
+            check_hostname(args.hostname)
+        except ZulipError as error:
+            return _fail(error.msg)
+        try:
+            database.zulip_add_server(org_id.lower(), key, host)
+        except HostnameTaken as taken:
+            return _fail(f"{host} is held by Zulip server {taken.holder} already")
+        print(f"added Zulip server {host} ({org_id})")
+        print("put these in its /etc/zulip/zulip-secrets.conf, then run")
+        print("`manage.py register_server` there (the key is shown once):")
+        print(f"zulip_org_id = {org_id}")
+        print(f"zulip_org_key = {key}")
+        return 0
+    if action == "allow":
+        return _allow(database, cfg, host, args.org_id, replace=args.replace)
+    if action == "disallow":
+        return _disallow(database, cfg, host)
+    released = database.zulip_release_hostname(host)
+    if not released:
+        print(f"no Zulip server holds {host}: nothing to release")
+    else:
+        print(f"released {host} (held by deactivated {', '.join(released)})")
+        print("a new zulip_org_id may register it now (in allowlist mode, once pinned to it)")
     return 0
+
+
+def _allow(database: Database, cfg: Config | None, host: str, org_id: str, *, replace: bool) -> int:
+    from pushd.frontends.zulip.wire import is_uuid
+
+    if not is_uuid(org_id):
+        return _fail(f"{org_id} is not a UUID (the server's zulip_org_id)")
+    org_id = org_id.lower()
+    in_config = _config_pins(cfg).get(host)
+    if cfg is not None and in_config is not None and in_config != org_id:
+        return _fail(
+            f"{host} is pinned to {in_config} in {cfg.source}, which wins over the "
+            "store: change it there"
+        )
+    old = database.zulip_add_pin(host, org_id, replace=replace)
+    if old is None:
+        print(f"pinned {host} to zulip_org_id {org_id}")
+    elif old.org_id == org_id:
+        print(f"{host} is pinned to zulip_org_id {org_id} already")
+    else:
+        print(f"moved {host} from zulip_org_id {old.org_id} to {org_id}")
+    holder = database.zulip_hostname_holder(host)
+    if holder is None:
+        print("that server may now register with `manage.py register_server`")
+    elif holder.uuid.lower() == org_id:
+        print(f"{host} is registered to that server already ({_state(holder)})")
+    else:
+        print(
+            f"note: {host} is held by Zulip server {holder.uuid} ({_state(holder)}); "
+            "if that is not the real server, deactivate it "
+            f"(pushd zulip servers deactivate {holder.uuid}) and release the hostname "
+            f"(pushd zulip servers release {host})"
+        )
+    return 0
+
+
+def _disallow(database: Database, cfg: Config | None, host: str) -> int:
+    if cfg is not None and host in _config_pins(cfg):
+        return _fail(f"{host} is pinned in {cfg.source}: remove it there")
+    if not database.zulip_remove_pin(host):
+        print(f"{host} was not pinned")
+        return 0
+    print(f"unpinned {host}: no new server may register it in allowlist mode")
+    print("a server registered under it keeps working: deactivate it to stop it")
+    return 0
+
+
+def _list(database: Database, cfg: Config | None) -> None:
+    for server in database.zulip_servers():
+        created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(server.created_at))
+        print(
+            f"{server.uuid}  {server.hostname:<30} {_state(server):<12} created {created} UTC"
+            f"  {server.contact_email}"
+        )
+    pins = [(pin.hostname, pin.org_id, "store") for pin in database.zulip_pins()]
+    config_pins = _config_pins(cfg)
+    pins = [pin for pin in pins if pin[0] not in config_pins]
+    pins += [(host, org_id, "config") for host, org_id in config_pins.items()]
+    if pins:
+        print("pinned hostnames (only that zulip_org_id may register them):")
+    for host, org_id, where in sorted(pins):
+        holder = database.zulip_hostname_holder(host)
+        if holder is None:
+            status = "not registered yet"
+        elif holder.uuid.lower() == org_id:
+            status = f"registered, {_state(holder)}"
+        else:
+            status = f"HELD BY {holder.uuid}, {_state(holder)}"
+        print(f"  {host:<30} {org_id}  ({where}; {status})")
 
 
 def cmd_zulip_keys(args: argparse.Namespace) -> int:
@@ -79,9 +203,10 @@ def cmd_zulip_keys(args: argparse.Namespace) -> int:
     """
     from pushd.frontends.zulip.e2ee import new_key_pair
 
-    database = _database(args)
-    if database is None:
+    opened = _open(args)
+    if opened is None:
         return 1
+    database, _ = opened
     try:
         if args.action == "list":
             for key in database.zulip_bouncer_keys():
@@ -111,17 +236,30 @@ def add_commands(commands: Any) -> None:
     zulip_servers = zulip_topics.add_parser("servers", help="Zulip servers using pushd")
     zulip_actions = zulip_servers.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, text in (
-        ("list", "list Zulip servers"),
+        ("list", "list Zulip servers and pinned hostnames"),
         ("add", "pre-register a Zulip server (for registration = closed) and print its key"),
+        ("allow", "pin a hostname to a zulip_org_id: only that server may register it"),
+        ("disallow", "remove a hostname's pin (registered servers keep working)"),
+        ("release", "free a hostname held by a deactivated server for a new registration"),
         ("deactivate", "refuse a Zulip server's requests (401, as Zulip's service does)"),
         ("reactivate", "accept a deactivated Zulip server again"),
     ):
         sub = zulip_actions.add_parser(action, help=text)
-        if action == "add":
+        if action in ("add", "allow", "disallow", "release"):
             sub.add_argument("hostname", help="the server's EXTERNAL_HOST")
+        if action == "add":
             sub.add_argument("--uuid", help="its zulip_org_id (default: a new one)")
             sub.add_argument("--key", help="its zulip_org_key (default: a new one)")
-        elif action != "list":
+        elif action == "allow":
+            sub.add_argument(
+                "--org-id",
+                required=True,
+                help="its zulip_org_id, from its /etc/zulip/zulip-secrets.conf",
+            )
+            sub.add_argument(
+                "--replace", action="store_true", help="move a hostname pinned to another id"
+            )
+        elif action in ("deactivate", "reactivate"):
             sub.add_argument("uuid", help="the server's zulip_org_id")
         _store_options(sub)
         sub.set_defaults(func=cmd_zulip_servers)
