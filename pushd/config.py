@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import ipaddress
 import tomllib
+import uuid
 from pathlib import Path
 from typing import Any, Literal
 
 import attrs
 
-from pushd.model import APNS_PUSH_TYPES, RemovalScope
+from pushd.model import APNS_PUSH_TYPES, RemovalScope, normalize_zulip_hostname
 from pushd.typed import CONVERTER, describe_error
 from pushd.upstream.apns import jwt as apns_jwt
 from pushd.upstream.apns.settings import (
@@ -185,17 +186,32 @@ class AppConfig:
 
 
 @attrs.frozen
+class ZulipPinConfig:
+    """One ``[zulip] allowlist`` entry: a hostname only ``org_id`` may register.
+
+    A hostname alone proves nothing (anyone can claim it, and whoever registers first
+    keeps it), while the ``zulip_org_id`` lives in the Zulip server's
+    zulip-secrets.conf and is sent to no one but its bouncer.
+    """
+
+    hostname: str
+    org_id: str
+
+
+@attrs.frozen
 class ZulipConfig:
     """``[zulip]``: the Zulip push bouncer under ``/api/v1/remotes/``.
 
     ``registration`` says who may create a registration with ``manage.py
     register_server``: nobody but servers pre-registered with ``pushd zulip servers add``
-    (``closed``), servers whose hostname is in ``allowlist`` (``allowlist``, the default:
-    an open bouncer on the internet would push for anyone), or anybody (``open``).
+    (``closed``), servers whose hostname is pinned to their ``zulip_org_id`` in
+    ``allowlist`` or with ``pushd zulip servers allow`` (``allowlist``, the default: an
+    open bouncer on the internet would push for anyone), or anybody (``open``, where a
+    pinned hostname is still only its org id's).
     """
 
     registration: Literal["closed", "allowlist", "open"] = "allowlist"
-    allowlist: tuple[str, ...] = ()
+    allowlist: tuple[ZulipPinConfig, ...] = ()
     #: The FCM app (an ``[[apps]]`` name) that serves Zulip's Android registrations.
     #: APNs registrations go to the app whose ``topic`` equals their ``ios_app_id``.
     fcm_app: str | None = None
@@ -355,6 +371,30 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     )
     store = StoreConfig(path=_resolve(base, config.store.path) or config.store.path)
     return attrs.evolve(config, apps=apps, server=server, store=store)
+
+
+def _structure_pin(value: Any, kind: Any) -> ZulipPinConfig:
+    """An allowlist entry; a bare hostname (the old form) is refused with its fix.
+
+    Before pins, a bare hostname admitted whichever server registered it first, which
+    anyone who can reach pushd can do.  Starting with such an entry silently ignored
+    would leave the real server refused without a word, so the file is refused instead.
+    """
+    if isinstance(value, str):
+        raise ValueError(
+            "a bare hostname admits whoever registers it first; pin its zulip_org_id: "
+            f'{{hostname = "{value}", org_id = "<zulip_org_id in its '
+            '/etc/zulip/zulip-secrets.conf>"}'
+            f" (or drop it and run: pushd zulip servers allow {value} --org-id <zulip_org_id>)"
+        )
+    if not isinstance(value, dict):
+        raise TypeError('expected a table like {hostname = "...", org_id = "..."}')
+    pin: ZulipPinConfig = _STRUCTURE_PIN_TABLE(value, kind)
+    return pin
+
+
+_STRUCTURE_PIN_TABLE = CONVERTER.gen_structure_attrs_fromdict(ZulipPinConfig)
+CONVERTER.register_structure_hook(ZulipPinConfig, _structure_pin)
 
 
 def parse(data: dict[str, Any], *, base: Path, source: str | None = None) -> Config:
@@ -521,7 +561,26 @@ def _check_zulip(config: Config) -> list[str]:
     problems: list[str] = []
     if zulip.rate_limit < 1:
         problems.append("zulip.rate_limit: must be at least 1")
+    problems += _check_zulip_pins(zulip.allowlist)
     return problems + _check_fcm_reference(config, "zulip.fcm_app", zulip.fcm_app)
+
+
+def _check_zulip_pins(pins: tuple[ZulipPinConfig, ...]) -> list[str]:
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    for index, pin in enumerate(pins):
+        key = f"zulip.allowlist[{index}]"
+        host = normalize_zulip_hostname(pin.hostname)
+        if host is None:
+            problems.append(f"{key}.hostname: not a hostname like chat.example.com[:port]")
+        try:
+            org_id = str(uuid.UUID(pin.org_id))
+        except ValueError:
+            problems.append(f"{key}.org_id: not a UUID (the server's zulip_org_id)")
+            continue
+        if host is not None and seen.setdefault(host, org_id) != org_id:
+            problems.append(f"{key}: {host} is pinned to another org_id above")
+    return problems
 
 
 def _check_path_secret(key: str, secret: str | None, seen: set[str]) -> list[str]:

@@ -7,7 +7,8 @@ under another task's feet.  Nothing in this module does I/O.
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Final, Literal
 
 import attrs
 
@@ -197,3 +198,41 @@ def normalize_apns_token(token: str) -> str | None:
     if not _HEX.issuperset(lowered):
         return None
     return lowered
+
+
+#: Zulip servers are reached over HTTPS, so a hostname ending in this port names the
+#: same server as one without it.
+ZULIP_DEFAULT_PORT: Final = 443
+#: ``RemoteZulipServer.hostname`` holds at most this many characters.
+ZULIP_HOSTNAME_MAX: Final = 128
+_DNS_LABEL_RE: Final = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+_MAX_PORT: Final = 65535
+
+
+def normalize_zulip_hostname(hostname: str) -> str | None:
+    """The one form of a Zulip server's ``host[:port]`` that pushd compares and stores,
+    or None if it is not one.
+
+    A server names itself by ``EXTERNAL_HOST`` as its admin typed it, so one server can
+    arrive as ``CHAT.example.com``, ``chat.example.com.`` or ``chat.example.com:443``.
+    All three are one HTTPS origin; if they compared different, anyone could register
+    a second server for a hostname already taken or pinned just by spelling it
+    differently.  So case is folded, one trailing dot (the DNS root) is dropped, and so
+    is the default port.  Any other port stays part of the name: ``chat.example.com:8443``
+    is another origin, possibly another Zulip installation on the same machine, and
+    needs its own pin.  (Zulip's own bouncer keeps the string as given and compares it
+    exactly.)  Only ASCII is accepted: ``str.lower`` maps some non-ASCII letters (the
+    Kelvin sign) onto ASCII ones, and no DNS name needs them.
+    """
+    if not hostname.isascii() or len(hostname) > ZULIP_HOSTNAME_MAX:
+        return None
+    host, colon, port = hostname.partition(":")
+    host = host.lower().removesuffix(".")
+    if not host or not all(_DNS_LABEL_RE.fullmatch(label) for label in host.split(".")):
+        return None
+    if not colon or not port:
+        return host
+    if not port.isdigit() or not 0 < int(port) <= _MAX_PORT:
+        return None
+    number = int(port)
+    return host if number == ZULIP_DEFAULT_PORT else f"{host}:{number}"

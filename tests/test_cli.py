@@ -11,6 +11,7 @@ import trio
 
 from pushd.store.sqlite import Database
 from tests.conftest import KEY_ID, TEAM_ID, Pushd, token
+from tests.zulip_client import ZulipServer
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -157,6 +158,106 @@ async def test_server_key_lifecycle_against_a_running_pushd(pushd: Pushd) -> Non
         pushd_cli, "server", "deactivate", "nobody", "--store", store
     )
     assert missing.returncode == 1 and "no server named 'nobody'" in missing.stderr
+
+
+async def test_zulip_hostname_pins_against_a_running_pushd(pushd: Pushd) -> None:
+    """allow, list, disallow and release through the real CLI; pushd reads each at once."""
+    store = pushd.config.store.path
+    host = "chat.example.org"
+    real = ZulipServer(client=pushd.client, services_url=pushd.url, hostname=host)
+    squatter = ZulipServer(client=pushd.client, services_url=pushd.url, hostname=host)
+
+    async def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        done: subprocess.CompletedProcess[str] = await trio.to_thread.run_sync(
+            lambda: pushd_cli("zulip", "servers", *args, "--store", store)
+        )
+        return done
+
+    # Allowlist mode (the default) with nothing pinned: nobody registers.
+    assert (await real.register_server()).json()["code"] == "INVALID_ZULIP_SERVER"
+    allowed = await cli("allow", "CHAT.example.org.", "--org-id", real.org_id)
+    assert allowed.returncode == 0, allowed.stderr
+    assert f"pinned {host} to zulip_org_id {real.org_id}" in allowed.stdout
+    again = await cli("allow", host, "--org-id", real.org_id.upper())
+    assert again.returncode == 0 and "already" in again.stdout
+    other = await cli("allow", host, "--org-id", squatter.org_id)
+    assert other.returncode == 1
+    assert f"{host} is pinned to {real.org_id}; add --replace" in other.stderr
+    listed = await cli("list")
+    assert f"{host:<30} {real.org_id}  (store; not registered yet)" in listed.stdout
+
+    assert (await squatter.register_server()).json()["code"] == "INVALID_ZULIP_SERVER"
+    assert (await real.register_server()).json() == {
+        "result": "success",
+        "msg": "",
+        "created": True,
+    }
+    listed = await cli("list")
+    assert "(store; registered, active)" in listed.stdout
+
+    # Unpinning stops new registrations, not the server already registered.
+    assert (await cli("disallow", host)).returncode == 0
+    assert "was not pinned" in (await cli("disallow", host)).stdout
+    assert (await real.register_server()).json()["created"] is False
+
+    # The server is reinstalled under a new zulip_org_id: its old registration keeps
+    # the hostname, even deactivated, until the operator releases it.
+    reinstalled = ZulipServer(client=pushd.client, services_url=pushd.url, hostname=host)
+    assert (await cli("allow", host, "--org-id", reinstalled.org_id)).returncode == 0
+    busy = await cli("release", host)
+    assert busy.returncode == 1 and "deactivate it first" in busy.stderr
+    assert (await cli("deactivate", real.org_id)).returncode == 0
+    taken = await reinstalled.register_server()
+    assert taken.json()["code"] == "HOSTNAME_ALREADY_IN_USE_BOUNCER_ERROR"
+    released = await cli("release", host)
+    assert released.returncode == 0 and real.org_id in released.stdout
+    assert (await reinstalled.register_server()).json()["created"] is True
+    listed = await cli("list")
+    assert f"{real.org_id}  {host:<30} released" in listed.stdout
+    assert f"{reinstalled.org_id}  {host:<30} active" in listed.stdout
+
+
+def test_zulip_pins_in_the_config(tmp_path: Path) -> None:
+    org_id = "00000000-0000-4000-8000-0000000000c0"
+    config = tmp_path / "pushd.toml"
+    config.write_text(
+        """
+[store]
+path = "db.sqlite3"
+[zulip]
+allowlist = ["chat.example.com"]
+"""
+    )
+    done = pushd_cli("check-config", str(config))
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert (
+        lines[1]
+        .strip()
+        .startswith(
+            "zulip.allowlist[0]: a bare hostname admits whoever registers it first; "
+            'pin its zulip_org_id: {hostname = "chat.example.com", org_id = '
+        )
+    )
+    assert len(lines) == 2
+    config.write_text(
+        config.read_text().replace(
+            '["chat.example.com"]', f'[{{hostname = "Chat.example.com", org_id = "{org_id}"}}]'
+        )
+    )
+    assert pushd_cli("check-config", str(config)).returncode == 0
+    listed = pushd_cli("zulip", "servers", "list", "--config", str(config))
+    assert f"chat.example.com               {org_id}  (config; not registered yet)" in (
+        listed.stdout
+    )
+    # The config's pin wins over the store's, so the CLI will not contradict it.
+    other = "00000000-0000-4000-8000-0000000000c1"
+    refused = pushd_cli(
+        "zulip", "servers", "allow", "chat.example.com:443", "--org-id", other, "-c", str(config)
+    )
+    assert refused.returncode == 1 and "change it there" in refused.stderr
+    kept = pushd_cli("zulip", "servers", "disallow", "chat.example.com", "-c", str(config))
+    assert kept.returncode == 1 and "remove it there" in kept.stderr
 
 
 def test_bash_builtin_note_and_python_m_entry_point() -> None:

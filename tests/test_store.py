@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 
 from pushd.model import RemovalScope
-from pushd.store.sqlite import SCHEMA_VERSION, Database, DeadToken, StoreError
+from pushd.store.sqlite import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    Database,
+    DeadToken,
+    HostnameTaken,
+    StoreError,
+    hash_key,
+)
 from tests.conftest import token
 
 SCOPE = RemovalScope(environment="production")
@@ -149,3 +157,94 @@ def test_a_zulip_user_lookup_uses_an_index(db: Database, user_id, user_uuid) -> 
     ).fetchall()
     details = " ".join(str(row[-1]) for row in plan)
     assert "zulip_registrations_by_" in details, details
+
+
+def test_migration_7_normalises_zulip_hostnames_and_keeps_servers_working(
+    tmp_path: Path,
+) -> None:
+    """A store written before pins: its servers keep working, under their one name."""
+    path = tmp_path / "old.sqlite3"
+    raw = sqlite3.connect(path)
+    for migration in MIGRATIONS[:6]:
+        raw.executescript(migration)
+    raw.execute("PRAGMA user_version = 6")
+    rows = [
+        ("00000000-0000-4000-8000-000000000001", "CHAT.Example.com.:443", 0),
+        ("00000000-0000-4000-8000-000000000002", "other.example.com:8443", 1),
+        ("00000000-0000-4000-8000-000000000003", "not a hostname", 0),
+        ("00000000-0000-4000-8000-000000000004", "chat.example.com", 0),
+    ]
+    for uuid, hostname, deactivated in rows:
+        raw.execute(
+            "INSERT INTO zulip_servers (uuid, key_hash, hostname, created_at, deactivated)"
+            " VALUES (?, ?, ?, 0, ?)",
+            (uuid, hash_key("k" * 64), hostname, deactivated),
+        )
+    raw.commit()
+    raw.close()
+
+    db = Database(str(path))
+    try:
+        assert [(s.uuid[-1], s.hostname, s.released_at) for s in db.zulip_servers()] == [
+            ("1", "chat.example.com", None),
+            ("2", "other.example.com:8443", None),
+            ("3", "not a hostname", None),  # left as it was: it can only fail to match
+            ("4", "chat.example.com", None),
+        ]
+        holder = db.zulip_hostname_holder("chat.example.com:443")
+        assert holder is not None and holder.uuid.endswith("1")
+        # The deactivated server keeps its hostname (it did not before migration 7).
+        held = db.zulip_hostname_holder("OTHER.example.com:8443")
+        assert held is not None and held.uuid.endswith("2")
+        # Two servers the migration found sharing a name both keep working: the later
+        # one re-registers under it, but no third server can take it.
+        db.zulip_update_server(rows[3][0], "Chat.example.com", "", None)
+        with pytest.raises(HostnameTaken, match=r"held by Zulip server .*0001"):
+            db.zulip_add_server(
+                "00000000-0000-4000-8000-000000000005", "k" * 64, "chat.example.com"
+            )
+        assert db.zulip_pins() == []
+    finally:
+        db.close()
+
+
+def test_zulip_hostnames_have_one_holder_until_released(db: Database) -> None:
+    first = "00000000-0000-4000-8000-00000000000a"
+    second = "00000000-0000-4000-8000-00000000000b"
+    db.zulip_add_server(first, "k" * 64, "Chat.Example.com.")
+    with pytest.raises(HostnameTaken, match=f"held by Zulip server {first}"):
+        db.zulip_add_server(second, "k" * 64, "chat.example.com:443")
+    with pytest.raises(StoreError, match="deactivate it first"):
+        db.zulip_release_hostname("chat.example.com")
+    db.zulip_set_deactivated(first, True)
+    with pytest.raises(HostnameTaken):
+        db.zulip_add_server(second, "k" * 64, "chat.example.com")
+    assert db.zulip_release_hostname("CHAT.example.com") == [first]
+    assert db.zulip_release_hostname("chat.example.com") == []
+    db.zulip_add_server(second, "k" * 64, "chat.example.com")
+    with pytest.raises(HostnameTaken, match=f"held by Zulip server {second}"):
+        db.zulip_set_deactivated(first, False)
+    # A released server may come back once nobody else holds its name.
+    db.zulip_update_server(second, "new.example.com", "", None)
+    db.zulip_set_deactivated(first, False)
+    restored = db.zulip_server(first)
+    assert restored is not None and not restored.deactivated and restored.released_at is None
+
+
+def test_zulip_pins(db: Database) -> None:
+    org = "00000000-0000-4000-8000-00000000000A"
+    assert db.zulip_add_pin("CHAT.example.com.", org) is None
+    again = db.zulip_add_pin("chat.example.com:443", org.lower())
+    assert again is not None and again.org_id == org.lower()
+    with pytest.raises(StoreError, match="add --replace"):
+        db.zulip_add_pin("chat.example.com", "00000000-0000-4000-8000-00000000000b")
+    moved = db.zulip_add_pin(
+        "chat.example.com", "00000000-0000-4000-8000-00000000000b", replace=True
+    )
+    assert moved is not None and moved.org_id == org.lower()
+    pin = db.zulip_pin("Chat.example.com")
+    assert pin is not None and pin.org_id.endswith("b") and pin.hostname == "chat.example.com"
+    assert db.zulip_remove_pin("chat.example.com.")
+    assert not db.zulip_remove_pin("chat.example.com")
+    with pytest.raises(StoreError, match="not a hostname"):
+        db.zulip_add_pin("chat example", org)

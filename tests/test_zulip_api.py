@@ -215,13 +215,129 @@ async def test_deactivated_server_is_refused(zulip: ZulipServer) -> None:
     assert (again.status_code, again.json()) == (401, error("REALM_DEACTIVATED", deactivated))
 
 
-async def test_allowlist_mode(start_bouncer: Any) -> None:
-    pushd = await start_bouncer(registration="allowlist", allowlist=["chat.example.org"])
-    refused = await zulip_server(pushd, hostname="evil.example.net").register_server()
-    assert refused.status_code == 400
-    assert refused.json()["code"] == "INVALID_ZULIP_SERVER"
-    allowed = await zulip_server(pushd, hostname="chat.example.org:8443").register_server()
-    assert allowed.json() == {**OK, "created": True}
+REAL_ORG = str(uuid.UUID(int=4242, version=4))
+PINNED = "chat.example.org"
+
+
+def not_allowed(hostname: str, org_id: str) -> dict[str, Any]:
+    return error(
+        "INVALID_ZULIP_SERVER",
+        f"{hostname} is not allowed to register with this push notification service under "
+        f"zulip_org_id {org_id}; ask its operator to pin it to your zulip_org_id",
+        role=org_id,
+    )
+
+
+def in_use(hostname: str) -> dict[str, Any]:
+    return error(
+        "HOSTNAME_ALREADY_IN_USE_BOUNCER_ERROR",
+        f"A server with hostname {hostname} already exists",
+        hostname=hostname,
+    )
+
+
+async def test_allowlist_refuses_a_squatter_and_admits_the_pinned_server(
+    start_bouncer: Any, simulator: ApnsSimulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    pushd = await start_bouncer(
+        registration="allowlist", allowlist=[{"hostname": PINNED, "org_id": REAL_ORG}]
+    )
+    # Someone who can reach pushd tries the allowed hostname first, in every spelling
+    # of it, with an org id of their own: refused, and the name stays free.
+    for spelling in (PINNED, "CHAT.Example.org.", "chat.example.org:443", "chat.example.org.:0443"):
+        squatter = zulip_server(pushd, hostname=spelling)
+        refused = await squatter.register_server()
+        assert (refused.status_code, refused.json()) == (
+            400,
+            not_allowed(spelling, squatter.org_id),
+        )
+    # Another port is another origin, not pinned; so is any other hostname.
+    for hostname in ("chat.example.org:8443", "evil.example.net"):
+        other = zulip_server(pushd, hostname=hostname)
+        assert (await other.register_server()).json() == not_allowed(hostname, other.org_id)
+    refusals = [r for r in caplog.records if "refused Zulip server registration" in r.message]
+    assert len(refusals) == 6
+    assert all(squatter.org_id not in r.getMessage() for r in refusals)
+
+    # The server whose zulip_org_id is pinned registers (however it spells its name),
+    # uploads its realms and pushes.
+    real = zulip_server(pushd, org_id=REAL_ORG, hostname="Chat.Example.org:443")
+    assert (await real.register_server()).json() == {**OK, "created": True}
+    assert (await real.register_server()).json() == {**OK, "created": False}
+    assert (await real.upload_analytics([realm(1)])).status_code == 200
+    registered = await real.register_device(
+        token(1), APNS, user_uuid=USER_UUID, realm_uuid=realm(1)["uuid"], ios_app_id=TOPIC
+    )
+    assert registered.status_code == 200, registered.text
+    notify = await real.json(
+        "push/notify",
+        {"user_uuid": USER_UUID, "realm_uuid": realm(1)["uuid"], "apns_payload": APNS_PAYLOAD},
+    )
+    assert notify.json()["total_apple_devices"] == 1
+    assert [r.token for r in simulator.received] == [token(1)]
+    # Now that the name is held, the squatter is still refused by the pin.
+    late = zulip_server(pushd, hostname=PINNED)
+    assert (await late.register_server()).json() == not_allowed(PINNED, late.org_id)
+
+
+async def test_hostname_spellings_name_one_server(bouncer: Pushd) -> None:
+    first = zulip_server(bouncer, hostname="chat.example.com")
+    assert (await first.register_server()).json() == {**OK, "created": True}
+    for spelling in ("CHAT.example.com.", "chat.example.com:443", "Chat.Example.Com.:443"):
+        second = await zulip_server(bouncer, hostname=spelling).register_server()
+        assert (second.status_code, second.json()) == (400, in_use(spelling))
+    # Another port is another origin (possibly another installation on the machine).
+    elsewhere = zulip_server(bouncer, hostname="chat.example.com:8443")
+    assert (await elsewhere.register_server()).json() == {**OK, "created": True}
+    # A registered server cannot move onto a name another one holds either.
+    elsewhere.hostname = "chat.example.com."
+    moved = await elsewhere.register_server()
+    assert (moved.status_code, moved.json()) == (400, in_use("chat.example.com."))
+    bad = await zulip_server(bouncer, hostname="chat.example.com..").register_server()
+    assert bad.json() == error("BAD_REQUEST", "chat.example.com.. is not a valid hostname")
+
+
+async def test_open_mode_still_keeps_a_pinned_hostname_for_its_server(
+    start_bouncer: Any,
+) -> None:
+    pushd = await start_bouncer(
+        registration="open", allowlist=[{"hostname": PINNED, "org_id": REAL_ORG}]
+    )
+    squatter = zulip_server(pushd, hostname=PINNED)
+    assert (await squatter.register_server()).json() == not_allowed(PINNED, squatter.org_id)
+    # Registering elsewhere first and then moving onto the pinned name fails too.
+    squatter.hostname = "squatter.example.net"
+    assert (await squatter.register_server()).json() == {**OK, "created": True}
+    squatter.hostname = PINNED
+    assert (await squatter.register_server()).json() == not_allowed(PINNED, squatter.org_id)
+    real = zulip_server(pushd, org_id=REAL_ORG, hostname=PINNED)
+    assert (await real.register_server()).json() == {**OK, "created": True}
+
+
+async def test_a_deactivated_servers_hostname_stays_taken_until_released(
+    start_bouncer: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pushd = await start_bouncer(registration="open")
+    store = pushd.config.store.path
+    old = zulip_server(pushd, hostname="chat.example.com")
+    assert (await old.register_server()).json() == {**OK, "created": True}
+    assert (await old.json("server/deactivate", {})).json() == OK
+    new = zulip_server(pushd, hostname="chat.example.com")
+    taken = await new.register_server()
+    assert (taken.status_code, taken.json()) == (400, in_use("chat.example.com"))
+    # Without its key, nobody learns the old registration was deactivated.
+    old_key = old.org_key
+    old.org_key = new_org_key()
+    wrong = await old.register_server()
+    assert wrong.json()["code"] == "INVALID_ZULIP_SERVER"
+    old.org_key = old_key
+
+    assert cli.main(["zulip", "servers", "release", "chat.example.com", "--store", store]) == 0
+    assert "released chat.example.com" in capsys.readouterr().out
+    assert (await new.register_server()).json() == {**OK, "created": True}
+    # The old server cannot take the name back now.
+    assert cli.main(["zulip", "servers", "reactivate", old.org_id, "--store", store]) == 1
+    assert f"held by Zulip server {new.org_id}" in capsys.readouterr().err
 
 
 async def test_closed_mode_takes_only_servers_added_with_the_cli(

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
 
 from pushd import config
 from pushd.frontends.zulip import payloads
+from pushd.frontends.zulip.registration import CLOSED, NOT_PINNED, PINNED_ELSEWHERE, refusal
 from pushd.frontends.zulip.wire import RateLimiter, ZulipError, check_hostname, check_token
+from pushd.model import normalize_zulip_hostname
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,10 +60,70 @@ def test_valid_hostnames(hostname: str) -> None:
     assert check_hostname(hostname) == hostname
 
 
-@pytest.mark.parametrize("hostname", ["", "a b", "-x.com", "x.com:99999", "u@x.com", "x" * 129])
+@pytest.mark.parametrize(
+    "hostname", ["", "a b", "-x.com", "x.com:99999", "u@x.com", "x" * 129, "x.com..", "x..com"]
+)
 def test_invalid_hostnames(hostname: str) -> None:
     with pytest.raises(ZulipError):
         check_hostname(hostname)
+
+
+@pytest.mark.parametrize(
+    ("hostname", "normal"),
+    [
+        ("chat.example.com", "chat.example.com"),
+        ("CHAT.Example.COM", "chat.example.com"),
+        ("chat.example.com.", "chat.example.com"),
+        ("chat.example.com:443", "chat.example.com"),
+        ("chat.example.com.:0443", "chat.example.com"),
+        ("chat.example.com:", "chat.example.com"),
+        ("chat.example.com:8443", "chat.example.com:8443"),
+        ("Chat.Example.com.:08443", "chat.example.com:8443"),
+        ("localhost:80", "localhost:80"),
+        # Not hostnames: refused rather than folded onto one that is.
+        ("chat.example.com..", None),
+        ("\u212aat.example.com", None),  # the Kelvin sign lower-cases to "k"
+        ("chat.example.com:0", None),
+        ("chat.example.com:65536", None),
+        ("chat.example.com:4a3", None),
+        ("[::1]:443", None),
+        ("", None),
+        ("x" * 129, None),
+    ],
+)
+def test_hostnames_are_normalised_to_one_form(hostname: str, normal: str | None) -> None:
+    assert normalize_zulip_hostname(hostname) == normal
+    if normal is not None:
+        assert normalize_zulip_hostname(normal) == normal
+
+
+ORG = "7c2a5d3e-1f4b-4c6d-8e9f-0a1b2c3d4e5f"
+OTHER = "00000000-0000-4000-8000-000000000001"
+
+
+@pytest.mark.parametrize(
+    ("mode", "known", "pinned", "expected"),
+    [
+        # A pin admits its own org id and nobody else, in open and allowlist mode alike.
+        ("allowlist", False, ORG, None),
+        ("allowlist", False, ORG.upper(), PINNED_ELSEWHERE),  # pins are stored lower case
+        ("allowlist", False, OTHER, PINNED_ELSEWHERE),
+        ("allowlist", False, None, NOT_PINNED),
+        ("open", False, OTHER, PINNED_ELSEWHERE),
+        ("open", False, None, None),
+        # Closed admits no new server, pinned or not; a known one may take a free name.
+        ("closed", False, ORG, CLOSED),
+        ("closed", False, None, CLOSED),
+        ("closed", True, None, None),
+        ("closed", True, OTHER, PINNED_ELSEWHERE),
+        ("allowlist", True, None, NOT_PINNED),
+        ("allowlist", True, ORG, None),
+    ],
+)
+def test_registration_policy(
+    mode: Any, known: bool, pinned: str | None, expected: str | None
+) -> None:
+    assert refusal(mode, known=known, org_id=ORG.upper(), pinned=pinned) == expected
 
 
 def test_apns_tokens_are_hex_and_stored_lower_case() -> None:
@@ -98,3 +161,31 @@ def test_zulip_config_is_checked(tmp_path: Path) -> None:
     assert "zulip.rate_limit: must be at least 1" in problems
     with pytest.raises(config.ConfigError):
         config.parse({"zulip": {"registration": "maybe"}}, base=tmp_path)
+
+
+def test_a_bare_allowlist_hostname_is_refused_with_its_fix(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError) as raised:
+        config.parse({"zulip": {"allowlist": ["chat.example.com"]}}, base=tmp_path)
+    (problem,) = raised.value.problems
+    assert problem.startswith(
+        "zulip.allowlist[0]: a bare hostname admits whoever registers it first; "
+        'pin its zulip_org_id: {hostname = "chat.example.com", org_id = "'
+    )
+    assert "pushd zulip servers allow chat.example.com --org-id" in problem
+
+
+def test_allowlist_pins_are_checked(tmp_path: Path) -> None:
+    pins = [
+        {"hostname": "chat.example.com", "org_id": ORG},
+        {"hostname": "CHAT.example.com.:443", "org_id": OTHER},
+        {"hostname": "bad host", "org_id": "not-a-uuid"},
+        {"hostname": "ok.example.com", "org_id": ORG.upper()},
+    ]
+    data = {"store": {"path": str(tmp_path / "db.sqlite3")}, "zulip": {"allowlist": pins}}
+    assert config.check(config.parse(data, base=tmp_path)) == [
+        "zulip.allowlist[1]: chat.example.com is pinned to another org_id above",
+        "zulip.allowlist[2].hostname: not a hostname like chat.example.com[:port]",
+        "zulip.allowlist[2].org_id: not a UUID (the server's zulip_org_id)",
+    ]
+    with pytest.raises(config.ConfigError, match=r"zulip.allowlist\[0\].org_id: required key"):
+        config.parse({"zulip": {"allowlist": [{"hostname": "x.com"}]}}, base=tmp_path)

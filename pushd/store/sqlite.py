@@ -39,6 +39,7 @@ from pushd.model import RemovalScope
 from pushd.store.errors import FailureLog, StoreError, StoreUnavailable
 
 __all__ = ["StoreError", "StoreUnavailable"]
+from pushd.model import normalize_zulip_hostname
 
 T = TypeVar("T")
 
@@ -166,6 +167,22 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX late_verdicts_by_age ON late_verdicts (found_at);
     """,
+    # 7: Zulip hostnames bound to one zulip_org_id (``pushd zulip servers allow``), so
+    # that registering first with an allowed hostname no longer takes it.  Hostnames
+    # are kept in their normalised form (pushd.model.normalize_zulip_hostname, which
+    # the store registers as an SQL function) so one server cannot be registered twice
+    # as ``chat.example.com`` and ``CHAT.example.com.:443``.  A deactivated server
+    # keeps its hostname, as in Zulip, until the operator releases it (``released_at``).
+    """
+    ALTER TABLE zulip_servers ADD COLUMN released_at REAL;
+    UPDATE zulip_servers SET hostname = pushd_zulip_hostname(hostname);
+    CREATE INDEX zulip_servers_by_hostname ON zulip_servers (hostname);
+    CREATE TABLE zulip_pins (
+        hostname TEXT PRIMARY KEY,
+        org_id TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -190,6 +207,16 @@ _FAILURE_KINDS: tuple[tuple[str, str], ...] = (
     ("SQLITE_CORRUPT", "corrupt"),
     ("SQLITE_NOTADB", "corrupt"),
 )
+
+
+class HostnameTaken(StoreError):
+    """A Zulip hostname is held by another server (active, or deactivated and not
+    released): the write that would have given it a second owner did not happen."""
+
+    def __init__(self, hostname: str, holder: str) -> None:
+        super().__init__(f"hostname {hostname} is held by Zulip server {holder}")
+        self.hostname = hostname
+        self.holder = holder
 
 
 @attrs.frozen
@@ -306,6 +333,18 @@ class ZulipServer:
     last_realm_count_id: int = 0
     last_installation_count_id: int = 0
     last_realmauditlog_id: int = 0
+    #: When the operator freed the hostname of this (deactivated) server; until then
+    #: no other server may register it.
+    released_at: float | None = None
+
+
+@attrs.frozen
+class ZulipPin:
+    """A hostname (normalised) that only the Zulip server with ``org_id`` may register."""
+
+    hostname: str
+    org_id: str
+    created_at: float
 
 
 @attrs.frozen
@@ -392,7 +431,7 @@ def _zulip_e2ee_device(row: Sequence[object]) -> ZulipE2eeDevice:
 
 _ZULIP_SERVER_COLUMNS = (
     "uuid, key_hash, hostname, contact_email, created_at, deactivated,"
-    " last_realm_count_id, last_installation_count_id, last_realmauditlog_id"
+    " last_realm_count_id, last_installation_count_id, last_realmauditlog_id, released_at"
 )
 _ZULIP_REG_COLUMNS = (
     "id, server_uuid, kind, token, ios_app_id, user_id, user_uuid, realm_uuid, registered_at"
@@ -410,6 +449,7 @@ def _zulip_server(row: Sequence[object]) -> ZulipServer:
         last_realm_count_id=int(row[6]),  # type: ignore[call-overload]
         last_installation_count_id=int(row[7]),  # type: ignore[call-overload]
         last_realmauditlog_id=int(row[8]),  # type: ignore[call-overload]
+        released_at=None if row[9] is None else float(row[9]),  # type: ignore[arg-type]
     )
 
 
@@ -425,6 +465,30 @@ def _zulip_registration(row: Sequence[object]) -> ZulipRegistration:
         realm_uuid=None if row[7] is None else str(row[7]),
         registered_at=float(row[8]),  # type: ignore[arg-type]
     )
+
+
+def _sql_zulip_hostname(hostname: str | None) -> str | None:
+    """Migration 7's normaliser: a stored value it cannot parse is left as it was."""
+    if hostname is None:
+        return None
+    return normalize_zulip_hostname(hostname) or hostname
+
+
+def _zulip_host(hostname: str) -> str:
+    host = normalize_zulip_hostname(hostname)
+    if host is None:
+        raise StoreError(f"{hostname!r} is not a hostname like chat.example.com[:port]")
+    return host
+
+
+def _zulip_holder(db: sqlite3.Connection, host: str, other_than: str | None) -> ZulipServer | None:
+    """The oldest server other than ``other_than`` that holds the normalised ``host``."""
+    row = db.execute(
+        f"SELECT {_ZULIP_SERVER_COLUMNS} FROM zulip_servers WHERE hostname = ?"
+        " AND released_at IS NULL AND uuid IS NOT ? ORDER BY created_at, uuid LIMIT 1",
+        (host, other_than),
+    ).fetchone()
+    return None if row is None else _zulip_server(row)
 
 
 def _identity_clause(user_id: int | None, user_uuid: str | None) -> tuple[str, tuple[object, ...]]:
@@ -481,6 +545,7 @@ class Database:
         except OSError as error:
             raise StoreError(f"cannot open {path}: {error.strerror}") from None
         self._db = _connect(path, readonly=False)
+        self._db.create_function("pushd_zulip_hostname", 1, _sql_zulip_hostname, deterministic=True)
         try:
             self._db.execute("PRAGMA journal_mode = WAL")
             # NORMAL is durable across process crashes in WAL mode; only an OS crash can
@@ -723,37 +788,57 @@ class Database:
         ).fetchall()
         return [_zulip_server(row) for row in rows]
 
-    def zulip_hostname_in_use(self, hostname: str) -> bool:
-        """Whether an active server other than a new one already uses ``hostname``."""
-        row = self._reader.execute(
-            "SELECT 1 FROM zulip_servers WHERE hostname = ? AND deactivated = 0", (hostname,)
-        ).fetchone()
-        return row is not None
+    def zulip_hostname_holder(
+        self, hostname: str, *, other_than: str | None = None
+    ) -> ZulipServer | None:
+        """The server holding ``hostname`` (any spelling): active, or deactivated and not
+        released.  Zulip keeps a deactivated server's hostname taken too, so that
+        deactivating a registration never hands its name to whoever asks next."""
+        return _zulip_holder(self._reader, _zulip_host(hostname), other_than)
 
     def zulip_add_server(
         self, uuid: str, key: str, hostname: str, contact_email: str = ""
     ) -> ZulipServer:
-        """Create a server; StoreError if the uuid is taken."""
+        """Create a server holding ``hostname`` (stored normalised).
+
+        HostnameTaken if another server holds the hostname, checked in the same
+        transaction so two registrations racing for one name cannot both win;
+        StoreError if the uuid is taken.
+        """
+        host = _zulip_host(hostname)
         now = time.time()
         with self._write_tx() as db:
+            holder = _zulip_holder(db, host, None)
+            if holder is not None:
+                raise HostnameTaken(host, holder.uuid)
             try:
                 db.execute(
                     "INSERT INTO zulip_servers (uuid, key_hash, hostname, contact_email,"
                     " created_at) VALUES (?, ?, ?, ?, ?)",
-                    (uuid, hash_key(key), hostname, contact_email, now),
+                    (uuid, hash_key(key), host, contact_email, now),
                 )
             except sqlite3.IntegrityError:
                 raise StoreError(f"a Zulip server with uuid {uuid} exists already") from None
-        return ZulipServer(uuid, hash_key(key), hostname, contact_email, now, False)
+        return ZulipServer(uuid, hash_key(key), host, contact_email, now, False)
 
     def zulip_update_server(
         self, uuid: str, hostname: str, contact_email: str, new_key: str | None
     ) -> None:
-        """Record a re-registration: new hostname and contact, and a new key if rotated."""
+        """Record a re-registration: new hostname and contact, and a new key if rotated.
+
+        HostnameTaken (and nothing written) if it moves onto another server's hostname.
+        Keeping its own is always fine, even one a migration found it sharing.
+        """
+        host = _zulip_host(hostname)
         with self._write_tx() as db:
+            row = db.execute("SELECT hostname FROM zulip_servers WHERE uuid = ?", (uuid,))
+            current = row.fetchone()
+            holder = _zulip_holder(db, host, uuid)
+            if holder is not None and (current is None or current[0] != host):
+                raise HostnameTaken(host, holder.uuid)
             db.execute(
                 "UPDATE zulip_servers SET hostname = ?, contact_email = ? WHERE uuid = ?",
-                (hostname, contact_email, uuid),
+                (host, contact_email, uuid),
             )
             if new_key is not None:
                 db.execute(
@@ -762,13 +847,94 @@ class Database:
                 )
 
     def zulip_set_deactivated(self, uuid: str, deactivated: bool) -> None:
+        """Deactivate or reactivate a server.  A server whose hostname was released
+        takes it back on reactivation, unless another server holds it by then
+        (HostnameTaken: nothing changes)."""
+        with self._write_tx() as db:
+            row = db.execute(
+                f"SELECT {_ZULIP_SERVER_COLUMNS} FROM zulip_servers WHERE uuid = ?", (uuid,)
+            ).fetchone()
+            if row is None:
+                raise StoreError(f"no Zulip server with uuid {uuid}")
+            server = _zulip_server(row)
+            if not deactivated and server.released_at is not None:
+                holder = _zulip_holder(db, server.hostname, uuid)
+                if holder is not None:
+                    raise HostnameTaken(server.hostname, holder.uuid)
+            db.execute(
+                "UPDATE zulip_servers SET deactivated = ?,"
+                " released_at = CASE WHEN ? THEN released_at END WHERE uuid = ?",
+                (int(deactivated), int(deactivated), uuid),
+            )
+
+    def zulip_release_hostname(self, hostname: str) -> list[str]:
+        """Free a hostname held by deactivated servers, so a new server may register
+        it; returns their uuids.  StoreError if an active server holds it: deactivate
+        that one first, so freeing a name is always a deliberate two-step act."""
+        host = _zulip_host(hostname)
+        with self._write_tx() as db:
+            rows = db.execute(
+                "SELECT uuid, deactivated FROM zulip_servers"
+                " WHERE hostname = ? AND released_at IS NULL ORDER BY created_at, uuid",
+                (host,),
+            ).fetchall()
+            active = [str(uuid) for uuid, deactivated in rows if not deactivated]
+            if active:
+                raise StoreError(
+                    f"{host} is held by active Zulip server {active[0]}; deactivate it first"
+                )
+            db.execute(
+                "UPDATE zulip_servers SET released_at = ? WHERE hostname = ?"
+                " AND released_at IS NULL",
+                (time.time(), host),
+            )
+        return [str(uuid) for uuid, _ in rows]
+
+    def zulip_pins(self) -> list[ZulipPin]:
+        rows = self._reader.execute(
+            "SELECT hostname, org_id, created_at FROM zulip_pins ORDER BY hostname"
+        ).fetchall()
+        return [ZulipPin(str(r[0]), str(r[1]), float(r[2])) for r in rows]
+
+    def zulip_pin(self, hostname: str) -> ZulipPin | None:
+        """The pin of ``hostname`` (any spelling), read per request so that pins the
+        CLI writes count at once."""
+        row = self._reader.execute(
+            "SELECT hostname, org_id, created_at FROM zulip_pins WHERE hostname = ?",
+            (_zulip_host(hostname),),
+        ).fetchone()
+        return None if row is None else ZulipPin(str(row[0]), str(row[1]), float(row[2]))
+
+    def zulip_add_pin(
+        self, hostname: str, org_id: str, *, replace: bool = False
+    ) -> ZulipPin | None:
+        """Pin ``hostname`` to ``org_id``; idempotent.  Returns the pin there was before,
+        if any.  StoreError if the hostname is pinned to another org id and not
+        ``replace``: moving a hostname to another server must be said out loud."""
+        host = _zulip_host(hostname)
+        org = org_id.lower()
+        with self._write_tx() as db:
+            row = db.execute(
+                "SELECT hostname, org_id, created_at FROM zulip_pins WHERE hostname = ?",
+                (host,),
+            ).fetchone()
+            old = None if row is None else ZulipPin(str(row[0]), str(row[1]), float(row[2]))
+            if old is not None and old.org_id == org:
+                return old
+            if old is not None and not replace:
+                raise StoreError(f"{host} is pinned to {old.org_id}; add --replace to move it")
+            db.execute(
+                "INSERT OR REPLACE INTO zulip_pins (hostname, org_id, created_at) VALUES (?, ?, ?)",
+                (host, org, time.time()),
+            )
+        return old
+
+    def zulip_remove_pin(self, hostname: str) -> bool:
         with self._write_tx() as db:
             cursor = db.execute(
-                "UPDATE zulip_servers SET deactivated = ? WHERE uuid = ?",
-                (int(deactivated), uuid),
+                "DELETE FROM zulip_pins WHERE hostname = ?", (_zulip_host(hostname),)
             )
-            if cursor.rowcount != 1:
-                raise StoreError(f"no Zulip server with uuid {uuid}")
+            return cursor.rowcount > 0
 
     def zulip_realm(self, uuid: str) -> ZulipRealm | None:
         row = self._reader.execute(
@@ -1105,8 +1271,13 @@ class Store:
     def zulip_server(self, uuid: str) -> ZulipServer | None:
         return self._read(self.db.zulip_server, uuid)
 
-    def zulip_hostname_in_use(self, hostname: str) -> bool:
-        return self._read(self.db.zulip_hostname_in_use, hostname)
+    def zulip_hostname_holder(
+        self, hostname: str, *, other_than: str | None = None
+    ) -> ZulipServer | None:
+        return self._read(lambda: self.db.zulip_hostname_holder(hostname, other_than=other_than))
+
+    def zulip_pin(self, hostname: str) -> ZulipPin | None:
+        return self._read(self.db.zulip_pin, hostname)
 
     def zulip_realm(self, uuid: str) -> ZulipRealm | None:
         return self._read(self.db.zulip_realm, uuid)

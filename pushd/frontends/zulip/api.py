@@ -4,8 +4,9 @@ An unmodified Zulip server pointed at pushd (``ZULIP_SERVICES_URL``) must see wh
 sees from Zulip's own service: same status codes, error ``code`` and ``msg``, same
 success keys.  It joins ``/api/v1/remotes/...`` to the host root, discarding any path
 prefix, so these routes live at the root.  End-to-end encrypted pushes (``push/e2ee/*``)
-are handled in :mod:`pushd.frontends.zulip.e2ee`, mounted here so that they share the
-auth, rate limit, realms and errors.
+are handled in :mod:`pushd.frontends.zulip.e2ee` and server registration (who may
+register which hostname) in :mod:`pushd.frontends.zulip.registration`, mounted here so
+that they share the auth, rate limit, realms and errors.
 
 Servers authenticate with HTTP Basic (their ``zulip_org_id`` and ``zulip_org_key``);
 the key is stored as a SHA-256 hash and compared in constant time.
@@ -27,17 +28,14 @@ from pushd.dispatch import Dispatcher, Report
 from pushd.frontends.http import Reply, Request, Route
 from pushd.frontends.zulip import payloads
 from pushd.frontends.zulip.e2ee import E2eeHandlers, no_app_message
+from pushd.frontends.zulip.registration import ServerRegistration
 from pushd.frontends.zulip.wire import (
     IOS_APP_ID_RE,
     KIND_APNS,
     KIND_FCM,
-    ORG_ID_LENGTH,
-    ORG_KEY_LENGTH,
     RateLimiter,
     ZulipError,
     bad_request,
-    check_email,
-    check_hostname,
     check_kind,
     check_token,
     ignored,
@@ -71,9 +69,6 @@ _REGISTER_FIELDS = frozenset(
     {"token", "token_kind", "user_id", "user_uuid", "realm_uuid", "ios_app_id"}
 )
 _UNREGISTER_ALL_FIELDS = frozenset({"user_id", "user_uuid", "realm_uuid"})
-_SERVER_FIELDS = frozenset(
-    {"zulip_org_id", "zulip_org_key", "hostname", "contact_email", "new_org_key"}
-)
 _ANALYTICS_FIELDS = frozenset(
     {*ANALYTICS_TABLES, "realms", "version", "merge_base", "api_feature_level"}
 )
@@ -116,6 +111,7 @@ class ZulipBouncer:
         self.dispatcher = dispatcher
         self.clock = clock
         self.limiter = RateLimiter(config.zulip.rate_limit)
+        self.registration = ServerRegistration(config.zulip, store)
         self.e2ee = E2eeHandlers(
             store,
             dispatcher,
@@ -151,7 +147,7 @@ class ZulipBouncer:
             for method, path, handler in authed
         ]
         for path, handler in (
-            ("server/register", self.server_register),
+            ("server/register", self.registration.register),
             ("server/register/transfer", self.transfer),
             ("server/register/verify_challenge", self.transfer),
         ):
@@ -268,78 +264,6 @@ class ZulipBouncer:
         return self.config.zulip_app(kind, ios_app_id)
 
     # --- server registration ------------------------------------------------------------
-
-    async def server_register(self, request: Request) -> Reply:
-        form = parse_form(request.body)
-        org_id = required(form, "zulip_org_id")
-        org_key = required(form, "zulip_org_key")
-        hostname = required(form, "hostname")
-        contact_email = required(form, "contact_email")
-        new_key = form.get("new_org_key")
-        if len(org_id) != ORG_ID_LENGTH:
-            raise bad_request(f"zulip_org_id is not length {ORG_ID_LENGTH}")
-        if len(org_key) != ORG_KEY_LENGTH:
-            raise bad_request(f"zulip_org_key is not length {ORG_KEY_LENGTH}")
-        if new_key is not None and len(new_key) != ORG_KEY_LENGTH:
-            raise bad_request(f"new_org_key is not length {ORG_KEY_LENGTH}")
-        if not is_uuid(org_id):
-            raise bad_request("Invalid UUID")
-        check_hostname(hostname)
-        check_email(contact_email)
-
-        server = self.store.zulip_server(org_id)
-        if server is not None and server.deactivated:
-            raise ZulipError(
-                401,
-                "REALM_DEACTIVATED",
-                "The mobile push notification service registration for your server "
-                "has been deactivated",
-            )
-        if server is None:
-            self._check_may_register(org_id, hostname)
-            if self.store.zulip_hostname_in_use(hostname):
-                raise ZulipError(
-                    400,
-                    "HOSTNAME_ALREADY_IN_USE_BOUNCER_ERROR",
-                    f"A server with hostname {hostname} already exists",
-                    {"hostname": hostname},
-                )
-            await self.store.zulip_add_server(org_id, org_key, hostname, contact_email)
-            log.info("Zulip server %s registered (%s)", org_id, hostname)
-            return success(created=True, **ignored(form, _SERVER_FIELDS))
-        if not hmac.compare_digest(hash_key(org_key), server.key_hash):
-            raise ZulipError(
-                400,
-                "INVALID_ZULIP_SERVER",
-                f"Zulip server auth failure: key does not match role {org_id}",
-                {"role": org_id},
-            )
-        await self.store.zulip_update_server(org_id, hostname, contact_email, new_key)
-        if new_key is not None:
-            log.info("Zulip server %s rotated its key", org_id)
-        return success(created=False, **ignored(form, _SERVER_FIELDS))
-
-    def _check_may_register(self, org_id: str, hostname: str) -> None:
-        """The ``[zulip] registration`` policy for a server pushd has not seen before."""
-        mode = self.config.zulip.registration
-        if mode == "open":
-            return
-        if mode == "allowlist":
-            allowed = {name.lower() for name in self.config.zulip.allowlist}
-            host = hostname.lower()
-            if host in allowed or host.rsplit(":", 1)[0] in allowed:
-                return
-            message = (
-                f"{hostname} is not allowed to register with this push notification "
-                "service; ask its operator to add it"
-            )
-        else:
-            message = (
-                "This push notification service only serves servers its operator has "
-                f"added; ask them to add {org_id}"
-            )
-        log.warning("refused Zulip server registration %s (%s): %s", org_id, hostname, mode)
-        raise ZulipError(400, "INVALID_ZULIP_SERVER", message, {"role": org_id})
 
     async def server_deactivate(self, request: Request, server: ZulipServer) -> Reply:
         parse_json_body(request.body)

@@ -173,7 +173,7 @@ def check_hostname(hostname: str) -> str:
     host = parts.hostname or ""
     if parts.username is not None or port == 0 or not host:
         raise bad_request(f"{hostname} is not a valid hostname")
-    labels = host.rstrip(".").split(".")
+    labels = host.removesuffix(".").split(".")  # one root dot, as DNS (and Django) allow
     if not all(_HOST_LABEL_RE.fullmatch(label) for label in labels) and host != "localhost":
         raise bad_request(f"{hostname} is not a valid hostname")
     return hostname
