@@ -26,8 +26,16 @@ T = TypeVar("T")
 
 #: Bytes asked of the socket per read.
 RECEIVE_BYTES: Final = 64 * 1024
-#: Request head limit (h11's default): the start line and headers.
+#: Request head limit (h11's default): the start line and headers.  A chat server's
+#: head is a few hundred bytes; a proxy's forwarding headers add a few dozen.
 MAX_HEAD_BYTES: Final = 16 * 1024
+#: Header fields a request may carry.  Chat servers send 4 to 10 (Synapse: Host,
+#: User-Agent, Content-Type, Content-Length; Zulip's python-requests adds Accept,
+#: Accept-Encoding, Connection, Authorization; Mattermost's Go client and Rocket.Chat's
+#: Node client are alike) and a reverse proxy adds a handful (X-Forwarded-For, -Proto,
+#: -Host, X-Real-IP, Forwarded, Via).  100 is ten times that, and Apache's default
+#: ``LimitRequestFields``; thousands of tiny headers fit in 16 KiB and only cost CPU.
+MAX_HEADERS: Final = 100
 #: A body over its route's limit by at most this much is read and dropped before the
 #: 413; bigger ones are refused unread (the connection then closes).
 DRAIN_BYTES: Final = 1024 * 1024
@@ -51,17 +59,67 @@ class Connection:
     #: cancels it, which closes the connection between requests, never inside one.
     idle_scope: trio.CancelScope | None = None
 
+    async def _receive(self) -> bytes:
+        """The next bytes from the client (empty at its end of stream)."""
+        try:
+            data = await self.stream.receive_some(RECEIVE_BYTES)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            raise _ClientGone from None
+        return data if isinstance(data, bytes) else bytes(data)
+
     async def _next_event(self) -> object:
         """The next h11 event (or h11.PAUSED), reading from the socket as needed."""
         while True:
             event = self.protocol.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            try:
-                data = await self.stream.receive_some(RECEIVE_BYTES)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                raise _ClientGone from None
-            self.protocol.receive_data(data if isinstance(data, bytes) else bytes(data))
+            self.protocol.receive_data(await self._receive())
+
+    async def _read_head(self) -> h11.Request | None:
+        """The next request's head, or None when the connection is done (closed by the
+        client, idle past ``keep_alive_timeout``, or the server is shutting down).
+
+        Two clocks: an idle kept-alive connection may wait ``keep_alive_timeout`` for a
+        request, but once its first byte is in (or was read with the previous request),
+        the whole head must follow within ``read_timeout``, or a client trickling a
+        head byte by byte would hold its task for the longer of the two.
+        """
+        settings = self.server.settings
+        buffered = len(self.protocol.trailing_data[0])  # pipelined: already started
+        received = buffered
+        event: object = None
+        with trio.move_on_after(
+            settings.read_timeout if buffered else settings.keep_alive_timeout
+        ) as waiting:
+            self.idle_scope = waiting
+            if self.server.closing:
+                waiting.cancel()
+            while (event := self.protocol.next_event()) is h11.NEED_DATA:
+                data = await self._receive()
+                if not received:
+                    waiting.deadline = trio.current_time() + settings.read_timeout
+                received += len(data)
+                self.protocol.receive_data(data)
+        self.idle_scope = None
+        if waiting.cancelled_caught or not isinstance(event, h11.Request):
+            return None
+        self._check_head(event, received)
+        return event
+
+    def _check_head(self, head: h11.Request, received: int) -> None:
+        """Hold ``head`` to :data:`MAX_HEADERS` and :data:`MAX_HEAD_BYTES`.
+
+        h11 bounds a head only while it is incomplete (``max_incomplete_event_size``):
+        one that arrives whole in one read is parsed at any size.  Both checks are
+        cheap: h11's header list knows its length, and the head's size is the bytes it
+        was parsed from (``received``) less what h11 left unparsed, worked out only when
+        ``received`` alone is over the limit.
+        """
+        if len(head.headers) > MAX_HEADERS or (
+            received > MAX_HEAD_BYTES
+            and received - len(self.protocol.trailing_data[0]) > MAX_HEAD_BYTES
+        ):
+            raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
 
     async def _send(self, *events: h11.Event) -> None:
         """Write ``events`` in one go; a client that stops reading for ``read_timeout``
@@ -95,7 +153,11 @@ class Connection:
         if self.protocol.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         status = error.error_status_hint
-        message = "the request head is too large" if status == 431 else "malformed HTTP request"
+        message = (
+            f"the request head is over {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} header fields"
+            if status == 431
+            else "malformed HTTP request"
+        )
         reply = error_reply(status, "bad_request", message)
         headers = self._headers(reply, close=True)
         with contextlib.suppress(_ClientGone, h11.LocalProtocolError):
@@ -107,14 +169,9 @@ class Connection:
 
     async def _serve_one(self) -> bool:
         """Read one request and answer it; False when the connection is done."""
-        with trio.move_on_after(self.server.settings.keep_alive_timeout) as waiting:
-            self.idle_scope = waiting
-            if self.server.closing:
-                waiting.cancel()
-            event = await self._next_event()
-        self.idle_scope = None
-        if waiting.cancelled_caught or not isinstance(event, h11.Request):
-            return False  # idle too long, shutting down, closed by the client
+        event = await self._read_head()
+        if event is None:
+            return False
         reply = await self._answer(event)
         head = h11.Response(
             status_code=reply.status, headers=self._headers(reply, self.server.closing)

@@ -18,8 +18,10 @@ What a client can count on:
 - a body over its route's limit gets a 413 in the route's own protocol: read and
   dropped first when it is at most :data:`DRAIN_BYTES` over (so the client can read
   the answer instead of meeting a reset), refused unread otherwise;
-- malformed HTTP gets a 400 (431 for oversized headers), then the connection closes;
-- a request must arrive within ``read_timeout`` once started (slow-loris guard), an idle
+- malformed HTTP gets a 400, a head over :data:`MAX_HEAD_BYTES` or with more than
+  :data:`MAX_HEADERS` fields a 431, then the connection closes;
+- once a request's first byte has arrived, its head must be in within ``read_timeout``
+  and then its body within ``read_timeout`` (slow-loris guard); an idle kept-alive
   connection is closed after ``keep_alive_timeout``;
 - on shutdown, listeners close at once, idle connections close, and requests in
   flight get ``drain_seconds`` to finish (answered with ``Connection: close``).
@@ -36,10 +38,17 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
-from pushd.h11conn import DRAIN_BYTES, MAX_HEAD_BYTES, RECEIVE_BYTES, Connection
+from pushd.h11conn import DRAIN_BYTES, MAX_HEAD_BYTES, MAX_HEADERS, RECEIVE_BYTES, Connection
 from pushd.routing import Router
 
-__all__ = ["DRAIN_BYTES", "MAX_HEAD_BYTES", "RECEIVE_BYTES", "HttpServer", "HttpSettings"]
+__all__ = [
+    "DRAIN_BYTES",
+    "MAX_HEADERS",
+    "MAX_HEAD_BYTES",
+    "RECEIVE_BYTES",
+    "HttpServer",
+    "HttpSettings",
+]
 
 log = logging.getLogger(__name__)
 
