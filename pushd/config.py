@@ -75,6 +75,10 @@ class ServerConfig:
     first_attempt_deadline: float = DEFAULT_FIRST_ATTEMPT_DEADLINE
     #: On shutdown, how long in-flight deliveries may finish before they are cancelled.
     drain_seconds: float = DEFAULT_DRAIN_SECONDS
+    #: Reverse proxies (CIDR) whose ``X-Forwarded-For`` or ``Forwarded`` names the
+    #: client (for ``allowed_networks``, throttles and logs); from any other peer those
+    #: headers are ignored.
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -457,6 +461,7 @@ def check(config: Config) -> list[str]:
         problems.append("server: set both tls_cert and tls_key, or neither")
     problems += _check_file("server.tls_cert", server.tls_cert)
     problems += _check_file("server.tls_key", server.tls_key)
+    problems += _check_networks("server.trusted_proxies", server.trusted_proxies)
     if server.max_body_bytes < 1024:
         problems.append("server.max_body_bytes: must be at least 1024")
     if server.first_attempt_deadline <= 0:

@@ -8,6 +8,7 @@ can count on is listed in :mod:`pushd.http11`'s docstring.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Final, TypeVar
 from urllib.parse import unquote
@@ -16,11 +17,14 @@ import attrs
 import h11
 import trio
 
+from pushd.forwarded import forwarded_client
 from pushd.frontends.http import Reply, Request
 from pushd.routing import Found, Router, error_reply
 
 if TYPE_CHECKING:
     from pushd.http11 import HttpServer
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -51,7 +55,10 @@ class Connection:
 
     server: HttpServer
     stream: trio.abc.Stream
-    client: str | None
+    #: The address of the socket's other end.
+    peer: str | None
+    #: Whether ``peer`` is a trusted proxy, whose forwarding headers name the client.
+    via_proxy: bool = False
     protocol: h11.Connection = attrs.field(
         factory=lambda: h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
     )
@@ -207,11 +214,25 @@ class Connection:
             headers=headers,
             body=body,
             params=found.params,
-            client=self.client,
+            client=(
+                forwarded_client(head.headers, self.peer, self.server.settings.trusted_proxies)
+                if self.via_proxy
+                else self.peer
+            ),
             request_id=f"r{next(self.server.ids)}",
         )
         # The handler runs without a timeout: each protocol bounds its own waiting.
-        return await Router.call(found, request)
+        reply = await Router.call(found, request)
+        log.debug(
+            "%s: %s %s from %s (peer %s): %d",
+            request.request_id,
+            method,
+            found.route.name,  # not the path: Mattermost's and Rocket.Chat's hold secrets
+            request.client or "-",
+            self.peer or "-",
+            reply.status,
+        )
+        return reply
 
     async def _reading(self, reading: Awaitable[T]) -> T:
         """Await ``reading`` (a body read) within ``read_timeout``: a slow-loris guard."""

@@ -23,6 +23,8 @@ What a client can count on:
 - once a request's first byte has arrived, its head must be in within ``read_timeout``
   and then its body within ``read_timeout`` (slow-loris guard); an idle kept-alive
   connection is closed after ``keep_alive_timeout``;
+- behind a reverse proxy in ``trusted_proxies``, handlers see the client's address from
+  ``X-Forwarded-For`` or ``Forwarded`` (see :mod:`pushd.forwarded`), not the proxy's;
 - on shutdown, listeners close at once, idle connections close, and requests in
   flight get ``drain_seconds`` to finish (answered with ``Connection: close``).
 """
@@ -38,6 +40,7 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
+from pushd.frontends.http import Network, in_networks
 from pushd.h11conn import DRAIN_BYTES, MAX_HEAD_BYTES, MAX_HEADERS, RECEIVE_BYTES, Connection
 from pushd.routing import Router
 
@@ -55,11 +58,15 @@ log = logging.getLogger(__name__)
 
 @attrs.frozen
 class HttpSettings:
-    """The server's timeouts; see the module docstring."""
+    """The server's timeouts, and whose forwarding headers it believes; see the module
+    docstring."""
 
     read_timeout: float = 30.0
     keep_alive_timeout: float = 75.0
     drain_seconds: float = 10.0
+    #: Reverse proxies (``[server] trusted_proxies``): only from these peers is the
+    #: client's address taken from ``X-Forwarded-For`` or ``Forwarded``.
+    trusted_proxies: tuple[Network, ...] = ()
 
 
 class HttpServer:
@@ -131,16 +138,17 @@ class HttpServer:
 
     async def _handle(self, socket_stream: trio.SocketStream) -> None:
         try:
-            peer = socket_stream.socket.getpeername()
-            client: str | None = peer[0] if isinstance(peer, tuple) else None
+            address = socket_stream.socket.getpeername()
+            peer: str | None = address[0] if isinstance(address, tuple) else None
         except OSError:
-            client = None
+            peer = None
         stream: trio.abc.Stream = socket_stream
         if self.ssl_context is not None:
             stream = trio.SSLStream(
                 socket_stream, self.ssl_context, server_side=True, https_compatible=True
             )
-        connection = Connection(self, stream, client)
+        trusted = self.settings.trusted_proxies  # looked at once per connection
+        connection = Connection(self, stream, peer, bool(trusted) and in_networks(peer, trusted))
         self._connections.add(connection)
         try:
             await connection.run()

@@ -24,7 +24,7 @@ import trio
 from pushd import __version__
 from pushd.config import Config, apns_settings, fcm_settings
 from pushd.dispatch import Budget, Dispatcher, Lane, Sender
-from pushd.frontends.http import Reply, Request, Route, json_reply
+from pushd.frontends.http import Reply, Request, Route, json_reply, parse_networks
 from pushd.frontends.matrix import MatrixGateway
 from pushd.frontends.mattermost import MattermostProxy
 from pushd.frontends.native import NativeApi
@@ -198,6 +198,7 @@ async def serve(
                     read_timeout=READ_TIMEOUT,
                     keep_alive_timeout=KEEP_ALIVE_TIMEOUT,
                     drain_seconds=config.server.drain_seconds,
+                    trusted_proxies=parse_networks(config.server.trusted_proxies),
                 ),
                 server_tls(config),
             )
