@@ -51,9 +51,14 @@ __all__ = [
     "RECEIVE_BYTES",
     "HttpServer",
     "HttpSettings",
+    "ListenError",
 ]
 
 log = logging.getLogger(__name__)
+
+
+class ListenError(Exception):
+    """The server cannot listen on its address; the message is one line for the admin."""
 
 
 @attrs.frozen
@@ -98,7 +103,14 @@ class HttpServer:
 
         ``task_status`` gets the bound URLs (the real port when ``port`` is 0).
         """
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as error:  # in use, a privileged port, not this machine's address
+            reason = error.strerror or str(error)
+            shown = f"[{host}]" if ":" in host else host
+            raise ListenError(
+                f"cannot listen on {shown}:{port}: {reason[:1].lower()}{reason[1:]}"
+            ) from None
         scheme = "https" if self.ssl_context else "http"
         urls = []
         for listener in listeners:
