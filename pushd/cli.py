@@ -71,26 +71,51 @@ def _load(path: str) -> config.Config | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the daemon; what stops it from starting is one ``pushd:`` line on stderr each.
+
+    A service manager's log shows a line per entry, so a config problem or a
+    :class:`~pushd.server.StartupError` (a busy port, a key that does not load) is one
+    self-contained line and exit status 1; a traceback is left for pushd's own bugs.
+    """
+    from pushd import server
+
     path = args.config or os.environ.get(CONFIG_ENV)
     if path is None and Path("pushd.toml").exists():
         path = "pushd.toml"
-    if path is None:
-        from pushd import demo
-
-        return demo.run(port=args.port)
-    cfg = _load(path)
-    if cfg is None:
-        return 1
-    logs.setup(cfg.log)
-    from pushd import server
-
     try:
+        if path is None:
+            from pushd import demo
+
+            return demo.run(port=args.port)
+        try:
+            cfg = config.load_checked(path)
+        except config.ConfigError as error:
+            for problem in error.problems:  # load's own problems start with the path
+                _fail(problem if problem.startswith(f"{Path(path)}: ") else f"{path}: {problem}")
+            return 1
+        logs.setup(cfg.log)
         trio.run(server.serve, cfg)
     except StoreError as error:
         return _fail(str(error))
     except KeyboardInterrupt:
         pass
+    except (server.StartupError, BaseExceptionGroup) as error:
+        startup = _startup_error(error, server.StartupError)
+        if startup is None:
+            raise
+        return _fail(str(startup))
     return 0
+
+
+def _startup_error(error: BaseException, kind: type[Exception]) -> BaseException | None:
+    """The ``kind`` error that ended a run, seen through trio's exception groups (it is
+    raised inside a nursery); None if anything else is in there."""
+    while isinstance(error, BaseExceptionGroup):
+        matched, rest = error.split(kind)
+        if matched is None or rest is not None:
+            return None
+        error = matched.exceptions[0]
+    return error if isinstance(error, kind) else None
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import attrs
 
 from pushd.model import APNS_PUSH_TYPES, RemovalScope, normalize_zulip_hostname
+from pushd.tls import server_context
 from pushd.typed import CONVERTER, describe_error
 from pushd.upstream.apns import jwt as apns_jwt
 from pushd.upstream.apns.settings import (
@@ -79,6 +80,10 @@ class ServerConfig:
     first_attempt_deadline: float = DEFAULT_FIRST_ATTEMPT_DEADLINE
     #: On shutdown, how long in-flight deliveries may finish before they are cancelled.
     drain_seconds: float = DEFAULT_DRAIN_SECONDS
+    #: Reverse proxies (CIDR) whose ``X-Forwarded-For`` or ``Forwarded`` names the
+    #: client (for ``allowed_networks``, throttles and logs); from any other peer those
+    #: headers are ignored.
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -520,8 +525,15 @@ def check(config: Config) -> list[str]:
         problems.append("server.port: must be between 1 and 65535 (0: any free port)")
     if (server.tls_cert is None) != (server.tls_key is None):
         problems.append("server: set both tls_cert and tls_key, or neither")
-    problems += _check_file("server.tls_cert", server.tls_cert)
-    problems += _check_file("server.tls_key", server.tls_key)
+    tls = _check_file("server.tls_cert", server.tls_cert)
+    tls += _check_file("server.tls_key", server.tls_key)
+    if not tls and server.tls_cert is not None and server.tls_key is not None:
+        try:
+            server_context(server.tls_cert, server.tls_key)  # loads: OpenSSL must take them
+        except ValueError as error:
+            tls.append(f"server.{error}")
+    problems += tls
+    problems += _check_networks("server.trusted_proxies", server.trusted_proxies)
     if server.max_body_bytes < 1024:
         problems.append("server.max_body_bytes: must be at least 1024")
     if server.first_attempt_deadline <= 0:

@@ -8,6 +8,9 @@ alive connection.  h11 parses and frames; this module only moves bytes, applies 
 timeouts, and shuts down gracefully, which costs a fraction of that.  HTTP/2 is not
 offered: every supported chat server speaks HTTP/1.1 to its push gateway.
 
+This module listens, accepts and shuts down; one connection's protocol (reading
+requests, applying limits and timeouts, answering) is :mod:`pushd.h11conn`.
+
 What a client can count on:
 
 - keep-alive (pipelined requests are answered in order), ``Expect: 100-continue``,
@@ -15,229 +18,60 @@ What a client can count on:
 - a body over its route's limit gets a 413 in the route's own protocol: read and
   dropped first when it is at most :data:`DRAIN_BYTES` over (so the client can read
   the answer instead of meeting a reset), refused unread otherwise;
-- malformed HTTP gets a 400 (431 for oversized headers), then the connection closes;
-- a request must arrive within ``read_timeout`` once started (slow-loris guard), an idle
+- malformed HTTP gets a 400, a head over :data:`MAX_HEAD_BYTES` or with more than
+  :data:`MAX_HEADERS` fields a 431, then the connection closes;
+- once a request's first byte has arrived, its head must be in within ``read_timeout``
+  and then its body within ``read_timeout`` (slow-loris guard); an idle kept-alive
   connection is closed after ``keep_alive_timeout``;
+- behind a reverse proxy in ``trusted_proxies``, handlers see the client's address from
+  ``X-Forwarded-For`` or ``Forwarded`` (see :mod:`pushd.forwarded`), not the proxy's;
 - on shutdown, listeners close at once, idle connections close, and requests in
   flight get ``drain_seconds`` to finish (answered with ``Connection: close``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import itertools
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Final, TypeVar
-from urllib.parse import unquote
 
 import attrs
-import h11
 import trio
 
-from pushd.frontends.http import Reply, Request
-from pushd.routing import Found, Router, error_reply
+from pushd.frontends.http import Network, in_networks
+from pushd.h11conn import DRAIN_BYTES, MAX_HEAD_BYTES, MAX_HEADERS, RECEIVE_BYTES, Connection
+from pushd.routing import Router
+
+__all__ = [
+    "DRAIN_BYTES",
+    "MAX_HEADERS",
+    "MAX_HEAD_BYTES",
+    "RECEIVE_BYTES",
+    "HttpServer",
+    "HttpSettings",
+    "ListenError",
+]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
-#: Bytes asked of the socket per read.
-RECEIVE_BYTES: Final = 64 * 1024
-#: Request head limit (h11's default): the start line and headers.
-MAX_HEAD_BYTES: Final = 16 * 1024
-#: A body over its route's limit by at most this much is read and dropped before the
-#: 413; bigger ones are refused unread (the connection then closes).
-DRAIN_BYTES: Final = 1024 * 1024
+class ListenError(Exception):
+    """The server cannot listen on its address; the message is one line for the admin."""
 
 
 @attrs.frozen
 class HttpSettings:
-    """The server's timeouts; see the module docstring."""
+    """The server's timeouts, and whose forwarding headers it believes; see the module
+    docstring."""
 
     read_timeout: float = 30.0
     keep_alive_timeout: float = 75.0
     drain_seconds: float = 10.0
-
-
-class _ClientGone(Exception):
-    """The client closed or broke the connection, or timed out: stop serving it."""
-
-
-@attrs.define(eq=False)
-class _Connection:
-    """One client connection: requests in, answers out, in order."""
-
-    server: HttpServer
-    stream: trio.abc.Stream
-    client: str | None
-    protocol: h11.Connection = attrs.field(
-        factory=lambda: h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
-    )
-    #: Set while waiting for the next request on a kept-alive connection: shutdown
-    #: cancels it, which closes the connection between requests, never inside one.
-    idle_scope: trio.CancelScope | None = None
-
-    async def _next_event(self) -> object:
-        """The next h11 event (or h11.PAUSED), reading from the socket as needed."""
-        while True:
-            event = self.protocol.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            try:
-                data = await self.stream.receive_some(RECEIVE_BYTES)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                raise _ClientGone from None
-            self.protocol.receive_data(data if isinstance(data, bytes) else bytes(data))
-
-    async def _send(self, *events: h11.Event) -> None:
-        """Write ``events`` in one go; a client that stops reading for ``read_timeout``
-        is dropped rather than holding its task forever."""
-        data = b"".join(self.protocol.send(event) or b"" for event in events)
-        with trio.move_on_after(self.server.settings.read_timeout) as writing:
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                raise _ClientGone from None
-        if writing.cancelled_caught:
-            raise _ClientGone
-
-    async def run(self) -> None:
-        try:
-            while not self.server.closing:
-                if not await self._serve_one():
-                    return
-                if self.protocol.our_state is h11.MUST_CLOSE or self.server.closing:
-                    return
-                try:
-                    self.protocol.start_next_cycle()
-                except h11.LocalProtocolError:  # the request's body was not read
-                    return
-        except _ClientGone:
-            return
-        except h11.RemoteProtocolError as error:
-            await self._refuse_malformed(error)
-
-    async def _refuse_malformed(self, error: h11.RemoteProtocolError) -> None:
-        if self.protocol.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return
-        status = error.error_status_hint
-        message = "the request head is too large" if status == 431 else "malformed HTTP request"
-        reply = error_reply(status, "bad_request", message)
-        headers = self._headers(reply, close=True)
-        with contextlib.suppress(_ClientGone, h11.LocalProtocolError):
-            await self._send(
-                h11.Response(status_code=status, headers=headers),
-                h11.Data(data=reply.body),
-                h11.EndOfMessage(),
-            )
-
-    async def _serve_one(self) -> bool:
-        """Read one request and answer it; False when the connection is done."""
-        with trio.move_on_after(self.server.settings.keep_alive_timeout) as waiting:
-            self.idle_scope = waiting
-            if self.server.closing:
-                waiting.cancel()
-            event = await self._next_event()
-        self.idle_scope = None
-        if waiting.cancelled_caught or not isinstance(event, h11.Request):
-            return False  # idle too long, shutting down, closed by the client
-        reply = await self._answer(event)
-        head = h11.Response(
-            status_code=reply.status, headers=self._headers(reply, self.server.closing)
-        )
-        body = b"" if event.method == b"HEAD" else reply.body
-        await self._send(head, h11.Data(data=body), h11.EndOfMessage())
-        return True
-
-    def _headers(self, reply: Reply, close: bool) -> list[tuple[bytes, bytes]]:
-        headers = [
-            (b"content-type", reply.content_type.encode("latin-1")),
-            (b"content-length", str(len(reply.body)).encode("latin-1")),
-        ]
-        headers += [(n.encode("latin-1"), v.encode("latin-1")) for n, v in reply.headers]
-        if close:
-            headers.append((b"connection", b"close"))
-        return headers
-
-    async def _answer(self, head: h11.Request) -> Reply:
-        method = head.method.decode("ascii")
-        path = unquote(head.target.decode("latin-1").partition("?")[0])
-        found = self.server.router.find(method, path)
-        if isinstance(found, Reply):
-            await self._reading(self._drain(DRAIN_BYTES))  # a body nobody wants: drop it
-            return found
-        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in head.headers}
-        body = await self._reading(self._body(found, headers))
-        if body is None:
-            return Router.too_large(found)
-        request = Request(
-            method=method,
-            path=path,
-            headers=headers,
-            body=body,
-            params=found.params,
-            client=self.client,
-            request_id=f"r{next(self.server.ids)}",
-        )
-        # The handler runs without a timeout: each protocol bounds its own waiting.
-        return await Router.call(found, request)
-
-    async def _reading(self, reading: Awaitable[T]) -> T:
-        """Await ``reading`` (a body read) within ``read_timeout``: a slow-loris guard."""
-        with trio.move_on_after(self.server.settings.read_timeout):
-            return await reading
-        raise _ClientGone
-
-    async def _body(self, found: Found, headers: dict[str, str]) -> bytes | None:
-        """The request body, or None if it is over the route's limit."""
-        limit = found.max_body_bytes
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            if int(length) <= limit + DRAIN_BYTES:
-                await self._drain(int(length))
-            return None  # an unread rest makes start_next_cycle fail: the connection closes
-        await self._continue()
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            event = await self._next_event()
-            if isinstance(event, h11.Data):
-                size += len(event.data)
-                if size > limit:
-                    await self._drain(limit + DRAIN_BYTES - size)
-                    return None
-                chunks.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                return b"".join(chunks)
-            else:
-                raise _ClientGone
-
-    async def _continue(self) -> None:
-        if self.protocol.they_are_waiting_for_100_continue:
-            await self._send(h11.InformationalResponse(status_code=100, headers=[]))
-
-    async def _drain(self, budget: int) -> None:
-        """Read and drop the rest of the body, up to ``budget`` bytes.
-
-        A client waiting for ``100 Continue`` has sent none of it: there is nothing to
-        read, and the connection closes after the answer.
-        """
-        if (
-            self.protocol.their_state is not h11.SEND_BODY
-            or self.protocol.they_are_waiting_for_100_continue
-        ):
-            return
-        while budget >= 0:
-            event = await self._next_event()
-            if isinstance(event, h11.Data):
-                budget -= len(event.data)
-            elif isinstance(event, h11.EndOfMessage):
-                return
-            else:
-                raise _ClientGone
+    #: Reverse proxies (``[server] trusted_proxies``): only from these peers is the
+    #: client's address taken from ``X-Forwarded-For`` or ``Forwarded``.
+    trusted_proxies: tuple[Network, ...] = ()
 
 
 class HttpServer:
@@ -254,7 +88,7 @@ class HttpServer:
         self.ssl_context = ssl_context
         self.ids = itertools.count(1)
         self.closing = False
-        self._connections: set[_Connection] = set()
+        self._connections: set[Connection] = set()
         self._all_closed = trio.Event()
 
     async def serve(
@@ -269,7 +103,14 @@ class HttpServer:
 
         ``task_status`` gets the bound URLs (the real port when ``port`` is 0).
         """
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as error:  # in use, a privileged port, not this machine's address
+            reason = error.strerror or str(error)
+            shown = f"[{host}]" if ":" in host else host
+            raise ListenError(
+                f"cannot listen on {shown}:{port}: {reason[:1].lower()}{reason[1:]}"
+            ) from None
         scheme = "https" if self.ssl_context else "http"
         urls = []
         for listener in listeners:
@@ -309,16 +150,17 @@ class HttpServer:
 
     async def _handle(self, socket_stream: trio.SocketStream) -> None:
         try:
-            peer = socket_stream.socket.getpeername()
-            client: str | None = peer[0] if isinstance(peer, tuple) else None
+            address = socket_stream.socket.getpeername()
+            peer: str | None = address[0] if isinstance(address, tuple) else None
         except OSError:
-            client = None
+            peer = None
         stream: trio.abc.Stream = socket_stream
         if self.ssl_context is not None:
             stream = trio.SSLStream(
                 socket_stream, self.ssl_context, server_side=True, https_compatible=True
             )
-        connection = _Connection(self, stream, client)
+        trusted = self.settings.trusted_proxies  # looked at once per connection
+        connection = Connection(self, stream, peer, bool(trusted) and in_networks(peer, trusted))
         self._connections.add(connection)
         try:
             await connection.run()

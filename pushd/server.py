@@ -24,16 +24,17 @@ import trio
 from pushd import __version__
 from pushd.config import Config, apns_settings, fcm_settings
 from pushd.dispatch import Budget, Dispatcher, Lane, Sender
-from pushd.frontends.http import Reply, Request, Route, json_reply
+from pushd.frontends.http import Reply, Request, Route, json_reply, parse_networks
 from pushd.frontends.matrix import MatrixGateway
 from pushd.frontends.mattermost import MattermostProxy
 from pushd.frontends.native import NativeApi
 from pushd.frontends.openapi import OPENAPI
 from pushd.frontends.rocketchat import RocketChatGateway
 from pushd.frontends.zulip import ZulipBouncer
-from pushd.http11 import HttpServer, HttpSettings
+from pushd.http11 import HttpServer, HttpSettings, ListenError
 from pushd.routing import Router
 from pushd.store.sqlite import Store
+from pushd.tls import server_context
 from pushd.upstream.apns.client import ApnsClient
 from pushd.upstream.fcm.client import FcmClient
 
@@ -61,15 +62,39 @@ class Services:
     protocol_stats: dict[str, Callable[[], dict[str, int]]] = attrs.Factory(dict)
 
 
+class StartupError(Exception):
+    """What stops pushd from starting is the admin's to fix (a busy port, a key file
+    that does not load): the message says what in one line, which ``pushd serve``
+    prints instead of a traceback."""
+
+
+def _reason(error: Exception) -> str:
+    """``error`` in a few words: OpenSSL's reason, or the system's message and file."""
+    if isinstance(error, ssl.SSLError):  # OpenSSL does not say which file
+        return f"a certificate, key or CA file OpenSSL cannot use ({error.reason or 'not PEM'})"
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    return str(error)
+
+
 def build_lanes(config: Config) -> list[Lane]:
-    """One lane per configured app, each with its own upstream client and budget."""
+    """One lane per configured app, each with its own upstream client and budget.
+
+    Raises StartupError for an app whose credentials or CA file do not load
+    (``check-config`` reads them but does not parse certificates).
+    """
     lanes = []
-    for app in config.apps:
+    for index, app in enumerate(config.apps):
         sender: Sender[Any]
-        if app.provider == "fcm":
-            sender = FcmClient(fcm_settings(app))
-        else:
-            sender = ApnsClient(apns_settings(app))
+        try:
+            if app.provider == "fcm":
+                sender = FcmClient(fcm_settings(app))
+            else:
+                sender = ApnsClient(apns_settings(app))
+        except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+            raise StartupError(
+                f"apps[{index}] ({app.name}): cannot load its credentials: {_reason(error)}"
+            ) from None
         lanes.append(
             Lane(
                 name=app.name,
@@ -134,10 +159,10 @@ def server_tls(config: Config) -> ssl.SSLContext | None:
     """The TLS context for ``[server] tls_cert``/``tls_key``, or None for plain HTTP."""
     if not (config.server.tls_cert and config.server.tls_key):
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(config.server.tls_cert, config.server.tls_key)
-    context.set_alpn_protocols(["http/1.1"])
-    return context
+    try:
+        return server_context(config.server.tls_cert, config.server.tls_key)
+    except ValueError as error:
+        raise StartupError(f"server.{error}") from None
 
 
 @contextlib.contextmanager
@@ -184,10 +209,12 @@ async def serve(
                 task_status=task_status,
             )
         return
+    tls = server_tls(config)  # what the admin may have got wrong first: nothing to undo
+    lanes = build_lanes(config) if lanes is None else lanes
     store = await Store.open(config.store.path)
     try:
         dispatcher = Dispatcher(
-            build_lanes(config) if lanes is None else lanes,
+            lanes,
             store,
             config.retry,
             first_attempt_deadline=config.server.first_attempt_deadline,
@@ -215,8 +242,9 @@ async def serve(
                     read_timeout=READ_TIMEOUT,
                     keep_alive_timeout=KEEP_ALIVE_TIMEOUT,
                     drain_seconds=config.server.drain_seconds,
+                    trusted_proxies=parse_networks(config.server.trusted_proxies),
                 ),
-                server_tls(config),
+                tls,
             )
             http_done = trio.Event()
 
@@ -228,6 +256,8 @@ async def serve(
                         shutdown_trigger,
                         task_status=task_status,
                     )
+                except ListenError as error:
+                    raise StartupError(str(error)) from None
                 finally:
                     http_done.set()
 

@@ -6,6 +6,7 @@ Raw bytes go over the socket where a client library would hide what is tested
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -20,7 +21,7 @@ import trio
 import trustme
 
 from pushd.frontends.http import Reply, Request, Route, json_reply
-from pushd.http11 import DRAIN_BYTES, HttpServer, HttpSettings
+from pushd.http11 import DRAIN_BYTES, MAX_HEAD_BYTES, MAX_HEADERS, HttpServer, HttpSettings
 from pushd.routing import Router
 
 
@@ -109,9 +110,10 @@ async def running(start: Start) -> Running:
 
 
 async def exchange(stream: trio.SocketStream, data: bytes, answers: int = 1) -> list[Any]:
-    """Send raw bytes; read ``answers`` responses (every answer has a Content-Length),
-    or fewer if the server closes the connection."""
-    await stream.send_all(data)
+    """Send raw bytes (if any); read ``answers`` responses (every answer has a
+    Content-Length), or fewer if the server closes the connection."""
+    if data:
+        await stream.send_all(data)
     buffer = b""
     responses: list[Any] = []
     with trio.fail_after(5):
@@ -290,6 +292,84 @@ async def test_malformed_http_gets_a_json_4xx_then_close(
     assert answer["status"] == status
     assert json.loads(answer["body"])["error"]["code"] == "bad_request"
     assert await closed_by_server(stream)
+
+
+def head(headers: bytes) -> bytes:
+    """A request with an empty body and two header fields, plus ``headers``."""
+    return b"POST /v1/echo HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n" + headers + b"\r\n"
+
+
+@pytest.mark.parametrize(
+    ("raw", "write"),
+    [
+        (head(b"big: " + b"y" * 60_000 + b"\r\n"), 0),  # one header of 60 KB
+        (head(b"a:1\r\n" * 3000), 0),  # 3,000 headers in 15 KB: under the size limit
+        (head(b"a:1\r\n" * 3000), 1000),  # the same, arriving in many reads
+        (head(b"a:1\r\n" * 10_000), 1000),  # 50 KB in many reads (h11's own limit)
+    ],
+    ids=["64k-header-one-read", "3000-headers-one-read", "3000-headers-many-reads", "trickled"],
+)
+async def test_a_head_over_the_limits_gets_a_431_however_it_arrives(
+    running: Running, raw: bytes, write: int
+) -> None:
+    stream = await running.connect()
+    size = write or len(raw)  # bytes per send
+    with contextlib.suppress(trio.BrokenResourceError):  # refused before the last one
+        for start in range(0, len(raw), size):
+            await stream.send_all(raw[start : start + size])
+            await trio.sleep(0.001 if write else 0)
+    (answer,) = await exchange(stream, b"")
+    assert answer["status"] == 431
+    error = json.loads(answer["body"])["error"]
+    assert error == {
+        "code": "bad_request",
+        "message": f"the request head is over {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} "
+        "header fields",
+    }
+    assert await closed_by_server(stream)
+
+
+async def test_heads_within_the_limits_are_served_even_when_reads_hold_more(
+    running: Running,
+) -> None:
+    stream = await running.connect()
+    within = head(b"a:1\r\n" * (MAX_HEADERS - 2))  # MAX_HEADERS fields
+    # Two 10 KB heads in one write: the read holds 20 KB, each head is under 16 KiB.
+    ten_k = head(b"big: " + b"y" * 10_000 + b"\r\n")
+    answers = await exchange(stream, within + ten_k + ten_k, 3)
+    assert [a["status"] for a in answers] == [200, 200, 200]
+
+
+async def test_a_trickled_head_is_cut_off_after_read_timeout_not_keep_alive(
+    start: Start,
+) -> None:
+    running = await start(HttpSettings(read_timeout=0.3, keep_alive_timeout=30))
+    stream = await running.connect()
+
+    async def trickle() -> None:
+        with contextlib.suppress(trio.BrokenResourceError):
+            await stream.send_all(b"GET /v1/echo HTTP/1.1\r\nhost: x\r\n")
+            while True:
+                await trio.sleep(0.05)
+                await stream.send_all(b"x-slow: 1\r\n")
+
+    began = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trickle)
+        assert await closed_by_server(stream)
+        nursery.cancel_scope.cancel()
+    assert trio.current_time() - began < 2
+
+
+async def test_an_idle_connection_waits_keep_alive_timeout_not_read_timeout(
+    start: Start,
+) -> None:
+    running = await start(HttpSettings(read_timeout=0.1, keep_alive_timeout=5))
+    stream = await running.connect()
+    (first,) = await exchange(stream, post("/v1/echo", b""))
+    await trio.sleep(0.4)  # idle between requests, longer than read_timeout
+    (second,) = await exchange(stream, post("/v1/echo", b""))
+    assert (first["status"], second["status"]) == (200, 200)
 
 
 async def test_a_stalled_body_and_an_idle_connection_are_closed(start: Start) -> None:
