@@ -31,7 +31,7 @@ from pushd.model import (
     normalize_apns_token,
 )
 from pushd.store.sqlite import Registration, Server, Store
-from pushd.typed import CONVERTER, describe_error, first_key
+from pushd.typed import WIRE_CONVERTER, describe_error, first_key
 from pushd.upstream.apns.request import COLLAPSE_ID_LIMIT, payload_limit
 from pushd.upstream.fcm import message as fcm_message
 
@@ -131,7 +131,7 @@ def _parse(body: bytes, model: type[Any]) -> Any:
     if has_lone_surrogate(body, value):
         raise ApiError(400, "malformed_json", "the body holds a lone UTF-16 surrogate escape")
     try:
-        return CONVERTER.structure(value, model)
+        return WIRE_CONVERTER.structure(value, model)
     except Exception as error:  # cattrs' error tree: report the first key, list them all
         problems = describe_error(error)
         raise ApiError(
