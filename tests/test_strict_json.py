@@ -26,6 +26,8 @@ from pushd.frontends.mattermost.wire import BadRequest
 from pushd.frontends.zulip import payloads as zulip_payloads
 from pushd.frontends.zulip.wire import ZulipError
 from pushd.simulators.apns import ApnsSimulator
+from pushd.upstream.apns import classify as apns_classify
+from pushd.upstream.fcm import classify as fcm_classify
 from pushd.upstream.fcm import message as fcm_message
 from tests import matrix_homeserver as hs
 from tests import mattermost_client as mm
@@ -222,3 +224,14 @@ def test_replies_are_strict_too() -> None:
     with pytest.raises(ValueError):
         json_reply(200, {"x": math.nan})
     assert json_reply(200, {"x": "é"}).body == '{"x":"é"}'.encode()
+
+
+def test_upstream_answers_with_nan_are_unreadable() -> None:
+    """An APNs 410 body's timestamp is compared with registration times: a NaN there
+    would compare false with everything, so the body counts as unreadable instead."""
+    assert apns_classify.parse_body(b'{"reason":"Unregistered","timestamp":NaN}') == (None, None)
+    assert apns_classify.parse_body(b'{"reason":"Unregistered","timestamp":1e3}') == (
+        "Unregistered",
+        1.0,
+    )
+    assert fcm_classify.parse_error(b'{"error":{"code":NaN}}') == fcm_classify.FcmErrorBody()
