@@ -18,10 +18,12 @@ from cattrs.errors import ClassValidationError, IterableValidationError
 Hook = Callable[[Any, Any], Any]
 
 
-def _strict(kind: type) -> Hook:
+def _strict(kind: type, *, integral_floats: bool = False) -> Hook:
     def hook(value: Any, _: Any) -> Any:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
+        if integral_floats and kind is int and isinstance(value, float) and value.is_integer():
+            return int(value)
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
             raise TypeError(f"expected {_NAMES[kind]}, got {_type_name(value)}")
         return value
@@ -69,11 +71,17 @@ def _origin_is(origin: Any) -> Callable[[Any], bool]:
     return predicate
 
 
-def make_converter() -> cattrs.Converter:
-    """A converter that forbids unknown keys and never coerces types."""
+def make_converter(*, integral_floats: bool = False) -> cattrs.Converter:
+    """A converter that forbids unknown keys and never coerces types.
+
+    ``integral_floats``: take ``3600.0`` where an integer belongs.  JSON has one number
+    type, so to JSON Schema (and the OpenAPI document) ``3600.0`` *is* an integer, and a
+    client's float arithmetic produces it; TOML has two, so the config file keeps them
+    apart.
+    """
     converter = cattrs.Converter(forbid_extra_keys=True)
     for kind in (str, int, float, bool):
-        converter.register_structure_hook(kind, _strict(kind))
+        converter.register_structure_hook(kind, _strict(kind, integral_floats=integral_floats))
     converter.register_structure_hook_factory(_origin_is(Literal), _literal)
 
     # Without these guards a list or string where a table belongs (or a table where an
@@ -97,6 +105,8 @@ def make_converter() -> cattrs.Converter:
 
 
 CONVERTER = make_converter()
+#: For JSON request bodies: as :data:`CONVERTER`, but ``5.0`` is the integer 5.
+WIRE_CONVERTER = make_converter(integral_floats=True)
 
 
 def _key_path(path: str) -> str:

@@ -470,6 +470,17 @@ async def test_malformed_bodies(post: Poster) -> None:
         assert error_of(r)["status"] == "INVALID_ARGUMENT"
 
 
+async def test_nan_and_infinity_are_not_json(post: Poster) -> None:
+    """FCM's parser refuses them, as every JSON parser but Python's does."""
+    for number in (b"NaN", b"Infinity", b"-Infinity", b"1e400"):
+        payload = b'{"aps": {}, "x": ' + number + b"}"
+        raw = b'{"message": {"token": "' + TOKEN.encode() + b'", "apns": {"payload": '
+        r = await post(raw=raw + payload + b"}}}")
+        assert r.status_code == 400, number
+        assert error_of(r)["status"] == "INVALID_ARGUMENT"
+    assert (await post(raw=raw + b'{"aps": {}, "x": 1e300}}}}')).status_code == 200
+
+
 # --- send: authentication --------------------------------------------------------------
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import attrs
 
+from pushd import jsonutil
+
 
 @attrs.frozen
 class Request:
@@ -62,9 +64,9 @@ class Route:
 
 
 def json_reply(status: int, value: Any, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
-    """A JSON reply, compact (no spaces): it is read by programs, and bytes cost CPU."""
-    body = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-    return Reply(status=status, body=body, headers=headers)
+    """A JSON reply, compact (no spaces): it is read by programs, and bytes cost CPU.
+    Strict (:mod:`pushd.jsonutil`): a reply is never NaN or Infinity, which are not JSON."""
+    return Reply(status=status, body=jsonutil.dumpb(value), headers=headers)
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -10,7 +10,6 @@ Errors are ``{"error": {"code": ..., "message": ..., "field": ...}}`` with a 4xx
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from pushd import jsonutil
 from pushd.config import AppConfig, Config
 from pushd.dispatch import Dispatcher, Report
 from pushd.frontends.http import Reply, Request, Route, has_lone_surrogate, json_reply
@@ -31,7 +31,7 @@ from pushd.model import (
     normalize_apns_token,
 )
 from pushd.store.sqlite import Registration, Server, Store
-from pushd.typed import CONVERTER, describe_error, first_key
+from pushd.typed import WIRE_CONVERTER, describe_error, first_key
 from pushd.upstream.apns.request import COLLAPSE_ID_LIMIT, payload_limit
 from pushd.upstream.fcm import message as fcm_message
 
@@ -121,17 +121,17 @@ class SendBody:
 
 def _parse(body: bytes, model: type[Any]) -> Any:
     try:
-        value = json.loads(body)
+        value = jsonutil.loads(body)
     except RecursionError:
         raise ApiError(400, "malformed_json", "the body is nested too deeply") from None
-    except ValueError as error:  # bad JSON, bad UTF-8, an integer of thousands of digits
+    except ValueError as error:  # bad JSON, bad UTF-8, NaN, huge numbers
         raise ApiError(400, "malformed_json", f"the body is not valid JSON: {error}") from None
     if not isinstance(value, dict):
         raise ApiError(400, "invalid_request", "the body must be a JSON object")
     if has_lone_surrogate(body, value):
         raise ApiError(400, "malformed_json", "the body holds a lone UTF-16 surrogate escape")
     try:
-        return CONVERTER.structure(value, model)
+        return WIRE_CONVERTER.structure(value, model)
     except Exception as error:  # cattrs' error tree: report the first key, list them all
         problems = describe_error(error)
         raise ApiError(
@@ -234,7 +234,10 @@ def build_apns_push(send: SendBody, now: float) -> ApnsPush:
     if send.mutable_content:
         aps["mutable-content"] = 1
     body = {"aps": aps, **(send.data or {})}
-    payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        payload = jsonutil.dumpb(body)
+    except ValueError:  # NaN or a lone surrogate: only from a caller that skipped _parse
+        raise ApiError(400, "invalid_request", "not encodable as JSON", "payload") from None
     limit = payload_limit(send.push_type)
     if len(payload) > limit:
         raise ApiError(
@@ -261,7 +264,7 @@ def _fcm_data(data: Mapping[str, Any] | None) -> dict[str, str] | None:
     if data is None:
         return None
     return {
-        key: value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+        key: value if isinstance(value, str) else jsonutil.dumps(value)
         for key, value in data.items()
     }
 

@@ -1,7 +1,11 @@
 """The OpenAPI 3.1 description of the native API, served at ``/v1/openapi.json``.
 
 Kept by hand beside the handlers; ``tests/test_openapi.py`` checks that every route
-is described and every described path is served, so the two cannot drift apart.
+is described and every described path is served, and runs schemathesis against a live
+pushd: a body this document allows must be taken, one it forbids refused, so a client
+generated from it never meets a surprise.  Deployment facts (which app names exist,
+which provider an app uses) cannot be in one document for every deployment; the
+descriptions say where they matter.
 """
 
 from __future__ import annotations
@@ -9,7 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 from pushd import __version__
+from pushd.frontends.native import MAX_TOKENS_PER_SEND
 from pushd.model import APNS_PRIORITIES, APNS_PUSH_TYPES
+from pushd.upstream.apns.request import COLLAPSE_ID_LIMIT, PAYLOAD_LIMIT, VOIP_PAYLOAD_LIMIT
 
 _ERROR = {"$ref": "#/components/responses/Error"}
 _AUTH_ERRORS = {"401": _ERROR, "403": _ERROR}
@@ -40,30 +46,59 @@ def _post(summary: str, body: str, responses: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: What ``native.check_token`` and ``_token_forms`` accept: an APNs token (hex, any case)
+#: or an FCM registration token; every APNs token is also of the FCM form.
 _TOKEN = {
     "type": "string",
+    "pattern": "^[A-Za-z0-9_:.+/=-]{1,4096}$",
+    "description": (
+        "A device token: an APNs token (hex, 64 to 200 digits, any case; stored in lower "
+        "case) or an FCM registration token. Registering checks it against the app's "
+        "provider: an APNs app takes only ApnsToken."
+    ),
+}
+_APNS_TOKEN = {
+    "type": "string",
     "pattern": "^([0-9a-fA-F]{2}){32,100}$",
-    "description": "APNs device token, hex (case-insensitive; stored in lower case).",
+    "description": "An APNs device token: an even number of hex digits, 64 to 200.",
 }
 _USER = {"type": "string", "minLength": 1, "maxLength": 256}
+_APP = {
+    "type": "string",
+    "minLength": 1,
+    "description": (
+        "The name of an [[apps]] entry in pushd.toml; any other name is a 400 unknown_app."
+    ),
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional field's schema: pushd reads ``null`` as "not given", as clients that
+    serialise unset fields as null expect."""
+    return {"anyOf": [schema, {"type": "null"}]}
+
 
 SCHEMAS: dict[str, Any] = {
+    "Token": _TOKEN,
+    "ApnsToken": _APNS_TOKEN,
+    "AppName": _APP,
     "Register": {
         "type": "object",
         "additionalProperties": False,
         "required": ["user", "token", "app"],
-        "properties": {
-            "user": _USER,
-            "token": _TOKEN,
-            "app": {"type": "string", "description": "An app name from pushd.toml."},
-        },
+        "properties": {"user": _USER, "token": _ref("Token"), "app": _ref("AppName")},
     },
     "Registration": {
         "type": "object",
+        "required": ["user", "token", "app", "environment", "registered_at"],
         "properties": {
             "user": _USER,
-            "token": _TOKEN,
-            "app": {"type": "string"},
+            "token": _ref("Token"),
+            "app": _ref("AppName"),
             "environment": {"enum": ["production", "sandbox"]},
             "registered_at": {"type": "number", "description": "UNIX time, seconds."},
         },
@@ -73,8 +108,8 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "required": ["token"],
         "properties": {
-            "token": _TOKEN,
-            "app": {"type": "string", "description": "Only this app's registration."},
+            "token": _ref("Token"),
+            "app": {**_nullable(_ref("AppName")), "description": "Only this app's registration."},
         },
     },
     "User": {
@@ -83,21 +118,45 @@ SCHEMAS: dict[str, Any] = {
         "required": ["user"],
         "properties": {"user": _USER},
     },
-    "Removed": {"type": "object", "properties": {"removed": {"type": "integer"}}},
+    "Removed": {
+        "type": "object",
+        "required": ["removed"],
+        "properties": {"removed": {"type": "integer", "minimum": 0}},
+    },
     "Devices": {
         "type": "object",
-        "properties": {
-            "devices": {"type": "array", "items": {"$ref": "#/components/schemas/Registration"}}
-        },
+        "required": ["devices"],
+        "properties": {"devices": {"type": "array", "items": _ref("Registration")}},
     },
     "Send": {
         "type": "object",
         "additionalProperties": False,
-        "description": "Give exactly one of user (all their devices) or tokens.",
+        "description": (
+            "Give exactly one of user (all their devices) or tokens. The APNs payload "
+            f"({{aps, ...data}}) must fit APNs' limit ({PAYLOAD_LIMIT} bytes, "
+            f"{VOIP_PAYLOAD_LIMIT} for voip) or the answer is 413; for FCM apps the "
+            "data keys must be ones FCM allows."
+        ),
+        "oneOf": [
+            {"required": ["user"], "properties": {"user": {"type": "string"}}},
+            {"required": ["tokens"], "properties": {"tokens": {"type": "array"}}},
+        ],
+        "if": {"required": ["push_type"], "properties": {"push_type": {"const": "background"}}},
+        "then": {
+            "properties": {"priority": {"not": {"const": 10}}},
+            "description": "Background pushes go at priority 5 or 1.",
+        },
         "properties": {
-            "user": _USER,
-            "tokens": {"type": "array", "items": _TOKEN, "minItems": 1, "maxItems": 1000},
-            "app": {"type": "string", "description": "Only devices of this app."},
+            "user": _nullable(_USER),
+            "tokens": _nullable(
+                {
+                    "type": "array",
+                    "items": _ref("Token"),
+                    "minItems": 1,
+                    "maxItems": MAX_TOKENS_PER_SEND,
+                }
+            ),
+            "app": {**_nullable(_ref("AppName")), "description": "Only devices of this app."},
             "alert": {
                 "oneOf": [
                     {"type": "string"},
@@ -110,26 +169,32 @@ SCHEMAS: dict[str, Any] = {
                             "body": {"type": "string"},
                         },
                     },
+                    {"type": "null"},
                 ]
             },
-            "badge": {"type": "integer", "minimum": 0},
-            "sound": {"type": "string"},
-            "data": {"type": "object", "description": "Custom keys beside aps."},
-            "thread_id": {"type": "string"},
-            "category": {"type": "string"},
-            "content_available": {"type": "boolean"},
-            "mutable_content": {"type": "boolean"},
-            "push_type": {
-                "enum": sorted(APNS_PUSH_TYPES),
-                "default": "alert",
+            "badge": _nullable({"type": "integer", "minimum": 0}),
+            "sound": _nullable({"type": "string"}),
+            "data": {
+                **_nullable({"type": "object", "propertyNames": {"not": {"const": "aps"}}}),
+                "description": "Custom keys beside aps ('aps' itself is APNs').",
             },
-            "priority": {"enum": sorted(APNS_PRIORITIES)},
+            "thread_id": _nullable({"type": "string"}),
+            "category": _nullable({"type": "string"}),
+            "content_available": {"type": "boolean", "default": False},
+            "mutable_content": {"type": "boolean", "default": False},
+            "push_type": {"enum": sorted(APNS_PUSH_TYPES), "default": "alert"},
+            "priority": {
+                "enum": [*sorted(APNS_PRIORITIES), None],
+                "description": "Default: 5 for background pushes, else APNs' own (10).",
+            },
             "ttl": {
-                "type": "integer",
-                "minimum": 0,
+                **_nullable({"type": "integer", "minimum": 0}),
                 "description": "Seconds the upstream keeps trying; 0 = now or never.",
             },
-            "collapse_id": {"type": "string", "maxLength": 64},
+            "collapse_id": {
+                **_nullable({"type": "string", "maxLength": COLLAPSE_ID_LIMIT}),
+                "description": f"At most {COLLAPSE_ID_LIMIT} bytes of UTF-8.",
+            },
         },
     },
     "Result": {

@@ -26,7 +26,6 @@ outcome, which this module answers with a 503.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -34,6 +33,7 @@ from typing import Any, Literal
 
 import attrs
 
+from pushd import jsonutil
 from pushd.config import AppConfig, Config, RocketChatServer
 from pushd.dispatch import Dispatcher, Report
 from pushd.frontends.http import Reply, Request, Route, json_reply
@@ -154,7 +154,7 @@ def _not_id(options: Mapping[str, Any]) -> int | None:
 def _encode(value: Any, field: str) -> str:
     """``value`` as compact JSON (what ``EJSON.stringify`` gives for plain JSON)."""
     try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = jsonutil.dumps(value)
         text.encode()
     except (ValueError, RecursionError):  # NaN, lone surrogates (UnicodeEncodeError)
         raise _bad(f"{field}: not encodable as JSON") from None
@@ -164,10 +164,10 @@ def _encode(value: Any, field: str) -> str:
 def parse_body(body: bytes) -> GatewayPush:
     """Parse and check a ``{token, options}`` body; GatewayError(422) naming the field."""
     try:
-        document = json.loads(body)
+        document = jsonutil.loads(body)
     except RecursionError:
         raise _bad("the body is nested too deeply") from None
-    except ValueError:  # bad JSON, bad UTF-8, an integer of thousands of digits
+    except ValueError:  # bad JSON, bad UTF-8, NaN, Infinity, numbers out of range
         raise _bad("the body is not valid JSON") from None
     if not isinstance(document, dict):
         raise _bad("the body must be a JSON object")

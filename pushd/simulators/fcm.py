@@ -61,6 +61,7 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ASGIFramework, LifespanState
 
+from pushd import jsonutil
 from pushd.simulators.recording import Recording
 from pushd.upstream.fcm.settings import OAUTH_SCOPE
 
@@ -665,8 +666,8 @@ def _check_send_body(body: bytes) -> _Checked:
         return _Checked(message, target, token, validate_only, size, fault)
 
     try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        document = jsonutil.loads(body)  # FCM's parser takes no NaN or Infinity
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         text = f"Invalid JSON payload received. {exc}"
         return reject(_Rejection(text, (_bad_request(None, text),)))
     if not isinstance(document, dict):

@@ -28,7 +28,6 @@ each stream's :class:`StreamOwner` how it ended, which is exactly one of an answ
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import struct
@@ -62,6 +61,7 @@ from h2.settings import SettingCodes, Settings
 from h2.stream import StreamInputs
 from hpack import HeaderTuple
 
+from pushd import jsonutil
 from pushd.upstream.hpack import HeaderDecoder, HeaderEncoder, encode_fields
 
 #: One request header field; hpack's never-indexed tuple marks secrets.
@@ -821,8 +821,8 @@ def _goaway_reason(data: bytes | None) -> str:
     if not data:
         return "(no reason)"
     try:
-        reason = json.loads(data).get("reason")
-    except (ValueError, AttributeError, UnicodeDecodeError):
+        reason = jsonutil.loads(data).get("reason")
+    except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):
         reason = None
     if isinstance(reason, str):
         return reason

@@ -30,6 +30,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final
 
+from pushd import jsonutil
 from pushd.config import MatrixAppOptions
 from pushd.frontends.matrix.wire import Device, Notification
 from pushd.model import ApnsPush, FcmPush, normalize_apns_token
@@ -293,8 +294,7 @@ def apns_payload(
 def _encode(value: Any) -> bytes:
     """Compact UTF-8 JSON: what pushd sends, and so what the limits are measured on."""
     try:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        return text.encode()
+        return jsonutil.dumpb(value)
     except (TypeError, ValueError):  # UnicodeEncodeError (lone surrogates) included
         raise PayloadError("payload is not encodable as JSON") from None
 
@@ -463,7 +463,7 @@ def _data_text(value: object) -> str | None:
     if isinstance(value, str):
         return value
     try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return jsonutil.dumps(value)
     except (TypeError, ValueError):
         raise PayloadError("default_payload holds a value that is not JSON") from None
 

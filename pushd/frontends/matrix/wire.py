@@ -13,12 +13,12 @@ deeper down) is a clean 400 or a per-device verdict here.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any, Final, Literal
 
 import attrs
 
+from pushd import jsonutil
 from pushd.frontends.http import Reply, has_lone_surrogate, json_reply
 
 #: Sygnal drops bodies over 512 KiB; pushd answers 413 instead.
@@ -100,14 +100,10 @@ class Notification:
         )
 
 
-def _refuse_constant(name: str) -> float:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _load(body: bytes) -> Any:
     try:
-        value = json.loads(body, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError):  # bad JSON, bad UTF-8, NaN, huge integers
+        value = jsonutil.loads(body)
+    except (ValueError, RecursionError):  # bad JSON, bad UTF-8, NaN, huge numbers
         raise BadRequest("Expected JSON request body", "M_NOT_JSON") from None
     if has_lone_surrogate(body, value):
         raise BadRequest("Expected JSON request body", "M_NOT_JSON")

@@ -8,9 +8,9 @@ Pure functions: no I/O, nothing logged.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final
 
+from pushd import jsonutil
 from pushd.config import AppConfig
 from pushd.frontends.mattermost.wire import BadRequest, PushNotification
 from pushd.model import ApnsPush, FcmPush
@@ -82,7 +82,10 @@ def _badge(push: PushNotification, app_version: int) -> int | None:
 
 
 def _encode(payload: dict[str, Any], push_type: str) -> bytes:
-    encoded = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    try:
+        encoded = jsonutil.dumpb(payload)
+    except ValueError:  # NaN or a lone surrogate: only from a caller that skipped the parser
+        raise BadRequest("payload: not encodable as JSON") from None
     limit = payload_limit(push_type)
     if len(encoded) > limit:
         raise BadRequest(f"payload too large: {len(encoded)} bytes > {limit} (APNs' limit)")

@@ -8,13 +8,13 @@ notes give them, so a server's log reads the same as with the official proxy.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import Any, Final, Literal
 
 import attrs
 
+from pushd import jsonutil
 from pushd.frontends.http import Reply, has_lone_surrogate, json_reply
 
 #: MPNS cuts ``message`` longer than this many bytes ...
@@ -142,10 +142,10 @@ def serving_error_reply(status: int, code: str, message: str) -> Reply:
 def _load_object(body: bytes) -> dict[str, Any]:
     """The body as a JSON object; :class:`BadRequest` worded as MPNS words it."""
     try:
-        value = json.loads(body)
+        value = jsonutil.loads(body)
     except RecursionError:
         raise BadRequest("Failed to read message body: nested too deeply") from None
-    except ValueError as error:  # bad JSON, bad UTF-8, huge integers
+    except ValueError as error:  # bad JSON, bad UTF-8, NaN, huge numbers (Go refuses all)
         raise BadRequest(f"Failed to read message body: {error}") from None
     if not isinstance(value, dict):
         raise BadRequest("Failed to read message body: not a JSON object")

@@ -17,12 +17,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from pushd import jsonutil
 from pushd.config import AppConfig, Config
 from pushd.dispatch import Dispatcher, Report
 from pushd.frontends.http import Reply, Request, Route
@@ -562,7 +562,7 @@ def _json_list(form: Mapping[str, str], name: str, *, required: bool = False) ->
             )
         return []
     try:
-        value = json.loads(raw)
+        value = jsonutil.loads(raw)
     except (ValueError, RecursionError):
         raise bad_request(f"{name} is not valid JSON") from None
     if not isinstance(value, list):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
@@ -31,6 +30,7 @@ import attrs
 import nacl.exceptions
 import nacl.public
 
+from pushd import jsonutil
 from pushd.config import AppConfig
 from pushd.dispatch import Dispatcher, Report
 from pushd.frontends.http import Reply, Request
@@ -151,7 +151,7 @@ def open_registration(private_key: str, sealed: str) -> PushRegistration:
     try:
         box = nacl.public.SealedBox(nacl.public.PrivateKey(base64.b64decode(private_key)))
         plaintext = box.decrypt(base64.b64decode(sealed, validate=True))
-        value = json.loads(plaintext)
+        value = jsonutil.loads(plaintext)
     except (
         binascii.Error,
         ValueError,
@@ -217,7 +217,10 @@ def parse_push_request(entry: Any, index: int, generation: Generation) -> PushRe
         if push_type not in APNS_PUSH_TYPES:
             raise bad_request(f"Invalid {where}['http_headers']['apns_push_type']")
         _field(payload, "aps", dict, f"{where}['payload']")
-        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            body = jsonutil.dumpb(payload)
+        except ValueError:  # NaN or a lone surrogate: only from a caller that skipped the parser
+            raise bad_request(f"Invalid {where}['payload']") from None
         return PushRequest(name, True, ApnsPush(body, push_type=push_type, priority=priority))
     priority = entry.get("fcm_priority")
     if priority not in FCM_PRIORITIES:

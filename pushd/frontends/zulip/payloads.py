@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pushd import jsonutil
 from pushd.frontends.zulip.wire import bad_request
 from pushd.model import ApnsPush, FcmPush
 from pushd.upstream.fcm import message as fcm_message
@@ -50,7 +51,10 @@ def apns_body(apns_payload: Mapping[str, Any]) -> bytes:
     zulip = custom.get("zulip")
     if isinstance(zulip, dict):
         custom["zulip"] = truncate_removal(zulip)
-    return json.dumps({**custom, "aps": aps}, ensure_ascii=False, separators=(",", ":")).encode()
+    try:
+        return jsonutil.dumpb({**custom, "aps": aps})
+    except ValueError:  # NaN or a lone surrogate: only from a caller that skipped the parser
+        raise bad_request("Invalid apns_payload") from None
 
 
 def build_apns_push(apns_payload: Mapping[str, Any], now: float) -> ApnsPush:

@@ -8,7 +8,6 @@ reproduces that exactly; see ``/work/shared/protocols/zulip.md`` §1.
 
 from __future__ import annotations
 
-import json
 import re
 import uuid as uuid_module
 from collections import deque
@@ -16,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from pushd import jsonutil
 from pushd.config import ZULIP_KIND_APNS, ZULIP_KIND_FCM
 from pushd.frontends.http import Reply, has_lone_surrogate, json_reply
 
@@ -95,8 +95,8 @@ def parse_form(body: bytes) -> dict[str, str]:
 def parse_json_body(body: bytes) -> dict[str, Any]:
     """A JSON object body (``JsonBodyPayload``); anything else is a 400."""
     try:
-        value = json.loads(body or b"{}")
-    except (ValueError, RecursionError):
+        value = jsonutil.loads(body or b"{}")
+    except (ValueError, RecursionError):  # bad JSON, bad UTF-8, NaN, Infinity
         raise bad_request("Malformed JSON") from None
     if not isinstance(value, dict):
         raise bad_request("Malformed payload")
@@ -126,7 +126,7 @@ def json_int(form: Mapping[str, str], name: str) -> int | None:
     if raw is None:
         return None
     try:
-        value = json.loads(raw)
+        value = jsonutil.loads(raw)
     except (ValueError, RecursionError):
         raise bad_request(f"{name} is not valid JSON") from None
     if not isinstance(value, int) or isinstance(value, bool):

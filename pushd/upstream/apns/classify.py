@@ -9,11 +9,11 @@ APNs named one of the token reasons.
 
 from __future__ import annotations
 
-import json
 from typing import Final
 
 import attrs
 
+from pushd import jsonutil
 from pushd.model import Delivered, Failed, Outcome, RetryLater, TokenDead
 
 #: The token will never work again.
@@ -84,8 +84,8 @@ def parse_body(body: bytes) -> tuple[str | None, float | None]:
     if not body:
         return None, None
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        data = jsonutil.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None, None
     if not isinstance(data, dict):
         return None, None

@@ -16,12 +16,12 @@ the registration token; everything else is a payload error.
 from __future__ import annotations
 
 import email.utils
-import json
 import time
 from typing import Any, Final
 
 import attrs
 
+from pushd import jsonutil
 from pushd.model import Delivered, Failed, Outcome, RetryLater, TokenDead
 
 #: Floor for retrying after ``QUOTA_EXCEEDED``: Google asks for at least a minute of
@@ -75,7 +75,7 @@ def parse_error(body: bytes) -> FcmErrorBody:
     if not body:
         return FcmErrorBody()
     try:
-        data = json.loads(body)
+        data = jsonutil.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return FcmErrorBody()
     error = data.get("error") if isinstance(data, dict) else None
@@ -132,7 +132,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 def _message_id(body: bytes) -> str | None:
     """``name`` of a success body (``projects/p/messages/0:15...``), or None."""
     try:
-        data: Any = json.loads(body)
+        data: Any = jsonutil.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return _str(data.get("name")) if isinstance(data, dict) else None

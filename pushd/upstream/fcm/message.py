@@ -16,7 +16,6 @@ come back as ``Failed``.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ from typing import Any, Final, Literal
 
 import attrs
 
+from pushd import jsonutil
 from pushd.model import FcmPush
 
 #: FCM's limit on a message's payload: the data keys and values (and a notification's
@@ -164,9 +164,7 @@ def _apns(options: ApnsOptions) -> dict[str, Any]:
         if not isinstance(options.payload, Mapping):
             raise InvalidMessage("apns.payload: must be a JSON object")
         try:
-            encoded = json.dumps(
-                options.payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-            ).encode("utf-8")
+            encoded = jsonutil.dumpb(options.payload)
         except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError
             raise InvalidMessage("apns.payload: not encodable as JSON") from None
         if len(encoded) > APNS_PAYLOAD_LIMIT:
@@ -223,7 +221,10 @@ def build_push(
         ):
             raise InvalidMessage("fcm_options.analytics_label: 1 to 50 of A-Z a-z 0-9 - _ . ~ %")
         message["fcm_options"] = {"analytics_label": analytics_label}
-    encoded = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    try:
+        encoded = jsonutil.dumpb(message)
+    except ValueError:  # NaN in a value the checks above let through, or a lone surrogate
+        raise InvalidMessage("message: not encodable as JSON") from None
     # Strip the braces: ``fields`` are members, ready to follow the token.
     return FcmPush(fields=encoded[1:-1], expiration=expiration)
 

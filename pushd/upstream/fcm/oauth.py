@@ -32,6 +32,7 @@ import trio
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from pushd import jsonutil
 from pushd.upstream.fcm.service_account import load_private_key
 from pushd.upstream.fcm.settings import OAUTH_SCOPE, ServiceAccount
 
@@ -116,8 +117,8 @@ def parse_token_response(status: int, body: bytes) -> tuple[str, float]:
     (never the body: an error page could echo the assertion).  Pure, for tests.
     """
     try:
-        data = json.loads(body) if body else None
-    except (ValueError, UnicodeDecodeError):
+        data = jsonutil.loads(body) if body else None
+    except (ValueError, UnicodeDecodeError, RecursionError):
         data = None
     if not isinstance(data, dict):
         data = {}
