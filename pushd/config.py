@@ -171,7 +171,9 @@ class AppConfig:
     #: ``-vN``: ``apple_rn``, ``android_rn``, ``apple_rnbeta``, ...).
     mattermost_type: str | None = None
     matrix: MatrixAppOptions | None = None
-    #: Override Apple's or Google's URL, e.g. the bundled simulator.
+    #: Override Apple's or Google's URL, e.g. the bundled simulator.  FCM: only the send
+    #: endpoint moves; access tokens still come from the service account's ``token_uri``
+    #: (not implied: a proxy or regional endpoint keeps Google's OAuth).
     upstream_url: str | None = None
     #: Extra CA bundle to trust for the upstream (the simulator's CA).
     upstream_ca_file: str | None = None
