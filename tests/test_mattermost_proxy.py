@@ -326,6 +326,32 @@ async def test_other_push_types_to_android(
     assert session["sender_name"] == ""
 
 
+async def test_emoji_shortcodes_expanded_where_mpns_expands_them(
+    mattermost: mm.MattermostServer, simulator: ApnsSimulator, fcm_simulator: FcmSimulator
+) -> None:
+    # MPNS runs the message (APNs alert body, Android "message") through emoji.Sprint;
+    # the channel name and id-loaded messages go as they are.
+    text = "alice: ship it :rocket: :+1:"
+    channel = "Launch :rocket:"
+    assert await mattermost.send(mm.message(token(1), message=text, channel_name=channel)) == OK
+    assert await mattermost.send(mm.message(token(2), message=text, channel_name="")) == OK
+    loaded = {**mm.id_loaded(token(3)), "message": "New :rocket:"}
+    assert await mattermost.send(loaded) == OK
+    android = mm.message(FCM_TOKEN, platform=mm.ANDROID, message=text, channel_name=channel)
+    assert await mattermost.send(android) == OK
+    by_token = {r.token: json.loads(r.payload) for r in simulator.received}
+    assert by_token[token(1)]["aps"]["alert"] == {
+        "title": "Launch :rocket:",
+        "body": "alice: ship it 🚀 👍",
+    }
+    assert by_token[token(1)]["channel_name"] == "Launch :rocket:"
+    assert by_token[token(2)]["aps"]["alert"] == "alice: ship it 🚀 👍"
+    assert by_token[token(3)]["aps"]["alert"] == {"body": "New :rocket:"}
+    (received,) = fcm_simulator.received
+    assert received.message["data"]["message"] == "alice: ship it 🚀 👍"
+    assert received.message["data"]["channel_name"] == "Launch :rocket:"
+
+
 # --- outcomes ---------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ import json
 from typing import Any, Final
 
 from pushd.config import AppConfig
+from pushd.frontends.mattermost.shortcodes import expand
 from pushd.frontends.mattermost.wire import BadRequest, PushNotification
 from pushd.model import ApnsPush, FcmPush
 from pushd.upstream.apns.request import payload_limit
@@ -133,10 +134,11 @@ def _aps(push: PushNotification, app_version: int) -> tuple[dict[str, Any], dict
         if push.type == TYPE_MESSAGE:
             aps["content-available"] = 1
         custom["version"] = push.version
+        body = expand(push.message)  # MPNS: emoji.Sprint, here and on Android
         if push.channel_name and push.version == "v2":
-            aps["alert"] = {"title": push.channel_name, "body": push.message}
+            aps["alert"] = {"title": push.channel_name, "body": body}
         else:
-            aps["alert"] = push.message
+            aps["alert"] = body
         if push.channel_name:
             custom["channel_name"] = push.channel_name
     elif push.type in WAKE_TYPES:
@@ -197,6 +199,7 @@ def fcm_data(push: PushNotification) -> dict[str, str]:
         )
     elif push.type in ALERT_TYPES:
         data.update({name: getattr(push, name) for name in FCM_MESSAGE_KEYS})
+        data["message"] = expand(push.message)
     return data
 
 
