@@ -414,14 +414,32 @@ async def test_persistent_transient_failure_is_fail_after_three_attempts(
     assert len(simulator.received) == 3
 
 
+@pytest.mark.parametrize(
+    "reply",
+    [SimReply(status=429, reason="TooManyRequests"), SimReply(status=429)],
+    ids=["TooManyRequests", "bare-429"],
+)
+async def test_a_rate_limit_is_fail_at_once(
+    mattermost: mm.MattermostServer, simulator: ApnsSimulator, reply: SimReply
+) -> None:
+    # APNs' 429 limits pushes to one device: another attempt a second later only adds
+    # to the count, so pushd answers FAIL at once, as MPNS does for any HTTP error.
+    simulator.script(token(1), reply, reply, reply)
+    answer = await mattermost.send(mm.message(token(1)))
+    assert answer["status"] == "FAIL"
+    assert answer["error"].startswith("unknown send response error (")
+    assert len(simulator.received) == 1
+
+
 async def test_a_retry_after_beyond_the_budget_is_fail_at_once(
     mattermost: mm.MattermostServer, simulator: ApnsSimulator
 ) -> None:
     # APNs asks for 60 s; the server gives up after 30: no retry can help, so none is
     # made (a paused app's remaining pause is handled the same way).
-    simulator.script(token(1), SimReply(status=429, reason="TooManyRequests", retry_after=60))
+    busy = SimReply(status=503, reason="ServiceUnavailable", retry_after=60)
+    simulator.script(token(1), busy)
     answer = await mattermost.send(mm.message(token(1)))
-    assert answer["status"] == "FAIL" and "TooManyRequests" in answer["error"]
+    assert answer["status"] == "FAIL" and "ServiceUnavailable" in answer["error"]
     assert len(simulator.received) == 1
 
 
