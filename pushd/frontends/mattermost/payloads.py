@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
+import attrs
+
 from pushd.config import AppConfig
 from pushd.frontends.mattermost.shortcodes import expand
 from pushd.frontends.mattermost.wire import BadRequest, PushNotification
@@ -63,6 +65,31 @@ FCM_MESSAGE_KEYS: Final = (
     "override_icon_url",
     "from_webhook",
 )
+
+
+def for_content(push: PushNotification, app: AppConfig) -> PushNotification:
+    """``push`` as the app's ``content`` mode allows (unchanged in ``full``).
+
+    ``redacted``: the message becomes ``redacted_text``, names and ``sender_id`` go;
+    channel, team, post and root ids stay, so a tap opens the right thread.
+    ``id_only``: a message push becomes the server's own ``id_loaded`` push (notes §2.5:
+    no names, ``redacted_text`` as the message), which the app completes by fetching
+    the post through its ack; other pushes (Calls, session) are redacted.
+    """
+    if app.content == "full":
+        return push
+    redacted = attrs.evolve(
+        push,
+        # Only a message push carries what a user wrote (a session push: server text).
+        message=app.redacted_text if push.message and push.type == TYPE_MESSAGE else push.message,
+        sender_name="",
+        channel_name="",
+        override_username="",
+        override_icon_url="",
+    )
+    if app.content == "id_only" and push.type == TYPE_MESSAGE and push.transport != TRANSPORT_VOIP:
+        return attrs.evolve(redacted, is_id_loaded=True)
+    return attrs.evolve(redacted, sender_id="")
 
 
 def _signature(push: PushNotification) -> str:

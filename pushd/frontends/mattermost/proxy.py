@@ -216,6 +216,7 @@ class MattermostProxy:
                 "Did not send message because of missing platform property "
                 f"type={kind} serverId={push.server_id}"
             )
+        push = payloads.for_content(push, app)
         try:
             built: Push = (
                 payloads.fcm_push(push, app)
