@@ -51,8 +51,9 @@ format = "text"
 # What of a message its pushes carry: "full", "redacted" or "id_only" (README).
 # content = "full"
 
-# Zulip: each Zulip server sets PUSH_NOTIFICATION_BOUNCER_URL = "https://<this pushd>"
-# in /etc/zulip/settings.py and runs `manage.py register_server`.  Who may register:
+# Zulip: each Zulip server sets ZULIP_SERVICES_URL = "https://<this pushd>" and
+# ZULIP_SERVICE_PUSH_NOTIFICATIONS = True in /etc/zulip/settings.py (older servers:
+# PUSH_NOTIFICATION_BOUNCER_URL) and runs `manage.py register_server`.  Who may register:
 #   "allowlist" (the default): servers admitted with
 #       pushd zulip servers allow HOSTNAME --org-id ZULIP_ORG_ID
 #   "closed": only servers pre-registered with `pushd zulip servers add HOSTNAME`
