@@ -49,6 +49,22 @@ format = "text"
 # key_file = "AuthKey_ABC1234567.p8"
 # key_id = "ABC1234567"
 # team_id = "DEF8901234"
+# What of a message its pushes carry: "full", "redacted" or "id_only" (README).
+# content = "full"
+
+# Zulip: each Zulip server sets ZULIP_SERVICES_URL = "https://<this pushd>" and
+# ZULIP_SERVICE_PUSH_NOTIFICATIONS = True in /etc/zulip/settings.py (older servers:
+# PUSH_NOTIFICATION_BOUNCER_URL) and runs `manage.py register_server`.  Who may register:
+#   "allowlist" (the default): servers admitted with
+#       pushd zulip servers allow HOSTNAME --org-id ZULIP_ORG_ID
+#   "closed": only servers pre-registered with `pushd zulip servers add HOSTNAME`
+#   "open": anyone who can reach pushd (a private network only)
+# iOS devices go to the APNs app whose topic is their ios_app_id; fcm_app serves
+# Android.  End-to-end encrypted pushes need a key pair: `pushd zulip keys add`, and
+# build the public key it prints into your app.
+# [zulip]
+# registration = "allowlist"
+# fcm_app = "chat-android"
 """
 
 
@@ -140,6 +156,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    """Write :data:`STARTER_CONFIG`, a store and the first chat server's key.
+
+    The config is a string template, not a TOML writer's output: a starter config is
+    mostly comments, which a writer such as tomli-w cannot emit.
+    """
     target = Path(args.config)
     store = Path(args.store).resolve() if args.store else target.resolve().parent / "pushd.sqlite3"
     key_file = target.resolve().parent / f"{args.server}.key"

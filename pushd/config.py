@@ -45,6 +45,8 @@ FCM_MAX_TTL = 28 * 24 * 3600
 FCM_MIN_CONNECTIONS = 2
 
 LogLevel = Literal["debug", "info", "warning", "error"]
+#: What of a message an app's pushes carry (see :class:`AppConfig`).
+ContentMode = Literal["full", "redacted", "id_only"]
 
 #: Zulip's own bouncer allows each server 1000 requests a minute (``api_by_remote_server``).
 DEFAULT_ZULIP_RATE_LIMIT = 1000
@@ -65,6 +67,10 @@ ZULIP_KIND_APNS = 1
 ZULIP_KIND_FCM = 2
 #: ``fcm_options`` members pushd sets itself or that would retarget the message.
 FCM_OPTIONS_RESERVED = ("token", "topic", "condition", "data")
+#: What a push says instead of the message in the ``redacted`` and ``id_only`` modes.
+DEFAULT_REDACTED_TEXT = "New message"
+#: Longest ``redacted_text``: it replaces a message on a lock screen, not a paragraph.
+MAX_REDACTED_TEXT = 200
 
 
 @attrs.frozen
@@ -180,7 +186,16 @@ class AppConfig:
     #: ``-vN``: ``apple_rn``, ``android_rn``, ``apple_rnbeta``, ...).
     mattermost_type: str | None = None
     matrix: MatrixAppOptions | None = None
-    #: Override Apple's or Google's URL, e.g. the bundled simulator.
+    #: What of a message this app's pushes carry, whatever the chat server sends:
+    #: ``full`` (as sent), ``redacted`` (the text replaced by ``redacted_text``, names
+    #: of senders and conversations dropped, ids kept for routing), ``id_only`` (only
+    #: the ids the app needs to fetch the message itself).  Per protocol: README,
+    #: "Privacy modes".  Zulip's end-to-end encrypted pushes are opaque and untouched.
+    content: ContentMode = "full"
+    redacted_text: str = DEFAULT_REDACTED_TEXT
+    #: Override Apple's or Google's URL, e.g. the bundled simulator.  FCM: only the send
+    #: endpoint moves; access tokens still come from the service account's ``token_uri``
+    #: (not implied: a proxy or regional endpoint keeps Google's OAuth).
     upstream_url: str | None = None
     #: Extra CA bundle to trust for the upstream (the simulator's CA).
     upstream_ca_file: str | None = None
@@ -476,6 +491,8 @@ def _check_app(index: int, app: AppConfig) -> list[str]:
     if app.upstream_url is not None and not app.upstream_url.startswith("https://"):
         problems.append(f"{key}.upstream_url: must start with https://")
     problems += _check_file(f"{key}.upstream_ca_file", app.upstream_ca_file)
+    if not app.redacted_text.strip() or len(app.redacted_text) > MAX_REDACTED_TEXT:
+        problems.append(f"{key}.redacted_text: 1 to {MAX_REDACTED_TEXT} characters")
     if app.provider == "fcm":
         return problems + _check_fcm_app(key, app)
     for field in ("service_account_file", "project_id", "android_ttl", "android_collapse_key"):

@@ -40,8 +40,17 @@ def test_init_writes_config_store_and_key_and_refuses_to_overwrite(tmp_path: Pat
         assert server is not None and server.name == "default"
     finally:
         database.close()
-    # The starter config is valid as written.
+    # The starter config is valid as written, and says how to connect Zulip.
     assert pushd_cli("check-config", str(target)).returncode == 0
+    text = target.read_text()
+    assert "# [zulip]" in text and "PUSH_NOTIFICATION_BOUNCER_URL" in text
+    assert "pushd zulip keys add" in text
+    # Its [zulip] table and registration line, uncommented, are valid too.
+    lines = [line.removeprefix("# ") for line in text.splitlines()]
+    start = lines.index("[zulip]")
+    target.write_text(text + "\n".join(lines[start : start + 2]) + "\n")
+    assert pushd_cli("check-config", str(target)).returncode == 0, target.read_text()
+    target.write_text(text)
     before = target.read_text()
     again = pushd_cli("init", "--config", str(target))
     assert again.returncode == 1

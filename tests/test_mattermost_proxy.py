@@ -326,6 +326,32 @@ async def test_other_push_types_to_android(
     assert session["sender_name"] == ""
 
 
+async def test_emoji_shortcodes_expanded_where_mpns_expands_them(
+    mattermost: mm.MattermostServer, simulator: ApnsSimulator, fcm_simulator: FcmSimulator
+) -> None:
+    # MPNS runs the message (APNs alert body, Android "message") through emoji.Sprint;
+    # the channel name and id-loaded messages go as they are.
+    text = "alice: ship it :rocket: :+1:"
+    channel = "Launch :rocket:"
+    assert await mattermost.send(mm.message(token(1), message=text, channel_name=channel)) == OK
+    assert await mattermost.send(mm.message(token(2), message=text, channel_name="")) == OK
+    loaded = {**mm.id_loaded(token(3)), "message": "New :rocket:"}
+    assert await mattermost.send(loaded) == OK
+    android = mm.message(FCM_TOKEN, platform=mm.ANDROID, message=text, channel_name=channel)
+    assert await mattermost.send(android) == OK
+    by_token = {r.token: json.loads(r.payload) for r in simulator.received}
+    assert by_token[token(1)]["aps"]["alert"] == {
+        "title": "Launch :rocket:",
+        "body": "alice: ship it 🚀 👍",
+    }
+    assert by_token[token(1)]["channel_name"] == "Launch :rocket:"
+    assert by_token[token(2)]["aps"]["alert"] == "alice: ship it 🚀 👍"
+    assert by_token[token(3)]["aps"]["alert"] == {"body": "New :rocket:"}
+    (received,) = fcm_simulator.received
+    assert received.message["data"]["message"] == "alice: ship it 🚀 👍"
+    assert received.message["data"]["channel_name"] == "Launch :rocket:"
+
+
 # --- outcomes ---------------------------------------------------------------------------
 
 
@@ -388,14 +414,32 @@ async def test_persistent_transient_failure_is_fail_after_three_attempts(
     assert len(simulator.received) == 3
 
 
+@pytest.mark.parametrize(
+    "reply",
+    [SimReply(status=429, reason="TooManyRequests"), SimReply(status=429)],
+    ids=["TooManyRequests", "bare-429"],
+)
+async def test_a_rate_limit_is_fail_at_once(
+    mattermost: mm.MattermostServer, simulator: ApnsSimulator, reply: SimReply
+) -> None:
+    # APNs' 429 limits pushes to one device: another attempt a second later only adds
+    # to the count, so pushd answers FAIL at once, as MPNS does for any HTTP error.
+    simulator.script(token(1), reply, reply, reply)
+    answer = await mattermost.send(mm.message(token(1)))
+    assert answer["status"] == "FAIL"
+    assert answer["error"].startswith("unknown send response error (")
+    assert len(simulator.received) == 1
+
+
 async def test_a_retry_after_beyond_the_budget_is_fail_at_once(
     mattermost: mm.MattermostServer, simulator: ApnsSimulator
 ) -> None:
     # APNs asks for 60 s; the server gives up after 30: no retry can help, so none is
     # made (a paused app's remaining pause is handled the same way).
-    simulator.script(token(1), SimReply(status=429, reason="TooManyRequests", retry_after=60))
+    busy = SimReply(status=503, reason="ServiceUnavailable", retry_after=60)
+    simulator.script(token(1), busy)
     answer = await mattermost.send(mm.message(token(1)))
-    assert answer["status"] == "FAIL" and "TooManyRequests" in answer["error"]
+    assert answer["status"] == "FAIL" and "ServiceUnavailable" in answer["error"]
     assert len(simulator.received) == 1
 
 

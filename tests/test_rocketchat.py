@@ -109,6 +109,35 @@ async def test_apn_app_is_chosen_by_topic(gateway: Pushd, rc: RocketChat) -> Non
     assert gateway.services.dispatcher.lanes["ios"].stats.delivered == 0
 
 
+async def test_voip_topic_is_a_pushkit_push_of_the_bundles_app(
+    gateway: Pushd, rc: RocketChat, simulator: ApnsSimulator
+) -> None:
+    # Newer Rocket.Chat sends a VoIP token's pushes with options.topic "<bundle>.voip".
+    before = int(time.time())
+    response = await rc.send("apn", token(6), options(topic=TOPIC + ".voip"))
+    assert response.status_code == 200, response.text
+    [received] = simulator.received
+    assert received.topic == TOPIC + ".voip"
+    assert received.push_type == "voip"
+    assert received.priority == 10
+    assert received.expiration is not None  # a call rings now or never: 60 s
+    assert before + 60 <= received.expiration <= int(time.time()) + 60
+    payload = json.loads(received.payload)
+    assert payload["aps"]["alert"] == {"title": "#general", "body": "alice: hello"}
+    assert payload["ejson"] == json.dumps(options()["payload"], separators=(",", ":"))
+    assert gateway.services.dispatcher.lanes["ios"].stats.delivered == 1
+
+
+async def test_voip_topic_of_an_unknown_bundle_is_422(
+    rc: RocketChat, simulator: ApnsSimulator
+) -> None:
+    response = await rc.send("apn", token(6), options(topic="org.unknown.app.voip"))
+    assert error_body(response, 422)["error"] == (
+        "options.topic: no app with this topic is configured"
+    )
+    assert simulator.received == []
+
+
 async def test_id_only_push_without_category(rc: RocketChat, simulator: ApnsSimulator) -> None:
     opts = options(
         topic=TOPIC,

@@ -192,6 +192,21 @@ def _alert(value: Any) -> str | dict[str, str] | None:
     return value
 
 
+def for_content(send: SendBody, app: AppConfig) -> SendBody:
+    """``send`` as the app's ``content`` mode allows (``full``: unchanged).
+
+    ``redacted``: the alert is ``redacted_text`` alone (a title or subtitle may name the
+    sender); ``id_only``: no alert at all.  ``data`` is the caller's own and passes
+    unchanged in every mode: it is where the ids the app fetches by belong.
+    """
+    if app.content == "full" or send.alert is None:
+        return send
+    if app.content == "id_only":
+        return attrs.evolve(send, alert=None)
+    text = app.redacted_text
+    return attrs.evolve(send, alert=text if isinstance(send.alert, str) else {"body": text})
+
+
 def build_apns_push(send: SendBody, now: float) -> ApnsPush:
     """The APNs notification a send asks for; raises ApiError naming the bad field."""
     if send.push_type not in APNS_PUSH_TYPES:
@@ -480,7 +495,9 @@ class NativeApi:
                 if app is None:  # removed from the config since it was registered
                     push = apns_push
                 elif app.provider == "fcm":
-                    push = build_fcm_push(body, app, now)
+                    push = build_fcm_push(for_content(body, app), app, now)
+                elif app.content != "full":
+                    push = build_apns_push(for_content(body, app), now)
                 else:
                     push = apns_push
                 pushes[r.app] = push

@@ -17,6 +17,9 @@ Rocket.Chat retries after 1, 2, 4, 8 and 16 minutes.  Rocket.Chat awaits each to
 turn, so pushd answers within :data:`DELIVER_DEADLINE` instead of holding the request
 through retries of its own.
 
+The APNs and FCM messages, VoIP pushes and the apps' ``content`` modes are
+:mod:`pushd.frontends.rocketchat_payloads`'s.
+
 No double retries.  Rocket.Chat retries a 503 itself, so pushd must not retry the same
 notification in the background too: sends here use ``Dispatcher.deliver(retry=False)``,
 and a transient failure comes back as a ``failed`` report carrying its ``RetryLater``
@@ -31,16 +34,20 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
-import attrs
-
 from pushd import jsonutil
 from pushd.config import AppConfig, Config, RocketChatServer
 from pushd.dispatch import Dispatcher, Report
 from pushd.frontends.http import Reply, Request, Route, json_reply
-from pushd.model import ApnsPush, Delivery, Failed, FcmPush, RetryLater, mask_token
+from pushd.frontends.rocketchat_payloads import (
+    VOIP_SUFFIX,
+    GatewayPush,
+    PayloadError,
+    build_apns_push,
+    build_fcm_push,
+    for_content,
+)
+from pushd.model import Delivery, Failed, RetryLater, mask_token
 from pushd.store.sqlite import Store
-from pushd.upstream.apns.request import PAYLOAD_LIMIT
-from pushd.upstream.fcm import message as fcm_message
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +60,6 @@ DELIVER_DEADLINE = 5.0
 #: ``Retry-After`` on a 503.  Rocket.Chat ignores it (its own schedule starts at one
 #: minute), but it is the honest answer for other clients and proxies.
 RETRY_AFTER_SECONDS = 60
-#: What Rocket.Chat's native APNs sender sets: ``apns-expiration`` one hour ahead,
-#: priority 10 (``priority`` is stripped before gateway sends, so it is always the default).
-APNS_EXPIRY_SECONDS = 3600
-APNS_PRIORITY = 10
 #: Largest request body.  A push is a few hundred bytes of options plus the ``payload``
 #: that becomes ``ejson``; whatever the upstream can carry (4 KiB) fits with room.
 MAX_BODY_BYTES = 32 * 1024
@@ -93,28 +96,6 @@ def serving_error_reply(status: int, code: str, message: str) -> Reply:
 
 
 # --- the request ----------------------------------------------------------------------
-
-
-@attrs.frozen
-class GatewayPush:
-    """The parts of one ``sendGatewayPush`` body the mobile apps use (§3.2)."""
-
-    token: str = attrs.field(repr=mask_token)
-    title: str | None = attrs.field(default=None, repr=False)
-    text: str | None = attrs.field(default=None, repr=False)
-    badge: int | None = None
-    sound: str | None = None
-    #: The signed 32-bit hash of ``uniqueID|rid``: Android's notification id, iOS's thread.
-    not_id: int | None = None
-    #: ``options.payload`` (becomes ``ejson`` on the device), already JSON-encoded.
-    ejson: str | None = attrs.field(default=None, repr=False)
-    sender: str | None = None
-    topic: str | None = None
-    content_available: bool = False
-    apn_category: str | None = None
-    apn_expiration_seconds: int | None = None
-    gcm_style: str | None = None
-    gcm_image: str | None = None
 
 
 def _bad(message: str) -> GatewayError:
@@ -207,82 +188,6 @@ def parse_body(body: bytes) -> GatewayPush:
     )
 
 
-# --- the upstream messages ---------------------------------------------------------------
-
-
-def build_apns_push(push: GatewayPush, now: float) -> ApnsPush:
-    """What Rocket.Chat's native ``sendAPN`` sends (§3.4).
-
-    ``mutable-content`` lets the iOS NotificationService extension run: it parses the
-    top-level ``ejson`` (fetching id-only messages, decrypting E2E ones).
-    """
-    alert: dict[str, str] = {}
-    if push.title is not None:
-        alert["title"] = push.title
-    if push.text is not None:
-        alert["body"] = push.text
-    aps: dict[str, Any] = {}
-    if alert:
-        aps["alert"] = alert
-    if push.badge is not None:
-        aps["badge"] = push.badge
-    if push.sound is not None:
-        aps["sound"] = push.sound
-    if push.apn_category is not None:
-        aps["category"] = push.apn_category
-    if push.not_id is not None:
-        aps["thread-id"] = str(push.not_id)
-    aps["mutable-content"] = 1
-    if push.content_available:
-        aps["content-available"] = 1
-    document: dict[str, Any] = {"aps": aps}
-    if push.ejson is not None:
-        document["ejson"] = push.ejson
-    if push.sender is not None:
-        document["messageFrom"] = push.sender
-    payload = _encode(document, "options").encode()
-    if len(payload) > PAYLOAD_LIMIT:
-        raise _bad(f"the APNs payload would be {len(payload)} bytes, over {PAYLOAD_LIMIT}")
-    seconds = APNS_EXPIRY_SECONDS
-    if push.apn_expiration_seconds is not None:
-        seconds = push.apn_expiration_seconds
-    return ApnsPush(payload=payload, priority=APNS_PRIORITY, expiration=int(now) + seconds)
-
-
-def build_fcm_push(push: GatewayPush, app: AppConfig, now: float) -> FcmPush:
-    """A data-only, high-priority message, as the React Native app reads it (§3.4).
-
-    No ``notification`` block: Android would show it by itself while the app is in the
-    background, bypassing the app's handler (no grouping, no E2E decryption).  The app
-    drops a message without a numeric ``notId``, so it is required here.
-    """
-    if push.not_id is None:
-        raise _bad("options.notId: required for Android")
-    data = {"notId": str(push.not_id)}
-    for key, value in (
-        ("title", push.title),
-        ("message", push.text),
-        ("ejson", push.ejson),
-        ("msgcnt", None if push.badge is None else str(push.badge)),
-        ("soundname", push.sound),
-        ("style", push.gcm_style),
-        ("image", push.gcm_image),
-        ("content-available", "1" if push.content_available else None),
-    ):
-        if value is not None:
-            data[key] = value
-    try:
-        return fcm_message.build_push(
-            data=data,
-            android=fcm_message.AndroidOptions(
-                priority="high", ttl=app.android_ttl, collapse_key=app.android_collapse_key
-            ),
-            now=now,
-        )
-    except fcm_message.InvalidMessage as error:  # names the field, never its value
-        raise _bad(str(error)) from None
-
-
 # --- the handlers ------------------------------------------------------------------------
 
 
@@ -366,14 +271,24 @@ class RocketChatGateway:
             raise GatewayError(401, "not authorized")
         return found
 
-    def _app(self, push: GatewayPush, server: RocketChatServer, provider: Provider) -> AppConfig:
-        """The app to send through: by ``options.topic`` for APNs, by config for FCM."""
+    def _app(
+        self, push: GatewayPush, server: RocketChatServer, provider: Provider
+    ) -> tuple[AppConfig, bool]:
+        """``(app, voip)``: the app to send through, by ``options.topic`` for APNs (a
+        ``<bundle id>.voip`` topic is a VoIP push of the bundle id's app), by config
+        for FCM."""
         if provider == "apn":
             if not push.topic:
                 raise _bad("options.topic: missing")
-            for app in self.config.apps:
-                if app.provider == "apns" and app.topic == push.topic:
-                    return app
+            apps = [app for app in self.config.apps if app.provider == "apns"]
+            for app in apps:
+                if app.topic == push.topic:
+                    return app, False
+            if push.topic.endswith(VOIP_SUFFIX):
+                bundle = push.topic.removesuffix(VOIP_SUFFIX)
+                for app in apps:
+                    if app.topic == bundle:
+                        return app, True
             log.warning("Rocket.Chat server %s: no APNs app has this topic", server.name)
             raise _bad("options.topic: no app with this topic is configured")
         name = server.fcm_app or self.config.rocketchat.fcm_app
@@ -381,15 +296,21 @@ class RocketChatGateway:
         if fcm_app is None:
             log.warning("Rocket.Chat server %s: no FCM app is configured for it", server.name)
             raise _bad("no FCM app is configured for this server")
-        return fcm_app
+        return fcm_app, False
 
     async def send(self, request: Request, server: RocketChatServer, provider: Provider) -> Reply:
         push = parse_body(request.body)
-        app = self._app(push, server, provider)
+        app, voip = self._app(push, server, provider)
+        push = for_content(push, app)
         now = self.clock()
-        upstream = (
-            build_apns_push(push, now) if provider == "apn" else build_fcm_push(push, app, now)
-        )
+        try:
+            upstream = (
+                build_apns_push(push, now, voip=voip)
+                if provider == "apn"
+                else build_fcm_push(push, app, now)
+            )
+        except PayloadError as error:
+            raise _bad(str(error)) from None
         delivery = Delivery(app=app.name, token=push.token, push=upstream, protocol="rocketchat")
         [report] = await self.dispatcher.deliver([delivery], deadline=self.deadline, retry=False)
         status = self._status(report)

@@ -7,7 +7,7 @@ pushd) and connection events on stderr.
 
 FCM is off unless ``--fcm-port`` is given (so the APNs-only behaviour stays as it was);
 it then serves Google's token endpoint and FCM's send endpoint on that port, on the same
-certificate as APNs.  Point an FCM app's ``base_url`` at ``https://HOST:PORT`` and give
+certificate as APNs.  Point an FCM app's ``upstream_url`` at ``https://HOST:PORT`` and give
 it a service-account file whose ``token_uri`` is ``https://HOST:PORT/token``:
 ``--fcm-new-account FILE`` writes such a file and trusts it, ``--fcm-account FILE``
 trusts an existing one.

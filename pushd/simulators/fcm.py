@@ -1054,7 +1054,11 @@ class FcmSimulator(Recording[FcmReceived]):
 
     @property
     def base_url(self) -> str:
-        """``https://host:port`` of the send endpoint (``FcmSettings.base_url``)."""
+        """``https://host:port`` of the send endpoint: an FCM app's ``upstream_url``.
+
+        ``upstream_url`` moves only the send endpoint; access tokens come from the
+        service account's ``token_uri``, which must name :attr:`token_url` too.
+        """
         if self.port is None:
             raise RuntimeError("base_url is known once serve() has bound a port")
         host = f"[{self._host}]" if ":" in self._host else self._host

@@ -328,10 +328,14 @@ class MatrixGateway:
                 "matrix %s: a repeat of an event already sent; not sent again", request.request_id
             )
             return None
+        content, redacted_text = app.config.content, app.config.redacted_text
+        # id_only forces event_id_only, whatever the pusher's data.format asked for.
+        notification = payloads.for_content(notification, content, redacted_text)
         push: Push | None
         try:
             if app.config.provider == "apns":
-                push = payloads.apns_push(notification, device, options)
+                redacted = redacted_text if content == "redacted" else None
+                push = payloads.apns_push(notification, device, options, redacted)
             else:
                 push = payloads.fcm_push(notification, device, options)
         except payloads.PayloadError as error:

@@ -30,8 +30,10 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final
 
+import attrs
+
 from pushd import jsonutil
-from pushd.config import MatrixAppOptions
+from pushd.config import ContentMode, MatrixAppOptions
 from pushd.frontends.matrix.wire import Device, Notification
 from pushd.model import ApnsPush, FcmPush, normalize_apns_token
 from pushd.upstream.apns.request import payload_limit
@@ -147,6 +149,28 @@ def is_event_id_only(n: Notification) -> bool:
     return bool(n.event_id) and not n.type
 
 
+def for_content(n: Notification, content: ContentMode, redacted_text: str) -> Notification:
+    """``n`` as an app's ``content`` mode allows it to be sent (``full``: unchanged).
+
+    ``id_only``: what Synapse sends an ``event_id_only`` pusher, whatever the pusher
+    asked: event and room ids, counts, prio; so Sygnal's event_id_only payloads apply
+    and the app fetches the event itself.  ``redacted``: sender, display name and room
+    names go, and the content becomes ``{"body": redacted_text}`` (FCM
+    ``content_body``; APNs gets it as the alert body, see :func:`apns_payload`).
+    A badge update (no type) carries nothing to hide and is left alone.
+    """
+    if content == "full" or not n.type:
+        return n
+    nameless = attrs.evolve(
+        n, sender=None, sender_display_name=None, room_name=None, room_alias=None
+    )
+    if content == "id_only":
+        return attrs.evolve(
+            nameless, type=None, membership=None, user_is_target=False, content=None
+        )
+    return attrs.evolve(nameless, content=None if n.content is None else {"body": redacted_text})
+
+
 # --- APNs ---------------------------------------------------------------------------
 
 
@@ -250,7 +274,7 @@ def _event_id_only_payload(
 
 
 def apns_payload(
-    n: Notification, device: Device, options: MatrixAppOptions
+    n: Notification, device: Device, options: MatrixAppOptions, redacted_text: str | None = None
 ) -> dict[str, Any] | None:
     """The APNs JSON payload as Sygnal builds it, or None when there is nothing to send.
 
@@ -258,7 +282,9 @@ def apns_payload(
     ``aps.alert`` with the loc-key and loc-args (other alert keys of the default kept,
     a non-object alert replaced), ``aps.badge``, and ``room_id``/``event_id`` only with
     a loc-key.  A badge update is just ``{"aps": {"badge": N}}``.  With
-    ``sound_from_tweaks`` an alert also gets the push rule's sound.
+    ``sound_from_tweaks`` an alert also gets the push rule's sound.  With
+    ``redacted_text`` (the ``redacted`` mode) an alert is that text as its body, in
+    place of the loc-key and loc-args, which would name the sender and the room.
     """
     default = _checked_default_payload(device)
     if is_event_id_only(n):
@@ -276,8 +302,13 @@ def apns_payload(
         alert_object = aps.get("alert")
         if not isinstance(alert_object, dict):
             alert_object = aps["alert"] = {}
-        alert_object["loc-key"] = loc_key
-        alert_object["loc-args"] = loc_args
+        if redacted_text is None:
+            alert_object["loc-key"] = loc_key
+            alert_object["loc-args"] = loc_args
+        else:
+            alert_object.pop("loc-key", None)
+            alert_object.pop("loc-args", None)
+            alert_object["body"] = redacted_text
         sound = device.tweaks.get("sound")
         if options.sound_from_tweaks and isinstance(sound, str):
             aps["sound"] = sound
@@ -419,14 +450,16 @@ def truncate_apns(payload: dict[str, Any], limit: int) -> bytes:
     return result
 
 
-def apns_push(n: Notification, device: Device, options: MatrixAppOptions) -> ApnsPush | None:
+def apns_push(
+    n: Notification, device: Device, options: MatrixAppOptions, redacted_text: str | None = None
+) -> ApnsPush | None:
     """The APNs push for one device, or None when there is nothing to send.
 
     ``apns-push-type`` is always sent (Sygnal omits it unless configured).  Priority is
     10, or 5 for ``prio: low`` (most of Synapse's pushes) and for ``background`` pushes,
     which APNs refuses at 10.  Raises :class:`PayloadError` when it cannot fit.
     """
-    payload = apns_payload(n, device, options)
+    payload = apns_payload(n, device, options, redacted_text)
     if payload is None:
         return None
     push_type = options.push_type

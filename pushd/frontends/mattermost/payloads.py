@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+import attrs
+
 from pushd import jsonutil
 from pushd.config import AppConfig
+from pushd.frontends.mattermost.shortcodes import expand
 from pushd.frontends.mattermost.wire import BadRequest, PushNotification
 from pushd.model import ApnsPush, FcmPush
 from pushd.upstream.apns.request import payload_limit
@@ -62,6 +65,31 @@ FCM_MESSAGE_KEYS: Final = (
     "override_icon_url",
     "from_webhook",
 )
+
+
+def for_content(push: PushNotification, app: AppConfig) -> PushNotification:
+    """``push`` as the app's ``content`` mode allows (unchanged in ``full``).
+
+    ``redacted``: the message becomes ``redacted_text``, names and ``sender_id`` go;
+    channel, team, post and root ids stay, so a tap opens the right thread.
+    ``id_only``: a message push becomes the server's own ``id_loaded`` push (notes §2.5:
+    no names, ``redacted_text`` as the message), which the app completes by fetching
+    the post through its ack; other pushes (Calls, session) are redacted.
+    """
+    if app.content == "full":
+        return push
+    redacted = attrs.evolve(
+        push,
+        # Only a message push carries what a user wrote (a session push: server text).
+        message=app.redacted_text if push.message and push.type == TYPE_MESSAGE else push.message,
+        sender_name="",
+        channel_name="",
+        override_username="",
+        override_icon_url="",
+    )
+    if app.content == "id_only" and push.type == TYPE_MESSAGE and push.transport != TRANSPORT_VOIP:
+        return attrs.evolve(redacted, is_id_loaded=True)
+    return attrs.evolve(redacted, sender_id="")
 
 
 def _signature(push: PushNotification) -> str:
@@ -136,10 +164,11 @@ def _aps(push: PushNotification, app_version: int) -> tuple[dict[str, Any], dict
         if push.type == TYPE_MESSAGE:
             aps["content-available"] = 1
         custom["version"] = push.version
+        body = expand(push.message)  # MPNS: emoji.Sprint, here and on Android
         if push.channel_name and push.version == "v2":
-            aps["alert"] = {"title": push.channel_name, "body": push.message}
+            aps["alert"] = {"title": push.channel_name, "body": body}
         else:
-            aps["alert"] = push.message
+            aps["alert"] = body
         if push.channel_name:
             custom["channel_name"] = push.channel_name
     elif push.type in WAKE_TYPES:
@@ -200,6 +229,7 @@ def fcm_data(push: PushNotification) -> dict[str, str]:
         )
     elif push.type in ALERT_TYPES:
         data.update({name: getattr(push, name) for name in FCM_MESSAGE_KEYS})
+        data["message"] = expand(push.message)
     return data
 
 

@@ -12,6 +12,14 @@ so a push gets at most :data:`MAX_ATTEMPTS` attempts within :data:`SEND_BUDGET`.
 dispatcher's own background retries are switched off for these deliveries (they
 expire at once), so pushd never sends a push the server was told had failed -- except
 an attempt still in flight when the budget runs out, which may yet deliver.
+
+Where pushd differs from MPNS: MPNS retries APNs only after a transport error and
+answers FAIL at once on any HTTP error status, and a Mattermost server never retries a
+FAIL, so an APNs 500 or 503 loses the push.  pushd retries those too (a second attempt
+a second later, on another connection, usually succeeds), but not a rate limit
+(:data:`RATE_LIMIT_REASONS`): more pushes within seconds only add to what tripped it.
+A wait that would end past the budget (a long ``Retry-After``, a paused app) is not
+waited for either: FAIL comes at once, while the server still listens.
 """
 
 from __future__ import annotations
@@ -48,6 +56,10 @@ SEND_BUDGET: Final = 25.0
 MAX_ATTEMPTS: Final = 3
 #: Pauses between attempts, as MPNS (1 s, then 2 s).
 RETRY_DELAYS: Final = (1.0, 2.0)
+#: Transient failures that are rate limits (APNs' per-device ``TooManyRequests``, FCM's
+#: project quota): never retried within a ``send_push``, where the next attempt would
+#: come a second later and only count against the limit again.
+RATE_LIMIT_REASONS: Final = frozenset({"TooManyRequests", "HTTP 429", "QUOTA_EXCEEDED"})
 #: Dead-token reasons MPNS answers REMOVE for (notes §1.9).  Others pushd deems dead
 #: (APNs ``ExpiredToken``, FCM ``INVALID_ARGUMENT``) are a FAIL there, so here too.
 APNS_REMOVE_REASONS: Final = frozenset(
@@ -204,6 +216,7 @@ class MattermostProxy:
                 "Did not send message because of missing platform property "
                 f"type={kind} serverId={push.server_id}"
             )
+        push = payloads.for_content(push, app)
         try:
             built: Push = (
                 payloads.fcm_push(push, app)
@@ -228,14 +241,14 @@ class MattermostProxy:
             )
             remaining = end - trio.current_time()
             (report,) = await self.dispatcher.deliver([delivery], deadline=remaining, retry=False)
-            transient = isinstance(report.outcome, RetryLater)
+            outcome = report.outcome
+            # A rate limit is not retried, and is worded as the answer it is.
+            transient = isinstance(outcome, RetryLater) and outcome.reason not in RATE_LIMIT_REASONS
             if transient and attempt < MAX_ATTEMPTS:
-                assert isinstance(report.outcome, RetryLater)
+                assert isinstance(outcome, RetryLater)
                 # Retry-After, or a paused app's remaining pause, may be longer than
                 # MPNS's pause: then no retry fits the budget, and FAIL comes at once.
-                delay = max(
-                    RETRY_DELAYS[min(attempt, len(RETRY_DELAYS)) - 1], report.outcome.after or 0.0
-                )
+                delay = max(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS)) - 1], outcome.after or 0.0)
                 if trio.current_time() + delay < end:
                     await trio.sleep(delay)
                     attempt += 1

@@ -394,11 +394,15 @@ class ZulipBouncer:
         apple = [r for r in registrations if r.kind == KIND_APNS]
         android = [r for r in registrations if r.kind == KIND_FCM]
         now = self.clock()
-        apns_push = payloads.build_apns_push(apns_payload, now) if apple else None
-        fcm_push = (
-            payloads.build_fcm_push(payloads.fcm_data(gcm_payload), priority) if android else None
-        )
-        dead = await self._send(server, registrations, apns_push, fcm_push)
+
+        def build(kind: int, app: AppConfig) -> Push:
+            """The push for ``app``'s devices, as its ``content`` mode allows."""
+            if kind == KIND_APNS:
+                return payloads.build_apns_push(payloads.redact_apns(apns_payload, app), now)
+            data = payloads.fcm_data(payloads.redact_gcm(gcm_payload, app))
+            return payloads.build_fcm_push(data, priority)
+
+        dead = await self._send(server, registrations, build)
         log.info(
             "Zulip server %s: notification for %s to %d APNs and %d FCM device(s), %d dead",
             server.uuid,
@@ -448,13 +452,14 @@ class ZulipBouncer:
                 400, "INVALID_REMOTE_PUSH_DEVICE_TOKEN", "Device not recognized by the push bouncer"
             )
         now = self.clock()
-        apns_push = fcm_push = None
+        push: Push
         if kind == KIND_APNS:
-            apns_push = payloads.build_apns_push(payloads.test_apns_payload(base), now)
+            push = payloads.build_apns_push(payloads.test_apns_payload(base), now)
         else:
             data = payloads.fcm_data(payloads.test_gcm_payload(base, now))
-            fcm_push = payloads.build_fcm_push(data, "high")
-        await self._send(server, matches, apns_push, fcm_push)
+            push = payloads.build_fcm_push(data, "high")
+        # The bouncer's own text, no one's message: the same in every content mode.
+        await self._send(server, matches, lambda _kind, _app: push)
         return success()
 
     async def _deduplicated(
@@ -479,16 +484,19 @@ class ZulipBouncer:
         self,
         server: ZulipServer,
         registrations: Sequence[ZulipRegistration],
-        apns_push: Push | None,
-        fcm_push: Push | None,
+        build: Callable[[int, AppConfig], Push],
     ) -> set[tuple[int, str]]:
-        """Deliver to every device at once; return the dead (kind, token)s (deleted)."""
+        """Deliver to every device at once; return the dead (kind, token)s (deleted).
+
+        ``build`` makes the push of one kind for one app, once per app: apps may differ
+        in their ``content`` mode.  A payload it refuses raises before anything is sent.
+        """
         deliveries: list[Delivery] = []
         kinds: list[int] = []
+        pushes: dict[tuple[int, str], Push] = {}
         for registration in registrations:
-            push = apns_push if registration.kind == KIND_APNS else fcm_push
             app = self._app_for(registration.kind, registration.ios_app_id)
-            if app is None or push is None:
+            if app is None:
                 log.warning(
                     "Zulip server %s: no configured app serves token %s (%s); skipped",
                     server.uuid,
@@ -496,6 +504,10 @@ class ZulipBouncer:
                     no_app_message(registration.kind, registration.ios_app_id),
                 )
                 continue
+            key = (registration.kind, app.name)
+            push = pushes.get(key)
+            if push is None:
+                push = pushes[key] = build(registration.kind, app)
             deliveries.append(
                 Delivery(
                     app=app.name,

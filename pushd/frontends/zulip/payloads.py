@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pushd import jsonutil
+from pushd.config import AppConfig
 from pushd.frontends.zulip.wire import bad_request
 from pushd.model import ApnsPush, FcmPush
 from pushd.upstream.fcm import message as fcm_message
@@ -39,6 +40,31 @@ def truncate_removal(payload: Mapping[str, Any]) -> dict[str, Any]:
         raise bad_request("Invalid zulip_message_ids") from None
     result["zulip_message_ids"] = ",".join(map(str, numbers[-MAX_REMOVED_MESSAGE_IDS:]))
     return result
+
+
+def redact_apns(apns_payload: Mapping[str, Any], app: AppConfig) -> Mapping[str, Any]:
+    """The APNs payload as the app's ``content`` mode allows: in ``redacted`` and
+    ``id_only``, what Zulip's own ``PUSH_NOTIFICATION_REDACT_CONTENT`` does, the alert
+    body becomes the redacted text.
+
+    Titles and the ``zulip`` data stay: the Zulip apps need them to show and route a
+    legacy push and cannot fetch one by id, so ``id_only`` can do no more here.  For
+    pushes no one but the phone can read, Zulip's end-to-end encrypted pushes (which
+    pushd relays untouched) are the way.
+    """
+    alert = apns_payload.get("alert")
+    if app.content == "full" or not isinstance(alert, dict) or "body" not in alert:
+        return apns_payload
+    return {**apns_payload, "alert": {**alert, "body": app.redacted_text}}
+
+
+def redact_gcm(gcm_payload: Mapping[str, Any], app: AppConfig) -> Mapping[str, Any]:
+    """The FCM data as the app's ``content`` mode allows: ``content`` becomes the
+    redacted text (not truncated), as Zulip's own redaction does; see :func:`redact_apns`.
+    """
+    if app.content == "full" or "content" not in gcm_payload:
+        return gcm_payload
+    return {**gcm_payload, "content": app.redacted_text, "content_truncated": False}
 
 
 def apns_body(apns_payload: Mapping[str, Any]) -> bytes:
