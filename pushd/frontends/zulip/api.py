@@ -25,6 +25,7 @@ from typing import Any
 from pushd.config import AppConfig, Config
 from pushd.dispatch import Dispatcher, Report
 from pushd.frontends.http import Reply, Request, Route
+from pushd.frontends.ratelimit import RateLimit
 from pushd.frontends.zulip import payloads
 from pushd.frontends.zulip.e2ee import E2eeHandlers, no_app_message
 from pushd.frontends.zulip.wire import (
@@ -33,7 +34,7 @@ from pushd.frontends.zulip.wire import (
     KIND_FCM,
     ORG_ID_LENGTH,
     ORG_KEY_LENGTH,
-    RateLimiter,
+    RATE_WINDOW_SECONDS,
     ZulipError,
     bad_request,
     check_email,
@@ -115,7 +116,7 @@ class ZulipBouncer:
         self.store = store
         self.dispatcher = dispatcher
         self.clock = clock
-        self.limiter = RateLimiter(config.zulip.rate_limit)
+        self.limiter = RateLimit("zulip", config.zulip.rate_limit, RATE_WINDOW_SECONDS)
         self.e2ee = E2eeHandlers(
             store,
             dispatcher,
@@ -198,9 +199,8 @@ class ZulipBouncer:
         async def guarded(request: Request) -> Reply:
             try:
                 server = self.authenticate(request)
-                retry_after = self.limiter.check(server.uuid, self.clock())
+                retry_after = self.limiter.check(f"server {server.uuid}", self.clock())
                 if retry_after is not None:
-                    log.warning("Zulip server %s exceeded its rate limit", server.uuid)
                     raise rate_limited(retry_after)
                 return await handler(request, server)
             except ZulipError as error:
