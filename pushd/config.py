@@ -50,6 +50,11 @@ DEFAULT_ZULIP_RATE_LIMIT = 1000
 MIN_PATH_SECRET = 16
 #: Mattermost's proxy default (`ThrottlePerSec`).
 DEFAULT_MATTERMOST_THROTTLE = 300
+#: Requests a minute per chat server (native API, Rocket.Chat) or per source address
+#: (Matrix): Mattermost's 300 a second, counted over a minute, so a burst (an @all in
+#: a room of thousands: a request per user, device or pusher within seconds) passes,
+#: while a loop sending as fast as pushd answers is refused within seconds.
+DEFAULT_RATE_LIMIT = 18_000
 #: Synapse waits 60 s for a gateway and sends one pusher's pushes one after another:
 #: answer well before, and retry the rest in the background.
 DEFAULT_MATRIX_ANSWER_WITHIN = 3.0
@@ -182,6 +187,14 @@ class AppConfig:
 
 
 @attrs.frozen
+class NativeConfig:
+    """``[native]``: pushd's own API under ``/v1``."""
+
+    #: Requests a minute one chat server (one key) may make.
+    rate_limit: int = DEFAULT_RATE_LIMIT
+
+
+@attrs.frozen
 class ZulipConfig:
     """``[zulip]``: the Zulip push bouncer under ``/api/v1/remotes/``.
 
@@ -253,6 +266,8 @@ class RocketChatConfig:
     #: The FCM app for servers that name none.  APNs apps are chosen by
     #: ``options.topic`` (an app's ``topic``).
     fcm_app: str | None = None
+    #: Requests a minute one configured server may make (one request per device).
+    rate_limit: int = DEFAULT_RATE_LIMIT
 
 
 @attrs.frozen
@@ -270,6 +285,8 @@ class MatrixConfig:
     answer_within: float = DEFAULT_MATRIX_ANSWER_WITHIN
     #: Seconds a repeated (app_id, pushkey, event_id) is recognised and not sent again.
     dedupe_seconds: float = DEFAULT_MATRIX_DEDUPE_SECONDS
+    #: Notify requests a minute per source address (there are no credentials).
+    rate_limit: int = DEFAULT_RATE_LIMIT
 
 
 @attrs.frozen
@@ -281,6 +298,7 @@ class Config:
     log: LogConfig = LogConfig()
     retry: RetryConfig = RetryConfig()
     apps: tuple[AppConfig, ...] = ()
+    native: NativeConfig = NativeConfig()
     zulip: ZulipConfig = ZulipConfig()
     mattermost: MattermostConfig = MattermostConfig()
     rocketchat: RocketChatConfig = RocketChatConfig()
@@ -472,6 +490,13 @@ def check(config: Config) -> list[str]:
             problems.append(f"apps[{index}].name: {app.name!r} is used by an earlier app")
         seen.add(app.name)
         problems += _check_app(index, app)
+    for key, limit in (
+        ("native.rate_limit", config.native.rate_limit),
+        ("rocketchat.rate_limit", config.rocketchat.rate_limit),
+        ("matrix.rate_limit", config.matrix.rate_limit),
+    ):
+        if limit < 1:
+            problems.append(f"{key}: must be at least 1 (requests a minute)")
     problems += _check_zulip(config)
     problems += _check_mattermost(config)
     problems += _check_rocketchat(config)

@@ -13,6 +13,11 @@ from pushd.model import APNS_PRIORITIES, APNS_PUSH_TYPES
 
 _ERROR = {"$ref": "#/components/responses/Error"}
 _AUTH_ERRORS = {"401": _ERROR, "403": _ERROR}
+_RATE_LIMITED = {
+    "description": "More than [native] rate_limit requests a minute from this server",
+    "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}},
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
 
 
 def _body(schema: str) -> dict[str, Any]:
@@ -35,7 +40,13 @@ def _post(summary: str, body: str, responses: dict[str, Any]) -> dict[str, Any]:
             "summary": summary,
             "security": [{"serverKey": []}],
             "requestBody": _body(body),
-            "responses": {**responses, "400": _ERROR, **_AUTH_ERRORS, "413": _ERROR},
+            "responses": {
+                **responses,
+                "400": _ERROR,
+                **_AUTH_ERRORS,
+                "413": _ERROR,
+                "429": _RATE_LIMITED,
+            },
         }
     }
 
