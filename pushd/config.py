@@ -55,6 +55,8 @@ DEFAULT_MATTERMOST_THROTTLE = 300
 #: a room of thousands: a request per user, device or pusher within seconds) passes,
 #: while a loop sending as fast as pushd answers is refused within seconds.
 DEFAULT_RATE_LIMIT = 18_000
+#: Shortest admin token accepted: it guards /healthz's detail like a password.
+MIN_ADMIN_TOKEN = 16
 #: Synapse waits 60 s for a gateway and sends one pusher's pushes one after another:
 #: answer well before, and retry the rest in the background.
 DEFAULT_MATRIX_ANSWER_WITHIN = 3.0
@@ -80,6 +82,9 @@ class ServerConfig:
     first_attempt_deadline: float = DEFAULT_FIRST_ATTEMPT_DEADLINE
     #: On shutdown, how long in-flight deliveries may finish before they are cancelled.
     drain_seconds: float = DEFAULT_DRAIN_SECONDS
+    #: A file holding the admin token: ``Authorization: Bearer <token>`` reads the
+    #: detail of /healthz (as a chat server's key does).  None: no admin token.
+    admin_token_file: str | None = None
 
 
 @attrs.frozen
@@ -345,6 +350,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         config.server,
         tls_cert=_resolve(base, config.server.tls_cert),
         tls_key=_resolve(base, config.server.tls_key),
+        admin_token_file=_resolve(base, config.server.admin_token_file),
     )
     store = StoreConfig(path=_resolve(base, config.store.path) or config.store.path)
     return attrs.evolve(config, apps=apps, server=server, store=store)
@@ -479,6 +485,7 @@ def check(config: Config) -> list[str]:
         problems.append("server.max_body_bytes: must be at least 1024")
     if server.first_attempt_deadline <= 0:
         problems.append("server.first_attempt_deadline: must be positive")
+    problems += _check_admin_token(server.admin_token_file)
     if config.retry.max_attempts < 1:
         problems.append("retry.max_attempts: must be at least 1")
     store_dir = Path(config.store.path).parent
@@ -502,6 +509,27 @@ def check(config: Config) -> list[str]:
     problems += _check_rocketchat(config)
     problems += _check_matrix(config)
     return problems
+
+
+def read_admin_token(path: str | None) -> str | None:
+    """The admin token in ``path`` (surrounding whitespace stripped), or None."""
+    if path is None:
+        return None
+    return Path(path).read_text(encoding="utf-8", errors="replace").strip()
+
+
+def _check_admin_token(path: str | None) -> list[str]:
+    problems = _check_file("server.admin_token_file", path)
+    if problems or path is None:
+        return problems
+    token = read_admin_token(path) or ""
+    # ASCII: it travels in a header, which HTTP does not decode as UTF-8.
+    if len(token) < MIN_ADMIN_TOKEN or not all("!" <= c <= "~" for c in token):
+        return [
+            f"server.admin_token_file: must hold one token of at least {MIN_ADMIN_TOKEN} "
+            "ASCII letters, digits or punctuation"
+        ]
+    return []
 
 
 def _check_fcm_reference(config: Config, key: str, name: str | None) -> list[str]:

@@ -189,8 +189,11 @@ SCHEMAS: dict[str, Any] = {
     },
     "Health": {
         "type": "object",
+        "required": ["status"],
+        "description": "Only status without a credential; the rest with one.",
         "properties": {
             "status": {"enum": ["ok", "degraded"]},
+            "version": {"type": "string"},
             "apps": {"type": "object"},
             "queued_retries": {"type": "integer"},
             "matrix": {
@@ -242,8 +245,16 @@ OPENAPI: dict[str, Any] = {
         },
         "/healthz": {
             "get": {
-                "summary": "Liveness and per-app state",
-                "responses": {"200": _ok("Health", "Running")},
+                "summary": "Liveness for anyone; per-app state with a credential",
+                "description": (
+                    "Without Authorization: only status. With Authorization: Bearer and "
+                    "a chat server's key or the admin token ([server] admin_token_file): "
+                    "apps, counters and queues."
+                ),
+                "responses": {
+                    "200": _ok("Health", "Running"),
+                    "401": _ERROR,
+                },
             }
         },
         "/health": {
