@@ -23,10 +23,12 @@ The APNs app also serves Matrix pushers (``[apps.matrix]``): Element iOS's app i
 (``common.MATRIX_APP_ID``), pushkeys the base64 of the token (``convert_pushkey_to_hex``),
 everything else at its default, and so does ``[matrix]`` (no ``allowed_networks``, as
 Sygnal; ``answer_within`` 3 s; ``dedupe_seconds`` 600, which is why every Matrix request
-of the benchmark has its own event id).  Only the benchmark's pushd gets the table:
-``zulip_fanout.py`` reuses :func:`apns_app` and serves no Matrix.  The Matrix routes
-(``/_matrix/push/v1/notify`` a static path, the Matrix 404s templates listed after
-the Mattermost ones) do not change how the other scenarios' paths are routed.
+of the benchmark has its own event id); its per-source ``rate_limit`` and the native
+API's per-server one are lifted as the Mattermost throttle is.  Only the benchmark's
+pushd gets the table: ``zulip_fanout.py`` reuses :func:`apns_app` and serves no Matrix.
+The Matrix routes (``/_matrix/push/v1/notify`` a static path, the Matrix 404s
+templates listed after the Mattermost ones) do not change how the other scenarios'
+paths are routed.
 
 ``POST /bench/empty`` is mounted through ``server.serve(extra_routes=...)``: it reads
 the body like every route and replies ``{}``, so its CPU cost per request is what the
@@ -77,6 +79,11 @@ ZULIP_RATE_LIMIT = 10_000_000
 #: Mattermost requests a second from one source address: far above what any scenario
 #: sends (pushd's default, Mattermost's 300, would answer 429 within the first second).
 MATTERMOST_THROTTLE_PER_SECOND = 10_000_000
+#: Native sends a minute from the benchmark's one chat server, and Matrix notifies a
+#: minute from its one source address: lifted likewise (pushd's default, 18,000 a
+#: minute, would answer 429 within seconds of a run).
+NATIVE_RATE_LIMIT = 10_000_000
+MATRIX_RATE_LIMIT = 10_000_000
 #: In-flight deliveries waiting at shutdown get this long; the benchmark has none.
 DRAIN_SECONDS = 1.0
 #: pushd's default, as an operator runs it.  APNs logs per-connection events only; FCM
@@ -120,12 +127,13 @@ def build_config(args: argparse.Namespace) -> config.Config:
         "server": {"listen": "127.0.0.1", "port": args.port, "drain_seconds": DRAIN_SECONDS},
         "store": {"path": str(args.store)},
         "log": {"level": LOG_LEVEL},
+        "native": {"rate_limit": NATIVE_RATE_LIMIT},
         "zulip": {"rate_limit": ZULIP_RATE_LIMIT},
         "mattermost": {
             "throttle_per_second": MATTERMOST_THROTTLE_PER_SECOND,
             "servers": [{"name": MATTERMOST_SERVER_NAME, "path_secret": MATTERMOST_PATH_SECRET}],
         },
-        "matrix": {},
+        "matrix": {"rate_limit": MATRIX_RATE_LIMIT},
         "apps": [
             {
                 **apns_app(args.key_file, args.upstream_port, args.ca_file),

@@ -54,6 +54,13 @@ DEFAULT_ZULIP_RATE_LIMIT = 1000
 MIN_PATH_SECRET = 16
 #: Mattermost's proxy default (`ThrottlePerSec`).
 DEFAULT_MATTERMOST_THROTTLE = 300
+#: Requests a minute per chat server (native API, Rocket.Chat) or per source address
+#: (Matrix): Mattermost's 300 a second, counted over a minute, so a burst (an @all in
+#: a room of thousands: a request per user, device or pusher within seconds) passes,
+#: while a loop sending as fast as pushd answers is refused within seconds.
+DEFAULT_RATE_LIMIT = 18_000
+#: Shortest admin token accepted: it guards /healthz's detail like a password.
+MIN_ADMIN_TOKEN = 16
 #: Synapse waits 60 s for a gateway and sends one pusher's pushes one after another:
 #: answer well before, and retry the rest in the background.
 DEFAULT_MATRIX_ANSWER_WITHIN = 3.0
@@ -90,6 +97,9 @@ class ServerConfig:
     #: client (for ``allowed_networks``, throttles and logs); from any other peer those
     #: headers are ignored.
     trusted_proxies: tuple[str, ...] = ()
+    #: A file holding the admin token: ``Authorization: Bearer <token>`` reads the
+    #: detail of /healthz (as a chat server's key does).  None: no admin token.
+    admin_token_file: str | None = None
 
 
 @attrs.frozen
@@ -219,6 +229,14 @@ class ZulipPinConfig:
 
 
 @attrs.frozen
+class NativeConfig:
+    """``[native]``: pushd's own API under ``/v1``."""
+
+    #: Requests a minute one chat server (one key) may make.
+    rate_limit: int = DEFAULT_RATE_LIMIT
+
+
+@attrs.frozen
 class ZulipConfig:
     """``[zulip]``: the Zulip push bouncer under ``/api/v1/remotes/``.
 
@@ -292,6 +310,8 @@ class RocketChatConfig:
     #: The FCM app for servers that name none.  APNs apps are chosen by
     #: ``options.topic`` (an app's ``topic``).
     fcm_app: str | None = None
+    #: Requests a minute one configured server may make (one request per device).
+    rate_limit: int = DEFAULT_RATE_LIMIT
 
 
 @attrs.frozen
@@ -309,6 +329,8 @@ class MatrixConfig:
     answer_within: float = DEFAULT_MATRIX_ANSWER_WITHIN
     #: Seconds a repeated (app_id, pushkey, event_id) is recognised and not sent again.
     dedupe_seconds: float = DEFAULT_MATRIX_DEDUPE_SECONDS
+    #: Notify requests a minute per source address (there are no credentials).
+    rate_limit: int = DEFAULT_RATE_LIMIT
 
 
 @attrs.frozen
@@ -320,6 +342,7 @@ class Config:
     log: LogConfig = LogConfig()
     retry: RetryConfig = RetryConfig()
     apps: tuple[AppConfig, ...] = ()
+    native: NativeConfig = NativeConfig()
     zulip: ZulipConfig = ZulipConfig()
     mattermost: MattermostConfig = MattermostConfig()
     rocketchat: RocketChatConfig = RocketChatConfig()
@@ -388,6 +411,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         config.server,
         tls_cert=_resolve(base, config.server.tls_cert),
         tls_key=_resolve(base, config.server.tls_key),
+        admin_token_file=_resolve(base, config.server.admin_token_file),
     )
     store = StoreConfig(path=_resolve(base, config.store.path) or config.store.path)
     return attrs.evolve(config, apps=apps, server=server, store=store)
@@ -555,6 +579,7 @@ def check(config: Config) -> list[str]:
         problems.append("server.max_body_bytes: must be at least 1024")
     if server.first_attempt_deadline <= 0:
         problems.append("server.first_attempt_deadline: must be positive")
+    problems += _check_admin_token(server.admin_token_file)
     if config.retry.max_attempts < 1:
         problems.append("retry.max_attempts: must be at least 1")
     store_dir = Path(config.store.path).parent
@@ -566,11 +591,39 @@ def check(config: Config) -> list[str]:
             problems.append(f"apps[{index}].name: {app.name!r} is used by an earlier app")
         seen.add(app.name)
         problems += _check_app(index, app)
+    for key, limit in (
+        ("native.rate_limit", config.native.rate_limit),
+        ("rocketchat.rate_limit", config.rocketchat.rate_limit),
+        ("matrix.rate_limit", config.matrix.rate_limit),
+    ):
+        if limit < 1:
+            problems.append(f"{key}: must be at least 1 (requests a minute)")
     problems += _check_zulip(config)
     problems += _check_mattermost(config)
     problems += _check_rocketchat(config)
     problems += _check_matrix(config)
     return problems
+
+
+def read_admin_token(path: str | None) -> str | None:
+    """The admin token in ``path`` (surrounding whitespace stripped), or None."""
+    if path is None:
+        return None
+    return Path(path).read_text(encoding="utf-8", errors="replace").strip()
+
+
+def _check_admin_token(path: str | None) -> list[str]:
+    problems = _check_file("server.admin_token_file", path)
+    if problems or path is None:
+        return problems
+    token = read_admin_token(path) or ""
+    # ASCII: it travels in a header, which HTTP does not decode as UTF-8.
+    if len(token) < MIN_ADMIN_TOKEN or not all("!" <= c <= "~" for c in token):
+        return [
+            f"server.admin_token_file: must hold one token of at least {MIN_ADMIN_TOKEN} "
+            "ASCII letters, digits or punctuation"
+        ]
+    return []
 
 
 def _check_fcm_reference(config: Config, key: str, name: str | None) -> list[str]:

@@ -22,8 +22,9 @@ import attrs
 import trio
 
 from pushd import __version__
-from pushd.config import Config, apns_settings, fcm_settings
+from pushd.config import Config, apns_settings, fcm_settings, read_admin_token
 from pushd.dispatch import Budget, Dispatcher, Lane, Sender
+from pushd.frontends.admin import AccessDenied, AdminAccess
 from pushd.frontends.http import Reply, Request, Route, json_reply, parse_networks
 from pushd.frontends.matrix import MatrixGateway
 from pushd.frontends.mattermost import MattermostProxy
@@ -60,6 +61,8 @@ class Services:
     protocol_routes: list[Route] = attrs.Factory(list)
     #: Per-protocol counters for /healthz, by protocol name.
     protocol_stats: dict[str, Callable[[], dict[str, int]]] = attrs.Factory(dict)
+    #: Who may read operational detail (/healthz's, and any later page's).
+    access: AdminAccess | None = None
 
 
 class StartupError(Exception):
@@ -106,8 +109,15 @@ def build_lanes(config: Config) -> list[Lane]:
     return lanes
 
 
-def health(services: Services) -> Callable[[Request], Awaitable[Reply]]:
-    async def handler(_: Request) -> Reply:
+def health(services: Services, access: AdminAccess) -> Callable[[Request], Awaitable[Reply]]:
+    """``GET /healthz``: ``{"status": "ok" | "degraded"}`` for anyone; the detail (apps,
+    their counters, queues, version) only with a credential (:mod:`.frontends.admin`)."""
+
+    async def handler(request: Request) -> Reply:
+        try:
+            detailed = access.authorized(request)
+        except AccessDenied as denied:
+            return denied.reply()
         now = services.dispatcher.clock()
         apps: dict[str, Any] = {}
         for lane in services.dispatcher.lanes.values():
@@ -127,6 +137,8 @@ def health(services: Services) -> Callable[[Request], Awaitable[Reply]]:
                 "reason": store_failing,
             }
         )
+        if not detailed:
+            return json_reply(200, {"status": "degraded" if degraded else "ok"})
         return json_reply(
             200,
             {
@@ -147,10 +159,10 @@ async def liveness(_: Request) -> Reply:
     return Reply(200, b"", content_type="text/plain")
 
 
-def all_routes(services: Services, native: NativeApi) -> list[Route]:
+def all_routes(services: Services, native: NativeApi, access: AdminAccess) -> list[Route]:
     return [
         *native.routes(),
-        Route("GET", "/healthz", health(services), "healthz"),
+        Route("GET", "/healthz", health(services, access), "healthz"),
         Route("GET", "/health", liveness, "health"),
     ]
 
@@ -223,7 +235,9 @@ async def serve(
             await nursery.start(dispatcher.run)
             services = Services(config=config, store=store, dispatcher=dispatcher, routes=[])
             native = NativeApi(config, store, dispatcher, openapi=OPENAPI)
-            services.routes = [*all_routes(services, native), *extra_routes]
+            access = AdminAccess(store, read_admin_token(config.server.admin_token_file))
+            services.access = access
+            services.routes = [*all_routes(services, native, access), *extra_routes]
             matrix = MatrixGateway(config, store, dispatcher)
             services.protocol_routes = [
                 *ZulipBouncer(config, store, dispatcher).routes(),

@@ -34,6 +34,7 @@ def test_the_example_documents_every_key() -> None:
         "apps": config.AppConfig,
         "apps.fcm_apns": config.FcmApnsDefaults,
         "apps.matrix": config.MatrixAppOptions,
+        "native": config.NativeConfig,
         "zulip": config.ZulipConfig,
         "mattermost": config.MattermostConfig,
         "mattermost.servers": config.MattermostServer,

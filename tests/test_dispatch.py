@@ -41,7 +41,7 @@ async def test_retries_stop_after_max_attempts(
         await simulator.wait_for(3)
     await trio.sleep(0.5)  # several backoff periods: no fourth attempt comes
     assert len(simulator.received) == 3
-    health = (await pushd.client.get(pushd.url + "/healthz")).json()
+    health = (await pushd.client.get(pushd.url + "/healthz", headers=pushd.auth())).json()
     assert health["apps"]["chat"]["dropped"] == 1
     assert health["queued_retries"] == 0
 
@@ -73,7 +73,7 @@ async def test_slow_upstream_answers_retrying_then_delivers_in_background(
     # The slow one was not cancelled and sent again: it arrived exactly once.
     await trio.sleep(0.2)
     assert [r.token for r in simulator.received].count(token(1)) == 1
-    health = (await pushd.client.get(pushd.url + "/healthz")).json()
+    health = (await pushd.client.get(pushd.url + "/healthz", headers=pushd.auth())).json()
     assert health["apps"]["chat"]["delivered"] == 2
 
 

@@ -101,7 +101,7 @@ async def test_quota_slows_only_that_app(
     statuses = {r["app"]: (r["status"], r.get("reason")) for r in answer["results"]}
     assert statuses["ios"] == ("delivered", None)
     assert statuses["android"][0] == "retrying"
-    health = (await mixed.client.get(mixed.url + "/healthz")).json()
+    health = (await mixed.client.get(mixed.url + "/healthz", headers=mixed.auth())).json()
     assert health["queued_retries"] == 1
     assert health["apps"]["ios"]["state"] == "ok"
 
@@ -141,7 +141,7 @@ async def test_broken_fcm_credentials_pause_fcm_while_apns_delivers(
         answer = await pushd.send({"user": "ed", "alert": "x"})
     statuses = {r["app"]: r["status"] for r in answer["results"]}
     assert statuses == {"ios": "delivered", "android": "failed"}
-    health = (await pushd.client.get(pushd.url + "/healthz")).json()
+    health = (await pushd.client.get(pushd.url + "/healthz", headers=pushd.auth())).json()
     assert health["apps"]["android"]["state"] == "paused"
     assert health["apps"]["ios"]["state"] == "ok"
     assert fcm_simulator.received == []  # the token endpoint refused: nothing was sent

@@ -593,14 +593,13 @@ async def test_health_answers_200_with_an_empty_body(homeserver: hs.Homeserver) 
     assert response.content == b""
 
 
-async def test_healthz_counts_matrix_work(
-    homeserver: hs.Homeserver, simulator: ApnsSimulator
-) -> None:
+async def test_healthz_counts_matrix_work(start_gateway: Any, simulator: ApnsSimulator) -> None:
+    pushd, homeserver = await start_gateway()
     simulator.script(token(2), SimReply(410, "Unregistered"))
     body = hs.full_event([ios_device(1), ios_device(2)], event_id="$x")
     await homeserver.rejected(body)
     await homeserver.rejected(body)  # a repeat: both devices deduplicated
-    response = await homeserver.client.get(homeserver.base_url + "/healthz")
+    response = await pushd.client.get(pushd.url + "/healthz", headers=pushd.auth())
     counters = response.json()["matrix"]
     assert counters["notifications"] == 2
     # The repeat is not sent again (1), and hears of the dead token again (2).

@@ -133,7 +133,7 @@ async def test_credential_error_pauses_only_that_app(pushd: Pushd, simulator) ->
     assert by_app["chat"]["status"] == "retrying" and "paused" in by_app["chat"]["reason"]
     assert by_app["other"]["status"] == "delivered"
     assert [r.token for r in simulator.received].count(token(1)) == 1
-    health = (await pushd.client.get(pushd.url + "/healthz")).json()
+    health = (await pushd.client.get(pushd.url + "/healthz", headers=pushd.auth())).json()
     assert health["status"] == "degraded"
     assert health["apps"]["chat"]["state"] == "paused"
     assert health["apps"]["other"]["state"] == "ok"

@@ -21,6 +21,7 @@ from pushd import jsonutil
 from pushd.config import AppConfig, Config
 from pushd.dispatch import Dispatcher, Report
 from pushd.frontends.http import Reply, Request, Route, has_lone_surrogate, json_reply
+from pushd.frontends.ratelimit import RateLimit, retry_after_seconds
 from pushd.model import (
     APNS_PRIORITIES,
     APNS_PUSH_TYPES,
@@ -51,18 +52,26 @@ DEFAULT_PRIORITY = {"background": 5}
 class ApiError(Exception):
     """A request the API refuses; becomes a JSON error reply."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
+        self.headers = headers
 
     def reply(self) -> Reply:
         error: dict[str, str] = {"code": self.code, "message": self.message}
         if self.field is not None:
             error["field"] = self.field
-        headers: tuple[tuple[str, str], ...] = ()
+        headers = self.headers
         if self.status == 401:
             headers = (("www-authenticate", 'Bearer realm="pushd"'),)
         return json_reply(self.status, {"error": error}, headers)
@@ -371,6 +380,8 @@ class NativeApi:
         self.dispatcher = dispatcher
         self.clock = clock
         self._openapi = json_reply(200, openapi)
+        #: Per chat server, counted after authentication: a wrong key is a cheap 401.
+        self.rate_limit = RateLimit("native", config.native.rate_limit)
 
     def routes(self) -> list[Route]:
         return [
@@ -399,6 +410,7 @@ class NativeApi:
         async def guarded(request: Request) -> Reply:
             try:
                 server = self._authenticate(request)
+                self._check_rate(server)
                 reply: Reply = await handler(request, server)
             except ApiError as error:
                 return error.reply()
@@ -419,6 +431,17 @@ class NativeApi:
         if not server.active:
             raise ApiError(403, "forbidden", f"server {server.name!r} is deactivated")
         return server
+
+    def _check_rate(self, server: Server) -> None:
+        retry_after = self.rate_limit.check(f"server {server.name}", self.clock())
+        if retry_after is not None:
+            seconds = retry_after_seconds(retry_after)
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"more than {self.rate_limit.limit} requests a minute: retry in {seconds} s",
+                headers=(("retry-after", str(seconds)),),
+            )
 
     def _app(self, name: str, field: str = "app") -> str:
         if self.config.app(name) is None:

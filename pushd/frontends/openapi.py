@@ -19,6 +19,11 @@ from pushd.upstream.apns.request import COLLAPSE_ID_LIMIT, PAYLOAD_LIMIT, VOIP_P
 
 _ERROR = {"$ref": "#/components/responses/Error"}
 _AUTH_ERRORS = {"401": _ERROR, "403": _ERROR}
+_RATE_LIMITED = {
+    "description": "More than [native] rate_limit requests a minute from this server",
+    "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}},
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
 
 
 def _body(schema: str) -> dict[str, Any]:
@@ -41,7 +46,13 @@ def _post(summary: str, body: str, responses: dict[str, Any]) -> dict[str, Any]:
             "summary": summary,
             "security": [{"serverKey": []}],
             "requestBody": _body(body),
-            "responses": {**responses, "400": _ERROR, **_AUTH_ERRORS, "413": _ERROR},
+            "responses": {
+                **responses,
+                "400": _ERROR,
+                **_AUTH_ERRORS,
+                "413": _ERROR,
+                "429": _RATE_LIMITED,
+            },
         }
     }
 
@@ -243,8 +254,11 @@ SCHEMAS: dict[str, Any] = {
     },
     "Health": {
         "type": "object",
+        "required": ["status"],
+        "description": "Only status without a credential; the rest with one.",
         "properties": {
             "status": {"enum": ["ok", "degraded"]},
+            "version": {"type": "string"},
             "apps": {"type": "object"},
             "queued_retries": {"type": "integer"},
             "matrix": {
@@ -296,8 +310,16 @@ OPENAPI: dict[str, Any] = {
         },
         "/healthz": {
             "get": {
-                "summary": "Liveness and per-app state",
-                "responses": {"200": _ok("Health", "Running")},
+                "summary": "Liveness for anyone; per-app state with a credential",
+                "description": (
+                    "Without Authorization: only status. With Authorization: Bearer and "
+                    "a chat server's key or the admin token ([server] admin_token_file): "
+                    "apps, counters and queues."
+                ),
+                "responses": {
+                    "200": _ok("Health", "Running"),
+                    "401": _ERROR,
+                },
             }
         },
         "/health": {

@@ -12,7 +12,8 @@ the exact header values it sends (``tokens``), or owns a secret path prefix
 
 Answers (§3.3) decide what Rocket.Chat does next, so they follow its reading exactly:
 2xx delivered; 406 the token is dead (the server deletes it); 422 bad input (never
-retried); 401 not authorized; 503 with ``Retry-After`` for transient trouble, which
+retried); 401 not authorized; 503 with ``Retry-After`` for transient trouble, and 429
+with ``Retry-After`` past a server's ``[rocketchat] rate_limit``, both of which
 Rocket.Chat retries after 1, 2, 4, 8 and 16 minutes.  Rocket.Chat awaits each token in
 turn, so pushd answers within :data:`DELIVER_DEADLINE` instead of holding the request
 through retries of its own.
@@ -34,10 +35,13 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
+import attrs
+
 from pushd import jsonutil
 from pushd.config import AppConfig, Config, RocketChatServer
 from pushd.dispatch import Dispatcher, Report
 from pushd.frontends.http import Reply, Request, Route, json_reply
+from pushd.frontends.ratelimit import RateLimit, retry_after_seconds
 from pushd.frontends.rocketchat_payloads import (
     VOIP_SUFFIX,
     GatewayPush,
@@ -84,6 +88,13 @@ def error_reply(status: int, message: str, error_id: str, *, retry_after: bool =
     headers = (("retry-after", str(RETRY_AFTER_SECONDS)),) if retry_after else ()
     body = {"error": message, "errorId": error_id, "status": status}
     return json_reply(status, body, headers)
+
+
+def rate_limited_reply(retry_after: float, error_id: str) -> Reply:
+    """429 with ``Retry-After``: Rocket.Chat retries it on its own schedule (§3.3)."""
+    seconds = retry_after_seconds(retry_after)
+    reply = error_reply(429, f"too many requests: retry in {seconds} s", error_id)
+    return attrs.evolve(reply, headers=(("retry-after", str(seconds)),))
 
 
 def serving_error_reply(status: int, code: str, message: str) -> Reply:
@@ -211,6 +222,8 @@ class RocketChatGateway:
         self.dispatcher = dispatcher
         self.clock = clock
         self.deadline = min(DELIVER_DEADLINE, config.server.first_attempt_deadline)
+        #: Per configured server, counted once it has authenticated.
+        self.rate_limit = RateLimit("rocketchat", config.rocketchat.rate_limit)
 
     def routes(self) -> list[Route]:
         routes = []
@@ -235,6 +248,9 @@ class RocketChatGateway:
         async def handle(request: Request) -> Reply:
             try:
                 server = self.authenticate(request, prefixed=prefixed)
+                retry_after = self.rate_limit.check(f"server {server.name}", self.clock())
+                if retry_after is not None:
+                    return rate_limited_reply(retry_after, request.request_id)
                 return await self.send(request, server, provider)
             except GatewayError as error:
                 return error_reply(

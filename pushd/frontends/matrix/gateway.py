@@ -19,7 +19,9 @@ not (§5.2):
 Access: the API has no credentials and a fixed path, so the only control is a list of
 source networks (``[matrix] allowed_networks``), and only configured app ids are
 served: an unknown or ambiguous app id is rejected, as Sygnal does, so the homeserver
-stops pushing to it.
+stops pushing to it.  Each source address gets ``[matrix] rate_limit`` notifies a
+minute, counted before anything else, so a flood from one address also costs at most
+that many refusal log lines.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from typing import Final
 
 import attrs
@@ -36,6 +39,7 @@ from pushd.config import AppConfig, Config, MatrixAppOptions
 from pushd.dispatch import Dispatcher
 from pushd.frontends.http import Reply, Request, Route, in_networks, parse_networks
 from pushd.frontends.matrix import payloads, wire
+from pushd.frontends.ratelimit import RateLimit
 from pushd.model import Delivery, Push, mask_token
 from pushd.store.sqlite import LateVerdict, Store
 
@@ -120,6 +124,7 @@ class MatrixStats:
     nothing_to_send: int = 0
     payload_errors: int = 0
     refused: int = 0
+    rate_limited: int = 0
 
 
 class MatrixGateway:
@@ -143,6 +148,7 @@ class MatrixGateway:
         self.networks = parse_networks(config.matrix.allowed_networks)
         self.dedupe = Dedupe(config.matrix.dedupe_seconds)
         self.stats = MatrixStats()
+        self.rate_limit = RateLimit("matrix", config.matrix.rate_limit)
 
     @property
     def enabled(self) -> bool:
@@ -207,6 +213,10 @@ class MatrixGateway:
     # --- the request --------------------------------------------------------------------
 
     async def notify(self, request: Request) -> Reply:
+        retry_after = self.rate_limit.check(request.client or "-", time.time())
+        if retry_after is not None:
+            self.stats.rate_limited += 1
+            return wire.rate_limited_reply(retry_after)
         if self.networks and not in_networks(request.client, self.networks):
             self.stats.refused += 1
             log.warning("matrix: refused a notify from %s (not allowed)", request.client or "-")

@@ -13,6 +13,7 @@ deeper down) is a clean 400 or a per-device verdict here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Final, Literal
 
@@ -20,6 +21,7 @@ import attrs
 
 from pushd import jsonutil
 from pushd.frontends.http import Reply, has_lone_surrogate, json_reply
+from pushd.frontends.ratelimit import retry_after_seconds
 
 #: Sygnal drops bodies over 512 KiB; pushd answers 413 instead.
 MAX_BODY_BYTES: Final = 512 * 1024
@@ -195,6 +197,19 @@ def rejected_reply(pushkeys: list[str]) -> Reply:
 def error_reply(status: int, errcode: str, message: str) -> Reply:
     """A Matrix error: ``{"errcode": "M_...", "error": "..."}``."""
     return json_reply(status, {"errcode": errcode, "error": message})
+
+
+def rate_limited_reply(retry_after: float) -> Reply:
+    """429 ``M_LIMIT_EXCEEDED`` with ``retry_after_ms``, the client-server API's form,
+    and ``Retry-After``.  Synapse reads neither (any failure: retry after 1 s, doubling),
+    but an admin reading its log, or another homeserver, can."""
+    seconds = retry_after_seconds(retry_after)
+    body = {
+        "errcode": "M_LIMIT_EXCEEDED",
+        "error": f"Too many requests: retry in {seconds} s",
+        "retry_after_ms": max(1, math.ceil(retry_after * 1000)),
+    }
+    return json_reply(429, body, (("retry-after", str(seconds)),))
 
 
 #: The serving layer's error codes mapped to Matrix's.

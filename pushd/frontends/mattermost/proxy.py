@@ -45,6 +45,7 @@ from pushd.frontends.http import (
     parse_networks,
 )
 from pushd.frontends.mattermost import payloads, wire
+from pushd.frontends.ratelimit import RateLimit
 from pushd.model import Delivery, Push, RetryLater, mask_token
 from pushd.store.sqlite import Store
 
@@ -107,7 +108,9 @@ class MattermostProxy:
         self.apps: dict[str, AppConfig] = {
             app.mattermost_type: app for app in config.apps if app.mattermost_type is not None
         }
-        self.throttle = wire.Throttle(config.mattermost.throttle_per_second)
+        self.throttle = RateLimit(
+            "mattermost", config.mattermost.throttle_per_second, wire.THROTTLE_WINDOW
+        )
         #: Refused requests by kind (``path``, ``network``, ``server_id``, ``throttled``).
         self.rejected: collections.Counter[str] = collections.Counter()
 
@@ -161,7 +164,6 @@ class MattermostProxy:
         retry_after = self.throttle.check(request.client or "-", trio.current_time())
         if retry_after is not None:
             self.rejected["throttled"] += 1
-            log.warning("mattermost: throttled a request from %s (429)", request.client or "-")
             return wire.throttled_reply(self.config.mattermost.throttle_per_second, retry_after)
         try:
             return self._server(request)

@@ -235,40 +235,12 @@ def split_platform(platform: str) -> tuple[str, int]:
 
 # --- throttle ---------------------------------------------------------------------------
 
-#: MPNS's ``ThrottleMemoryStoreSize``: at most this many sources are remembered.
-THROTTLE_MAX_KEYS: Final = 50_000
-#: The throttle's window: ``ThrottlePerSec`` counts requests per second.
+#: The throttle's window: ``ThrottlePerSec`` counts requests per second (in
+#: :mod:`pushd.frontends.ratelimit`'s windows, which remember as many sources as MPNS).
 THROTTLE_WINDOW: Final = 1.0
 #: ``throttled``'s denied answer: Go's ``http.Error(w, "limit exceeded", 429)``.
 THROTTLED_BODY: Final = b"limit exceeded\n"
 THROTTLED_CONTENT_TYPE: Final = "text/plain; charset=utf-8"
-
-
-class Throttle:
-    """``throttled.v1``'s fixed-window rate limit: ``limit`` requests a second per key.
-
-    Memory is bounded like MPNS's store: past :data:`THROTTLE_MAX_KEYS` sources the
-    least recently started windows are forgotten, which only errs on the caller's side.
-    """
-
-    def __init__(self, limit: int, max_keys: int = THROTTLE_MAX_KEYS) -> None:
-        self.limit = limit
-        self.max_keys = max_keys
-        #: key -> (window start, requests in it); insertion order is window order.
-        self._windows: dict[str, tuple[float, int]] = {}
-
-    def check(self, key: str, now: float) -> float | None:
-        """Count one request; None if allowed, else the seconds until the window ends."""
-        start, count = self._windows.get(key, (now - THROTTLE_WINDOW, 0))
-        if now - start >= THROTTLE_WINDOW:
-            self._windows.pop(key, None)  # re-inserted at the end: a fresh window
-            start, count = now, 0
-            while len(self._windows) >= self.max_keys:
-                del self._windows[next(iter(self._windows))]
-        if count >= self.limit:
-            return start + THROTTLE_WINDOW - now
-        self._windows[key] = (start, count + 1)
-        return None
 
 
 def throttled_reply(limit: int, retry_after: float) -> Reply:

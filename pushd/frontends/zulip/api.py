@@ -26,6 +26,7 @@ from pushd import jsonutil
 from pushd.config import AppConfig, Config
 from pushd.dispatch import Dispatcher, Report
 from pushd.frontends.http import Reply, Request, Route
+from pushd.frontends.ratelimit import RateLimit
 from pushd.frontends.zulip import payloads
 from pushd.frontends.zulip.e2ee import E2eeHandlers, no_app_message
 from pushd.frontends.zulip.registration import ServerRegistration
@@ -33,7 +34,7 @@ from pushd.frontends.zulip.wire import (
     IOS_APP_ID_RE,
     KIND_APNS,
     KIND_FCM,
-    RateLimiter,
+    RATE_WINDOW_SECONDS,
     ZulipError,
     bad_request,
     check_kind,
@@ -110,7 +111,7 @@ class ZulipBouncer:
         self.store = store
         self.dispatcher = dispatcher
         self.clock = clock
-        self.limiter = RateLimiter(config.zulip.rate_limit)
+        self.limiter = RateLimit("zulip", config.zulip.rate_limit, RATE_WINDOW_SECONDS)
         self.registration = ServerRegistration(config.zulip, store)
         self.e2ee = E2eeHandlers(
             store,
@@ -194,9 +195,8 @@ class ZulipBouncer:
         async def guarded(request: Request) -> Reply:
             try:
                 server = self.authenticate(request)
-                retry_after = self.limiter.check(server.uuid, self.clock())
+                retry_after = self.limiter.check(f"server {server.uuid}", self.clock())
                 if retry_after is not None:
-                    log.warning("Zulip server %s exceeded its rate limit", server.uuid)
                     raise rate_limited(retry_after)
                 return await handler(request, server)
             except ZulipError as error:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import uuid as uuid_module
-from collections import deque
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -18,6 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 from pushd import jsonutil
 from pushd.config import ZULIP_KIND_APNS, ZULIP_KIND_FCM
 from pushd.frontends.http import Reply, has_lone_surrogate, json_reply
+from pushd.frontends.ratelimit import FixedWindowLimiter
 
 #: ``RemotePushDeviceToken.APNS`` / ``.FCM`` (the old name GCM is also 2).
 KIND_APNS = ZULIP_KIND_APNS
@@ -191,27 +191,11 @@ def check_email(email: str) -> str:
 # --- rate limit -------------------------------------------------------------------------
 
 
-class RateLimiter:
-    """Zulip's per-server sliding window: at most ``limit`` requests in any 60 s.
-
-    Kept in memory: a restart forgets the window, which only errs on the side of the
-    chat server, and the limit is a guard against runaway loops, not a quota.
-    """
-
-    def __init__(self, limit: int, window: float = RATE_WINDOW_SECONDS) -> None:
-        self.limit = limit
-        self.window = window
-        self._hits: dict[str, deque[float]] = {}
-
-    def check(self, key: str, now: float) -> float | None:
-        """Count one request; None if allowed, else the seconds until one would be."""
-        hits = self._hits.setdefault(key, deque())
-        while hits and hits[0] <= now - self.window:
-            hits.popleft()
-        if len(hits) >= self.limit:
-            return hits[0] + self.window - now
-        hits.append(now)
-        return None
+#: Zulip's per-server limit counts in pushd's shared fixed windows of
+#: :data:`RATE_WINDOW_SECONDS`, not in Zulip's sliding one: a window is two numbers, which
+#: several pushd instances can share in a database.  A server can thus burst up to twice
+#: the limit across a window's end, harmless for a guard against runaway loops.
+RateLimiter = FixedWindowLimiter
 
 
 def rate_limited(retry_after: float) -> ZulipError:

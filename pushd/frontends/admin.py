@@ -1,0 +1,72 @@
+"""Who may read pushd's operational detail (``/healthz`` today; status pages, metrics).
+
+App names, counters and queue sizes tell an outsider which apps a deployment serves
+and how busy it is, so they are for the operator and the chat servers it serves: a
+request carrying ``Authorization: Bearer <token>`` with the admin token
+(``[server] admin_token_file``) or an active chat server's native API key.  Anyone may
+still learn whether pushd is up, from an answer without detail.
+
+One function decides it, :meth:`AdminAccess.authorized`, so every page with detail
+grants the same access.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from pushd.frontends.http import Reply, Request, json_reply
+from pushd.store.sqlite import Store
+
+#: The challenge on a 401, as the native API sends it.
+CHALLENGE = ("www-authenticate", 'Bearer realm="pushd"')
+
+
+class AccessDenied(Exception):
+    """A credential was sent and is wrong; becomes a 401 in the native API's shape."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def reply(self) -> Reply:
+        error = {"code": "unauthorized", "message": self.message}
+        return json_reply(401, {"error": error}, (CHALLENGE,))
+
+
+class AdminAccess:
+    """Checks the credential of a request for operational detail."""
+
+    def __init__(self, store: Store, admin_token: str | None) -> None:
+        self.store = store
+        self._admin_token = admin_token.encode() if admin_token else None
+
+    def authorized(self, request: Request) -> bool:
+        """True for the admin token or an active server's key; False when the request
+        sends no credential; :class:`AccessDenied` when it sends a wrong one (so a
+        typo is told, not answered as if no credential had been sent)."""
+        header = request.headers.get("authorization")
+        if header is None:
+            return False
+        scheme, _, credential = header.partition(" ")
+        credential = credential.strip()
+        if scheme.lower() != "bearer" or not credential:
+            raise AccessDenied("send Authorization: Bearer <admin token or server key>")
+        given = credential.encode("latin-1")
+        if self._admin_token is not None and hmac.compare_digest(given, self._admin_token):
+            return True
+        server = self.store.authenticate(credential)
+        if server is None:
+            raise AccessDenied("unknown admin token or server key")
+        if not server.active:
+            raise AccessDenied(f"server {server.name!r} is deactivated")
+        return True
+
+    def refusal(self, request: Request) -> Reply | None:
+        """None if ``request`` may see detail, else the 401 to answer: for pages that
+        are nothing but detail (a metrics scrape), where no credential is refused too."""
+        try:
+            if self.authorized(request):
+                return None
+        except AccessDenied as denied:
+            return denied.reply()
+        return AccessDenied("send Authorization: Bearer <admin token or server key>").reply()
