@@ -12,7 +12,9 @@ and its key files can be moved together.
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +32,7 @@ from pushd.upstream.apns.settings import (
 )
 from pushd.upstream.fcm.service_account import ServiceAccountError, load_service_account
 from pushd.upstream.fcm.settings import FCM_URL, FcmSettings
+from pushd.upstream.proxy import Proxy, no_proxy_from_env, parse_no_proxy, parse_proxy_url
 
 DEFAULT_PORT = 8080
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
@@ -108,6 +111,23 @@ class RetryConfig:
 
 
 @attrs.frozen
+class UpstreamConfig:
+    """``[upstream]``: how pushd reaches APNs, FCM and Google's token endpoint.
+
+    ``proxy`` sends every app through an HTTP proxy (CONNECT tunnels, see
+    :mod:`pushd.upstream.proxy`); an app's own ``proxy`` overrides it, ``""`` for direct.
+    """
+
+    #: ``http://[user[:password]@]host:port``; kept out of repr: it may hold a password.
+    proxy: str | None = attrs.field(default=None, repr=False)
+    #: A file holding the proxy's password, so pushd.toml need not.
+    proxy_password_file: str | None = None
+    #: Hosts reached without the proxy (``NO_PROXY`` syntax); unset: the ``NO_PROXY``
+    #: environment variable.
+    no_proxy: tuple[str, ...] | None = None
+
+
+@attrs.frozen
 class FcmApnsDefaults:
     """``[apps.fcm_apns]``: the APNs block FCM forwards to iOS devices of an FCM app."""
 
@@ -179,6 +199,9 @@ class AppConfig:
     #: Notifications in flight at once for this app.
     concurrency: int = 1000
     request_timeout: float = 10.0
+    #: This app's HTTP proxy instead of ``[upstream]``'s; ``""``: this app goes direct.
+    proxy: str | None = attrs.field(default=None, repr=False)
+    proxy_password_file: str | None = None
 
 
 @attrs.frozen
@@ -280,6 +303,7 @@ class Config:
     store: StoreConfig = StoreConfig()
     log: LogConfig = LogConfig()
     retry: RetryConfig = RetryConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
     apps: tuple[AppConfig, ...] = ()
     zulip: ZulipConfig = ZulipConfig()
     mattermost: MattermostConfig = MattermostConfig()
@@ -320,8 +344,13 @@ def _resolve_paths(config: Config, base: Path) -> Config:
             cert_password_file=_resolve(base, app.cert_password_file),
             service_account_file=_resolve(base, app.service_account_file),
             upstream_ca_file=_resolve(base, app.upstream_ca_file),
+            proxy_password_file=_resolve(base, app.proxy_password_file),
         )
         for app in config.apps
+    )
+    upstream = attrs.evolve(
+        config.upstream,
+        proxy_password_file=_resolve(base, config.upstream.proxy_password_file),
     )
     server = attrs.evolve(
         config.server,
@@ -329,7 +358,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         tls_key=_resolve(base, config.server.tls_key),
     )
     store = StoreConfig(path=_resolve(base, config.store.path) or config.store.path)
-    return attrs.evolve(config, apps=apps, server=server, store=store)
+    return attrs.evolve(config, apps=apps, server=server, store=store, upstream=upstream)
 
 
 def parse(data: dict[str, Any], *, base: Path, source: str | None = None) -> Config:
@@ -406,6 +435,7 @@ def _check_app(index: int, app: AppConfig) -> list[str]:
     if app.upstream_url is not None and not app.upstream_url.startswith("https://"):
         problems.append(f"{key}.upstream_url: must start with https://")
     problems += _check_file(f"{key}.upstream_ca_file", app.upstream_ca_file)
+    problems += _check_proxy(key, app.proxy, app.proxy_password_file)
     if app.provider == "fcm":
         return problems + _check_fcm_app(key, app)
     for field in ("service_account_file", "project_id", "android_ttl", "android_collapse_key"):
@@ -463,6 +493,7 @@ def check(config: Config) -> list[str]:
         problems.append("server.first_attempt_deadline: must be positive")
     if config.retry.max_attempts < 1:
         problems.append("retry.max_attempts: must be at least 1")
+    problems += _check_proxy("upstream", config.upstream.proxy, config.upstream.proxy_password_file)
     store_dir = Path(config.store.path).parent
     if not store_dir.is_dir():
         problems.append(f"store.path: directory {store_dir} does not exist")
@@ -611,6 +642,47 @@ def _check_matrix(config: Config) -> list[str]:
     return problems
 
 
+def _read_password(path: str | None) -> str | None:
+    if path is None:
+        return None
+    return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+
+
+def _check_proxy(key: str, url: str | None, password_file: str | None) -> list[str]:
+    """Problems with a ``proxy`` and its ``proxy_password_file`` (the password unsaid)."""
+    if url is None:
+        return [f"{key}.proxy_password_file: set {key}.proxy too"] if password_file else []
+    if not url:  # "": direct
+        return (
+            [f"{key}.proxy_password_file: {key}.proxy is empty (direct)"] if password_file else []
+        )
+    problems = _check_file(f"{key}.proxy_password_file", password_file)
+    if problems:
+        return problems
+    try:
+        parse_proxy_url(url, password=_read_password(password_file))
+    except (ValueError, UnicodeDecodeError) as error:
+        problems.append(f"{key}.proxy: {error}")
+    return problems
+
+
+def app_proxy(
+    app: AppConfig, upstream: UpstreamConfig, environ: Mapping[str, str] = os.environ
+) -> Proxy | None:
+    """The proxy ``app`` goes through (its own or ``[upstream]``'s), or None for direct."""
+    url, password_file = upstream.proxy, upstream.proxy_password_file
+    if app.proxy is not None:
+        url, password_file = app.proxy, app.proxy_password_file
+    if not url:
+        return None
+    no_proxy = (
+        parse_no_proxy(upstream.no_proxy)
+        if upstream.no_proxy is not None
+        else no_proxy_from_env(environ)
+    )
+    return parse_proxy_url(url, password=_read_password(password_file), no_proxy=no_proxy)
+
+
 def load_checked(path: str | Path) -> Config:
     """Load and check; raise ConfigError listing every problem."""
     config = load(path)
@@ -620,7 +692,7 @@ def load_checked(path: str | Path) -> Config:
     return config
 
 
-def fcm_settings(app: AppConfig) -> FcmSettings:
+def fcm_settings(app: AppConfig, upstream: UpstreamConfig) -> FcmSettings:
     """Build the FCM client settings of a checked app (reads its service account)."""
     assert app.service_account_file is not None  # guaranteed by check()
     account = load_service_account(Path(app.service_account_file).read_bytes())
@@ -632,10 +704,11 @@ def fcm_settings(app: AppConfig) -> FcmSettings:
         ca_file=app.upstream_ca_file,
         connections=max(app.connections, FCM_MIN_CONNECTIONS),
         request_timeout=app.request_timeout,
+        proxy=app_proxy(app, upstream),
     )
 
 
-def apns_settings(app: AppConfig) -> ApnsSettings:
+def apns_settings(app: AppConfig, upstream: UpstreamConfig) -> ApnsSettings:
     """Build the APNs client settings of a checked app (reads its key files)."""
     auth: TokenAuth | CertAuth
     if app.cert_file is not None:
@@ -658,4 +731,5 @@ def apns_settings(app: AppConfig) -> ApnsSettings:
         connections=app.connections,
         ca_file=app.upstream_ca_file,
         request_timeout=app.request_timeout,
+        proxy=app_proxy(app, upstream),
     )

@@ -67,9 +67,9 @@ def build_lanes(config: Config) -> list[Lane]:
     for app in config.apps:
         sender: Sender[Any]
         if app.provider == "fcm":
-            sender = FcmClient(fcm_settings(app))
+            sender = FcmClient(fcm_settings(app, config.upstream))
         else:
-            sender = ApnsClient(apns_settings(app))
+            sender = ApnsClient(apns_settings(app, config.upstream))
         lanes.append(Lane(name=app.name, sender=sender, budget=Budget(app.concurrency)))
     return lanes
 
