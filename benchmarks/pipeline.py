@@ -97,7 +97,7 @@ async def _measure(args: argparse.Namespace, cfg: config.Config, key: str) -> No
     sender: Sender[Any] = (
         InstantSender()
         if args.upstream == "none"
-        else ApnsClient(config.apns_settings(cfg.apps[0]))
+        else ApnsClient(config.apns_settings(cfg.apps[0], cfg.upstream))
     )
     dispatcher = Dispatcher(
         [Lane("bench", sender, Budget(1000))], store, cfg.retry, first_attempt_deadline=10

@@ -262,9 +262,9 @@ def cmd_send_test(args: argparse.Namespace) -> int:
         return _fail(f"{error.field}: {error.message}")
     logs.setup(cfg.log)
     client: Sender[Any] = (
-        FcmClient(config.fcm_settings(app))
+        FcmClient(config.fcm_settings(app, cfg.upstream))
         if app.provider == "fcm"
-        else ApnsClient(config.apns_settings(app))
+        else ApnsClient(config.apns_settings(app, cfg.upstream))
     )
 
     async def send() -> None:

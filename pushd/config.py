@@ -12,8 +12,10 @@ and its key files can be moved together.
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +34,7 @@ from pushd.upstream.apns.settings import (
 )
 from pushd.upstream.fcm.service_account import ServiceAccountError, load_service_account
 from pushd.upstream.fcm.settings import FCM_URL, FcmSettings
+from pushd.upstream.proxy import Proxy, no_proxy_from_env, parse_no_proxy, parse_proxy_url
 
 DEFAULT_PORT = 8080
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
@@ -133,6 +136,23 @@ class RetryConfig:
 
 
 @attrs.frozen
+class UpstreamConfig:
+    """``[upstream]``: how pushd reaches APNs, FCM and Google's token endpoint.
+
+    ``proxy`` sends every app through an HTTP proxy (CONNECT tunnels, see
+    :mod:`pushd.upstream.proxy`); an app's own ``proxy`` overrides it, ``""`` for direct.
+    """
+
+    #: ``http://[user[:password]@]host:port``; kept out of repr: it may hold a password.
+    proxy: str | None = attrs.field(default=None, repr=False)
+    #: A file holding the proxy's password, so pushd.toml need not.
+    proxy_password_file: str | None = None
+    #: Hosts reached without the proxy (``NO_PROXY`` syntax); unset: the ``NO_PROXY``
+    #: environment variable.
+    no_proxy: tuple[str, ...] | None = None
+
+
+@attrs.frozen
 class FcmApnsDefaults:
     """``[apps.fcm_apns]``: the APNs block FCM forwards to iOS devices of an FCM app."""
 
@@ -213,6 +233,9 @@ class AppConfig:
     #: Notifications in flight at once for this app.
     concurrency: int = 1000
     request_timeout: float = 10.0
+    #: This app's HTTP proxy instead of ``[upstream]``'s; ``""``: this app goes direct.
+    proxy: str | None = attrs.field(default=None, repr=False)
+    proxy_password_file: str | None = None
 
 
 @attrs.frozen
@@ -341,6 +364,7 @@ class Config:
     store: StoreConfig = StoreConfig()
     log: LogConfig = LogConfig()
     retry: RetryConfig = RetryConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
     apps: tuple[AppConfig, ...] = ()
     native: NativeConfig = NativeConfig()
     zulip: ZulipConfig = ZulipConfig()
@@ -404,8 +428,13 @@ def _resolve_paths(config: Config, base: Path) -> Config:
             cert_password_file=_resolve(base, app.cert_password_file),
             service_account_file=_resolve(base, app.service_account_file),
             upstream_ca_file=_resolve(base, app.upstream_ca_file),
+            proxy_password_file=_resolve(base, app.proxy_password_file),
         )
         for app in config.apps
+    )
+    upstream = attrs.evolve(
+        config.upstream,
+        proxy_password_file=_resolve(base, config.upstream.proxy_password_file),
     )
     server = attrs.evolve(
         config.server,
@@ -414,7 +443,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         admin_token_file=_resolve(base, config.server.admin_token_file),
     )
     store = StoreConfig(path=_resolve(base, config.store.path) or config.store.path)
-    return attrs.evolve(config, apps=apps, server=server, store=store)
+    return attrs.evolve(config, apps=apps, server=server, store=store, upstream=upstream)
 
 
 def _structure_pin(value: Any, kind: Any) -> ZulipPinConfig:
@@ -517,6 +546,7 @@ def _check_app(index: int, app: AppConfig) -> list[str]:
     problems += _check_file(f"{key}.upstream_ca_file", app.upstream_ca_file)
     if not app.redacted_text.strip() or len(app.redacted_text) > MAX_REDACTED_TEXT:
         problems.append(f"{key}.redacted_text: 1 to {MAX_REDACTED_TEXT} characters")
+    problems += _check_proxy(key, app.proxy, app.proxy_password_file)
     if app.provider == "fcm":
         return problems + _check_fcm_app(key, app)
     for field in ("service_account_file", "project_id", "android_ttl", "android_collapse_key"):
@@ -582,6 +612,7 @@ def check(config: Config) -> list[str]:
     problems += _check_admin_token(server.admin_token_file)
     if config.retry.max_attempts < 1:
         problems.append("retry.max_attempts: must be at least 1")
+    problems += _check_proxy("upstream", config.upstream.proxy, config.upstream.proxy_password_file)
     store_dir = Path(config.store.path).parent
     if not store_dir.is_dir():
         problems.append(f"store.path: directory {store_dir} does not exist")
@@ -777,6 +808,47 @@ def _check_matrix(config: Config) -> list[str]:
     return problems
 
 
+def _read_password(path: str | None) -> str | None:
+    if path is None:
+        return None
+    return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+
+
+def _check_proxy(key: str, url: str | None, password_file: str | None) -> list[str]:
+    """Problems with a ``proxy`` and its ``proxy_password_file`` (the password unsaid)."""
+    if url is None:
+        return [f"{key}.proxy_password_file: set {key}.proxy too"] if password_file else []
+    if not url:  # "": direct
+        return (
+            [f"{key}.proxy_password_file: {key}.proxy is empty (direct)"] if password_file else []
+        )
+    problems = _check_file(f"{key}.proxy_password_file", password_file)
+    if problems:
+        return problems
+    try:
+        parse_proxy_url(url, password=_read_password(password_file))
+    except (ValueError, UnicodeDecodeError) as error:
+        problems.append(f"{key}.proxy: {error}")
+    return problems
+
+
+def app_proxy(
+    app: AppConfig, upstream: UpstreamConfig, environ: Mapping[str, str] = os.environ
+) -> Proxy | None:
+    """The proxy ``app`` goes through (its own or ``[upstream]``'s), or None for direct."""
+    url, password_file = upstream.proxy, upstream.proxy_password_file
+    if app.proxy is not None:
+        url, password_file = app.proxy, app.proxy_password_file
+    if not url:
+        return None
+    no_proxy = (
+        parse_no_proxy(upstream.no_proxy)
+        if upstream.no_proxy is not None
+        else no_proxy_from_env(environ)
+    )
+    return parse_proxy_url(url, password=_read_password(password_file), no_proxy=no_proxy)
+
+
 def load_checked(path: str | Path) -> Config:
     """Load and check; raise ConfigError listing every problem."""
     config = load(path)
@@ -786,7 +858,7 @@ def load_checked(path: str | Path) -> Config:
     return config
 
 
-def fcm_settings(app: AppConfig) -> FcmSettings:
+def fcm_settings(app: AppConfig, upstream: UpstreamConfig) -> FcmSettings:
     """Build the FCM client settings of a checked app (reads its service account)."""
     assert app.service_account_file is not None  # guaranteed by check()
     account = load_service_account(Path(app.service_account_file).read_bytes())
@@ -798,10 +870,11 @@ def fcm_settings(app: AppConfig) -> FcmSettings:
         ca_file=app.upstream_ca_file,
         connections=max(app.connections, FCM_MIN_CONNECTIONS),
         request_timeout=app.request_timeout,
+        proxy=app_proxy(app, upstream),
     )
 
 
-def apns_settings(app: AppConfig) -> ApnsSettings:
+def apns_settings(app: AppConfig, upstream: UpstreamConfig) -> ApnsSettings:
     """Build the APNs client settings of a checked app (reads its key files)."""
     auth: TokenAuth | CertAuth
     if app.cert_file is not None:
@@ -824,4 +897,5 @@ def apns_settings(app: AppConfig) -> ApnsSettings:
         connections=app.connections,
         ca_file=app.upstream_ca_file,
         request_timeout=app.request_timeout,
+        proxy=app_proxy(app, upstream),
     )

@@ -91,9 +91,9 @@ def build_lanes(config: Config) -> list[Lane]:
         sender: Sender[Any]
         try:
             if app.provider == "fcm":
-                sender = FcmClient(fcm_settings(app))
+                sender = FcmClient(fcm_settings(app, config.upstream))
             else:
-                sender = ApnsClient(apns_settings(app))
+                sender = ApnsClient(apns_settings(app, config.upstream))
         except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
             raise StartupError(
                 f"apps[{index}] ({app.name}): cannot load its credentials: {_reason(error)}"

@@ -31,6 +31,7 @@ def test_the_example_documents_every_key() -> None:
         "store": config.StoreConfig,
         "log": config.LogConfig,
         "retry": config.RetryConfig,
+        "upstream": config.UpstreamConfig,
         "apps": config.AppConfig,
         "apps.fcm_apns": config.FcmApnsDefaults,
         "apps.matrix": config.MatrixAppOptions,

@@ -616,7 +616,7 @@ def test_reply_validation() -> None:
     with pytest.raises(ValueError, match="error_code"):
         FcmReply(error_code="NOPE")
     with pytest.raises(ValueError, match="action"):
-        FcmReply(action="goaway")  # type: ignore[arg-type]
+        FcmReply(action="explode")  # type: ignore[arg-type]
     assert FcmReply(status=502, error_code="UNAVAILABLE").resolved()[:3] == (
         502,
         "UNAVAILABLE",

@@ -55,6 +55,7 @@ from pushd.simulators.recording import Recording
 __all__ = [
     "DEFAULT_INITIAL_MAX_STREAMS",
     "DEFAULT_MAX_STREAMS",
+    "REASON_STATUS",
     "ApnsSimulator",
     "Received",
     "SimReply",
@@ -127,6 +128,53 @@ _DEFAULT_REASONS = {
     429: "TooManyRequests",
     500: "InternalServerError",
     503: "ServiceUnavailable",
+}
+
+#: Every reason Apple documents, with the status it comes with (protocol notes §1.4), so
+#: ``pushd simulate --reply TOKEN=Unregistered`` can be answered as APNs would.
+REASON_STATUS: dict[str, int] = {
+    **dict.fromkeys(
+        [
+            "BadCollapseId",
+            "BadDeviceToken",
+            "BadExpirationDate",
+            "BadMessageId",
+            "BadPriority",
+            "BadTopic",
+            "DeviceTokenNotForTopic",
+            "DuplicateHeaders",
+            "IdleTimeout",
+            "InvalidPushType",
+            "MissingDeviceToken",
+            "MissingTopic",
+            "PayloadEmpty",
+            "TopicDisallowed",
+        ],
+        400,
+    ),
+    **dict.fromkeys(
+        [
+            "BadCertificate",
+            "BadCertificateEnvironment",
+            "ExpiredProviderToken",
+            "Forbidden",
+            "InvalidProviderToken",
+            "MissingProviderToken",
+            "BadEnvironmentKeyIdInToken",
+            "UnrelatedKeyIdInToken",
+        ],
+        403,
+    ),
+    "BadPath": 404,
+    "MethodNotAllowed": 405,
+    "Unregistered": 410,
+    "ExpiredToken": 410,
+    "PayloadTooLarge": 413,
+    "TooManyProviderTokenUpdates": 429,
+    "TooManyRequests": 429,
+    "InternalServerError": 500,
+    "ServiceUnavailable": 503,
+    "Shutdown": 503,
 }
 
 Action = Literal["reply", "goaway", "drop"]
@@ -317,6 +365,8 @@ class _Connection:
         )
         self.active: dict[int, _Stream] = {}
         self.max_in_flight = 0
+        #: Complete requests taken on this connection (for ``goaway_after``).
+        self.taken = 0
         self.authenticated = not sim.require_token_auth
         self.shrunk = False
         self.jwt_cache: dict[bytes, _TokenInfo] = {}
@@ -497,7 +547,8 @@ class ApnsSimulator(Recording[Received]):
 
     Configure it, register provider keys with :meth:`add_key`, start :meth:`serve` in a
     nursery, and point a client at ``https://127.0.0.1:<port>``.  Faults are scripted per
-    device token (:meth:`script`) or for every token (:meth:`set_default`); what arrived
+    device token (:meth:`script`, :meth:`set_token_reply`) or for every token
+    (:meth:`set_default`, :attr:`answer_delay`, :attr:`goaway_after`); what arrived
     is in :attr:`received`, and :meth:`wait_for` waits for it without polling.
     """
 
@@ -511,6 +562,8 @@ class ApnsSimulator(Recording[Received]):
         accept_any_key: bool = False,
         require_token_auth: bool = True,
         idle_timeout: float | None = None,
+        answer_delay: float = 0.0,
+        goaway_after: int | None = None,
         record: bool = True,
         on_received: Callable[[Received], None] | None = None,
         log: Callable[[str], None] | None = None,
@@ -518,6 +571,8 @@ class ApnsSimulator(Recording[Received]):
         super().__init__(record=record, on_received=on_received)
         if initial_max_streams < 1 or max_streams < 1:
             raise ValueError("stream limits must be at least 1")
+        if answer_delay < 0 or (goaway_after is not None and goaway_after < 1):
+            raise ValueError("answer_delay must be >= 0 and goaway_after at least 1")
         #: SETTINGS_MAX_CONCURRENT_STREAMS of a fresh token-auth connection.
         self.initial_max_streams = initial_max_streams
         #: The limit after the first valid provider token (at once with cert auth).
@@ -532,6 +587,13 @@ class ApnsSimulator(Recording[Received]):
         self.require_token_auth = require_token_auth
         #: Send GOAWAY ``IdleTimeout`` after this long without requests.
         self.idle_timeout = idle_timeout
+        #: Seconds every answer waits, on top of a scripted reply's own ``delay``: a slow
+        #: APNs, without holding up other streams.
+        self.answer_delay = answer_delay
+        #: A connection that has taken this many requests answers the next one with
+        #: GOAWAY ``Shutdown`` (it and everything unanswered is safe to retry), as an APNs
+        #: server being rotated out does; None never does.
+        self.goaway_after = goaway_after
         #: Called with connection-level events (opened, closed, GOAWAY, errors).
         self.log = log
 
@@ -548,6 +610,7 @@ class ApnsSimulator(Recording[Received]):
 
         self._keys: dict[str, tuple[str, ec.EllipticCurvePublicKey]] = {}
         self._scripts: dict[str, collections.deque[SimReply]] = {}
+        self._token_replies: dict[str, SimReply] = {}
         self._default = _SUCCESS
         self._connections: dict[int, _Connection] = {}
         self._topic_verdicts: dict[bytes, str | None] = {}
@@ -564,9 +627,18 @@ class ApnsSimulator(Recording[Received]):
     def script(self, token: str, *replies: SimReply) -> None:
         """Queue replies for ``token``, used one per notification in order.
 
-        Once they are used up the token gets the default reply (:meth:`set_default`).
+        Once they are used up the token gets its standing reply (:meth:`set_token_reply`)
+        or else the default (:meth:`set_default`).
         """
         self._scripts.setdefault(token, collections.deque()).extend(replies)
+
+    def set_token_reply(self, token: str, reply: SimReply) -> None:
+        """Answer ``token`` with ``reply`` every time its scripted replies are used up.
+
+        A dead token stays dead: ``pushd simulate --reply`` needs a reply that does not
+        wear off after one notification, unlike :meth:`script`'s.
+        """
+        self._token_replies[token] = reply
 
     def set_default(self, reply: SimReply) -> None:
         """Set the reply for tokens without scripted replies (e.g. every token 500)."""
@@ -578,6 +650,7 @@ class ApnsSimulator(Recording[Received]):
         :attr:`received` and the counters are kept; clear them directly if needed.
         """
         self._scripts.clear()
+        self._token_replies.clear()
         self._default = _SUCCESS
 
     def goaway_all(self, reason: str = "Shutdown") -> None:
@@ -670,19 +743,26 @@ class ApnsSimulator(Recording[Received]):
 
     def _process(self, conn: _Connection, st: _Stream) -> None:
         """Judge a complete request; answer now, or later if the reply has a delay."""
+        conn.taken += 1
+        if self.goaway_after is not None and conn.taken > self.goaway_after:
+            conn.goaway("Shutdown")
+            return
         verdict = self._judge(conn, st)
         reply = verdict.reply
-        if reply.delay <= 0 and reply.action == "reply":
+        delay = reply.delay + self.answer_delay
+        if delay <= 0 and reply.action == "reply":
             self._answer(conn, st, verdict)
         else:
             assert conn.nursery is not None
             st.scope = trio.CancelScope()
-            conn.nursery.start_soon(self._answer_later, conn, st, verdict)
+            conn.nursery.start_soon(self._answer_later, conn, st, verdict, delay)
 
-    async def _answer_later(self, conn: _Connection, st: _Stream, verdict: _Verdict) -> None:
+    async def _answer_later(
+        self, conn: _Connection, st: _Stream, verdict: _Verdict, delay: float
+    ) -> None:
         assert st.scope is not None
         with st.scope:
-            await trio.sleep(verdict.reply.delay)
+            await trio.sleep(delay)
             if conn.closing or conn.active.get(st.stream_id) is not st:
                 return
             action = verdict.reply.action
@@ -809,7 +889,7 @@ class ApnsSimulator(Recording[Received]):
             return verdict(400, "BadDeviceToken")
 
         queue = self._scripts.get(token)
-        reply = queue.popleft() if queue else self._default
+        reply = queue.popleft() if queue else self._token_replies.get(token, self._default)
         if reply.action != "reply" or reply.status != 200:
             if reply.action != "reply":
                 return verdict(0, reply.reason, reply)

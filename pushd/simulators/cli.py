@@ -11,6 +11,12 @@ certificate as APNs.  Point an FCM app's ``upstream_url`` at ``https://HOST:PORT
 it a service-account file whose ``token_uri`` is ``https://HOST:PORT/token``:
 ``--fcm-new-account FILE`` writes such a file and trusts it, ``--fcm-account FILE``
 trusts an existing one.
+
+Faults, to watch pushd cope: ``--reply TOKEN=410:Unregistered`` (APNs) or
+``--reply TOKEN=404:UNREGISTERED`` (FCM) makes a device dead, ``--reply TOKEN=500`` fails
+it for a while, ``--reply TOKEN=goaway`` or ``=drop`` ends its connection unanswered,
+``--delay`` slows every answer and ``--goaway-after N`` rotates connections
+(:mod:`pushd.simulators.faults` has the whole syntax).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pushd.model import mask_token
-from pushd.simulators import certs
+from pushd.simulators import certs, faults
 from pushd.simulators.apns import DEFAULT_MAX_STREAMS, ApnsSimulator, Received
 from pushd.simulators.fcm import FcmReceived, FcmSimulator, configure_alpn, make_service_account
 
@@ -80,6 +86,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--show-payload", action="store_true", help="print each notification's payload"
+    )
+    faults = parser.add_argument_group("faults (APNs and FCM alike)")
+    faults.add_argument(
+        "--reply",
+        action="append",
+        default=[],
+        metavar="TOKEN=WHAT",
+        help="answer TOKEN (* = every other token) with WHAT: STATUS, STATUS:REASON, "
+        "REASON, goaway[:REASON] or drop; e.g. TOKEN=410:Unregistered (APNs), "
+        "TOKEN=404:UNREGISTERED (FCM), TOKEN=500.  Repeat for one token to answer in "
+        "order; the last reply repeats",
+    )
+    faults.add_argument(
+        "--delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="every notification's answer waits this long",
+    )
+    faults.add_argument(
+        "--goaway-after",
+        type=int,
+        default=None,
+        metavar="N",
+        help="each connection takes N notifications, then answers with GOAWAY Shutdown",
     )
     fcm = parser.add_argument_group("FCM (off unless --fcm-port is given)")
     fcm.add_argument(
@@ -239,6 +270,9 @@ def run(args: argparse.Namespace) -> int:
         fcm_wanted = args.fcm_port is not None
         if not fcm_wanted and (fcm_accounts or args.fcm_new_account):
             raise UsageError("--fcm-account and --fcm-new-account need --fcm-port")
+        plan = faults.parse_plan(
+            args.reply, delay=args.delay, goaway_after=args.goaway_after, fcm=fcm_wanted
+        )
         fcm_context = None
         if args.cert:
             context = certs.server_context_from_files(args.cert, args.key)
@@ -255,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 _log("self-signed certificate; pass --ca-out FILE to save its CA. CA PEM:")
                 _log(tls.ca_cert_pem.decode("ascii").rstrip())
-    except (UsageError, OSError) as exc:
+    except (UsageError, faults.FaultError, OSError) as exc:
         print(f"pushd simulate: {exc}", file=sys.stderr)
         return 2
 
@@ -284,6 +318,9 @@ def run(args: argparse.Namespace) -> int:
             fcm_sim.add_account(email, account_key, project)
         if not fcm_accounts and not args.fcm_new_account and not args.fcm_accept_any_assertion:
             _log("warning: no --fcm-account given: every OAuth assertion will be rejected")
+    plan.apply(sim, fcm_sim)
+    for line in plan.describe():
+        _log(f"fault: {line}")
 
     async def start_fcm(nursery: trio.Nursery) -> None:
         if fcm_sim is None:

@@ -25,7 +25,9 @@ both HTTP/2 and HTTP/1.1, which hypercorn speaks.  Its defaults suit a web app, 
 upstream, so :func:`hypercorn_config` raises the idle timeout and the per-connection
 request cap and advertises the 100 streams FCM is assumed to allow.  The accept loop is
 ours (hypercorn's trio ``TCPServer`` per connection) so a scripted ``"drop"`` can reset
-the very connection a request arrived on.
+the very connection a request arrived on, and ``"goaway"`` can send that connection a
+GOAWAY through hypercorn's own h2 state (the one place this module reaches past
+hypercorn's public API: hypercorn has no way to close one connection gracefully).
 """
 
 from __future__ import annotations
@@ -51,12 +53,15 @@ from typing import Any, Literal, cast
 from urllib.parse import parse_qsl
 
 import attrs
+import h2.exceptions
 import trio
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import RawData
+from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ASGIFramework, LifespanState
@@ -96,6 +101,9 @@ KEEP_ALIVE_TIMEOUT = 300.0
 KEEP_ALIVE_MAX_REQUESTS = 2**62
 #: How long a TLS handshake may take before the connection is dropped.
 HANDSHAKE_TIMEOUT = 10.0
+#: After a GOAWAY, how long the connection stays open for the client to read it and hang
+#: up: closing at once could reset the connection before the GOAWAY is read.
+CLOSE_LINGER = 1.0
 #: Data + notification bytes allowed in one message, and in one topic/condition message.
 MAX_PAYLOAD = 4096
 MAX_TOPIC_PAYLOAD = 2048
@@ -221,8 +229,8 @@ _ANDROID_FIELDS = frozenset(
 _NOTIFICATION_FIELDS = frozenset({"title", "body", "image"})
 _PRIORITIES = frozenset({"normal", "high"})
 
-Action = Literal["reply", "drop"]
-_ACTIONS = frozenset({"reply", "drop"})
+Action = Literal["reply", "goaway", "drop"]
+_ACTIONS = frozenset({"reply", "goaway", "drop"})
 
 
 # --- Public values ---------------------------------------------------------------------
@@ -241,7 +249,9 @@ class FcmReply:
     ``message`` to Google's text.  ``retry_after`` adds a ``Retry-After`` header
     (seconds).  ``delay`` seconds pass before the answer, without holding other requests.
     ``action="drop"`` resets the TCP connection the request came on (every stream on it
-    stays unanswered), as a crashed front end would.
+    stays unanswered), as a crashed front end would; ``action="goaway"`` sends that
+    connection GOAWAY (debug data ``message`` or ``Shutdown``) whose last stream id lies
+    below every unanswered stream, and closes it, as a front end being drained does.
 
     A plain 200 reply does not skip validation: the message must still be valid.  On the
     token endpoint only ``status``, ``message`` (``error_description``), ``retry_after``,
@@ -879,12 +889,43 @@ def hypercorn_config() -> HypercornConfig:
 
 
 class _Connection:
-    """One accepted connection, so a scripted ``drop`` can reset it."""
+    """One accepted connection, so a scripted ``drop`` or ``goaway`` can end it."""
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.scope = trio.CancelScope()
         self.dropped = False
+        #: Set once GOAWAY went out: no more answers are recorded on it.
+        self.closing = False
+        #: Requests taken on this connection (for ``goaway_after``).
+        self.taken = 0
+        self.server: TCPServer | None = None
+
+    async def goaway(self, reason: str) -> None:
+        """Send GOAWAY, give the client :data:`CLOSE_LINGER` to hang up, then close.
+
+        Every stream not yet answered lies above the GOAWAY's last stream id, so the
+        client knows none of them was processed.  An HTTP/1.1 connection is just closed.
+        """
+        if self.closing:
+            return
+        self.closing = True
+        wrapper = getattr(self.server, "protocol", None)
+        protocol = getattr(wrapper, "protocol", None)
+        if self.server is not None and isinstance(protocol, H2Protocol):
+            h2conn = protocol.connection
+            pending = list(protocol.streams)
+            last = min(pending) - 2 if pending else h2conn.highest_inbound_stream_id
+            try:
+                h2conn.close_connection(
+                    error_code=0, additional_data=reason.encode(), last_stream_id=max(last, 0)
+                )
+            except h2.exceptions.ProtocolError:
+                pass  # h2 has closed the connection already (the client's GOAWAY)
+            else:
+                await self.server.protocol_send(RawData(data=h2conn.data_to_send()))
+                await trio.sleep(CLOSE_LINGER)
+        self.scope.cancel()
 
     def drop(self) -> None:
         """Reset the connection: RST on close, and stop hypercorn serving it."""
@@ -962,9 +1003,16 @@ class FcmSimulator(Recording[FcmReceived]):
         self.tokens_issued = 0
         #: Requests answered 429 by the quota (not scripted 429s).
         self.quota_rejections = 0
+        #: Seconds every send's answer waits, on top of a scripted reply's ``delay``.
+        self.answer_delay = 0.0
+        #: A connection that has taken this many requests answers the next one with
+        #: GOAWAY (see :class:`FcmReply`'s ``"goaway"``); None never does.
+        self.goaway_after: int | None = None
         #: Connections accepted since start, and dropped by a scripted ``drop``.
         self.connections_opened = 0
         self.connections_dropped = 0
+        #: GOAWAY frames sent (scripted or by ``goaway_after``).
+        self.goaways_sent = 0
         #: Requests seen per HTTP version (``"2"``, ``"1.1"``).
         self.http_versions: collections.Counter[str] = collections.Counter()
         #: The bound port, once :meth:`serve` has started.
@@ -976,6 +1024,7 @@ class FcmSimulator(Recording[FcmReceived]):
         self._grants: dict[str, _Grant] = {}
         self._epoch = 0
         self._scripts: dict[str, collections.deque[FcmReply]] = {}
+        self._token_replies: dict[str, FcmReply] = {}
         self._token_scripts: collections.deque[FcmReply] = collections.deque()
         self._default = _SUCCESS
         self._quotas: dict[str, _Bucket] = {}
@@ -1001,9 +1050,18 @@ class FcmSimulator(Recording[FcmReceived]):
         """Queue replies for ``token`` (or a topic/condition string), one per valid send.
 
         A send that fails validation does not use one.  Once they are used up the token
-        gets the default reply (:meth:`set_default`).
+        gets its standing reply (:meth:`set_token_reply`) or else the default
+        (:meth:`set_default`).
         """
         self._scripts.setdefault(token, collections.deque()).extend(replies)
+
+    def set_token_reply(self, token: str, reply: FcmReply) -> None:
+        """Answer ``token`` with ``reply`` every time its scripted replies are used up.
+
+        A dead token stays dead: ``pushd simulate --reply`` needs a reply that does not
+        wear off after one send, unlike :meth:`script`'s.
+        """
+        self._token_replies[token] = reply
 
     def set_default(self, reply: FcmReply) -> None:
         """Set the reply for tokens without scripted replies (e.g. every send 503)."""
@@ -1022,6 +1080,7 @@ class FcmSimulator(Recording[FcmReceived]):
         Accounts, quotas, issued tokens, :attr:`received` and counters are kept.
         """
         self._scripts.clear()
+        self._token_replies.clear()
         self._token_scripts.clear()
         self._default = _SUCCESS
         self.token_endpoint_down = False
@@ -1107,7 +1166,8 @@ class FcmSimulator(Recording[FcmReceived]):
             self.connections_opened += 1
             try:
                 with conn.scope:
-                    await TCPServer(app, config, context, state, cast(Any, stream)).run()
+                    conn.server = TCPServer(app, config, context, state, cast(Any, stream))
+                    await conn.server.run()
             finally:
                 if key is not None and self._connections.get(key) is conn:
                     del self._connections[key]
@@ -1121,6 +1181,12 @@ class FcmSimulator(Recording[FcmReceived]):
         if self.log is not None:
             self.log(message)
 
+    async def _goaway(self, conn: _Connection, reason: str) -> None:
+        if not conn.closing:
+            self.goaways_sent += 1
+            self._log(f"GOAWAY {reason}")
+        await conn.goaway(reason)
+
     # -- ASGI --
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -1128,6 +1194,13 @@ class FcmSimulator(Recording[FcmReceived]):
         if scope["type"] != "http":
             return
         self.http_versions[scope.get("http_version", "?")] += 1
+        client = scope.get("client")
+        conn = self._connections.get((str(client[0]), int(client[1]))) if client else None
+        if conn is not None and self.goaway_after is not None:
+            conn.taken += 1
+            if conn.taken > self.goaway_after:
+                await self._goaway(conn, "Shutdown")
+                return
         try:
             body = await _read_body(receive)
         except _Disconnected:
@@ -1149,17 +1222,22 @@ class FcmSimulator(Recording[FcmReceived]):
             else:
                 answer = self._send_request(match.group(1), headers, body)
         reply = answer.reply
-        if reply.delay > 0:
-            await trio.sleep(reply.delay)
+        delay = reply.delay + (self.answer_delay if path != TOKEN_PATH else 0.0)
+        if delay > 0:
+            await trio.sleep(delay)
         if reply.action == "drop":
-            client = scope.get("client")
-            conn = self._connections.get((str(client[0]), int(client[1]))) if client else None
             if conn is not None:
                 self.connections_dropped += 1
                 self._log("connection dropped (scripted)")
                 conn.drop()
                 await trio.sleep_forever()
             return  # hypercorn answers 500 if the connection cannot be found
+        if reply.action == "goaway":
+            if conn is not None:
+                await self._goaway(conn, reply.message or "Shutdown")
+            return
+        if conn is not None and conn.closing:
+            return  # after our GOAWAY this stream is not answered, so not recorded
         if answer.received is not None:
             self._record(answer.received)
         await send(
@@ -1180,7 +1258,7 @@ class FcmSimulator(Recording[FcmReceived]):
         if not self._token_scripts:
             return self._token_answer(method, headers, body)
         reply = self._token_scripts.popleft()
-        if reply.action == "drop":
+        if reply.action != "reply":
             return _Answer(0, b"", reply=reply)
         if reply.is_success:
             return attrs.evolve(self._token_answer(method, headers, body), reply=reply)
@@ -1258,7 +1336,7 @@ class FcmSimulator(Recording[FcmReceived]):
         checked = _check_send_body(body) if len(body) <= MAX_REQUEST_BODY else None
         answer, counted = self._judge_send(project_id, headers, checked)
         bucket = self._quotas.get(project_id)
-        unanswered = answer.reply.action == "drop"
+        unanswered = answer.reply.action != "reply"
         if counted and bucket is not None and (unanswered or not 200 <= answer.status < 429):
             bucket.tokens += 1.0  # only 2xx and 4xx other than 429 use the quota
         if unanswered:
@@ -1349,9 +1427,10 @@ class FcmSimulator(Recording[FcmReceived]):
                 True,
             )
 
-        queue = self._scripts.get(checked.target or "")
-        reply = queue.popleft() if queue else self._default
-        if reply.action == "drop":
+        target = checked.target or ""
+        queue = self._scripts.get(target)
+        reply = queue.popleft() if queue else self._token_replies.get(target, self._default)
+        if reply.action != "reply":
             return _Answer(0, b"", reply=reply), True
         if reply.status == 200 and reply.error_code is None:
             if checked.validate_only:

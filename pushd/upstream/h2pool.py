@@ -48,6 +48,7 @@ from pushd.upstream.h2conn import (
     Stream,
     Unprocessed,
 )
+from pushd.upstream.proxy import Proxy, open_tunnel
 
 #: TCP + TLS + first SETTINGS must complete within this many seconds.
 CONNECT_TIMEOUT = 10.0
@@ -325,6 +326,8 @@ class H2Pool:
     ``recycle_after_timeouts``: replace a connection once that many batches in a row gave
     up on it by their deadline with no answer in between (a connection that stopped
     answering but still acknowledges PING, or a server wedged on it); None never does.
+    ``proxy``: open every connection through this HTTP proxy's CONNECT tunnel; a proxy
+    that is down or refuses is a failed connect like any other (backoff, then again).
     """
 
     def __init__(
@@ -338,6 +341,7 @@ class H2Pool:
         ssl_context: ssl.SSLContext,
         connections: int,
         recycle_after_timeouts: int | None = None,
+        proxy: Proxy | None = None,
     ) -> None:
         self._peer = peer
         self._log = peer.log
@@ -347,6 +351,10 @@ class H2Pool:
         self._host = host
         self._port = port
         self._authority = host if port == 443 else f"{host}:{port}"
+        #: An HTTP proxy every connection tunnels through (CONNECT), or None.
+        self._proxy = proxy
+        #: Where connections go, for log lines: the proxy is named, never its password.
+        self._route = self._authority if proxy is None else f"{host}:{port} via {proxy.display}"
         self._ssl_context = ssl_context
         self._connections = max(1, connections)
         self._recycle_after = recycle_after_timeouts
@@ -572,7 +580,7 @@ class H2Pool:
                     "%s connection %d: connect to %s failed (%s: %s); retry in %.1f s",
                     label,
                     index,
-                    self._authority,
+                    self._route,
                     type(exc).__name__,
                     exc,
                     delay,
@@ -586,7 +594,7 @@ class H2Pool:
                 "%s connection %d: connected to %s, %d streams",
                 label,
                 index,
-                self._authority,
+                self._route,
                 conn.max_streams,
             )
             self._conns.append(conn)
@@ -612,7 +620,10 @@ class H2Pool:
 
     async def _connect(self, index: int) -> PoolConnection:
         with trio.fail_after(CONNECT_TIMEOUT):
-            tcp = await trio.open_tcp_stream(self._host, self._port)
+            if self._proxy is not None:
+                tcp = await open_tunnel(self._proxy, self._host, self._port)
+            else:
+                tcp = await trio.open_tcp_stream(self._host, self._port)
             sock = trio.SSLStream(
                 tcp, self._ssl_context, server_hostname=self._host, https_compatible=True
             )

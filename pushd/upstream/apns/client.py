@@ -45,6 +45,7 @@ from pushd.upstream.apns.settings import ApnsSettings, CertAuth, TokenAuth
 from pushd.upstream.h2conn import Peer, Stream
 from pushd.upstream.h2pool import REAUTHENTICATE, Batch, H2Pool, Reauthenticate, Report
 from pushd.upstream.hpack import encode_field, encode_fields
+from pushd.upstream.proxy import route
 
 log = logging.getLogger("pushd.upstream.apns")
 
@@ -149,6 +150,7 @@ class ApnsClient:
             port=url.port or 443,
             ssl_context=make_ssl_context(settings),
             connections=settings.connections,
+            proxy=route(settings.proxy, url.hostname),
         )
 
     @property

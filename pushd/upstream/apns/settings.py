@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import attrs
 
+from pushd.upstream.proxy import Proxy
+
 #: Apple's hosts; ``upstream_url`` in the config overrides them (simulator, proxies).
 PRODUCTION_URL = "https://api.push.apple.com"
 SANDBOX_URL = "https://api.sandbox.push.apple.com"
@@ -43,3 +45,5 @@ class ApnsSettings:
     ca_file: str | None = None
     #: How long one request may take before it is reported as RetryLater.
     request_timeout: float = 10.0
+    #: An HTTP proxy to tunnel through (unless its ``no_proxy`` names the APNs host).
+    proxy: Proxy | None = None

@@ -58,6 +58,7 @@ from pushd.upstream.fcm.settings import FcmSettings
 from pushd.upstream.h2conn import Peer, Stream
 from pushd.upstream.h2pool import REAUTHENTICATE, Batch, H2Pool, Reauthenticate, Report
 from pushd.upstream.hpack import encode_fields
+from pushd.upstream.proxy import route
 
 log = logging.getLogger("pushd.upstream.fcm")
 
@@ -100,6 +101,16 @@ def make_ssl_context(settings: FcmSettings, *, h2: bool = False) -> ssl.SSLConte
     if settings.ca_file:
         ctx.load_verify_locations(cafile=settings.ca_file)
     return ctx
+
+
+def token_proxy(settings: FcmSettings) -> httpx.Proxy | None:
+    """The proxy for the token endpoint's httpx client (``no_proxy`` may spare its host)."""
+    host = urlsplit(settings.account.token_uri).hostname or ""
+    proxy = route(settings.proxy, host)
+    if proxy is None:
+        return None
+    auth = (proxy.username, proxy.password or "") if proxy.username is not None else None
+    return httpx.Proxy(proxy.url, auth=auth)
 
 
 class _FcmBatch(Batch):
@@ -175,6 +186,7 @@ class FcmClient:
             ssl_context=make_ssl_context(settings, h2=True),
             connections=settings.connections,
             recycle_after_timeouts=RECYCLE_AFTER_TIMEOUTS,
+            proxy=route(settings.proxy, url.hostname),
         )
         base_path = url.path.rstrip("/")
         path = f"{base_path}/v1/projects/{quote(settings.project_id, safe='')}/messages:send"
@@ -237,7 +249,12 @@ class FcmClient:
             raise RuntimeError("FcmClient.run() called twice")
         settings = self._settings
         token_http = self._token_http = httpx.AsyncClient(
-            verify=self._token_context, headers={"user-agent": USER_AGENT}
+            verify=self._token_context,
+            headers={"user-agent": USER_AGENT},
+            proxy=token_proxy(settings),
+            # The proxy is pushd.toml's to choose: no HTTPS_PROXY from the environment,
+            # which would send token requests one way and sends another.
+            trust_env=False,
         )
         self._tokens = AccessTokens(settings.account, token_http, clock=self._clock)
         try:

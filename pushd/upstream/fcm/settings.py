@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import attrs
 
+from pushd.upstream.proxy import Proxy
+
 #: Google's endpoints; the config can override the FCM one (simulator), and the token
 #: endpoint comes from the service-account file, as google-auth does.
 FCM_URL = "https://fcm.googleapis.com"
@@ -38,3 +40,5 @@ class FcmSettings:
     connections: int = 2
     #: How long one request may take before it is reported as RetryLater.
     request_timeout: float = 10.0
+    #: An HTTP proxy for FCM and the token endpoint (unless its ``no_proxy`` names one).
+    proxy: Proxy | None = None
