@@ -17,12 +17,12 @@ from typing import Any
 
 import trio
 
-from pushd import __version__, config, logs
+from pushd import __version__, cli_store, config, logs
+from pushd.cli_store import run_store, store_options
 from pushd.files import private_dirs
-from pushd.store.sqlite import Database, StoreError
+from pushd.spool.seal import create_key_file
+from pushd.store import Store, StoreError, open_store
 
-#: The config the admin commands read when none is named.
-DEFAULT_CONFIG = "/etc/pushd/pushd.toml"
 #: Where ``serve`` looks for a config when none is named (then falls back to the demo).
 CONFIG_ENV = "PUSHD_CONFIG"
 
@@ -69,18 +69,11 @@ format = "text"
 
 
 def _fail(message: str) -> int:
-    print(f"pushd: {message}", file=sys.stderr)
-    return 1
+    return cli_store.fail(message)
 
 
 def _load(path: str) -> config.Config | None:
-    try:
-        return config.load_checked(path)
-    except config.ConfigError as error:
-        print(f"pushd: {path} has problems:", file=sys.stderr)
-        for problem in error.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return None
+    return cli_store.load(path)
 
 
 # --- serve ----------------------------------------------------------------------------
@@ -171,62 +164,53 @@ def cmd_init(args: argparse.Namespace) -> int:
     private_dirs(store.parent)
     with open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640), "w") as file:
         file.write(STARTER_CONFIG.format(store=store))
-    database = Database(str(store))
-    try:
-        _, key = database.add_server(args.server)
-    finally:
-        database.close()
+
+    async def first_server() -> str:
+        opened = await open_store(config.StoreConfig(path=str(store)))
+        try:
+            return (await opened.add_server(args.server))[1]
+        finally:
+            await opened.close()
+
+    key = trio.run(first_server)
+    spool_key = target.resolve().parent / "spool.key"
+    if not spool_key.exists():
+        create_key_file(spool_key)
     with open(os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
         file.write(key + "\n")
     print(f"wrote {target} (add your apps, then: pushd check-config {target})")
     print(f"created {store} with chat server {args.server!r}")
     print(f"its API key is in {key_file} (mode 0600); it is stored only hashed")
+    print(f"spooled notifications are sealed with the key in {spool_key} (mode 0600)")
     return 0
 
 
 # --- server ---------------------------------------------------------------------------
 
 
-def _database(args: argparse.Namespace) -> Database | None:
-    if args.store:
-        path = args.store
-    else:
-        cfg = _load(args.config)
-        if cfg is None:
-            return None
-        path = cfg.store.path
-    try:
-        return Database(path)
-    except StoreError as error:
-        _fail(str(error))
-        return None
-
-
 def cmd_server(args: argparse.Namespace) -> int:
-    database = _database(args)
-    if database is None:
-        return 1
-    try:
-        if args.action == "add":
-            server, key = database.add_server(args.name)
-            print(f"added chat server {server.name!r} (id {server.id})")
-            print(f"API key (shown once, store it on the chat server): {key}")
-        elif args.action == "list":
-            for server in database.servers():
-                state = "active" if server.active else "deactivated"
-                created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(server.created_at))
-                print(f"{server.id:>4}  {server.name:<30} {state:<12} created {created} UTC")
-        elif args.action == "rotate-key":
-            key = database.rotate_key(args.name)
-            print(f"new API key for {args.name!r} (the old one no longer works): {key}")
-        elif args.action in ("deactivate", "activate"):
-            database.set_active(args.name, args.action == "activate")
-            print(f"{args.name!r} is now {args.action}d")
-    except StoreError as error:
-        return _fail(str(error))
-    finally:
-        database.close()
-    return 0
+    async def action(store: Store, _: config.Config | None) -> int:
+        try:
+            if args.action == "add":
+                server, key = await store.add_server(args.name)
+                print(f"added chat server {server.name!r} (id {server.id})")
+                print(f"API key (shown once, store it on the chat server): {key}")
+            elif args.action == "list":
+                for server in await store.servers():
+                    state = "active" if server.active else "deactivated"
+                    created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(server.created_at))
+                    print(f"{server.id:>4}  {server.name:<30} {state:<12} created {created} UTC")
+            elif args.action == "rotate-key":
+                key = await store.rotate_key(args.name)
+                print(f"new API key for {args.name!r} (the old one no longer works): {key}")
+            elif args.action in ("deactivate", "activate"):
+                await store.set_active(args.name, args.action == "activate")
+                print(f"{args.name!r} is now {args.action}d")
+        except StoreError as error:
+            return _fail(str(error))
+        return 0
+
+    return run_store(args, action)
 
 
 # --- send-test ------------------------------------------------------------------------
@@ -240,7 +224,6 @@ def cmd_send_test(args: argparse.Namespace) -> int:
     if app is None:
         names = ", ".join(a.name for a in cfg.apps) or "none"
         return _fail(f"no app named {args.app!r} in {args.config} (apps: {names})")
-    from pushd.dispatch import Sender
     from pushd.frontends.native import (
         ApiError,
         SendBody,
@@ -248,6 +231,7 @@ def cmd_send_test(args: argparse.Namespace) -> int:
         build_fcm_push,
         check_token,
     )
+    from pushd.lanes import Sender
     from pushd.upstream.apns.client import ApnsClient
     from pushd.upstream.fcm.client import FcmClient
 
@@ -281,11 +265,7 @@ def cmd_send_test(args: argparse.Namespace) -> int:
 # --- main -----------------------------------------------------------------------------
 
 
-def _store_options(parser: argparse.ArgumentParser) -> None:
-    """Where a store-managing command finds the store: the config's, or a named file."""
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--config", "-c", default=DEFAULT_CONFIG)
-    where.add_argument("--store", help="the SQLite file, instead of reading the config")
+_store_options = store_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -327,9 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
         _store_options(sub)
         sub.set_defaults(func=cmd_server)
 
-    from pushd import cli_zulip
+    from pushd import cli_spool, cli_zulip
 
     cli_zulip.add_commands(commands)
+    cli_store.add_commands(commands)
+    cli_spool.add_commands(commands)
 
     send_test = commands.add_parser("send-test", help="send one notification to one token")
     send_test.add_argument("--config", "-c", required=True)

@@ -13,30 +13,16 @@ import time
 import uuid
 from typing import Any, Final
 
-from pushd.cli import _fail, _load, _store_options
+from pushd.cli_store import fail as _fail
+from pushd.cli_store import run_store
+from pushd.cli_store import store_options as _store_options
 from pushd.config import Config
 from pushd.model import normalize_zulip_hostname
-from pushd.store.sqlite import Database, HostnameTaken, StoreError, ZulipServer
+from pushd.store import HostnameTaken, Store, StoreError, ZulipServer
 
 #: ``zulip_org_key`` is 64 characters: 32 random bytes in hex.
 ZULIP_KEY_BYTES: Final = 32
 _HOSTNAME_FORM: Final = "a hostname like chat.example.com or chat.example.com:8443"
-
-
-def _open(args: argparse.Namespace) -> tuple[Database, Config | None] | None:
-    """The store, and the config when it was read (``--store`` skips it)."""
-    cfg = None
-    path = args.store
-    if path is None:
-        cfg = _load(args.config)
-        if cfg is None:
-            return None
-        path = cfg.store.path
-    try:
-        return Database(path), cfg
-    except StoreError as error:
-        _fail(str(error))
-        return None
 
 
 def _config_pins(cfg: Config | None) -> dict[str, str]:
@@ -63,27 +49,25 @@ def cmd_zulip_servers(args: argparse.Namespace) -> int:
     ``zulip_org_id`` its admin reads from that file, so that only that server may
     register it (see :mod:`pushd.frontends.zulip.registration` for why).
     """
-    opened = _open(args)
-    if opened is None:
-        return 1
-    database, cfg = opened
-    try:
-        return _servers_action(args, database, cfg)
-    except StoreError as error:
-        return _fail(str(error))
-    finally:
-        database.close()
+
+    async def action(database: Store, cfg: Config | None) -> int:
+        try:
+            return await _servers_action(args, database, cfg)
+        except StoreError as error:
+            return _fail(str(error))
+
+    return run_store(args, action)
 
 
-def _servers_action(args: argparse.Namespace, database: Database, cfg: Config | None) -> int:
+async def _servers_action(args: argparse.Namespace, database: Store, cfg: Config | None) -> int:
     from pushd.frontends.zulip.wire import ORG_KEY_LENGTH, ZulipError, check_hostname, is_uuid
 
     action = args.action
     if action == "list":
-        _list(database, cfg)
+        await _list(database, cfg)
         return 0
     if action in ("deactivate", "reactivate"):
-        database.zulip_set_deactivated(args.uuid, action == "deactivate")
+        await database.zulip_set_deactivated(args.uuid, action == "deactivate")
         print(f"Zulip server {args.uuid} is now {action}d")
         return 0
     host = normalize_zulip_hostname(args.hostname)
@@ -101,7 +85,7 @@ def _servers_action(args: argparse.Namespace, database: Database, cfg: Config | 
         except ZulipError as error:
             return _fail(error.msg)
         try:
-            database.zulip_add_server(org_id.lower(), key, host)
+            await database.zulip_add_server(org_id.lower(), key, host)
         except HostnameTaken as taken:
             return _fail(f"{host} is held by Zulip server {taken.holder} already")
         print(f"added Zulip server {host} ({org_id})")
@@ -111,10 +95,10 @@ def _servers_action(args: argparse.Namespace, database: Database, cfg: Config | 
         print(f"zulip_org_key = {key}")
         return 0
     if action == "allow":
-        return _allow(database, cfg, host, args.org_id, replace=args.replace)
+        return await _allow(database, cfg, host, args.org_id, replace=args.replace)
     if action == "disallow":
-        return _disallow(database, cfg, host)
-    released = database.zulip_release_hostname(host)
+        return await _disallow(database, cfg, host)
+    released = await database.zulip_release_hostname(host)
     if not released:
         print(f"no Zulip server holds {host}: nothing to release")
     else:
@@ -123,7 +107,9 @@ def _servers_action(args: argparse.Namespace, database: Database, cfg: Config | 
     return 0
 
 
-def _allow(database: Database, cfg: Config | None, host: str, org_id: str, *, replace: bool) -> int:
+async def _allow(
+    database: Store, cfg: Config | None, host: str, org_id: str, *, replace: bool
+) -> int:
     from pushd.frontends.zulip.wire import is_uuid
 
     if not is_uuid(org_id):
@@ -135,14 +121,14 @@ def _allow(database: Database, cfg: Config | None, host: str, org_id: str, *, re
             f"{host} is pinned to {in_config} in {cfg.source}, which wins over the "
             "store: change it there"
         )
-    old = database.zulip_add_pin(host, org_id, replace=replace)
+    old = await database.zulip_add_pin(host, org_id, replace=replace)
     if old is None:
         print(f"pinned {host} to zulip_org_id {org_id}")
     elif old.org_id == org_id:
         print(f"{host} is pinned to zulip_org_id {org_id} already")
     else:
         print(f"moved {host} from zulip_org_id {old.org_id} to {org_id}")
-    holder = database.zulip_hostname_holder(host)
+    holder = await database.zulip_hostname_holder(host)
     if holder is None:
         print("that server may now register with `manage.py register_server`")
     elif holder.uuid.lower() == org_id:
@@ -157,10 +143,10 @@ def _allow(database: Database, cfg: Config | None, host: str, org_id: str, *, re
     return 0
 
 
-def _disallow(database: Database, cfg: Config | None, host: str) -> int:
+async def _disallow(database: Store, cfg: Config | None, host: str) -> int:
     if cfg is not None and host in _config_pins(cfg):
         return _fail(f"{host} is pinned in {cfg.source}: remove it there")
-    if not database.zulip_remove_pin(host):
+    if not await database.zulip_remove_pin(host):
         print(f"{host} was not pinned")
         return 0
     print(f"unpinned {host}: no new server may register it in allowlist mode")
@@ -168,21 +154,21 @@ def _disallow(database: Database, cfg: Config | None, host: str) -> int:
     return 0
 
 
-def _list(database: Database, cfg: Config | None) -> None:
-    for server in database.zulip_servers():
+async def _list(database: Store, cfg: Config | None) -> None:
+    for server in await database.zulip_servers():
         created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(server.created_at))
         print(
             f"{server.uuid}  {server.hostname:<30} {_state(server):<12} created {created} UTC"
             f"  {server.contact_email}"
         )
-    pins = [(pin.hostname, pin.org_id, "store") for pin in database.zulip_pins()]
+    pins = [(pin.hostname, pin.org_id, "store") for pin in await database.zulip_pins()]
     config_pins = _config_pins(cfg)
     pins = [pin for pin in pins if pin[0] not in config_pins]
     pins += [(host, org_id, "config") for host, org_id in config_pins.items()]
     if pins:
         print("pinned hostnames (only that zulip_org_id may register them):")
     for host, org_id, where in sorted(pins):
-        holder = database.zulip_hostname_holder(host)
+        holder = await database.zulip_hostname_holder(host)
         if holder is None:
             status = "not registered yet"
         elif holder.uuid.lower() == org_id:
@@ -203,30 +189,24 @@ def cmd_zulip_keys(args: argparse.Namespace) -> int:
     """
     from pushd.frontends.zulip.e2ee import new_key_pair
 
-    opened = _open(args)
-    if opened is None:
-        return 1
-    database, _ = opened
-    try:
+    async def action(database: Store, _: Config | None) -> int:
         if args.action == "list":
-            for key in database.zulip_bouncer_keys():
+            for key in await database.zulip_bouncer_keys():
                 created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(key.created_at))
                 print(f"{key.id:>4}  {key.public_key}  created {created} UTC")
         elif args.action == "add":
             public, private = new_key_pair()
-            key = database.zulip_add_bouncer_key(public, private)
+            key = await database.zulip_add_bouncer_key(public, private)
             print(f"added bouncer key {key.id}; build it into the mobile app as its")
             print("bouncer public key (zulip-flutter: PushDeviceManager.bouncerPublicKey):")
             print(public)
-        elif database.zulip_remove_bouncer_key(args.key) == 0:
+        elif await database.zulip_remove_bouncer_key(args.key) == 0:
             return _fail(f"no bouncer key {args.key}")
         else:
             print(f"removed bouncer key {args.key}; apps built with it can no longer register")
-    except StoreError as error:
-        return _fail(str(error))
-    finally:
-        database.close()
-    return 0
+        return 0
+
+    return run_store(args, action)
 
 
 def add_commands(commands: Any) -> None:

@@ -37,6 +37,13 @@ from pushd.upstream.fcm.settings import FCM_URL, FcmSettings
 from pushd.upstream.proxy import Proxy, no_proxy_from_env, parse_no_proxy, parse_proxy_url
 
 DEFAULT_PORT = 8080
+#: PostgreSQL connections per instance: a request needs one for a few milliseconds.
+DEFAULT_POOL_SIZE = 10
+#: A claimed spool row is another instance's to take after this long: longer than any
+#: attempt (request_timeout), short enough that a dead instance's rows move on soon.
+DEFAULT_LEASE_SECONDS = 60.0
+#: A backlog older than this is an outage worth an alert, not a blip.
+DEFAULT_DEGRADED_AFTER = 600.0
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_FIRST_ATTEMPT_DEADLINE = 10.0
 DEFAULT_DRAIN_SECONDS = 10.0
@@ -107,9 +114,30 @@ class ServerConfig:
 
 @attrs.frozen
 class StoreConfig:
-    """``[store]``: the embedded SQLite database."""
+    """``[store]``: the embedded SQLite database, or PostgreSQL for several instances."""
 
     path: str = "/var/lib/pushd/pushd.sqlite3"
+    #: PostgreSQL instead of SQLite: ``postgresql://user@host/db`` (libpq's URL; its
+    #: environment, PGPASSWORD or ~/.pgpass, works too).  ``path`` is then unused.
+    url: str | None = None
+    #: A file holding the database password, kept out of the URL and this file.
+    password_file: str | None = None
+    #: PostgreSQL connections per instance (and worker threads using them).
+    pool_size: int = DEFAULT_POOL_SIZE
+
+
+@attrs.frozen
+class SpoolConfig:
+    """``[spool]``: deliveries answered "retrying" wait here, sealed, until final."""
+
+    #: Keys that seal the spooled pushes, one per line (base64 of 32 random bytes); new
+    #: rows use the first.  Relative to this file.  Created (0600) on first start for
+    #: SQLite; with PostgreSQL every instance must have the same file.
+    key_file: str = "spool.key"
+    #: An instance that claims a row holds it this long before others may take it over.
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    #: /healthz says "degraded" while an app has a row due longer ago than this.
+    degraded_after: float = DEFAULT_DEGRADED_AFTER
 
 
 @attrs.frozen
@@ -362,6 +390,7 @@ class Config:
 
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
+    spool: SpoolConfig = SpoolConfig()
     log: LogConfig = LogConfig()
     retry: RetryConfig = RetryConfig()
     upstream: UpstreamConfig = UpstreamConfig()
@@ -442,8 +471,17 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         tls_key=_resolve(base, config.server.tls_key),
         admin_token_file=_resolve(base, config.server.admin_token_file),
     )
-    store = StoreConfig(path=_resolve(base, config.store.path) or config.store.path)
-    return attrs.evolve(config, apps=apps, server=server, store=store, upstream=upstream)
+    store = attrs.evolve(
+        config.store,
+        path=_resolve(base, config.store.path) or config.store.path,
+        password_file=_resolve(base, config.store.password_file),
+    )
+    spool = attrs.evolve(
+        config.spool, key_file=_resolve(base, config.spool.key_file) or config.spool.key_file
+    )
+    return attrs.evolve(
+        config, apps=apps, server=server, store=store, spool=spool, upstream=upstream
+    )
 
 
 def _structure_pin(value: Any, kind: Any) -> ZulipPinConfig:
@@ -613,9 +651,7 @@ def check(config: Config) -> list[str]:
     if config.retry.max_attempts < 1:
         problems.append("retry.max_attempts: must be at least 1")
     problems += _check_proxy("upstream", config.upstream.proxy, config.upstream.proxy_password_file)
-    store_dir = Path(config.store.path).parent
-    if not store_dir.is_dir():
-        problems.append(f"store.path: directory {store_dir} does not exist")
+    problems += _check_store(config)
     seen: set[str] = set()
     for index, app in enumerate(config.apps):
         if app.name in seen:
@@ -655,6 +691,35 @@ def _check_admin_token(path: str | None) -> list[str]:
             "ASCII letters, digits or punctuation"
         ]
     return []
+
+
+def _check_store(config: Config) -> list[str]:
+    store, spool = config.store, config.spool
+    problems: list[str] = []
+    if store.url is None:
+        store_dir = Path(store.path).parent
+        if not store_dir.is_dir():
+            problems.append(f"store.path: directory {store_dir} does not exist")
+    elif not store.url.startswith(("postgresql://", "postgres://")):
+        problems.append("store.url: a PostgreSQL URL like postgresql://pushd@db.example/pushd")
+    problems += _check_file("store.password_file", store.password_file)
+    if store.pool_size < 1:
+        problems.append("store.pool_size: must be at least 1")
+    if spool.lease_seconds <= 0:
+        problems.append("spool.lease_seconds: must be positive")
+    if spool.degraded_after <= 0:
+        problems.append("spool.degraded_after: must be positive")
+    key_dir = Path(spool.key_file).parent
+    if store.url is not None and not Path(spool.key_file).exists():
+        problems.append(
+            f"spool.key_file: no such file {spool.key_file}; with PostgreSQL every instance "
+            "needs the same keys: create it once with `pushd spool new-key` and copy it"
+        )
+    elif store.url is not None or Path(spool.key_file).exists():
+        problems += _check_file("spool.key_file", spool.key_file)
+    elif not key_dir.is_dir():
+        problems.append(f"spool.key_file: directory {key_dir} does not exist")
+    return problems
 
 
 def _check_fcm_reference(config: Config, key: str, name: str | None) -> list[str]:

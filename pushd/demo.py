@@ -22,7 +22,7 @@ from pushd import config, logs, server
 from pushd.simulators.apns import ApnsSimulator, Received
 from pushd.simulators.certs import make_self_signed
 from pushd.simulators.cli import format_line
-from pushd.store.sqlite import Database
+from pushd.store import open_store
 from pushd.upstream.apns.jwt import write_p8
 
 #: Published in the README; only ever accepted by a demo bound to 127.0.0.1.
@@ -94,12 +94,12 @@ async def _run(directory: Path, port: int) -> None:
     async with trio.open_nursery() as nursery:
         upstream_port: int = await nursery.start(simulator.serve, tls.server_context())
         cfg = demo_config(directory, port, upstream_port)
-        database = Database(cfg.store.path)
+        store = await open_store(cfg.store)
         try:
-            demo_server, key = database.add_server("demo", key=DEMO_KEY)
-            database.register(demo_server.id, DEMO_USER, DEMO_TOKEN, DEMO_APP, "sandbox")
+            demo_server, key = await store.add_server("demo", key=DEMO_KEY)
+            await store.register(demo_server.id, DEMO_USER, DEMO_TOKEN, DEMO_APP, "sandbox")
         finally:
-            database.close()
+            await store.close()
         print(
             "\npushd demo: no config file given, so running on embedded defaults:\n"
             f"  upstream: the bundled APNs simulator on https://127.0.0.1:{upstream_port}\n"

@@ -1,86 +1,65 @@
-"""The delivery engine: per-app lanes, inline first attempts, background retries.
+"""The delivery engine: fresh attempts inline, everything unfinished in the spool.
 
 A frontend hands :meth:`Dispatcher.deliver` a batch of :class:`~pushd.model.Delivery`
 values and gets one :class:`Report` per delivery back.  Deliveries that share an app and
 a push (a user's devices of one app) go to the upstream client together, as one
-``send_many`` call: one task per group, not per device, which is most of what a fan-out
-costs besides the HTTP/2 frames themselves.
+``send_many`` call: one task per group, not per device.
 
 Every attempt runs in the dispatcher's own nursery, not the caller's: when the caller's
 deadline passes the attempt is not cancelled (that could send a notification twice), it
-goes on in the background, and the caller hears "retrying".  Outcomes that arrive after
-that are acted on here: retries are queued, dead tokens deleted (batched, one
-transaction for all that arrive together).
+goes on in the background.  Before the caller hears ``retrying``, every delivery that is
+not final is written to the spool (sealed): still in flight (leased to this instance,
+so nobody else sends it meanwhile), or failed transiently (due after a backoff).  That
+row is the promise; :mod:`pushd.spool.worker` keeps it.  Outcomes that arrive after the
+answer settle their rows through the ledger (:mod:`pushd.spool.ledger`).
 
-Isolation: each app has its own lane, with its own sender (and so its own connections),
-its own concurrency budget and its own paused state.  A credential error pauses only
-that lane; nothing one app does can block another's tasks.
+Decisions are the same for a fresh attempt and a retry (:meth:`Dispatcher.decide`): a
+push that asked for one attempt (APNs expiration 0), ran out of attempts, or would be
+due after it expires is not tried again; an expired one is never sent late.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
-import math
-import random
+import os
+import secrets
+import socket
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Final, Literal
 
 import attrs
 import trio
 
-from pushd.config import RetryConfig
+from pushd.config import RetryConfig, SpoolConfig
+from pushd.lanes import Lane, LaneStats, backoff
 from pushd.model import (
     STORED_PROTOCOLS,
     Delivered,
     Delivery,
     Failed,
     Outcome,
-    RemovalScope,
     RetryLater,
     TokenDead,
     mask_token,
 )
-from pushd.store.sqlite import DeadToken, Store, StoreUnavailable
+from pushd.spool.ledger import Ledger
+from pushd.spool.retrylog import RetryLog
+from pushd.spool.seal import SpoolKeys
+from pushd.spool.worker import SpoolWorker
+from pushd.store import DeadToken, Store, StoreUnavailable
+from pushd.store.spool import Reschedule, SpoolEntry
 
 log = logging.getLogger(__name__)
 
 Status = Literal["delivered", "removed", "retrying", "failed"]
 
-#: While the store cannot write, dead-token removals wait in memory, this many at most,
-#: and are tried again this often.
-MAX_PENDING_DEAD = 10_000
-DEAD_RETRY_SECONDS = 5.0
-ReportFn = Callable[[int, Outcome], None]
-
-PushT = TypeVar("PushT", contravariant=True)
-
-
-class Sender(Protocol[PushT]):
-    """An upstream client (APNs, FCM): what a lane needs from it.
-
-    Each client takes its own provider's push type; a lane only ever hands its sender
-    deliveries built for that lane's app, so the lane holds a ``Sender[Any]``.
-    """
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
-
-    async def send(self, token: str, push: PushT) -> Outcome: ...
-
-
-async def send_each(
-    sender: Sender[Any], tokens: Sequence[str], push: Any, report: ReportFn
-) -> None:
-    """``send_many`` for a sender that has none: one task per token."""
-
-    async def one(index: int, token: str) -> None:
-        report(index, await sender.send(token, push))
-
-    async with trio.open_nursery() as nursery:
-        for index, token in enumerate(tokens):
-            nursery.start_soon(one, index, token)
+#: Protocols whose dead verdicts are kept even when told in the answer (see
+#: ``Dispatcher._dead_token``).
+KEEP_ANSWERED_VERDICTS: Final = frozenset({"matrix"})
+#: How long an attempt still in flight at the answer may take before its row is
+#: another instance's to send: the upstream's request timeout ends it long before.
+IN_FLIGHT_LEASE: Final = 60.0
 
 
 @attrs.frozen
@@ -95,68 +74,13 @@ class Report:
     outcome: Outcome | None = None
 
 
-@attrs.define
-class LaneStats:
-    """Counters per app, for /healthz and the logs."""
+@attrs.frozen
+class Retry:
+    """The decision to try again: when, and whether the last try may have arrived."""
 
-    delivered: int = 0
-    removed: int = 0
-    failed: int = 0
-    retried: int = 0
-    dropped: int = 0
-
-
-class Budget:
-    """How many notifications one app may have in flight; taken and given back in bulk.
-
-    A ``trio.CapacityLimiter`` counts tasks, and a fan-out is one task for many
-    notifications, so this counts notifications instead.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self._waiting = 0
-        self._freed = trio.Event()
-
-    async def take(self, wanted: int) -> int:
-        """Wait until at least one unit is free; take up to ``wanted``; return how many."""
-        while self.used >= self.limit:
-            self._waiting += 1
-            try:
-                await self._freed.wait()
-            finally:
-                self._waiting -= 1
-        granted = min(wanted, self.limit - self.used)
-        self.used += granted
-        return granted
-
-    def give(self, count: int = 1) -> None:
-        self.used -= count
-        if self._waiting:  # a fan-out gives back one unit per answer: keep that cheap
-            self._freed.set()
-            self._freed = trio.Event()
-
-
-@attrs.define(eq=False)
-class Lane:
-    """One app's private share of the engine."""
-
-    name: str
-    sender: Sender[Any]
-    budget: Budget
-    paused_until: float = 0.0
-    pause_reason: str | None = None
-    stats: LaneStats = attrs.Factory(LaneStats)
-    #: What this app's dead verdicts may remove from the store.
-    scope: RemovalScope = attrs.Factory(RemovalScope)
-
-    async def send_many(self, tokens: Sequence[str], push: Any, report: ReportFn) -> None:
-        batch_send = getattr(self.sender, "send_many", None)
-        if batch_send is None:
-            await send_each(self.sender, tokens, push, report)
-        else:
-            await batch_send(tokens, push, report)
+    due: float
+    unknown: bool
+    reason: str
 
 
 @attrs.define(eq=False)
@@ -166,28 +90,18 @@ class _Batch:
     outcomes: list[Outcome | None]
     pending: int
     done: trio.Event = attrs.Factory(trio.Event)
-    #: Set when the caller stops waiting; later outcomes are handled in the background.
+    #: Set when the caller stops waiting; later outcomes settle spool rows instead.
     closed: bool = False
-    #: Whether transient failures are retried in the background (see ``deliver``).
-    retry: bool = True
+    #: Spool row id per index, once written; outcomes that arrive before that wait here.
+    rows: dict[int, int] = attrs.Factory(dict)
+    early: dict[int, Outcome] = attrs.Factory(dict)
+    spooling: bool = False
 
 
-@attrs.frozen(order=True)
-class _Retry:
-    due: float
-    seq: int
-    delivery: Delivery = attrs.field(order=False)
-    attempt: int = attrs.field(order=False)
-
-
-def backoff(attempt: int, config: RetryConfig, rng: Callable[[], float] = random.random) -> float:
-    """Delay before retry number ``attempt`` (1-based): exponential, capped, with jitter.
-
-    "Equal jitter": half the step is fixed, half random, so retries of a burst spread out
-    but none comes back almost at once.
-    """
-    step = min(config.max_delay, config.base_delay * 2.0 ** (attempt - 1))
-    return step / 2 + rng() * step / 2
+def instance_name() -> str:
+    """This process's name in spool leases: host, pid and a random part (a restarted
+    process with the same pid must not inherit a dead one's leases)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 class Dispatcher:
@@ -199,20 +113,25 @@ class Dispatcher:
         store: Store,
         retry: RetryConfig,
         *,
+        keys: SpoolKeys,
+        spool: SpoolConfig | None = None,
         first_attempt_deadline: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.lanes = {lane.name: lane for lane in lanes}
         self.store = store
         self.retry = retry
+        self.keys = keys
+        self.spool = spool or SpoolConfig()
         self.first_attempt_deadline = first_attempt_deadline
         self.clock = clock
+        self.owner = instance_name()
+        self.ledger = Ledger(store, clock)
+        self.retry_log = RetryLog()
+        self.worker = SpoolWorker(self)
+        #: Rows per app in the spool, as last counted plus what this process added.
+        self.depth: dict[str, int] = {}
         self._nursery: trio.Nursery | None = None
-        self._queue: list[_Retry] = []
-        self._seq = itertools.count()
-        self._queue_changed = trio.Event()
-        self._dead: list[DeadToken] = []
-        self._dead_waiting = trio.Event()
         self._in_flight = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -220,101 +139,312 @@ class Dispatcher:
     # --- lifecycle --------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Start every app's sender, the retry loop and the dead-token reaper."""
+        """Start every app's sender, the ledger and the spool worker."""
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             for lane in self.lanes.values():
                 await nursery.start(lane.sender.run)
-            nursery.start_soon(self._retry_loop)
-            nursery.start_soon(self._reaper)
-            self._nursery = nursery
+            await nursery.start(self.ledger.run)
+            await nursery.start(self.worker.run)
             task_status.started()
 
+    def start_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._nursery is None:
+            raise RuntimeError("Dispatcher.run() has not been started")
+        self._nursery.start_soon(fn, *args)
+
     async def drain(self, grace: float) -> None:
-        """Wait up to ``grace`` seconds for attempts in flight to finish (shutdown)."""
+        """Shutdown: stop taking spool rows, let attempts in flight finish for up to
+        ``grace`` seconds, write their outcomes, and give back this instance's leases,
+        so that what is left goes out at once after a restart (or from another
+        instance).  Nothing is dropped: what did not finish stays in the spool."""
+        self.worker.stop()
         with trio.move_on_after(grace):
             await self._idle.wait()
-        if self._dead:
-            await self._remove_dead()
+        with trio.CancelScope(shield=True), trio.move_on_after(grace):
+            await self.ledger.flush()
+            try:
+                released = await self.store.spool_release(self.owner)
+            except StoreUnavailable:
+                released = 0
         if self._in_flight:
-            log.warning("shutdown: %d deliveries still in flight were abandoned", self._in_flight)
-        if self._queue:
-            log.warning("shutdown: %d queued retries were dropped", len(self._queue))
-
-    @property
-    def queued_retries(self) -> int:
-        return len(self._queue)
+            log.warning(
+                "shutdown: %d attempts still in flight; they stay in the spool and go "
+                "again after the restart (a device may get one twice)",
+                self._in_flight,
+            )
+        elif released:
+            log.info("shutdown: %d spooled deliveries left for the next start", released)
 
     # --- the caller's side ------------------------------------------------------------
 
     async def deliver(
-        self, deliveries: Sequence[Delivery], deadline: float | None = None, *, retry: bool = True
+        self, deliveries: Sequence[Delivery], deadline: float | None = None
     ) -> list[Report]:
         """Attempt every delivery at once; wait until all answered or the deadline passed.
 
-        Dead tokens among the answers are deleted from the store in one transaction
-        before this returns, so "removed" in a report is true when the caller reads it.
-
-        ``retry=False`` is for protocols whose caller retries by itself (Rocket.Chat):
-        a transient failure is then reported ``failed`` with its RetryLater outcome and
-        not retried here too, which would deliver the notification twice.
+        What is not final by then is spooled before this returns (``retrying``), and
+        dead tokens are deleted from the store first, so "removed" in a report is true
+        when the caller reads it.  StoreUnavailable if the spool cannot be written: the
+        caller must hear an error, not a promise pushd cannot keep.
         """
         if not deliveries:
             return []
-        batch = _Batch(outcomes=[None] * len(deliveries), pending=len(deliveries), retry=retry)
-        self._start(deliveries, 1, batch)
+        batch = _Batch(outcomes=[None] * len(deliveries), pending=len(deliveries))
+        self._start(deliveries, batch)
         timeout = self.first_attempt_deadline if deadline is None else deadline
         with trio.move_on_after(timeout):
             await batch.done.wait()
         batch.closed = True
-        reports: list[Report] = []
+        now = self.clock()
+        reports: list[Report | None] = [None] * len(deliveries)
+        spooled: dict[int, Retry] = {}
         dead: list[DeadToken] = []
-        for delivery, outcome in zip(deliveries, batch.outcomes, strict=True):
+        for index, (delivery, outcome) in enumerate(zip(deliveries, batch.outcomes, strict=True)):
             if outcome is None:
-                reports.append(Report(delivery, "retrying", "upstream has not answered yet"))
+                spooled[index] = Retry(now, True, "upstream has not answered yet")
                 continue
-            report, dead_token = self._settle(delivery, outcome, attempt=1, retry=retry)
-            reports.append(report)
-            if dead_token is not None:
-                dead.append(dead_token)
+            decided = self.decide(delivery, outcome, 1, now)
+            if isinstance(decided, Retry):
+                spooled[index] = decided
+                continue
+            reports[index] = decided
+            if decided.status == "removed":
+                dead.append(self._dead_token(delivery, outcome, late=False))
+        if spooled:
+            await self._spool(deliveries, batch, spooled, reports, now)
+        if dead:
+            try:
+                await self.store.remove_dead(dead)
+            except StoreUnavailable:  # the answers stand; the removals wait for the store
+                for item in dead:
+                    self.ledger.dead(item)
+        return [report for report in reports if report is not None]
+
+    async def _spool(
+        self,
+        deliveries: Sequence[Delivery],
+        batch: _Batch,
+        spooled: dict[int, Retry],
+        reports: list[Report | None],
+        now: float,
+    ) -> None:
+        """Write the rows of ``spooled`` (refusing what does not fit) and report them."""
+        entries: list[SpoolEntry] = []
+        indices: list[int] = []
+        for index, retry in spooled.items():
+            delivery = deliveries[index]
+            in_flight = batch.outcomes[index] is None
+            if self.depth.get(delivery.app, 0) >= self.retry.max_queued:
+                reports[index] = self._refuse_full(delivery, in_flight)
+                continue
+            self.depth[delivery.app] = self.depth.get(delivery.app, 0) + 1
+            entries.append(self._entry(delivery, retry, now, in_flight=in_flight))
+            indices.append(index)
+            reason = None if in_flight else retry.reason
+            reports[index] = Report(delivery, "retrying", reason, batch.outcomes[index])
+        batch.spooling = True
         try:
-            await self.store.remove_dead(dead)
+            ids = await self.store.spool_add(entries)
         except StoreUnavailable:
-            # The answers stand: the sends happened.  The removals wait for the store.
-            self._keep_dead(dead)
-        return reports
+            for index in indices:
+                self.depth[deliveries[index].app] -= 1
+            batch.spooling = False
+            raise
+        batch.spooling = False
+        for index, row_id in zip(indices, ids, strict=True):
+            batch.rows[index] = row_id
+            early = batch.early.pop(index, None)
+            if early is not None:
+                self._settle_row(deliveries[index], row_id, 1, early)
+            elif batch.outcomes[index] is not None:
+                self.retry_log.decision(deliveries[index], 1, spooled[index], now)
+        self.worker.wake()
+
+    def _entry(
+        self, delivery: Delivery, retry: Retry, now: float, *, in_flight: bool
+    ) -> SpoolEntry:
+        key, sealed = self.keys.seal(delivery.app, delivery.token, delivery.push)
+        return SpoolEntry(
+            app=delivery.app,
+            token=delivery.token,
+            protocol=delivery.protocol,
+            ref=delivery.ref,
+            caller=delivery.caller,
+            registered_at=delivery.registered_at,
+            key_id=key,
+            sealed=sealed,
+            attempt=1,
+            due_at=retry.due,
+            expires_at=self.expires_at(delivery, now),
+            created_at=now,
+            unknown=retry.unknown,
+            last_reason=retry.reason,
+            lease_owner=self.owner if in_flight else None,
+            lease_until=now + IN_FLIGHT_LEASE if in_flight else None,
+        )
+
+    def _refuse_full(self, delivery: Delivery, in_flight: bool) -> Report:
+        self._stats(delivery.app).dropped += 1
+        self.ledger.count(delivery.app, "spool_full")
+        log.warning(
+            "app %s: the spool holds %d deliveries (retry.max_queued); refusing one to %s%s",
+            delivery.app,
+            self.retry.max_queued,
+            mask_token(delivery.token),
+            " (its attempt is still in flight and may yet arrive)" if in_flight else "",
+        )
+        return Report(delivery, "failed", "spool_full")
+
+    # --- decisions ----------------------------------------------------------------------
+
+    def expires_at(self, delivery: Delivery, now: float) -> float:
+        """When trying again becomes pointless: the push's own expiry, or the default."""
+        if delivery.expires_at is not None:
+            return delivery.expires_at
+        expiration = delivery.push.expiration
+        return float(expiration) if expiration else now + self.retry.default_ttl
+
+    def decide(
+        self, delivery: Delivery, outcome: Outcome, attempt: int, now: float
+    ) -> Report | Retry:
+        """What ``outcome`` of attempt number ``attempt`` means: a final report, or when
+        to try again.  Counted in the app's stats."""
+        stats = self._stats(delivery.app)
+        if isinstance(outcome, Delivered):
+            stats.delivered += 1
+            return Report(delivery, "delivered", outcome=outcome)
+        if isinstance(outcome, TokenDead):
+            kept = (
+                outcome.since is not None
+                and delivery.registered_at is not None
+                and delivery.registered_at >= outcome.since
+            )
+            if kept:  # the device registered this token again after APNs saw it die
+                stats.failed += 1
+                return Report(
+                    delivery, "failed", f"{outcome.reason} (kept: re-registered)", outcome
+                )
+            stats.removed += 1
+            log.info(
+                "app %s: token %s is dead (%s), removing it",
+                delivery.app,
+                mask_token(delivery.token),
+                outcome.reason,
+            )
+            return Report(delivery, "removed", outcome.reason, outcome)
+        if isinstance(outcome, Failed):
+            stats.failed += 1
+            return Report(delivery, "failed", outcome.reason, outcome)
+        return self._retry_or_give_up(delivery, outcome, attempt, now, stats)
+
+    def _retry_or_give_up(
+        self, delivery: Delivery, outcome: RetryLater, attempt: int, now: float, stats: LaneStats
+    ) -> Report | Retry:
+        why = None
+        if delivery.push.expiration == 0:
+            why = "the push asked for one attempt (expiration 0)"
+        elif attempt >= self.retry.max_attempts:
+            why = f"{attempt} attempts"
+        else:
+            delay = max(backoff(attempt, self.retry), outcome.after or 0.0)
+            if outcome.kind == "unreachable" and not outcome.after:
+                delay = min(delay, self.retry.base_delay)  # never sent: go again soon
+            due = now + delay
+            if due < self.expires_at(delivery, now):
+                stats.retried += 1
+                return Retry(due, outcome.maybe_delivered, outcome.reason)
+            why = "it expires before the next attempt"
+        stats.dropped += 1
+        log.warning(
+            "app %s: giving up on a notification to %s after %s: %s",
+            delivery.app,
+            mask_token(delivery.token),
+            outcome.reason,
+            why,
+        )
+        return Report(delivery, "failed", f"gave up: {outcome.reason} ({why})", outcome)
+
+    def _stats(self, app: str) -> LaneStats:
+        lane = self.lanes.get(app)
+        return lane.stats if lane is not None else LaneStats()
+
+    def _dead_token(self, delivery: Delivery, outcome: Outcome, *, late: bool) -> DeadToken:
+        """The removal a dead verdict calls for, and the verdict to keep for the caller:
+        always when found after its answer; in an answer only for protocols that may
+        miss one and can tell a re-registered device apart (Matrix's pushkey_ts)."""
+        assert isinstance(outcome, TokenDead)
+        lane = self.lanes.get(delivery.app)
+        scope = None
+        if lane is not None and delivery.protocol in STORED_PROTOCOLS:
+            scope = lane.scope
+        return DeadToken(
+            delivery.app,
+            delivery.token,
+            outcome.since,
+            outcome.reason,
+            delivery.ref if late or delivery.protocol in KEEP_ANSWERED_VERDICTS else None,
+            scope,
+            delivery.caller,
+        )
+
+    # --- outcomes after the answer ------------------------------------------------------
+
+    def _settle_row(self, delivery: Delivery, row_id: int, attempt: int, outcome: Outcome) -> None:
+        """Act on the outcome of attempt ``attempt`` of a spooled delivery."""
+        now = self.clock()
+        decided = self.decide(delivery, outcome, attempt, now)
+        if isinstance(decided, Retry):
+            self.ledger.again(
+                Reschedule(row_id, attempt, decided.due, decided.unknown, decided.reason)
+            )
+            self.retry_log.decision(delivery, attempt, decided, now)
+            return
+        self.ledger.done(row_id)
+        self.depth[delivery.app] = max(0, self.depth.get(delivery.app, 0) - 1)
+        if decided.status == "removed":
+            self.ledger.dead(self._dead_token(delivery, outcome, late=True))
+        elif decided.status == "failed" and decided.reason and decided.reason.startswith("gave up"):
+            self.ledger.count(delivery.app, "dropped")
 
     # --- attempts ---------------------------------------------------------------------
 
-    def _start(self, deliveries: Sequence[Delivery], attempt: int, batch: _Batch | None) -> None:
+    def _start(self, deliveries: Sequence[Delivery], batch: _Batch) -> None:
         """Start one task per (app, push) group of ``deliveries``."""
-        if self._nursery is None:
-            raise RuntimeError("Dispatcher.run() has not been started")
         groups: dict[tuple[str, int], list[int]] = {}
         for index, delivery in enumerate(deliveries):
             groups.setdefault((delivery.app, id(delivery.push)), []).append(index)
-        if self._in_flight == 0:
-            self._idle = trio.Event()
-        self._in_flight += len(deliveries)
+        self._begin(len(deliveries))
         for (app, _), indices in groups.items():
             group = [deliveries[i] for i in indices]
-            self._nursery.start_soon(self._attempt, app, group, indices, attempt, batch)
+            self.start_soon(self._attempt_group, app, group, indices, batch)
 
-    async def _attempt(
-        self,
-        app: str,
-        group: list[Delivery],
-        indices: list[int],
-        attempt: int,
-        batch: _Batch | None,
+    def _begin(self, count: int) -> None:
+        if self._in_flight == 0:
+            self._idle = trio.Event()
+        self._in_flight += count
+
+    def _end(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
+
+    async def _attempt_group(
+        self, app: str, group: list[Delivery], indices: list[int], batch: _Batch
     ) -> None:
-        """Send one group through its lane; every delivery is recorded exactly once."""
-
         def record(position: int, outcome: Outcome) -> None:
-            self._record(group[position], outcome, attempt, batch, indices[position])
+            self._end()
+            self._record(group[position], outcome, batch, indices[position])
 
+        await self.attempt(app, [d.token for d in group], group[0].push, record)
+
+    async def attempt(
+        self, app: str, tokens: list[str], push: Any, record: Callable[[int, Outcome], None]
+    ) -> None:
+        """Send ``push`` to ``tokens`` through the app's lane; each is recorded once."""
         lane = self.lanes.get(app)
         if lane is None:
-            for position in range(len(group)):
+            for position in range(len(tokens)):
                 record(position, Failed(f"no app named {app!r} is configured"))
             return
         now = self.clock()
@@ -325,12 +455,11 @@ class Dispatcher:
             paused = RetryLater(
                 f"app {lane.name} is paused after a credential error: {lane.pause_reason}",
                 after=lane.paused_until - now,
+                kind="paused",
             )
-            for position in range(len(group)):
+            for position in range(len(tokens)):
                 record(position, paused)
             return
-        push = group[0].push
-        tokens = [delivery.token for delivery in group]
         granted = await lane.budget.take(len(tokens))
         if granted == len(tokens):  # the usual case: no extra task
             await self._send_chunk(lane, tokens, push, 0, granted, record)
@@ -360,6 +489,14 @@ class Dispatcher:
             lane.budget.give()
             if isinstance(outcome, Failed) and outcome.credential:
                 self._pause(lane, outcome.reason)
+            if lane.observe(outcome, self.clock()):
+                log.warning(
+                    "app %s: %d upstream failures in a row (last: %s); retries from the "
+                    "spool wait until it answers again",
+                    lane.name,
+                    lane.circuit.failures,
+                    getattr(outcome, "reason", "?"),
+                )
             record(start + index, outcome)
 
         try:
@@ -367,29 +504,19 @@ class Dispatcher:
         finally:
             lane.budget.give(count - reported)  # only if cancelled part-way (shutdown)
 
-    def _record(
-        self,
-        delivery: Delivery,
-        outcome: Outcome,
-        attempt: int,
-        batch: _Batch | None,
-        index: int,
-    ) -> None:
-        self._in_flight -= 1
-        if self._in_flight == 0:
-            self._idle.set()
-        if batch is not None and not batch.closed:
+    def _record(self, delivery: Delivery, outcome: Outcome, batch: _Batch, index: int) -> None:
+        if not batch.closed:
             batch.outcomes[index] = outcome
             batch.pending -= 1
             if batch.pending == 0:
                 batch.done.set()
             return
-        # Nobody is waiting any more: act on the outcome here.
-        retry = batch.retry if batch is not None else True
-        _, dead_token = self._settle(delivery, outcome, attempt, retry=retry)
-        if dead_token is not None:
-            self._dead.append(dead_token)
-            self._dead_waiting.set()
+        row_id = batch.rows.get(index)
+        if row_id is not None:
+            self._settle_row(delivery, row_id, 1, outcome)
+        elif batch.spooling:
+            batch.early[index] = outcome
+        # else: never spooled (full, or the store failed and the caller heard 503)
 
     def _pause(self, lane: Lane, reason: str) -> None:
         first = lane.paused_until <= self.clock()
@@ -403,127 +530,3 @@ class Dispatcher:
                 self.retry.credential_pause,
                 reason,
             )
-
-    def _settle(
-        self, delivery: Delivery, outcome: Outcome, attempt: int, *, retry: bool = True
-    ) -> tuple[Report, DeadToken | None]:
-        """Turn an outcome into a report, scheduling a retry or naming a dead token."""
-        lane = self.lanes.get(delivery.app)
-        stats = lane.stats if lane is not None else LaneStats()
-        if isinstance(outcome, Delivered):
-            stats.delivered += 1
-            return Report(delivery, "delivered", outcome=outcome), None
-        if isinstance(outcome, TokenDead):
-            kept = (
-                outcome.since is not None
-                and delivery.registered_at is not None
-                and delivery.registered_at >= outcome.since
-            )
-            if kept:
-                # The device registered this token again after APNs saw it die.
-                stats.failed += 1
-                reason = f"{outcome.reason} (kept: re-registered)"
-                return Report(delivery, "failed", reason, outcome), None
-            stats.removed += 1
-            log.info(
-                "app %s: token %s is dead (%s), removing it",
-                delivery.app,
-                mask_token(delivery.token),
-                outcome.reason,
-            )
-            scope = None
-            if lane is not None and delivery.protocol in STORED_PROTOCOLS:
-                scope = lane.scope
-            return Report(delivery, "removed", outcome.reason, outcome), DeadToken(
-                delivery.app, delivery.token, outcome.since, outcome.reason, delivery.ref, scope
-            )
-        if isinstance(outcome, RetryLater):
-            if not retry:
-                stats.failed += 1
-                return Report(delivery, "failed", outcome.reason, outcome), None
-            if self._schedule(delivery, attempt, outcome):
-                stats.retried += 1
-                return Report(delivery, "retrying", outcome.reason, outcome), None
-            stats.dropped += 1
-            return Report(delivery, "failed", f"gave up: {outcome.reason}", outcome), None
-        stats.failed += 1
-        return Report(delivery, "failed", outcome.reason, outcome), None
-
-    # --- background work --------------------------------------------------------------
-
-    async def _reaper(self) -> None:
-        """Delete dead tokens found after their caller stopped waiting, in batches.
-
-        While the store fails, the batch is kept and tried again every
-        :data:`DEAD_RETRY_SECONDS` (at most :data:`MAX_PENDING_DEAD` tokens).
-        """
-        while True:
-            await self._dead_waiting.wait()
-            self._dead_waiting = trio.Event()
-            if not await self._remove_dead():
-                await trio.sleep(DEAD_RETRY_SECONDS)
-                self._dead_waiting.set()
-
-    async def _remove_dead(self) -> bool:
-        """Delete the pending dead tokens; False (and they stay pending) if the store fails."""
-        dead, self._dead = self._dead, []
-        try:
-            await self.store.remove_dead(dead)
-        except StoreUnavailable:  # logged by the store, rate-limited
-            self._keep_dead(dead)
-            return False
-        return True
-
-    def _keep_dead(self, dead: Sequence[DeadToken]) -> None:
-        """Keep verdicts the store could not take yet; the oldest go first past the cap:
-        a token whose removal is lost is found dead again by its next push."""
-        self._dead = [*dead, *self._dead][-MAX_PENDING_DEAD:]
-        self._dead_waiting.set()
-
-    def _schedule(self, delivery: Delivery, attempt: int, outcome: RetryLater) -> bool:
-        """Queue a retry if attempts and expiry allow; False if the delivery is given up."""
-        now = self.clock()
-        if delivery.push.expiration == 0 or attempt >= self.retry.max_attempts:
-            self._give_up(delivery, outcome.reason, "no attempts left")
-            return False
-        expires_at = delivery.expires_at
-        if expires_at is None:
-            expiration = delivery.push.expiration
-            expires_at = float(expiration) if expiration else now + self.retry.default_ttl
-            delivery = attrs.evolve(delivery, expires_at=expires_at)
-        delay = max(backoff(attempt, self.retry), outcome.after or 0.0)
-        if now + delay >= expires_at:
-            self._give_up(delivery, outcome.reason, "it expires before the next attempt")
-            return False
-        if len(self._queue) >= self.retry.max_queued:
-            oldest = min(self._queue, key=lambda item: item.seq)
-            self._queue.remove(oldest)
-            heapq.heapify(self._queue)
-            self._give_up(oldest.delivery, "retry queue full", "dropped the oldest")
-        heapq.heappush(self._queue, _Retry(now + delay, next(self._seq), delivery, attempt + 1))
-        self._queue_changed.set()
-        return True
-
-    def _give_up(self, delivery: Delivery, reason: str, why: str) -> None:
-        log.warning(
-            "app %s: giving up on a notification to %s after %s: %s",
-            delivery.app,
-            mask_token(delivery.token),
-            reason,
-            why,
-        )
-
-    async def _retry_loop(self) -> None:
-        while True:
-            self._queue_changed = trio.Event()
-            wait = math.inf
-            if self._queue:
-                wait = max(0.0, self._queue[0].due - self.clock())
-            with trio.move_on_after(wait):
-                await self._queue_changed.wait()
-            now = self.clock()
-            due: list[_Retry] = []
-            while self._queue and self._queue[0].due <= now:
-                due.append(heapq.heappop(self._queue))
-            for item in due:
-                self._start([item.delivery], item.attempt, None)

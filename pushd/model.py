@@ -122,6 +122,9 @@ class Delivery:
     #: the caller was answered, or in an answer it may not have received, is kept in
     #: the store under this name.
     ref: str | None = None
+    #: The chat server a late verdict is owed to when its protocol reports verdicts on
+    #: the server's next request whatever it names (Zulip's ``deleted_devices``).
+    caller: str | None = None
     #: The protocol it came in by: see :data:`STORED_PROTOCOLS`.
     protocol: Protocol = attrs.field(kw_only=True)
 
@@ -150,12 +153,36 @@ class TokenDead:
     since: float | None = None
 
 
+#: Why an attempt must be made again, which decides when and how (see RetryLater).
+RetryKind = Literal["unreachable", "unknown", "server", "throttled", "device", "paused"]
+#: Kinds that say the upstream (or the way to it) is in trouble: they count against
+#: the app's circuit, which paces the spool while they last.
+UPSTREAM_TROUBLE: frozenset[str] = frozenset({"unreachable", "unknown", "server", "throttled"})
+
+
 @attrs.frozen
 class RetryLater:
-    """A transient failure: try again, no sooner than ``after`` seconds if given."""
+    """A transient failure: try again, no sooner than ``after`` seconds if given.
+
+    ``kind`` says what happened, because it decides how to try again:
+
+    - ``unreachable``: never sent (no connection, connection refused, the server
+      refused the stream or sent GOAWAY below it): safe to send again at once;
+    - ``unknown``: sent, and no answer came (a timeout, the connection died after the
+      request went out): it may have been delivered, so it is sent again once, and
+      only when the upstream is healthy again;
+    - ``server``: the upstream answered with a 5xx; ``throttled``: it asked the app to
+      slow down (a quota); ``device``: it asked to slow down for this device only;
+    - ``paused``: not sent, because the app is paused after a credential error.
+    """
 
     reason: str
     after: float | None = None
+    kind: RetryKind = "server"
+
+    @property
+    def maybe_delivered(self) -> bool:
+        return self.kind == "unknown"
 
 
 @attrs.frozen

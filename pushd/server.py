@@ -23,7 +23,7 @@ import trio
 
 from pushd import __version__
 from pushd.config import Config, apns_settings, fcm_settings, read_admin_token
-from pushd.dispatch import Budget, Dispatcher, Lane, Sender
+from pushd.dispatch import Dispatcher
 from pushd.frontends.admin import AccessDenied, AdminAccess
 from pushd.frontends.http import Reply, Request, Route, json_reply, parse_networks
 from pushd.frontends.matrix import MatrixGateway
@@ -33,8 +33,10 @@ from pushd.frontends.openapi import OPENAPI
 from pushd.frontends.rocketchat import RocketChatGateway
 from pushd.frontends.zulip import ZulipBouncer
 from pushd.http11 import HttpServer, HttpSettings, ListenError
+from pushd.lanes import Budget, Lane, Sender
 from pushd.routing import Router
-from pushd.store.sqlite import Store
+from pushd.spool.seal import SealError, SpoolKeys
+from pushd.store import Store, open_store
 from pushd.tls import server_context
 from pushd.upstream.apns.client import ApnsClient
 from pushd.upstream.fcm.client import FcmClient
@@ -115,18 +117,10 @@ def health(services: Services, access: AdminAccess) -> Callable[[Request], Await
 
     async def handler(request: Request) -> Reply:
         try:
-            detailed = access.authorized(request)
+            detailed = await access.authorized(request)
         except AccessDenied as denied:
             return denied.reply()
-        now = services.dispatcher.clock()
-        apps: dict[str, Any] = {}
-        for lane in services.dispatcher.lanes.values():
-            paused = lane.paused_until > now
-            apps[lane.name] = {
-                "state": "paused" if paused else "ok",
-                **({"reason": lane.pause_reason} if paused else {}),
-                **attrs.asdict(lane.stats),
-            }
+        apps = app_health(services)
         store_failing = services.store.unhealthy
         degraded = store_failing is not None or any(app["state"] != "ok" for app in apps.values())
         store = (
@@ -146,12 +140,43 @@ def health(services: Services, access: AdminAccess) -> Callable[[Request], Await
                 "version": __version__,
                 "store": store,
                 "apps": apps,
-                "queued_retries": services.dispatcher.queued_retries,
+                "spooled": sum(app["spool"]["depth"] for app in apps.values()),
                 **{name: stats() for name, stats in services.protocol_stats.items()},
             },
         )
 
     return handler
+
+
+def app_health(services: Services) -> dict[str, Any]:
+    """Each app's state for ``/healthz``: ``paused`` (a credential error), ``backlog``
+    (its oldest spooled delivery has been due longer than ``spool.degraded_after``), or
+    ``ok``; with its counters, spool depth and circuit."""
+    dispatcher = services.dispatcher
+    now = dispatcher.clock()
+    worker = dispatcher.worker
+    apps: dict[str, Any] = {}
+    for lane in dispatcher.lanes.values():
+        spooled = worker.snapshot.get(lane.name)
+        age = worker.oldest_due_age(lane.name, now)
+        state = "ok"
+        reason = None
+        if lane.paused_until > now:
+            state, reason = "paused", lane.pause_reason
+        elif age > services.config.spool.degraded_after:
+            state, reason = "backlog", f"a spooled delivery has been due for {age:.0f} s"
+        apps[lane.name] = {
+            "state": state,
+            **({"reason": reason} if reason else {}),
+            "circuit": lane.circuit.state,
+            "spool": {
+                "depth": spooled.depth if spooled else 0,
+                "oldest_due_age": round(age, 3),
+                "unknown_outcome": spooled.unknown if spooled else 0,
+            },
+            **attrs.asdict(lane.stats),
+        }
+    return apps
 
 
 async def liveness(_: Request) -> Reply:
@@ -223,12 +248,18 @@ async def serve(
         return
     tls = server_tls(config)  # what the admin may have got wrong first: nothing to undo
     lanes = build_lanes(config) if lanes is None else lanes
-    store = await Store.open(config.store.path)
+    store = await open_store(config.store)
     try:
+        try:
+            keys = SpoolKeys.load(config.spool.key_file, create=not store.shared)
+        except (SealError, OSError) as error:
+            raise StartupError(f"spool.key_file: {error}") from None
         dispatcher = Dispatcher(
             lanes,
             store,
             config.retry,
+            keys=keys,
+            spool=config.spool,
             first_attempt_deadline=config.server.first_attempt_deadline,
         )
         async with trio.open_nursery() as nursery:

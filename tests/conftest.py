@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pushd import config, server
 from pushd.simulators.apns import ApnsSimulator
 from pushd.simulators.fcm import FcmSimulator, configure_alpn, make_service_account
-from pushd.store.sqlite import Database
+from pushd.store import open_store
 from pushd.upstream.apns.jwt import write_p8
 
 FCM_PROJECT = "pushd-test"
@@ -201,11 +201,11 @@ async def start_pushd(
         }
         cfg = config.parse(data, base=tmp_path)
         assert config.check(cfg) == []
-        database = Database(str(store))
+        database = await open_store(cfg.store)
         try:
-            _, key = database.add_server("test-server")
+            _, key = await database.add_server("test-server")
         finally:
-            database.close()
+            await database.close()
         stop = trio.Event()
         stops.append(stop)
         ready: list[server.Services] = []

@@ -53,9 +53,13 @@ TABLE: list[tuple[int, str, Outcome]] = [
     (400, "SomethingNewFromApple", Failed("SomethingNewFromApple")),
     # transient
     (400, "IdleTimeout", RetryLater("IdleTimeout")),
-    (429, "TooManyRequests", RetryLater("TooManyRequests")),
-    (429, "TooManyProviderTokenUpdates", RetryLater("TooManyProviderTokenUpdates")),
-    (429, "SomethingNew", RetryLater("SomethingNew")),
+    (429, "TooManyRequests", RetryLater("TooManyRequests", kind="device")),
+    (
+        429,
+        "TooManyProviderTokenUpdates",
+        RetryLater("TooManyProviderTokenUpdates", kind="throttled"),
+    ),
+    (429, "SomethingNew", RetryLater("SomethingNew", kind="device")),
     (500, "InternalServerError", RetryLater("InternalServerError")),
     (503, "ServiceUnavailable", RetryLater("ServiceUnavailable")),
     (503, "Shutdown", RetryLater("Shutdown")),
@@ -89,7 +93,7 @@ def test_expired_provider_token_is_a_marker() -> None:
 @pytest.mark.parametrize("retry_after", ["30", " 2.5 "])
 def test_retry_after_is_honoured(retry_after: str) -> None:
     outcome = classify(429, body("TooManyRequests"), retry_after)
-    assert outcome == RetryLater("TooManyRequests", float(retry_after))
+    assert outcome == RetryLater("TooManyRequests", float(retry_after), kind="device")
     outcome = classify(503, body("ServiceUnavailable"), retry_after)
     assert outcome == RetryLater("ServiceUnavailable", float(retry_after))
 
@@ -107,7 +111,7 @@ def test_unusable_retry_after_is_ignored(value: str | None) -> None:
         (500, RetryLater("HTTP 500")),
         (503, RetryLater("HTTP 503")),
         (599, RetryLater("HTTP 599")),
-        (429, RetryLater("HTTP 429")),
+        (429, RetryLater("HTTP 429", kind="device")),
         (403, Failed("HTTP 403", credential=True)),
         (400, Failed("HTTP 400")),
         (410, Failed("HTTP 410")),  # never delete a token without APNs naming a reason

@@ -270,7 +270,7 @@ async def test_invalid_push_fails_without_sending(env: Env) -> None:
 async def test_request_timeout(env: Env) -> None:
     client = await env.client(request_timeout=0.2)
     env.sim.script(token(1), SimReply(delay=5))
-    assert await client.send(token(1), PUSH) == RetryLater("timeout")
+    assert await client.send(token(1), PUSH) == RetryLater("timeout", kind="unknown")
     # The stream was reset; the connection still works.
     assert isinstance(await client.send(token(2), PUSH), Delivered)
     assert env.sim.connections_opened == 1
@@ -503,7 +503,7 @@ async def test_batch_timeout(env: Env) -> None:
     assert isinstance(await client.send(token(0), PUSH), Delivered)
     env.sim.script(token(1), SimReply(delay=5))
     outcomes = await batch(client, [token(1), token(2)])
-    assert outcomes[0] == RetryLater("timeout")
+    assert outcomes[0] == RetryLater("timeout", kind="unknown")
     assert isinstance(outcomes[1], Delivered)
     assert isinstance(await client.send(token(3), PUSH), Delivered)
     assert env.sim.connections_opened == 1

@@ -79,13 +79,13 @@ TABLE: list[tuple[int, bytes, str | None, Outcome | Unauthenticated]] = [
      Failed("INVALID_ARGUMENT")),
     # quota: at least a minute, longer if FCM says so
     (429, error(429, "RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED"), None,
-     RetryLater("QUOTA_EXCEEDED", 60.0)),
+     RetryLater("QUOTA_EXCEEDED", 60.0, kind="throttled")),
     (429, error(429, "RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED"), "5",
-     RetryLater("QUOTA_EXCEEDED", 60.0)),
+     RetryLater("QUOTA_EXCEEDED", 60.0, kind="throttled")),
     (429, error(429, "RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED"), "120",
-     RetryLater("QUOTA_EXCEEDED", 120.0)),
-    (429, error(429, "RESOURCE_EXHAUSTED"), "3", RetryLater("QUOTA_EXCEEDED", 60.0)),
-    (429, b"", None, RetryLater("QUOTA_EXCEEDED", 60.0)),
+     RetryLater("QUOTA_EXCEEDED", 120.0, kind="throttled")),
+    (429, error(429, "RESOURCE_EXHAUSTED"), "3", RetryLater("QUOTA_EXCEEDED", 60.0, kind="throttled")),
+    (429, b"", None, RetryLater("QUOTA_EXCEEDED", 60.0, kind="throttled")),
     # transient on Google's side
     (503, error(503, "UNAVAILABLE", "UNAVAILABLE"), "10", RetryLater("UNAVAILABLE", 10.0)),
     (503, error(503, "UNAVAILABLE", "UNAVAILABLE"), None, RetryLater("UNAVAILABLE")),
@@ -135,7 +135,7 @@ def test_unauthenticated_is_a_marker_not_an_outcome() -> None:
 
 def test_quota_honours_an_http_date() -> None:
     when = format_datetime(datetime.fromtimestamp(NOW + 90, UTC), usegmt=True)
-    assert classify(429, b"", when, now=NOW) == RetryLater("QUOTA_EXCEEDED", 90.0)
+    assert classify(429, b"", when, now=NOW) == RetryLater("QUOTA_EXCEEDED", 90.0, kind="throttled")
 
 
 @pytest.mark.parametrize(

@@ -118,7 +118,7 @@ async def test_quota_retries_after_a_minute_or_more(
     client: FcmClient, fcm_sim: FcmSimulator
 ) -> None:
     fcm_sim.script(token(1), FcmReply(error_code="QUOTA_EXCEEDED", retry_after=5))
-    assert await client.send(token(1), PUSH) == RetryLater("QUOTA_EXCEEDED", 60.0)
+    assert await client.send(token(1), PUSH) == RetryLater("QUOTA_EXCEEDED", 60.0, kind="throttled")
     fcm_sim.set_quota(PROJECT, 2)
     outcomes = [await client.send(token(n), PUSH) for n in range(2, 5)]
     assert [type(o) for o in outcomes[:2]] == [Delivered, Delivered]
@@ -245,7 +245,7 @@ async def test_timeouts_and_recycling(start_client: StartClient, fcm_sim: FcmSim
     assert isinstance(await client.send(token(0), PUSH), Delivered)
     fcm_sim.set_default(FcmReply(delay=3.0))
     for n in range(RECYCLE_AFTER_TIMEOUTS):
-        assert await client.send(token(n + 1), PUSH) == RetryLater("timeout")
+        assert await client.send(token(n + 1), PUSH) == RetryLater("timeout", kind="unknown")
     assert client.recycled == 1
     fcm_sim.clear()
     assert isinstance(await client.send(token(9), PUSH), Delivered)
@@ -253,7 +253,9 @@ async def test_timeouts_and_recycling(start_client: StartClient, fcm_sim: FcmSim
 
 
 async def test_not_running(settings: FcmSettings) -> None:
-    assert await FcmClient(settings).send(token(1), PUSH) == RetryLater("FCM client not running")
+    assert await FcmClient(settings).send(token(1), PUSH) == RetryLater(
+        "FCM client not running", kind="unreachable"
+    )
 
 
 async def test_logs_carry_no_tokens_or_payloads(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hmac
 
 from pushd.frontends.http import Reply, Request, json_reply
-from pushd.store.sqlite import Store
+from pushd.store import Store
 
 #: The challenge on a 401, as the native API sends it.
 CHALLENGE = ("www-authenticate", 'Bearer realm="pushd"')
@@ -40,7 +40,7 @@ class AdminAccess:
         self.store = store
         self._admin_token = admin_token.encode() if admin_token else None
 
-    def authorized(self, request: Request) -> bool:
+    async def authorized(self, request: Request) -> bool:
         """True for the admin token or an active server's key; False when the request
         sends no credential; :class:`AccessDenied` when it sends a wrong one (so a
         typo is told, not answered as if no credential had been sent)."""
@@ -54,18 +54,18 @@ class AdminAccess:
         given = credential.encode("latin-1")
         if self._admin_token is not None and hmac.compare_digest(given, self._admin_token):
             return True
-        server = self.store.authenticate(credential)
+        server = await self.store.authenticate(credential)
         if server is None:
             raise AccessDenied("unknown admin token or server key")
         if not server.active:
             raise AccessDenied(f"server {server.name!r} is deactivated")
         return True
 
-    def refusal(self, request: Request) -> Reply | None:
+    async def refusal(self, request: Request) -> Reply | None:
         """None if ``request`` may see detail, else the 401 to answer: for pages that
         are nothing but detail (a metrics scrape), where no credential is refused too."""
         try:
-            if self.authorized(request):
+            if await self.authorized(request):
                 return None
         except AccessDenied as denied:
             return denied.reply()

@@ -31,7 +31,7 @@ from pushd.model import (
     Push,
     normalize_apns_token,
 )
-from pushd.store.sqlite import Registration, Server, Store
+from pushd.store import Registration, Server, Store
 from pushd.typed import WIRE_CONVERTER, describe_error, first_key
 from pushd.upstream.apns.request import COLLAPSE_ID_LIMIT, payload_limit
 from pushd.upstream.fcm import message as fcm_message
@@ -409,7 +409,7 @@ class NativeApi:
     def _guarded(self, handler: Callable[[Request, Server], Any]) -> Callable[[Request], Any]:
         async def guarded(request: Request) -> Reply:
             try:
-                server = self._authenticate(request)
+                server = await self._authenticate(request)
                 self._check_rate(server)
                 reply: Reply = await handler(request, server)
             except ApiError as error:
@@ -418,14 +418,14 @@ class NativeApi:
 
         return guarded
 
-    def _authenticate(self, request: Request) -> Server:
+    async def _authenticate(self, request: Request) -> Server:
         header = request.headers.get("authorization")
         if header is None:
             raise ApiError(401, "unauthorized", "send Authorization: Bearer <server key>")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise ApiError(401, "unauthorized", "send Authorization: Bearer <server key>")
-        server = self.store.authenticate(key.strip())
+        server = await self.store.authenticate(key.strip())
         if server is None:
             raise ApiError(401, "unauthorized", "unknown server key")
         if not server.active:
@@ -476,7 +476,7 @@ class NativeApi:
 
     async def list_devices(self, request: Request, server: Server) -> Reply:
         body: UserBody = _parse(request.body, UserBody)
-        registrations = self.store.user_registrations(server.id, _check_user(body.user))
+        registrations = await self.store.user_registrations(server.id, _check_user(body.user))
         return json_reply(200, {"devices": [_registration_json(r) for r in registrations]})
 
     async def send(self, request: Request, server: Server) -> Reply:
@@ -492,7 +492,7 @@ class NativeApi:
 
         missing: list[str] = []
         if body.user is not None:
-            registrations = self.store.user_registrations(server.id, _check_user(body.user))
+            registrations = await self.store.user_registrations(server.id, _check_user(body.user))
         else:
             assert body.tokens is not None
             if not body.tokens or len(body.tokens) > MAX_TOKENS_PER_SEND:
@@ -504,7 +504,7 @@ class NativeApi:
                 for i, token in enumerate(body.tokens)
                 for form in _token_forms(token, f"tokens[{i}]")
             }
-            registrations = self.store.token_registrations(server.id, forms)
+            registrations = await self.store.token_registrations(server.id, forms)
             known = {forms[r.token] for r in registrations}
             missing = [t for t in dict.fromkeys(body.tokens) if t not in known]
         if app_filter is not None:

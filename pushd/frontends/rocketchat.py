@@ -2,8 +2,8 @@
 
 A Rocket.Chat server whose ``Push_gateway`` setting points at pushd sends one request per
 device token (protocol notes §3.2): ``{"token": ..., "options": {...}}``.  pushd stores
-nothing for this protocol: the token comes with every push, and Rocket.Chat deletes it
-itself when told so.
+no registration for this protocol: the token comes with every push, and Rocket.Chat
+deletes it itself when told so.
 
 Authentication: Rocket.Chat sends its Rocket.Chat Cloud workspace token in
 ``Authorization``, which cannot be verified offline, so each configured server lists
@@ -21,10 +21,11 @@ through retries of its own.
 The APNs and FCM messages, VoIP pushes and the apps' ``content`` modes are
 :mod:`pushd.frontends.rocketchat_payloads`'s.
 
-No double retries.  Rocket.Chat retries a 503 itself, so pushd must not retry the same
-notification in the background too: sends here use ``Dispatcher.deliver(retry=False)``,
-and a transient failure comes back as a ``failed`` report carrying its ``RetryLater``
-outcome, which this module answers with a 503.
+No double deliveries.  Rocket.Chat retries every non-2xx, so once a push is pushd's (in
+the durable spool after a transient failure or no answer in time) the answer is 200
+and pushd sends it until it is final; a 503 would make Rocket.Chat send it again.  A
+dead token found after the answer is answered 406, without sending, the next time
+this server pushes to it.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from pushd.frontends.rocketchat_payloads import (
     for_content,
 )
 from pushd.model import Delivery, Failed, RetryLater, mask_token
-from pushd.store.sqlite import Store
+from pushd.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,12 @@ RETRY_AFTER_SECONDS = 60
 #: Largest request body.  A push is a few hundred bytes of options plus the ``payload``
 #: that becomes ``ejson``; whatever the upstream can carry (4 KiB) fits with room.
 MAX_BODY_BYTES = 32 * 1024
+
+
+def late_ref(server: str, app: str, token: str) -> str:
+    """The name a dead verdict for this device is kept under until the server's next
+    push to it (JSON: no choice of the strings can name another device's verdict)."""
+    return jsonutil.dumps(["rocketchat", server, app, token])
 
 
 class GatewayError(Exception):
@@ -218,7 +225,7 @@ class RocketChatGateway:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
-        self.store = store  # unused: nothing of this protocol is stored
+        self.store = store  # only for verdicts found after an answer
         self.dispatcher = dispatcher
         self.clock = clock
         self.deadline = min(DELIVER_DEADLINE, config.server.first_attempt_deadline)
@@ -327,8 +334,23 @@ class RocketChatGateway:
             )
         except PayloadError as error:
             raise _bad(str(error)) from None
-        delivery = Delivery(app=app.name, token=push.token, push=upstream, protocol="rocketchat")
-        [report] = await self.dispatcher.deliver([delivery], deadline=self.deadline, retry=False)
+        ref = late_ref(server.name, app.name, push.token)
+        verdict = (await self.store.late_verdicts([ref])).get(ref)
+        if verdict is not None:
+            await self.store.forget_late_verdicts([ref])
+            log.info(
+                "%s: Rocket.Chat server %s: token %s was found dead after an earlier "
+                "answer (%s); told now",
+                request.request_id,
+                server.name,
+                mask_token(push.token),
+                verdict.reason,
+            )
+            raise GatewayError(406, "the device token is no longer valid")
+        delivery = Delivery(
+            app=app.name, token=push.token, push=upstream, ref=ref, protocol="rocketchat"
+        )
+        [report] = await self.dispatcher.deliver([delivery], deadline=self.deadline)
         status = self._status(report)
         log.info(
             "%s: Rocket.Chat server %s, app %s, token %s: %s (%s) -> %d",
@@ -349,14 +371,18 @@ class RocketChatGateway:
         raise GatewayError(422, f"the push service refused the notification: {report.reason}")
 
     def _status(self, report: Report) -> int:
-        """The HTTP status that makes Rocket.Chat do the right thing with ``report``."""
-        if report.status == "delivered":
+        """The HTTP status that makes Rocket.Chat do the right thing with ``report``.
+
+        ``retrying`` means spooled: pushd owns the push now and sends it until it is
+        final, so Rocket.Chat must not send it again (it retries every non-2xx).
+        """
+        if report.status in ("delivered", "retrying"):
             return 200
         if report.status == "removed":
             return 406
         outcome = report.outcome
-        if report.status == "retrying" or isinstance(outcome, RetryLater):
-            return 503  # no answer in time, or a transient failure: Rocket.Chat retries
+        if isinstance(outcome, RetryLater):
+            return 503  # given up (it expired, or the spool is full): let Rocket.Chat try
         if isinstance(outcome, Failed) and outcome.credential:
             # pushd's credentials, not the message: Rocket.Chat's retries may succeed
             # once the key is fixed.

@@ -1,0 +1,112 @@
+"""The store: every piece of state that outlives a request, behind one async interface.
+
+:class:`Store` is one object with one method per query, grouped by concern in the
+modules it mixes in (as Synapse's ``DataStore`` is): native servers and registrations
+(:mod:`.servers`), Zulip servers, devices and E2EE (:mod:`.zulip`, :mod:`.zulip_devices`,
+:mod:`.zulip_e2ee`), the spool (:mod:`.spool`), verdicts, dedupe and rate windows
+(:mod:`.verdicts`).  Each query is written once and runs on either engine
+(:mod:`.engine`): SQLite, the embedded default, or PostgreSQL (:mod:`.postgres`) for
+several instances on one database.  Schema versions live in :mod:`.schema`.
+
+No message content is stored in the clear: the spool seals what it keeps.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import trio
+
+from pushd.store.engine import Engine, SqliteEngine
+from pushd.store.errors import Conflict, StoreError, StoreUnavailable
+from pushd.store.schema import SCHEMA_VERSION, migrate
+from pushd.store.servers import DeadToken, Registration, Server, ServerQueries, hash_key, new_key
+from pushd.store.spool import SpoolQueries
+from pushd.store.verdicts import LateVerdict, VerdictQueries
+from pushd.store.zulip import HostnameTaken, ZulipPin, ZulipServer, ZulipServerQueries
+from pushd.store.zulip_devices import ZulipDeviceQueries, ZulipRealm, ZulipRegistration
+from pushd.store.zulip_e2ee import ZulipBouncerKey, ZulipE2eeDevice, ZulipE2eeQueries
+
+if TYPE_CHECKING:
+    from pushd.config import StoreConfig
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Conflict",
+    "DeadToken",
+    "HostnameTaken",
+    "LateVerdict",
+    "Registration",
+    "Server",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "ZulipBouncerKey",
+    "ZulipE2eeDevice",
+    "ZulipPin",
+    "ZulipRealm",
+    "ZulipRegistration",
+    "ZulipServer",
+    "hash_key",
+    "new_key",
+    "open_store",
+]
+
+#: What an operator runs to bring an older store up to date.
+MIGRATE_COMMAND = "pushd store migrate --config <your pushd.toml>"
+
+
+class Store(
+    ServerQueries,
+    ZulipServerQueries,
+    ZulipDeviceQueries,
+    ZulipE2eeQueries,
+    SpoolQueries,
+    VerdictQueries,
+):
+    """Every query pushd makes, on one engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @property
+    def shared(self) -> bool:
+        """Whether other pushd processes may use this database at the same time."""
+        return self.engine.shared
+
+    @property
+    def unhealthy(self) -> str | None:
+        """Why the store is failing (a kind like ``disk_full``), or None."""
+        return self.engine.failures.failing
+
+    def describe(self) -> str:
+        return self.engine.describe()
+
+    async def close(self) -> None:
+        await self.engine.close()
+
+
+def open_engine_sync(config: StoreConfig) -> Engine:
+    """The engine ``config`` names (blocking: a thread, or the CLI)."""
+    if config.url is not None:
+        from pushd.store.postgres import PostgresEngine
+
+        return PostgresEngine.open_sync(
+            config.url, pool_size=config.pool_size, password_file=config.password_file
+        )
+    return SqliteEngine.open_sync(config.path)
+
+
+async def open_store(config: StoreConfig, *, upgrade: bool = False) -> Store:
+    """Open the store ``config`` names, creating a new one at the current schema.
+
+    An existing older schema is migrated only with ``upgrade`` (``pushd store
+    migrate``); otherwise StoreError says which command to run.
+    """
+    engine = await trio.to_thread.run_sync(open_engine_sync, config)
+    try:
+        await migrate(engine, upgrade=upgrade, hint=MIGRATE_COMMAND)
+    except BaseException:
+        await engine.close()
+        raise
+    return Store(engine)

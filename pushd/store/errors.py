@@ -25,6 +25,10 @@ class StoreError(Exception):
     """The database cannot be used (newer schema, unwritable file, ...)."""
 
 
+class Conflict(StoreError):
+    """A write broke a uniqueness or reference rule (the query decides what it means)."""
+
+
 class StoreUnavailable(StoreError):
     """The store failed to read or write for a reason outside the request (an outage).
 

@@ -184,7 +184,7 @@ class Batch:
     def fail_pending(self, reason: str) -> None:
         """Report every request still waiting for a slot (or a credential) as RetryLater."""
         pending = self.pending
-        outcome = RetryLater(reason)
+        outcome = RetryLater(reason, kind="unreachable")
         while pending:
             self.finish(pending.popleft(), outcome)
         stale, self.stale = self.stale, []
@@ -216,7 +216,7 @@ class Batch:
         MAX_RESENDS."""
         resends = self.resends.get(index, 0) + 1
         if resends > MAX_RESENDS:
-            self.finish(index, RetryLater(reason))
+            self.finish(index, RetryLater(reason, kind="unreachable"))
             return
         self.resends[index] = resends
         self.pending.append(index)
@@ -239,7 +239,7 @@ class Batch:
             self.unprocessed(stream.index, failure.reason)
             self.pool.pump(self)
         else:
-            self.finish(stream.index, RetryLater(failure.reason))
+            self.finish(stream.index, RetryLater(failure.reason, kind="unknown"))
 
     # --- credentials --------------------------------------------------------------------
 
@@ -453,7 +453,7 @@ class H2Pool:
 
     def _time_out(self, batch: Batch, abandoned: list[tuple[PoolConnection, list[Stream]]]) -> None:
         """Report what ``batch`` still had at its deadline: sent or still waiting."""
-        timeout = RetryLater(TIMEOUT)
+        timeout = RetryLater(TIMEOUT, kind="unknown")
         count = 0
         for conn, streams in abandoned:
             if streams:

@@ -41,7 +41,7 @@ from pushd.frontends.http import Reply, Request, Route, in_networks, parse_netwo
 from pushd.frontends.matrix import payloads, wire
 from pushd.frontends.ratelimit import RateLimit
 from pushd.model import Delivery, Push, mask_token
-from pushd.store.sqlite import LateVerdict, Store
+from pushd.store import LateVerdict, Store
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ class MatrixGateway:
         devices = notification.devices
         apps = [self.match(device.app_id) for device in devices]
         refs = [late_ref(device.app_id, device.pushkey) for device in devices]
-        verdicts = self.store.late_verdicts(
+        verdicts = await self.store.late_verdicts(
             [ref for ref, app in zip(refs, apps, strict=True) if app is not None]
         )
         #: Per device (request order): its pushkey when rejected, else None.

@@ -7,19 +7,18 @@ values.  Un-prefixed paths are not served: without a secret no server is identif
 A refused request gets MPNS's own FAIL answer (the server logs its text) and is
 counted in :attr:`MattermostProxy.rejected`.
 
-Delivery: ``send_push`` is synchronous, and the server's client gives up after 30 s,
-so a push gets at most :data:`MAX_ATTEMPTS` attempts within :data:`SEND_BUDGET`.  The
-dispatcher's own background retries are switched off for these deliveries (they
-expire at once), so pushd never sends a push the server was told had failed -- except
-an attempt still in flight when the budget runs out, which may yet deliver.
+Delivery: ``send_push`` is synchronous and a Mattermost server never retries a FAIL,
+so pushd answers as soon as the push is safe: delivered (OK), dead (REMOVE), refused
+for good (FAIL), or, after a transient failure or no answer within
+:data:`ANSWER_WITHIN`, written to the durable spool (OK) and sent again in the
+background until it is delivered or expires.
 
-Where pushd differs from MPNS: MPNS retries APNs only after a transport error and
-answers FAIL at once on any HTTP error status, and a Mattermost server never retries a
-FAIL, so an APNs 500 or 503 loses the push.  pushd retries those too (a second attempt
-a second later, on another connection, usually succeeds), but not a rate limit
-(:data:`RATE_LIMIT_REASONS`): more pushes within seconds only add to what tripped it.
-A wait that would end past the budget (a long ``Retry-After``, a paused app) is not
-waited for either: FAIL comes at once, while the server still listens.
+Where pushd differs from MPNS: MPNS retries APNs only after a transport error, within
+the request, and answers FAIL on any HTTP error status (a 500, a 503, a rate limit),
+which loses the push.  pushd keeps such a push and answers OK once it is spooled: the
+server's 30 s patience is never in question, and the push still arrives.  A dead token
+found by a retry after the answer is reported as REMOVE the next time the server
+pushes to it (without sending), as MPNS would have on the first answer.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from typing import Final
 import attrs
 import trio
 
-from pushd import __version__
+from pushd import __version__, jsonutil
 from pushd.config import AppConfig, Config, MattermostServer
 from pushd.dispatch import Dispatcher, Report
 from pushd.frontends.http import (
@@ -46,21 +45,14 @@ from pushd.frontends.http import (
 )
 from pushd.frontends.mattermost import payloads, wire
 from pushd.frontends.ratelimit import RateLimit
-from pushd.model import Delivery, Push, RetryLater, mask_token
-from pushd.store.sqlite import Store
+from pushd.model import Delivery, Push, mask_token
+from pushd.store import Store
 
 log = logging.getLogger(__name__)
 
-#: Total time for one ``send_push``, retries included: under the server's 30 s timeout.
-SEND_BUDGET: Final = 25.0
-#: Attempts per push, as MPNS (``MAX_RETRIES``).
-MAX_ATTEMPTS: Final = 3
-#: Pauses between attempts, as MPNS (1 s, then 2 s).
-RETRY_DELAYS: Final = (1.0, 2.0)
-#: Transient failures that are rate limits (APNs' per-device ``TooManyRequests``, FCM's
-#: project quota): never retried within a ``send_push``, where the next attempt would
-#: come a second later and only count against the limit again.
-RATE_LIMIT_REASONS: Final = frozenset({"TooManyRequests", "HTTP 429", "QUOTA_EXCEEDED"})
+#: How long ``send_push`` waits for the first attempt before the push is spooled and
+#: answered OK: well within the server's 30 s timeout.
+ANSWER_WITHIN: Final = 10.0
 #: Dead-token reasons MPNS answers REMOVE for (notes §1.9).  Others pushd deems dead
 #: (APNs ``ExpiredToken``, FCM ``INVALID_ARGUMENT``) are a FAIL there, so here too.
 APNS_REMOVE_REASONS: Final = frozenset(
@@ -68,10 +60,15 @@ APNS_REMOVE_REASONS: Final = frozenset(
 )
 FCM_REMOVE_REASONS: Final = frozenset({"UNREGISTERED", "SENDER_ID_MISMATCH"})
 #: MPNS's FAIL texts for APNs (the reason is appended in parentheses).
-APNS_TRANSPORT_ERROR: Final = "unknown transport error"
 APNS_RESPONSE_ERROR: Final = "unknown send response error"
 #: pushd's build identity for ``/version`` (MPNS reports its git hash).
 BUILD_HASH: Final = "pushd"
+
+
+def late_ref(server: str, app: str, token: str) -> str:
+    """The name a dead verdict for this device is kept under until the server's next
+    push to it (JSON: no choice of the strings can name another device's verdict)."""
+    return jsonutil.dumps(["mattermost", server, app, token])
 
 
 class Refused(Exception):
@@ -95,7 +92,7 @@ class MattermostProxy:
 
     def __init__(self, config: Config, store: Store, dispatcher: Dispatcher) -> None:
         self.config = config
-        #: Unused: this protocol stores nothing (the token comes in every push).
+        #: Only for verdicts found after an answer: the token comes in every push.
         self.store = store
         self.dispatcher = dispatcher
         self.servers = tuple(
@@ -227,58 +224,52 @@ class MattermostProxy:
             )
         except wire.BadRequest as error:
             return wire.fail(str(error))
-        return await self._deliver(app, push, built)
+        return await self._deliver(server.config, app, push, built)
 
     # --- delivery -----------------------------------------------------------------------
 
-    async def _deliver(self, app: AppConfig, push: wire.PushNotification, built: Push) -> Reply:
-        """Send within :data:`SEND_BUDGET`, retrying transient failures as MPNS does."""
-        end = trio.current_time() + SEND_BUDGET
-        attempt = 1
-        while True:
-            # retry=False: this loop retries as MPNS does; a background retry on top
-            # could deliver after the server was told FAIL.
-            delivery = Delivery(
-                app=app.name, token=push.device_id, push=built, protocol="mattermost"
-            )
-            remaining = end - trio.current_time()
-            (report,) = await self.dispatcher.deliver([delivery], deadline=remaining, retry=False)
-            outcome = report.outcome
-            # A rate limit is not retried, and is worded as the answer it is.
-            transient = isinstance(outcome, RetryLater) and outcome.reason not in RATE_LIMIT_REASONS
-            if transient and attempt < MAX_ATTEMPTS:
-                assert isinstance(outcome, RetryLater)
-                # Retry-After, or a paused app's remaining pause, may be longer than
-                # MPNS's pause: then no retry fits the budget, and FAIL comes at once.
-                delay = max(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS)) - 1], outcome.after or 0.0)
-                if trio.current_time() + delay < end:
-                    await trio.sleep(delay)
-                    attempt += 1
-                    continue
-            reply = self._answer(app, report, transient)
+    async def _deliver(
+        self, server: MattermostServer, app: AppConfig, push: wire.PushNotification, built: Push
+    ) -> Reply:
+        """Send, or answer from a verdict found since the last push to this device."""
+        ref = late_ref(server.name, app.name, push.device_id)
+        verdict = (await self.store.late_verdicts([ref])).get(ref)
+        if verdict is not None:
+            await self.store.forget_late_verdicts([ref])
             log.info(
-                "mattermost: %s push to %s via %s: %s%s",
-                push.type or "-",
+                "mattermost: %s was found dead after an earlier answer (%s); told now",
                 mask_token(push.device_id),
-                app.name,
-                report.status,
-                f" ({report.reason})" if report.reason else "",
+                verdict.reason,
             )
-            return reply
+            report = Report(
+                Delivery(app.name, push.device_id, built, ref=ref, protocol="mattermost"),
+                "removed",
+                verdict.reason,
+            )
+            return self._answer(app, report)
+        delivery = Delivery(
+            app=app.name, token=push.device_id, push=built, ref=ref, protocol="mattermost"
+        )
+        (report,) = await self.dispatcher.deliver([delivery], deadline=ANSWER_WITHIN)
+        log.info(
+            "mattermost: %s push to %s via %s: %s%s",
+            push.type or "-",
+            mask_token(push.device_id),
+            app.name,
+            report.status,
+            f" ({report.reason})" if report.reason else "",
+        )
+        return self._answer(app, report)
 
-    def _answer(self, app: AppConfig, report: Report, transient: bool) -> Reply:
+    def _answer(self, app: AppConfig, report: Report) -> Reply:
         reason = report.reason or ""
         apns = app.provider == "apns"
-        if report.status == "delivered":
+        if report.status in ("delivered", "retrying"):  # retrying: spooled, pushd's now
             return wire.answer("OK")
         if report.status == "removed":
             if reason in (APNS_REMOVE_REASONS if apns else FCM_REMOVE_REASONS):
                 return wire.answer("REMOVE")
             return wire.fail(f"{APNS_RESPONSE_ERROR} ({reason})" if apns else reason)
-        if report.status == "retrying":  # no answer within the budget: still in flight
-            reason = f"no answer within {SEND_BUDGET:.0f} s"
-            transient = True
         if not apns:
             return wire.fail(reason)
-        prefix = APNS_TRANSPORT_ERROR if transient else APNS_RESPONSE_ERROR
-        return wire.fail(f"{prefix} ({reason})")
+        return wire.fail(f"{APNS_RESPONSE_ERROR} ({reason})")

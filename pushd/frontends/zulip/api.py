@@ -50,7 +50,7 @@ from pushd.frontends.zulip.wire import (
     unauthorized,
 )
 from pushd.model import Delivery, Push, mask_token
-from pushd.store.sqlite import Store, ZulipRealm, ZulipRegistration, ZulipServer, hash_key
+from pushd.store import Store, ZulipRealm, ZulipRegistration, ZulipServer, hash_key
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ class ZulipBouncer:
     def _authed(self, handler: AuthedHandler) -> Callable[..., Any]:
         async def guarded(request: Request) -> Reply:
             try:
-                server = self.authenticate(request)
+                server = await self.authenticate(request)
                 retry_after = self.limiter.check(f"server {server.uuid}", self.clock())
                 if retry_after is not None:
                     raise rate_limited(retry_after)
@@ -204,7 +204,7 @@ class ZulipBouncer:
 
         return guarded
 
-    def authenticate(self, request: Request) -> ZulipServer:
+    async def authenticate(self, request: Request) -> ZulipServer:
         """Zulip's ``get_basic_credentials`` and ``validate_remote_server``, in order."""
         header = request.headers.get("authorization")
         if header is None:
@@ -221,7 +221,7 @@ class ZulipBouncer:
             raise unauthorized("Invalid authorization header for basic auth") from None
         if "@" in role:
             raise bad_request("Must validate with valid Zulip server API key")
-        server = self.store.zulip_server(role) if is_uuid(role) else None
+        server = await self.store.zulip_server(role) if is_uuid(role) else None
         if server is None:
             raise unauthorized(
                 f"Zulip server auth failure: {role} is not registered -- "
@@ -236,11 +236,13 @@ class ZulipBouncer:
             )
         return server
 
-    def _realm(self, server: ZulipServer, realm_uuid: str | None, path: str) -> ZulipRealm | None:
+    async def _realm(
+        self, server: ZulipServer, realm_uuid: str | None, path: str
+    ) -> ZulipRealm | None:
         """Zulip's ``get_remote_realm_helper``: None if unknown, 403 if not this server's."""
         if realm_uuid is None:
             return None
-        realm = self.store.zulip_realm(realm_uuid)
+        realm = await self.store.zulip_realm(realm_uuid)
         if realm is None:
             log.info(
                 "%s: Received request for unknown realm %s, server %s",
@@ -299,7 +301,7 @@ class ZulipBouncer:
             marks.append(max(ids, default=0))
         realms = [_realm_info(row, index) for index, row in enumerate(_json_list(form, "realms"))]
         for realm in realms:
-            known = self.store.zulip_realm(realm.uuid)
+            known = await self.store.zulip_realm(realm.uuid)
             if known is not None and known.server_uuid != server.uuid:
                 log.warning(
                     "Zulip server %s sent realm %s of server %s",
@@ -332,7 +334,7 @@ class ZulipBouncer:
         else:
             ios_app_id = None
         user_id, user_uuid = _user(form)
-        realm = self._realm(server, form.get("realm_uuid"), request.path)
+        realm = await self._realm(server, form.get("realm_uuid"), request.path)
         if self._app_for(kind, ios_app_id) is None:
             raise bad_request(no_app_message(kind, ios_app_id))
         await self.store.zulip_register(
@@ -387,7 +389,7 @@ class ZulipBouncer:
             raise bad_request("Missing user_id or user_uuid")
         if realm_uuid is not None and user_uuid is None:
             raise bad_request("Missing user_uuid")
-        realm = self._realm(server, realm_uuid, request.path)
+        realm = await self._realm(server, realm_uuid, request.path)
         priority = payloads.fcm_priority(gcm_options, gcm_payload)
 
         registrations = await self._deduplicated(server, user_id, user_uuid)
@@ -441,10 +443,10 @@ class ZulipBouncer:
         if user_id is None and user_uuid is None:
             raise bad_request("Missing user_id or user_uuid")
         base = _optional(body, "base_payload", dict) or {}
-        self._realm(server, _optional(body, "realm_uuid", str), request.path)
+        await self._realm(server, _optional(body, "realm_uuid", str), request.path)
         matches = [
             r
-            for r in self.store.zulip_user_registrations(server.uuid, user_id, user_uuid)
+            for r in await self.store.zulip_user_registrations(server.uuid, user_id, user_uuid)
             if r.kind == kind and r.token == token
         ][:1]
         if not matches:
@@ -467,7 +469,7 @@ class ZulipBouncer:
     ) -> list[ZulipRegistration]:
         """Zulip's ``delete_duplicate_registrations``: a token registered under both the
         user's id and uuid keeps only the uuid row."""
-        rows = self.store.zulip_user_registrations(server.uuid, user_id, user_uuid)
+        rows = await self.store.zulip_user_registrations(server.uuid, user_id, user_uuid)
         with_uuid = {(r.kind, r.token) for r in rows if r.user_uuid is not None}
         stale = [r for r in rows if r.user_uuid is None and (r.kind, r.token) in with_uuid]
         if stale:

@@ -23,7 +23,7 @@ import base64
 import binascii
 import hashlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
 import attrs
@@ -49,7 +49,7 @@ from pushd.frontends.zulip.wire import (
     success,
 )
 from pushd.model import APNS_PRIORITIES, APNS_PUSH_TYPES, ApnsPush, Delivery, Push, mask_token
-from pushd.store.sqlite import Store, ZulipE2eeDevice, ZulipRealm, ZulipServer
+from pushd.store import Store, ZulipE2eeDevice, ZulipRealm, ZulipServer
 from pushd.upstream.fcm import message as fcm_message
 
 log = logging.getLogger(__name__)
@@ -253,7 +253,7 @@ def missing_realm() -> ZulipError:
 
 
 #: ``ZulipBouncer._realm``: the realm, None if unknown, a 403 if another server's.
-RealmLookup = Callable[[ZulipServer, str, str], ZulipRealm | None]
+RealmLookup = Callable[[ZulipServer, str, str], Awaitable[ZulipRealm | None]]
 #: ``ZulipBouncer._app_for``: the configured app serving a (kind, ios_app_id).
 AppLookup = Callable[[int, str | None], AppConfig | None]
 
@@ -283,9 +283,9 @@ class E2eeHandlers:
         self.push_status = push_status
         self.clock = clock
 
-    def _realm(self, server: ZulipServer, realm_uuid: str, path: str) -> ZulipRealm:
+    async def _realm(self, server: ZulipServer, realm_uuid: str, path: str) -> ZulipRealm:
         """Unlike legacy pushes, E2EE needs a known realm: 403 lets the server retry."""
-        realm = self.realm_lookup(server, realm_uuid, path)
+        realm = await self.realm_lookup(server, realm_uuid, path)
         if realm is None:
             raise missing_realm()
         return realm
@@ -300,8 +300,8 @@ class E2eeHandlers:
         account = json_int(form, "push_account_id") if zulip_11 else None
         sealed = required(form, "encrypted_push_registration")
         public_key = required(form, "bouncer_public_key")
-        realm = self._realm(server, realm_uuid.lower(), request.path)
-        key = self.store.zulip_bouncer_key(public_key)
+        realm = await self._realm(server, realm_uuid.lower(), request.path)
+        key = await self.store.zulip_bouncer_key(public_key)
         if key is None:
             raise ZulipError(400, "INVALID_BOUNCER_PUBLIC_KEY", "Invalid bouncer_public_key")
         registration = open_registration(key.private_key, sealed)
@@ -348,9 +348,9 @@ class E2eeHandlers:
             raise bad_request("Invalid push_requests")
         generation = generation_of(entries)
         requests = [parse_push_request(e, i, generation) for i, e in enumerate(entries)]
-        realm = self._realm(server, realm_uuid.lower(), request.path)
+        realm = await self._realm(server, realm_uuid.lower(), request.path)
 
-        devices = self._devices(realm, requests, generation)
+        devices = await self._devices(realm, requests, generation)
         forget: list[str | int] = []
         deliveries: list[Delivery] = []
         sent: list[PushRequest] = []
@@ -390,20 +390,20 @@ class E2eeHandlers:
             realm_push_status=dict(self.push_status),
         )
 
-    def _devices(
+    async def _devices(
         self, realm: ZulipRealm, requests: Sequence[PushRequest], generation: Generation
     ) -> dict[str | int, ZulipE2eeDevice]:
         """The stored devices the requests name, keyed by the name the server used."""
         store = self.store
         if generation is ZULIP_11:
             ids = [r.name for r in requests if isinstance(r.name, int)]
-            return {d.id: d for d in store.zulip_e2ee_devices(realm.uuid, device_ids=ids)}
+            return {d.id: d for d in await store.zulip_e2ee_devices(realm.uuid, device_ids=ids)}
         by_int: dict[int, str] = {}
         for push_request in requests:
             number = token_id_int(str(push_request.name))
             if number is not None:
                 by_int[number] = str(push_request.name)
-        rows = store.zulip_e2ee_devices(realm.uuid, token_ids=list(by_int))
+        rows = await store.zulip_e2ee_devices(realm.uuid, token_ids=list(by_int))
         return {by_int[d.token_id]: d for d in rows if d.token_id is not None}
 
     def _delivery(

@@ -49,7 +49,7 @@ from pushd.frontends.zulip.wire import (
     success,
 )
 from pushd.model import mask_token, normalize_zulip_hostname
-from pushd.store.sqlite import HostnameTaken, Store, hash_key
+from pushd.store import HostnameTaken, Store, hash_key
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +101,12 @@ class ServerRegistration:
             for pin in config.allowlist
         }
 
-    def pinned(self, host: str) -> str | None:
+    async def pinned(self, host: str) -> str | None:
         """The org id ``host`` (normalised) is pinned to: the config's pin wins over the
         store's, so a config the operator reviewed cannot be overridden from the CLI."""
         if host in self.config_pins:
             return self.config_pins[host]
-        pin = self.store.zulip_pin(host)
+        pin = await self.store.zulip_pin(host)
         return None if pin is None else pin.org_id
 
     async def register(self, request: Request) -> Reply:
@@ -129,9 +129,9 @@ class ServerRegistration:
             raise bad_request(f"{hostname} is not a valid hostname")
         check_email(contact_email)
 
-        server = self.store.zulip_server(org_id)
+        server = await self.store.zulip_server(org_id)
         if server is None:
-            self._admit(org_id, hostname, host, known=False)
+            await self._admit(org_id, hostname, host, known=False)
             try:
                 await self.store.zulip_add_server(org_id, org_key, host, contact_email)
             except HostnameTaken as taken:
@@ -156,7 +156,7 @@ class ServerRegistration:
                 "has been deactivated",
             )
         if host != server.hostname:
-            self._admit(org_id, hostname, host, known=True)
+            await self._admit(org_id, hostname, host, known=True)
         try:
             await self.store.zulip_update_server(org_id, host, contact_email, new_key)
         except HostnameTaken as taken:
@@ -168,9 +168,9 @@ class ServerRegistration:
             log.info("Zulip server %s rotated its key", org_id)
         return success(created=False, **ignored(form, _SERVER_FIELDS))
 
-    def _admit(self, org_id: str, hostname: str, host: str, *, known: bool) -> None:
+    async def _admit(self, org_id: str, hostname: str, host: str, *, known: bool) -> None:
         """Raise Zulip's ``INVALID_ZULIP_SERVER`` unless ``org_id`` may hold ``host``."""
-        reason = refusal(self.mode, known=known, org_id=org_id, pinned=self.pinned(host))
+        reason = refusal(self.mode, known=known, org_id=org_id, pinned=await self.pinned(host))
         if reason is None:
             return
         self._log_refusal(org_id, host, reason)

@@ -14,7 +14,7 @@ from typing import Final
 import attrs
 
 from pushd import jsonutil
-from pushd.model import Delivered, Failed, Outcome, RetryLater, TokenDead
+from pushd.model import Delivered, Failed, Outcome, RetryKind, RetryLater, TokenDead
 
 #: The token will never work again.
 TOKEN_DEAD_REASONS: Final = frozenset(
@@ -53,6 +53,12 @@ REQUEST_REASONS: Final = frozenset(
     }
 )
 #: Transient on APNs' side: try again later (on another connection, the pool's business).
+#: Retry reasons that are not the upstream's trouble: one device pushed too often, or
+#: this app's JWT refreshed too often (see ``RetryLater.kind``).
+_RETRY_KINDS: Final[dict[str, RetryKind]] = {
+    "TooManyRequests": "device",
+    "TooManyProviderTokenUpdates": "throttled",
+}
 RETRY_REASONS: Final = frozenset(
     {
         "IdleTimeout",
@@ -139,9 +145,12 @@ def classify(
         if reason == EXPIRED_PROVIDER_TOKEN:
             return PROVIDER_TOKEN_EXPIRED
         if reason in RETRY_REASONS:
-            return RetryLater(reason, parse_retry_after(retry_after))
+            kind: RetryKind = _RETRY_KINDS.get(reason, "server")
+            return RetryLater(reason, parse_retry_after(retry_after), kind=kind)
     label = reason if reason is not None else f"HTTP {status}"
-    if status == 429 or 500 <= status <= 599:
+    if status == 429:  # APNs' only 429 is TooManyRequests: one device, too often
+        return RetryLater(label, parse_retry_after(retry_after), kind="device")
+    if 500 <= status <= 599:
         return RetryLater(label, parse_retry_after(retry_after))
     if status == 403:
         return Failed(label, credential=True)

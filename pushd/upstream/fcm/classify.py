@@ -153,7 +153,9 @@ def _invalid_argument(error: FcmErrorBody) -> Outcome:
 
 
 def _quota(retry_after: float | None) -> RetryLater:
-    return RetryLater("QUOTA_EXCEEDED", max(retry_after or 0.0, QUOTA_RETRY_FLOOR))
+    return RetryLater(
+        "QUOTA_EXCEEDED", max(retry_after or 0.0, QUOTA_RETRY_FLOOR), kind="throttled"
+    )
 
 
 def classify(

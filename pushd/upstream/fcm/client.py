@@ -161,7 +161,7 @@ class _FcmBatch(Batch):
 def _token_failure(exc: TokenUnavailable) -> Outcome:
     if exc.credential:
         return Failed(f"oauth: {exc.reason}", credential=True)
-    return RetryLater(exc.reason, exc.retry_after)
+    return RetryLater(exc.reason, exc.retry_after, kind="unreachable")
 
 
 class FcmClient:
@@ -305,7 +305,7 @@ class FcmClient:
         holder = self._tokens
         if holder is None:
             for index in range(len(tokens)):
-                report(index, RetryLater(NOT_RUNNING))
+                report(index, RetryLater(NOT_RUNNING, kind="unreachable"))
             return
         batch = _FcmBatch(self, holder, report, len(tokens))
         bodies = batch.bodies
@@ -320,7 +320,7 @@ class FcmClient:
             bodies.append(body)
             pending.append(index)
         if pending:
-            failure: Outcome = RetryLater("timeout")
+            failure: Outcome = RetryLater("timeout", kind="unreachable")  # no access token
             access = None
             with trio.move_on_at(deadline):
                 try:

@@ -1,0 +1,156 @@
+"""``pushd spool ...``: look at the spool, purge an app's rows, rotate the sealing key.
+
+The spool holds deliveries pushd answered as "retrying" and has not yet settled.  These
+commands work on the store directly, beside a running daemon (on PostgreSQL, beside
+every instance): ``status`` reads, ``purge`` deletes rows an operator has given up on
+(counted as "purged"), and key rotation is two steps so that no row is ever left under
+a key the daemon no longer has:
+
+1. ``pushd spool new-key`` puts a new key first in the key file (the old ones stay).
+   Every instance re-reads the file within seconds and seals new rows with it.
+2. ``pushd spool rotate-key`` re-seals the remaining rows under the first key; with
+   ``--prune`` it then drops keys no row uses from the file.
+
+``rotate-key`` alone does both (adds a key unless ``--keep-key``), for one instance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from pushd import config
+from pushd.cli_store import fail, run_store, store_options
+from pushd.spool.seal import SealError, SpoolKeys, key_id, prepend_key, read_keys, write_keys
+from pushd.store import Store
+
+#: Rows re-sealed per transaction: small enough not to hold a lock for long.
+RESEAL_BATCH = 500
+
+
+def add_commands(commands: Any) -> None:
+    """Mount ``pushd spool ...``."""
+    spool = commands.add_parser("spool", help="deliveries waiting to be retried (sealed)")
+    actions = spool.add_subparsers(dest="action", required=True, metavar="ACTION")
+    status = actions.add_parser("status", help="rows per app, how old, and the counters")
+    store_options(status)
+    status.set_defaults(func=cmd_status)
+    purge = actions.add_parser("purge", help="delete every waiting row of one app")
+    purge.add_argument("--app", required=True)
+    store_options(purge)
+    purge.set_defaults(func=cmd_purge)
+    new_key = actions.add_parser("new-key", help="put a new sealing key first in the key file")
+    new_key.add_argument("--config", "-c", default="/etc/pushd/pushd.toml")
+    new_key.set_defaults(func=cmd_new_key)
+    rotate = actions.add_parser("rotate-key", help="re-seal every row under the first key")
+    rotate.add_argument("--config", "-c", default="/etc/pushd/pushd.toml")
+    rotate.add_argument("--keep-key", action="store_true", help="do not add a new key first")
+    rotate.add_argument("--prune", action="store_true", help="then drop keys no row uses")
+    rotate.set_defaults(func=cmd_rotate)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    async def report(store: Store, _: config.Config | None) -> int:
+        now = time.time()
+        stats = await store.spool_stats(now)
+        counters = await store.spool_counters()
+        if not stats:
+            print("spool: empty")
+        for app in stats:
+            oldest = "-" if app.oldest_due is None else _age(max(0.0, now - app.oldest_due))
+            print(
+                f"{app.app}: {app.depth} waiting, {app.due} due, {app.leased} leased,"
+                f" {app.unknown} possibly delivered, oldest due {oldest} ago"
+            )
+        if counters:
+            print("counters:")
+            for (name, event), count in sorted(counters.items()):
+                print(f"  {name} {event}: {count}")
+        return 0
+
+    return run_store(args, report)
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    async def purge(store: Store, _: config.Config | None) -> int:
+        removed = await store.spool_purge(args.app)
+        print(f"purged {removed} waiting deliveries of app {args.app!r}")
+        return 0
+
+    return run_store(args, purge)
+
+
+def _key_file(args: argparse.Namespace) -> str | None:
+    from pushd.cli_store import load
+
+    cfg = load(args.config)
+    return None if cfg is None else cfg.spool.key_file
+
+
+def cmd_new_key(args: argparse.Namespace) -> int:
+    path = _key_file(args)
+    if path is None:
+        return 1
+    try:
+        new = prepend_key(Path(path))
+    except (OSError, SealError) as error:
+        return fail(f"cannot add a key to {path}: {error}")
+    print(f"new spool key {new} is first in {path}; run `pushd spool rotate-key` to re-seal")
+    return 0
+
+
+def cmd_rotate(args: argparse.Namespace) -> int:
+    path = _key_file(args)
+    if path is None:
+        return 1
+    if not args.keep_key:
+        try:
+            prepend_key(Path(path))
+        except (OSError, SealError) as error:
+            return fail(f"cannot add a key to {path}: {error}")
+
+    async def rotate(store: Store, _: config.Config | None) -> int:
+        try:
+            keys = SpoolKeys.load(path)
+        except (OSError, SealError) as error:
+            return fail(f"cannot read the spool keys in {path}: {error}")
+        resealed = unreadable = 0
+        after = 0
+        while True:
+            rows = await store.spool_page(after, RESEAL_BATCH)
+            if not rows:
+                break
+            after = rows[-1].id
+            batch: list[tuple[int, str, bytes]] = []
+            for row in rows:
+                if row.key_id == keys.current:
+                    continue
+                try:
+                    push = keys.open(row.key_id, row.sealed, row.app, row.token)
+                except SealError:
+                    unreadable += 1
+                    continue
+                batch.append((row.id, *keys.seal(row.app, row.token, push)))
+            await store.spool_reseal(batch)
+            resealed += len(batch)
+        print(f"re-sealed {resealed} rows under key {keys.current}")
+        if unreadable:
+            print(f"{unreadable} rows do not open with any key in {path}; kept as they are")
+        if args.prune:
+            used = set(await store.spool_key_ids()) | {keys.current}
+            kept = [key for key in read_keys(keys.path) if key_id(key) in used]
+            write_keys(keys.path, kept)
+            print(f"{path} now holds {len(kept)} key(s)")
+        return 0
+
+    return run_store(args, rotate)

@@ -1,0 +1,94 @@
+"""The command line's way into the store, and ``pushd store ...``.
+
+Commands that manage what the daemon serves (chat servers, Zulip pins and keys, the
+spool) write the store directly, which the running daemon reads per request: changes
+count at once, without a restart.  Each runs as one trio program with the store open,
+on SQLite or PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from pushd import config
+from pushd.store import Store, StoreError, open_store
+
+#: The config the admin commands read when none is named.
+DEFAULT_CONFIG = "/etc/pushd/pushd.toml"
+
+StoreCommand = Callable[[Store, config.Config | None], Awaitable[int]]
+
+
+def fail(message: str) -> int:
+    import sys
+
+    print(f"pushd: {message}", file=sys.stderr)
+    return 1
+
+
+def load(path: str) -> config.Config | None:
+    """The checked config at ``path``, or None after printing each problem."""
+    import sys
+
+    try:
+        return config.load_checked(path)
+    except config.ConfigError as error:
+        print(f"pushd: {path} has problems:", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def store_options(parser: argparse.ArgumentParser) -> None:
+    """Where a store-managing command finds the store: the config's, or a named file."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    where.add_argument("--store", help="the SQLite file, instead of reading the config")
+
+
+def run_store(args: argparse.Namespace, command: StoreCommand, *, upgrade: bool = False) -> int:
+    """Open the store ``args`` names (``--store`` or the config's), run ``command``."""
+    cfg = None
+    if getattr(args, "store", None):
+        where = config.StoreConfig(path=args.store)
+    else:
+        cfg = load(args.config)
+        if cfg is None:
+            return 1
+        where = cfg.store
+
+    async def main() -> int:
+        store = await open_store(where, upgrade=upgrade)
+        try:
+            return await command(store, cfg)
+        finally:
+            with trio.CancelScope(shield=True):
+                await store.close()
+
+    try:
+        return trio.run(main)
+    except StoreError as error:
+        return fail(str(error))
+
+
+def add_commands(commands: Any) -> None:
+    """Mount ``pushd store ...``."""
+    store = commands.add_parser("store", help="the store: schema migrations, moving to PostgreSQL")
+    actions = store.add_subparsers(dest="action", required=True, metavar="ACTION")
+    migrate = actions.add_parser("migrate", help="bring the store's schema up to this pushd's")
+    store_options(migrate)
+    migrate.set_defaults(func=cmd_migrate)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from pushd.store.schema import SCHEMA_VERSION
+
+    async def report(store: Store, _: config.Config | None) -> int:
+        print(f"{store.describe()}: schema {SCHEMA_VERSION}, up to date")
+        return 0
+
+    return run_store(args, report, upgrade=True)

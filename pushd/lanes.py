@@ -1,0 +1,155 @@
+"""Lanes: each app's private share of the delivery engine.
+
+Isolation lives here: each app has its own lane, with its own sender (and so its own
+connections), its own concurrency budget, paused state and circuit.  A credential
+error pauses only that lane and an outage opens only that lane's circuit; nothing one
+app does can block another's tasks.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Protocol, TypeVar
+
+import attrs
+import trio
+
+from pushd.config import RetryConfig
+from pushd.model import (
+    UPSTREAM_TROUBLE,
+    Delivered,
+    Failed,
+    Outcome,
+    RemovalScope,
+    RetryLater,
+    TokenDead,
+)
+from pushd.spool.circuit import Circuit
+
+ReportFn = Callable[[int, Outcome], None]
+PushT = TypeVar("PushT", contravariant=True)
+
+#: Share of an app's concurrency that retries from the spool may use at full speed:
+#: the rest is always there for fresh deliveries.
+RETRY_SHARE: Final = 0.5
+
+
+class Sender(Protocol[PushT]):
+    """An upstream client (APNs, FCM): what a lane needs from it.
+
+    Each client takes its own provider's push type; a lane only ever hands its sender
+    deliveries built for that lane's app, so the lane holds a ``Sender[Any]``.
+    """
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
+
+    async def send(self, token: str, push: PushT) -> Outcome: ...
+
+
+async def send_each(
+    sender: Sender[Any], tokens: Sequence[str], push: Any, report: ReportFn
+) -> None:
+    """``send_many`` for a sender that has none: one task per token."""
+
+    async def one(index: int, token: str) -> None:
+        report(index, await sender.send(token, push))
+
+    async with trio.open_nursery() as nursery:
+        for index, token in enumerate(tokens):
+            nursery.start_soon(one, index, token)
+
+
+def backoff(attempt: int, config: RetryConfig, rng: Callable[[], float] = random.random) -> float:
+    """Delay before retry number ``attempt`` (1-based): exponential, capped, with jitter.
+
+    "Equal jitter": half the step is fixed, half random, so retries of a burst spread out
+    but none comes back almost at once.
+    """
+    step = min(config.max_delay, config.base_delay * 2.0 ** (attempt - 1))
+    return step / 2 + rng() * step / 2
+
+
+@attrs.define
+class LaneStats:
+    """Counters per app, for /healthz and the logs."""
+
+    delivered: int = 0
+    removed: int = 0
+    failed: int = 0
+    retried: int = 0
+    dropped: int = 0
+    expired: int = 0
+
+
+class Budget:
+    """How many notifications one app may have in flight; taken and given back in bulk.
+
+    A ``trio.CapacityLimiter`` counts tasks, and a fan-out is one task for many
+    notifications, so this counts notifications instead.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiting = 0
+        self._freed = trio.Event()
+
+    async def take(self, wanted: int) -> int:
+        """Wait until at least one unit is free; take up to ``wanted``; return how many."""
+        while self.used >= self.limit:
+            self._waiting += 1
+            try:
+                await self._freed.wait()
+            finally:
+                self._waiting -= 1
+        granted = min(wanted, self.limit - self.used)
+        self.used += granted
+        return granted
+
+    def give(self, count: int = 1) -> None:
+        self.used -= count
+        if self._waiting:  # a fan-out gives back one unit per answer: keep that cheap
+            self._freed.set()
+            self._freed = trio.Event()
+
+
+@attrs.define(eq=False)
+class Lane:
+    """One app's private share of the engine."""
+
+    name: str
+    sender: Sender[Any]
+    budget: Budget
+    paused_until: float = 0.0
+    pause_reason: str | None = None
+    stats: LaneStats = attrs.Factory(LaneStats)
+    #: What this app's dead verdicts may remove from the store.
+    scope: RemovalScope = attrs.Factory(RemovalScope)
+    #: Paces retries from the spool by how the upstream is doing.
+    circuit: Circuit = attrs.field(init=False)
+    #: Spool rows this instance is sending now.
+    retries_in_flight: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        self.circuit = Circuit(limit=max(1, int(self.budget.limit * RETRY_SHARE)))
+
+    async def send_many(self, tokens: Sequence[str], push: Any, report: ReportFn) -> None:
+        batch_send = getattr(self.sender, "send_many", None)
+        if batch_send is None:
+            await send_each(self.sender, tokens, push, report)
+        else:
+            await batch_send(tokens, push, report)
+
+    def observe(self, outcome: Outcome, now: float) -> bool:
+        """Tell the circuit what the upstream said; True if that opened it."""
+        if isinstance(outcome, RetryLater):
+            if outcome.kind in UPSTREAM_TROUBLE:
+                return self.circuit.failure(now)
+            if outcome.kind == "paused":
+                return False
+        if isinstance(outcome, Delivered | TokenDead | RetryLater) or (
+            isinstance(outcome, Failed) and not outcome.credential
+        ):
+            self.circuit.success(now)
+        return False

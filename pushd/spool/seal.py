@@ -1,0 +1,203 @@
+"""Sealing spooled pushes: PyNaCl's SecretBox (XSalsa20-Poly1305) under keys from a file.
+
+Everything that can carry content (the payload, and with it every header of the push)
+is sealed before it reaches the store, so no message is readable in the database, its
+WAL, a backup or a PostgreSQL dump.  What stays in the clear is what routing needs:
+app, token, protocol, times.
+
+The key file holds one key per line, base64 of 32 random bytes (``#`` comments allowed);
+the first seals new rows, the others still open older ones.  A row names its key by a
+short hash of it (``key_id``), so keys can be added and retired without renumbering.
+``pushd spool rotate-key`` puts a new key first and re-seals every row under it; a
+running pushd re-reads the file when it meets a key id it does not know.
+
+The sealed text names the app and token it belongs to, and opening checks them: a row
+whose sealed push was swapped for another row's does not open.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Final
+
+import nacl.exceptions
+import nacl.secret
+import nacl.utils
+
+from pushd import jsonutil
+from pushd.files import PRIVATE_FILE
+from pushd.model import ApnsPush, FcmPush, Push
+
+KEY_BYTES: Final = nacl.secret.SecretBox.KEY_SIZE
+#: Bytes of the key's hash that name it in a row (12 hex characters).
+KEY_ID_BYTES: Final = 6
+#: Format of the sealed plaintext: a JSON header line, then the payload bytes.
+FORMAT_VERSION: Final = 1
+
+
+class SealError(Exception):
+    """A key file that cannot be used, or a sealed push that does not open."""
+
+
+def key_id(key: bytes) -> str:
+    return hashlib.blake2b(key, digest_size=KEY_ID_BYTES, person=b"pushd-spool").hexdigest()
+
+
+def new_key_line() -> str:
+    return base64.b64encode(nacl.utils.random(KEY_BYTES)).decode()
+
+
+def read_keys(path: Path) -> list[bytes]:
+    """The keys in ``path``, first (current) first; SealError naming what is wrong."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise SealError(f"cannot read spool key file {path}: {error.strerror}") from None
+    keys = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            key = base64.b64decode(line, validate=True)
+        except binascii.Error:
+            raise SealError(f"{path} line {number}: not base64") from None
+        if len(key) != KEY_BYTES:
+            raise SealError(f"{path} line {number}: a key is {KEY_BYTES} bytes")
+        keys.append(key)
+    if not keys:
+        raise SealError(f"{path} holds no key")
+    return keys
+
+
+def create_key_file(path: Path) -> None:
+    """Write a new key file with one key, mode 0600; FileExistsError if there is one."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+    with os.fdopen(fd, "w") as file:
+        file.write("# pushd spool keys: the first seals new rows. Keep a copy; never share.\n")
+        file.write(new_key_line() + "\n")
+
+
+def write_keys(path: Path, keys: list[bytes]) -> None:
+    """Replace the key file with ``keys`` (atomically, mode 0600), first is current."""
+    temporary = path.with_name(path.name + ".new")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    with os.fdopen(fd, "w") as file:
+        file.write("# pushd spool keys: the first seals new rows. Keep a copy; never share.\n")
+        file.writelines(base64.b64encode(key).decode() + "\n" for key in keys)
+    os.replace(temporary, path)
+
+
+def prepend_key(path: Path) -> str:
+    """Put a new key first in ``path``; its id."""
+    key = nacl.utils.random(KEY_BYTES)
+    write_keys(path, [key, *read_keys(path)])
+    return key_id(key)
+
+
+def _header(app: str, token: str, push: Push) -> dict[str, Any]:
+    if isinstance(push, ApnsPush):
+        return {
+            "v": FORMAT_VERSION,
+            "app": app,
+            "token": token,
+            "kind": "apns",
+            "push_type": push.push_type,
+            "priority": push.priority,
+            "expiration": push.expiration,
+            "collapse_id": push.collapse_id,
+            "apns_id": push.apns_id,
+        }
+    return {
+        "v": FORMAT_VERSION,
+        "app": app,
+        "token": token,
+        "kind": "fcm",
+        "expiration": push.expiration,
+    }
+
+
+def encode(app: str, token: str, push: Push) -> bytes:
+    body = push.payload if isinstance(push, ApnsPush) else push.fields
+    return jsonutil.dumpb(_header(app, token, push)) + b"\n" + body
+
+
+def decode(plain: bytes, app: str, token: str) -> Push:
+    head, _, body = plain.partition(b"\n")
+    header = jsonutil.loads(head)
+    if header.get("app") != app or header.get("token") != token:
+        raise SealError("a sealed push names another delivery")
+    if header.get("kind") == "apns":
+        return ApnsPush(
+            payload=body,
+            push_type=header["push_type"],
+            priority=header["priority"],
+            expiration=header["expiration"],
+            collapse_id=header["collapse_id"],
+            apns_id=header["apns_id"],
+        )
+    return FcmPush(fields=body, expiration=header["expiration"])
+
+
+class SpoolKeys:
+    """The keys of one key file; seals with the first, opens with any."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._boxes: dict[str, nacl.secret.SecretBox] = {}
+        self.current = ""
+        self._mtime = 0
+        self.reload()
+
+    @classmethod
+    def load(cls, path: str | Path, *, create: bool = False) -> SpoolKeys:
+        """The keys in ``path``; with ``create``, a new file first if there is none."""
+        file = Path(path)
+        if create and not file.exists():
+            create_key_file(file)
+        return cls(file)
+
+    def refresh(self) -> None:
+        """Re-read the file if it changed (a rotation): new rows then use its new key."""
+        try:
+            changed = self.path.stat().st_mtime_ns != self._mtime
+        except OSError:
+            return
+        if changed:
+            self.reload()
+
+    def reload(self) -> None:
+        self._mtime = self.path.stat().st_mtime_ns
+        keys = read_keys(self.path)
+        self._boxes = {key_id(key): nacl.secret.SecretBox(key) for key in keys}
+        self.current = key_id(keys[0])
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._boxes)
+
+    def seal(self, app: str, token: str, push: Push) -> tuple[str, bytes]:
+        """``(key_id, sealed)`` for a row: a random nonce, then the ciphertext."""
+        sealed = self._boxes[self.current].encrypt(encode(app, token, push))
+        return self.current, bytes(sealed)
+
+    def open(self, key: str, sealed: bytes, app: str, token: str) -> Push:
+        """The push of a row; SealError if its key is unknown or it does not open."""
+        box = self._boxes.get(key)
+        if box is None:
+            self.reload()  # rotated by ``pushd spool rotate-key`` since we loaded
+            box = self._boxes.get(key)
+        if box is None:
+            raise SealError(f"no spool key with id {key} in {self.path}")
+        try:
+            plain = box.decrypt(sealed)
+        except nacl.exceptions.CryptoError:
+            raise SealError("a sealed push does not open with its key") from None
+        try:
+            return decode(plain, app, token)
+        except (ValueError, KeyError, TypeError):
+            raise SealError("a sealed push is not in pushd's format") from None

@@ -1,0 +1,211 @@
+"""The spool worker: takes due rows, sends them again at each app's pace.
+
+Per app, as many rows as its circuit allows (:mod:`.circuit`) are claimed with a lease
+(:meth:`~pushd.store.spool.SpoolQueries.spool_claim`; on PostgreSQL ``FOR UPDATE SKIP
+LOCKED``, so instances share a backlog without waiting on each other), opened
+(:mod:`.seal`) and sent through the app's lane like fresh deliveries; their outcomes go
+to the ledger.  Rows that expired while waiting are dropped and counted, never sent.
+Rows whose last attempt may have arrived (``unknown``) are taken only while the circuit
+is closed: after an outage they go once, when the upstream answers again, instead of a
+storm of duplicates into a slow upstream.
+
+A periodic count of the spool per app feeds ``/healthz``, the metrics and the bound on
+its size (``retry.max_queued``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from pushd.model import Delivery, Outcome, mask_token
+from pushd.spool.seal import SealError
+from pushd.store import StoreUnavailable
+from pushd.store.spool import AppSpool, Reschedule, SpoolRow
+
+if TYPE_CHECKING:
+    from pushd.dispatch import Dispatcher
+    from pushd.lanes import Lane
+
+log = logging.getLogger("pushd.spool")
+
+#: With nothing known to be due, look again this often (other instances add rows too).
+POLL_INTERVAL: Final = 1.0
+#: Rows claimed per app in one transaction, at most.
+CLAIM_MAX: Final = 200
+#: How often the spool is counted per app (health, metrics, the size bound).
+STATS_INTERVAL: Final = 2.0
+#: Expired dedupe keys, rate windows and old verdicts are dropped this often.
+UPKEEP_INTERVAL: Final = 60.0
+#: A row whose key is missing here waits this long for the key file to catch up.
+SEAL_RETRY: Final = 300.0
+
+
+class SpoolWorker:
+    """Runs in the dispatcher's nursery; see the module docstring."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self.store = dispatcher.store
+        #: The last count, per app (for health and metrics).
+        self.snapshot: dict[str, AppSpool] = {}
+        self.expired_unsent = 0
+        self._stopped = False
+        self._wake = trio.Event()
+        self._nothing_due: dict[str, float] = {}
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Take no more rows (shutdown); attempts in flight finish."""
+        self._stopped = True
+        self._wake.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if not self.store.shared:
+            # One process per SQLite file: leases left behind are a dead process's.
+            released = await self.store.spool_release(None)
+            if released:
+                log.info("spool: %d deliveries in flight before a restart go again now", released)
+        await self.count()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._count_loop)
+            task_status.started()
+            await self._drain_loop()
+            nursery.cancel_scope.cancel()
+
+    # --- counting -----------------------------------------------------------------------
+
+    async def count(self) -> None:
+        now = self.dispatcher.clock()
+        try:
+            stats = await self.store.spool_stats(now)
+        except StoreUnavailable:
+            return
+        self.snapshot = {item.app: item for item in stats}
+        self.dispatcher.depth = {item.app: item.depth for item in stats}
+
+    async def _count_loop(self) -> None:
+        upkeep = 0.0
+        while True:
+            await trio.sleep(STATS_INTERVAL)
+            await self.count()
+            self.dispatcher.retry_log.flush()
+            self.dispatcher.keys.refresh()
+            upkeep += STATS_INTERVAL
+            if upkeep >= UPKEEP_INTERVAL and self.store.shared:
+                upkeep = 0.0
+                window = int(self.dispatcher.clock()) - int(UPKEEP_INTERVAL) * 2
+                with contextlib.suppress(StoreUnavailable):  # logged by the store
+                    await self.store.expire_shared_state(window)
+
+    def oldest_due_age(self, app: str, now: float) -> float:
+        item = self.snapshot.get(app)
+        if item is None or item.oldest_due is None:
+            return 0.0
+        return max(0.0, now - item.oldest_due)
+
+    # --- draining -----------------------------------------------------------------------
+
+    async def _drain_loop(self) -> None:
+        dispatcher = self.dispatcher
+        while not self._stopped:
+            self._wake = trio.Event()
+            claimed = 0
+            for lane in list(dispatcher.lanes.values()):
+                try:
+                    claimed += await self._claim(lane)
+                except StoreUnavailable:
+                    break
+            if self._stopped:
+                return
+            if claimed:
+                await trio.lowlevel.checkpoint()  # let the attempts start; claim more
+                continue
+            with trio.move_on_after(POLL_INTERVAL):
+                await self._wake.wait()
+
+    async def _claim(self, lane: Lane) -> int:
+        dispatcher = self.dispatcher
+        now = dispatcher.clock()
+        if lane.paused_until > now:
+            return 0
+        if not self.store.shared and dispatcher.depth.get(lane.name, 0) <= 0:
+            return 0
+        if self._nothing_due.get(lane.name, 0.0) > now and not self._wake.is_set():
+            return 0
+        room = lane.circuit.allowance(now) - lane.retries_in_flight
+        if room <= 0:
+            return 0
+        wanted = min(room, CLAIM_MAX)
+        rows = await self.store.spool_claim(
+            lane.name,
+            dispatcher.owner,
+            now,
+            now + dispatcher.spool.lease_seconds,
+            wanted,
+            unknown=lane.circuit.healthy,
+        )
+        if len(rows) < wanted:
+            self._nothing_due[lane.name] = now + POLL_INTERVAL
+        for row in rows:
+            self._start(lane, row, now)
+        return len(rows)
+
+    def _start(self, lane: Lane, row: SpoolRow, now: float) -> None:
+        dispatcher = self.dispatcher
+        if row.expires_at <= now:
+            self._expire(lane, row)
+            return
+        try:
+            push = dispatcher.keys.open(row.key_id, row.sealed, row.app, row.token)
+        except SealError as error:
+            log.error("spool: cannot open a row of app %s: %s; trying later", row.app, error)
+            dispatcher.ledger.again(
+                Reschedule(row.id, row.attempt, now + SEAL_RETRY, row.unknown, "sealed: no key")
+            )
+            return
+        delivery = Delivery(
+            app=row.app,
+            token=row.token,
+            push=push,
+            registered_at=row.registered_at,
+            expires_at=row.expires_at,
+            ref=row.ref,
+            caller=row.caller,
+            protocol=row.protocol,  # type: ignore[arg-type]
+        )
+        lane.retries_in_flight += 1
+        dispatcher._begin(1)
+        dispatcher.start_soon(self._send, lane, row, delivery)
+
+    async def _send(self, lane: Lane, row: SpoolRow, delivery: Delivery) -> None:
+        dispatcher = self.dispatcher
+
+        def record(_: int, outcome: Outcome) -> None:
+            dispatcher._end()
+            dispatcher._settle_row(delivery, row.id, row.attempt + 1, outcome)
+
+        try:
+            await dispatcher.attempt(lane.name, [row.token], delivery.push, record)
+        finally:
+            lane.retries_in_flight -= 1
+            self._wake.set()
+
+    def _expire(self, lane: Lane, row: SpoolRow) -> None:
+        dispatcher = self.dispatcher
+        dispatcher.ledger.done(row.id)
+        dispatcher.ledger.count(row.app, "expired")
+        dispatcher.depth[row.app] = max(0, dispatcher.depth.get(row.app, 0) - 1)
+        lane.stats.expired += 1
+        self.expired_unsent += 1
+        log.info(
+            "app %s: a spooled notification to %s expired after %d attempts; dropped unsent",
+            row.app,
+            mask_token(row.token),
+            row.attempt,
+        )

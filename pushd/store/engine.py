@@ -1,0 +1,235 @@
+"""The thin engine layer: one set of queries, two databases.
+
+As in Synapse's storage layer, every query is written once, with ``?`` placeholders, in
+the SQL both SQLite and PostgreSQL understand (``ON CONFLICT``, ``RETURNING``,
+``coalesce``); an engine runs it.  A query function takes a :class:`Tx` and runs inside
+one transaction: :meth:`Engine.write` commits it or rolls it back as a whole, so a
+process killed at any moment leaves the database as it was before or after.
+
+The SQLite engine (here) writes on one worker thread, one transaction at a time, and
+reads on the event loop: an indexed read costs a few microseconds, a hop to a worker
+thread and back about 130 (``benchmarks/store_hop.py``), and WAL mode lets a read see
+every committed write, never a half-written one.  The PostgreSQL engine
+(:mod:`pushd.store.postgres`) runs both on worker threads: its reads cross a network.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Final, Literal, Protocol, TypeVar
+
+import trio
+
+from pushd.files import private_file
+from pushd.store.errors import Conflict, FailureLog, StoreError, StoreUnavailable
+
+T = TypeVar("T")
+Dialect = Literal["sqlite", "postgres"]
+Row = tuple[Any, ...]
+
+#: How long a SQLite writer waits for a lock held by another process (the CLI).
+BUSY_TIMEOUT_MS: Final = 5000
+
+
+class Tx(Protocol):
+    """One transaction: statements with ``?`` placeholders."""
+
+    dialect: Dialect
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        """Run a statement; the number of rows it changed."""
+        ...
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None: ...
+
+    def one(self, sql: str, params: Sequence[object] = ()) -> Row | None: ...
+
+    def all(self, sql: str, params: Sequence[object] = ()) -> list[Row]: ...
+
+
+class Engine(Protocol):
+    """Runs query functions; see the module docstring."""
+
+    dialect: Dialect
+    #: Several pushd processes share this database (PostgreSQL): state that a single
+    #: process could keep in memory (Matrix dedupe, rate windows) must live here.
+    shared: bool
+    failures: FailureLog
+
+    async def read(self, fn: Callable[[Tx], T]) -> T: ...
+
+    async def write(self, fn: Callable[[Tx], T]) -> T: ...
+
+    async def close(self) -> None: ...
+
+    def describe(self) -> str:
+        """Where the data is, for log lines (never a password)."""
+        ...
+
+
+class SqliteTx:
+    """:class:`Tx` over one ``sqlite3`` connection."""
+
+    dialect: Dialect = "sqlite"
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        return self.db.execute(sql, params).rowcount
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
+        self.db.executemany(sql, rows)
+
+    def one(self, sql: str, params: Sequence[object] = ()) -> Row | None:
+        row: Row | None = self.db.execute(sql, params).fetchone()
+        return row
+
+    def all(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
+        return self.db.execute(sql, params).fetchall()
+
+
+_SQLITE_FAILURES: Final = (
+    ("SQLITE_FULL", "disk_full"),
+    ("SQLITE_IOERR", "io_error"),
+    ("SQLITE_READONLY", "read_only"),
+    ("SQLITE_BUSY", "busy"),
+    ("SQLITE_LOCKED", "busy"),
+    ("SQLITE_CANTOPEN", "cannot_open"),
+    ("SQLITE_CORRUPT", "corrupt"),
+    ("SQLITE_NOTADB", "corrupt"),
+)
+
+
+def sqlite_failure(error: sqlite3.Error) -> str:
+    """A few words for what went wrong, from SQLite's error name (never its message,
+    which may quote a value)."""
+    name = getattr(error, "sqlite_errorname", "") or ""
+    for prefix, kind in _SQLITE_FAILURES:
+        if name.startswith(prefix):
+            return kind
+    return "database_error"
+
+
+def connect_sqlite(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit) with a busy timeout.
+
+    The file is created 0600 first (SQLite gives its side files the same mode).
+    """
+    try:
+        if not readonly:
+            private_file(Path(path))
+        uri = Path(path).resolve().as_uri() + ("?mode=ro" if readonly else "")
+        db = sqlite3.connect(
+            uri,
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+        )
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        db.execute("PRAGMA foreign_keys = ON")
+    except (OSError, sqlite3.Error) as error:
+        reason = error.strerror if isinstance(error, OSError) else error
+        raise StoreError(f"cannot open {path}: {reason}") from None
+    return db
+
+
+def run_sqlite_tx(db: sqlite3.Connection, fn: Callable[[Tx], T], *, immediate: bool) -> T:
+    """Run ``fn`` in one transaction on ``db``: committed, or rolled back on any error."""
+    db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    try:
+        result = fn(SqliteTx(db))
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return result
+
+
+class SqliteEngine:
+    """The embedded default: one file, one process.  Open with :meth:`open`."""
+
+    dialect: Dialect = "sqlite"
+    shared = False
+
+    def __init__(self, path: str, writer: sqlite3.Connection, reader: sqlite3.Connection) -> None:
+        self.path = path
+        self._writer_db = writer
+        self._reader_db = reader
+        self._writer = trio.CapacityLimiter(1)
+        self.failures = FailureLog()
+
+    @classmethod
+    def open_sync(cls, path: str) -> SqliteEngine:
+        writer = connect_sqlite(path)
+        try:
+            writer.execute("PRAGMA journal_mode = WAL")
+            # NORMAL is durable across process crashes in WAL mode; only an OS crash can
+            # lose the last commits, never corrupt the file.
+            writer.execute("PRAGMA synchronous = NORMAL")
+            reader = connect_sqlite(path, readonly=True)
+            reader.execute("PRAGMA query_only = ON")
+        except sqlite3.DatabaseError as error:
+            writer.close()
+            raise StoreError(f"{path}: {error}") from None
+        return cls(path, writer, reader)
+
+    def describe(self) -> str:
+        return f"SQLite {self.path}"
+
+    async def read(self, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn`` on the event loop (see the module docstring); no transaction is
+        needed for one statement, and WAL gives each a consistent snapshot."""
+        try:
+            return fn(SqliteTx(self._reader_db))
+        except sqlite3.Error as error:
+            raise self.failures.failed(sqlite_failure(error)) from None
+
+    async def write(self, fn: Callable[[Tx], T]) -> T:
+        # Shielded: once a write has started, finish it even if the caller is cancelled,
+        # so what the caller hears never disagrees with what was committed.
+        with trio.CancelScope(shield=True):
+            result = await trio.to_thread.run_sync(self.write_sync, fn, limiter=self._writer)
+        self.failures.succeeded()
+        return result
+
+    def write_sync(self, fn: Callable[[Tx], T]) -> T:
+        """:meth:`write` for a thread that is not the event loop's (migrations)."""
+        try:
+            return run_sqlite_tx(self._writer_db, fn, immediate=True)
+        except sqlite3.IntegrityError as error:
+            raise Conflict(str(error)) from None
+        except sqlite3.Error as error:
+            raise self.failures.failed(sqlite_failure(error)) from None
+
+    def read_sync(self, fn: Callable[[Tx], T]) -> T:
+        return fn(SqliteTx(self._reader_db))
+
+    async def close(self) -> None:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self.close_sync, limiter=self._writer)
+
+    def close_sync(self) -> None:
+        self._reader_db.close()
+        self._writer_db.close()
+
+
+def raise_unless(ok: bool, message: str) -> None:
+    """Raise :class:`StoreError` with ``message`` unless ``ok`` (a row was found)."""
+    if not ok:
+        raise StoreError(message)
+
+
+__all__ = [
+    "Conflict",
+    "Dialect",
+    "Engine",
+    "Row",
+    "SqliteEngine",
+    "StoreError",
+    "StoreUnavailable",
+    "Tx",
+]
