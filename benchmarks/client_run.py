@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from pushd.dispatch import Sender
+from pushd.lanes import Sender
 from pushd.model import Delivered, Outcome
 
 

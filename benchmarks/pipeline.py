@@ -36,7 +36,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import apns_client
 
 from pushd import config
-from pushd.dispatch import Budget, Dispatcher, Lane, Sender
+from pushd.dispatch import Dispatcher
+from pushd.lanes import Budget, Lane, Sender
 from pushd.frontends.http import Request
 from pushd.frontends.native import NativeApi
 from pushd.frontends.openapi import OPENAPI

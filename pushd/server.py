@@ -170,7 +170,7 @@ def app_health(services: Services) -> dict[str, Any]:
             **({"reason": reason} if reason else {}),
             "circuit": lane.circuit.state,
             "spool": {
-                "depth": spooled.depth if spooled else 0,
+                "depth": dispatcher.depth.get(lane.name, 0),
                 "oldest_due_age": round(age, 3),
                 "unknown_outcome": spooled.unknown if spooled else 0,
             },

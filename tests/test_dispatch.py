@@ -6,7 +6,7 @@ import trio
 import trio.testing
 
 from pushd.config import RetryConfig
-from pushd.dispatch import backoff
+from pushd.lanes import backoff
 from pushd.simulators.apns import ApnsSimulator, SimReply
 from tests.conftest import Pushd, PushdFactory, token
 
@@ -43,7 +43,7 @@ async def test_retries_stop_after_max_attempts(
     assert len(simulator.received) == 3
     health = (await pushd.client.get(pushd.url + "/healthz", headers=pushd.auth())).json()
     assert health["apps"]["chat"]["dropped"] == 1
-    assert health["queued_retries"] == 0
+    assert health["spooled"] == 0
 
 
 async def test_ttl_zero_means_one_attempt(pushd: Pushd, simulator: ApnsSimulator) -> None:
@@ -101,7 +101,7 @@ async def test_one_app_at_its_concurrency_limit_does_not_slow_another(
 
 
 async def test_budget_grants_what_is_free_and_wakes_waiters() -> None:
-    from pushd.dispatch import Budget
+    from pushd.lanes import Budget
 
     budget = Budget(10)
     assert await budget.take(7) == 7
@@ -145,19 +145,3 @@ async def test_an_unreachable_app_does_not_slow_the_others(
         assert statuses["chat"][1].startswith("APNs unreachable")
         assert elapsed < 2.0  # neither the dead app's connect attempts nor its timeout
     assert [r.token for r in simulator.received] == [token(2)] * 3
-
-
-async def test_retry_false_leaves_retrying_to_the_caller(
-    pushd: Pushd, simulator: ApnsSimulator
-) -> None:
-    from pushd.model import ApnsPush, Delivery, RetryLater
-
-    simulator.script(token(1), SimReply(status=503, reason="ServiceUnavailable", retry_after=7))
-    (report,) = await pushd.services.dispatcher.deliver(
-        [Delivery("chat", token(1), ApnsPush(b'{"aps":{}}'), protocol="native")], retry=False
-    )
-    assert report.status == "failed"
-    assert isinstance(report.outcome, RetryLater) and report.outcome.after == 7
-    await trio.sleep(0.3)  # several backoff periods here: nothing is retried
-    assert len(simulator.received) == 1
-    assert pushd.services.dispatcher.queued_retries == 0

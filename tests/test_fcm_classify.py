@@ -84,7 +84,8 @@ TABLE: list[tuple[int, bytes, str | None, Outcome | Unauthenticated]] = [
      RetryLater("QUOTA_EXCEEDED", 60.0, kind="throttled")),
     (429, error(429, "RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED"), "120",
      RetryLater("QUOTA_EXCEEDED", 120.0, kind="throttled")),
-    (429, error(429, "RESOURCE_EXHAUSTED"), "3", RetryLater("QUOTA_EXCEEDED", 60.0, kind="throttled")),
+    (429, error(429, "RESOURCE_EXHAUSTED"), "3",
+     RetryLater("QUOTA_EXCEEDED", 60.0, kind="throttled")),
     (429, b"", None, RetryLater("QUOTA_EXCEEDED", 60.0, kind="throttled")),
     # transient on Google's side
     (503, error(503, "UNAVAILABLE", "UNAVAILABLE"), "10", RetryLater("UNAVAILABLE", 10.0)),

@@ -102,7 +102,8 @@ async def test_quota_slows_only_that_app(
     assert statuses["ios"] == ("delivered", None)
     assert statuses["android"][0] == "retrying"
     health = (await mixed.client.get(mixed.url + "/healthz", headers=mixed.auth())).json()
-    assert health["queued_retries"] == 1
+    assert health["spooled"] == 1
+    assert health["apps"]["android"]["spool"]["depth"] == 1
     assert health["apps"]["ios"]["state"] == "ok"
 
 

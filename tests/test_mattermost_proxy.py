@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pushd.simulators.apns import ApnsSimulator, SimReply
@@ -21,6 +22,8 @@ SECRET = "s3cret-path-0123456789"
 OTHER_SECRET = "other-path-0123456789"
 OK = {"status": "OK"}
 REMOVE = {"status": "REMOVE"}
+#: Well within the proxy's own answer deadline (10 s).
+ANSWER_WITHIN_S = 5
 FCM_TOKEN = "mm-device-0001:APA91b" + "z" * 40
 
 
@@ -390,57 +393,79 @@ async def test_apns_rejection_is_fail(
     )
 
 
-async def test_transient_failure_is_retried(
+async def test_transient_failure_is_spooled_ok_and_retried(
     mattermost: mm.MattermostServer,
     simulator: ApnsSimulator,
     fcm_simulator: FcmSimulator,
 ) -> None:
+    # MPNS answers FAIL on a 5xx and the push is lost (the server never retries a
+    # FAIL); pushd spools it, answers OK, and delivers it in the background.
     simulator.script(token(1), SimReply(status=503, reason="ServiceUnavailable"))
     assert await mattermost.send(mm.message(token(1))) == OK
+    with trio.fail_after(5):
+        await simulator.wait_for(2)
     assert [r.status for r in simulator.received] == [503, 200]
     fcm_simulator.script(FCM_TOKEN, FcmReply(status=500, error_code="INTERNAL"))
     assert await mattermost.send(mm.message(FCM_TOKEN, platform=mm.ANDROID)) == OK
+    with trio.fail_after(5):
+        await fcm_simulator.wait_for(2)
     assert [r.status for r in fcm_simulator.received] == [500, 200]
-
-
-async def test_persistent_transient_failure_is_fail_after_three_attempts(
-    mattermost: mm.MattermostServer, simulator: ApnsSimulator
-) -> None:
-    busy = SimReply(status=500, reason="InternalServerError")
-    simulator.script(token(1), busy, busy, busy, busy)
-    assert await mattermost.send(mm.message(token(1))) == fail(
-        "unknown transport error (InternalServerError)"
-    )
-    assert len(simulator.received) == 3
 
 
 @pytest.mark.parametrize(
     "reply",
-    [SimReply(status=429, reason="TooManyRequests"), SimReply(status=429)],
-    ids=["TooManyRequests", "bare-429"],
+    [
+        SimReply(status=500, reason="InternalServerError"),
+        SimReply(status=429, reason="TooManyRequests"),
+        SimReply(status=429),
+    ],
+    ids=["500", "TooManyRequests", "bare-429"],
 )
-async def test_a_rate_limit_is_fail_at_once(
+async def test_a_persistent_transient_failure_is_ok_then_retried_until_max_attempts(
     mattermost: mm.MattermostServer, simulator: ApnsSimulator, reply: SimReply
 ) -> None:
-    # APNs' 429 limits pushes to one device: another attempt a second later only adds
-    # to the count, so pushd answers FAIL at once, as MPNS does for any HTTP error.
-    simulator.script(token(1), reply, reply, reply)
-    answer = await mattermost.send(mm.message(token(1)))
-    assert answer["status"] == "FAIL"
-    assert answer["error"].startswith("unknown send response error (")
-    assert len(simulator.received) == 1
+    simulator.set_default(reply)
+    assert await mattermost.send(mm.message(token(1))) == OK
+    with trio.fail_after(10):
+        await simulator.wait_for(8)  # [retry] max_attempts, the default
+    await trio.sleep(0.5)  # several backoff periods here: no ninth attempt comes
+    assert len(simulator.received) == 8
 
 
-async def test_a_retry_after_beyond_the_budget_is_fail_at_once(
-    mattermost: mm.MattermostServer, simulator: ApnsSimulator
+async def test_a_long_retry_after_is_ok_and_waits_in_the_spool(
+    proxy: Pushd, mattermost: mm.MattermostServer, simulator: ApnsSimulator
 ) -> None:
-    # APNs asks for 60 s; the server gives up after 30: no retry can help, so none is
-    # made (a paused app's remaining pause is handled the same way).
+    # APNs asks for 60 s: the push waits in the spool that long, not the request.
     busy = SimReply(status=503, reason="ServiceUnavailable", retry_after=60)
     simulator.script(token(1), busy)
-    answer = await mattermost.send(mm.message(token(1)))
-    assert answer["status"] == "FAIL" and "ServiceUnavailable" in answer["error"]
+    with trio.fail_after(ANSWER_WITHIN_S):
+        assert await mattermost.send(mm.message(token(1))) == OK
+    await trio.sleep(0.3)
     assert len(simulator.received) == 1
+    health = (await proxy.client.get(proxy.url + "/healthz", headers=proxy.auth())).json()
+    assert health["apps"]["ios"]["spool"]["depth"] == 1
+
+
+async def test_a_token_found_dead_in_a_retry_is_remove_on_the_next_push(
+    mattermost: mm.MattermostServer, simulator: ApnsSimulator
+) -> None:
+    simulator.script(
+        token(1),
+        SimReply(status=503, reason="ServiceUnavailable"),
+        SimReply(status=410, reason="Unregistered", timestamp_ms=1),
+    )
+    assert await mattermost.send(mm.message(token(1))) == OK
+    with trio.fail_after(5):
+        await simulator.wait_for(2)
+    # The verdict is written as the retry settles: the next push to that device is
+    # answered REMOVE without going upstream, once.
+    with trio.fail_after(5):
+        while (answer := await mattermost.send(mm.message(token(1)))) != REMOVE:
+            assert answer == OK  # the verdict is not written yet: that push was sent
+            await trio.sleep(0.05)
+    sent = len(simulator.received)
+    assert await mattermost.send(mm.message(token(1))) == OK
+    assert len(simulator.received) == sent + 1
 
 
 # --- bad input --------------------------------------------------------------------------
