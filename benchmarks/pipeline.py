@@ -37,10 +37,10 @@ import apns_client
 
 from pushd import config
 from pushd.dispatch import Dispatcher
-from pushd.lanes import Budget, Lane, Sender
 from pushd.frontends.http import Request
 from pushd.frontends.native import NativeApi
 from pushd.frontends.openapi import OPENAPI
+from pushd.lanes import Budget, Lane, Sender
 from pushd.model import Delivered, Outcome
 from pushd.store.sqlite import Database, Store
 from pushd.upstream.apns.client import ApnsClient
