@@ -23,6 +23,8 @@ from pushd.simulators.apns import ApnsSimulator
 from pushd.simulators.fcm import FcmSimulator, configure_alpn, make_service_account
 from pushd.store import open_store
 from pushd.upstream.apns.jwt import write_p8
+from tests.pg import pg_url  # noqa: F401  (a fixture, for every test module)
+from tests.storefixtures import store, store_config, store_sections  # noqa: F401
 
 FCM_PROJECT = "pushd-test"
 FCM_EMAIL = f"pushd@{FCM_PROJECT}.iam.gserviceaccount.com"

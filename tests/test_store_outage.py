@@ -21,9 +21,9 @@ import pytest
 import trio
 
 from pushd.simulators.apns import ApnsSimulator
-from pushd.store.sqlite import Database
 from tests.conftest import TOPIC, app_entry, token
 from tests.process import PushdProcess, start_pushd_process, write_config
+from tests.storefixtures import add_server
 
 #: Room left on the small disk after the seed store is copied in.
 DISK_BYTES = 400 * 1024
@@ -49,12 +49,8 @@ def can_mount_tmpfs(tmp_path: Path) -> bool:
 
 
 def seed_store(path: Path) -> str:
-    database = Database(str(path))
-    try:
-        _, key = database.add_server("chat-server")
-    finally:
-        database.close()
-    return key
+    """A store with one chat server, made before pushd starts; its key."""
+    return add_server(str(path), "chat-server")
 
 
 async def fill(client: httpx.AsyncClient, url: str, key: str) -> httpx.Response:

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pushd import cli
 from pushd.simulators.apns import ApnsSimulator, SimReply
 from pushd.simulators.fcm import FcmReply, FcmSimulator
-from pushd.store.sqlite import Database
+from pushd.store import open_store
 from tests.conftest import TOPIC, Pushd, PushdFactory, app_entry, fcm_entry, token
 from tests.zulip_client import USER_AGENT, ZulipServer, new_org_key, realm
 
@@ -393,11 +393,11 @@ async def test_analytics_learns_realms_and_high_water_marks(bouncer: Pushd) -> N
     marks = (await server.get("server/analytics/status")).json()
     assert (marks["last_realm_count_id"], marks["last_installation_count_id"]) == (9, 4)
     # Nothing else of the upload is kept: only realm uuid, host and name.
-    database = Database(bouncer.config.store.path)
+    database = await open_store(bouncer.config.store)
     try:
-        stored = database.zulip_realm(realm(2)["uuid"])
+        stored = await database.zulip_realm(realm(2)["uuid"])
     finally:
-        database.close()
+        await database.close()
     assert stored is not None and (stored.host, stored.name) == ("zulip.example.com", "Realm 2")
 
 

@@ -26,7 +26,7 @@ from pushd import cli
 from pushd.model import RemovalScope
 from pushd.simulators.apns import ApnsSimulator, SimReply
 from pushd.simulators.fcm import FcmReply, FcmSimulator
-from pushd.store.sqlite import Database, DeadToken, ZulipRealm
+from pushd.store import DeadToken, Store, ZulipRealm
 from tests.conftest import TOPIC, Pushd, PushdFactory, app_entry, fcm_entry, token
 from tests.zulip_client import (
     PushKey,
@@ -552,29 +552,26 @@ async def test_nothing_secret_reaches_the_logs_or_the_disk(
     assert encrypted[:40].encode() not in on_disk
 
 
-def test_store_keeps_one_row_per_device_and_remove_dead_takes_it(tmp_path: Path) -> None:
-    """Migration 4, idempotent writes, and the one dead-token path for all tables."""
-    database = Database(str(tmp_path / "store.sqlite3"))
-    try:
-        server = str(uuid.uuid4())
-        database.zulip_add_server(server, "k" * 64, "z.example")
-        database.zulip_record_analytics(server, [ZulipRealm(REALM, server, "z", "R")], (0, 0, 0))
-        tid = as_int64(token_id(token(1)))
-        first = database.zulip_e2ee_register(server, REALM, "apns", token(1), TOPIC, token_id=tid)
-        again = database.zulip_e2ee_register(server, REALM, "apns", token(1), TOPIC, token_id=tid)
-        assert first == again
-        (device,) = database.zulip_e2ee_devices(REALM, token_ids=[tid, tid + 1])
-        assert (device.token, device.token_id) == (token(1), tid)
+async def test_store_keeps_one_row_per_device_and_remove_dead_takes_it(store: Store) -> None:
+    """Migration 4, idempotent writes, and the one dead-token path for all tables (on
+    each backend)."""
+    server = str(uuid.uuid4())
+    await store.zulip_add_server(server, "k" * 64, "z.example")
+    await store.zulip_record_analytics(server, [ZulipRealm(REALM, server, "z", "R")], (0, 0, 0))
+    tid = as_int64(token_id(token(1)))
+    first = await store.zulip_e2ee_register(server, REALM, "apns", token(1), TOPIC, token_id=tid)
+    again = await store.zulip_e2ee_register(server, REALM, "apns", token(1), TOPIC, token_id=tid)
+    assert first == again
+    (device,) = await store.zulip_e2ee_devices(REALM, token_ids=[tid, tid + 1])
+    assert (device.token, device.token_id) == (token(1), tid)
 
-        # A 410 dated before the (re-)registration keeps it; a later one removes it.
-        scope = RemovalScope("sandbox", zulip_kind=1, zulip_ios_app_id=TOPIC)
-        since = device.registered_at - 1
-        database.remove_dead([DeadToken("ios", token(1), since=since, scope=scope)])
-        assert database.zulip_e2ee_devices(REALM, token_ids=[tid])
-        # Another app's verdict (another bundle id) leaves it alone.
-        other = RemovalScope("sandbox", zulip_kind=1, zulip_ios_app_id="org.example.other")
-        assert database.remove_dead([DeadToken("other", token(1), scope=other)]) == 0
-        assert database.remove_dead([DeadToken("ios", token(1), scope=scope)]) == 1
-        assert database.zulip_e2ee_devices(REALM, token_ids=[tid]) == []
-    finally:
-        database.close()
+    # A 410 dated before the (re-)registration keeps it; a later one removes it.
+    scope = RemovalScope("sandbox", zulip_kind=1, zulip_ios_app_id=TOPIC)
+    since = device.registered_at - 1
+    await store.remove_dead([DeadToken("ios", token(1), since=since, scope=scope)])
+    assert await store.zulip_e2ee_devices(REALM, token_ids=[tid])
+    # Another app's verdict (another bundle id) leaves it alone.
+    other = RemovalScope("sandbox", zulip_kind=1, zulip_ios_app_id="org.example.other")
+    assert await store.remove_dead([DeadToken("other", token(1), scope=other)]) == 0
+    assert await store.remove_dead([DeadToken("ios", token(1), scope=scope)]) == 1
+    assert await store.zulip_e2ee_devices(REALM, token_ids=[tid]) == []
