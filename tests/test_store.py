@@ -711,3 +711,26 @@ async def test_rate_windows_count_across_instances_and_expire(
     finally:
         await other.close()
 
+
+
+async def test_racing_e2ee_registrations_of_one_device_make_one_row(
+    store: Store, store_config: StoreConfig
+) -> None:
+    await store.zulip_add_server(SERVER_A, "k" * 64, "z.example")
+    await store.zulip_record_analytics(SERVER_A, [ZulipRealm(REALM, SERVER_A, "z", "Z")], (0, 0, 0))
+    other = await open_store(store_config)
+    try:
+        for n in range(15):
+            ids: list[int] = []
+
+            async def register(into: Store, n: int = n) -> None:
+                ids.append(
+                    await into.zulip_e2ee_register(SERVER_A, REALM, "fcm", "t", None, token_id=n)
+                )
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(register, store)
+                nursery.start_soon(register, other)
+            assert ids[0] == ids[1], (n, ids)
+    finally:
+        await other.close()
