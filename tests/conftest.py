@@ -193,10 +193,10 @@ async def start_pushd(
                 app_entry("chat", TOPIC, upstream, key_file, ca_file),
                 app_entry("other", OTHER_TOPIC, upstream, key_file, ca_file),
             ]
-        store = tmp_path / f"pushd-{len(stops)}.sqlite3"
+        store_path = tmp_path / f"pushd-{len(stops)}.sqlite3"
         data: dict[str, Any] = {
             "server": {"listen": "127.0.0.1", "port": 0, **sections.pop("server", {})},
-            "store": {"path": str(store)},
+            "store": {"path": str(store_path)},
             "retry": {"base_delay": 0.05, "max_delay": 0.2, **sections.pop("retry", {})},
             "apps": apps,
             **sections,

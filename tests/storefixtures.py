@@ -20,8 +20,8 @@ import pytest
 import trio
 
 from pushd.config import StoreConfig
-from pushd.store import Store, open_store
 from pushd.spool.seal import create_key_file
+from pushd.store import Store, open_store
 
 T = TypeVar("T")
 

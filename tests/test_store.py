@@ -202,8 +202,8 @@ async def test_keys_are_stored_only_as_their_hash(store: Store, store_config: St
     (stored,) = await store.engine.read(lambda tx: tx.all("SELECT key_hash FROM servers"))
     assert stored[0] == hash_key(key)
     if store_config.url is None:  # nor anywhere in the file or its WAL
-        path = Path(store_config.path)
-        raw = path.read_bytes() + Path(str(path) + "-wal").read_bytes()
+        path = trio.Path(store_config.path)
+        raw = await path.read_bytes() + await trio.Path(str(path) + "-wal").read_bytes()
         assert key.encode() not in raw
     assert await store.authenticate(key) == server
 
@@ -213,9 +213,7 @@ async def test_only_the_exact_key_authenticates(store: Store, wrong: str) -> Non
     """The lookup is by the key's SHA-256 (and compared again with compare_digest): no
     prefix, case variant, or the stored hash itself gets in."""
     _, key = await store.add_server("s")
-    attempt = wrong.format(
-        key=key, key_upper=key.upper(), key_prefix=key[:-1], hash=hash_key(key)
-    )
+    attempt = wrong.format(key=key, key_upper=key.upper(), key_prefix=key[:-1], hash=hash_key(key))
     assert await store.authenticate(attempt) is None
 
 
@@ -380,7 +378,7 @@ async def test_sigkill_during_a_write_leaves_all_or_nothing(
         )
     )
     where = {"path": store_config.path, "url": store_config.url, "pool_size": 1}
-    child = subprocess.Popen(
+    child = subprocess.Popen(  # noqa: ASYNC220 (only killed; its line is read on a thread)
         [sys.executable, "-c", KILL_SCRIPT, json.dumps(where), str(count)],
         stdout=subprocess.PIPE,
         text=True,
@@ -455,7 +453,9 @@ async def test_zulip_analytics_marks_only_rise_and_realms_stay_with_their_server
     await store.zulip_add_server(SERVER_A, "k" * 64, "a.example")
     await store.zulip_add_server(SERVER_B, "k" * 64, "b.example")
     await store.zulip_record_analytics(SERVER_A, [ZulipRealm(REALM, SERVER_A, "a", "A")], (5, 6, 7))
-    await store.zulip_record_analytics(SERVER_A, [ZulipRealm(REALM, SERVER_A, "a2", "A2")], (4, 9, 1))
+    await store.zulip_record_analytics(
+        SERVER_A, [ZulipRealm(REALM, SERVER_A, "a2", "A2")], (4, 9, 1)
+    )
     server = await store.zulip_server(SERVER_A)
     assert server is not None
     marks = (server.last_realm_count_id, server.last_installation_count_id)
@@ -575,7 +575,9 @@ async def test_racing_zulip_registrations_give_a_hostname_one_holder(
         for round_ in range(15):
             winners: list[str] = []
 
-            async def add(into: Store, n: int, round_: int = round_) -> None:
+            async def add(
+                into: Store, n: int, round_: int = round_, winners: list[str] = winners
+            ) -> None:
                 uuid = f"00000000-0000-4000-8000-{round_:06d}{n:06d}"
                 try:
                     await into.zulip_add_server(uuid, "k" * 64, f"race{round_}.example")
@@ -592,9 +594,7 @@ async def test_racing_zulip_registrations_give_a_hostname_one_holder(
             await other.close()
 
 
-async def test_racing_pins_never_lose_one_silently(
-    store: Store, store_config: StoreConfig
-) -> None:
+async def test_racing_pins_never_lose_one_silently(store: Store, store_config: StoreConfig) -> None:
     """Two operators pinning one hostname to different orgs at once: one pin is made,
     the other is refused (never both told they pinned it)."""
     other = await open_store(store_config)
@@ -602,7 +602,9 @@ async def test_racing_pins_never_lose_one_silently(
         for round_ in range(15):
             outcomes: list[str] = []
 
-            async def pin(into: Store, org: str, round_: int = round_) -> None:
+            async def pin(
+                into: Store, org: str, round_: int = round_, outcomes: list[str] = outcomes
+            ) -> None:
                 try:
                     await into.zulip_add_pin(f"pin{round_}.example", org)
                 except StoreError:
@@ -678,7 +680,7 @@ async def test_concurrent_dedupe_lets_exactly_one_instance_send(
         for n in range(20):
             seen: list[bool] = []
 
-            async def check(into: Store, n: int = n) -> None:
+            async def check(into: Store, n: int = n, seen: list[bool] = seen) -> None:
                 seen.extend(await into.dedupe_seen([f"event{n}"], 60))
 
             async with trio.open_nursery() as nursery:
@@ -712,7 +714,6 @@ async def test_rate_windows_count_across_instances_and_expire(
         await other.close()
 
 
-
 async def test_racing_e2ee_registrations_of_one_device_make_one_row(
     store: Store, store_config: StoreConfig
 ) -> None:
@@ -723,7 +724,7 @@ async def test_racing_e2ee_registrations_of_one_device_make_one_row(
         for n in range(15):
             ids: list[int] = []
 
-            async def register(into: Store, n: int = n) -> None:
+            async def register(into: Store, n: int = n, ids: list[int] = ids) -> None:
                 ids.append(
                     await into.zulip_e2ee_register(SERVER_A, REALM, "fcm", "t", None, token_id=n)
                 )

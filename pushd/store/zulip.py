@@ -24,7 +24,6 @@ from pushd.store.engine import Engine, Row, Tx, serialize
 from pushd.store.errors import Conflict, StoreError
 from pushd.store.servers import hash_key
 
-
 #: Names under which writes that check, then take, a hostname or a pin take turns
 #: (:func:`~pushd.store.engine.serialize`).
 HOSTNAME_LOCK: Final = "zulip-hostname"
