@@ -97,3 +97,14 @@ def add_server(config: StoreConfig | str, name: str) -> str:
         return key
 
     return with_store(config, add)
+
+
+async def run_cli(args: list[str]) -> int:
+    """``pushd ARGS`` (``pushd.cli.main``) from inside a test's trio run.
+
+    A store command runs a trio program of its own, as it does beside a running daemon;
+    trio runs do not nest, so it goes on a worker thread.
+    """
+    from pushd import cli
+
+    return await trio.to_thread.run_sync(cli.main, args)

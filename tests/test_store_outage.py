@@ -20,10 +20,11 @@ import httpx
 import pytest
 import trio
 
+from pushd.config import StoreConfig
 from pushd.simulators.apns import ApnsSimulator
+from pushd.store import open_store
 from tests.conftest import TOPIC, app_entry, token
 from tests.process import PushdProcess, start_pushd_process, write_config
-from tests.storefixtures import add_server
 
 #: Room left on the small disk after the seed store is copied in.
 DISK_BYTES = 400 * 1024
@@ -48,9 +49,14 @@ def can_mount_tmpfs(tmp_path: Path) -> bool:
     return done.returncode == 0
 
 
-def seed_store(path: Path) -> str:
+async def seed_store(path: Path) -> str:
     """A store with one chat server, made before pushd starts; its key."""
-    return add_server(str(path), "chat-server")
+    store = await open_store(StoreConfig(path=str(path)))
+    try:
+        _, key = await store.add_server("chat-server")
+    finally:
+        await store.close()
+    return key
 
 
 async def fill(client: httpx.AsyncClient, url: str, key: str) -> httpx.Response:
@@ -74,7 +80,7 @@ async def test_a_full_disk_is_a_503_with_one_log_line_and_sends_still_work(
     disk: str,
 ) -> None:
     seed = tmp_path / "seed.sqlite3"
-    key = seed_store(seed)
+    key = await seed_store(seed)
     store_dir = tmp_path / "disk"
     store_dir.mkdir()
     upstream = f"https://127.0.0.1:{simulator.port}"

@@ -22,12 +22,12 @@ import nacl.public
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from pushd import cli
 from pushd.model import RemovalScope
 from pushd.simulators.apns import ApnsSimulator, SimReply
 from pushd.simulators.fcm import FcmReply, FcmSimulator
 from pushd.store import DeadToken, Store, ZulipRealm
 from tests.conftest import TOPIC, Pushd, PushdFactory, app_entry, fcm_entry, token
+from tests.storefixtures import run_cli
 from tests.zulip_client import (
     PushKey,
     ZulipServer,
@@ -95,18 +95,18 @@ async def zulip(bouncer: Pushd) -> ZulipServer:
     return server
 
 
-def add_key(pushd: Pushd, capsys: pytest.CaptureFixture[str]) -> str:
+async def add_key(pushd: Pushd, capsys: pytest.CaptureFixture[str]) -> str:
     """``pushd zulip keys add`` against the running daemon's store; the printed key."""
     capsys.readouterr()
-    assert cli.main(["zulip", "keys", "add", "--store", pushd.config.store.path]) == 0
+    assert await run_cli(["zulip", "keys", "add", "--store", pushd.config.store.path]) == 0
     public = capsys.readouterr().out.strip().splitlines()[-1]
     assert len(base64.b64decode(public, validate=True)) == 32
     return public
 
 
 @pytest.fixture
-def public_key(bouncer: Pushd, capsys: pytest.CaptureFixture[str]) -> str:
-    return add_key(bouncer, capsys)
+async def public_key(bouncer: Pushd, capsys: pytest.CaptureFixture[str]) -> str:
+    return await add_key(bouncer, capsys)
 
 
 async def register_apns(zulip: ZulipServer, public_key: str, n: int = 1) -> str:
@@ -356,11 +356,11 @@ async def test_key_rotation_with_the_cli_while_pushd_runs(
     zulip: ZulipServer, bouncer: Pushd, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Two keys live at once; once the old one is removed, only the new one works."""
-    old = add_key(bouncer, capsys)
-    new = add_key(bouncer, capsys)
+    old = await add_key(bouncer, capsys)
+    new = await add_key(bouncer, capsys)
     assert old != new
     store = bouncer.config.store.path
-    assert cli.main(["zulip", "keys", "list", "--store", store]) == 0
+    assert await run_cli(["zulip", "keys", "list", "--store", store]) == 0
     listed = capsys.readouterr().out
     assert old in listed and new in listed
     old_id = next(line.split()[0] for line in listed.splitlines() if old in line)
@@ -368,15 +368,15 @@ async def test_key_rotation_with_the_cli_while_pushd_runs(
     await register_apns(zulip, old, 1)
     await register_apns(zulip, new, 2)
 
-    assert cli.main(["zulip", "keys", "remove", old_id, "--store", store]) == 0
-    assert cli.main(["zulip", "keys", "remove", old_id, "--store", store]) == 1
+    assert await run_cli(["zulip", "keys", "remove", old_id, "--store", store]) == 0
+    assert await run_cli(["zulip", "keys", "remove", old_id, "--store", store]) == 1
     sealed = seal_registration(old, token(3), "apns", TOPIC)
     response = await zulip.e2ee_register(REALM, token_id(token(3)), sealed, old)
     assert response.json() == error("INVALID_BOUNCER_PUBLIC_KEY", "Invalid bouncer_public_key")
     await register_apns(zulip, new, 3)
-    assert cli.main(["zulip", "keys", "remove", new, "--store", store]) == 0  # by public key
+    assert await run_cli(["zulip", "keys", "remove", new, "--store", store]) == 0  # by public key
     capsys.readouterr()
-    assert cli.main(["zulip", "keys", "list", "--store", store]) == 0
+    assert await run_cli(["zulip", "keys", "list", "--store", store]) == 0
     assert capsys.readouterr().out == ""
 
 
