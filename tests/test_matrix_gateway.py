@@ -95,7 +95,7 @@ async def verdict_kept(pushd: Pushd, device: dict[str, Any]) -> None:
     """
     refs = [late_ref(device["app_id"], device["pushkey"])]
     with trio.fail_after(10):
-        while not await pushd.services.store.late_verdicts(refs):  # noqa: ASYNC110 (see above)
+        while not await pushd.services.store.late_verdicts(refs):  # noqa: ASYNC110
             await trio.sleep(0.01)
 
 
