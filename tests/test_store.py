@@ -735,3 +735,33 @@ async def test_racing_e2ee_registrations_of_one_device_make_one_row(
             assert ids[0] == ids[1], (n, ids)
     finally:
         await other.close()
+
+
+async def test_instances_starting_together_on_a_new_database_migrate_it_once(
+    store_config: StoreConfig,
+) -> None:
+    """Three instances opening one empty database at once: one creates the schema,
+    the others find it made (PostgreSQL: under an advisory lock)."""
+    opened: list[Store] = []
+
+    async def start() -> None:
+        opened.append(await open_store(store_config))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(start)
+        assert len(opened) == 3
+        assert await schema_version(opened[0].engine) == SCHEMA_VERSION
+        await opened[1].add_server("s")
+        assert [s.name for s in await opened[2].servers()] == ["s"]
+    finally:
+        for store in opened:
+            await store.close()
+
+
+async def test_unregistering_no_tokens_removes_nothing(store: Store) -> None:
+    server, _ = await store.add_server("s")
+    await store.register(server.id, "u", token(1), "chat", "production")
+    assert await store.unregister(server.id, []) == 0
+    assert await store.count_registrations() == 1

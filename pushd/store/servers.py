@@ -260,6 +260,8 @@ class ServerQueries:
         ``tokens`` are the forms the token may be stored in (an APNs token in lower case,
         an FCM token as given), so a caller need not know which kind it holds.
         """
+        if not tokens:  # ``IN ()`` is SQLite's, not PostgreSQL's
+            return 0
         query = f"DELETE FROM registrations WHERE server_id = ? AND token IN ({marks(len(tokens))})"
         params: tuple[object, ...] = (server_id, *tokens)
         if app is not None:
