@@ -21,6 +21,7 @@ import trio
 from pushd.config import StoreConfig
 from pushd.simulators.apns import ApnsSimulator, SimReply
 from pushd.spool.seal import create_key_file
+from tests import matrix_homeserver as hs
 from tests.conftest import TOPIC, app_entry, token
 from tests.process import PushdProcess, start_pushd_process, write_config
 from tests.storefixtures import add_server
@@ -55,7 +56,12 @@ async def instances(
             "spool": {"key_file": str(spool_key), "lease_seconds": LEASE_SECONDS},
             "retry": {"base_delay": 0.05, "max_delay": 0.3, "max_attempts": 100},
             "zulip": {"registration": "open"},
-            "apps": [app_entry("chat", TOPIC, upstream, key_file, ca_file)],
+            "apps": [
+                {
+                    **app_entry("chat", TOPIC, upstream, key_file, ca_file),
+                    "matrix": {"app_ids": [hs.IOS_APP]},
+                }
+            ],
         },
     )
     processes = [await start_pushd_process(nursery, config) for _ in range(3)]
@@ -162,3 +168,21 @@ async def test_a_killed_instances_backlog_is_delivered_by_the_others(
         f"delivered {len(ok)} rows ({in_flight} leased by B when it was killed),"
         f" duplicates: {sum(ok.values()) - len(ok)}"
     )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Matrix dedupe is still per process (frontends/matrix/gateway.py Dedupe); "
+    "issue 12 item 3 moves it to the store's dedupe_seen",
+)
+async def test_a_matrix_notify_retried_to_another_instance_is_sent_once(
+    instances: tuple[list[PushdProcess], str], simulator: ApnsSimulator
+) -> None:
+    (a, b, _), _ = instances
+    body = hs.full_event([hs.device(hs.IOS_APP, hs.pushkey_for(token(7)))], event_id="$once")
+    async with httpx.AsyncClient(timeout=30) as client:
+        for instance in (a, b):  # the homeserver timed out on A and retried on B
+            answer = await client.post(instance.url + hs.NOTIFY, json=body)
+            assert answer.status_code == 200, answer.text
+    await trio.sleep(0.5)
+    assert [r.token for r in simulator.received] == [token(7)]
