@@ -33,7 +33,7 @@ from pushd.frontends.admin import AccessDenied, AdminAccess, Viewer
 from pushd.frontends.http import Reply, Request, Route, json_reply
 from pushd.frontends.status import report
 from pushd.frontends.status.report import CertificateDates, ChatServer
-from pushd.recent import BUCKET_SECONDS, Recent, Totals
+from pushd.recent import BUCKET_SECONDS, BUCKETS, Recent, Totals
 from pushd.store import Store
 
 PAGE_PATH: Final = "/status"
@@ -168,6 +168,7 @@ class StatusPage:
             "generated_at": now,
             "viewer": "admin" if viewer.admin else "server",
             "bucket_seconds": BUCKET_SECONDS,
+            "buckets": BUCKETS,
             "store": {"state": "ok"}
             if store_failing is None
             else {"state": "failing", "reason": store_failing},

@@ -43,7 +43,7 @@ function percent(rate) {
   return rate === null || rate === undefined ? "–" : (rate * 100).toFixed(1) + " %";
 }
 
-function sparkline(buckets) {
+function sparkline(buckets, slots) {
   const svg = document.createElementNS(SVG_NS, "svg");
   svg.setAttribute("class", "spark");
   svg.setAttribute("width", SPARK_WIDTH);
@@ -56,8 +56,12 @@ function sparkline(buckets) {
   base.setAttribute("y2", SPARK_HEIGHT - 0.5);
   svg.appendChild(base);
   const peak = Math.max(1, ...buckets.map((b) => b[0] + b[1] + b[2] + b[3]));
-  const width = SPARK_WIDTH / Math.max(buckets.length, 1);
-  buckets.forEach((bucket, index) => {
+  // One slot per bucket of the full window, newest on the right: a young window
+  // fills from the right instead of stretching a few bars across the chart.
+  const width = SPARK_WIDTH / Math.max(slots, buckets.length, 1);
+  const first = Math.max(slots, buckets.length) - buckets.length;
+  buckets.forEach((bucket, position) => {
+    const index = first + position;
     let top = SPARK_HEIGHT;
     const parts = [["good", bucket[0] + bucket[1]], ["bad", bucket[2]], ["retry", bucket[3]]];
     for (const [kind, value] of parts) {
@@ -93,7 +97,7 @@ function credentialCell(credential, now) {
   return td;
 }
 
-function appRow(app, now) {
+function appRow(app, now, slots) {
   const row = document.createElement("tr");
   row.dataset.app = app.name;
   row.dataset.state = app.state;
@@ -114,7 +118,7 @@ function appRow(app, now) {
   row.appendChild(cell("retrying", recent.retrying, "num"));
   row.appendChild(cell("error_rate", percent(recent.error_rate), "num"));
   const chart = cell("chart");
-  chart.appendChild(sparkline(recent.buckets));
+  chart.appendChild(sparkline(recent.buckets, slots));
   row.appendChild(chart);
   row.appendChild(cell("spool_depth", app.spool.depth, "num"));
   row.appendChild(cell("oldest_due", app.spool.depth ? duration(app.spool.oldest_due_age) : "–", "num"));
@@ -143,11 +147,16 @@ function render(data) {
   const clock = new Date(data.generated_at * 1000).toLocaleTimeString();
   $("updated").textContent = "pushd " + data.version + " · updated " + clock;
   const seconds = Math.max(...data.apps.map((a) => a.recent.seconds), 0);
+  const full = (data.buckets - 1) * data.bucket_seconds;
+  const span = seconds < full - data.bucket_seconds
+    ? "since pushd started " + duration(seconds) + " ago"
+    : "over the last " + duration(seconds);
   $("window-note").textContent =
-    "Outcomes over the last " + duration(seconds) + " (bars of " + data.bucket_seconds +
+    "Outcomes " + span + " (bars of " + data.bucket_seconds +
     " s: green ended, red failed, amber retry decisions). Removed: dead tokens deleted." +
     (data.store.state === "ok" ? "" : " Store: " + data.store.state + " (" + data.store.reason + ").");
-  $("apps").tBodies[0].replaceChildren(...data.apps.map((app) => appRow(app, data.generated_at)));
+  const rows = data.apps.map((app) => appRow(app, data.generated_at, data.buckets));
+  $("apps").tBodies[0].replaceChildren(...rows);
   $("servers").tBodies[0].replaceChildren(...data.servers.map(serverRow));
   $("no-servers").hidden = data.servers.length > 0;
   const missing = $("servers-missing");
