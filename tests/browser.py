@@ -70,17 +70,17 @@ async def call(fn: Callable[..., T], *args: Any) -> T:
     return await trio.to_thread.run_sync(fn, *args)
 
 
-async def until(check: Callable[[], T], timeout: float, what: str) -> T:
+async def until(check: Callable[[], T], within: float, what: str) -> T:
     """Poll ``check`` (in a thread) until it returns something true; fail after
-    ``timeout`` seconds saying ``what`` was awaited."""
+    ``within`` seconds saying ``what`` was awaited."""
     last: T | None = None
-    with trio.move_on_after(timeout):
+    with trio.move_on_after(within):
         while True:
             last = await call(check)
             if last:
                 return last
             await trio.sleep(POLL_SECONDS)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+    raise AssertionError(f"timed out after {within} s waiting for {what} (last: {last!r})")
 
 
 def requested_urls(driver: Any) -> list[str]:

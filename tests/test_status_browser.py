@@ -55,7 +55,7 @@ def cell(driver: Any, app: str, field: str) -> str:
     """The text of ``field`` in ``app``'s row, or "" while there is none."""
     text = script(
         driver,
-        f"const c = document.querySelector('tr[data-app=\"{app}\"] td[data-field=\"{field}\"]');"
+        f'const c = document.querySelector(\'tr[data-app="{app}"] td[data-field="{field}"]\');'
         "return c ? c.textContent : '';",
     )
     return str(text)
@@ -120,8 +120,8 @@ async def test_the_page_follows_real_deliveries_in_place(
     last = await call(
         script,
         driver,
-        "return document.querySelector('tr[data-server=\"native/test-server\"] "
-        "td[data-field=\"last_request\"]').textContent;",
+        'return document.querySelector(\'tr[data-server="native/test-server"] '
+        'td[data-field="last_request"]\').textContent;',
     )
     assert last.endswith(" ago")
     overall = await call(script, driver, "return document.getElementById('overall').textContent;")

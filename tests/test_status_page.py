@@ -133,10 +133,12 @@ async def test_the_page_is_static_with_a_strict_policy(guarded: Pushd) -> None:
     assert response.headers["content-type"] == "text/html; charset=utf-8"
     assert response.headers["x-content-type-options"] == "nosniff"
     assert response.headers["referrer-policy"] == "no-referrer"
-    policy = dict(
-        (part.split(" ", 1) + [""])[:2]
-        for part in response.headers["content-security-policy"].split("; ")
-    )
+    policy = {
+        name: value
+        for name, _, value in (
+            part.partition(" ") for part in response.headers["content-security-policy"].split("; ")
+        )
+    }
     html = response.text
     (script,) = inline_blocks(html, "script")
     (style,) = inline_blocks(html, "style")
@@ -298,3 +300,31 @@ def test_certificate_expiry_from_pem_and_pkcs12(ca: trustme.CA) -> None:
     assert not_after(bundle, b"secret") == expires.timestamp()
     assert not_after(bundle, b"wrong") is None
     assert not_after(b"not a certificate") is None
+
+
+async def test_a_certificate_apps_expiry_is_shown(
+    start_pushd: PushdFactory,
+    simulator: ApnsSimulator,
+    ca: trustme.CA,
+    ca_file: Path,
+    key_file: Path,
+    tmp_path: Path,
+) -> None:
+    expires = datetime.datetime(2030, 1, 2, tzinfo=datetime.UTC)
+    leaf = ca.issue_cert("push.example.com", not_after=expires)
+    cert_file = tmp_path / "apns.pem"
+    cert_file.write_bytes(leaf.cert_chain_pems[0].bytes() + leaf.private_key_pem.bytes())
+    upstream = f"https://127.0.0.1:{simulator.port}"
+    token_app = app_entry("chat", TOPIC, upstream, key_file, ca_file)
+    cert_app = {
+        key: value
+        for key, value in {**token_app, "name": "legacy", "cert_file": str(cert_file)}.items()
+        if key not in ("key_file", "key_id", "team_id")
+    }
+    pushd = await start_guarded(start_pushd, tmp_path, apps=[token_app, cert_app])
+    data = await status_json(pushd)
+    assert app_row(data, "legacy")["credential"] == {
+        "kind": "certificate",
+        "expires_at": expires.timestamp(),
+    }
+    assert app_row(data, "chat")["credential"]["expires_at"] is None
