@@ -39,10 +39,10 @@ async def start(
 
 async def stored_tokens(pushd: Pushd) -> dict[str, Any]:
     store = pushd.services.store
-    server = store.authenticate(pushd.key)
+    server = await store.authenticate(pushd.key)
     assert server is not None
-    native = sorted(r.app for r in store.user_registrations(server.id, "alice"))
-    zulip = store.zulip_user_registrations(ZULIP_SERVER, 10, None)
+    native = sorted(r.app for r in await store.user_registrations(server.id, "alice"))
+    zulip = await store.zulip_user_registrations(ZULIP_SERVER, 10, None)
     return {"native": native, "zulip": [r.token for r in zulip]}
 
 

@@ -15,7 +15,7 @@ from pushd.store.sqlite import Database
 from tests.conftest import Pushd, PushdFactory, token
 
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
-DETAIL_KEYS = {"status", "version", "apps", "queued_retries"}
+DETAIL_KEYS = {"status", "version", "store", "apps", "spooled"}
 
 
 @pytest.fixture

@@ -95,7 +95,7 @@ async def verdict_kept(pushd: Pushd, device: dict[str, Any]) -> None:
     """
     refs = [late_ref(device["app_id"], device["pushkey"])]
     with trio.fail_after(10):
-        while not pushd.services.store.late_verdicts(refs):  # noqa: ASYNC110 (see above)
+        while not await pushd.services.store.late_verdicts(refs):  # noqa: ASYNC110
             await trio.sleep(0.01)
 
 
@@ -394,7 +394,7 @@ async def test_a_token_found_dead_in_a_background_retry_is_rejected_next_time(
     await trio.sleep(0.1)
     assert len(simulator.received) == 2
     refs = [late_ref(device["app_id"], device["pushkey"])]
-    assert store.late_verdicts(refs) == {}  # told once
+    assert await store.late_verdicts(refs) == {}  # told once
 
 
 async def test_a_kept_verdict_does_not_reject_a_pusher_set_after_it(

@@ -426,7 +426,9 @@ async def test_a_persistent_transient_failure_is_ok_then_retried_until_max_attem
 ) -> None:
     simulator.set_default(reply)
     assert await mattermost.send(mm.message(token(1))) == OK
-    with trio.fail_after(10):
+    # After 5 failures in a row the app's circuit opens (1 s, then 2 s, 4 s between
+    # single probes), so the 8th attempt comes about 8 s after the first.
+    with trio.fail_after(20):
         await simulator.wait_for(8)  # [retry] max_attempts, the default
     await trio.sleep(0.5)  # several backoff periods here: no ninth attempt comes
     assert len(simulator.received) == 8

@@ -260,7 +260,14 @@ SCHEMAS: dict[str, Any] = {
             "status": {"enum": ["ok", "degraded"]},
             "version": {"type": "string"},
             "apps": {"type": "object"},
-            "queued_retries": {"type": "integer"},
+            "store": {
+                "type": "object",
+                "description": "state ok | failing, and the failure kind (e.g. disk_full)",
+            },
+            "spooled": {
+                "type": "integer",
+                "description": "Deliveries answered retrying that are not final yet",
+            },
             "matrix": {
                 "type": "object",
                 "description": "Matrix gateway counters, when an app serves Matrix",
