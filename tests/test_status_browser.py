@@ -6,18 +6,20 @@ Content-Security-Policy had to block.  Skips, saying why, without a browser."""
 
 from __future__ import annotations
 
+import datetime
 import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from pushd.frontends.status import PAGE_PATH
 from pushd.simulators.apns import ApnsSimulator, SimReply
 from tests import browser
 from tests.browser import call, until
-from tests.conftest import Pushd, PushdFactory, token
+from tests.conftest import TOPIC, Pushd, PushdFactory, app_entry, token
 from tests.test_status_page import ADMIN_TOKEN, start_guarded
 
 #: Seconds to wait for the page: its refresh period (5 s) and some slack.
@@ -199,3 +201,35 @@ async def test_a_wrong_token_is_refused_and_forgotten(driver: Any, guarded: Push
     await until(field.is_displayed, QUICK_WAIT, "the token field again")
     assert await call(script, driver, f"return sessionStorage.getItem('{TOKEN_KEY}');") is None
     await call(driver.get_log, "browser")  # the 401 is logged as a failed load: expected
+
+
+async def test_a_certificate_about_to_expire_is_flagged(
+    driver: Any,
+    start_pushd: PushdFactory,
+    simulator: ApnsSimulator,
+    ca: trustme.CA,
+    ca_file: Path,
+    key_file: Path,
+    tmp_path: Path,
+) -> None:
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=5, hours=1)
+    leaf = ca.issue_cert("push.example.com", not_after=soon)
+    cert_file = tmp_path / "apns.pem"
+    cert_file.write_bytes(leaf.cert_chain_pems[0].bytes() + leaf.private_key_pem.bytes())
+    token_app = app_entry("chat", TOPIC, f"https://127.0.0.1:{simulator.port}", key_file, ca_file)
+    cert_app = {
+        **{k: v for k, v in token_app.items() if k not in ("key_file", "key_id", "team_id")},
+        "name": "legacy",
+        "cert_file": str(cert_file),
+    }
+    pushd = await start_guarded(start_pushd, tmp_path, apps=[token_app, cert_app])
+    await sign_in(driver, pushd, ADMIN_TOKEN)
+    await until(lambda: loaded(driver), QUICK_WAIT, "the first status")
+    flagged = await call(
+        script,
+        driver,
+        "return [...document.querySelectorAll('td[data-field=\"credential\"] .expiring')]"
+        ".map(e => [e.closest('tr').dataset.app, e.textContent]);",
+    )
+    assert flagged == [["legacy", f"expires {soon.date().isoformat()} (5 days)"]]
+    assert "does not expire" in await call(cell, driver, "chat", "credential")
