@@ -23,7 +23,7 @@ import attrs
 from pushd.activity import MATRIX_HOMESERVERS, Activity, Protocol
 from pushd.config import AppConfig, Config
 from pushd.lanes import LaneStats
-from pushd.recent import Counts, Window
+from pushd.recent import BUCKET_SECONDS, Counts, Window
 from pushd.store import Store, StoreUnavailable
 from pushd.upstream.apns.certificate import not_after
 
@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds in a minute, for rates per minute.
 MINUTE: Final = 60.0
+#: The shortest span a rate is taken over: one bucket.  Just after start (or a quiet
+#: window's first push) a rate over two seconds would read as a burst.
+MIN_RATE_MINUTES: Final = BUCKET_SECONDS / MINUTE
 #: Decimal places of rates and ages: the page shows whole numbers and one decimal.
 ROUNDING: Final = 3
 
@@ -61,9 +64,8 @@ def recent(window: Window | None) -> dict[str, Any]:
     return {
         "seconds": round(window.seconds, ROUNDING),
         **attrs.asdict(total),
-        # Ended deliveries per minute; the live bucket's first seconds would make a
-        # rate over less than a bucket jump about, so it counts as a full bucket.
-        "per_minute": round(total.final / max(minutes, 1 / 6), ROUNDING),
+        # Ended deliveries per minute.
+        "per_minute": round(total.final / max(minutes, MIN_RATE_MINUTES), ROUNDING),
         # Of the deliveries that ended, the share that failed; None when none ended.
         "error_rate": round(total.failed / total.final, ROUNDING) if total.final else None,
         "buckets": [[b.delivered, b.removed, b.failed, b.retrying] for b in window.buckets],
