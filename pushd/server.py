@@ -22,6 +22,7 @@ import attrs
 import trio
 
 from pushd import __version__
+from pushd.activity import Activity
 from pushd.config import Config, apns_settings, fcm_settings, read_admin_token
 from pushd.dispatch import Dispatcher
 from pushd.frontends.admin import AccessDenied, AdminAccess
@@ -31,9 +32,11 @@ from pushd.frontends.mattermost import MattermostProxy
 from pushd.frontends.native import NativeApi
 from pushd.frontends.openapi import OPENAPI
 from pushd.frontends.rocketchat import RocketChatGateway
+from pushd.frontends.status import StatusPage
 from pushd.frontends.zulip import ZulipBouncer
 from pushd.http11 import HttpServer, HttpSettings, ListenError
 from pushd.lanes import Budget, Lane, Sender
+from pushd.recent import Recent
 from pushd.routing import Router
 from pushd.spool.seal import SealError, SpoolKeys
 from pushd.store import Store, open_store
@@ -265,15 +268,31 @@ async def serve(
         async with trio.open_nursery() as nursery:
             await nursery.start(dispatcher.run)
             services = Services(config=config, store=store, dispatcher=dispatcher, routes=[])
-            native = NativeApi(config, store, dispatcher, openapi=OPENAPI)
+            activity = Activity()  # each frontend records its servers' requests
+            native = NativeApi(config, store, dispatcher, openapi=OPENAPI, activity=activity)
             access = AdminAccess(store, read_admin_token(config.server.admin_token_file))
             services.access = access
-            services.routes = [*all_routes(services, native, access), *extra_routes]
-            matrix = MatrixGateway(config, store, dispatcher)
+            matrix = MatrixGateway(config, store, dispatcher, activity=activity)
+            status = StatusPage(
+                config,
+                store,
+                dispatcher,
+                access,
+                health=lambda: app_health(services),
+                activity=activity,
+                recent=Recent(),
+                matrix_enabled=matrix.enabled,
+            )
+            await nursery.start(status.run)
+            services.routes = [
+                *all_routes(services, native, access),
+                *status.routes(),
+                *extra_routes,
+            ]
             services.protocol_routes = [
-                *ZulipBouncer(config, store, dispatcher).routes(),
-                *MattermostProxy(config, store, dispatcher).routes(),
-                *RocketChatGateway(config, store, dispatcher).routes(),
+                *ZulipBouncer(config, store, dispatcher, activity=activity).routes(),
+                *MattermostProxy(config, store, dispatcher, activity=activity).routes(),
+                *RocketChatGateway(config, store, dispatcher, activity=activity).routes(),
                 *matrix.routes(),
             ]
             if matrix.enabled:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hmac
 
+import attrs
+
 from pushd.frontends.http import Reply, Request, json_reply
 from pushd.store import Store
 
@@ -33,6 +35,18 @@ class AccessDenied(Exception):
         return json_reply(401, {"error": error}, (CHALLENGE,))
 
 
+@attrs.frozen
+class Viewer:
+    """Who passed :class:`AdminAccess`: the admin, or the native chat server named."""
+
+    #: None for the admin token.
+    server: str | None
+
+    @property
+    def admin(self) -> bool:
+        return self.server is None
+
+
 class AdminAccess:
     """Checks the credential of a request for operational detail."""
 
@@ -44,22 +58,27 @@ class AdminAccess:
         """True for the admin token or an active server's key; False when the request
         sends no credential; :class:`AccessDenied` when it sends a wrong one (so a
         typo is told, not answered as if no credential had been sent)."""
+        return await self.viewer(request) is not None
+
+    async def viewer(self, request: Request) -> Viewer | None:
+        """Who is asking, as :meth:`authorized` decides it: for pages that show the
+        admin more than a chat server (which other servers use this pushd)."""
         header = request.headers.get("authorization")
         if header is None:
-            return False
+            return None
         scheme, _, credential = header.partition(" ")
         credential = credential.strip()
         if scheme.lower() != "bearer" or not credential:
             raise AccessDenied("send Authorization: Bearer <admin token or server key>")
         given = credential.encode("latin-1")
         if self._admin_token is not None and hmac.compare_digest(given, self._admin_token):
-            return True
+            return Viewer(server=None)
         server = await self.store.authenticate(credential)
         if server is None:
             raise AccessDenied("unknown admin token or server key")
         if not server.active:
             raise AccessDenied(f"server {server.name!r} is deactivated")
-        return True
+        return Viewer(server=server.name)
 
     async def refusal(self, request: Request) -> Reply | None:
         """None if ``request`` may see detail, else the 401 to answer: for pages that

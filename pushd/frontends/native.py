@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 
 from pushd import jsonutil
+from pushd.activity import Activity
 from pushd.config import AppConfig, Config
 from pushd.dispatch import Dispatcher, Report
 from pushd.frontends.http import Reply, Request, Route, has_lone_surrogate, json_reply
@@ -374,11 +375,13 @@ class NativeApi:
         *,
         openapi: Mapping[str, Any],
         clock: Callable[[], float] = time.time,
+        activity: Activity | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.dispatcher = dispatcher
         self.clock = clock
+        self.activity = activity or Activity()
         self._openapi = json_reply(200, openapi)
         #: Per chat server, counted after authentication: a wrong key is a cheap 401.
         self.rate_limit = RateLimit("native", config.native.rate_limit)
@@ -430,6 +433,7 @@ class NativeApi:
             raise ApiError(401, "unauthorized", "unknown server key")
         if not server.active:
             raise ApiError(403, "forbidden", f"server {server.name!r} is deactivated")
+        self.activity.seen("native", server.name)
         return server
 
     def _check_rate(self, server: Server) -> None:

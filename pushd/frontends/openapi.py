@@ -274,6 +274,17 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "Status": {
+        "type": "object",
+        "required": ["status", "version", "generated_at", "apps", "servers"],
+        "properties": {
+            "status": {"enum": ["ok", "degraded"]},
+            "version": {"type": "string"},
+            "generated_at": {"type": "number", "description": "UNIX seconds"},
+            "apps": {"type": "array", "items": {"type": "object"}},
+            "servers": {"type": "array", "items": {"type": "object"}},
+        },
+    },
 }
 
 OPENAPI: dict[str, Any] = {
@@ -327,6 +338,22 @@ OPENAPI: dict[str, Any] = {
                     "200": _ok("Health", "Running"),
                     "401": _ERROR,
                 },
+            }
+        },
+        "/status": {
+            "get": {
+                "summary": "The admin's status page (HTML; it asks for the token in the browser)",
+                "responses": {"200": {"description": "The page", "content": {"text/html": {}}}},
+            }
+        },
+        "/status.json": {
+            "get": {
+                "summary": "What the status page shows: apps, recent outcomes, chat servers",
+                "description": (
+                    "Needs Authorization: Bearer with the admin token (every chat server "
+                    "listed) or a chat server's key (only that server listed)."
+                ),
+                "responses": {"200": _ok("Status", "The status"), "401": _ERROR},
             }
         },
         "/health": {

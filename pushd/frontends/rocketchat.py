@@ -39,6 +39,7 @@ from typing import Any, Literal
 import attrs
 
 from pushd import jsonutil
+from pushd.activity import Activity
 from pushd.config import AppConfig, Config, RocketChatServer
 from pushd.dispatch import Dispatcher, Report
 from pushd.frontends.http import Reply, Request, Route, json_reply
@@ -223,11 +224,13 @@ class RocketChatGateway:
         dispatcher: Dispatcher,
         *,
         clock: Callable[[], float] = time.time,
+        activity: Activity | None = None,
     ) -> None:
         self.config = config
         self.store = store  # only for verdicts found after an answer
         self.dispatcher = dispatcher
         self.clock = clock
+        self.activity = activity or Activity()
         self.deadline = min(DELIVER_DEADLINE, config.server.first_attempt_deadline)
         #: Per configured server, counted once it has authenticated.
         self.rate_limit = RateLimit("rocketchat", config.rocketchat.rate_limit)
@@ -292,6 +295,7 @@ class RocketChatGateway:
                 "unknown path secret" if prefixed else "Authorization matches no server",
             )
             raise GatewayError(401, "not authorized")
+        self.activity.seen("rocketchat", found.name)
         return found
 
     def _app(

@@ -35,6 +35,7 @@ from typing import Final
 import attrs
 import trio
 
+from pushd.activity import MATRIX_HOMESERVERS, Activity
 from pushd.config import AppConfig, Config, MatrixAppOptions
 from pushd.dispatch import Dispatcher
 from pushd.frontends.http import Reply, Request, Route, in_networks, parse_networks
@@ -130,10 +131,18 @@ class MatrixStats:
 class MatrixGateway:
     """Serves Matrix homeservers as Sygnal does, with pushd's delivery."""
 
-    def __init__(self, config: Config, store: Store, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        dispatcher: Dispatcher,
+        *,
+        activity: Activity | None = None,
+    ) -> None:
         self.config = config
         self.store = store
         self.dispatcher = dispatcher
+        self.activity = activity or Activity()
         self.exact: dict[str, _App] = {}
         self.globs: list[tuple[re.Pattern[str], _App]] = []
         for app in config.apps:
@@ -221,6 +230,7 @@ class MatrixGateway:
             self.stats.refused += 1
             log.warning("matrix: refused a notify from %s (not allowed)", request.client or "-")
             return wire.error_reply(403, "M_FORBIDDEN", "source address not allowed")
+        self.activity.seen("matrix", MATRIX_HOMESERVERS)
         try:
             notification = wire.parse_notify(request.body)
         except wire.BadRequest as error:

@@ -32,6 +32,7 @@ import attrs
 import trio
 
 from pushd import __version__, jsonutil
+from pushd.activity import Activity
 from pushd.config import AppConfig, Config, MattermostServer
 from pushd.dispatch import Dispatcher, Report
 from pushd.frontends.http import (
@@ -90,8 +91,16 @@ class _Server:
 class MattermostProxy:
     """Serves Mattermost servers as mattermost-push-proxy does."""
 
-    def __init__(self, config: Config, store: Store, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        dispatcher: Dispatcher,
+        *,
+        activity: Activity | None = None,
+    ) -> None:
         self.config = config
+        self.activity = activity or Activity()
         #: Only for verdicts found after an answer: the token comes in every push.
         self.store = store
         self.dispatcher = dispatcher
@@ -145,6 +154,7 @@ class MattermostProxy:
             raise self._refuse(
                 "network", f"source address not allowed for {found.config.name}", source
             )
+        self.activity.seen("mattermost", found.config.name)
         return found
 
     def _refuse(self, kind: str, message: str, source: str) -> Refused:

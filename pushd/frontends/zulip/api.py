@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from pushd import jsonutil
+from pushd.activity import Activity
 from pushd.config import AppConfig, Config
 from pushd.dispatch import Dispatcher, Report
 from pushd.frontends.http import Reply, Request, Route
@@ -106,11 +107,13 @@ class ZulipBouncer:
         dispatcher: Dispatcher,
         *,
         clock: Callable[[], float] = time.time,
+        activity: Activity | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.dispatcher = dispatcher
         self.clock = clock
+        self.activity = activity or Activity()
         self.limiter = RateLimit("zulip", config.zulip.rate_limit, RATE_WINDOW_SECONDS)
         self.registration = ServerRegistration(config.zulip, store)
         self.e2ee = E2eeHandlers(
@@ -234,6 +237,7 @@ class ZulipBouncer:
                 "The mobile push notification service registration for your server "
                 "has been deactivated"
             )
+        self.activity.seen("zulip", server.uuid)
         return server
 
     async def _realm(
