@@ -183,6 +183,23 @@ async def test_settle_removes_final_rows_reschedules_others_and_counts_in_one_tr
     assert await store.spool_counters() == {(APP, "delivered"): 1}
 
 
+async def test_a_late_reschedule_leaves_a_row_another_instance_took_over(store: Store) -> None:
+    """A's attempt outlived its lease and B claimed the row: A's transient failure must
+    not clear B's lease (a third instance would send it too).  A final outcome removes
+    the row whoever holds it."""
+    now = time.time()
+    row_id, other_id = await store.spool_add([entry(1, due=now), entry(2, due=now)])
+    assert await claim(store, "a", now, lease=1) == [row_id, other_id]
+    assert await claim(store, "b", now + 2, lease=30) == [row_id, other_id]
+    late = [Reschedule(row_id, 2, now + 5, False, "upstream 503")]
+    await store.spool_settle([], late, owner="a")
+    assert await claim(store, "c", now + 6) == []  # still B's
+    await store.spool_settle([], late, owner="b")
+    assert await claim(store, "c", now + 6) == [row_id]
+    await store.spool_settle([other_id], [], owner="a")
+    assert [row.id for row in await store.spool_page(0, 10)] == [row_id]
+
+
 async def test_expired_rows_are_claimed_to_be_dropped_and_purge_is_counted(store: Store) -> None:
     now = time.time()
     await store.spool_add([entry(1, due=now - 10, expires_at=now - 1), entry(2, due=now)])
