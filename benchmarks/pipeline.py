@@ -42,7 +42,8 @@ from pushd.frontends.native import NativeApi
 from pushd.frontends.openapi import OPENAPI
 from pushd.lanes import Budget, Lane, Sender
 from pushd.model import Delivered, Outcome
-from pushd.store.sqlite import Database, Store
+from pushd.spool.seal import SpoolKeys
+from pushd.store import open_store
 from pushd.upstream.apns.client import ApnsClient
 from pushd.upstream.apns.jwt import write_p8
 
@@ -93,15 +94,23 @@ def _config(directory: Path, upstream_port: int, ca_file: str) -> config.Config:
     )
 
 
-async def _measure(args: argparse.Namespace, cfg: config.Config, key: str) -> None:
-    store = await Store.open(cfg.store.path)
+async def _measure(args: argparse.Namespace, cfg: config.Config) -> None:
+    store = await open_store(cfg.store)
+    server, key = await store.add_server("bench")
+    for n in range(args.devices):
+        await store.register(server.id, "bench-user", f"{n:064x}", "bench", "production")
     sender: Sender[Any] = (
         InstantSender()
         if args.upstream == "none"
         else ApnsClient(config.apns_settings(cfg.apps[0], cfg.upstream))
     )
     dispatcher = Dispatcher(
-        [Lane("bench", sender, Budget(1000))], store, cfg.retry, first_attempt_deadline=10
+        [Lane("bench", sender, Budget(1000))],
+        store,
+        cfg.retry,
+        keys=SpoolKeys.load(cfg.spool.key_file, create=True),
+        spool=cfg.spool,
+        first_attempt_deadline=10,
     )
     body = json.dumps({"user": "bench-user", **BODY}).encode()
     request = Request("POST", "/v1/notifications", {"authorization": f"Bearer {key}"}, body)
@@ -165,12 +174,7 @@ def main() -> int:
             port = ready.get(timeout=30)
         try:
             cfg = _config(directory, port, ca_file)
-            database = Database(cfg.store.path)
-            server, key = database.add_server("bench")
-            for n in range(args.devices):
-                database.register(server.id, "bench-user", f"{n:064x}", "bench", "production")
-            database.close()
-            trio.run(_measure, args, cfg, key)
+            trio.run(_measure, args, cfg)
         finally:
             if child is not None:
                 child.terminate()

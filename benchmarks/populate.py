@@ -1,18 +1,18 @@
 """Fill a fresh pushd store with the benchmark's registrations, in one transaction.
 
-:class:`~pushd.store.sqlite.Database` creates the schema and the chat server (so the
-key is hashed exactly as pushd expects); the rows themselves go in through a plain
-``sqlite3`` connection with ``executemany``, because 100,000 calls of
-``Database.register`` (a transaction each) would take longer than the benchmark.  The
+:func:`pushd.store.open_store` creates the schema and the chat server (so the key is
+hashed exactly as pushd expects); the rows themselves go in through a plain ``sqlite3``
+connection with ``executemany``, because 100,000 calls of ``Store.register`` (a
+transaction each) would take longer than the benchmark.  The
 columns are pushd's; if its schema changes, the INSERT below fails loudly.
 
 Rows are written the way pushd's own ``POST /v1/devices`` writes them: an APNs device
 carries the app's environment and kind ``apns``; an FCM device carries ``production``
 (FCM has no environments) and kind ``fcm``.
 
-The Zulip bouncer's share is a Zulip server (``Database.zulip_add_server``: uuid and
+The Zulip bouncer's share is a Zulip server (``Store.zulip_add_server``: uuid and
 hashed key, as ``manage.py register_server`` leaves it), its realm
-(``Database.zulip_record_analytics``, as its first analytics upload leaves it) and
+(``Store.zulip_record_analytics``, as its first analytics upload leaves it) and
 users with 10 legacy APNs registrations each, written as ``push/register`` from a
 Zulip >= 8 server leaves them: ``user_uuid`` and ``realm_uuid`` set, ``user_id`` NULL,
 kind 1, ``ios_app_id`` the benchmark APNs app's topic (which is how pushd finds the app).
@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator
 
 import attrs
+import trio
 from common import (
     APP_NAME,
     FANOUT_DEVICES,
@@ -52,7 +53,8 @@ from common import (
     zulip_user_uuid,
 )
 
-from pushd.store.sqlite import Database, ZulipRealm
+from pushd.config import StoreConfig
+from pushd.store import Server, ZulipRealm, open_store
 
 #: What the APNs app's config says; registrations carry it like pushd's register() does.
 ENVIRONMENT = "sandbox"
@@ -189,6 +191,20 @@ def _zulip_rows(users: int, now: float) -> Iterator[ZulipRow]:
             )
 
 
+async def _create(path: str, zulip: bool) -> tuple[Server, str]:
+    """The schema and the chat server (and the Zulip server and realm), through pushd."""
+    database = await open_store(StoreConfig(path=path))
+    try:
+        server, key = await database.add_server(SERVER_NAME)
+        if zulip:
+            await database.zulip_add_server(ZULIP_SERVER_UUID, ZULIP_SERVER_KEY, ZULIP_HOSTNAME)
+            realm = ZulipRealm(ZULIP_REALM_UUID, ZULIP_SERVER_UUID, ZULIP_HOSTNAME, "Bench")
+            await database.zulip_record_analytics(ZULIP_SERVER_UUID, [realm], (0, 0, 0))
+    finally:
+        await database.close()
+    return server, key
+
+
 def populate(
     path: str,
     total: int,
@@ -210,15 +226,7 @@ def populate(
     single_users = total - others
     if single_users < 1:
         raise ValueError(f"{total} registrations leave no room for one-device users")
-    database = Database(path)
-    try:
-        server, key = database.add_server(SERVER_NAME)
-        if zulip_users:
-            database.zulip_add_server(ZULIP_SERVER_UUID, ZULIP_SERVER_KEY, ZULIP_HOSTNAME)
-            realm = ZulipRealm(ZULIP_REALM_UUID, ZULIP_SERVER_UUID, ZULIP_HOSTNAME, "Bench")
-            database.zulip_record_analytics(ZULIP_SERVER_UUID, [realm], (0, 0, 0))
-    finally:
-        database.close()
+    server, key = trio.run(_create, path, zulip_users > 0)
     population = Population(
         key=key,
         single_users=single_users,

@@ -1,12 +1,12 @@
 """CPU cost of reading the store through ``trio.to_thread`` versus inline.
 
-pushd's store (``pushd/store/sqlite.py``) reads on the event-loop thread and writes on a
-worker thread.  Its docstring justifies the split with a number: an indexed point read
+pushd's SQLite engine (``pushd/store/engine.py``) reads on the event-loop thread and
+writes on a worker thread.  Its docstring justifies the split with a number: an indexed point read
 costs a few microseconds, a hop to a thread and back far more.  This script measures
 both on this machine so the claim can be checked, and re-checked after upgrades:
 
-- inline: ``Database.user_registrations`` (the send path's read) called directly;
-- hop:    the same read through ``trio.to_thread.run_sync``;
+- inline: ``Store.user_registrations`` (the send path's read) on the SQLite engine;
+- hop:    the same query through ``trio.to_thread.run_sync`` (the engine's read_sync);
 - bare hop: ``trio.to_thread.run_sync`` around a function that does nothing.
 
 CPU is ``time.process_time`` (every thread of this process, so the worker thread's
@@ -29,7 +29,9 @@ import trio
 from common import SINGLE_USER_PREFIX
 from populate import populate
 
-from pushd.store.sqlite import Database
+from pushd.config import StoreConfig
+from pushd.store import Store, open_store
+from pushd.store.engine import Tx
 
 REGISTRATIONS = 100_000
 FANOUT_USERS = 0
@@ -56,15 +58,34 @@ async def timed(label: str, reads: int, step: Callable[[int], Awaitable[None]]) 
     return cpu_us
 
 
-async def measure(database: Database, server_id: int, users: int, reads: int) -> None:
+async def measure(path: str, users: int, reads: int) -> None:
+    database = await open_store(StoreConfig(path=path))
+    try:
+        (server,) = await database.servers()
+        await measure_store(database, server.id, users, reads)
+    finally:
+        await database.close()
+
+
+async def measure_store(database: Store, server_id: int, users: int, reads: int) -> None:
     def user(i: int) -> str:
         return f"{SINGLE_USER_PREFIX}{(i * 7919) % users}"  # a prime stride: spread reads
 
+    def query(i: int) -> Callable[[Tx], object]:
+        return lambda tx: tx.all(
+            "SELECT server_id, user_id, token, app, environment, registered_at, kind"
+            " FROM registrations WHERE server_id = ? AND user_id = ? ORDER BY id",
+            (server_id, user(i)),
+        )
+
+    engine = database.engine
+    assert engine.dialect == "sqlite"
+
     async def inline(i: int) -> None:
-        database.user_registrations(server_id, user(i))
+        await database.user_registrations(server_id, user(i))
 
     async def hop(i: int) -> None:
-        await trio.to_thread.run_sync(database.user_registrations, server_id, user(i))
+        await trio.to_thread.run_sync(engine.read_sync, query(i))  # type: ignore[attr-defined]
 
     async def bare(_: int) -> None:
         await trio.to_thread.run_sync(nothing)
@@ -86,12 +107,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="pushd-store-hop-") as tmp:
         path = str(Path(tmp) / "pushd.sqlite3")
         population = populate(path, REGISTRATIONS, FANOUT_USERS)
-        database = Database(path)
-        try:
-            (server,) = database.servers()
-            trio.run(measure, database, server.id, population.single_users, args.reads)
-        finally:
-            database.close()
+        trio.run(measure, path, population.single_users, args.reads)
     return 0
 
 

@@ -12,7 +12,7 @@ Everything runs in this one process on 127.0.0.1: the simulator, the real
 ``server.serve()`` with the benchmark's APNs app, and a request written by the load
 driver's own code (:func:`load.zulip_notify_body`, the same bytes as the benchmark
 sends).  The store is a fresh one in a temporary directory, filled through pushd's
-``Database.zulip_*`` methods.  Prints one line and exits 0 if the 10-device notify took
+``Store.zulip_*`` methods.  Prints one line and exits 0 if the 10-device notify took
 less than ``ROUND_LIMIT`` delays, 1 otherwise.  Bounded by ``TIME_LIMIT``.
 """
 
@@ -53,7 +53,7 @@ from pushd_under_test import apns_app
 from pushd import config, server
 from pushd.simulators.apns import ApnsSimulator, SimReply
 from pushd.simulators.certs import make_self_signed
-from pushd.store.sqlite import Database, ZulipRealm
+from pushd.store import ZulipRealm, open_store
 from pushd.upstream.apns.jwt import write_p8
 
 #: How long the simulator holds each answer: long against loopback and pushd's own
@@ -73,16 +73,16 @@ KEY_ID = "FANOUTKEY1"
 RATE_LIMIT = 1_000
 
 
-def fill_store(path: Path) -> None:
-    """The Zulip server, its realm, and the two users' registrations, via ``Database``."""
-    database = Database(str(path))
+async def fill_store(path: Path) -> None:
+    """The Zulip server, its realm, and the two users' registrations, via ``Store``."""
+    database = await open_store(config.StoreConfig(path=str(path)))
     try:
-        database.zulip_add_server(ZULIP_SERVER_UUID, ZULIP_SERVER_KEY, ZULIP_HOSTNAME)
+        await database.zulip_add_server(ZULIP_SERVER_UUID, ZULIP_SERVER_KEY, ZULIP_HOSTNAME)
         realm = ZulipRealm(ZULIP_REALM_UUID, ZULIP_SERVER_UUID, ZULIP_HOSTNAME, "Bench")
-        database.zulip_record_analytics(ZULIP_SERVER_UUID, [realm], (0, 0, 0))
+        await database.zulip_record_analytics(ZULIP_SERVER_UUID, [realm], (0, 0, 0))
         for user, devices in ((FANOUT_USER, ZULIP_DEVICES), (SINGLE_USER, 1)):
             for device in range(devices):
-                database.zulip_register(
+                await database.zulip_register(
                     ZULIP_SERVER_UUID,
                     ZULIP_KIND_APNS,
                     zulip_token(user, device),
@@ -92,7 +92,7 @@ def fill_store(path: Path) -> None:
                     ZULIP_REALM_UUID,
                 )
     finally:
-        database.close()
+        await database.close()
 
 
 def notify_request(port: int, user: int, devices: int, message_id: int) -> bytes:
@@ -122,7 +122,7 @@ async def timed_notify(connection: Connection, request: bytes, devices: int) -> 
 async def measure(workdir: Path, delay: float) -> tuple[float, float, int]:
     """Seconds for the 1-device and the 10-device notify, and notifications received."""
     store = workdir / "pushd.sqlite3"
-    fill_store(store)
+    await fill_store(store)
     key_file = workdir / f"AuthKey_{KEY_ID}.p8"
     write_p8(key_file)
     tls = make_self_signed()

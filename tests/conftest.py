@@ -23,6 +23,8 @@ from pushd.simulators.apns import ApnsSimulator
 from pushd.simulators.fcm import FcmSimulator, configure_alpn, make_service_account
 from pushd.store import open_store
 from pushd.upstream.apns.jwt import write_p8
+from tests.pg import pg_url  # noqa: F401  (a fixture, for every test module)
+from tests.storefixtures import store, store_config, store_sections  # noqa: F401
 
 FCM_PROJECT = "pushd-test"
 FCM_EMAIL = f"pushd@{FCM_PROJECT}.iam.gserviceaccount.com"
@@ -191,10 +193,10 @@ async def start_pushd(
                 app_entry("chat", TOPIC, upstream, key_file, ca_file),
                 app_entry("other", OTHER_TOPIC, upstream, key_file, ca_file),
             ]
-        store = tmp_path / f"pushd-{len(stops)}.sqlite3"
+        store_path = tmp_path / f"pushd-{len(stops)}.sqlite3"
         data: dict[str, Any] = {
             "server": {"listen": "127.0.0.1", "port": 0, **sections.pop("server", {})},
-            "store": {"path": str(store)},
+            "store": {"path": str(store_path)},
             "retry": {"base_delay": 0.05, "max_delay": 0.2, **sections.pop("retry", {})},
             "apps": apps,
             **sections,

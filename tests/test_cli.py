@@ -9,8 +9,9 @@ from pathlib import Path
 
 import trio
 
-from pushd.store.sqlite import Database
+from pushd.store import Store
 from tests.conftest import KEY_ID, TEAM_ID, Pushd, token
+from tests.storefixtures import with_store
 from tests.zulip_client import ZulipServer
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -34,12 +35,12 @@ def test_init_writes_config_store_and_key_and_refuses_to_overwrite(tmp_path: Pat
     key = (tmp_path / "etc" / "default.key").read_text().strip()
     assert key.startswith("pushd_")
     assert (tmp_path / "etc" / "default.key").stat().st_mode & 0o077 == 0
-    database = Database(str(tmp_path / "etc" / "pushd.sqlite3"))
-    try:
-        server = database.authenticate(key)
-        assert server is not None and server.name == "default"
-    finally:
-        database.close()
+
+    async def authenticate(store: Store) -> str | None:
+        server = await store.authenticate(key)
+        return None if server is None else server.name
+
+    assert with_store(str(tmp_path / "etc" / "pushd.sqlite3"), authenticate) == "default"
     # The starter config is valid as written, and says how to connect Zulip.
     assert pushd_cli("check-config", str(target)).returncode == 0
     text = target.read_text()

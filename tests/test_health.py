@@ -11,7 +11,7 @@ import pytest
 
 from pushd import config
 from pushd.simulators.apns import ApnsSimulator, SimReply
-from pushd.store.sqlite import Database
+from pushd.store import open_store
 from tests.conftest import Pushd, PushdFactory, token
 
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
@@ -71,11 +71,11 @@ async def test_a_wrong_credential_is_a_401(guarded: Pushd, authorization: str) -
 
 
 async def test_a_deactivated_servers_key_reads_nothing(guarded: Pushd) -> None:
-    database = Database(guarded.config.store.path)
+    database = await open_store(guarded.config.store)  # as the CLI would, beside it
     try:
-        database.set_active("test-server", False)
+        await database.set_active("test-server", False)
     finally:
-        database.close()
+        await database.close()
     response = await healthz(guarded, f"Bearer {guarded.key}")
     assert response.status_code == 401
     assert "deactivated" in response.json()["error"]["message"]

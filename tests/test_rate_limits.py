@@ -14,7 +14,7 @@ import pytest
 
 from pushd import config
 from pushd.simulators.apns import ApnsSimulator
-from pushd.store.sqlite import Database
+from pushd.store import open_store
 from tests import matrix_homeserver as hs
 from tests.conftest import TOPIC, Pushd, PushdFactory, app_entry, token
 from tests.rocketchat_client import RocketChat, options
@@ -52,11 +52,11 @@ async def test_native_api_limits_each_chat_server(
         assert "3 requests a minute" in error["message"]
         retry_after(limited)
     # Another chat server has its own window.
-    database = Database(pushd.config.store.path)
+    database = await open_store(pushd.config.store)
     try:
-        _, other_key = database.add_server("other-server")
+        _, other_key = await database.add_server("other-server")
     finally:
-        database.close()
+        await database.close()
     assert (await pushd.post("/v1/users/devices", {"user": "u"}, other_key)).status_code == 200
     # A wrong key is a 401 as ever, not counted against anyone.
     assert (await pushd.post("/v1/users/devices", {"user": "u"}, "wrong")).status_code == 401

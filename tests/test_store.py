@@ -1,250 +1,767 @@
-"""The SQLite store: migrations, the 410 rule, and all-or-nothing writes under SIGKILL."""
+"""The store, on SQLite and on PostgreSQL: schema, servers and keys, registrations, dead
+tokens, Zulip tables, verdicts and dedupe; all-or-nothing writes under SIGKILL.
+
+Every test taking ``store`` or ``store_config`` runs once per backend
+(``tests/storefixtures.py``); the spool has its own module (``test_store_spool.py``).
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 
+from pushd.config import StoreConfig
 from pushd.model import RemovalScope
-from pushd.store.sqlite import (
-    MIGRATIONS,
+from pushd.store import (
     SCHEMA_VERSION,
-    Database,
     DeadToken,
     HostnameTaken,
+    Store,
     StoreError,
+    ZulipRealm,
     hash_key,
+    open_store,
 )
+from pushd.store.engine import Engine, Tx
+from pushd.store.schema import schema_version, statements
+from pushd.store.zulip_devices import _identity_clause
 from tests.conftest import token
+from tests.process import ROOT, write_config
 
 SCOPE = RemovalScope(environment="production")
+SERVER_A = "00000000-0000-4000-8000-00000000000a"
+SERVER_B = "00000000-0000-4000-8000-00000000000b"
+REALM = "00000000-0000-4000-8000-0000000000aa"
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(str(tmp_path / "pushd.sqlite3"))
-    yield database
-    database.close()
+# --- schema -----------------------------------------------------------------------------
 
 
-def test_fresh_database_is_migrated_in_wal_mode(db: Database, tmp_path: Path) -> None:
-    assert db.schema_version == SCHEMA_VERSION
-    raw = sqlite3.connect(tmp_path / "pushd.sqlite3")
+async def test_a_new_store_is_at_the_current_schema(store: Store) -> None:
+    assert await schema_version(store.engine) == SCHEMA_VERSION
+
+
+def test_a_sqlite_store_is_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "pushd.sqlite3"
+    trio.run(_open_and_close, StoreConfig(path=str(path)))
+    raw = sqlite3.connect(path)
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     raw.close()
 
 
-def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "future.sqlite3"
-    raw = sqlite3.connect(path)
-    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    raw.close()
+async def _open_and_close(config: StoreConfig) -> None:
+    await (await open_store(config)).close()
+
+
+def set_version(tx: Tx, version: int) -> None:
+    if tx.dialect == "sqlite":
+        tx.execute(f"PRAGMA user_version = {int(version)}")
+    else:
+        tx.execute("UPDATE pushd_schema SET version = ?", (version,))
+
+
+def make_old_store(engine: Engine, version: int) -> None:
+    """Apply migrations 1..``version`` only, as an older pushd left its store."""
+
+    def tx(tx: Tx) -> None:
+        if tx.dialect == "postgres":
+            tx.execute("CREATE TABLE pushd_schema (version INTEGER NOT NULL)")
+            tx.execute("INSERT INTO pushd_schema (version) VALUES (0)")
+        for number in range(1, version + 1):
+            for statement in statements(number, tx.dialect):
+                tx.execute(statement)
+        set_version(tx, version)
+
+    engine.write_sync(tx)  # type: ignore[attr-defined]
+
+
+async def test_a_newer_schema_is_refused(store_config: StoreConfig) -> None:
+    store = await open_store(store_config)
+    await store.engine.write(lambda tx: set_version(tx, SCHEMA_VERSION + 1))
+    await store.close()
     with pytest.raises(StoreError, match="newer than this pushd"):
-        Database(str(path))
+        await open_store(store_config)
 
 
-def test_reopening_keeps_data_and_does_not_migrate_twice(tmp_path: Path) -> None:
-    path = str(tmp_path / "pushd.sqlite3")
-    first = Database(path)
-    server, key = first.add_server("s")
-    first.register(server.id, "u", token(1), "chat", "production")
-    first.close()
-    second = Database(path)
-    assert second.authenticate(key) == server
-    assert [r.token for r in second.user_registrations(server.id, "u")] == [token(1)]
-    second.close()
+async def test_an_older_schema_names_the_command_and_migrate_keeps_its_data(
+    store_config: StoreConfig,
+) -> None:
+    from pushd.store import open_engine_sync
+
+    engine = await trio.to_thread.run_sync(open_engine_sync, store_config)
+    try:
+        await trio.to_thread.run_sync(make_old_store, engine, SCHEMA_VERSION - 1)
+        await engine.write(
+            lambda tx: tx.execute(
+                "INSERT INTO servers (name, key_hash, created_at) VALUES ('old', ?, 0)",
+                (hash_key("old-key"),),
+            )
+        )
+    finally:
+        await engine.close()
+    with pytest.raises(StoreError, match=r"schema \d+, this pushd needs .*pushd store migrate"):
+        await open_store(store_config)
+    store = await open_store(store_config, upgrade=True)
+    try:
+        assert await schema_version(store.engine) == SCHEMA_VERSION
+        old = await store.authenticate("old-key")
+        assert old is not None and old.name == "old"
+        # What the last migration made is there and works.
+        assert await store.dedupe_seen(["k"], 60) == [False]
+    finally:
+        await store.close()
 
 
-def test_keys_are_stored_hashed(db: Database, tmp_path: Path) -> None:
-    _, key = db.add_server("s")
-    raw = (tmp_path / "pushd.sqlite3").read_bytes() + (tmp_path / "pushd.sqlite3-wal").read_bytes()
-    assert key.encode() not in raw
-    assert db.authenticate(key + "x") is None
+def pushd_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pushd", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
 
 
-def test_register_is_idempotent_and_moves_the_token(db: Database) -> None:
-    server, _ = db.add_server("s")
-    _, new = db.register(server.id, "u1", token(1), "chat", "production")
+def test_serve_refuses_an_old_schema_and_store_migrate_upgrades_it(
+    store_config: StoreConfig, store_sections: dict[str, Any], tmp_path: Path
+) -> None:
+    from pushd.store import open_engine_sync
+
+    engine = open_engine_sync(store_config)
+    try:
+        make_old_store(engine, SCHEMA_VERSION - 2)
+    finally:
+        engine.close_sync()  # type: ignore[attr-defined]
+    config = write_config(tmp_path / "pushd.toml", {"server": {"port": 0}, **store_sections})
+    refused = pushd_cli("serve", "--config", str(config))
+    assert refused.returncode == 1, refused.stderr
+    assert "pushd store migrate" in refused.stderr
+    assert f"this pushd needs {SCHEMA_VERSION}" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    migrated = pushd_cli("store", "migrate", "--config", str(config))
+    assert migrated.returncode == 0, migrated.stderr
+    assert f"schema {SCHEMA_VERSION}, up to date" in migrated.stdout
+    assert "password" not in migrated.stdout
+    # Twice is harmless.
+    assert pushd_cli("store", "migrate", "--config", str(config)).returncode == 0
+
+    async def version() -> int:
+        store = await open_store(store_config)
+        try:
+            return await schema_version(store.engine)
+        finally:
+            await store.close()
+
+    assert trio.run(version) == SCHEMA_VERSION
+
+
+async def test_a_database_of_something_else_is_not_taken_over(store_config: StoreConfig) -> None:
+    from pushd.store import open_engine_sync
+
+    engine = await trio.to_thread.run_sync(open_engine_sync, store_config)
+    try:
+        await engine.write(lambda tx: tx.execute("CREATE TABLE servers (x INTEGER)"))
+    finally:
+        await engine.close()
+    with pytest.raises(StoreError, match="not a pushd store"):
+        await open_store(store_config)
+
+
+async def test_reopening_keeps_data_and_does_not_migrate_twice(store_config: StoreConfig) -> None:
+    first = await open_store(store_config)
+    server, key = await first.add_server("s")
+    await first.register(server.id, "u", token(1), "chat", "production")
+    await first.close()
+    second = await open_store(store_config)
+    try:
+        assert await second.authenticate(key) == server
+        assert [r.token for r in await second.user_registrations(server.id, "u")] == [token(1)]
+        assert await schema_version(second.engine) == SCHEMA_VERSION
+    finally:
+        await second.close()
+
+
+# --- servers and keys -------------------------------------------------------------------
+
+
+async def test_keys_are_stored_only_as_their_hash(store: Store, store_config: StoreConfig) -> None:
+    server, key = await store.add_server("s")
+    rows = await store.engine.read(lambda tx: tx.all("SELECT * FROM servers"))
+    assert key not in json.dumps([[str(value) for value in row] for row in rows])
+    (stored,) = await store.engine.read(lambda tx: tx.all("SELECT key_hash FROM servers"))
+    assert stored[0] == hash_key(key)
+    if store_config.url is None:  # nor anywhere in the file or its WAL
+        path = trio.Path(store_config.path)
+        raw = await path.read_bytes() + await trio.Path(str(path) + "-wal").read_bytes()
+        assert key.encode() not in raw
+    assert await store.authenticate(key) == server
+
+
+@pytest.mark.parametrize("wrong", ["", "x", "{key}x", "{key_upper}", "{key_prefix}", "{hash}"])
+async def test_only_the_exact_key_authenticates(store: Store, wrong: str) -> None:
+    """The lookup is by the key's SHA-256 (and compared again with compare_digest): no
+    prefix, case variant, or the stored hash itself gets in."""
+    _, key = await store.add_server("s")
+    attempt = wrong.format(key=key, key_upper=key.upper(), key_prefix=key[:-1], hash=hash_key(key))
+    assert await store.authenticate(attempt) is None
+
+
+async def test_rotate_deactivate_and_duplicate_servers(store: Store) -> None:
+    server, old = await store.add_server("s")
+    with pytest.raises(StoreError, match="exists already"):
+        await store.add_server("s")
+    new = await store.rotate_key("s")
+    assert await store.authenticate(old) is None
+    assert await store.authenticate(new) == server
+    await store.set_active("s", False)
+    inactive = await store.authenticate(new)
+    assert inactive is not None and not inactive.active
+    with pytest.raises(StoreError, match="no server named"):
+        await store.rotate_key("nobody")
+    with pytest.raises(StoreError, match="no server named"):
+        await store.set_active("nobody", True)
+    assert [s.name for s in await store.servers()] == ["s"]
+
+
+# --- registrations and dead tokens ------------------------------------------------------
+
+
+async def test_register_is_idempotent_and_moves_the_token(store: Store) -> None:
+    server, _ = await store.add_server("s")
+    _, new = await store.register(server.id, "u1", token(1), "chat", "production")
     assert new
-    _, new = db.register(server.id, "u2", token(1), "chat", "production")
+    _, new = await store.register(server.id, "u2", token(1), "chat", "production")
     assert not new
-    assert db.user_registrations(server.id, "u1") == []
-    assert [r.user_id for r in db.user_registrations(server.id, "u2")] == ["u2"]
+    assert await store.user_registrations(server.id, "u1") == []
+    assert [r.user_id for r in await store.user_registrations(server.id, "u2")] == ["u2"]
+    assert await store.count_registrations() == 1
 
 
-def test_410_rule_deletes_only_registrations_older_than_the_timestamp(db: Database) -> None:
-    server, _ = db.add_server("s")
-    other, _ = db.add_server("t")
-    db.register(server.id, "u", token(1), "chat", "production")
-    time.sleep(0.01)
-    (newer, _) = db.register(other.id, "v", token(1), "chat", "production")
-    removed = db.remove_dead([DeadToken("chat", token(1), since=newer.registered_at, scope=SCOPE)])
-    assert removed == 1
-    assert db.user_registrations(server.id, "u") == []
-    assert len(db.user_registrations(other.id, "v")) == 1
-    assert db.remove_dead([DeadToken("chat", token(1), scope=SCOPE)]) == 1
-    assert db.count_registrations() == 0
+async def test_concurrent_registrations_of_one_token_make_one_row_and_one_is_new(
+    store: Store, store_config: StoreConfig
+) -> None:
+    """Two instances registering the same device at once: one row, and exactly one of
+    them says it was new."""
+    server, _ = await store.add_server("s")
+    other = await open_store(store_config)
+    news: list[bool] = []
+    try:
+        for n in range(20):
+
+            async def register(into: Store, user: str, n: int = n) -> None:
+                _, new = await into.register(server.id, user, token(n), "chat", "production")
+                news.append(new)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(register, store, "a")
+                nursery.start_soon(register, other, "b")
+    finally:
+        await other.close()
+    assert news.count(True) == 20
+    assert await store.count_registrations() == 20
+
+
+async def test_unregister_and_lookups(store: Store) -> None:
+    server, _ = await store.add_server("s")
+    other, _ = await store.add_server("t")
+    await store.register(server.id, "u", token(1), "chat", "production")
+    await store.register(server.id, "u", token(1), "other", "production")
+    await store.register(server.id, "u", token(2), "chat", "production", kind="apns")
+    await store.register(other.id, "v", token(1), "chat", "production")
+    assert await store.registrations_by_app() == {"chat": 3, "other": 1}
+    found = await store.token_registrations(server.id, [token(1), token(9)])
+    assert sorted(r.app for r in found) == ["chat", "other"]
+    assert await store.unregister(server.id, [token(1)], app="other") == 1
+    assert await store.unregister(server.id, [token(1).upper(), token(1)]) == 1
+    assert await store.unregister_user(server.id, "u") == 1
+    assert await store.user_registrations(server.id, "u") == []
+    # The other chat server's registration of the same token is its own.
+    assert len(await store.user_registrations(other.id, "v")) == 1
+
+
+async def test_410_rule_deletes_only_registrations_older_than_the_timestamp(
+    store: Store,
+) -> None:
+    server, _ = await store.add_server("s")
+    other, _ = await store.add_server("t")
+    await store.register(server.id, "u", token(1), "chat", "production")
+    await trio.sleep(0.01)
+    newer, _ = await store.register(other.id, "v", token(1), "chat", "production")
+    dead = DeadToken("chat", token(1), since=newer.registered_at, scope=SCOPE)
+    assert await store.remove_dead([dead]) == 1
+    assert await store.user_registrations(server.id, "u") == []
+    assert len(await store.user_registrations(other.id, "v")) == 1
+    assert await store.remove_dead([DeadToken("chat", token(1), scope=SCOPE)]) == 1
+    assert await store.count_registrations() == 0
+
+
+async def test_a_dead_token_goes_only_where_the_same_app_and_environment_serve_it(
+    store: Store,
+) -> None:
+    server, _ = await store.add_server("s")
+    beta, _ = await store.add_server("beta")  # a chat server of the sandbox builds
+    await store.register(server.id, "u", token(1), "chat", "production")
+    await store.register(beta.id, "u", token(1), "chat", "sandbox")  # another env
+    await store.register(server.id, "u", token(1), "other", "production")  # another app
+    await store.zulip_add_server(SERVER_A, "k" * 64, "z.example")
+    await store.zulip_register(SERVER_A, 1, token(1), "org.example.chat", 7, None, None)
+    await store.zulip_register(SERVER_A, 1, token(1), "org.example.other", 8, None, None)
+    await store.zulip_register(SERVER_A, 2, token(1), None, 7, None, None)  # FCM kind
+    scope = RemovalScope("production", zulip_kind=1, zulip_ios_app_id="org.example.chat")
+    assert await store.remove_dead([DeadToken("chat", token(1), scope=scope)]) == 2
+    left = [
+        *await store.user_registrations(server.id, "u"),
+        *await store.user_registrations(beta.id, "u"),
+    ]
+    assert sorted((r.app, r.environment) for r in left) == [
+        ("chat", "sandbox"),
+        ("other", "production"),
+    ]
+    zulip = [
+        *await store.zulip_user_registrations(SERVER_A, 7, None),
+        *await store.zulip_user_registrations(SERVER_A, 8, None),
+    ]
+    assert sorted((r.kind, r.ios_app_id or "") for r in zulip) == [
+        (1, "org.example.other"),
+        (2, ""),
+    ]
+    # No scope (a protocol naming its tokens per request): nothing stored goes, and a
+    # verdict with a ref is kept for the caller.
+    kept = DeadToken("chat", token(1), since=5.0, reason="Unregistered", ref="r1", caller="c")
+    assert await store.remove_dead([kept]) == 0
+    assert len(await store.user_registrations(server.id, "u")) == 1
+    (verdict,) = (await store.late_verdicts(["r1", "r2"])).values()
+    assert (verdict.ref, verdict.reason, verdict.since) == ("r1", "Unregistered", 5.0)
 
 
 KILL_SCRIPT = textwrap.dedent(
     """
-    import sys
+    import json, sys, trio
+    from pushd.config import StoreConfig
     from pushd.model import RemovalScope
-    from pushd.store.sqlite import Database, DeadToken
-    db = Database(sys.argv[1])
-    scope = RemovalScope()
-    dead = [DeadToken("chat", f"{n:064x}", scope=scope) for n in range(int(sys.argv[2]))]
-    print("start", flush=True)
-    while True:
-        db.remove_dead(dead)
+    from pushd.store import DeadToken, open_store
+
+    async def main():
+        store = await open_store(StoreConfig(**json.loads(sys.argv[1])))
+        scope = RemovalScope()
+        dead = [DeadToken("chat", f"{n:064x}", scope=scope) for n in range(int(sys.argv[2]))]
+        print("start", flush=True)
+        while True:
+            await store.remove_dead(dead)
+
+    trio.run(main)
     """
 )
 
 
-def test_sigkill_during_a_write_leaves_all_or_nothing(tmp_path: Path) -> None:
-    path = str(tmp_path / "pushd.sqlite3")
+async def test_sigkill_during_a_write_leaves_all_or_nothing(
+    store: Store, store_config: StoreConfig
+) -> None:
     count = 20_000
-    db = Database(path)
-    server, _ = db.add_server("s")
-    with db._write_tx() as conn:  # bulk set-up only
-        conn.executemany(
+    server, _ = await store.add_server("s")
+    await store.engine.write(
+        lambda tx: tx.executemany(
             "INSERT INTO registrations (server_id, user_id, token, app, environment,"
             " registered_at) VALUES (?, 'u', ?, 'chat', 'production', 0)",
             [(server.id, f"{n:064x}") for n in range(count)],
         )
-    db.close()
-    child = subprocess.Popen(
-        [sys.executable, "-c", KILL_SCRIPT, path, str(count)],
+    )
+    where = {"path": store_config.path, "url": store_config.url, "pool_size": 1}
+    child = subprocess.Popen(  # noqa: ASYNC220 (only killed; its line is read on a thread)
+        [sys.executable, "-c", KILL_SCRIPT, json.dumps(where), str(count)],
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        env={**os.environ, "PYTHONPATH": ROOT},
     )
     assert child.stdout is not None
-    assert child.stdout.readline().strip() == "start"
-    time.sleep(0.02)  # inside the delete transaction (it takes far longer)
+    assert (await trio.to_thread.run_sync(child.stdout.readline)).strip() == "start"
+    await trio.sleep(0.05)  # inside the delete transaction (it takes far longer)
     child.send_signal(signal.SIGKILL)
-    child.wait(timeout=10)
-    reopened = Database(path)
-    try:
-        remaining = reopened.count_registrations()
-        assert remaining in (0, count)
-        raw = sqlite3.connect(path)
+    await trio.to_thread.run_sync(child.wait, 10)
+    child.stdout.close()
+    with trio.fail_after(10):  # PostgreSQL notices the closed connection and rolls back
+        while True:
+            remaining = await store.count_registrations()
+            if remaining in (0, count):
+                break
+            await trio.sleep(0.05)
+    if store_config.url is None:
+        raw = sqlite3.connect(store_config.path)
         assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         raw.close()
-    finally:
-        reopened.close()
+
+
+# --- Zulip ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("user_id", "user_uuid"), [(7, None), (None, "2b9b3a0a-0000-4000-8000-000000000001"), (7, "u")]
 )
-def test_a_zulip_user_lookup_uses_an_index(db: Database, user_id, user_uuid) -> None:
-    from pushd.store.sqlite import _identity_clause
-
+async def test_a_zulip_user_lookup_uses_an_index(
+    store: Store, user_id: int | None, user_uuid: str | None
+) -> None:
     clause, params = _identity_clause(user_id, user_uuid)
-    plan = db._reader.execute(
-        "EXPLAIN QUERY PLAN SELECT * FROM zulip_registrations"
-        f" WHERE server_uuid = ? AND {clause} ORDER BY id",
-        ("s", *params),
-    ).fetchall()
-    details = " ".join(str(row[-1]) for row in plan)
+    query = f"SELECT * FROM zulip_registrations WHERE server_uuid = ? AND {clause} ORDER BY id"
+
+    def plan(tx: Tx) -> str:
+        if tx.dialect == "sqlite":
+            rows = tx.all("EXPLAIN QUERY PLAN " + query, ("s", *params))
+            return " ".join(str(row[-1]) for row in rows)
+        # On an empty table the planner rightly prefers a scan; ask what it would use
+        # when scanning is not an option, as on a table of a million rows.
+        tx.execute("SET LOCAL enable_seqscan = off")
+        return " ".join(str(row[0]) for row in tx.all("EXPLAIN " + query, ("s", *params)))
+
+    details = await store.engine.read(plan)
     assert "zulip_registrations_by_" in details, details
 
 
-def test_migration_7_normalises_zulip_hostnames_and_keeps_servers_working(
-    tmp_path: Path,
+async def test_zulip_legacy_registrations(store: Store) -> None:
+    await store.zulip_add_server(SERVER_A, "k" * 64, "z.example")
+    user_uuid = "2b9b3a0a-0000-4000-8000-000000000001"
+    await store.zulip_register(SERVER_A, 1, token(1), "org.example.chat", 7, None, None)
+    await store.zulip_register(SERVER_A, 1, token(1), "org.example.chat", 7, None, None)
+    (row,) = await store.zulip_user_registrations(SERVER_A, 7, None)
+    # With both ids, Zulip keeps only the uuid row.
+    await store.zulip_register(SERVER_A, 1, token(1), "org.example.chat", 7, user_uuid, REALM)
+    (row,) = await store.zulip_user_registrations(SERVER_A, 7, user_uuid)
+    assert (row.user_id, row.user_uuid, row.realm_uuid) == (None, user_uuid, REALM)
+    await store.zulip_register(SERVER_A, 2, token(2), None, 8, None, None)
+    await store.zulip_register(SERVER_A, 2, token(3), None, 8, None, None)
+    assert await store.zulip_unregister(SERVER_A, 2, token(2), 8, None) == 1
+    assert await store.zulip_unregister(SERVER_A, 2, token(2), 8, None) == 0
+    assert await store.zulip_unregister_all(SERVER_A, 8, None) == 1
+    ids = [r.id for r in await store.zulip_user_registrations(SERVER_A, None, user_uuid)]
+    assert await store.zulip_delete_registrations(ids) == 1
+    assert await store.zulip_user_registrations(SERVER_A, 7, user_uuid) == []
+
+
+async def test_zulip_analytics_marks_only_rise_and_realms_stay_with_their_server(
+    store: Store,
+) -> None:
+    await store.zulip_add_server(SERVER_A, "k" * 64, "a.example")
+    await store.zulip_add_server(SERVER_B, "k" * 64, "b.example")
+    await store.zulip_record_analytics(SERVER_A, [ZulipRealm(REALM, SERVER_A, "a", "A")], (5, 6, 7))
+    await store.zulip_record_analytics(
+        SERVER_A, [ZulipRealm(REALM, SERVER_A, "a2", "A2")], (4, 9, 1)
+    )
+    server = await store.zulip_server(SERVER_A)
+    assert server is not None
+    marks = (server.last_realm_count_id, server.last_installation_count_id)
+    assert (*marks, server.last_realmauditlog_id) == (5, 9, 7)
+    # Another server's upload does not move the realm.
+    await store.zulip_record_analytics(SERVER_B, [ZulipRealm(REALM, SERVER_B, "b", "B")], (0, 0, 0))
+    realm = await store.zulip_realm(REALM)
+    assert realm is not None and (realm.server_uuid, realm.host) == (SERVER_A, "a2")
+
+
+async def test_zulip_bouncer_keys_and_e2ee_devices(store: Store) -> None:
+    first = await store.zulip_add_bouncer_key("pub1", "priv1")
+    second = await store.zulip_add_bouncer_key("pub2", "priv2")
+    with pytest.raises(StoreError, match="exists already"):
+        await store.zulip_add_bouncer_key("pub1", "other")
+    assert "priv1" not in repr(first)
+    assert await store.zulip_bouncer_key("pub2") == second
+    assert await store.zulip_remove_bouncer_key(str(first.id)) == 1
+    assert await store.zulip_remove_bouncer_key("pub2") == 1
+    assert await store.zulip_bouncer_keys() == []
+
+    await store.zulip_add_server(SERVER_A, "k" * 64, "z.example")
+    await store.zulip_record_analytics(SERVER_A, [ZulipRealm(REALM, SERVER_A, "z", "Z")], (0, 0, 0))
+    with pytest.raises(ValueError, match="exactly one"):
+        await store.zulip_e2ee_register(SERVER_A, REALM, "fcm", "t", None)
+    legacy = await store.zulip_e2ee_register(SERVER_A, REALM, "fcm", "t1", None, push_account_id=3)
+    again = await store.zulip_e2ee_register(SERVER_A, REALM, "fcm", "t1", None, push_account_id=3)
+    modern = await store.zulip_e2ee_register(SERVER_A, REALM, "fcm", "t2", None, token_id=-5)
+    moved = await store.zulip_e2ee_register(SERVER_A, REALM, "fcm", "t3", None, token_id=-5)
+    assert legacy == again and modern == moved and legacy != modern
+    devices = await store.zulip_e2ee_devices(REALM, token_ids=[-5], device_ids=[legacy, 999])
+    assert sorted((d.token, d.token_id, d.push_account_id) for d in devices) == [
+        ("t1", None, 3),
+        ("t3", -5, None),
+    ]
+
+
+async def test_migration_7_normalises_zulip_hostnames_and_keeps_servers_working(
+    store_config: StoreConfig,
 ) -> None:
     """A store written before pins: its servers keep working, under their one name."""
-    path = tmp_path / "old.sqlite3"
-    raw = sqlite3.connect(path)
-    for migration in MIGRATIONS[:6]:
-        raw.executescript(migration)
-    raw.execute("PRAGMA user_version = 6")
+    from pushd.store import open_engine_sync
+
     rows = [
         ("00000000-0000-4000-8000-000000000001", "CHAT.Example.com.:443", 0),
         ("00000000-0000-4000-8000-000000000002", "other.example.com:8443", 1),
         ("00000000-0000-4000-8000-000000000003", "not a hostname", 0),
         ("00000000-0000-4000-8000-000000000004", "chat.example.com", 0),
     ]
-    for uuid, hostname, deactivated in rows:
-        raw.execute(
-            "INSERT INTO zulip_servers (uuid, key_hash, hostname, created_at, deactivated)"
-            " VALUES (?, ?, ?, 0, ?)",
-            (uuid, hash_key("k" * 64), hostname, deactivated),
-        )
-    raw.commit()
-    raw.close()
-
-    db = Database(str(path))
+    engine = await trio.to_thread.run_sync(open_engine_sync, store_config)
     try:
-        assert [(s.uuid[-1], s.hostname, s.released_at) for s in db.zulip_servers()] == [
+        await trio.to_thread.run_sync(make_old_store, engine, 6)
+        await engine.write(
+            lambda tx: tx.executemany(
+                "INSERT INTO zulip_servers (uuid, key_hash, hostname, created_at, deactivated)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(u, hash_key("k" * 64), h, n, d) for n, (u, h, d) in enumerate(rows)],
+            )
+        )
+    finally:
+        await engine.close()
+
+    db = await open_store(store_config, upgrade=True)
+    try:
+        assert [(s.uuid[-1], s.hostname, s.released_at) for s in await db.zulip_servers()] == [
             ("1", "chat.example.com", None),
             ("2", "other.example.com:8443", None),
             ("3", "not a hostname", None),  # left as it was: it can only fail to match
             ("4", "chat.example.com", None),
         ]
-        holder = db.zulip_hostname_holder("chat.example.com:443")
+        holder = await db.zulip_hostname_holder("chat.example.com:443")
         assert holder is not None and holder.uuid.endswith("1")
         # The deactivated server keeps its hostname (it did not before migration 7).
-        held = db.zulip_hostname_holder("OTHER.example.com:8443")
+        held = await db.zulip_hostname_holder("OTHER.example.com:8443")
         assert held is not None and held.uuid.endswith("2")
         # Two servers the migration found sharing a name both keep working: the later
         # one re-registers under it, but no third server can take it.
-        db.zulip_update_server(rows[3][0], "Chat.example.com", "", None)
+        await db.zulip_update_server(rows[3][0], "Chat.example.com", "", None)
         with pytest.raises(HostnameTaken, match=r"held by Zulip server .*0001"):
-            db.zulip_add_server(
+            await db.zulip_add_server(
                 "00000000-0000-4000-8000-000000000005", "k" * 64, "chat.example.com"
             )
-        assert db.zulip_pins() == []
+        assert await db.zulip_pins() == []
     finally:
-        db.close()
+        await db.close()
 
 
-def test_zulip_hostnames_have_one_holder_until_released(db: Database) -> None:
-    first = "00000000-0000-4000-8000-00000000000a"
-    second = "00000000-0000-4000-8000-00000000000b"
-    db.zulip_add_server(first, "k" * 64, "Chat.Example.com.")
+async def test_zulip_hostnames_have_one_holder_until_released(store: Store) -> None:
+    first, second = SERVER_A, SERVER_B
+    await store.zulip_add_server(first, "k" * 64, "Chat.Example.com.")
     with pytest.raises(HostnameTaken, match=f"held by Zulip server {first}"):
-        db.zulip_add_server(second, "k" * 64, "chat.example.com:443")
+        await store.zulip_add_server(second, "k" * 64, "chat.example.com:443")
     with pytest.raises(StoreError, match="deactivate it first"):
-        db.zulip_release_hostname("chat.example.com")
-    db.zulip_set_deactivated(first, True)
+        await store.zulip_release_hostname("chat.example.com")
+    await store.zulip_set_deactivated(first, True)
     with pytest.raises(HostnameTaken):
-        db.zulip_add_server(second, "k" * 64, "chat.example.com")
-    assert db.zulip_release_hostname("CHAT.example.com") == [first]
-    assert db.zulip_release_hostname("chat.example.com") == []
-    db.zulip_add_server(second, "k" * 64, "chat.example.com")
+        await store.zulip_add_server(second, "k" * 64, "chat.example.com")
+    assert await store.zulip_release_hostname("CHAT.example.com") == [first]
+    assert await store.zulip_release_hostname("chat.example.com") == []
+    await store.zulip_add_server(second, "k" * 64, "chat.example.com")
     with pytest.raises(HostnameTaken, match=f"held by Zulip server {second}"):
-        db.zulip_set_deactivated(first, False)
+        await store.zulip_set_deactivated(first, False)
     # A released server may come back once nobody else holds its name.
-    db.zulip_update_server(second, "new.example.com", "", None)
-    db.zulip_set_deactivated(first, False)
-    restored = db.zulip_server(first)
+    await store.zulip_update_server(second, "new.example.com", "", None)
+    await store.zulip_set_deactivated(first, False)
+    restored = await store.zulip_server(first)
     assert restored is not None and not restored.deactivated and restored.released_at is None
 
 
-def test_zulip_pins(db: Database) -> None:
+async def test_racing_zulip_registrations_give_a_hostname_one_holder(
+    store: Store, store_config: StoreConfig
+) -> None:
+    """Instances registering servers for one hostname at once: exactly one wins, on
+    PostgreSQL too, where two transactions do not wait for each other's reads."""
+    others = [await open_store(store_config) for _ in range(3)]
+    try:
+        for round_ in range(15):
+            winners: list[str] = []
+
+            async def add(
+                into: Store, n: int, round_: int = round_, winners: list[str] = winners
+            ) -> None:
+                uuid = f"00000000-0000-4000-8000-{round_:06d}{n:06d}"
+                try:
+                    await into.zulip_add_server(uuid, "k" * 64, f"race{round_}.example")
+                except HostnameTaken:
+                    return
+                winners.append(uuid)
+
+            async with trio.open_nursery() as nursery:
+                for n, into in enumerate([store, *others]):
+                    nursery.start_soon(add, into, n)
+            assert len(winners) == 1, (round_, winners)
+    finally:
+        for other in others:
+            await other.close()
+
+
+async def test_racing_pins_never_lose_one_silently(store: Store, store_config: StoreConfig) -> None:
+    """Two operators pinning one hostname to different orgs at once: one pin is made,
+    the other is refused (never both told they pinned it)."""
+    other = await open_store(store_config)
+    try:
+        for round_ in range(15):
+            outcomes: list[str] = []
+
+            async def pin(
+                into: Store, org: str, round_: int = round_, outcomes: list[str] = outcomes
+            ) -> None:
+                try:
+                    await into.zulip_add_pin(f"pin{round_}.example", org)
+                except StoreError:
+                    outcomes.append("refused")
+                    return
+                outcomes.append(org)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pin, store, "00000000-0000-4000-8000-00000000000a")
+                nursery.start_soon(pin, other, "00000000-0000-4000-8000-00000000000b")
+            assert sorted(outcomes)[-1] == "refused", outcomes
+            stored = await store.zulip_pin(f"pin{round_}.example")
+            assert stored is not None and stored.org_id in outcomes
+    finally:
+        await other.close()
+
+
+async def test_zulip_pins(store: Store) -> None:
     org = "00000000-0000-4000-8000-00000000000A"
-    assert db.zulip_add_pin("CHAT.example.com.", org) is None
-    again = db.zulip_add_pin("chat.example.com:443", org.lower())
+    assert await store.zulip_add_pin("CHAT.example.com.", org) is None
+    again = await store.zulip_add_pin("chat.example.com:443", org.lower())
     assert again is not None and again.org_id == org.lower()
     with pytest.raises(StoreError, match="add --replace"):
-        db.zulip_add_pin("chat.example.com", "00000000-0000-4000-8000-00000000000b")
-    moved = db.zulip_add_pin(
+        await store.zulip_add_pin("chat.example.com", "00000000-0000-4000-8000-00000000000b")
+    moved = await store.zulip_add_pin(
         "chat.example.com", "00000000-0000-4000-8000-00000000000b", replace=True
     )
     assert moved is not None and moved.org_id == org.lower()
-    pin = db.zulip_pin("Chat.example.com")
+    pin = await store.zulip_pin("Chat.example.com")
     assert pin is not None and pin.org_id.endswith("b") and pin.hostname == "chat.example.com"
-    assert db.zulip_remove_pin("chat.example.com.")
-    assert not db.zulip_remove_pin("chat.example.com")
+    assert await store.zulip_remove_pin("chat.example.com.")
+    assert not await store.zulip_remove_pin("chat.example.com")
     with pytest.raises(StoreError, match="not a hostname"):
-        db.zulip_add_pin("chat example", org)
+        await store.zulip_add_pin("chat example", org)
+
+
+# --- verdicts, dedupe, rate windows -----------------------------------------------------
+
+
+async def test_late_verdicts_are_kept_per_caller_until_forgotten(store: Store) -> None:
+    dead = [
+        DeadToken("chat", token(n), since=None, reason="BadDeviceToken", ref=f"r{n}", caller=c)
+        for n, c in ((1, "zulip:a"), (2, "zulip:a"), (3, "zulip:b"))
+    ]
+    await store.remove_dead(dead)
+    assert [v.ref for v in await store.caller_verdicts("zulip:a")] == ["r1", "r2"]
+    assert set(await store.late_verdicts(["r1", "r3", "r9"])) == {"r1", "r3"}
+    await store.forget_late_verdicts(["r1", "r3"])
+    assert set(await store.late_verdicts(["r1", "r2", "r3"])) == {"r2"}
+    # Upkeep drops verdicts older than the keep time, and nothing younger.
+    await store.engine.write(
+        lambda tx: tx.execute("UPDATE late_verdicts SET found_at = 0 WHERE ref = 'r2'")
+    )
+    await store.remove_dead([DeadToken("chat", token(4), reason="x", ref="r4", caller="c")])
+    await store.expire_shared_state(0)
+    assert set(await store.late_verdicts(["r2", "r4"])) == {"r4"}
+
+
+async def test_dedupe_sees_a_key_once_within_its_window(store: Store) -> None:
+    assert await store.dedupe_seen(["a", "b"], 60) == [False, False]
+    assert await store.dedupe_seen(["a", "c"], 60) == [True, False]
+    # An expired key is new again (and recorded anew).
+    assert await store.dedupe_seen(["x"], -1) == [False]
+    assert await store.dedupe_seen(["x"], 60) == [False]
+    assert await store.dedupe_seen(["x"], 60) == [True]
+
+
+async def test_concurrent_dedupe_lets_exactly_one_instance_send(
+    store: Store, store_config: StoreConfig
+) -> None:
+    others = [await open_store(store_config) for _ in range(2)]
+    try:
+        for n in range(20):
+            seen: list[bool] = []
+
+            async def check(into: Store, n: int = n, seen: list[bool] = seen) -> None:
+                seen.extend(await into.dedupe_seen([f"event{n}"], 60))
+
+            async with trio.open_nursery() as nursery:
+                for into in (store, *others):
+                    nursery.start_soon(check, into)
+            assert sorted(seen) == [False, True, True], (n, seen)
+    finally:
+        for other in others:
+            await other.close()
+
+
+async def test_rate_windows_count_across_instances_and_expire(
+    store: Store, store_config: StoreConfig
+) -> None:
+    other = await open_store(store_config)
+    try:
+        counts: list[int] = []
+
+        async def hit(into: Store) -> None:
+            counts.append(await into.rate_hit("server:1", 1000))
+
+        async with trio.open_nursery() as nursery:
+            for n in range(10):
+                nursery.start_soon(hit, store if n % 2 else other)
+        assert sorted(counts) == list(range(1, 11))
+        assert await store.rate_hit("server:1", 1060) == 1
+        await store.expire_shared_state(1060)
+        assert await store.rate_hit("server:1", 1000) == 1  # that window was dropped
+        assert await store.rate_hit("server:1", 1060) == 2
+    finally:
+        await other.close()
+
+
+async def test_racing_e2ee_registrations_of_one_device_make_one_row(
+    store: Store, store_config: StoreConfig
+) -> None:
+    await store.zulip_add_server(SERVER_A, "k" * 64, "z.example")
+    await store.zulip_record_analytics(SERVER_A, [ZulipRealm(REALM, SERVER_A, "z", "Z")], (0, 0, 0))
+    other = await open_store(store_config)
+    try:
+        for n in range(15):
+            ids: list[int] = []
+
+            async def register(into: Store, n: int = n, ids: list[int] = ids) -> None:
+                ids.append(
+                    await into.zulip_e2ee_register(SERVER_A, REALM, "fcm", "t", None, token_id=n)
+                )
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(register, store)
+                nursery.start_soon(register, other)
+            assert ids[0] == ids[1], (n, ids)
+    finally:
+        await other.close()
+
+
+async def test_instances_starting_together_on_a_new_database_migrate_it_once(
+    store_config: StoreConfig,
+) -> None:
+    """Three instances opening one empty database at once: one creates the schema,
+    the others find it made (PostgreSQL: under an advisory lock)."""
+    opened: list[Store] = []
+
+    async def start() -> None:
+        opened.append(await open_store(store_config))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(start)
+        assert len(opened) == 3
+        assert await schema_version(opened[0].engine) == SCHEMA_VERSION
+        await opened[1].add_server("s")
+        assert [s.name for s in await opened[2].servers()] == ["s"]
+    finally:
+        for store in opened:
+            await store.close()
+
+
+async def test_unregistering_no_tokens_removes_nothing(store: Store) -> None:
+    server, _ = await store.add_server("s")
+    await store.register(server.id, "u", token(1), "chat", "production")
+    assert await store.unregister(server.id, []) == 0
+    assert await store.count_registrations() == 1

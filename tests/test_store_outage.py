@@ -20,12 +20,13 @@ import httpx
 import pytest
 import trio
 
+from pushd.config import StoreConfig
 from pushd.simulators.apns import ApnsSimulator
-from pushd.store.sqlite import Database
+from pushd.store import open_store
 from tests.conftest import TOPIC, app_entry, token
 from tests.process import PushdProcess, start_pushd_process, write_config
 
-#: Room left on the small disk after the seed store is copied in.
+#: Room left on the small disk once the seed store and the filler are in.
 DISK_BYTES = 400 * 1024
 #: Freed by deleting this much filler, so the store can write again.
 FILLER_BYTES = 200 * 1024
@@ -48,12 +49,13 @@ def can_mount_tmpfs(tmp_path: Path) -> bool:
     return done.returncode == 0
 
 
-def seed_store(path: Path) -> str:
-    database = Database(str(path))
+async def seed_store(path: Path) -> str:
+    """A store with one chat server, made before pushd starts; its key."""
+    store = await open_store(StoreConfig(path=str(path)))
     try:
-        _, key = database.add_server("chat-server")
+        _, key = await store.add_server("chat-server")
     finally:
-        database.close()
+        await store.close()
     return key
 
 
@@ -78,7 +80,7 @@ async def test_a_full_disk_is_a_503_with_one_log_line_and_sends_still_work(
     disk: str,
 ) -> None:
     seed = tmp_path / "seed.sqlite3"
-    key = seed_store(seed)
+    key = await seed_store(seed)
     store_dir = tmp_path / "disk"
     store_dir.mkdir()
     upstream = f"https://127.0.0.1:{simulator.port}"
@@ -93,7 +95,8 @@ async def test_a_full_disk_is_a_503_with_one_log_line_and_sends_still_work(
     if disk == "tmpfs":
         if not can_mount_tmpfs(tmp_path):
             pytest.skip("cannot mount a tmpfs in a user namespace here (unshare -rm)")
-        script = MOUNT_SCRIPT.format(size=DISK_BYTES, filler=FILLER_BYTES)
+        size = seed.stat().st_size + FILLER_BYTES + DISK_BYTES
+        script = MOUNT_SCRIPT.format(size=size, filler=FILLER_BYTES)
         command = ["unshare", "-rm", "sh", "-c", script, "sh", str(store_dir), str(seed)]
         process = await start_pushd_process(nursery, config, command=command)
         expected_kind = "disk_full"
@@ -110,7 +113,8 @@ async def test_a_full_disk_is_a_503_with_one_log_line_and_sends_still_work(
     async with httpx.AsyncClient(timeout=10) as client:
         auth = {"authorization": f"Bearer {key}"}
         body = {"user": "alice", "token": token(1), "app": "chat"}
-        assert (await client.post(process.url + "/v1/devices", json=body, headers=auth)).is_success
+        first = await client.post(process.url + "/v1/devices", json=body, headers=auth)
+        assert first.is_success, (first.text, process.log)
 
         refused = await fill(client, process.url, key)
         assert refused.status_code == 503, refused.text

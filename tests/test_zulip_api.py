@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from pushd import cli
 from pushd.simulators.apns import ApnsSimulator, SimReply
 from pushd.simulators.fcm import FcmReply, FcmSimulator
-from pushd.store.sqlite import Database
+from pushd.store import open_store
 from tests.conftest import TOPIC, Pushd, PushdFactory, app_entry, fcm_entry, token
+from tests.storefixtures import run_cli
 from tests.zulip_client import USER_AGENT, ZulipServer, new_org_key, realm
 
 APNS = 1
@@ -332,11 +332,11 @@ async def test_a_deactivated_servers_hostname_stays_taken_until_released(
     assert wrong.json()["code"] == "INVALID_ZULIP_SERVER"
     old.org_key = old_key
 
-    assert cli.main(["zulip", "servers", "release", "chat.example.com", "--store", store]) == 0
+    assert await run_cli(["zulip", "servers", "release", "chat.example.com", "--store", store]) == 0
     assert "released chat.example.com" in capsys.readouterr().out
     assert (await new.register_server()).json() == {**OK, "created": True}
     # The old server cannot take the name back now.
-    assert cli.main(["zulip", "servers", "reactivate", old.org_id, "--store", store]) == 1
+    assert await run_cli(["zulip", "servers", "reactivate", old.org_id, "--store", store]) == 1
     assert f"held by Zulip server {new.org_id}" in capsys.readouterr().err
 
 
@@ -349,7 +349,7 @@ async def test_closed_mode_takes_only_servers_added_with_the_cli(
     assert stranger.json()["code"] == "INVALID_ZULIP_SERVER"
 
     store = pushd.config.store.path
-    assert cli.main(["zulip", "servers", "add", "chat.example.org", "--store", store]) == 0
+    assert await run_cli(["zulip", "servers", "add", "chat.example.org", "--store", store]) == 0
     printed = capsys.readouterr().out
     org_id = printed.split("zulip_org_id = ")[1].split()[0]
     org_key = printed.split("zulip_org_key = ")[1].split()[0]
@@ -357,11 +357,11 @@ async def test_closed_mode_takes_only_servers_added_with_the_cli(
     assert (await added.register_server()).json() == {**OK, "created": False}
     assert (await added.get("server/analytics/status")).status_code == 200
 
-    assert cli.main(["zulip", "servers", "deactivate", org_id, "--store", store]) == 0
+    assert await run_cli(["zulip", "servers", "deactivate", org_id, "--store", store]) == 0
     assert (await added.get("server/analytics/status")).status_code == 401
-    assert cli.main(["zulip", "servers", "reactivate", org_id, "--store", store]) == 0
+    assert await run_cli(["zulip", "servers", "reactivate", org_id, "--store", store]) == 0
     assert (await added.get("server/analytics/status")).status_code == 200
-    assert cli.main(["zulip", "servers", "list", "--store", store]) == 0
+    assert await run_cli(["zulip", "servers", "list", "--store", store]) == 0
     assert org_id in capsys.readouterr().out
 
 
@@ -393,11 +393,11 @@ async def test_analytics_learns_realms_and_high_water_marks(bouncer: Pushd) -> N
     marks = (await server.get("server/analytics/status")).json()
     assert (marks["last_realm_count_id"], marks["last_installation_count_id"]) == (9, 4)
     # Nothing else of the upload is kept: only realm uuid, host and name.
-    database = Database(bouncer.config.store.path)
+    database = await open_store(bouncer.config.store)
     try:
-        stored = database.zulip_realm(realm(2)["uuid"])
+        stored = await database.zulip_realm(realm(2)["uuid"])
     finally:
-        database.close()
+        await database.close()
     assert stored is not None and (stored.host, stored.name) == ("zulip.example.com", "Realm 2")
 
 

@@ -22,12 +22,12 @@ import nacl.public
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from pushd import cli
 from pushd.model import RemovalScope
 from pushd.simulators.apns import ApnsSimulator, SimReply
 from pushd.simulators.fcm import FcmReply, FcmSimulator
-from pushd.store.sqlite import Database, DeadToken, ZulipRealm
+from pushd.store import DeadToken, Store, ZulipRealm
 from tests.conftest import TOPIC, Pushd, PushdFactory, app_entry, fcm_entry, token
+from tests.storefixtures import run_cli
 from tests.zulip_client import (
     PushKey,
     ZulipServer,
@@ -95,18 +95,18 @@ async def zulip(bouncer: Pushd) -> ZulipServer:
     return server
 
 
-def add_key(pushd: Pushd, capsys: pytest.CaptureFixture[str]) -> str:
+async def add_key(pushd: Pushd, capsys: pytest.CaptureFixture[str]) -> str:
     """``pushd zulip keys add`` against the running daemon's store; the printed key."""
     capsys.readouterr()
-    assert cli.main(["zulip", "keys", "add", "--store", pushd.config.store.path]) == 0
+    assert await run_cli(["zulip", "keys", "add", "--store", pushd.config.store.path]) == 0
     public = capsys.readouterr().out.strip().splitlines()[-1]
     assert len(base64.b64decode(public, validate=True)) == 32
     return public
 
 
 @pytest.fixture
-def public_key(bouncer: Pushd, capsys: pytest.CaptureFixture[str]) -> str:
-    return add_key(bouncer, capsys)
+async def public_key(bouncer: Pushd, capsys: pytest.CaptureFixture[str]) -> str:
+    return await add_key(bouncer, capsys)
 
 
 async def register_apns(zulip: ZulipServer, public_key: str, n: int = 1) -> str:
@@ -356,11 +356,11 @@ async def test_key_rotation_with_the_cli_while_pushd_runs(
     zulip: ZulipServer, bouncer: Pushd, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Two keys live at once; once the old one is removed, only the new one works."""
-    old = add_key(bouncer, capsys)
-    new = add_key(bouncer, capsys)
+    old = await add_key(bouncer, capsys)
+    new = await add_key(bouncer, capsys)
     assert old != new
     store = bouncer.config.store.path
-    assert cli.main(["zulip", "keys", "list", "--store", store]) == 0
+    assert await run_cli(["zulip", "keys", "list", "--store", store]) == 0
     listed = capsys.readouterr().out
     assert old in listed and new in listed
     old_id = next(line.split()[0] for line in listed.splitlines() if old in line)
@@ -368,15 +368,15 @@ async def test_key_rotation_with_the_cli_while_pushd_runs(
     await register_apns(zulip, old, 1)
     await register_apns(zulip, new, 2)
 
-    assert cli.main(["zulip", "keys", "remove", old_id, "--store", store]) == 0
-    assert cli.main(["zulip", "keys", "remove", old_id, "--store", store]) == 1
+    assert await run_cli(["zulip", "keys", "remove", old_id, "--store", store]) == 0
+    assert await run_cli(["zulip", "keys", "remove", old_id, "--store", store]) == 1
     sealed = seal_registration(old, token(3), "apns", TOPIC)
     response = await zulip.e2ee_register(REALM, token_id(token(3)), sealed, old)
     assert response.json() == error("INVALID_BOUNCER_PUBLIC_KEY", "Invalid bouncer_public_key")
     await register_apns(zulip, new, 3)
-    assert cli.main(["zulip", "keys", "remove", new, "--store", store]) == 0  # by public key
+    assert await run_cli(["zulip", "keys", "remove", new, "--store", store]) == 0  # by public key
     capsys.readouterr()
-    assert cli.main(["zulip", "keys", "list", "--store", store]) == 0
+    assert await run_cli(["zulip", "keys", "list", "--store", store]) == 0
     assert capsys.readouterr().out == ""
 
 
@@ -552,29 +552,26 @@ async def test_nothing_secret_reaches_the_logs_or_the_disk(
     assert encrypted[:40].encode() not in on_disk
 
 
-def test_store_keeps_one_row_per_device_and_remove_dead_takes_it(tmp_path: Path) -> None:
-    """Migration 4, idempotent writes, and the one dead-token path for all tables."""
-    database = Database(str(tmp_path / "store.sqlite3"))
-    try:
-        server = str(uuid.uuid4())
-        database.zulip_add_server(server, "k" * 64, "z.example")
-        database.zulip_record_analytics(server, [ZulipRealm(REALM, server, "z", "R")], (0, 0, 0))
-        tid = as_int64(token_id(token(1)))
-        first = database.zulip_e2ee_register(server, REALM, "apns", token(1), TOPIC, token_id=tid)
-        again = database.zulip_e2ee_register(server, REALM, "apns", token(1), TOPIC, token_id=tid)
-        assert first == again
-        (device,) = database.zulip_e2ee_devices(REALM, token_ids=[tid, tid + 1])
-        assert (device.token, device.token_id) == (token(1), tid)
+async def test_store_keeps_one_row_per_device_and_remove_dead_takes_it(store: Store) -> None:
+    """Migration 4, idempotent writes, and the one dead-token path for all tables (on
+    each backend)."""
+    server = str(uuid.uuid4())
+    await store.zulip_add_server(server, "k" * 64, "z.example")
+    await store.zulip_record_analytics(server, [ZulipRealm(REALM, server, "z", "R")], (0, 0, 0))
+    tid = as_int64(token_id(token(1)))
+    first = await store.zulip_e2ee_register(server, REALM, "apns", token(1), TOPIC, token_id=tid)
+    again = await store.zulip_e2ee_register(server, REALM, "apns", token(1), TOPIC, token_id=tid)
+    assert first == again
+    (device,) = await store.zulip_e2ee_devices(REALM, token_ids=[tid, tid + 1])
+    assert (device.token, device.token_id) == (token(1), tid)
 
-        # A 410 dated before the (re-)registration keeps it; a later one removes it.
-        scope = RemovalScope("sandbox", zulip_kind=1, zulip_ios_app_id=TOPIC)
-        since = device.registered_at - 1
-        database.remove_dead([DeadToken("ios", token(1), since=since, scope=scope)])
-        assert database.zulip_e2ee_devices(REALM, token_ids=[tid])
-        # Another app's verdict (another bundle id) leaves it alone.
-        other = RemovalScope("sandbox", zulip_kind=1, zulip_ios_app_id="org.example.other")
-        assert database.remove_dead([DeadToken("other", token(1), scope=other)]) == 0
-        assert database.remove_dead([DeadToken("ios", token(1), scope=scope)]) == 1
-        assert database.zulip_e2ee_devices(REALM, token_ids=[tid]) == []
-    finally:
-        database.close()
+    # A 410 dated before the (re-)registration keeps it; a later one removes it.
+    scope = RemovalScope("sandbox", zulip_kind=1, zulip_ios_app_id=TOPIC)
+    since = device.registered_at - 1
+    await store.remove_dead([DeadToken("ios", token(1), since=since, scope=scope)])
+    assert await store.zulip_e2ee_devices(REALM, token_ids=[tid])
+    # Another app's verdict (another bundle id) leaves it alone.
+    other = RemovalScope("sandbox", zulip_kind=1, zulip_ios_app_id="org.example.other")
+    assert await store.remove_dead([DeadToken("other", token(1), scope=other)]) == 0
+    assert await store.remove_dead([DeadToken("ios", token(1), scope=scope)]) == 1
+    assert await store.zulip_e2ee_devices(REALM, token_ids=[tid]) == []

@@ -42,6 +42,9 @@ class Ledger:
         self._dead: list[DeadToken] = []
         self._wake = trio.Event()
         self._flushed = trio.Event()
+        #: The instance whose outcomes these are (set by the spool worker); its
+        #: reschedules leave rows another instance has claimed since alone.
+        self.owner: str | None = None
 
     # --- recording (synchronous: called from answer callbacks) --------------------------
 
@@ -95,6 +98,7 @@ class Ledger:
                 again,
                 [(app, event, n) for (app, event), n in events.items()],
                 also=also if dead else None,
+                owner=self.owner,
             )
         except StoreUnavailable:  # logged by the store, rate-limited
             self._done[:0] = done

@@ -50,6 +50,7 @@ class SpoolWorker:
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
         self.store = dispatcher.store
+        dispatcher.ledger.owner = dispatcher.owner
         #: The last count, per app (for health and metrics).
         self.snapshot: dict[str, AppSpool] = {}
         self.expired_unsent = 0

@@ -15,6 +15,7 @@ every committed write, never a half-written one.  The PostgreSQL engine
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -217,6 +218,22 @@ class SqliteEngine:
         self._writer_db.close()
 
 
+def serialize(tx: Tx, namespace: str, key: str) -> None:
+    """Make transactions that check a name and then write it take turns, per name.
+
+    A query that reads ("is this hostname free?") and then writes on what it read is
+    only correct if no other transaction can do the same in between.  SQLite gives that
+    for free: every write transaction begins IMMEDIATE and holds the one write lock.
+    PostgreSQL's READ COMMITTED does not (two transactions both see the name free and
+    both take it), so there this takes a transaction-scoped advisory lock on the name,
+    released at commit or rollback; other names are not held up.
+    """
+    if tx.dialect != "postgres":
+        return
+    digest = hashlib.blake2b(f"{namespace}\0{key}".encode(), digest_size=8).digest()
+    tx.execute("SELECT pg_advisory_xact_lock(?)", (int.from_bytes(digest, "big", signed=True),))
+
+
 def raise_unless(ok: bool, message: str) -> None:
     """Raise :class:`StoreError` with ``message`` unless ``ok`` (a row was found)."""
     if not ok:
@@ -232,4 +249,5 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "Tx",
+    "serialize",
 ]

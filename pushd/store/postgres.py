@@ -9,10 +9,17 @@ Connection loss is an outage, not a bug: the statement fails, the transaction is
 back by the server (nothing half-written), the caller hears 503 ``store_unavailable``,
 and the pool replaces the broken connection; connections are checked before use, so a
 database restart costs each stale connection one cheap check, not one failed request.
+
+While the database cannot be reached at all, a request is answered 503 within
+:data:`UNREACHABLE_WAIT` rather than after the pool's whole :data:`POOL_TIMEOUT` (a
+chat server's request would time out first, and every waiting request holds a worker
+thread), and the pool's reconnection backoff is capped (:data:`RECONNECT_TIMEOUT`) so
+that pushd notices within seconds that the database is back, not minutes.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -22,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 import trio
 
 from pushd.store.engine import Dialect, Row, Tx
-from pushd.store.errors import Conflict, FailureLog, StoreError
+from pushd.store.errors import Conflict, FailureLog, StoreError, StoreUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -34,6 +41,16 @@ T = TypeVar("T")
 
 #: How long a request waits for a pooled connection before the store counts as failing.
 POOL_TIMEOUT: Final = 10.0
+#: How long a request waits for a connection when connecting is failing: then waiting
+#: longer only makes the 503 later.
+UNREACHABLE_WAIT: Final = 1.0
+#: psycopg_pool retries a failed connection with a doubling delay for this long, then
+#: stops until a request asks again (and a request then makes it try at once): the
+#: bound on how long pushd takes to see that the database is back.
+RECONNECT_TIMEOUT: Final = 5.0
+#: libpq's connect timeout (seconds) unless the URL sets one: without it a host that
+#: drops packets holds a connection attempt for TCP's minutes.
+CONNECT_TIMEOUT: Final = 5
 #: Connections kept open while idle: one, so the first request after a quiet night
 #: does not pay a connection's setup.
 POOL_MIN: Final = 1
@@ -46,6 +63,8 @@ _FAILURE_KINDS: Final = (
     ("25006", "read_only"),
     ("40", "conflict_retry"),
 )
+#: Failure kinds that mean the connection, not one statement, is gone.
+_CONNECTION_KINDS: Final = frozenset({"connection_lost", "server_shutdown", "unreachable"})
 
 
 @lru_cache(maxsize=1024)
@@ -109,6 +128,9 @@ class PostgresEngine:
         self.pool = pool
         self._limiter = trio.CapacityLimiter(size)
         self.failures = FailureLog()
+        #: Connecting failed and nothing has succeeded since (read and written by
+        #: worker threads; a stale value only changes how long one request waits).
+        self._unreachable = False
 
     @classmethod
     def open_sync(
@@ -119,6 +141,8 @@ class PostgresEngine:
         except ImportError:
             raise StoreError("PostgreSQL needs psycopg: pip install 'pushd[postgres]'") from None
         kwargs: dict[str, Any] = {"autocommit": False}
+        if "connect_timeout" not in url:
+            kwargs["connect_timeout"] = CONNECT_TIMEOUT
         if password_file is not None:
             try:
                 kwargs["password"] = Path(password_file).read_text().strip()
@@ -131,9 +155,13 @@ class PostgresEngine:
             max_size=pool_size,
             open=False,
             timeout=POOL_TIMEOUT,
+            reconnect_timeout=RECONNECT_TIMEOUT,
             check=psycopg_pool.ConnectionPool.check_connection,
             name="pushd",
         )
+        # The pool logs a warning per failed connection attempt (several a second in
+        # an outage); the store's FailureLog says the same once a minute.
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
         try:
             pool.open(wait=True, timeout=POOL_TIMEOUT)
         except Exception as error:
@@ -147,17 +175,51 @@ class PostgresEngine:
     def run_sync(self, fn: Callable[[Tx], T]) -> T:
         """Run ``fn`` in one transaction on a pooled connection (blocking)."""
         import psycopg
-        import psycopg_pool
 
+        connection = self._connection()
         try:
-            with self.pool.connection() as connection, connection.transaction():
-                return fn(PostgresTx(connection))
+            with connection, connection.transaction():
+                result = fn(PostgresTx(connection))
         except psycopg.IntegrityError as error:
             raise Conflict(error.diag.constraint_name or "constraint") from None
         except (psycopg.OperationalError, psycopg.InternalError, psycopg.InterfaceError) as error:
-            raise self.failures.failed(failure_kind(error)) from None
+            raise self._failed(failure_kind(error)) from None
+        finally:
+            self.pool.putconn(connection)
+        self._unreachable = False
+        return result
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        """A checked connection from the pool, or StoreUnavailable.
+
+        The first :data:`UNREACHABLE_WAIT` tells an unreachable database (the pool's
+        connection attempts failed meanwhile, or had failed before) from a busy pool
+        (nothing failed: wait on, up to :data:`POOL_TIMEOUT`).
+        """
+        import psycopg_pool
+
+        errors = self._connect_errors()
+        connection: psycopg.Connection[Any]
+        try:
+            connection = self.pool.getconn(timeout=UNREACHABLE_WAIT)
+            return connection
         except psycopg_pool.PoolTimeout:
-            raise self.failures.failed("pool_exhausted") from None
+            if self._unreachable or self._connect_errors() > errors:
+                raise self._failed("unreachable") from None
+        try:
+            connection = self.pool.getconn(timeout=POOL_TIMEOUT - UNREACHABLE_WAIT)
+            return connection
+        except psycopg_pool.PoolTimeout:
+            failing = self._connect_errors() > errors
+            raise self._failed("unreachable" if failing else "pool_exhausted") from None
+
+    def _connect_errors(self) -> int:
+        return self.pool.get_stats().get("connections_errors", 0)
+
+    def _failed(self, kind: str) -> StoreUnavailable:
+        if kind in _CONNECTION_KINDS:
+            self._unreachable = True
+        return self.failures.failed(kind)
 
     async def _run(self, fn: Callable[[Tx], T]) -> T:
         # Not abandoned on cancellation (trio's default): a transaction that started is

@@ -231,20 +231,23 @@ class ServerQueries:
         """
         now = time.time()
 
+        # The insert itself says whether the row is new (a SELECT first would let two
+        # instances registering one device at once both call it new on PostgreSQL).
         def tx(tx: Tx) -> bool:
-            existed = tx.one(
-                "SELECT 1 FROM registrations WHERE server_id = ? AND app = ? AND token = ?",
-                (server_id, app, token),
-            )
-            tx.execute(
+            inserted = tx.one(
                 "INSERT INTO registrations (server_id, user_id, token, app, environment,"
                 " registered_at, kind) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (server_id, app, token) DO UPDATE SET"
-                " user_id = excluded.user_id, environment = excluded.environment,"
-                " registered_at = excluded.registered_at, kind = excluded.kind",
+                " ON CONFLICT (server_id, app, token) DO NOTHING RETURNING id",
                 (server_id, user_id, token, app, environment, now, kind),
             )
-            return existed is None
+            if inserted is not None:
+                return True
+            tx.execute(
+                "UPDATE registrations SET user_id = ?, environment = ?, registered_at = ?,"
+                " kind = ? WHERE server_id = ? AND app = ? AND token = ?",
+                (user_id, environment, now, kind, server_id, app, token),
+            )
+            return False
 
         new = await self.engine.write(tx)
         return Registration(server_id, user_id, token, app, environment, now, kind), new
@@ -257,6 +260,8 @@ class ServerQueries:
         ``tokens`` are the forms the token may be stored in (an APNs token in lower case,
         an FCM token as given), so a caller need not know which kind it holds.
         """
+        if not tokens:  # ``IN ()`` is SQLite's, not PostgreSQL's
+            return 0
         query = f"DELETE FROM registrations WHERE server_id = ? AND token IN ({marks(len(tokens))})"
         params: tuple[object, ...] = (server_id, *tokens)
         if app is not None:

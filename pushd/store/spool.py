@@ -189,10 +189,19 @@ class SpoolQueries:
         events: Sequence[tuple[str, str, int]] = (),
         *,
         also: Callable[[Tx], object] | None = None,
+        owner: str | None = None,
     ) -> None:
         """Record a batch of outcomes in one transaction: rows that are final go,
         transient failures get their next due time (and lose their lease), counters
-        rise; ``also`` runs in the same transaction (dead-token removal)."""
+        rise; ``also`` runs in the same transaction (dead-token removal).
+
+        With ``owner`` (the settling instance), a reschedule leaves alone a row another
+        instance has claimed since (this one's attempt outlived its lease): clearing
+        that lease would let a third instance send it while the second still is.  A
+        final row goes whoever holds it: it is delivered, dead or failed for all.
+        """
+        mine = "" if owner is None else " AND (lease_owner IS NULL OR lease_owner = ?)"
+        who: tuple[object, ...] = () if owner is None else (owner,)
 
         def tx(tx: Tx) -> None:
             if done:
@@ -200,8 +209,8 @@ class SpoolQueries:
                 tx.execute(f"DELETE FROM spool WHERE id IN ({marks(len(ids))})", ids)
             tx.executemany(
                 "UPDATE spool SET attempt = ?, due_at = ?, unknown = ?, last_reason = ?,"
-                " lease_owner = NULL, lease_until = NULL WHERE id = ?",
-                [(r.attempt, r.due_at, int(r.unknown), r.reason, r.id) for r in reschedule],
+                f" lease_owner = NULL, lease_until = NULL WHERE id = ?{mine}",
+                [(r.attempt, r.due_at, int(r.unknown), r.reason, r.id, *who) for r in reschedule],
             )
             for app, event, count in events:
                 count_event(tx, app, event, count)

@@ -7,7 +7,9 @@ rows in ``servers``.  Hostnames are stored normalised
 as ``chat.example.com`` and ``CHAT.example.com.:443``; a hostname is *held* by its
 server while that server is active, and after deactivation too (as in Zulip) until the
 operator releases it.  A *pin* binds a hostname to the one ``zulip_org_id`` allowed to
-register it.  Devices and realms are in :mod:`pushd.store.zulip_devices`.
+register it.  Writes that check a hostname or a pin and then take it run one at a time
+per name, on PostgreSQL too (:func:`~pushd.store.engine.serialize`).  Devices and realms
+are in :mod:`pushd.store.zulip_devices`.
 """
 
 from __future__ import annotations
@@ -18,9 +20,14 @@ from typing import Final
 import attrs
 
 from pushd.model import normalize_zulip_hostname
-from pushd.store.engine import Engine, Row, Tx
+from pushd.store.engine import Engine, Row, Tx, serialize
 from pushd.store.errors import Conflict, StoreError
 from pushd.store.servers import hash_key
+
+#: Names under which writes that check, then take, a hostname or a pin take turns
+#: (:func:`~pushd.store.engine.serialize`).
+HOSTNAME_LOCK: Final = "zulip-hostname"
+PIN_LOCK: Final = "zulip-pin"
 
 
 class HostnameTaken(StoreError):
@@ -103,11 +110,17 @@ def normalise_stored_hostnames(tx: Tx) -> None:
 
 
 def _holder(tx: Tx, host: str, other_than: str | None) -> ZulipServer | None:
-    """The oldest server other than ``other_than`` that holds the normalised ``host``."""
+    """The oldest server other than ``other_than`` that holds the normalised ``host``.
+
+    The clause is left out rather than written ``? IS NULL OR uuid <> ?``: PostgreSQL
+    cannot type a parameter that is only ever compared with NULL.
+    """
+    other = "" if other_than is None else " AND uuid <> ?"
+    params: tuple[object, ...] = (host,) if other_than is None else (host, other_than)
     row = tx.one(
         f"SELECT {_COLUMNS} FROM zulip_servers WHERE hostname = ? AND released_at IS NULL"
-        " AND (? IS NULL OR uuid <> ?) ORDER BY created_at, uuid LIMIT 1",
-        (host, other_than, other_than),
+        f"{other} ORDER BY created_at, uuid LIMIT 1",
+        params,
     )
     return None if row is None else _server(row)
 
@@ -151,6 +164,7 @@ class ZulipServerQueries:
         now = time.time()
 
         def tx(tx: Tx) -> None:
+            serialize(tx, HOSTNAME_LOCK, host)
             holder = _holder(tx, host, None)
             if holder is not None:
                 raise HostnameTaken(host, holder.uuid)
@@ -177,6 +191,7 @@ class ZulipServerQueries:
         host = host_of(hostname)
 
         def tx(tx: Tx) -> None:
+            serialize(tx, HOSTNAME_LOCK, host)
             current = tx.one("SELECT hostname FROM zulip_servers WHERE uuid = ?", (uuid,))
             holder = _holder(tx, host, uuid)
             if holder is not None and (current is None or current[0] != host):
@@ -203,6 +218,7 @@ class ZulipServerQueries:
             if row is None:
                 raise StoreError(f"no Zulip server with uuid {uuid}")
             server = _server(row)
+            serialize(tx, HOSTNAME_LOCK, server.hostname)
             if not deactivated and server.released_at is not None:
                 holder = _holder(tx, server.hostname, uuid)
                 if holder is not None:
@@ -223,6 +239,7 @@ class ZulipServerQueries:
         now = time.time()
 
         def tx(tx: Tx) -> list[str]:
+            serialize(tx, HOSTNAME_LOCK, host)
             rows = tx.all(
                 "SELECT uuid, deactivated FROM zulip_servers"
                 " WHERE hostname = ? AND released_at IS NULL ORDER BY created_at, uuid",
@@ -275,6 +292,7 @@ class ZulipServerQueries:
         now = time.time()
 
         def tx(tx: Tx) -> ZulipPin | None:
+            serialize(tx, PIN_LOCK, host)
             row = tx.one(
                 "SELECT hostname, org_id, created_at FROM zulip_pins WHERE hostname = ?",
                 (host,),

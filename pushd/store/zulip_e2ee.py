@@ -14,7 +14,7 @@ from typing import Final
 
 import attrs
 
-from pushd.store.engine import Engine, Row, Tx
+from pushd.store.engine import Engine, Row, Tx, serialize
 from pushd.store.errors import Conflict, StoreError
 from pushd.store.servers import marks
 from pushd.store.zulip_devices import optional_int, optional_str
@@ -59,6 +59,8 @@ _DEVICE_COLUMNS: Final = (
     " registered_at"
 )
 _KEY_COLUMNS: Final = "id, public_key, private_key, created_at"
+#: Registrations of one E2EE device take turns (:func:`~pushd.store.engine.serialize`).
+DEVICE_LOCK: Final = "zulip-e2ee-device"
 
 
 def _device(row: Row) -> ZulipE2eeDevice:
@@ -156,6 +158,8 @@ class ZulipE2eeQueries:
             key = (realm_uuid, push_account_id, token)
 
         def tx(tx: Tx) -> int:
+            # Two instances registering one device at once: one inserts, one updates.
+            serialize(tx, DEVICE_LOCK, repr(key))
             row = tx.one(f"SELECT id FROM zulip_e2ee_devices WHERE {match}", key)
             if row is not None:
                 tx.execute(
