@@ -80,8 +80,7 @@ def _zulip_lines(config: Config, base: str) -> list[str]:
     ios = ", ".join(f"{a.topic} ({a.name})" for a in apns) or "none"
     android = config.zulip.fcm_app or "none ([zulip] fcm_app)"
     return [
-        f"Zulip: served under {base}/api/v1/remotes/ (registration: "
-        f"{config.zulip.registration})",
+        f"Zulip: served under {base}/api/v1/remotes/ (registration: {config.zulip.registration})",
         "  in /etc/zulip/settings.py (Zulip 10 and later):",
         f'    ZULIP_SERVICES_URL = "{base}"',
         "    ZULIP_SERVICE_PUSH_NOTIFICATIONS = True",
@@ -101,9 +100,7 @@ def _mattermost_lines(config: Config, base: str) -> list[str]:
             f"  {server.name}: {base}/{mask_secret(server.path_secret)} "
             "(the secret is masked: paste path_secret in its place)"
         )
-    types = ", ".join(
-        f"{a.mattermost_type} -> {a.name}" for a in config.apps if a.mattermost_type
-    )
+    types = ", ".join(f"{a.mattermost_type} -> {a.name}" for a in config.apps if a.mattermost_type)
     lines.append(f"  platforms: {types or 'none (set mattermost_type on your apps)'}")
     return lines
 
@@ -127,7 +124,7 @@ def _matrix_lines(config: Config, base: str) -> list[str]:
     if not apps:
         return ["Matrix: not served (no app has [apps.matrix])"]
     lines = [
-        f"Matrix: the pusher URL your apps register ({{\"url\": ...}} in pusher data): "
+        f'Matrix: the pusher URL your apps register ({{"url": ...}} in pusher data): '
         f"{base}{MATRIX_NOTIFY_PATH}"
     ]
     for app in apps:
