@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Final
 
-from pushd.config import AppConfig, Config
+from pushd.config import AppConfig, Config, ZulipConfig
 from pushd.upstream.apns.settings import PRODUCTION_URL, SANDBOX_URL
 
 #: The Matrix push gateway path, fixed by the spec.
@@ -166,7 +166,9 @@ def warnings(config: Config) -> list[str]:
             "Matrix notify endpoint; list your homeservers' networks"
         )
     zulip = config.zulip
-    if zulip.registration == "closed" and not zulip.allowlist:
+    if zulip == ZulipConfig():  # Zulip is served, but nothing says it is wanted
+        pass
+    elif zulip.registration == "closed" and not zulip.allowlist:
         found.append(
             'zulip.registration is "closed" and zulip.allowlist is empty: no new Zulip '
             "server can register; only those added with `pushd zulip servers add` are served"
@@ -181,7 +183,11 @@ def warnings(config: Config) -> list[str]:
             'zulip.registration is "open" on a non-loopback address: any Zulip server '
             "that reaches pushd can register and push through your apps"
         )
-    if zulip.fcm_app is None and any(a.provider == "fcm" for a in config.apps):
+    if (
+        zulip != ZulipConfig()
+        and zulip.fcm_app is None
+        and any(a.provider == "fcm" for a in config.apps)
+    ):
         found.append("zulip.fcm_app is not set: Zulip's Android devices have no app")
     for app in config.apps:
         if app.provider == "apns" and app.environment == "sandbox" and not app.upstream_url:
