@@ -13,6 +13,8 @@ does, and only then changes anything:
   when the sends it already has in flight are answered (or after :data:`RETIRE_GRACE`;
   what is cut then is in the spool and goes again).
 - A removed app's lane is retired the same way; its sends now get "no app named ...".
+- The API's TLS certificate and key are read again from their files (a renewed
+  certificate); new connections get it.
 - Frontends are rebuilt from the new config and the router swapped; requests being
   served finish on the old ones.  Rate-limit windows, Matrix dedupe and counters are
   carried over when their settings did not change.
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -180,6 +183,8 @@ class Plan:
     changed: list[str]
     removed: list[str]
     fingerprints: dict[str, tuple[Any, ...]]
+    #: The API's TLS context, from the certificate and key files as they are now.
+    tls: ssl.SSLContext | None = None
 
 
 class Reloader:
@@ -258,7 +263,7 @@ class Reloader:
 
     async def _plan(self) -> Plan | list[str]:
         """The new config and the lanes it needs, or the problems that refuse it."""
-        from pushd.server import StartupError, build_lane
+        from pushd.server import StartupError, build_lane, server_tls
 
         old = self.services.config
         if old.source is None:
@@ -282,6 +287,9 @@ class Reloader:
         lanes: dict[str, Lane] = {}
         plan = Plan(new, lanes, [], [], [], [], [], fingerprints)
         try:
+            # A renewed certificate (certbot's deploy hook: systemctl reload pushd) is
+            # read from the same files; new connections get it.
+            plan = attrs.evolve(plan, tls=await trio.to_thread.run_sync(server_tls, new))
             for index, app in enumerate(new.apps):
                 lane = running.get(app.name)
                 if lane is not None and self._fingerprints.get(app.name) == fingerprints[app.name]:
@@ -326,6 +334,7 @@ class Reloader:
         assemble(services, self.activity, self.status, self.extra_routes)
         _carry_state(old_frontends, services.frontends)
         self.http_server.router = services.router()
+        self.http_server.ssl_context = plan.tls
         logging.getLogger().setLevel(new.log.level.upper())
         self._fingerprints = plan.fingerprints
         self.applied += 1

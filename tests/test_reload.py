@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import signal
+import ssl
 import subprocess
 import sys
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import attrs
 import httpx
 import pytest
 import trio
+import trustme
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pushd.config import StoreConfig
@@ -91,8 +93,9 @@ async def start(nursery: trio.Nursery, tmp_path: Path) -> Any:
     async def starting(apps: list[dict[str, Any]], **sections: Any) -> Gateway:
         store = tmp_path / "pushd.sqlite3"
         key = await trio.to_thread.run_sync(add_server, StoreConfig(path=str(store)), "chat")
+        server = {"listen": "127.0.0.1", "port": 0, "pid_file": str(tmp_path / "pid")}
         data: dict[str, Any] = {
-            "server": {"listen": "127.0.0.1", "port": 0, "pid_file": str(tmp_path / "pid")},
+            "server": {**server, **sections.pop("server", {})},
             "store": {"path": str(store)},
             "retry": {"base_delay": 0.05, "max_delay": 0.2},
             **sections,
@@ -333,3 +336,40 @@ async def test_pushd_reload_signals_the_pid_file(
     assert not (tmp_path / "pid").exists()
     done = await trio.to_thread.run_sync(reload, "--pid", str(tmp_path / "pid"))
     assert done.returncode == 1 and "no such file" in done.stderr
+
+
+async def test_a_renewed_tls_certificate_is_served_after_sighup(
+    start: Any, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """certbot's deploy hook runs ``systemctl reload pushd``: the same files, a new
+    certificate, which new connections get."""
+    cert, key = tmp_path / "tls.pem", tmp_path / "tls.key"
+
+    def issue() -> bytes:
+        leaf = ca.issue_cert("127.0.0.1")
+        cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+        key.write_bytes(leaf.private_key_pem.bytes())
+        return leaf.cert_chain_pems[0].bytes()
+
+    first = issue()
+    gateway = await start([], server={"tls_cert": str(cert), "tls_key": str(key)})
+
+    async def served() -> bytes:
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        host, port = gateway.process.url.removeprefix("https://").rsplit(":", 1)
+        stream = await trio.open_ssl_over_tcp_stream(host, int(port), ssl_context=context)
+        await stream.do_handshake()
+        der = stream.getpeercert(binary_form=True)
+        await stream.aclose()
+        assert der is not None
+        return ssl.DER_cert_to_PEM_cert(der).encode()
+
+    assert _pem_body(await served()) == _pem_body(first)
+    second = issue()
+    await gateway.hup()
+    assert _pem_body(await served()) == _pem_body(second)
+
+
+def _pem_body(pem: bytes) -> bytes:
+    return b"".join(pem.split())
