@@ -247,7 +247,7 @@ class Reloader:
             finally:
                 self.notifier.ready(status_line(self.services))
             log.info(
-                "reloaded %s in %.0f ms: %s",
+                "reloaded %s in %.1f ms: %s",
                 self.services.config.source,
                 (time.monotonic() - started) * 1000,
                 _summary(plan),

@@ -32,7 +32,7 @@ from tests.conftest import KEY_ID, OTHER_TOPIC, TEAM_ID, TOPIC, app_entry, fcm_e
 from tests.process import ROOT, PushdProcess, start_pushd_process, write_config
 from tests.storefixtures import add_server
 
-RELOADED = r"reloaded .* in \d+ ms"
+RELOADED = r"reloaded .* in [\d.]+ ms"
 REFUSED = r"reload refused"
 
 
