@@ -46,6 +46,16 @@ def _target(args: argparse.Namespace, cfg: config.Config | None) -> int | str:
         return str(error)
 
 
+def _is_pushd(pid: int) -> bool:
+    """Whether ``pid`` runs pushd, as far as /proc tells: where it cannot tell (no such
+    process, no /proc, not ours to read), ``kill`` says what is wrong."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+    return b"pushd" in command
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     """Check the config as the running pushd will, then send it SIGHUP.
 
@@ -60,6 +70,11 @@ def cmd_reload(args: argparse.Namespace) -> int:
     target = _target(args, cfg)
     if isinstance(target, str):
         return cli_store.fail(target)
+    if not _is_pushd(target):
+        return cli_store.fail(
+            f"process {target} is not pushd (a stale pid file?): not sending SIGHUP, "
+            "which would end most other programs"
+        )
     try:
         os.kill(target, signal.SIGHUP)
     except ProcessLookupError:

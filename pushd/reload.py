@@ -326,6 +326,15 @@ class Reloader:
         dispatcher.lanes = plan.lanes  # from here on, sends go to the new lanes
         for lane in plan.retired:
             dispatcher.start_soon(retire, lane)
+        for name in plan.removed:
+            if dispatcher.depth.get(name, 0) > 0:
+                log.warning(
+                    "reload: removed app %s has %d spooled deliveries: they wait in the "
+                    "spool until it is configured again (or `pushd spool purge --app %s`)",
+                    name,
+                    dispatcher.depth[name],
+                    name,
+                )
         dispatcher.keys.refresh()
         old_frontends = services.frontends
         services.config = new

@@ -155,6 +155,11 @@ async def test_an_app_added_by_sighup_delivers_and_the_others_keep_their_connect
     other_ids = {r.connection_id for r in simulator.received if r.topic == OTHER_TOPIC}
     assert not other_ids & before and simulator.connections_opened > opened
     assert [m.token for m in fcm_simulator.received] == ["f" * 40]
+    # /healthz and the status page follow the reload.
+    health = await gateway.client.get(gateway.process.url + "/healthz", headers=gateway.auth())
+    assert sorted(health.json()["apps"]) == ["android", "chat", "other"]
+    page = await gateway.client.get(gateway.process.url + "/status.json", headers=gateway.auth())
+    assert [app["name"] for app in page.json()["apps"]] == ["chat", "other", "android"]
 
 
 async def test_a_rotated_p8_is_read_on_sighup(
@@ -336,6 +341,16 @@ async def test_pushd_reload_signals_the_pid_file(
     assert not (tmp_path / "pid").exists()
     done = await trio.to_thread.run_sync(reload, "--pid", str(tmp_path / "pid"))
     assert done.returncode == 1 and "no such file" in done.stderr
+    # A stale pid file naming another program: SIGHUP would end it.
+    other = await trio.lowlevel.open_process(["sleep", "30"])
+    try:
+        (tmp_path / "pid").write_text(f"{other.pid}\n")
+        done = await trio.to_thread.run_sync(reload, "--pid", str(tmp_path / "pid"))
+        assert done.returncode == 1 and "is not pushd" in done.stderr
+        assert other.poll() is None
+    finally:
+        other.kill()
+        await other.wait()
 
 
 async def test_a_renewed_tls_certificate_is_served_after_sighup(
