@@ -41,8 +41,6 @@ import attrs
 import trio
 
 from pushd.config import AppConfig, Config, ConfigError, load_checked
-from pushd.frontends.matrix.gateway import Dedupe
-from pushd.frontends.ratelimit import RateLimit
 from pushd.frontends.status import StatusPage
 from pushd.lanes import Lane
 from pushd.sdnotify import Notifier
@@ -159,14 +157,9 @@ def _carry_state(old: Sequence[Any], new: Sequence[Any]) -> None:
             kept, fresh = getattr(before, name, None), getattr(after, name, None)
             if kept is None or fresh is None or type(kept) is not type(fresh):
                 continue
-            if (
-                isinstance(kept, RateLimit)
-                and isinstance(fresh, RateLimit)
-                and (kept.limit, kept.window) != (fresh.limit, fresh.window)
-            ):
-                continue
-            same_dedupe = not isinstance(kept, Dedupe) or kept.window == fresh.window
-            if not same_dedupe:
+            # A rate limit or dedupe window that changed starts afresh.
+            settings = ("limit", "window")
+            if any(getattr(kept, k, None) != getattr(fresh, k, None) for k in settings):
                 continue
             setattr(after, name, kept)
 
