@@ -217,6 +217,12 @@ def report(
         f"  listen: {scheme}://{config.server.listen}:{config.server.port}",
         f"  store:  {store}",
         f"  log:    {config.log.level}, {config.log.format}",
+    ]
+    metrics = getattr(config, "metrics", None)  # [metrics], where this build has it
+    if metrics is not None and getattr(metrics, "enabled", True):
+        host = f"[{metrics.listen}]" if ":" in metrics.listen else metrics.listen
+        lines.append(f"  metrics: http://{host}:{metrics.port}/metrics (Prometheus target)")
+    lines += [
         "apps:",
     ]
     lines += [f"  {app_line(app, accounts.get(app.name))}" for app in config.apps]

@@ -70,6 +70,10 @@ RESTART_ONLY: Final = (
     "store",
     "spool.key_file",
     "log.format",
+    # [metrics] (where present): its listener is bound once, at start.
+    "metrics.enabled",
+    "metrics.listen",
+    "metrics.port",
 )
 
 #: The fields an app's upstream client is built from (see ``config.apns_settings`` and
@@ -127,24 +131,37 @@ def fingerprint(config: Config, app: AppConfig) -> tuple[Any, ...]:
     )
 
 
+_ABSENT: Final = object()
+
+
 def _get(config: Config, path: str) -> Any:
     value: Any = config
     for part in path.split("."):
-        value = getattr(value, part)
+        value = getattr(value, part, _ABSENT)
     return value
 
 
+def _put(config: Config, path: str, value: Any) -> Config:
+    section, _, field = path.partition(".")
+    if not field:
+        return attrs.evolve(config, **{section: value})
+    changed = attrs.evolve(getattr(config, section), **{field: value})
+    return attrs.evolve(config, **{section: changed})
+
+
 def _keep_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:
-    """``new`` with :data:`RESTART_ONLY` settings put back to ``old``'s; what differed."""
-    changed = [key for key in RESTART_ONLY if _get(old, key) != _get(new, key)]
-    server = attrs.evolve(
-        new.server,
-        **{key.split(".")[1]: _get(old, key) for key in RESTART_ONLY if key.startswith("server.")},
-    )
-    spool = attrs.evolve(new.spool, key_file=old.spool.key_file)
-    log_config = attrs.evolve(new.log, format=old.log.format)
-    kept = attrs.evolve(new, server=server, store=old.store, spool=spool, log=log_config)
-    return kept, changed
+    """``new`` with :data:`RESTART_ONLY` settings put back to ``old``'s; what differed.
+
+    Keys of sections this build does not have are skipped.
+    """
+    changed = []
+    for key in RESTART_ONLY:
+        before, after = _get(old, key), _get(new, key)
+        if before is _ABSENT or before == after:
+            continue
+        changed.append(key)
+        new = _put(new, key, before)
+    return new, changed
 
 
 def _carry_state(old: Sequence[Any], new: Sequence[Any]) -> None:
