@@ -36,6 +36,7 @@ from pushd.frontends.status import StatusPage
 from pushd.frontends.zulip import ZulipBouncer
 from pushd.http11 import HttpServer, HttpSettings, ListenError
 from pushd.lanes import Budget, Lane, Sender
+from pushd.metrics import Metrics
 from pushd.recent import Recent
 from pushd.routing import Router
 from pushd.spool.seal import SealError, SpoolKeys
@@ -68,6 +69,8 @@ class Services:
     protocol_stats: dict[str, Callable[[], dict[str, int]]] = attrs.Factory(dict)
     #: Who may read operational detail (/healthz's, and any later page's).
     access: AdminAccess | None = None
+    #: The Prometheus metrics (None: ``[metrics] enabled = false``).
+    metrics: Metrics | None = None
 
 
 class StartupError(Exception):
@@ -205,6 +208,17 @@ def server_tls(config: Config) -> ssl.SSLContext | None:
         raise StartupError(f"server.{error}") from None
 
 
+async def start_metrics(metrics: Metrics | None, nursery: trio.Nursery) -> None:
+    """The ``[metrics]`` listener, started in ``nursery`` once the API listens."""
+    if metrics is None:
+        return
+    try:
+        urls: list[str] = await nursery.start(metrics.run)
+    except ListenError as error:
+        raise StartupError(f"metrics: {error}") from None
+    log.info("metrics on %s", ", ".join(urls))
+
+
 @contextlib.contextmanager
 def signal_trigger() -> Iterator[Callable[[], Awaitable[None]]]:
     """A shutdown trigger for SIGINT/SIGTERM, listening from the moment it is entered.
@@ -268,6 +282,8 @@ async def serve(
         async with trio.open_nursery() as nursery:
             await nursery.start(dispatcher.run)
             services = Services(config=config, store=store, dispatcher=dispatcher, routes=[])
+            if config.metrics.enabled:
+                services.metrics = Metrics(config, dispatcher, store)
             activity = Activity()  # each frontend records its servers' requests
             native = NativeApi(config, store, dispatcher, openapi=OPENAPI, activity=activity)
             access = AdminAccess(store, read_admin_token(config.server.admin_token_file))
@@ -309,6 +325,7 @@ async def serve(
                     trusted_proxies=parse_networks(config.server.trusted_proxies),
                 ),
                 tls,
+                observe=services.metrics.http.observe if services.metrics else None,
             )
             http_done = trio.Event()
 
@@ -326,6 +343,7 @@ async def serve(
                     http_done.set()
 
             urls: list[str] = await nursery.start(http)
+            await start_metrics(services.metrics, nursery)
             log.info(
                 "pushd %s listening on %s with %d app(s)",
                 __version__,

@@ -19,6 +19,7 @@ key and window (a flood must not flood the log too).
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 from typing import Final, Protocol
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 MAX_KEYS: Final = 50_000
 #: A minute: the window of every ``rate_limit`` given as requests a minute.
 MINUTE: Final = 60.0
+#: Requests refused per protocol by every :class:`RateLimit` of this process, for the
+#: metrics (``pushd_rate_limited_requests_total``).
+REFUSED: Final[collections.Counter[str]] = collections.Counter()
 
 
 class Limiter(Protocol):
@@ -119,6 +123,8 @@ class RateLimit:
     def check(self, identity: str, now: float) -> float | None:
         """Count one request of ``identity``; None if allowed, else seconds to wait."""
         retry_after = self.limiter.check(f"{self.protocol}:{identity}", now)
+        if retry_after is not None:
+            REFUSED[self.protocol] += 1
         if retry_after is not None and self._warned.check(identity, now) is None:
             log.warning(
                 "%s: %s is over its rate limit (%d requests in %g s): refusing its "
