@@ -44,6 +44,7 @@ from pushd.model import (
     TokenDead,
     mask_token,
 )
+from pushd.requestid import REQUEST_ID
 from pushd.spool.ledger import Ledger
 from pushd.spool.retrylog import RetryLog
 from pushd.spool.seal import SpoolKeys
@@ -505,8 +506,18 @@ class Dispatcher:
         reported = 0
         tally = self.tally
         started = time.perf_counter()
+        # Upstream clients report from their connection's task: its lines (a pause, a
+        # retry decision) belong to this delivery's request.
+        request_id = REQUEST_ID.get()
 
         def report(index: int, outcome: Outcome) -> None:
+            current = REQUEST_ID.set(request_id)
+            try:
+                _report(index, outcome)
+            finally:
+                REQUEST_ID.reset(current)
+
+        def _report(index: int, outcome: Outcome) -> None:
             nonlocal reported
             reported += 1
             lane.budget.give()
