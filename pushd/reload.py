@@ -41,7 +41,7 @@ import attrs
 import trio
 
 from pushd.config import AppConfig, Config, ConfigError, load_checked
-from pushd.frontends.matrix.gateway import Dedupe
+from pushd.frontends.matrix.dedupe import Dedupe
 from pushd.frontends.ratelimit import RateLimit
 from pushd.frontends.status import StatusPage
 from pushd.lanes import Lane
