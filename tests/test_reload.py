@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -388,3 +389,37 @@ async def test_a_renewed_tls_certificate_is_served_after_sighup(
 
 def _pem_body(pem: bytes) -> bytes:
     return b"".join(pem.split())
+
+
+async def test_reloads_are_counted_and_followed_by_the_metrics(
+    start: Any, apns_upstream: str, key_file: Path, ca_file: Path
+) -> None:
+    """An admin alerts on refused reloads: the counters move, and an app added by a
+    reload shows up in the per-app series without a restart."""
+    port = free_port()
+    chat = app_entry("chat", TOPIC, apns_upstream, key_file, ca_file)
+    gateway = await start([chat], metrics={"port": port})
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
+
+    async def sample(name: str, labels: str = "") -> float | None:
+        text = (await gateway.client.get(metrics_url)).text
+        match = re.search(rf"^{name}{re.escape(labels)} (\S+)$", text, re.MULTILINE)
+        return None if match is None else float(match.group(1))
+
+    assert await sample("pushd_config_reloads_total") == 0
+    assert await sample("pushd_app_paused", '{app="other",reason=""}') is None
+    gateway.rewrite(apps=[chat, app_entry("other", OTHER_TOPIC, apns_upstream, key_file, ca_file)])
+    await gateway.hup()
+    gateway.rewrite(apps=[{**chat, "key_id": "SHORT"}])
+    await gateway.hup(REFUSED)
+    assert await sample("pushd_config_reloads_total") == 2
+    assert await sample("pushd_config_reload_failures_total") == 1
+    assert await sample("pushd_config_last_reload_successful") == 0
+    assert await sample("pushd_app_paused", '{app="other",reason=""}') == 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
