@@ -36,6 +36,7 @@ from pushd.frontends.status import StatusPage
 from pushd.frontends.zulip import ZulipBouncer
 from pushd.http11 import HttpServer, HttpSettings, ListenError
 from pushd.lanes import Budget, Lane, Sender
+from pushd.metrics import Metrics, record_reload
 from pushd.pidfile import PidFile
 from pushd.recent import Recent
 from pushd.reload import Reloader, status_line
@@ -81,6 +82,9 @@ class Services:
     def router(self) -> Router:
         """A router over every route, with the config's body limit."""
         return Router([*self.routes, *self.protocol_routes], self.config.server.max_body_bytes)
+
+    #: The Prometheus metrics (None: ``[metrics] enabled = false``).
+    metrics: Metrics | None = None
 
 
 class StartupError(Exception):
@@ -251,6 +255,29 @@ def server_tls(config: Config) -> ssl.SSLContext | None:
         raise StartupError(f"server.{error}") from None
 
 
+def follow_reloads(reloader: Reloader, metrics: Metrics | None) -> None:
+    """Let the metrics count each reload and take the new config's apps."""
+
+    def applied(config: Config) -> None:
+        record_reload(ok=True)
+        if metrics is not None:
+            metrics.apply(config)
+
+    reloader.hooks.append(applied)
+    reloader.failure_hooks.append(lambda _problems: record_reload(ok=False))
+
+
+async def start_metrics(metrics: Metrics | None, nursery: trio.Nursery) -> None:
+    """The ``[metrics]`` listener, started in ``nursery`` once the API listens."""
+    if metrics is None:
+        return
+    try:
+        urls: list[str] = await nursery.start(metrics.run)
+    except ListenError as error:
+        raise StartupError(f"metrics: {error}") from None
+    log.info("metrics on %s", ", ".join(urls))
+
+
 @contextlib.contextmanager
 def signal_trigger() -> Iterator[Callable[[], Awaitable[None]]]:
     """A shutdown trigger for SIGINT/SIGTERM, listening from the moment it is entered.
@@ -327,6 +354,8 @@ async def serve(
         async with trio.open_nursery() as nursery:
             await nursery.start(dispatcher.run)
             services = Services(config=config, store=store, dispatcher=dispatcher, routes=[])
+            if config.metrics.enabled:
+                services.metrics = Metrics(config, dispatcher, store)
             activity = Activity()  # each frontend records its servers' requests
             status = StatusPage(
                 config,
@@ -349,6 +378,7 @@ async def serve(
                     trusted_proxies=parse_networks(config.server.trusted_proxies),
                 ),
                 tls,
+                observe=services.metrics.http.observe if services.metrics else None,
             )
             http_done = trio.Event()
 
@@ -367,6 +397,7 @@ async def serve(
 
             urls: list[str] = await nursery.start(http)
             services.urls = urls
+            await start_metrics(services.metrics, nursery)
             reloader = Reloader(
                 services,
                 activity,
@@ -377,6 +408,7 @@ async def serve(
             )
             await reloader.start()
             services.reloader = reloader
+            follow_reloads(reloader, services.metrics)
             if hangups is not None:
                 nursery.start_soon(reloader.listen, hangups)
             pid_file.write()

@@ -285,6 +285,8 @@ def _simulator_config(tmp_path: Path, port: int, key_file: Path, ca_file: Path) 
         f"""
 [server]
 port = 0
+[metrics]
+port = 0
 [store]
 path = "serve.sqlite3"
 [[apps]]
