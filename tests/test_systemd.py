@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from pushd.sdnotify import Notifier, watchdog_interval
+from pushd.sdnotify import Notifier, monotonic_usec, watchdog_interval
 from tests.process import ROOT, start_pushd_process, write_config
 
 UNIT = Path(ROOT) / "systemd" / "pushd.service"
@@ -140,6 +140,20 @@ async def test_pushd_serve_speaks_sd_notify(tmp_path: Path, nursery: trio.Nurser
     # Half of 0.4 s: six pings take about 1.2 s (generous bounds: a busy machine).
     assert 0.6 < elapsed < 8, elapsed
     assert any("STATUS" in m and "READY" not in m for m in messages), messages
+
+    # A reload: RELOADING=1 with the monotonic clock (systemd 253's notify-reload
+    # needs it), then READY=1; a refused one says so in STATUS=.
+    for broken in (False, True):
+        if broken:
+            config.write_text(config.read_text() + "\n[retry]\nmax_attempts = 0\n")
+        process.signal(signal.SIGHUP)
+        with trio.fail_after(30):
+            while "RELOADING" not in (fields := await receive()):
+                pass
+            assert abs(int(fields["MONOTONIC_USEC"]) - monotonic_usec()) < 30_000_000
+            while "READY" not in (fields := await receive()):
+                pass
+        assert ("last reload refused" in fields["STATUS"]) is broken
 
     process.signal(signal.SIGTERM)
     with trio.fail_after(30):
