@@ -84,9 +84,7 @@ def summary(values: list[float]) -> str:
 async def make_dispatcher(directory: Path, apps: int) -> Dispatcher:
     cfg = pushd_config.parse({"store": {"path": str(directory / "bench.sqlite3")}}, base=directory)
     store = await open_store(cfg.store)
-    lanes = [
-        Lane(name=f"app{n}", sender=InstantSender(), budget=Budget(1000)) for n in range(apps)
-    ]
+    lanes = [Lane(name=f"app{n}", sender=InstantSender(), budget=Budget(1000)) for n in range(apps)]
     return Dispatcher(
         lanes,
         store,
