@@ -315,3 +315,46 @@ def test_a_listener_off_loopback_needs_a_token(tmp_path: Path) -> None:
     assert checked(tmp_path, {"listen": "0.0.0.0", "enabled": False}) == []
     (problem,) = checked(tmp_path, {"port": 70000})
     assert problem.startswith("metrics.port:")
+
+
+async def test_the_reload_hooks_count_reloads_and_take_the_new_config(
+    start_pushd: PushdFactory, tmp_path: Path
+) -> None:
+    import attrs
+
+    from pushd import metrics
+
+    pushd: Pushd = await start_pushd()
+    before = parse((await scrape(pushd)).text)
+    metrics.record_reload(ok=False)
+    after = parse((await scrape(pushd)).text)
+    for name in ("pushd_config_reloads_total", "pushd_config_reload_failures_total"):
+        assert value(after, name) == (value(before, name) or 0) + 1
+    assert value(after, "pushd_config_last_reload_successful") == 0
+    metrics.record_reload(ok=True)
+    assert value(parse((await scrape(pushd)).text), "pushd_config_last_reload_successful") == 1
+    # A reload that adds a bearer token: the next scrape needs it.
+    secret = "a-new-metrics-token-0123456789"
+    (tmp_path / "token").write_text(secret)
+    reloaded = attrs.evolve(
+        pushd.config,
+        metrics=attrs.evolve(pushd.config.metrics, bearer_token_file=str(tmp_path / "token")),
+    )
+    metrics.reload(reloaded)
+    assert (await scrape(pushd)).status_code == 401
+    assert (await scrape(pushd, {"authorization": f"Bearer {secret}"})).status_code == 200
+
+
+def test_a_busy_metrics_port_stops_pushd_with_one_line(tmp_path: Path) -> None:
+    from tests.test_serve_startup import assert_one_line, serve_config
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        path = tmp_path / "pushd.toml"
+        path.write_text(
+            f"[server]\nport = 0\n[metrics]\nport = {port}\n[store]\npath = 'pushd.sqlite3'\n"
+        )
+        done = serve_config(path)
+    assert_one_line(done, f"metrics: cannot listen on 127.0.0.1:{port}: address already in use")
