@@ -113,6 +113,11 @@ class ServerConfig:
     #: A file holding the admin token: ``Authorization: Bearer <token>`` reads the
     #: detail of /healthz (as a chat server's key does).  None: no admin token.
     admin_token_file: str | None = None
+    #: Where chat servers reach pushd (``https://push.example.com``), behind any proxy:
+    #: ``check-config`` builds the URL each chat server needs from it.
+    public_url: str | None = None
+    #: pushd's process id is written here while it runs, for ``pushd reload``.
+    pid_file: str | None = None
 
 
 @attrs.frozen
@@ -487,6 +492,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         tls_cert=_resolve(base, config.server.tls_cert),
         tls_key=_resolve(base, config.server.tls_key),
         admin_token_file=_resolve(base, config.server.admin_token_file),
+        pid_file=_resolve(base, config.server.pid_file),
     )
     store = attrs.evolve(
         config.store,
@@ -674,6 +680,7 @@ def check(config: Config) -> list[str]:
     if server.first_attempt_deadline <= 0:
         problems.append("server.first_attempt_deadline: must be positive")
     problems += _check_admin_token(server.admin_token_file)
+    problems += _check_public_url(server.public_url)
     problems += _check_metrics(config.metrics)
     if config.retry.max_attempts < 1:
         problems.append("retry.max_attempts: must be at least 1")
@@ -717,6 +724,15 @@ def _check_admin_token(path: str | None) -> list[str]:
             f"server.admin_token_file: must hold one token of at least {MIN_ADMIN_TOKEN} "
             "ASCII letters, digits or punctuation"
         ]
+    return []
+
+
+def _check_public_url(url: str | None) -> list[str]:
+    if url is None:
+        return []
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("http", "https") or not rest or rest.startswith("/") or "?" in url:
+        return ["server.public_url: an http(s) URL like https://push.example.com"]
     return []
 
 

@@ -147,10 +147,16 @@ class Dispatcher:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for lane in self.lanes.values():
-                await nursery.start(lane.sender.run)
+                await nursery.start(lane.run)
             await nursery.start(self.ledger.run)
             await nursery.start(self.worker.run)
             task_status.started()
+
+    async def start_lane(self, lane: Lane) -> None:
+        """Start a lane added after :meth:`run` (a reload); put it in :attr:`lanes` after."""
+        if self._nursery is None:
+            raise RuntimeError("Dispatcher.run() has not been started")
+        await self._nursery.start(lane.run)
 
     def start_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         if self._nursery is None:
