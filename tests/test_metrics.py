@@ -358,3 +358,20 @@ def test_a_busy_metrics_port_stops_pushd_with_one_line(tmp_path: Path) -> None:
         )
         done = serve_config(path)
     assert_one_line(done, f"metrics: cannot listen on 127.0.0.1:{port}: address already in use")
+
+
+def test_check_config_says_where_prometheus_scrapes(tmp_path: Path) -> None:
+    from pushd.checkconfig import report
+
+    def line(metrics: dict[str, Any]) -> str:
+        cfg = config.parse(
+            {"store": {"path": str(tmp_path / "db")}, "metrics": metrics}, base=tmp_path
+        )
+        (found,) = [item for item in report("pushd.toml", cfg) if "metrics:" in item]
+        return found.strip()
+
+    assert line({}) == "metrics: http://127.0.0.1:9464/metrics"
+    assert line({"enabled": False}) == "metrics: off"
+    assert line({"listen": "::", "port": 9100, "bearer_token_file": "t"}) == (
+        "metrics: http://[::]:9100/metrics, bearer token required"
+    )
