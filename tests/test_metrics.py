@@ -15,6 +15,7 @@ import httpx
 import trio
 import trustme
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client.parser import text_string_to_metric_families
 
 from pushd import config
@@ -22,7 +23,8 @@ from pushd.metrics.tally import FAILED_REASONS, UPSTREAM_ERRORS
 from pushd.model import mask_token
 from pushd.simulators.apns import ApnsSimulator
 from pushd.simulators.faults import parse_plan
-from tests.conftest import TOPIC, Pushd, PushdFactory, app_entry, token
+from pushd.simulators.fcm import FcmSimulator
+from tests.conftest import TOPIC, Pushd, PushdFactory, app_entry, fcm_entry, token
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -375,3 +377,36 @@ def test_check_config_says_where_prometheus_scrapes(tmp_path: Path) -> None:
     assert line({"listen": "::", "port": 9100, "bearer_token_file": "t"}) == (
         "metrics: http://[::]:9100/metrics, bearer token required"
     )
+
+
+async def test_fcm_outcomes_carry_their_provider(
+    start_pushd: PushdFactory,
+    simulator: ApnsSimulator,
+    fcm_simulator: FcmSimulator,
+    fcm_key: rsa.RSAPrivateKey,
+    key_file: Path,
+    ca_file: Path,
+    tmp_path: Path,
+) -> None:
+    upstream = f"https://127.0.0.1:{simulator.port}"
+    pushd: Pushd = await start_pushd(
+        apps=[
+            app_entry("ios", TOPIC, upstream, key_file, ca_file),
+            fcm_entry("android", fcm_simulator, fcm_key, ca_file, tmp_path),
+        ]
+    )
+    alive, gone = "fcm-device-alive:APA91b" + "a" * 40, "fcm-device-gone:APA91b" + "b" * 40
+    parse_plan([f"{gone}=UNREGISTERED"], fcm=True).apply(simulator, fcm_simulator)
+    for device in (alive, gone):
+        await pushd.register("dan", device, app="android")
+    answer = await pushd.send({"user": "dan", "alert": "x"})
+    assert sorted(r["status"] for r in answer["results"]) == ["delivered", "removed"]
+    samples = parse((await scrape(pushd)).text)
+    for outcome in ("delivered", "removed"):
+        labels = {"app": "android", "provider": "fcm", "protocol": "native", "reason": ""}
+        assert value(samples, "pushd_notifications_total", outcome=outcome, **labels) == 1
+    count = value(
+        samples, "pushd_upstream_request_duration_seconds_count", app="android", provider="fcm"
+    )
+    assert count == 2
+    assert value(samples, "pushd_circuit_state", app="android", state="closed") == 1
