@@ -315,3 +315,27 @@ async def get_version(port: int, secret: str, source: str, ca: trustme.CA) -> ht
                     return await client.get(f"https://127.0.0.1:{port}/{secret}/version")
                 except httpx.ConnectError:  # nginx is still starting
                     await trio.sleep(0.1)
+
+
+async def test_a_scrape_passes_promtools_metric_lint(
+    start_pushd: PushdFactory, simulator: ApnsSimulator
+) -> None:
+    """``promtool check metrics``: Prometheus' own naming and format conventions
+    (counters end in ``_total``, base units, help text), on a scrape after traffic."""
+    tool = promtool()
+    pushd = await start_pushd()
+    await pushd.register("erin", "e" * 64)
+    await pushd.send({"user": "erin", "alert": "x"})
+    assert pushd.services.metrics is not None
+    (url,) = pushd.services.metrics.urls
+    text = (await pushd.client.get(url)).text
+    assert "pushd_notifications_total{" in text
+    done = await trio.run_process(
+        [tool, "check", "metrics"],
+        stdin=text.encode(),
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr).decode()
+    assert done.stdout + done.stderr == b""
