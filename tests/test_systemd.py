@@ -93,14 +93,15 @@ def free_port() -> int:
 
 
 async def test_pushd_serve_speaks_sd_notify(tmp_path: Path, nursery: trio.Nursery) -> None:
-    """READY=1 once the API port accepts connections (checked the moment READY=1
-    arrives), WATCHDOG=1 every half WATCHDOG_USEC, STATUS= lines, STOPPING=1 on SIGTERM."""
-    port = free_port()
+    """READY=1 once the API and metrics ports accept connections (checked the moment
+    READY=1 arrives), WATCHDOG=1 every half WATCHDOG_USEC, STATUS= lines, STOPPING=1 on SIGTERM."""
+    port, metrics_port = free_port(), free_port()
     config = write_config(
         tmp_path / "pushd.toml",
         {
             "server": {"listen": "127.0.0.1", "port": port},
             "store": {"path": str(tmp_path / "pushd.sqlite3")},
+            "metrics": {"port": metrics_port},
         },
     )
     receiver = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -123,10 +124,11 @@ async def test_pushd_serve_speaks_sd_notify(tmp_path: Path, nursery: trio.Nurser
     with trio.fail_after(30):
         while "READY" not in (fields := await receive()):
             pass
-    # READY=1 means listening: a connection must be accepted now, not "soon".
-    probe = trio.socket.socket()
-    await probe.connect(("127.0.0.1", port))
-    probe.close()
+    # READY=1 means every listener is bound: connections are accepted now, not "soon".
+    for listening in (port, metrics_port):
+        probe = trio.socket.socket()
+        await probe.connect(("127.0.0.1", listening))
+        probe.close()
     assert fields["READY"] == "1"
     assert fields["STATUS"].startswith(f"serving 0 app(s) on http://127.0.0.1:{port}; spool 0")
 
