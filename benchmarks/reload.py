@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 from pushd.simulators.apns import ApnsSimulator  # noqa: E402
 from pushd.simulators.fcm import FcmSimulator, configure_alpn, make_service_account  # noqa: E402
 from pushd.upstream.apns.jwt import write_p8  # noqa: E402
-from tests.process import start_pushd_process, write_config  # noqa: E402
+from tests.process import PushdProcess, start_pushd_process, write_config  # noqa: E402
 
 KEY_ID = "BENCHKEY01"
 TEAM_ID = "BENCHTEAM1"
@@ -106,7 +106,6 @@ async def one_run(
 ) -> dict[str, list[tuple[float, float]]]:
     """Timings (pushd ms, wall ms) per case, from one fresh pushd process."""
     results: dict[str, list[tuple[float, float]]] = {"unchanged": [], "one app changed": []}
-    reloading = [False]
     with tempfile.TemporaryDirectory() as directory:
         work = Path(directory)
         ca = trustme.CA()
@@ -131,37 +130,56 @@ async def one_run(
             }
             path = write_config(work / "pushd.toml", sections)
             process = await start_pushd_process(nursery, path)
-            probing = trio.CancelScope()
-
-            async def probing_task() -> None:
-                with probing:
-                    await probe(process.url, reloading, latencies)
-
-            nursery.start_soon(probing_task)
-            for n in range(reloads * 2):
-                case = "unchanged" if n % 2 == 0 else "one app changed"
-                if case == "one app changed":
-                    sections["apps"] = apps(work, apns, fcm, 10.0 + n)
-                    write_config(path, sections)
-                before = sum(1 for line in process.lines if RELOADED.search(line))
-                started = time.perf_counter()
-                reloading[0] = True
-                process.signal(signal.SIGHUP)
-                with trio.fail_after(30):
-                    while True:
-                        matched = [m for line in process.lines if (m := RELOADED.search(line))]
-                        if len(matched) > before:
-                            break
-                        await trio.sleep(0.001)
-                wall = (time.perf_counter() - started) * 1000
-                reloading[0] = False
-                results[case].append((float(matched[-1].group(1)), wall))
-                await trio.sleep(0.2)  # let a retired lane close before the next one
-            probing.cancel()
-            process.signal(signal.SIGTERM)
-            await process.wait()
+            try:
+                await reload_many(
+                    process, path, sections, work, apns, fcm, reloads, results, latencies
+                )
+            finally:
+                if process.process.returncode is None:  # never leave pushd running
+                    process.signal(signal.SIGTERM)
+                    with trio.move_on_after(30):
+                        await process.wait(30)
+                    if process.process.returncode is None:
+                        process.kill()
             nursery.cancel_scope.cancel()
     return results
+
+
+async def reload_many(
+    process: PushdProcess,
+    path: Path,
+    sections: dict[str, Any],
+    work: Path,
+    apns: ApnsSimulator,
+    fcm: FcmSimulator,
+    reloads: int,
+    results: dict[str, list[tuple[float, float]]],
+    latencies: dict[bool, list[float]],
+) -> None:
+    """SIGHUP ``reloads`` times per case, timing each; probe /health meanwhile."""
+    reloading = [False]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(probe, process.url, reloading, latencies)
+        for n in range(reloads * 2):
+            case = "unchanged" if n % 2 == 0 else "one app changed"
+            if case == "one app changed":
+                sections["apps"] = apps(work, apns, fcm, 10.0 + n)
+                write_config(path, sections)
+            before = sum(1 for line in process.lines if RELOADED.search(line))
+            started = time.perf_counter()
+            reloading[0] = True
+            process.signal(signal.SIGHUP)
+            with trio.fail_after(30):
+                while True:
+                    matched = [m for line in process.lines if (m := RELOADED.search(line))]
+                    if len(matched) > before:
+                        break
+                    await trio.sleep(0.001)
+            wall = (time.perf_counter() - started) * 1000
+            reloading[0] = False
+            results[case].append((float(matched[-1].group(1)), wall))
+            await trio.sleep(0.2)  # let a retired lane close before the next one
+        nursery.cancel_scope.cancel()  # the probe, before pushd stops
 
 
 def describe(values: list[float]) -> str:

@@ -9,10 +9,10 @@ Pure functions over a :class:`~pushd.config.Config`: no file is read here.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Final
+from urllib.parse import urlsplit
 
-from pushd.config import AppConfig, Config, ZulipConfig
+from pushd.config import AppConfig, Config, ZulipConfig, is_loopback
 from pushd.upstream.apns.settings import PRODUCTION_URL, SANDBOX_URL
 
 #: The Matrix push gateway path, fixed by the spec.
@@ -28,15 +28,6 @@ def mask_secret(secret: str) -> str:
     if len(secret) <= 2 * SECRET_SHOWN:
         return "…"
     return f"{secret[:SECRET_SHOWN]}…{secret[-SECRET_SHOWN:]}"
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def public_url(config: Config) -> tuple[str, bool]:
@@ -155,7 +146,7 @@ def warnings(config: Config) -> list[str]:
             f"server.public_url is not set: the URLs above use {base}, derived from listen "
             "and port; set it to the URL chat servers reach pushd at (through any proxy)"
         )
-    elif base.startswith("http://") and not _loopback(base.split("//")[1].split(":")[0]):
+    elif base.startswith("http://") and not is_loopback(urlsplit(base).hostname or ""):
         found.append(
             "server.public_url is plain http: device tokens and messages cross the "
             "network unencrypted; put pushd behind TLS (contrib/ has an nginx example)"
@@ -178,7 +169,7 @@ def warnings(config: Config) -> list[str]:
             "zulip.allowlist is empty: a Zulip server can register only after "
             "`pushd zulip servers allow HOSTNAME --org-id ZULIP_ORG_ID`"
         )
-    elif zulip.registration == "open" and not _loopback(server.listen):
+    elif zulip.registration == "open" and not is_loopback(server.listen):
         found.append(
             'zulip.registration is "open" on a non-loopback address: any Zulip server '
             "that reaches pushd can register and push through your apps"

@@ -223,6 +223,8 @@ class Reloader:
         #: Reloads applied and refused since start.
         self.applied = 0
         self.refused = 0
+        #: Whether the last reload was refused (``systemctl status`` says so).
+        self.last_refused = False
         self._lock = trio.Lock()
         self._fingerprints: dict[str, tuple[Any, ...]] = {}
 
@@ -266,6 +268,7 @@ class Reloader:
 
     def _refuse(self, problems: list[str]) -> None:
         self.refused += 1
+        self.last_refused = True
         for problem in problems:
             log.error("reload refused, still running on the previous config: %s", problem)
         for hook in self.failure_hooks:
@@ -358,6 +361,7 @@ class Reloader:
         logging.getLogger().setLevel(new.log.level.upper())
         self._fingerprints = plan.fingerprints
         self.applied += 1
+        self.last_refused = False
         dispatcher.worker.wake()
         for hook in self.hooks:
             hook(new)
@@ -404,4 +408,6 @@ def status_line(services: Services) -> str:
     spooled = sum(dispatcher.depth.get(lane.name, 0) for lane in lanes)
     where = ", ".join(services.urls) or "(not listening yet)"
     state = f", {paused} paused" if paused else ""
-    return f"serving {len(lanes)} app(s){state} on {where}; spool {spooled}"
+    refused = services.reloader is not None and services.reloader.last_refused
+    note = "; last reload refused (see the log)" if refused else ""
+    return f"serving {len(lanes)} app(s){state} on {where}; spool {spooled}{note}"

@@ -117,14 +117,21 @@ async def start_pushd_process(
     async def read() -> None:
         assert process.stderr is not None
         buffer = b""
-        async with process.stderr:
-            while True:
-                chunk = await process.stderr.receive_some()
-                if not chunk:
-                    break
-                buffer += chunk
-                *complete, buffer = buffer.split(b"\n")
-                running.lines.extend(line.decode(errors="replace") for line in complete)
+        try:
+            async with process.stderr:
+                while True:
+                    chunk = await process.stderr.receive_some()
+                    if not chunk:
+                        break
+                    buffer += chunk
+                    *complete, buffer = buffer.split(b"\n")
+                    running.lines.extend(line.decode(errors="replace") for line in complete)
+        except trio.Cancelled:
+            # The test is over (its nursery cancelled): a pushd it did not stop would
+            # run on for ever, its log going nowhere.
+            if process.returncode is None:
+                process.kill()
+            raise
         if buffer:
             running.lines.append(buffer.decode(errors="replace"))
         await process.wait()

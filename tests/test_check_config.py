@@ -73,6 +73,7 @@ def test_the_example_config_per_provider_and_per_chat_server(
     assert "server.public_url is not set" in out
     assert "iOS apps by ios_app_id: com.example.chat (chat-ios); Android: chat-android" in out
     assert "Mattermost: not served" in out and "Matrix: not served" in out
+    assert "  metrics: http://127.0.0.1:9464/metrics\n" in out
 
 
 def test_every_chat_server_gets_its_url_from_public_url(

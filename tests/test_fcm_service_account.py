@@ -131,3 +131,22 @@ def test_broken_json_does_not_echo_the_file(rsa_pem: str) -> None:
 
 def test_load_private_key(rsa_pem: str) -> None:
     assert load_private_key(rsa_pem.encode()).key_size == 2048
+
+
+def test_a_good_key_is_checked_once_a_bad_one_every_time(document: dict[str, Any]) -> None:
+    """Reloads re-check the config: an unchanged key is not parsed again (its check
+    holds the GIL for ~12 ms), while a bad key is refused on every read."""
+    from pushd.upstream.fcm import service_account
+
+    checked = service_account._check_private_key
+    checked.cache_clear()
+    data = json.dumps(document).encode()
+    first = load_service_account(data)
+    again = load_service_account(data)
+    assert first == again
+    assert (checked.cache_info().misses, checked.cache_info().hits) == (1, 1)
+    bad = json.dumps({**document, "private_key": "-----BEGIN PRIVATE KEY-----\nAA==\n"})
+    for _ in range(2):
+        with pytest.raises(ServiceAccountError, match="private_key"):
+            load_service_account(bad.encode())
+    assert checked.cache_info().currsize == 1

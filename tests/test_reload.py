@@ -90,6 +90,7 @@ def apns_upstream(simulator: ApnsSimulator) -> str:
 @pytest.fixture
 async def start(nursery: trio.Nursery, tmp_path: Path) -> Any:
     clients: list[httpx.AsyncClient] = []
+    processes: list[PushdProcess] = []
 
     async def starting(apps: list[dict[str, Any]], **sections: Any) -> Gateway:
         store = tmp_path / "pushd.sqlite3"
@@ -104,6 +105,7 @@ async def start(nursery: trio.Nursery, tmp_path: Path) -> Any:
         }
         path = write_config(tmp_path / "pushd.toml", data)
         process = await start_pushd_process(nursery, path)
+        processes.append(process)
         client = httpx.AsyncClient(timeout=30)
         clients.append(client)
         return Gateway(process, path, data, client, key)
@@ -111,6 +113,8 @@ async def start(nursery: trio.Nursery, tmp_path: Path) -> Any:
     yield starting
     for client in clients:
         await client.aclose()
+    for process in processes:  # a pushd left running would outlive the test
+        await stop(process)
 
 
 async def wait_until(condition: Callable[[], bool], within: float = 20.0) -> None:
@@ -118,6 +122,18 @@ async def wait_until(condition: Callable[[], bool], within: float = 20.0) -> Non
     with trio.fail_after(within):
         while not condition():  # noqa: ASYNC110
             await trio.sleep(0.01)
+
+
+async def stop(process: PushdProcess) -> None:
+    """SIGTERM (SIGKILL if it does not end within 30 s) unless it has ended."""
+    if process.process.returncode is not None:
+        return
+    process.signal(signal.SIGTERM)
+    try:
+        await process.wait(30)
+    except trio.TooSlowError:
+        process.kill()
+        await process.wait(30)
 
 
 def statuses(results: list[dict[str, Any]]) -> dict[str, str]:
@@ -227,9 +243,11 @@ async def test_settings_that_need_a_restart_are_named_and_kept(
 ) -> None:
     chat = app_entry("chat", TOPIC, apns_upstream, key_file, ca_file)
     gateway = await start([chat])
-    gateway.rewrite(server={**gateway.sections["server"], "port": 1})
+    gateway.rewrite(server={**gateway.sections["server"], "port": 1}, metrics={"port": 1})
     await gateway.hup()
     assert "server.port changed but needs a restart" in gateway.process.log
+    log = gateway.process.log
+    assert "metrics.port changed but needs a restart to take effect (still 0)" in log
     await gateway.register("alice", token(1), "chat")  # still on the old port
     assert statuses(await gateway.send("alice")) == {"chat": "delivered"}
 
@@ -391,6 +409,23 @@ def _pem_body(pem: bytes) -> bytes:
     return b"".join(pem.split())
 
 
+async def test_rate_limit_windows_carry_over_a_reload(
+    start: Any, apns_upstream: str, key_file: Path, ca_file: Path
+) -> None:
+    """A chat server at its limit stays there across a reload (a SIGHUP must not be a
+    way around it); a changed limit starts afresh."""
+    chat = app_entry("chat", TOPIC, apns_upstream, key_file, ca_file)
+    gateway = await start([chat], native={"rate_limit": 3})
+    for n in range(3):
+        assert (await gateway.register("alice", token(n), "chat")).status_code == 201
+    assert (await gateway.register("alice", token(9), "chat")).status_code == 429
+    await gateway.hup()
+    assert (await gateway.register("alice", token(9), "chat")).status_code == 429
+    gateway.rewrite(native={"rate_limit": 5})
+    await gateway.hup()
+    assert (await gateway.register("alice", token(9), "chat")).status_code == 201
+
+
 async def test_reloads_are_counted_and_followed_by_the_metrics(
     start: Any, apns_upstream: str, key_file: Path, ca_file: Path
 ) -> None:
@@ -423,20 +458,3 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-async def test_rate_limit_windows_carry_over_a_reload(
-    start: Any, apns_upstream: str, key_file: Path, ca_file: Path
-) -> None:
-    """A chat server at its limit stays there across a reload (a SIGHUP must not be a
-    way around it); a changed limit starts afresh."""
-    chat = app_entry("chat", TOPIC, apns_upstream, key_file, ca_file)
-    gateway = await start([chat], native={"rate_limit": 3})
-    for n in range(3):
-        assert (await gateway.register("alice", token(n), "chat")).status_code == 201
-    assert (await gateway.register("alice", token(9), "chat")).status_code == 429
-    await gateway.hup()
-    assert (await gateway.register("alice", token(9), "chat")).status_code == 429
-    gateway.rewrite(native={"rate_limit": 5})
-    await gateway.hup()
-    assert (await gateway.register("alice", token(9), "chat")).status_code == 201

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from pushd.sdnotify import Notifier, watchdog_interval
+from pushd.sdnotify import Notifier, monotonic_usec, watchdog_interval
 from tests.process import ROOT, start_pushd_process, write_config
 
 UNIT = Path(ROOT) / "systemd" / "pushd.service"
@@ -93,14 +93,15 @@ def free_port() -> int:
 
 
 async def test_pushd_serve_speaks_sd_notify(tmp_path: Path, nursery: trio.Nursery) -> None:
-    """READY=1 once the API port accepts connections (checked the moment READY=1
-    arrives), WATCHDOG=1 every half WATCHDOG_USEC, STATUS= lines, STOPPING=1 on SIGTERM."""
-    port = free_port()
+    """READY=1 once the API and metrics ports accept connections (checked the moment
+    READY=1 arrives), WATCHDOG=1 every half WATCHDOG_USEC, STATUS= lines, STOPPING=1 on SIGTERM."""
+    port, metrics_port = free_port(), free_port()
     config = write_config(
         tmp_path / "pushd.toml",
         {
             "server": {"listen": "127.0.0.1", "port": port},
             "store": {"path": str(tmp_path / "pushd.sqlite3")},
+            "metrics": {"port": metrics_port},
         },
     )
     receiver = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -123,10 +124,11 @@ async def test_pushd_serve_speaks_sd_notify(tmp_path: Path, nursery: trio.Nurser
     with trio.fail_after(30):
         while "READY" not in (fields := await receive()):
             pass
-    # READY=1 means listening: a connection must be accepted now, not "soon".
-    probe = trio.socket.socket()
-    await probe.connect(("127.0.0.1", port))
-    probe.close()
+    # READY=1 means every listener is bound: connections are accepted now, not "soon".
+    for listening in (port, metrics_port):
+        probe = trio.socket.socket()
+        await probe.connect(("127.0.0.1", listening))
+        probe.close()
     assert fields["READY"] == "1"
     assert fields["STATUS"].startswith(f"serving 0 app(s) on http://127.0.0.1:{port}; spool 0")
 
@@ -140,6 +142,20 @@ async def test_pushd_serve_speaks_sd_notify(tmp_path: Path, nursery: trio.Nurser
     # Half of 0.4 s: six pings take about 1.2 s (generous bounds: a busy machine).
     assert 0.6 < elapsed < 8, elapsed
     assert any("STATUS" in m and "READY" not in m for m in messages), messages
+
+    # A reload: RELOADING=1 with the monotonic clock (systemd 253's notify-reload
+    # needs it), then READY=1; a refused one says so in STATUS=.
+    for broken in (False, True):
+        if broken:
+            config.write_text(config.read_text() + "\n[retry]\nmax_attempts = 0\n")
+        process.signal(signal.SIGHUP)
+        with trio.fail_after(30):
+            while "RELOADING" not in (fields := await receive()):
+                pass
+            assert abs(int(fields["MONOTONIC_USEC"]) - monotonic_usec()) < 30_000_000
+            while "READY" not in (fields := await receive()):
+                pass
+        assert ("last reload refused" in fields["STATUS"]) is broken
 
     process.signal(signal.SIGTERM)
     with trio.fail_after(30):

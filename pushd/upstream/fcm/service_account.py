@@ -8,6 +8,7 @@ the file holds a private key, and a config checker's output ends up in bug repor
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +23,10 @@ from pushd.upstream.fcm.settings import ServiceAccount
 SERVICE_ACCOUNT_TYPE = "service_account"
 #: Google issues 2048-bit keys; anything smaller is not one of theirs and is weak.
 MIN_RSA_BITS = 2048
+#: Private keys remembered as checked.  Checking one costs ~12 ms of CPU that holds the
+#: GIL, and every reload re-checks the config: an unchanged file is not checked again,
+#: so a reload does not hold up the event loop (benchmarks/reload.py).
+CHECKED_KEYS = 16
 
 
 class ServiceAccountError(ValueError):
@@ -49,6 +54,13 @@ def load_private_key(pem: bytes) -> rsa.RSAPrivateKey:
             f"private_key: RSA key of {key.key_size} bits, at least {MIN_RSA_BITS} needed"
         )
     return key
+
+
+@functools.lru_cache(maxsize=CHECKED_KEYS)
+def _check_private_key(pem: bytes) -> None:
+    """:func:`load_private_key` for its verdict only, remembered for a good key (an
+    exception is not cached: a bad key is reported every time)."""
+    load_private_key(pem)
 
 
 def _string(data: dict[str, Any], field: str) -> str:
@@ -92,7 +104,7 @@ def load_service_account(data: bytes) -> ServiceAccount:
     client_email = _string(parsed, "client_email")
     private_key_id = _string(parsed, "private_key_id")
     pem = _string(parsed, "private_key").encode("utf-8", "replace")
-    load_private_key(pem)
+    _check_private_key(pem)
     token_uri = _string(parsed, "token_uri")
     url = urlsplit(token_uri)
     if url.scheme != "https" or not url.hostname:
