@@ -30,6 +30,7 @@ instance: behind N instances a source may send up to N times the limit.
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 from typing import Final, Protocol
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 MAX_KEYS: Final = 50_000
 #: A minute: the window of every ``rate_limit`` given as requests a minute.
 MINUTE: Final = 60.0
+#: Requests refused per protocol by every :class:`RateLimit` of this process, for the
+#: metrics (``pushd_rate_limited_requests_total``).
+REFUSED: Final[collections.Counter[str]] = collections.Counter()
 
 
 class Limiter(Protocol):
@@ -167,6 +171,8 @@ class RateLimit:
         return retry_after
 
     def _warn(self, identity: str, now: float, retry_after: float | None) -> None:
+        if retry_after is not None:
+            REFUSED[self.protocol] += 1
         if retry_after is not None and self._warned.check(identity, now) is None:
             log.warning(
                 "%s: %s is over its rate limit (%d requests in %g s): refusing its "
