@@ -60,8 +60,8 @@ def site_config(upstreams: list[str], port: int) -> str:
     assert f"listen 127.0.0.1:{port};" in text
     # Test only: which instances nginx tried for each request.
     return text.replace(
-        "proxy_pass http://pushd;",
-        "proxy_pass http://pushd;\n        add_header X-Tried $upstream_addr always;",
+        "proxy_pass http://pushd_instances;",
+        "proxy_pass http://pushd_instances;\n        add_header X-Tried $upstream_addr always;",
     )
 
 
