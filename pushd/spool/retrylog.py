@@ -18,7 +18,7 @@ import attrs
 from pushd.model import mask_token
 
 if TYPE_CHECKING:
-    from pushd.dispatch import Retry
+    from pushd.decisions import Retry
     from pushd.model import Delivery
 
 log = logging.getLogger("pushd.retry")
