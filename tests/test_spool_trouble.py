@@ -298,7 +298,9 @@ async def test_an_expired_delivery_is_dropped_unsent_and_counted(rig: Rig) -> No
     assert (await rig.health())["apps"]["chat"]["expired"] == 1
 
 
-async def test_past_max_queued_a_delivery_fails_at_once_as_spool_full(rig: Rig) -> None:
+async def test_past_max_queued_a_delivery_fails_at_once_as_spool_full_until_purged(
+    rig: Rig,
+) -> None:
     await rig.configure(retry={"max_queued": 3})
     await rig.start()
     devices = [token(n) for n in range(5)]
@@ -313,6 +315,13 @@ async def test_past_max_queued_a_delivery_fails_at_once_as_spool_full(rig: Rig) 
         while "chat spool_full: 3" not in (status := await spool_status(rig.config)):  # noqa: ASYNC110
             await trio.sleep(0.2)
     assert "chat: 3 waiting" in status, status
+    # An operator gives up on them, beside the running daemon: room again.
+    output = await pushd_cli("spool", "purge", "--app", "chat", "--config", str(rig.config))
+    assert "purged 3 waiting deliveries" in output, output
+    with trio.fail_after(10):
+        while (await rig.send(10, devices[0]))["status"] != "retrying":  # noqa: ASYNC110
+            await trio.sleep(0.5)
+    assert "chat purged: 3" in await spool_status(rig.config)
 
 
 async def test_rotate_key_reseals_rows_that_still_deliver(rig: Rig) -> None:
