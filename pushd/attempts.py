@@ -9,6 +9,7 @@ tells its circuit.  A credential failure pauses the app here, with one ALARM lin
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,7 +17,9 @@ import trio
 
 from pushd.config import RetryConfig
 from pushd.lanes import Lane
+from pushd.metrics.tally import DeliveryTally
 from pushd.model import Failed, Outcome, RetryLater
+from pushd.requestid import REQUEST_ID
 
 log = logging.getLogger("pushd.dispatch")
 
@@ -30,6 +33,8 @@ class Attempts:
         self.lanes = lanes
         self.retry = retry
         self.clock = clock
+        #: Counts for the metrics (:mod:`pushd.metrics`); None when they are off.
+        self.tally: DeliveryTally | None = None
 
     async def attempt(
         self, app: str, tokens: list[str], push: Any, record: Callable[[int, Outcome], None]
@@ -76,11 +81,25 @@ class Attempts:
         record: Callable[[int, Outcome], None],
     ) -> None:
         reported = 0
+        tally = self.tally
+        started = time.perf_counter()
+        # Upstream clients report from their connection's task: its lines (a pause, a
+        # retry decision) belong to this delivery's request.
+        request_id = REQUEST_ID.get()
 
         def report(index: int, outcome: Outcome) -> None:
+            current = REQUEST_ID.set(request_id)
+            try:
+                _report(index, outcome)
+            finally:
+                REQUEST_ID.reset(current)
+
+        def _report(index: int, outcome: Outcome) -> None:
             nonlocal reported
             reported += 1
             lane.budget.give()
+            if tally is not None:
+                tally.answered(lane.name, outcome, time.perf_counter() - started)
             if isinstance(outcome, Failed) and outcome.credential:
                 self._pause(lane, outcome.reason)
             if lane.observe(outcome, self.clock()):

@@ -37,10 +37,12 @@ from pushd.attempts import Attempts
 from pushd.config import RetryConfig, SpoolConfig
 from pushd.decisions import Decisions, Report, Retry, Status
 from pushd.lanes import Lane
+from pushd.metrics.tally import RETRY_KIND_CLASS, DeliveryTally, failed_class
 from pushd.model import (
     STORED_PROTOCOLS,
     Delivery,
     Outcome,
+    RetryLater,
     TokenDead,
     mask_token,
 )
@@ -99,11 +101,11 @@ class Dispatcher:
         first_attempt_deadline: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.lanes = {lane.name: lane for lane in lanes}
+        self._lanes = {lane.name: lane for lane in lanes}
         self.store = store
         self.retry = retry
-        self.decisions = Decisions(self.lanes, retry)
-        self.attempts = Attempts(self.lanes, retry, clock)
+        self.decisions = Decisions(self._lanes, retry)
+        self.attempts = Attempts(self._lanes, retry, clock)
         self.keys = keys
         self.spool = spool or SpoolConfig()
         self.first_attempt_deadline = first_attempt_deadline
@@ -119,6 +121,25 @@ class Dispatcher:
         self._idle = trio.Event()
         self._idle.set()
 
+    @property
+    def lanes(self) -> dict[str, Lane]:
+        """Each app's lane by name."""
+        return self._lanes
+
+    @lanes.setter
+    def lanes(self, lanes: dict[str, Lane]) -> None:
+        """A reload's new set: decisions and attempts use it from now on."""
+        self._lanes = self.decisions.lanes = self.attempts.lanes = lanes
+
+    @property
+    def tally(self) -> DeliveryTally | None:
+        """Counts for the metrics (:mod:`pushd.metrics`); None when they are off."""
+        return self.attempts.tally
+
+    @tally.setter
+    def tally(self, tally: DeliveryTally | None) -> None:
+        self.attempts.tally = tally
+
     # --- lifecycle --------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -126,10 +147,16 @@ class Dispatcher:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for lane in self.lanes.values():
-                await nursery.start(lane.sender.run)
+                await nursery.start(lane.run)
             await nursery.start(self.ledger.run)
             await nursery.start(self.worker.run)
             task_status.started()
+
+    async def start_lane(self, lane: Lane) -> None:
+        """Start a lane added after :meth:`run` (a reload); put it in :attr:`lanes` after."""
+        if self._nursery is None:
+            raise RuntimeError("Dispatcher.run() has not been started")
+        await self._nursery.start(lane.run)
 
     def start_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         if self._nursery is None:
@@ -246,7 +273,7 @@ class Dispatcher:
             if early is not None:
                 self._settle_row(deliveries[index], row_id, 1, early)
             elif batch.outcomes[index] is not None:
-                self.retry_log.decision(deliveries[index], 1, spooled[index], now)
+                self.retry_log.decision(deliveries[index], 1, spooled[index], now, row_id)
         self.worker.wake()
 
     def _entry(
@@ -274,6 +301,8 @@ class Dispatcher:
 
     def _refuse_full(self, delivery: Delivery, in_flight: bool) -> Report:
         self.decisions.stats(delivery.app).dropped += 1
+        if self.tally is not None:
+            self.tally.outcome(delivery.app, delivery.protocol, "failed", "spool_full")
         self.ledger.count(delivery.app, "spool_full")
         log.warning(
             "app %s: the spool holds %d deliveries (retry.max_queued); refusing one to %s%s",
@@ -292,8 +321,20 @@ class Dispatcher:
     def decide(
         self, delivery: Delivery, outcome: Outcome, attempt: int, now: float
     ) -> Report | Retry:
-        """See :meth:`pushd.decisions.Decisions.decide`."""
-        return self.decisions.decide(delivery, outcome, attempt, now)
+        """What ``outcome`` of attempt number ``attempt`` means (see
+        :meth:`pushd.decisions.Decisions.decide`), counted in the metrics too."""
+        decided = self.decisions.decide(delivery, outcome, attempt, now)
+        tally = self.tally
+        if tally is not None:
+            if isinstance(decided, Retry):
+                kind = outcome.kind if isinstance(outcome, RetryLater) else "server"
+                tally.outcome(delivery.app, delivery.protocol, "retrying", RETRY_KIND_CLASS[kind])
+            elif decided.status == "failed":
+                reason = failed_class(outcome, decided.reason)
+                tally.outcome(delivery.app, delivery.protocol, "failed", reason)
+            else:
+                tally.outcome(delivery.app, delivery.protocol, decided.status)
+        return decided
 
     def _dead_token(self, delivery: Delivery, outcome: Outcome, *, late: bool) -> DeadToken:
         """The removal a dead verdict calls for, and the verdict to keep for the caller:
@@ -324,7 +365,7 @@ class Dispatcher:
             self.ledger.again(
                 Reschedule(row_id, decided.attempts, decided.due, decided.unknown, decided.reason)
             )
-            self.retry_log.decision(delivery, attempt, decided, now)
+            self.retry_log.decision(delivery, attempt, decided, now, row_id)
             return
         self.ledger.done(row_id)
         self.depth[delivery.app] = max(0, self.depth.get(delivery.app, 0) - 1)

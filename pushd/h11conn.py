@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Final, TypeVar
 from urllib.parse import unquote
@@ -19,6 +20,7 @@ import trio
 
 from pushd.forwarded import forwarded_client
 from pushd.frontends.http import Reply, Request
+from pushd.requestid import REQUEST_ID, new_request_id
 from pushd.routing import Found, Router, error_reply
 
 if TYPE_CHECKING:
@@ -43,6 +45,9 @@ MAX_HEADERS: Final = 100
 #: A body over its route's limit by at most this much is read and dropped before the
 #: 413; bigger ones are refused unread (the connection then closes).
 DRAIN_BYTES: Final = 1024 * 1024
+#: The route label of a request no route matched (404, 405): one label for all of them,
+#: whatever path or method a scanner tries.
+UNMATCHED: Final = ("unmatched", "")
 
 
 class _ClientGone(Exception):
@@ -65,6 +70,9 @@ class Connection:
     #: Set while waiting for the next request on a kept-alive connection: shutdown
     #: cancels it, which closes the connection between requests, never inside one.
     idle_scope: trio.CancelScope | None = None
+    #: The route pattern and method the request being answered matched, for metrics
+    #: (never the path itself: Mattermost's and Rocket.Chat's hold secrets).
+    route: tuple[str, str] = ("", "")
 
     async def _receive(self) -> bytes:
         """The next bytes from the client (empty at its end of stream)."""
@@ -179,7 +187,11 @@ class Connection:
         event = await self._read_head()
         if event is None:
             return False
+        started = time.perf_counter()
         reply = await self._answer(event)
+        observe = self.server.observe
+        if observe is not None:
+            observe(*self.route, reply.status, time.perf_counter() - started)
         head = h11.Response(
             status_code=reply.status, headers=self._headers(reply, self.server.closing)
         )
@@ -202,8 +214,10 @@ class Connection:
         path = unquote(head.target.decode("latin-1").partition("?")[0])
         found = self.server.router.find(method, path)
         if isinstance(found, Reply):
+            self.route = UNMATCHED
             await self._reading(self._drain(DRAIN_BYTES))  # a body nobody wants: drop it
             return found
+        self.route = (found.route.path, found.route.method)
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in head.headers}
         body = await self._reading(self._body(found, headers))
         if body is None:
@@ -219,10 +233,15 @@ class Connection:
                 if self.via_proxy
                 else self.peer
             ),
-            request_id=f"r{next(self.server.ids)}",
+            request_id=new_request_id(),
         )
         # The handler runs without a timeout: each protocol bounds its own waiting.
-        reply = await Router.call(found, request)
+        # Tasks it starts (the dispatcher's attempts) inherit the request id.
+        current = REQUEST_ID.set(request.request_id)
+        try:
+            reply = await Router.call(found, request)
+        finally:
+            REQUEST_ID.reset(current)
         log.debug(
             "%s: %s %s from %s (peer %s): %d",
             request.request_id,
