@@ -13,6 +13,11 @@ being read to the new config in place), ``wall`` is from ``kill`` to the log lin
 read here (adds signal delivery and the pipe).  Each run is a fresh process; the
 table gives per-run medians, and the median and range over all reloads.
 
+Meanwhile a probe sends ``GET /health`` one after another on a keep-alive connection:
+its slowest answer while reloads run, against its slowest between them, shows how long
+a reload holds up pushd's event loop (file reads, key parsing and TLS setup run on
+worker threads; rebuilding frontends and swapping lanes on the loop).
+
     /work/venv/bin/python benchmarks/reload.py [--runs 3] [--reloads 15]
 """
 
@@ -30,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import trio
 import trustme
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -84,9 +90,23 @@ def apps(work: Path, apns: ApnsSimulator, fcm: FcmSimulator, timeout: float) -> 
     ]
 
 
-async def one_run(reloads: int) -> dict[str, list[tuple[float, float]]]:
+async def probe(url: str, reloading: list[bool], into: dict[bool, list[float]]) -> None:
+    """``GET /health`` in a loop; each latency (ms) filed under "a reload was running"."""
+    async with httpx.AsyncClient() as client:
+        while True:
+            during = reloading[0]
+            started = time.perf_counter()
+            response = await client.get(url + "/health")
+            assert response.status_code == 200
+            into[during or reloading[0]].append((time.perf_counter() - started) * 1000)
+
+
+async def one_run(
+    reloads: int, latencies: dict[bool, list[float]]
+) -> dict[str, list[tuple[float, float]]]:
     """Timings (pushd ms, wall ms) per case, from one fresh pushd process."""
     results: dict[str, list[tuple[float, float]]] = {"unchanged": [], "one app changed": []}
+    reloading = [False]
     with tempfile.TemporaryDirectory() as directory:
         work = Path(directory)
         ca = trustme.CA()
@@ -111,6 +131,13 @@ async def one_run(reloads: int) -> dict[str, list[tuple[float, float]]]:
             }
             path = write_config(work / "pushd.toml", sections)
             process = await start_pushd_process(nursery, path)
+            probing = trio.CancelScope()
+
+            async def probing_task() -> None:
+                with probing:
+                    await probe(process.url, reloading, latencies)
+
+            nursery.start_soon(probing_task)
             for n in range(reloads * 2):
                 case = "unchanged" if n % 2 == 0 else "one app changed"
                 if case == "one app changed":
@@ -118,6 +145,7 @@ async def one_run(reloads: int) -> dict[str, list[tuple[float, float]]]:
                     write_config(path, sections)
                 before = sum(1 for line in process.lines if RELOADED.search(line))
                 started = time.perf_counter()
+                reloading[0] = True
                 process.signal(signal.SIGHUP)
                 with trio.fail_after(30):
                     while True:
@@ -126,8 +154,10 @@ async def one_run(reloads: int) -> dict[str, list[tuple[float, float]]]:
                             break
                         await trio.sleep(0.001)
                 wall = (time.perf_counter() - started) * 1000
+                reloading[0] = False
                 results[case].append((float(matched[-1].group(1)), wall))
                 await trio.sleep(0.2)  # let a retired lane close before the next one
+            probing.cancel()
             process.signal(signal.SIGTERM)
             await process.wait()
             nursery.cancel_scope.cancel()
@@ -147,8 +177,9 @@ def main() -> int:
     print(f"pushd reload: {args.runs} runs x {args.reloads} reloads per case; 3 apps")
     print(f"machine: {os.cpu_count()} CPUs, load average {load[0]:.2f} at start")
     everything: dict[str, list[tuple[float, float]]] = {}
+    latencies: dict[bool, list[float]] = {True: [], False: []}
     for run in range(args.runs):
-        results = trio.run(one_run, args.reloads)
+        results = trio.run(one_run, args.reloads, latencies)
         for case, timings in results.items():
             everything.setdefault(case, []).extend(timings)
             pushd_ms = statistics.median(t[0] for t in timings)
@@ -158,6 +189,13 @@ def main() -> int:
     for case, timings in everything.items():
         print(f"  {case:<16} pushd {describe([t[0] for t in timings])}")
         print(f"  {'':<16} wall  {describe([t[1] for t in timings])}")
+    for during, label in ((False, "between reloads"), (True, "during a reload")):
+        values = sorted(latencies[during])
+        p99 = values[int(len(values) * 0.99)] if values else float("nan")
+        print(
+            f"GET /health {label}: {len(values)} requests, median "
+            f"{statistics.median(values):.2f} ms, p99 {p99:.2f} ms, max {max(values):.2f} ms"
+        )
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
     return 0
 

@@ -202,6 +202,16 @@ def warnings(config: Config) -> list[str]:
     return found
 
 
+def metrics_line(config: Config) -> str:
+    """Where Prometheus scrapes, and with what (the ``[metrics]`` section)."""
+    metrics = config.metrics
+    if not metrics.enabled:
+        return "off"
+    host = f"[{metrics.listen}]" if ":" in metrics.listen else metrics.listen
+    token = ", bearer token required" if metrics.bearer_token_file else ""
+    return f"http://{host}:{metrics.port}/metrics{token}"
+
+
 def report(
     path: str, config: Config, accounts: dict[str, tuple[str, str]] | None = None
 ) -> list[str]:
@@ -217,6 +227,7 @@ def report(
         f"  listen: {scheme}://{config.server.listen}:{config.server.port}",
         f"  store:  {store}",
         f"  log:    {config.log.level}, {config.log.format}",
+        f"  metrics: {metrics_line(config)}",
         "apps:",
     ]
     lines += [f"  {app_line(app, accounts.get(app.name))}" for app in config.apps]

@@ -41,8 +41,6 @@ import attrs
 import trio
 
 from pushd.config import AppConfig, Config, ConfigError, load_checked
-from pushd.frontends.matrix.dedupe import Dedupe
-from pushd.frontends.ratelimit import RateLimit
 from pushd.frontends.status import StatusPage
 from pushd.lanes import Lane
 from pushd.sdnotify import Notifier
@@ -72,6 +70,10 @@ RESTART_ONLY: Final = (
     "store",
     "spool.key_file",
     "log.format",
+    # [metrics] (where present): its listener is bound once, at start.
+    "metrics.enabled",
+    "metrics.listen",
+    "metrics.port",
 )
 
 #: The fields an app's upstream client is built from (see ``config.apns_settings`` and
@@ -129,24 +131,37 @@ def fingerprint(config: Config, app: AppConfig) -> tuple[Any, ...]:
     )
 
 
+_ABSENT: Final = object()
+
+
 def _get(config: Config, path: str) -> Any:
     value: Any = config
     for part in path.split("."):
-        value = getattr(value, part)
+        value = getattr(value, part, _ABSENT)
     return value
 
 
+def _put(config: Config, path: str, value: Any) -> Config:
+    section, _, field = path.partition(".")
+    if not field:
+        return attrs.evolve(config, **{section: value})
+    changed = attrs.evolve(getattr(config, section), **{field: value})
+    return attrs.evolve(config, **{section: changed})
+
+
 def _keep_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:
-    """``new`` with :data:`RESTART_ONLY` settings put back to ``old``'s; what differed."""
-    changed = [key for key in RESTART_ONLY if _get(old, key) != _get(new, key)]
-    server = attrs.evolve(
-        new.server,
-        **{key.split(".")[1]: _get(old, key) for key in RESTART_ONLY if key.startswith("server.")},
-    )
-    spool = attrs.evolve(new.spool, key_file=old.spool.key_file)
-    log_config = attrs.evolve(new.log, format=old.log.format)
-    kept = attrs.evolve(new, server=server, store=old.store, spool=spool, log=log_config)
-    return kept, changed
+    """``new`` with :data:`RESTART_ONLY` settings put back to ``old``'s; what differed.
+
+    Keys of sections this build does not have are skipped.
+    """
+    changed = []
+    for key in RESTART_ONLY:
+        before, after = _get(old, key), _get(new, key)
+        if before is _ABSENT or before == after:
+            continue
+        changed.append(key)
+        new = _put(new, key, before)
+    return new, changed
 
 
 def _carry_state(old: Sequence[Any], new: Sequence[Any]) -> None:
@@ -159,14 +174,9 @@ def _carry_state(old: Sequence[Any], new: Sequence[Any]) -> None:
             kept, fresh = getattr(before, name, None), getattr(after, name, None)
             if kept is None or fresh is None or type(kept) is not type(fresh):
                 continue
-            if (
-                isinstance(kept, RateLimit)
-                and isinstance(fresh, RateLimit)
-                and (kept.limit, kept.window) != (fresh.limit, fresh.window)
-            ):
-                continue
-            same_dedupe = not isinstance(kept, Dedupe) or kept.window == fresh.window
-            if not same_dedupe:
+            # A rate limit or dedupe window that changed starts afresh.
+            settings = ("limit", "window")
+            if any(getattr(kept, k, None) != getattr(fresh, k, None) for k in settings):
                 continue
             setattr(after, name, kept)
 
@@ -295,7 +305,8 @@ class Reloader:
                 if lane is not None and self._fingerprints.get(app.name) == fingerprints[app.name]:
                     lanes[app.name] = lane
                     continue
-                fresh = build_lane(new, index)
+                # Off the event loop: an FCM client's TLS setup and RSA key take ~0.1 s.
+                fresh = await trio.to_thread.run_sync(build_lane, new, index)
                 if lane is not None:
                     fresh.stats = lane.stats  # the app's counters go on
                     plan.retired.append(lane)

@@ -327,6 +327,10 @@ async def serve(
                 task_status=task_status,
             )
         return
+    tls = server_tls(config)  # what the admin may have got wrong first: nothing to undo
+    pid_file = PidFile(config.server.pid_file)
+    lanes = build_lanes(config) if lanes is None else lanes
+    store = await open_store(config.store)
     notifier = Notifier.from_environment()
     stop_requested = shutdown_trigger
 
@@ -334,10 +338,6 @@ async def serve(
         await stop_requested()
         notifier.stopping()
 
-    tls = server_tls(config)  # what the admin may have got wrong first: nothing to undo
-    pid_file = PidFile(config.server.pid_file)
-    lanes = build_lanes(config) if lanes is None else lanes
-    store = await open_store(config.store)
     try:
         try:
             keys = SpoolKeys.load(config.spool.key_file, create=not store.shared)

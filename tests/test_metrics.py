@@ -15,6 +15,7 @@ import httpx
 import trio
 import trustme
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client.parser import text_string_to_metric_families
 
 from pushd import config
@@ -22,7 +23,8 @@ from pushd.metrics.tally import FAILED_REASONS, UPSTREAM_ERRORS
 from pushd.model import mask_token
 from pushd.simulators.apns import ApnsSimulator
 from pushd.simulators.faults import parse_plan
-from tests.conftest import TOPIC, Pushd, PushdFactory, app_entry, token
+from pushd.simulators.fcm import FcmSimulator
+from tests.conftest import TOPIC, Pushd, PushdFactory, app_entry, fcm_entry, token
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -315,3 +317,96 @@ def test_a_listener_off_loopback_needs_a_token(tmp_path: Path) -> None:
     assert checked(tmp_path, {"listen": "0.0.0.0", "enabled": False}) == []
     (problem,) = checked(tmp_path, {"port": 70000})
     assert problem.startswith("metrics.port:")
+
+
+async def test_the_reload_hooks_count_reloads_and_take_the_new_config(
+    start_pushd: PushdFactory, tmp_path: Path
+) -> None:
+    import attrs
+
+    from pushd import metrics
+
+    pushd: Pushd = await start_pushd()
+    before = parse((await scrape(pushd)).text)
+    metrics.record_reload(ok=False)
+    after = parse((await scrape(pushd)).text)
+    for name in ("pushd_config_reloads_total", "pushd_config_reload_failures_total"):
+        assert value(after, name) == (value(before, name) or 0) + 1
+    assert value(after, "pushd_config_last_reload_successful") == 0
+    metrics.record_reload(ok=True)
+    assert value(parse((await scrape(pushd)).text), "pushd_config_last_reload_successful") == 1
+    # A reload that adds a bearer token: the next scrape needs it.
+    secret = "a-new-metrics-token-0123456789"
+    (tmp_path / "token").write_text(secret)
+    reloaded = attrs.evolve(
+        pushd.config,
+        metrics=attrs.evolve(pushd.config.metrics, bearer_token_file=str(tmp_path / "token")),
+    )
+    metrics.reload(reloaded)
+    assert (await scrape(pushd)).status_code == 401
+    assert (await scrape(pushd, {"authorization": f"Bearer {secret}"})).status_code == 200
+
+
+def test_a_busy_metrics_port_stops_pushd_with_one_line(tmp_path: Path) -> None:
+    from tests.test_serve_startup import assert_one_line, serve_config
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        path = tmp_path / "pushd.toml"
+        path.write_text(
+            f"[server]\nport = 0\n[metrics]\nport = {port}\n[store]\npath = 'pushd.sqlite3'\n"
+        )
+        done = serve_config(path)
+    assert_one_line(done, f"metrics: cannot listen on 127.0.0.1:{port}: address already in use")
+
+
+def test_check_config_says_where_prometheus_scrapes(tmp_path: Path) -> None:
+    from pushd.checkconfig import report
+
+    def line(metrics: dict[str, Any]) -> str:
+        cfg = config.parse(
+            {"store": {"path": str(tmp_path / "db")}, "metrics": metrics}, base=tmp_path
+        )
+        (found,) = [item for item in report("pushd.toml", cfg) if "metrics:" in item]
+        return found.strip()
+
+    assert line({}) == "metrics: http://127.0.0.1:9464/metrics"
+    assert line({"enabled": False}) == "metrics: off"
+    assert line({"listen": "::", "port": 9100, "bearer_token_file": "t"}) == (
+        "metrics: http://[::]:9100/metrics, bearer token required"
+    )
+
+
+async def test_fcm_outcomes_carry_their_provider(
+    start_pushd: PushdFactory,
+    simulator: ApnsSimulator,
+    fcm_simulator: FcmSimulator,
+    fcm_key: rsa.RSAPrivateKey,
+    key_file: Path,
+    ca_file: Path,
+    tmp_path: Path,
+) -> None:
+    upstream = f"https://127.0.0.1:{simulator.port}"
+    pushd: Pushd = await start_pushd(
+        apps=[
+            app_entry("ios", TOPIC, upstream, key_file, ca_file),
+            fcm_entry("android", fcm_simulator, fcm_key, ca_file, tmp_path),
+        ]
+    )
+    alive, gone = "fcm-device-alive:APA91b" + "a" * 40, "fcm-device-gone:APA91b" + "b" * 40
+    parse_plan([f"{gone}=UNREGISTERED"], fcm=True).apply(simulator, fcm_simulator)
+    for device in (alive, gone):
+        await pushd.register("dan", device, app="android")
+    answer = await pushd.send({"user": "dan", "alert": "x"})
+    assert sorted(r["status"] for r in answer["results"]) == ["delivered", "removed"]
+    samples = parse((await scrape(pushd)).text)
+    for outcome in ("delivered", "removed"):
+        labels = {"app": "android", "provider": "fcm", "protocol": "native", "reason": ""}
+        assert value(samples, "pushd_notifications_total", outcome=outcome, **labels) == 1
+    count = value(
+        samples, "pushd_upstream_request_duration_seconds_count", app="android", provider="fcm"
+    )
+    assert count == 2
+    assert value(samples, "pushd_circuit_state", app="android", state="closed") == 1

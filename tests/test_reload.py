@@ -423,3 +423,20 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+async def test_rate_limit_windows_carry_over_a_reload(
+    start: Any, apns_upstream: str, key_file: Path, ca_file: Path
+) -> None:
+    """A chat server at its limit stays there across a reload (a SIGHUP must not be a
+    way around it); a changed limit starts afresh."""
+    chat = app_entry("chat", TOPIC, apns_upstream, key_file, ca_file)
+    gateway = await start([chat], native={"rate_limit": 3})
+    for n in range(3):
+        assert (await gateway.register("alice", token(n), "chat")).status_code == 201
+    assert (await gateway.register("alice", token(9), "chat")).status_code == 429
+    await gateway.hup()
+    assert (await gateway.register("alice", token(9), "chat")).status_code == 429
+    gateway.rewrite(native={"rate_limit": 5})
+    await gateway.hup()
+    assert (await gateway.register("alice", token(9), "chat")).status_code == 201

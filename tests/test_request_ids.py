@@ -85,3 +85,33 @@ async def test_every_line_of_a_delivery_carries_its_request_id(
     # Lines outside a delivery (start-up, shutdown) carry none.
     listening = next(line for line in process.lines if "listening on" in line)
     assert not re.search(ID, listening)
+
+
+def test_json_lines_carry_the_request_id_as_a_field() -> None:
+    import io
+    import json
+    import logging
+
+    from pushd.logs import JsonFormatter
+    from pushd.requestid import REQUEST_ID, RequestIdFilter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RequestIdFilter())
+    logger = logging.getLogger("pushd.test_request_ids")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("outside a request")
+        current = REQUEST_ID.set("r0badcafe")
+        try:
+            logger.warning("inside one")
+        finally:
+            REQUEST_ID.reset(current)
+    finally:
+        logger.removeHandler(handler)
+    outside, inside = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert "request_id" not in outside
+    assert inside["request_id"] == "r0badcafe"
+    assert inside["msg"] == "inside one"

@@ -6,12 +6,14 @@ The notify test plays systemd's side: it binds the datagram socket named by
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -145,4 +147,32 @@ async def test_pushd_serve_speaks_sd_notify(tmp_path: Path, nursery: trio.Nurser
             pass
     assert fields["STOPPING"] == "1"
     assert await process.wait() == 0
+    receiver.close()
+
+
+async def test_a_wedged_event_loop_stops_the_watchdog_pings(tmp_path: Path) -> None:
+    """The pings come from the event loop itself: while a blocking call holds the loop,
+    none is sent, so systemd's WatchdogSec sees the gap and restarts pushd."""
+    receiver = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    await receiver.bind(str(tmp_path / "notify"))
+    notifier = Notifier(str(tmp_path / "notify"), watchdog=0.05)
+    pings: list[float] = []
+
+    async def collect() -> None:
+        while True:
+            if b"WATCHDOG=1" in await receiver.recv(4096):
+                pings.append(time.monotonic())
+
+    async with trio.open_nursery() as watching:
+        watching.start_soon(collect)
+        await watching.start(notifier.run, lambda: "status")
+        await trio.sleep(0.5)
+        time.sleep(1.0)  # noqa: ASYNC251 (the wedge under test)
+        await trio.sleep(0.5)
+        watching.cancel_scope.cancel()
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
+    assert len(pings) >= 8
+    assert max(gaps) >= 0.9  # nothing while wedged
+    assert sorted(gaps)[len(gaps) // 2] < 0.5  # otherwise every ~0.05 s
+    notifier.close()
     receiver.close()

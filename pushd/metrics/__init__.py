@@ -32,7 +32,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from pushd.config import Config, read_admin_token
 from pushd.frontends.http import Reply, Request, Route
-from pushd.http11 import HttpServer, HttpSettings
+from pushd.http11 import HttpServer, HttpSettings, ListenError
 from pushd.metrics.collect import PushdCollector
 from pushd.metrics.tally import RELOADS, DeliveryTally, HttpTally
 from pushd.routing import Router
@@ -179,15 +179,24 @@ class Metrics:
         )
         stop = shutdown_trigger or trio.Event()
         settings = self.config.metrics
-        async with trio.open_nursery() as nursery:
-            urls: list[str] = await nursery.start(
-                server.serve, settings.listen, settings.port, stop.wait
-            )
-            nursery.start_soon(self._refresh_loop)
-            self.urls = [url + METRICS_PATH for url in urls]
-            task_status.started(self.urls)
-            await stop.wait()
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                urls: list[str] = await nursery.start(
+                    server.serve, settings.listen, settings.port, stop.wait
+                )
+                nursery.start_soon(self._refresh_loop)
+                self.urls = [url + METRICS_PATH for url in urls]
+                task_status.started(self.urls)
+                await stop.wait()
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:  # the nursery wraps a busy port: unwrap it
+            matched, rest = group.split(ListenError)
+            if matched is None or rest is not None:
+                raise
+            error: BaseException = matched
+            while isinstance(error, BaseExceptionGroup):
+                error = error.exceptions[0]
+            raise error from None
 
     async def _refresh_loop(self) -> None:
         while True:
