@@ -13,38 +13,39 @@ so nobody else sends it meanwhile), or failed transiently (due after a backoff).
 row is the promise; :mod:`pushd.spool.worker` keeps it.  Outcomes that arrive after the
 answer settle their rows through the ledger (:mod:`pushd.spool.ledger`).
 
-Decisions are the same for a fresh attempt and a retry (:meth:`Dispatcher.decide`): a
+Decisions are the same for a fresh attempt and a retry (:mod:`pushd.decisions`): a
 push that asked for one attempt (APNs expiration 0), ran out of attempts, or would be
-due after it expires is not tried again; an expired one is never sent late.
+due after it expires is not tried again; an expired one is never sent late.  Sending
+through an app's lane (pause, budget, circuit) is :mod:`pushd.attempts`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
 import socket
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import attrs
 import trio
 
+from pushd.attempts import Attempts
 from pushd.config import RetryConfig, SpoolConfig
-from pushd.lanes import Lane, LaneStats, backoff
+from pushd.decisions import Decisions, Report, Retry, Status
+from pushd.lanes import Lane
 from pushd.metrics.tally import RETRY_KIND_CLASS, DeliveryTally, failed_class
 from pushd.model import (
     STORED_PROTOCOLS,
-    Delivered,
     Delivery,
-    Failed,
     Outcome,
     RetryLater,
     TokenDead,
     mask_token,
 )
-from pushd.requestid import REQUEST_ID
 from pushd.spool.ledger import Ledger
 from pushd.spool.retrylog import RetryLog
 from pushd.spool.seal import SpoolKeys
@@ -54,7 +55,8 @@ from pushd.store.spool import Reschedule, SpoolEntry
 
 log = logging.getLogger(__name__)
 
-Status = Literal["delivered", "removed", "retrying", "failed"]
+#: Report and Retry live in :mod:`pushd.decisions`; frontends import them from here.
+__all__ = ["Dispatcher", "Report", "Retry", "Status", "instance_name"]
 
 #: Protocols whose dead verdicts are kept even when told in the answer (see
 #: ``Dispatcher._dead_token``).
@@ -62,27 +64,6 @@ KEEP_ANSWERED_VERDICTS: Final = frozenset({"matrix"})
 #: How long an attempt still in flight at the answer may take before its row is
 #: another instance's to send: the upstream's request timeout ends it long before.
 IN_FLIGHT_LEASE: Final = 60.0
-
-
-@attrs.frozen
-class Report:
-    """What happened to one delivery, as far as the caller is told."""
-
-    delivery: Delivery
-    status: Status
-    reason: str | None = None
-    #: The upstream's verdict (None: no answer before the deadline), for frontends whose
-    #: protocol needs more than the status, e.g. a Retry-After to pass on.
-    outcome: Outcome | None = None
-
-
-@attrs.frozen
-class Retry:
-    """The decision to try again: when, and whether the last try may have arrived."""
-
-    due: float
-    unknown: bool
-    reason: str
 
 
 @attrs.define(eq=False)
@@ -120,9 +101,11 @@ class Dispatcher:
         first_attempt_deadline: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.lanes = {lane.name: lane for lane in lanes}
+        self._lanes = {lane.name: lane for lane in lanes}
         self.store = store
         self.retry = retry
+        self.decisions = Decisions(self._lanes, retry)
+        self.attempts = Attempts(self._lanes, retry, clock)
         self.keys = keys
         self.spool = spool or SpoolConfig()
         self.first_attempt_deadline = first_attempt_deadline
@@ -131,14 +114,31 @@ class Dispatcher:
         self.ledger = Ledger(store, clock)
         self.retry_log = RetryLog()
         self.worker = SpoolWorker(self)
-        #: Counts for the metrics (:mod:`pushd.metrics`); None when they are off.
-        self.tally: DeliveryTally | None = None
         #: Rows per app in the spool, as last counted plus what this process added.
         self.depth: dict[str, int] = {}
         self._nursery: trio.Nursery | None = None
         self._in_flight = 0
         self._idle = trio.Event()
         self._idle.set()
+
+    @property
+    def lanes(self) -> dict[str, Lane]:
+        """Each app's lane by name."""
+        return self._lanes
+
+    @lanes.setter
+    def lanes(self, lanes: dict[str, Lane]) -> None:
+        """A reload's new set: decisions and attempts use it from now on."""
+        self._lanes = self.decisions.lanes = self.attempts.lanes = lanes
+
+    @property
+    def tally(self) -> DeliveryTally | None:
+        """Counts for the metrics (:mod:`pushd.metrics`); None when they are off."""
+        return self.attempts.tally
+
+    @tally.setter
+    def tally(self, tally: DeliveryTally | None) -> None:
+        self.attempts.tally = tally
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -171,20 +171,23 @@ class Dispatcher:
         self.worker.stop()
         with trio.move_on_after(grace):
             await self._idle.wait()
+        left = None
         with trio.CancelScope(shield=True), trio.move_on_after(grace):
             await self.ledger.flush()
-            try:
-                released = await self.store.spool_release(self.owner)
-            except StoreUnavailable:
-                released = 0
+            with contextlib.suppress(StoreUnavailable):  # logged by the store
+                await self.store.spool_release(self.owner)
+                left = sum(app.depth for app in await self.store.spool_stats(self.clock()))
         if self._in_flight:
             log.warning(
                 "shutdown: %d attempts still in flight; they stay in the spool and go "
                 "again after the restart (a device may get one twice)",
                 self._in_flight,
             )
-        elif released:
-            log.info("shutdown: %d spooled deliveries left for the next start", released)
+        if left:
+            log.info(
+                "shutdown: %d spooled deliveries left for the next start (nothing dropped)",
+                left,
+            )
 
     # --- the caller's side ------------------------------------------------------------
 
@@ -212,7 +215,7 @@ class Dispatcher:
         dead: list[DeadToken] = []
         for index, (delivery, outcome) in enumerate(zip(deliveries, batch.outcomes, strict=True)):
             if outcome is None:
-                spooled[index] = Retry(now, True, "upstream has not answered yet")
+                spooled[index] = Retry(now, True, "upstream has not answered yet", 1)
                 continue
             decided = self.decide(delivery, outcome, 1, now)
             if isinstance(decided, Retry):
@@ -221,6 +224,8 @@ class Dispatcher:
             reports[index] = decided
             if decided.status == "removed":
                 dead.append(self._dead_token(delivery, outcome, late=False))
+            elif decided.counter is not None:
+                self.ledger.count(delivery.app, decided.counter)
         if spooled:
             await self._spool(deliveries, batch, spooled, reports, now)
         if dead:
@@ -284,7 +289,7 @@ class Dispatcher:
             registered_at=delivery.registered_at,
             key_id=key,
             sealed=sealed,
-            attempt=1,
+            attempt=retry.attempts,
             due_at=retry.due,
             expires_at=self.expires_at(delivery, now),
             created_at=now,
@@ -295,7 +300,7 @@ class Dispatcher:
         )
 
     def _refuse_full(self, delivery: Delivery, in_flight: bool) -> Report:
-        self._stats(delivery.app).dropped += 1
+        self.decisions.stats(delivery.app).dropped += 1
         if self.tally is not None:
             self.tally.outcome(delivery.app, delivery.protocol, "failed", "spool_full")
         self.ledger.count(delivery.app, "spool_full")
@@ -308,21 +313,17 @@ class Dispatcher:
         )
         return Report(delivery, "failed", "spool_full")
 
-    # --- decisions ----------------------------------------------------------------------
+    # --- decisions ---------------------------------------------------------------------
 
     def expires_at(self, delivery: Delivery, now: float) -> float:
-        """When trying again becomes pointless: the push's own expiry, or the default."""
-        if delivery.expires_at is not None:
-            return delivery.expires_at
-        expiration = delivery.push.expiration
-        return float(expiration) if expiration else now + self.retry.default_ttl
+        return self.decisions.expires_at(delivery, now)
 
     def decide(
         self, delivery: Delivery, outcome: Outcome, attempt: int, now: float
     ) -> Report | Retry:
-        """What ``outcome`` of attempt number ``attempt`` means: a final report, or when
-        to try again.  Counted in the app's stats and the metrics."""
-        decided = self._decide(delivery, outcome, attempt, now)
+        """What ``outcome`` of attempt number ``attempt`` means (see
+        :meth:`pushd.decisions.Decisions.decide`), counted in the metrics too."""
+        decided = self.decisions.decide(delivery, outcome, attempt, now)
         tally = self.tally
         if tally is not None:
             if isinstance(decided, Retry):
@@ -334,68 +335,6 @@ class Dispatcher:
             else:
                 tally.outcome(delivery.app, delivery.protocol, decided.status)
         return decided
-
-    def _decide(
-        self, delivery: Delivery, outcome: Outcome, attempt: int, now: float
-    ) -> Report | Retry:
-        stats = self._stats(delivery.app)
-        if isinstance(outcome, Delivered):
-            stats.delivered += 1
-            return Report(delivery, "delivered", outcome=outcome)
-        if isinstance(outcome, TokenDead):
-            kept = (
-                outcome.since is not None
-                and delivery.registered_at is not None
-                and delivery.registered_at >= outcome.since
-            )
-            if kept:  # the device registered this token again after APNs saw it die
-                stats.failed += 1
-                return Report(
-                    delivery, "failed", f"{outcome.reason} (kept: re-registered)", outcome
-                )
-            stats.removed += 1
-            log.info(
-                "app %s: token %s is dead (%s), removing it",
-                delivery.app,
-                mask_token(delivery.token),
-                outcome.reason,
-            )
-            return Report(delivery, "removed", outcome.reason, outcome)
-        if isinstance(outcome, Failed):
-            stats.failed += 1
-            return Report(delivery, "failed", outcome.reason, outcome)
-        return self._retry_or_give_up(delivery, outcome, attempt, now, stats)
-
-    def _retry_or_give_up(
-        self, delivery: Delivery, outcome: RetryLater, attempt: int, now: float, stats: LaneStats
-    ) -> Report | Retry:
-        why = None
-        if delivery.push.expiration == 0:
-            why = "the push asked for one attempt (expiration 0)"
-        elif attempt >= self.retry.max_attempts:
-            why = f"{attempt} attempts"
-        else:
-            delay = max(backoff(attempt, self.retry), outcome.after or 0.0)
-            if outcome.kind == "unreachable" and not outcome.after:
-                delay = min(delay, self.retry.base_delay)  # never sent: go again soon
-            due = now + delay
-            if due < self.expires_at(delivery, now):
-                stats.retried += 1
-                return Retry(due, outcome.maybe_delivered, outcome.reason)
-            why = "it expires before the next attempt"
-        stats.dropped += 1
-        log.warning(
-            "app %s: giving up on a notification to %s after %s: %s",
-            delivery.app,
-            mask_token(delivery.token),
-            outcome.reason,
-            why,
-        )
-        return Report(delivery, "failed", f"gave up: {outcome.reason} ({why})", outcome)
-
-    def _stats(self, app: str) -> LaneStats:
-        lane = self.lanes.get(app)
-        return lane.stats if lane is not None else LaneStats()
 
     def _dead_token(self, delivery: Delivery, outcome: Outcome, *, late: bool) -> DeadToken:
         """The removal a dead verdict calls for, and the verdict to keep for the caller:
@@ -424,7 +363,7 @@ class Dispatcher:
         decided = self.decide(delivery, outcome, attempt, now)
         if isinstance(decided, Retry):
             self.ledger.again(
-                Reschedule(row_id, attempt, decided.due, decided.unknown, decided.reason)
+                Reschedule(row_id, decided.attempts, decided.due, decided.unknown, decided.reason)
             )
             self.retry_log.decision(delivery, attempt, decided, now, row_id)
             return
@@ -432,8 +371,8 @@ class Dispatcher:
         self.depth[delivery.app] = max(0, self.depth.get(delivery.app, 0) - 1)
         if decided.status == "removed":
             self.ledger.dead(self._dead_token(delivery, outcome, late=True))
-        elif decided.status == "failed" and decided.reason and decided.reason.startswith("gave up"):
-            self.ledger.count(delivery.app, "dropped")
+        elif decided.counter is not None:
+            self.ledger.count(delivery.app, decided.counter)
 
     # --- attempts ---------------------------------------------------------------------
 
@@ -470,81 +409,7 @@ class Dispatcher:
         self, app: str, tokens: list[str], push: Any, record: Callable[[int, Outcome], None]
     ) -> None:
         """Send ``push`` to ``tokens`` through the app's lane; each is recorded once."""
-        lane = self.lanes.get(app)
-        if lane is None:
-            for position in range(len(tokens)):
-                record(position, Failed(f"no app named {app!r} is configured"))
-            return
-        now = self.clock()
-        if lane.paused_until > now:
-            # Not sent, so not lost: retried once the pause is over, when the
-            # credential may work again (a propagating key, a clock fixed, Google's
-            # token endpoint back).  If it still fails, that one attempt pauses again.
-            paused = RetryLater(
-                f"app {lane.name} is paused after a credential error: {lane.pause_reason}",
-                after=lane.paused_until - now,
-                kind="paused",
-            )
-            for position in range(len(tokens)):
-                record(position, paused)
-            return
-        granted = await lane.budget.take(len(tokens))
-        if granted == len(tokens):  # the usual case: no extra task
-            await self._send_chunk(lane, tokens, push, 0, granted, record)
-            return
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._send_chunk, lane, tokens, push, 0, granted, record)
-            start = granted
-            while start < len(tokens):
-                granted = await lane.budget.take(len(tokens) - start)
-                nursery.start_soon(self._send_chunk, lane, tokens, push, start, granted, record)
-                start += granted
-
-    async def _send_chunk(
-        self,
-        lane: Lane,
-        tokens: list[str],
-        push: Any,
-        start: int,
-        count: int,
-        record: Callable[[int, Outcome], None],
-    ) -> None:
-        reported = 0
-        tally = self.tally
-        started = time.perf_counter()
-        # Upstream clients report from their connection's task: its lines (a pause, a
-        # retry decision) belong to this delivery's request.
-        request_id = REQUEST_ID.get()
-
-        def report(index: int, outcome: Outcome) -> None:
-            current = REQUEST_ID.set(request_id)
-            try:
-                _report(index, outcome)
-            finally:
-                REQUEST_ID.reset(current)
-
-        def _report(index: int, outcome: Outcome) -> None:
-            nonlocal reported
-            reported += 1
-            lane.budget.give()
-            if tally is not None:
-                tally.answered(lane.name, outcome, time.perf_counter() - started)
-            if isinstance(outcome, Failed) and outcome.credential:
-                self._pause(lane, outcome.reason)
-            if lane.observe(outcome, self.clock()):
-                log.warning(
-                    "app %s: %d upstream failures in a row (last: %s); retries from the "
-                    "spool wait until it answers again",
-                    lane.name,
-                    lane.circuit.failures,
-                    getattr(outcome, "reason", "?"),
-                )
-            record(start + index, outcome)
-
-        try:
-            await lane.send_many(tokens[start : start + count], push, report)
-        finally:
-            lane.budget.give(count - reported)  # only if cancelled part-way (shutdown)
+        await self.attempts.attempt(app, tokens, push, record)
 
     def _record(self, delivery: Delivery, outcome: Outcome, batch: _Batch, index: int) -> None:
         if not batch.closed:
@@ -559,16 +424,3 @@ class Dispatcher:
         elif batch.spooling:
             batch.early[index] = outcome
         # else: never spooled (full, or the store failed and the caller heard 503)
-
-    def _pause(self, lane: Lane, reason: str) -> None:
-        first = lane.paused_until <= self.clock()
-        lane.paused_until = self.clock() + self.retry.credential_pause
-        lane.pause_reason = reason
-        if first:
-            log.error(
-                "ALARM app %s paused for %.0f s: credential error %s; fix its key or "
-                "certificate (other apps are not affected)",
-                lane.name,
-                self.retry.credential_pause,
-                reason,
-            )

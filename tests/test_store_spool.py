@@ -74,6 +74,18 @@ async def test_claim_takes_due_rows_of_the_app_oldest_first_up_to_the_limit(
     assert await claim(store, "a", now, app="other") == [ids[3]]
 
 
+async def test_a_claim_takes_half_the_oldest_and_half_the_newest_due_rows(
+    store: Store,
+) -> None:
+    """A row spooled last is not starved behind a backlog, nor the oldest by new ones."""
+    now = time.time()
+    ids = await store.spool_add([entry(n, due=now - 100 + n) for n in range(10)])
+    rows = await store.spool_claim(APP, "a", now, now + 3600, 5, unknown=True)
+    assert [row.id for row in rows] == [ids[0], ids[1], ids[2], ids[8], ids[9]]
+    rows = await store.spool_claim(APP, "a", now, now + 3600, 4, unknown=True)
+    assert [row.id for row in rows] == [ids[3], ids[4], ids[6], ids[7]]
+
+
 async def test_a_leased_row_is_not_claimed_again_until_its_lease_expires(store: Store) -> None:
     now = time.time()
     (row_id,) = await store.spool_add([entry(1, due=now)])

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pushd.simulators.apns import ApnsSimulator, SimReply
@@ -594,6 +595,30 @@ async def test_dead_tokens_come_back_in_deleted_devices(
     assert answer["realm"] is None
     again = (await zulip.json("push/notify", body)).json()
     assert (again["total_android_devices"], again["total_apple_devices"]) == (1, 1)
+
+
+async def test_a_token_found_dead_by_a_retry_is_in_the_next_deleted_devices(
+    zulip: ZulipServer, bouncer: Pushd, simulator: ApnsSimulator
+) -> None:
+    """Issue 11, item 8: a dead token learned after the answer (by a spooled retry) is
+    reported in ``deleted_devices`` of the server's next push to it, without a send."""
+    await zulip.register_device(token(1), APNS, ios_app_id=TOPIC)
+    simulator.script(
+        token(1),
+        SimReply(status=503, reason="ServiceUnavailable"),
+        SimReply(status=410, reason="Unregistered"),
+    )
+    body = {"user_id": 10, "apns_payload": APNS_PAYLOAD, "apple_devices": [token(1)]}
+    answer = (await zulip.json("push/notify", body)).json()
+    assert answer["deleted_devices"]["apple_devices"] == []  # spooled, not known dead yet
+    with trio.fail_after(10):
+        await simulator.wait_for(2)
+        while bouncer.services.dispatcher.depth.get("ios", 0):  # noqa: ASYNC110
+            await trio.sleep(0.05)
+    again = (await zulip.json("push/notify", body)).json()
+    assert again["deleted_devices"]["apple_devices"] == [token(1)]
+    assert again["total_apple_devices"] == 0
+    assert len(simulator.received) == 2  # the report needed no send
 
 
 async def test_removal_lists_are_cut_to_the_newest_200(

@@ -19,7 +19,7 @@ from pushd.model import mask_token
 from pushd.requestid import spool_request_id
 
 if TYPE_CHECKING:
-    from pushd.dispatch import Retry
+    from pushd.decisions import Retry
     from pushd.model import Delivery
 
 log = logging.getLogger("pushd.retry")

@@ -106,8 +106,10 @@ class SpoolWorker:
                     await self.store.expire_shared_state(window)
 
     def oldest_due_age(self, app: str, now: float) -> float:
+        """How long the app's oldest row has been due, as of the last count; 0 once
+        this process has seen its spool empty since (the count may be 2 s old)."""
         item = self.snapshot.get(app)
-        if item is None or item.oldest_due is None:
+        if item is None or item.oldest_due is None or self.dispatcher.depth.get(app, 0) <= 0:
             return 0.0
         return max(0.0, now - item.oldest_due)
 
@@ -150,7 +152,7 @@ class SpoolWorker:
             now,
             now + dispatcher.spool.lease_seconds,
             wanted,
-            unknown=lane.circuit.healthy,
+            unknown=lane.circuit.resends_unknown,
         )
         if len(rows) < wanted:
             self._nothing_due[lane.name] = now + POLL_INTERVAL

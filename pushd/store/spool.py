@@ -164,22 +164,39 @@ class SpoolQueries:
         *,
         unknown: bool,
     ) -> list[SpoolRow]:
-        """Lease up to ``limit`` of the app's due rows, oldest due first.
+        """Lease up to ``limit`` of the app's due rows: half the oldest due, half the
+        newest, returned oldest first.
 
-        ``unknown``: whether rows whose last attempt got no answer may be taken (only
-        while the upstream is healthy: they may have been delivered already).
+        Oldest first alone would starve what was spooled last behind a backlog (after an
+        outage, a send spooled because the pool had not reconnected yet would wait for
+        the whole backlog); newest first alone would starve the oldest.  Taking both
+        ends keeps each bounded.  ``unknown``: whether rows whose last attempt got no
+        answer may be taken (not while the upstream is failing: they may have been
+        delivered already).
         """
         only_known = "" if unknown else " AND unknown = 0"
         skip = " FOR UPDATE SKIP LOCKED" if self.engine.dialect == "postgres" else ""
-        query = (
-            "UPDATE spool SET lease_owner = ?, lease_until = ? WHERE id IN ("
-            "SELECT id FROM spool WHERE app = ? AND due_at <= ?"
-            f" AND (lease_until IS NULL OR lease_until < ?){only_known}"
-            f" ORDER BY due_at LIMIT ?{skip}) RETURNING {_COLUMNS}"
-        )
-        rows = await self.engine.write(
-            lambda tx: tx.all(query, (owner, lease_until, app, now, now, limit))
-        )
+
+        def query(order: str) -> str:
+            return (
+                "UPDATE spool SET lease_owner = ?, lease_until = ? WHERE id IN ("
+                "SELECT id FROM spool WHERE app = ? AND due_at <= ?"
+                f" AND (lease_until IS NULL OR lease_until < ?){only_known}"
+                f" ORDER BY due_at {order} LIMIT ?{skip}) RETURNING {_COLUMNS}"
+            )
+
+        oldest, newest = query("ASC"), query("DESC")
+        older = (limit + 1) // 2
+
+        def claim(tx: Tx) -> list[Row]:
+            # Rows the first statement leased have a lease_until past ``now``: the
+            # second cannot take them again.
+            rows = tx.all(oldest, (owner, lease_until, app, now, now, older))
+            if limit > older:
+                rows += tx.all(newest, (owner, lease_until, app, now, now, limit - older))
+            return rows
+
+        rows = await self.engine.write(claim)
         return sorted((_row(row) for row in rows), key=lambda row: row.due_at)
 
     async def spool_settle(

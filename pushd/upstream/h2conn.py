@@ -58,7 +58,7 @@ from h2.events import (
 )
 from h2.exceptions import H2Error, TooManyStreamsError
 from h2.settings import SettingCodes, Settings
-from h2.stream import StreamInputs
+from h2.stream import StreamClosedBy, StreamInputs
 from hpack import HeaderTuple
 
 from pushd import jsonutil
@@ -170,6 +170,27 @@ class _DrainingStateMachine(H2ConnectionStateMachine):
     }
 
 
+class _ResetStreams(dict[int, "StreamClosedBy | None"]):
+    """h2's record of closed streams, keeping only those closed by RST_STREAM.
+
+    h2 remembers how each of the last 65,536 streams of a connection closed, to answer
+    a late frame on one: a stream closed by a reset gets a RST_STREAM back, any other
+    is a connection error.  An entry is about 75 bytes, so a busy pool carried about
+    10 MB of them, most for streams that ended normally, whose late frames are a
+    connection error with or without the entry.  Keeping only resets gives the same
+    answers; they are rare (timeouts, cancellations) and stay bounded.
+    """
+
+    def __setitem__(self, stream_id: int, closed_by: StreamClosedBy | None) -> None:
+        if closed_by in _RESET:
+            if len(self) >= H2Connection.MAX_CLOSED_STREAMS:
+                del self[next(iter(self))]
+            super().__setitem__(stream_id, closed_by)
+
+
+_RESET = (StreamClosedBy.SEND_RST_STREAM, StreamClosedBy.RECV_RST_STREAM)
+
+
 class _H2(H2Connection):
     """h2 with O(1) stream accounting and a lean path for opening a request.
 
@@ -190,6 +211,7 @@ class _H2(H2Connection):
 
     def __init__(self) -> None:
         super().__init__(config=_H2_CONFIG)
+        self._closed_streams = _ResetStreams()
         self.state_machine = _DrainingStateMachine()
         # Static-table literals only, cached per field: see pushd.upstream.hpack.
         # h2 only calls encode() and sets header_table_size, which HeaderEncoder has.

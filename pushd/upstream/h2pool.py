@@ -57,6 +57,13 @@ CONNECT_TIMEOUT = 10.0
 RECONNECT_BACKOFF_BASE = 0.5
 RECONNECT_BACKOFF_MAX = 60.0
 RECONNECT_JITTER = 0.5
+#: While the server is unreachable, a send (which fails at once) cuts the backoff short:
+#: the next connect is at most this long after the last.  Without it a 7 s outage left
+#: the pool 8 s into its backoff when the server came back, and every send in between
+#: failed (and was spooled) though the server was up.  One connect a second while
+#: there is traffic is not the churn Apple frowns upon; with no traffic the backoff
+#: still grows to RECONNECT_BACKOFF_MAX.
+RECONNECT_ON_DEMAND = 1.0
 #: How often one request may be moved to another connection because the server did not
 #: process it (GOAWAY above it, REFUSED_STREAM) before it is reported as RetryLater.
 MAX_RESENDS = 5
@@ -365,6 +372,10 @@ class H2Pool:
         #: Set while the server cannot be reached and no connection is open: sends fail at
         #: once as RetryLater instead of holding their caller for the whole timeout.
         self._unreachable: str | None = None
+        #: When a send last found the server unreachable, and the event that tells
+        #: slots waiting out a backoff (replaced each time it is set).
+        self._wanted_at = float("-inf")
+        self._wanted = trio.Event()
         #: Connections opened since start, and replaced after timeouts, for metrics, tests.
         self.connections_opened = 0
         self.recycled = 0
@@ -524,6 +535,9 @@ class H2Pool:
             return
         if self._unreachable is not None and not self._conns:
             batch.fail_pending(self._unreachable)
+            self._wanted_at = trio.current_time()
+            wanted, self._wanted = self._wanted, trio.Event()
+            wanted.set()
             return
         batch.waiting = True
         self._waiters.append(batch)
@@ -577,15 +591,18 @@ class H2Pool:
                     self._unreachable = f"{self._peer.name} unreachable: {type(exc).__name__}"
                     self._fail_waiters(self._unreachable)
                 log.warning(
-                    "%s connection %d: connect to %s failed (%s: %s); retry in %.1f s",
+                    "%s connection %d: connect to %s failed (%s: %s); retry in %.1f s%s",
                     label,
                     index,
                     self._route,
                     type(exc).__name__,
                     exc,
                     delay,
+                    f" (or {RECONNECT_ON_DEMAND:.0f} s if sends want it)"
+                    if delay > RECONNECT_ON_DEMAND
+                    else "",
                 )
-                await trio.sleep(delay)
+                await self._back_off(delay)
                 continue
             self.connections_opened += 1
             self._unreachable = None
@@ -617,6 +634,18 @@ class H2Pool:
                 # that accepts and drops would be hammered.
                 failures += 1
                 await trio.sleep(reconnect_delay(failures))
+
+    async def _back_off(self, delay: float) -> None:
+        """Wait ``delay`` after a failed connect, or :data:`RECONNECT_ON_DEMAND` if a
+        send wants a connection meanwhile (the server may be back)."""
+        failed_at = trio.current_time()
+        if delay <= RECONNECT_ON_DEMAND:
+            await trio.sleep(delay)
+            return
+        await trio.sleep(RECONNECT_ON_DEMAND)
+        with trio.move_on_at(failed_at + delay):
+            while self._wanted_at <= failed_at:
+                await self._wanted.wait()
 
     async def _connect(self, index: int) -> PoolConnection:
         with trio.fail_after(CONNECT_TIMEOUT):

@@ -10,7 +10,8 @@ counted in :attr:`MattermostProxy.rejected`.
 Delivery: ``send_push`` is synchronous and a Mattermost server never retries a FAIL,
 so pushd answers as soon as the push is safe: delivered (OK), dead (REMOVE), refused
 for good (FAIL), or, after a transient failure or no answer within
-:data:`ANSWER_WITHIN`, written to the durable spool (OK) and sent again in the
+:data:`ANSWER_WITHIN` (or ``[server] first_attempt_deadline`` if shorter), written
+to the durable spool (OK) and sent again in the
 background until it is delivered or expires.
 
 Where pushd differs from MPNS: MPNS retries APNs only after a transport error, within
@@ -101,6 +102,8 @@ class MattermostProxy:
     ) -> None:
         self.config = config
         self.activity = activity or Activity()
+        #: The operator's first_attempt_deadline holds here too, when it is shorter.
+        self.answer_within = min(ANSWER_WITHIN, config.server.first_attempt_deadline)
         #: Only for verdicts found after an answer: the token comes in every push.
         self.store = store
         self.dispatcher = dispatcher
@@ -260,7 +263,7 @@ class MattermostProxy:
         delivery = Delivery(
             app=app.name, token=push.device_id, push=built, ref=ref, protocol="mattermost"
         )
-        (report,) = await self.dispatcher.deliver([delivery], deadline=ANSWER_WITHIN)
+        (report,) = await self.dispatcher.deliver([delivery], deadline=self.answer_within)
         log.info(
             "mattermost: %s push to %s via %s: %s%s",
             push.type or "-",
