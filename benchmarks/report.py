@@ -18,6 +18,7 @@ from common import (
     DRIVER,
     FANOUT_DEVICES,
     FCM_SIM,
+    FLOOR,
     MACHINE,
     MATRIX_DEVICES,
     MATRIX_FANOUT_DEVICES,
@@ -101,7 +102,7 @@ def print_report(
         " httpx, 2 clients of 1 connection x 100 streams."
     )
     print(
-        f"{os.cpu_count()} CPUs shared by pushd, both simulators and the driver; nothing"
+        f"{os.cpu_count()} CPUs shared by pushd, the floor, both simulators and the driver; nothing"
         f" pinned. pushd RSS after start-up: {startup_rss_mb:.1f} MB."
     )
     print()
@@ -111,10 +112,14 @@ def print_report(
         print(format_row(row))
     print()
     print(
-        "CPU-ms/n: pushd CPU milliseconds per notification (= CPU seconds per 1,000);"
-        " * = requests/s, CPU per request.\n"
-        "pushd/apnsim/fcmsim/driver: share of one core each process used during the window"
-        " (200% = both cores):\npushd, the APNs simulator, the FCM simulator, the load driver;"
+        "CPU-ms/n: pushd CPU milliseconds per notification (= CPU seconds per 1,000), the"
+        " floor's in floor rows; * = requests/s, CPU per request.\n"
+        "xfloor: CPU-ms/n over the floor's CPU-ms per request at the same concurrency (the"
+        " mean of the floor rows before and after the round): the figure to compare across"
+        " runs.\n"
+        "pushd/floor/apnsim/fcmsim/driver: share of one core each process used during the"
+        " window (200% = both cores):\npushd, the floor server, the APNs simulator, the FCM"
+        " simulator, the load driver;"
         " other: the rest of the machine's busy CPU (kernel, other tasks); steal: CPU"
         " the hypervisor gave to other guests.\n"
         "RSS MB: pushd's peak RSS (VmHWM) so far, a high-water mark over the whole run.\n"
@@ -183,6 +188,7 @@ def print_report(
 #: How the pace report names each process.
 ROLE_NAMES = {
     PUSHD: "pushd",
+    FLOOR: "the floor",
     APNS_SIM: "the APNs simulator",
     FCM_SIM: "the FCM simulator",
     DRIVER: "the driver",
