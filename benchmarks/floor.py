@@ -24,7 +24,7 @@ import sys
 import trio
 from common import READY_PREFIX, wait_for_stdin_eof
 
-#: Bytes asked of the socket per read, as pushd asks (``pushd.h11conn.RECEIVE_BYTES``).
+#: Bytes asked of the socket per read, as pushd asks (``pushd.http1conn.RECEIVE_BYTES``).
 RECEIVE_BYTES = 64 * 1024
 #: Where the floor listens, as pushd does in the benchmark.
 LOOPBACK = "127.0.0.1"
