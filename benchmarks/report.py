@@ -338,10 +338,10 @@ def print_matrix_vs_sygnal(rows: list[Row], suspect: Callable[..., str]) -> None
     )
 
 
-def print_profile(path: Path) -> None:
+def print_profile(path: Path, mode: str) -> None:
     print()
     print(
-        f"cProfile of pushd during the APNs 100-device runs, top {PROFILE_TOP} by tottime"
+        f"cProfile of pushd during the {LABELS[mode]} runs, top {PROFILE_TOP} by tottime"
         " (profiling slows pushd: the table's CPU numbers above are inflated):"
     )
     stats = pstats.Stats(str(path), stream=sys.stdout)

@@ -3,6 +3,7 @@
     /work/venv/bin/python benchmarks/run.py            # the full run, about 3-4 minutes
     /work/venv/bin/python benchmarks/run.py --quick    # a few seconds: does it still work?
     /work/venv/bin/python benchmarks/run.py --profile  # + cProfile of the APNs 100-device runs
+    /work/venv/bin/python benchmarks/run.py --profile=fcm-hundred  # ... of another mode's
 
 Four processes, so that the kernel can tell whose CPU is whose: pushd
 (``pushd_under_test.py``), the APNs simulator (``simulator.py``), the FCM simulator
@@ -54,6 +55,7 @@ from common import (
     status_kib,
 )
 from cryptography.hazmat.primitives.asymmetric import rsa
+from load import MODES
 from populate import Population, populate
 from report import print_profile, print_report
 from rows import KIB_PER_MB, LABELS, Plan, Row, Scenario
@@ -152,7 +154,16 @@ QUICK = Plan(
     ),
     floor_requests=3000,
 )
-PLANS = {"full": FULL, "serving": SERVING, "quick": QUICK}
+#: The fan-out rows alone (``--plan fanout``): 100 devices a request to each upstream,
+#: with more FCM requests than the full run, for work on the upstream clients.
+FANOUT = Plan(
+    warmups=(Scenario("hundred", 4, 20, 1, 15.0), Scenario("fcm-hundred", 4, 20, 1, 15.0)),
+    scenarios=(
+        Scenario("hundred", 16, 300, 2, 20.0),
+        Scenario("fcm-hundred", 4, 100, 1, 20.0),
+    ),
+)
+PLANS = {"full": FULL, "serving": SERVING, "fanout": FANOUT, "quick": QUICK}
 
 
 def measure_round(
@@ -162,7 +173,7 @@ def measure_round(
     population: Population,
     pids: dict[str, int],
     *,
-    profile: bool,
+    profile: str | None,
 ) -> tuple[list[Row], int]:
     """One round: the floor at each concurrency, ``plan``'s scenarios, the floor again.
 
@@ -178,7 +189,7 @@ def measure_round(
             f" {scenario.requests} requests",
             flush=True,
         )
-        profiling = profile and scenario.mode == "hundred"
+        profiling = scenario.mode == profile
         if profiling:
             os.kill(pids[PUSHD], signal.SIGUSR1)
         report = drive(scenario, ports[scenario.server], population, pids)
@@ -193,7 +204,7 @@ def measure_round(
     return [*before, *attach_floor(measured, before, after), *after], apns_sent
 
 
-def run(plan: Plan, profile: bool, keep: Path | None = None, rounds: int = 1) -> None:
+def run(plan: Plan, profile: str | None, keep: Path | None = None, rounds: int = 1) -> None:
     """Run ``plan`` ``rounds`` times against one pushd and print the report; with
     ``keep``, work there and leave the logs."""
     with contextlib.ExitStack() as stack:
@@ -334,7 +345,7 @@ def run(plan: Plan, profile: bool, keep: Path | None = None, rounds: int = 1) ->
         print(f"Count check: {apns_count}")
         print(f"\nwhole run: {time.monotonic() - started:.0f} s")
         if profile:
-            print_profile(profile_path)
+            print_profile(profile_path, profile)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -353,7 +364,12 @@ def main(argv: list[str] | None = None) -> int:
         help="run the plan this many times (with its floor) and report medians and ranges",
     )
     parser.add_argument(
-        "--profile", action="store_true", help="cProfile pushd during the APNs 100-device runs"
+        "--profile",
+        nargs="?",
+        const="hundred",
+        choices=sorted(MODES),
+        metavar="MODE",
+        help="cProfile pushd during the runs of MODE (default: hundred, APNs 100 devices)",
     )
     parser.add_argument(
         "--keep",
