@@ -203,13 +203,15 @@ class RequestReader:
                 expect = value
             elif name == b"content-length":
                 length = value
-        if hosts > 1 or (hosts == 0 and parser.get_http_version() != "1.0"):
+        http10 = parser.get_http_version() == "1.0"
+        if hosts > 1 or (hosts == 0 and not http10):
             raise ValueError("a request needs exactly one Host header")  # 400
         method = parser.get_method().decode("ascii")
         target = b"".join(self._target).decode("latin-1")
         path = unquote(target.partition("?")[0])
         message = Message(method, path, self._fields, self.router.find(method, path))
-        message.keep_alive = parser.should_keep_alive()
+        # HTTP/1.0 is answered and closed, as h11 did: no client of pushd's speaks it.
+        message.keep_alive = not http10 and parser.should_keep_alive()
         self._current = message
         if isinstance(message.found, Found) and length is not None:
             # llhttp has checked it is all digits

@@ -95,9 +95,12 @@ async def test_header_values_are_trimmed_and_names_lower_case(port: int) -> None
     assert body["x"]["x-thing"] == "v"
 
 
-async def test_http_1_0_needs_no_host_and_is_closed_after_its_answer(port: int) -> None:
+@pytest.mark.parametrize("extra", [b"", b"connection: keep-alive\r\n"])
+async def test_http_1_0_needs_no_host_and_is_closed_after_its_answer(
+    port: int, extra: bytes
+) -> None:
     stream = await connect(port)
-    (answer,) = await exchange(stream, b"GET /v1/echo HTTP/1.0\r\n\r\n")
+    (answer,) = await exchange(stream, b"GET /v1/echo HTTP/1.0\r\n" + extra + b"\r\n")
     assert answer["status"] == 200
     assert answer["headers"][b"connection"] == b"close"
     assert await closed_by_server(stream)
