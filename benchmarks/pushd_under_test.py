@@ -127,6 +127,8 @@ def build_config(args: argparse.Namespace) -> config.Config:
         "server": {"listen": "127.0.0.1", "port": args.port, "drain_seconds": DRAIN_SECONDS},
         "store": {"path": str(args.store)},
         "log": {"level": LOG_LEVEL},
+        # Metrics on, as by default, on any free port (9464 may be a real pushd's).
+        "metrics": {"port": 0},
         "native": {"rate_limit": NATIVE_RATE_LIMIT},
         "zulip": {"rate_limit": ZULIP_RATE_LIMIT},
         "mattermost": {

@@ -127,27 +127,6 @@ def _startup_error(error: BaseException, kind: type[Exception]) -> BaseException
     return error if isinstance(error, kind) else None
 
 
-def cmd_check_config(args: argparse.Namespace) -> int:
-    cfg = _load(args.file)
-    if cfg is None:
-        return 1
-    print(f"{args.file}: OK")
-    scheme = "https" if cfg.server.tls_cert else "http"
-    print(f"  listen: {scheme}://{cfg.server.listen}:{cfg.server.port}")
-    print(f"  store:  {cfg.store.path}")
-    print(f"  log:    {cfg.log.level}, {cfg.log.format}")
-    for app in cfg.apps:
-        auth = "token auth" if app.key_file else "certificate auth"
-        upstream = app.upstream_url or f"Apple {app.environment}"
-        print(
-            f"  app {app.name}: {app.provider} {app.environment}, topic {app.topic}, "
-            f"{auth}, {app.connections} connection(s), upstream {upstream}"
-        )
-    if not cfg.apps:
-        print("  no apps configured: pushd will accept requests but can deliver nothing")
-    return 0
-
-
 def cmd_init(args: argparse.Namespace) -> int:
     """Write :data:`STARTER_CONFIG`, a store and the first chat server's key.
 
@@ -282,9 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080, help="demo mode only: HTTP port")
     serve.set_defaults(func=cmd_serve)
 
-    check = commands.add_parser("check-config", help="check a config file and summarise it")
-    check.add_argument("file")
-    check.set_defaults(func=cmd_check_config)
+    from pushd import cli_ops
+
+    cli_ops.add_commands(commands)
 
     init = commands.add_parser("init", help="write a starter config, store and server key")
     init.add_argument("--config", "-c", default="pushd.toml")

@@ -82,6 +82,16 @@ def add_commands(commands: Any) -> None:
     migrate = actions.add_parser("migrate", help="bring the store's schema up to this pushd's")
     store_options(migrate)
     migrate.set_defaults(func=cmd_migrate)
+    copy = actions.add_parser(
+        "copy",
+        help="copy this SQLite store into an empty PostgreSQL database (pushd stopped)",
+    )
+    store_options(copy)
+    copy.add_argument("--to", required=True, metavar="URL", help="postgresql://user@host/db")
+    copy.add_argument(
+        "--password-file", help="a file holding the database password (else libpq's PGPASSWORD...)"
+    )
+    copy.set_defaults(func=cmd_copy)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -92,3 +102,49 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         return 0
 
     return run_store(args, report, upgrade=True)
+
+
+def cmd_copy(args: argparse.Namespace) -> int:
+    """``pushd store copy``: see :mod:`pushd.store.copy`."""
+    from pathlib import Path
+
+    from pushd.store.copy import copy_sqlite_to
+    from pushd.store.postgres import PostgresEngine, redact_url
+
+    if args.store:
+        source = args.store
+    else:
+        cfg = load(args.config)
+        if cfg is None:
+            return 1
+        if cfg.store.url is not None:
+            return fail(f"{args.config} already names PostgreSQL: copy reads an SQLite store")
+        source = cfg.store.path
+    if not args.to.startswith(("postgresql://", "postgres://")):
+        return fail("--to must be a PostgreSQL URL (postgresql://user@host/db)")
+    if not Path(source).is_file():
+        return fail(f"no SQLite store at {source}")
+    target = config.StoreConfig(url=args.to, password_file=args.password_file, pool_size=1)
+
+    async def main() -> int:
+        # Opening creates the schema in an empty database, and refuses an old one.
+        store = await open_store(target)
+        try:
+            engine = store.engine
+            assert isinstance(engine, PostgresEngine)
+            report = await trio.to_thread.run_sync(copy_sqlite_to, source, engine)
+        finally:
+            with trio.CancelScope(shield=True):
+                await store.close()
+        width = max(len(table) for table, _ in report.rows)
+        print(f"copied {source} to PostgreSQL {redact_url(args.to)} in one transaction:")
+        for table, count in report.rows:
+            print(f"  {table:<{width}}  {count} rows")
+        print(f"  {'total':<{width}}  {report.total} rows")
+        print("spool rows stay sealed: give every instance the same [spool] key_file")
+        return 0
+
+    try:
+        return trio.run(main)
+    except StoreError as error:
+        return fail(str(error))

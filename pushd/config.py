@@ -88,6 +88,9 @@ FCM_OPTIONS_RESERVED = ("token", "topic", "condition", "data")
 DEFAULT_REDACTED_TEXT = "New message"
 #: Longest ``redacted_text``: it replaces a message on a lock screen, not a paragraph.
 MAX_REDACTED_TEXT = 200
+#: The Prometheus port pushd listens on by default (the OpenTelemetry/Prometheus
+#: exporter port, free of pushd's API port).
+DEFAULT_METRICS_PORT = 9464
 
 
 @attrs.frozen
@@ -110,6 +113,11 @@ class ServerConfig:
     #: A file holding the admin token: ``Authorization: Bearer <token>`` reads the
     #: detail of /healthz (as a chat server's key does).  None: no admin token.
     admin_token_file: str | None = None
+    #: Where chat servers reach pushd (``https://push.example.com``), behind any proxy:
+    #: ``check-config`` builds the URL each chat server needs from it.
+    public_url: str | None = None
+    #: pushd's process id is written here while it runs, for ``pushd reload``.
+    pid_file: str | None = None
 
 
 @attrs.frozen
@@ -138,6 +146,19 @@ class SpoolConfig:
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     #: /healthz says "degraded" while an app has a row due longer ago than this.
     degraded_after: float = DEFAULT_DEGRADED_AFTER
+
+
+@attrs.frozen
+class MetricsConfig:
+    """``[metrics]``: Prometheus metrics at ``/metrics`` on a listener of their own, so
+    the API port need not be reachable by Prometheus, nor the metrics by chat servers."""
+
+    enabled: bool = True
+    listen: str = "127.0.0.1"
+    port: int = DEFAULT_METRICS_PORT
+    #: A file holding a token that scrapes must send as ``Authorization: Bearer``;
+    #: required when ``listen`` is not a loopback address.
+    bearer_token_file: str | None = None
 
 
 @attrs.frozen
@@ -392,6 +413,7 @@ class Config:
     store: StoreConfig = StoreConfig()
     spool: SpoolConfig = SpoolConfig()
     log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
     retry: RetryConfig = RetryConfig()
     upstream: UpstreamConfig = UpstreamConfig()
     apps: tuple[AppConfig, ...] = ()
@@ -470,6 +492,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         tls_cert=_resolve(base, config.server.tls_cert),
         tls_key=_resolve(base, config.server.tls_key),
         admin_token_file=_resolve(base, config.server.admin_token_file),
+        pid_file=_resolve(base, config.server.pid_file),
     )
     store = attrs.evolve(
         config.store,
@@ -479,8 +502,17 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     spool = attrs.evolve(
         config.spool, key_file=_resolve(base, config.spool.key_file) or config.spool.key_file
     )
+    metrics = attrs.evolve(
+        config.metrics, bearer_token_file=_resolve(base, config.metrics.bearer_token_file)
+    )
     return attrs.evolve(
-        config, apps=apps, server=server, store=store, spool=spool, upstream=upstream
+        config,
+        apps=apps,
+        server=server,
+        store=store,
+        spool=spool,
+        upstream=upstream,
+        metrics=metrics,
     )
 
 
@@ -648,6 +680,8 @@ def check(config: Config) -> list[str]:
     if server.first_attempt_deadline <= 0:
         problems.append("server.first_attempt_deadline: must be positive")
     problems += _check_admin_token(server.admin_token_file)
+    problems += _check_public_url(server.public_url)
+    problems += _check_metrics(config.metrics)
     if config.retry.max_attempts < 1:
         problems.append("retry.max_attempts: must be at least 1")
     problems += _check_proxy("upstream", config.upstream.proxy, config.upstream.proxy_password_file)
@@ -691,6 +725,52 @@ def _check_admin_token(path: str | None) -> list[str]:
             "ASCII letters, digits or punctuation"
         ]
     return []
+
+
+def _check_public_url(url: str | None) -> list[str]:
+    if url is None:
+        return []
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("http", "https") or not rest or rest.startswith("/") or "?" in url:
+        return ["server.public_url: an http(s) URL like https://push.example.com"]
+    return []
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is only reachable from here."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_metrics(metrics: MetricsConfig) -> list[str]:
+    """The metrics listener: a port, and a token wherever others can reach it (the
+    metrics name every app and chat-server route: an inventory, not for anyone)."""
+    if not metrics.enabled:
+        return []
+    problems: list[str] = []
+    if not 0 <= metrics.port < 65536:
+        problems.append("metrics.port: must be between 1 and 65535 (0: any free port)")
+    if metrics.bearer_token_file is None:
+        if not is_loopback(metrics.listen):
+            problems.append(
+                f"metrics.bearer_token_file: required when metrics.listen ({metrics.listen}) "
+                "is not a loopback address: Prometheus sends it (authorization.credentials_file)"
+            )
+        return problems
+    file_problems = _check_file("metrics.bearer_token_file", metrics.bearer_token_file)
+    if file_problems:
+        return problems + file_problems
+    token = read_admin_token(metrics.bearer_token_file) or ""
+    if len(token) < MIN_ADMIN_TOKEN or not all("!" <= c <= "~" for c in token):
+        problems.append(
+            f"metrics.bearer_token_file: must hold one token of at least {MIN_ADMIN_TOKEN} "
+            "ASCII letters, digits or punctuation"
+        )
+    return problems
 
 
 def _check_store(config: Config) -> list[str]:

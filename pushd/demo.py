@@ -50,6 +50,8 @@ def demo_config(directory: Path, port: int, upstream_port: int) -> config.Config
         {
             "server": {"listen": "127.0.0.1", "port": port},
             "store": {"path": "pushd.sqlite3"},
+            # Any free port (logged): a demo must not take a real deployment's 9464.
+            "metrics": {"port": 0},
             "apps": [
                 {
                     "name": DEMO_APP,

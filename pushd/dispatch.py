@@ -33,6 +33,7 @@ import trio
 
 from pushd.config import RetryConfig, SpoolConfig
 from pushd.lanes import Lane, LaneStats, backoff
+from pushd.metrics.tally import RETRY_KIND_CLASS, DeliveryTally, failed_class
 from pushd.model import (
     STORED_PROTOCOLS,
     Delivered,
@@ -43,6 +44,7 @@ from pushd.model import (
     TokenDead,
     mask_token,
 )
+from pushd.requestid import REQUEST_ID
 from pushd.spool.ledger import Ledger
 from pushd.spool.retrylog import RetryLog
 from pushd.spool.seal import SpoolKeys
@@ -129,6 +131,8 @@ class Dispatcher:
         self.ledger = Ledger(store, clock)
         self.retry_log = RetryLog()
         self.worker = SpoolWorker(self)
+        #: Counts for the metrics (:mod:`pushd.metrics`); None when they are off.
+        self.tally: DeliveryTally | None = None
         #: Rows per app in the spool, as last counted plus what this process added.
         self.depth: dict[str, int] = {}
         self._nursery: trio.Nursery | None = None
@@ -143,10 +147,16 @@ class Dispatcher:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for lane in self.lanes.values():
-                await nursery.start(lane.sender.run)
+                await nursery.start(lane.run)
             await nursery.start(self.ledger.run)
             await nursery.start(self.worker.run)
             task_status.started()
+
+    async def start_lane(self, lane: Lane) -> None:
+        """Start a lane added after :meth:`run` (a reload); put it in :attr:`lanes` after."""
+        if self._nursery is None:
+            raise RuntimeError("Dispatcher.run() has not been started")
+        await self._nursery.start(lane.run)
 
     def start_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         if self._nursery is None:
@@ -258,7 +268,7 @@ class Dispatcher:
             if early is not None:
                 self._settle_row(deliveries[index], row_id, 1, early)
             elif batch.outcomes[index] is not None:
-                self.retry_log.decision(deliveries[index], 1, spooled[index], now)
+                self.retry_log.decision(deliveries[index], 1, spooled[index], now, row_id)
         self.worker.wake()
 
     def _entry(
@@ -286,6 +296,8 @@ class Dispatcher:
 
     def _refuse_full(self, delivery: Delivery, in_flight: bool) -> Report:
         self._stats(delivery.app).dropped += 1
+        if self.tally is not None:
+            self.tally.outcome(delivery.app, delivery.protocol, "failed", "spool_full")
         self.ledger.count(delivery.app, "spool_full")
         log.warning(
             "app %s: the spool holds %d deliveries (retry.max_queued); refusing one to %s%s",
@@ -309,7 +321,23 @@ class Dispatcher:
         self, delivery: Delivery, outcome: Outcome, attempt: int, now: float
     ) -> Report | Retry:
         """What ``outcome`` of attempt number ``attempt`` means: a final report, or when
-        to try again.  Counted in the app's stats."""
+        to try again.  Counted in the app's stats and the metrics."""
+        decided = self._decide(delivery, outcome, attempt, now)
+        tally = self.tally
+        if tally is not None:
+            if isinstance(decided, Retry):
+                kind = outcome.kind if isinstance(outcome, RetryLater) else "server"
+                tally.outcome(delivery.app, delivery.protocol, "retrying", RETRY_KIND_CLASS[kind])
+            elif decided.status == "failed":
+                reason = failed_class(outcome, decided.reason)
+                tally.outcome(delivery.app, delivery.protocol, "failed", reason)
+            else:
+                tally.outcome(delivery.app, delivery.protocol, decided.status)
+        return decided
+
+    def _decide(
+        self, delivery: Delivery, outcome: Outcome, attempt: int, now: float
+    ) -> Report | Retry:
         stats = self._stats(delivery.app)
         if isinstance(outcome, Delivered):
             stats.delivered += 1
@@ -398,7 +426,7 @@ class Dispatcher:
             self.ledger.again(
                 Reschedule(row_id, attempt, decided.due, decided.unknown, decided.reason)
             )
-            self.retry_log.decision(delivery, attempt, decided, now)
+            self.retry_log.decision(delivery, attempt, decided, now, row_id)
             return
         self.ledger.done(row_id)
         self.depth[delivery.app] = max(0, self.depth.get(delivery.app, 0) - 1)
@@ -482,11 +510,25 @@ class Dispatcher:
         record: Callable[[int, Outcome], None],
     ) -> None:
         reported = 0
+        tally = self.tally
+        started = time.perf_counter()
+        # Upstream clients report from their connection's task: its lines (a pause, a
+        # retry decision) belong to this delivery's request.
+        request_id = REQUEST_ID.get()
 
         def report(index: int, outcome: Outcome) -> None:
+            current = REQUEST_ID.set(request_id)
+            try:
+                _report(index, outcome)
+            finally:
+                REQUEST_ID.reset(current)
+
+        def _report(index: int, outcome: Outcome) -> None:
             nonlocal reported
             reported += 1
             lane.budget.give()
+            if tally is not None:
+                tally.answered(lane.name, outcome, time.perf_counter() - started)
             if isinstance(outcome, Failed) and outcome.credential:
                 self._pause(lane, outcome.reason)
             if lane.observe(outcome, self.clock()):

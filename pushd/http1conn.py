@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Final
 
@@ -29,6 +30,7 @@ import trio
 from pushd.forwarded import forwarded_client
 from pushd.frontends.http import Reply, Request
 from pushd.http1parse import MAX_HEAD_BYTES, MAX_HEADERS, Message, RequestReader
+from pushd.requestid import REQUEST_ID, new_request_id
 from pushd.routing import Router, error_reply
 
 if TYPE_CHECKING:
@@ -46,6 +48,9 @@ STATUS_LINES: Final = {
     for status in HTTPStatus
 }
 _CLOSE: Final = b"connection: close\r\n"
+#: The route label of a request no route matched (404, 405): one label for all of them,
+#: whatever path or method a scanner tries.
+UNMATCHED: Final = ("unmatched", "")
 _UNSAFE: Final = ("\r", "\n", "\0")
 
 
@@ -86,7 +91,7 @@ class Connection:
     _scope: trio.CancelScope = attrs.field(init=False, factory=trio.CancelScope)
 
     def __attrs_post_init__(self) -> None:
-        self.reader = RequestReader(self.server.router)
+        self.reader = RequestReader(self.server)
 
     async def run(self) -> None:
         """Serve requests until the client, a timeout, an error or shutdown ends it."""
@@ -160,7 +165,17 @@ class Connection:
     async def _serve(self, message: Message) -> bool:
         """Answer ``message``; False when the connection is to close after it."""
         self._scope.deadline = math.inf  # each protocol bounds its own waiting
+        started = time.perf_counter()
         reply = await self._answer(message)
+        observe = self.server.observe
+        if observe is not None:
+            found = message.found
+            # The route pattern and method, never the path: Mattermost's and
+            # Rocket.Chat's hold secrets.
+            route = (
+                UNMATCHED if isinstance(found, Reply) else (found.route.path, found.route.method)
+            )
+            observe(*route, reply.status, time.perf_counter() - started)
         close = not message.keep_alive or self.server.closing
         answer = head_bytes(reply, close)
         if message.method != "HEAD":
@@ -198,9 +213,14 @@ class Connection:
                 if self.via_proxy
                 else self.peer
             ),
-            request_id=f"r{next(self.server.ids)}",
+            request_id=new_request_id(),
         )
-        reply = await Router.call(found, request)
+        # Tasks the handler starts (the dispatcher's attempts) inherit the request id.
+        current = REQUEST_ID.set(request.request_id)
+        try:
+            reply = await Router.call(found, request)
+        finally:
+            REQUEST_ID.reset(current)
         log.debug(
             "%s: %s %s from %s (peer %s): %d",
             request.request_id,

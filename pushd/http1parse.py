@@ -23,7 +23,7 @@ read.
 from __future__ import annotations
 
 import collections
-from typing import Final
+from typing import Final, Protocol
 from urllib.parse import unquote
 
 import attrs
@@ -55,6 +55,13 @@ _EXPECT_CONTINUE: Final = b"100-continue"
 #: llhttp's ``HPE_PAUSED_UPGRADE``: the request asked for another protocol; what was
 #: parsed is served, then the connection closes.
 _Upgrade = httptools.HttpParserUpgrade
+
+
+class RouterSource(Protocol):
+    """Where the reader finds the routes: the server, whose router a reload replaces
+    (looked up per request, so a kept-alive connection sees the new routes)."""
+
+    router: Router
 
 
 class HeadTooLarge(Exception):
@@ -111,8 +118,8 @@ class RequestReader:
     parsed (:attr:`stopped`).
     """
 
-    def __init__(self, router: Router) -> None:
-        self.router = router
+    def __init__(self, source: RouterSource) -> None:
+        self.source = source
         self._parser = httptools.HttpRequestParser(self)
         self.ready: collections.deque[Message] = collections.deque()
         #: 400 (malformed) or 431 (head too large); None while the bytes make sense.
@@ -209,7 +216,7 @@ class RequestReader:
         method = parser.get_method().decode("ascii")
         target = b"".join(self._target).decode("latin-1")
         path = unquote(target.partition("?")[0])
-        message = Message(method, path, self._fields, self.router.find(method, path))
+        message = Message(method, path, self._fields, self.source.router.find(method, path))
         # HTTP/1.0 is answered and closed, as h11 did: no client of pushd's speaks it.
         message.keep_alive = not http10 and parser.should_keep_alive()
         self._current = message

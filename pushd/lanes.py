@@ -130,9 +130,25 @@ class Lane:
     circuit: Circuit = attrs.field(init=False)
     #: Spool rows this instance is sending now.
     retries_in_flight: int = 0
+    #: Cancels :meth:`run`: a lane a reload replaced stops once it is idle.
+    _stop: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.circuit = Circuit(limit=max(1, int(self.budget.limit * RETRY_SHARE)))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the sender (its connections) until :meth:`stop`."""
+        with self._stop:
+            await self.sender.run(task_status=task_status)
+
+    def stop(self) -> None:
+        """Close this lane's connections; whatever is still in flight on them is cut."""
+        self._stop.cancel()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing of this lane's is in flight: fresh sends or spooled retries."""
+        return self.budget.used == 0 and self.retries_in_flight == 0
 
     async def send_many(self, tokens: Sequence[str], push: Any, report: ReportFn) -> None:
         batch_send = getattr(self.sender, "send_many", None)

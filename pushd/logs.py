@@ -12,10 +12,12 @@ import sys
 import time
 
 from pushd.config import LogConfig
+from pushd.requestid import RequestIdFilter
 
 QUIET_LOGGERS = ("hpack", "h2", "httpx", "httpcore", "hypercorn.access")
 CHATTY_LOGGERS = ("httpx",)
-TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+#: ``request_tag`` is ``[<request id>] `` on the lines of a delivery (:mod:`.requestid`).
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(request_tag)s%(message)s"
 
 
 class JsonFormatter(logging.Formatter):
@@ -29,6 +31,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        request_id = getattr(record, "request_id", "")
+        if request_id:
+            line["request_id"] = request_id
         if record.exc_info and record.exc_info[1] is not None:
             line["error"] = type(record.exc_info[1]).__name__
             line["traceback"] = self.formatException(record.exc_info)
@@ -41,6 +46,7 @@ def setup(config: LogConfig) -> None:
     handler.setFormatter(
         JsonFormatter() if config.format == "json" else logging.Formatter(TEXT_FORMAT)
     )
+    handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(config.level.upper())

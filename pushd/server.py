@@ -15,7 +15,7 @@ import contextlib
 import logging
 import signal
 import ssl
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -36,8 +36,12 @@ from pushd.frontends.status import StatusPage
 from pushd.frontends.zulip import ZulipBouncer
 from pushd.http11 import HttpServer, HttpSettings, ListenError
 from pushd.lanes import Budget, Lane, Sender
+from pushd.metrics import Metrics, record_reload
+from pushd.pidfile import PidFile
 from pushd.recent import Recent
+from pushd.reload import Reloader, status_line
 from pushd.routing import Router
+from pushd.sdnotify import Notifier
 from pushd.spool.seal import SealError, SpoolKeys
 from pushd.store import Store, open_store
 from pushd.tls import server_context
@@ -68,6 +72,19 @@ class Services:
     protocol_stats: dict[str, Callable[[], dict[str, int]]] = attrs.Factory(dict)
     #: Who may read operational detail (/healthz's, and any later page's).
     access: AdminAccess | None = None
+    #: The frontend objects behind the routes, so a reload can carry their state over.
+    frontends: list[Any] = attrs.Factory(list)
+    #: The URLs the HTTP server is bound to, once it is.
+    urls: list[str] = attrs.Factory(list)
+    #: Re-reads the config on SIGHUP; its ``hooks`` follow each reload (set once bound).
+    reloader: Reloader | None = None
+
+    def router(self) -> Router:
+        """A router over every route, with the config's body limit."""
+        return Router([*self.routes, *self.protocol_routes], self.config.server.max_body_bytes)
+
+    #: The Prometheus metrics (None: ``[metrics] enabled = false``).
+    metrics: Metrics | None = None
 
 
 class StartupError(Exception):
@@ -91,27 +108,28 @@ def build_lanes(config: Config) -> list[Lane]:
     Raises StartupError for an app whose credentials or CA file do not load
     (``check-config`` reads them but does not parse certificates).
     """
-    lanes = []
-    for index, app in enumerate(config.apps):
-        sender: Sender[Any]
-        try:
-            if app.provider == "fcm":
-                sender = FcmClient(fcm_settings(app, config.upstream))
-            else:
-                sender = ApnsClient(apns_settings(app, config.upstream))
-        except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
-            raise StartupError(
-                f"apps[{index}] ({app.name}): cannot load its credentials: {_reason(error)}"
-            ) from None
-        lanes.append(
-            Lane(
-                name=app.name,
-                sender=sender,
-                budget=Budget(app.concurrency),
-                scope=config.removal_scope(app),
-            )
-        )
-    return lanes
+    return [build_lane(config, index) for index in range(len(config.apps))]
+
+
+def build_lane(config: Config, index: int) -> Lane:
+    """The lane of ``config.apps[index]``; StartupError if its credentials do not load."""
+    app = config.apps[index]
+    sender: Sender[Any]
+    try:
+        if app.provider == "fcm":
+            sender = FcmClient(fcm_settings(app, config.upstream))
+        else:
+            sender = ApnsClient(apns_settings(app, config.upstream))
+    except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+        raise StartupError(
+            f"apps[{index}] ({app.name}): cannot load its credentials: {_reason(error)}"
+        ) from None
+    return Lane(
+        name=app.name,
+        sender=sender,
+        budget=Budget(app.concurrency),
+        scope=config.removal_scope(app),
+    )
 
 
 def health(services: Services, access: AdminAccess) -> Callable[[Request], Awaitable[Reply]]:
@@ -195,6 +213,38 @@ def all_routes(services: Services, native: NativeApi, access: AdminAccess) -> li
     ]
 
 
+def assemble(
+    services: Services, activity: Activity, status: StatusPage, extra_routes: Sequence[Route] = ()
+) -> None:
+    """Build every frontend for ``services.config`` and put their routes in ``services``.
+
+    Called at start and again by a reload (:mod:`pushd.reload`) with the new config:
+    frontends are cheap to build and hold the config they were built from, so a reload
+    builds new ones and swaps the router, while requests in progress finish on the old.
+    The status page lives on (its history matters) and is told the new config here.
+    """
+    config, store, dispatcher = services.config, services.store, services.dispatcher
+    native = NativeApi(config, store, dispatcher, openapi=OPENAPI, activity=activity)
+    access = AdminAccess(store, read_admin_token(config.server.admin_token_file))
+    services.access = access
+    matrix = MatrixGateway(config, store, dispatcher, activity=activity)
+    zulip = ZulipBouncer(config, store, dispatcher, activity=activity)
+    mattermost = MattermostProxy(config, store, dispatcher, activity=activity)
+    rocketchat = RocketChatGateway(config, store, dispatcher, activity=activity)
+    status.config, status.access, status.matrix_enabled = config, access, matrix.enabled
+    services.frontends = [native, zulip, mattermost, rocketchat, matrix]
+    services.routes = [*all_routes(services, native, access), *status.routes(), *extra_routes]
+    services.protocol_routes = [
+        *zulip.routes(),
+        *mattermost.routes(),
+        *rocketchat.routes(),
+        *matrix.routes(),
+    ]
+    services.protocol_stats.pop("matrix", None)
+    if matrix.enabled:
+        services.protocol_stats["matrix"] = lambda: attrs.asdict(matrix.stats)
+
+
 def server_tls(config: Config) -> ssl.SSLContext | None:
     """The TLS context for ``[server] tls_cert``/``tls_key``, or None for plain HTTP."""
     if not (config.server.tls_cert and config.server.tls_key):
@@ -203,6 +253,29 @@ def server_tls(config: Config) -> ssl.SSLContext | None:
         return server_context(config.server.tls_cert, config.server.tls_key)
     except ValueError as error:
         raise StartupError(f"server.{error}") from None
+
+
+def follow_reloads(reloader: Reloader, metrics: Metrics | None) -> None:
+    """Let the metrics count each reload and take the new config's apps."""
+
+    def applied(config: Config) -> None:
+        record_reload(ok=True)
+        if metrics is not None:
+            metrics.apply(config)
+
+    reloader.hooks.append(applied)
+    reloader.failure_hooks.append(lambda _problems: record_reload(ok=False))
+
+
+async def start_metrics(metrics: Metrics | None, nursery: trio.Nursery) -> None:
+    """The ``[metrics]`` listener, started in ``nursery`` once the API listens."""
+    if metrics is None:
+        return
+    try:
+        urls: list[str] = await nursery.start(metrics.run)
+    except ListenError as error:
+        raise StartupError(f"metrics: {error}") from None
+    log.info("metrics on %s", ", ".join(urls))
 
 
 @contextlib.contextmanager
@@ -229,29 +302,42 @@ async def serve(
     lanes: list[Lane] | None = None,
     extra_routes: Sequence[Route] = (),
     on_ready: Callable[[Services, list[str]], None] | None = None,
+    hangups: AsyncIterator[int] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run pushd until ``shutdown_trigger`` returns (default: SIGINT or SIGTERM).
 
-    ``task_status`` gets the bound URLs.
+    ``task_status`` gets the bound URLs.  Each item of ``hangups`` (default with the
+    signal trigger: SIGHUP) reloads the config (:mod:`pushd.reload`).  Under systemd,
+    readiness, status, the watchdog and stopping are notified (:mod:`pushd.sdnotify`).
 
     ``lanes`` replaces the upstream clients built from the config and ``extra_routes``
     adds routes (the benchmarks' empty endpoint); both are for tests and benchmarks.
     """
     if shutdown_trigger is None:
-        with signal_trigger() as on_signal:
+        # SIGHUP's default action kills: catch it from the start, like SIGTERM.
+        with signal_trigger() as on_signal, trio.open_signal_receiver(signal.SIGHUP) as hups:
             await serve(
                 config,
                 shutdown_trigger=on_signal,
                 lanes=lanes,
                 extra_routes=extra_routes,
                 on_ready=on_ready,
+                hangups=hups,
                 task_status=task_status,
             )
         return
     tls = server_tls(config)  # what the admin may have got wrong first: nothing to undo
+    pid_file = PidFile(config.server.pid_file)
     lanes = build_lanes(config) if lanes is None else lanes
     store = await open_store(config.store)
+    notifier = Notifier.from_environment()
+    stop_requested = shutdown_trigger
+
+    async def stopping() -> None:
+        await stop_requested()
+        notifier.stopping()
+
     try:
         try:
             keys = SpoolKeys.load(config.spool.key_file, create=not store.shared)
@@ -268,40 +354,23 @@ async def serve(
         async with trio.open_nursery() as nursery:
             await nursery.start(dispatcher.run)
             services = Services(config=config, store=store, dispatcher=dispatcher, routes=[])
+            if config.metrics.enabled:
+                services.metrics = Metrics(config, dispatcher, store)
             activity = Activity()  # each frontend records its servers' requests
-            native = NativeApi(config, store, dispatcher, openapi=OPENAPI, activity=activity)
-            access = AdminAccess(store, read_admin_token(config.server.admin_token_file))
-            services.access = access
-            matrix = MatrixGateway(config, store, dispatcher, activity=activity)
             status = StatusPage(
                 config,
                 store,
                 dispatcher,
-                access,
+                AdminAccess(store, None),  # replaced by assemble()
                 health=lambda: app_health(services),
                 activity=activity,
                 recent=Recent(),
-                matrix_enabled=matrix.enabled,
+                matrix_enabled=False,
             )
             await nursery.start(status.run)
-            services.routes = [
-                *all_routes(services, native, access),
-                *status.routes(),
-                *extra_routes,
-            ]
-            services.protocol_routes = [
-                *ZulipBouncer(config, store, dispatcher, activity=activity).routes(),
-                *MattermostProxy(config, store, dispatcher, activity=activity).routes(),
-                *RocketChatGateway(config, store, dispatcher, activity=activity).routes(),
-                *matrix.routes(),
-            ]
-            if matrix.enabled:
-                services.protocol_stats["matrix"] = lambda: attrs.asdict(matrix.stats)
-            router = Router(
-                [*services.routes, *services.protocol_routes], config.server.max_body_bytes
-            )
+            assemble(services, activity, status, extra_routes)
             http_server = HttpServer(
-                router,
+                services.router(),
                 HttpSettings(
                     read_timeout=READ_TIMEOUT,
                     keep_alive_timeout=KEEP_ALIVE_TIMEOUT,
@@ -309,6 +378,7 @@ async def serve(
                     trusted_proxies=parse_networks(config.server.trusted_proxies),
                 ),
                 tls,
+                observe=services.metrics.http.observe if services.metrics else None,
             )
             http_done = trio.Event()
 
@@ -317,7 +387,7 @@ async def serve(
                     await http_server.serve(
                         config.server.listen,
                         config.server.port,
-                        shutdown_trigger,
+                        stopping,
                         task_status=task_status,
                     )
                 except ListenError as error:
@@ -326,6 +396,24 @@ async def serve(
                     http_done.set()
 
             urls: list[str] = await nursery.start(http)
+            services.urls = urls
+            await start_metrics(services.metrics, nursery)
+            reloader = Reloader(
+                services,
+                activity,
+                status,
+                http_server,
+                notifier=notifier,
+                extra_routes=extra_routes,
+            )
+            await reloader.start()
+            services.reloader = reloader
+            follow_reloads(reloader, services.metrics)
+            if hangups is not None:
+                nursery.start_soon(reloader.listen, hangups)
+            pid_file.write()
+            await nursery.start(notifier.run, lambda: status_line(services))
+            notifier.ready(status_line(services))
             log.info(
                 "pushd %s listening on %s with %d app(s)",
                 __version__,
@@ -339,5 +427,7 @@ async def serve(
             await dispatcher.drain(config.server.drain_seconds)
             nursery.cancel_scope.cancel()
     finally:
+        pid_file.remove()
+        notifier.close()
         with trio.CancelScope(shield=True):
             await store.close()

@@ -198,6 +198,8 @@ async def start_pushd(
             "server": {"listen": "127.0.0.1", "port": 0, **sections.pop("server", {})},
             "store": {"path": str(store_path)},
             "retry": {"base_delay": 0.05, "max_delay": 0.2, **sections.pop("retry", {})},
+            # Any free port: tests run side by side, 9464 is for a real deployment.
+            "metrics": {"port": 0, **sections.pop("metrics", {})},
             "apps": apps,
             **sections,
         }

@@ -43,6 +43,8 @@ def toml_value(value: Any) -> str:
 def write_config(path: Path, sections: dict[str, Any]) -> Path:
     """Write ``sections`` (tables, and ``apps``: a list of tables) as pushd.toml."""
     lines: list[str] = []
+    if "metrics" not in sections:  # any free port: tests run side by side
+        sections = {**sections, "metrics": {"port": 0}}
     for name, table in sections.items():
         if name == "apps":
             for app in table:

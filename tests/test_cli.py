@@ -110,7 +110,10 @@ team_id = "{TEAM_ID}"
     )
     done = pushd_cli("check-config", str(config))
     assert done.returncode == 0, done.stderr
-    assert "app ios: apns sandbox, topic org.example, token auth" in done.stdout
+    assert (
+        f"ios: APNs, topic org.example, token auth (key {KEY_ID}, team {TEAM_ID}), sandbox"
+        in done.stdout
+    )
 
 
 def test_check_config_rejects_a_key_that_is_not_p8(tmp_path: Path) -> None:
@@ -281,6 +284,8 @@ def _simulator_config(tmp_path: Path, port: int, key_file: Path, ca_file: Path) 
     path.write_text(
         f"""
 [server]
+port = 0
+[metrics]
 port = 0
 [store]
 path = "serve.sqlite3"

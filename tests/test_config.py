@@ -30,6 +30,7 @@ def test_the_example_documents_every_key() -> None:
         "server": config.ServerConfig,
         "store": config.StoreConfig,
         "log": config.LogConfig,
+        "metrics": config.MetricsConfig,
         "retry": config.RetryConfig,
         "upstream": config.UpstreamConfig,
         "apps": config.AppConfig,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
+import attrs
 import pytest
 import trio
 
@@ -34,6 +35,35 @@ ROUTES = [
     Route("GET", "/v1/echo", echo, "echo_get"),
     Route("HEAD", "/v1/echo", echo, "echo_head"),
 ]
+
+
+@attrs.define
+class Holder:
+    router: Router
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery) -> AsyncIterator[HttpServer]:
+    server = HttpServer(Router(ROUTES, max_body_bytes=64), HttpSettings(read_timeout=2))
+    stop = trio.Event()
+
+    async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
+        await server.serve("127.0.0.1", 0, stop.wait, task_status=task_status)
+
+    (url,) = await nursery.start(serve)
+    server.port = int(url.rsplit(":", 1)[1])  # type: ignore[attr-defined]
+    yield server
+    stop.set()
+
+
+async def test_a_kept_alive_connection_sees_the_routes_a_reload_put_in(
+    server: HttpServer,
+) -> None:
+    stream = await connect(server.port)  # type: ignore[attr-defined]
+    (before,) = await exchange(stream, post("/v2/new", b""))
+    server.router = Router([*ROUTES, Route("POST", "/v2/new", echo, "new")], max_body_bytes=64)
+    (after,) = await exchange(stream, post("/v2/new", b""))
+    assert (before["status"], after["status"]) == (404, 200)
 
 
 @pytest.fixture
@@ -168,7 +198,7 @@ async def test_nothing_is_answered_after_a_request_with_connection_close(port: i
 
 def test_a_head_spanning_reads_is_bounded_by_what_was_read() -> None:
     # One header that never ends: llhttp keeps it whole, so the reader counts the reads.
-    reader = RequestReader(Router(ROUTES, max_body_bytes=64))
+    reader = RequestReader(Holder(Router(ROUTES, max_body_bytes=64)))
     reader.feed(b"GET /v1/echo HTTP/1.1\r\nhost: a\r\nbig: ")
     for _ in range(MAX_HEAD_BYTES // 1000 + 1):
         assert reader.error is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ import trio
 import trio.testing
 
 from pushd import config
-from pushd.frontends.matrix.gateway import Dedupe, MatrixGateway
+from pushd.frontends.matrix.dedupe import Dedupe
+from pushd.frontends.matrix.gateway import MatrixGateway
 
 
 def _apns(name: str, **matrix: Any) -> dict[str, Any]:
@@ -109,7 +111,8 @@ def test_app_matching_prefers_exact_ids_and_refuses_ambiguous_globs(tmp_path: Pa
         _apns("three", app_ids=["org.example.app.beta"]),
     ]
     cfg = config.parse({"apps": apps}, base=tmp_path)
-    gateway = MatrixGateway(cfg, store=None, dispatcher=None)  # type: ignore[arg-type]
+    one_process = types.SimpleNamespace(shared=False)  # matching reads no store
+    gateway = MatrixGateway(cfg, store=one_process, dispatcher=None)  # type: ignore[arg-type]
 
     def served_by(app_id: str) -> str | None:
         app = gateway.match(app_id)

@@ -4,12 +4,16 @@ Issue 12's scale-out promises, held by real processes: any instance serves any r
 (a Zulip server registers on A and notifies through B), a dead token found by one is
 gone for all, and a backlog spooled while the upstream is down survives the SIGKILL of
 the instance that spooled it: the others deliver every row once the upstream is back.
+State shared through the database: Matrix dedupe (a retry reaching another instance
+is not sent twice), late verdicts (learned on one, answered by another) and a chat
+server's rate limit (counted once, whichever instance a request reaches).
 """
 
 from __future__ import annotations
 
 import collections
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -32,6 +36,11 @@ LEASE_SECONDS = 1.0
 #: Notifications spooled on B before it is killed.
 BACKLOG = 30
 APNS = 1
+#: The native API's limit a minute, over every instance: above what the other tests
+#: send in one window (2 x BACKLOG), low enough to reach quickly.
+NATIVE_LIMIT = 100
+#: Matrix's first-attempt wait: short, so a slow answer becomes a late verdict.
+MATRIX_ANSWER_WITHIN = 0.3
 
 
 @pytest.fixture
@@ -56,6 +65,8 @@ async def instances(
             "spool": {"key_file": str(spool_key), "lease_seconds": LEASE_SECONDS},
             "retry": {"base_delay": 0.05, "max_delay": 0.3, "max_attempts": 100},
             "zulip": {"registration": "open"},
+            "native": {"rate_limit": NATIVE_LIMIT},
+            "matrix": {"answer_within": MATRIX_ANSWER_WITHIN},
             "apps": [
                 {
                     **app_entry("chat", TOPIC, upstream, key_file, ca_file),
@@ -170,11 +181,6 @@ async def test_a_killed_instances_backlog_is_delivered_by_the_others(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Matrix dedupe is still per process (frontends/matrix/gateway.py Dedupe); "
-    "issue 12 item 3 moves it to the store's dedupe_seen",
-)
 async def test_a_matrix_notify_retried_to_another_instance_is_sent_once(
     instances: tuple[list[PushdProcess], str], simulator: ApnsSimulator
 ) -> None:
@@ -186,3 +192,61 @@ async def test_a_matrix_notify_retried_to_another_instance_is_sent_once(
             assert answer.status_code == 200, answer.text
     await trio.sleep(0.5)
     assert [r.token for r in simulator.received] == [token(7)]
+
+
+async def test_a_late_verdict_learned_on_one_instance_is_answered_by_another(
+    instances: tuple[list[PushdProcess], str], simulator: ApnsSimulator, pg_url: str
+) -> None:
+    (a, b, _), _ = instances
+    pushkey = hs.pushkey_for(token(8))
+    # Dead, but said after A has answered the homeserver: A learns it in the background.
+    simulator.script(token(8), SimReply(status=410, reason="Unregistered", delay=1.0))
+    body = hs.full_event([hs.device(hs.IOS_APP, pushkey)], event_id="$first")
+    async with httpx.AsyncClient(timeout=30) as client:
+        first = await client.post(a.url + hs.NOTIFY, json=body)
+        assert first.status_code == 200, first.text
+        assert first.json() == {"rejected": []}
+        with trio.fail_after(10):
+            while not await trio.to_thread.run_sync(late_verdicts, pg_url):  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        # The homeserver's next notify for that pusher reaches B: B rejects it.
+        body = hs.full_event([hs.device(hs.IOS_APP, pushkey)], event_id="$second")
+        second = await client.post(b.url + hs.NOTIFY, json=body)
+        assert second.status_code == 200, second.text
+        assert second.json() == {"rejected": [pushkey]}
+    assert [r.token for r in simulator.received] == [token(8)]  # not sent again
+    assert await trio.to_thread.run_sync(late_verdicts, pg_url) == 0  # told: forgotten
+
+
+def late_verdicts(url: str) -> int:
+    with psycopg.connect(url) as connection:
+        row = connection.execute("SELECT count(*) FROM late_verdicts").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_a_chat_servers_rate_limit_holds_across_instances(
+    instances: tuple[list[PushdProcess], str],
+) -> None:
+    processes, key = instances
+    # Windows are the clock's minutes: start well inside one, so (nearly always) every
+    # request below is counted in one window.
+    if time.time() % 60 > 50:
+        await trio.sleep(61 - time.time() % 60)
+    auth = {"authorization": f"Bearer {key}"}
+    accepted = 0
+    async with httpx.AsyncClient(timeout=30) as client:
+        for n in range(3 * NATIVE_LIMIT):  # round robin, as a load balancer would
+            url = processes[n % 3].url + "/v1/users/devices"
+            answer = await client.post(url, json={"user": "u"}, headers=auth)
+            if answer.status_code == 429:
+                assert answer.json()["error"]["code"] == "rate_limited", answer.text
+                assert 1 <= int(answer.headers["retry-after"]) <= 60
+                break
+            assert answer.status_code == 200, answer.text
+            accepted += 1
+        else:
+            pytest.fail("no instance refused: the limit is counted per instance")
+    # One window: exactly the limit.  Crossing a minute (not avoided above if the test
+    # ran slowly): at most two windows' worth.  Per instance it would be 3 x the limit.
+    assert NATIVE_LIMIT <= accepted <= 2 * NATIVE_LIMIT, accepted

@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from pushd.frontends.ratelimit import FixedWindowLimiter, RateLimit, retry_after_seconds
+from pushd.store.errors import StoreUnavailable
 
 
 def test_a_window_starts_at_the_first_request_and_refuses_past_the_limit() -> None:
@@ -79,3 +80,42 @@ def test_protocols_sharing_a_backend_count_apart() -> None:
     assert native.check("server a", 0.0) is None
     assert rocketchat.check("server a", 0.0) is None
     assert native.check("server a", 1.0) is not None
+
+
+class Counter:
+    """A shared counter as the store keeps it: one count per (key, window start)."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.rows: dict[tuple[str, int], int] = {}
+        self.fail = fail
+
+    async def rate_hit(self, key: str, window_start: int) -> int:
+        if self.fail:
+            raise StoreUnavailable("connection_lost")
+        self.rows[key, window_start] = self.rows.get((key, window_start), 0) + 1
+        return self.rows[key, window_start]
+
+
+async def test_shared_windows_are_the_clocks_and_count_in_the_shared_rows() -> None:
+    counter = Counter()
+    # Two instances, one database: the limit holds over both.
+    first, second = (RateLimit("native", 3, window=60, shared=counter) for _ in range(2))
+    assert await first.acquire("server a", 120.5) is None
+    assert await second.acquire("server a", 130.0) is None
+    assert await first.acquire("server a", 170.0) is None
+    assert await second.acquire("server a", 175.0) == pytest.approx(5.0)  # until 180
+    assert counter.rows == {("native:server a", 120): 4}
+    assert await first.acquire("server b", 175.0) is None  # identities count apart
+    assert await second.acquire("server a", 180.0) is None  # the clock's next minute
+
+
+async def test_a_failing_shared_counter_lets_requests_through() -> None:
+    limit = RateLimit("zulip", 1, window=60, shared=Counter(fail=True))
+    assert await limit.acquire("server a", 0.0) is None
+    assert await limit.acquire("server a", 1.0) is None
+
+
+async def test_acquire_without_a_shared_counter_counts_in_memory() -> None:
+    limit = RateLimit("rocketchat", 1, window=60)
+    assert await limit.acquire("server a", 0.0) is None
+    assert await limit.acquire("server a", 1.0) == pytest.approx(59.0)

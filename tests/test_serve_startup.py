@@ -59,7 +59,9 @@ def assert_one_line(done: subprocess.CompletedProcess[str], line: str) -> None:
 
 def write_config(tmp_path: Path, server: str = "", apps: str = "") -> Path:
     path = tmp_path / "pushd.toml"
-    path.write_text(f"[server]\n{server}\n[store]\npath = 'pushd.sqlite3'\n{apps}")
+    path.write_text(
+        f"[server]\n{server}\n[metrics]\nport = 0\n[store]\npath = 'pushd.sqlite3'\n{apps}"
+    )
     return path
 
 

@@ -384,7 +384,10 @@ class NativeApi:
         self.activity = activity or Activity()
         self._openapi = json_reply(200, openapi)
         #: Per chat server, counted after authentication: a wrong key is a cheap 401.
-        self.rate_limit = RateLimit("native", config.native.rate_limit)
+        #: Counted in the database when instances share it (see ratelimit's docstring).
+        self.rate_limit = RateLimit(
+            "native", config.native.rate_limit, shared=store if store.shared else None
+        )
 
     def routes(self) -> list[Route]:
         return [
@@ -413,7 +416,7 @@ class NativeApi:
         async def guarded(request: Request) -> Reply:
             try:
                 server = await self._authenticate(request)
-                self._check_rate(server)
+                await self._check_rate(server)
                 reply: Reply = await handler(request, server)
             except ApiError as error:
                 return error.reply()
@@ -436,8 +439,8 @@ class NativeApi:
         self.activity.seen("native", server.name)
         return server
 
-    def _check_rate(self, server: Server) -> None:
-        retry_after = self.rate_limit.check(f"server {server.name}", self.clock())
+    async def _check_rate(self, server: Server) -> None:
+        retry_after = await self.rate_limit.acquire(f"server {server.name}", self.clock())
         if retry_after is not None:
             seconds = retry_after_seconds(retry_after)
             raise ApiError(

@@ -15,13 +15,27 @@ counted in one window rather than split across two.
 The interface is :class:`Limiter`'s single method; :class:`RateLimit` adds what every
 protocol wants around it: the protocol's name in the key, and one warning per limited
 key and window (a flood must not flood the log too).
+
+Several instances on one PostgreSQL (``Store.shared``): the protocols that name an
+authenticated chat server (native, Zulip, Rocket.Chat) count in the database instead,
+through :meth:`RateLimit.acquire`: one upsert of a ``(key, window)`` row per request
+(:meth:`pushd.store.Store.rate_hit`), so the limit holds whichever instance a request
+reaches.  Those windows are aligned on the clock (every instance must name the same
+row), which, like any fixed window, lets a caller send up to twice the limit across a
+window boundary.  If the database cannot count, the request is let through: the store
+logs its own failure, and the request that needs it will fail anyway.  Matrix and
+Mattermost limit source addresses (a flood, not a credential) and keep counting per
+instance: behind N instances a source may send up to N times the limit.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 from typing import Final, Protocol
+
+from pushd.store.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +45,9 @@ log = logging.getLogger(__name__)
 MAX_KEYS: Final = 50_000
 #: A minute: the window of every ``rate_limit`` given as requests a minute.
 MINUTE: Final = 60.0
+#: Requests refused per protocol by every :class:`RateLimit` of this process, for the
+#: metrics (``pushd_rate_limited_requests_total``).
+REFUSED: Final[collections.Counter[str]] = collections.Counter()
 
 
 class Limiter(Protocol):
@@ -86,6 +103,15 @@ class FixedWindowLimiter:
             del windows[oldest]
 
 
+class SharedCounter(Protocol):
+    """Window counters several instances share (:class:`pushd.store.Store`)."""
+
+    async def rate_hit(self, key: str, window_start: int) -> int:
+        """Count one request of ``key`` in the window starting at ``window_start``
+        (UNIX seconds); the window's count, this one included."""
+        ...
+
+
 def retry_after_seconds(retry_after: float) -> int:
     """``Retry-After`` as HTTP writes it: whole seconds, rounded up, at least 1."""
     return max(1, math.ceil(retry_after))
@@ -107,8 +133,11 @@ class RateLimit:
         *,
         limiter: Limiter | None = None,
         max_keys: int = MAX_KEYS,
+        shared: SharedCounter | None = None,
     ) -> None:
         self.protocol = protocol
+        #: Where :meth:`acquire` counts when several instances share one database.
+        self.shared = shared
         self.limit = limit
         self.window = window
         self.limiter: Limiter = limiter or FixedWindowLimiter(limit, window, max_keys)
@@ -119,6 +148,31 @@ class RateLimit:
     def check(self, identity: str, now: float) -> float | None:
         """Count one request of ``identity``; None if allowed, else seconds to wait."""
         retry_after = self.limiter.check(f"{self.protocol}:{identity}", now)
+        self._warn(identity, now, retry_after)
+        return retry_after
+
+    async def acquire(self, identity: str, now: float) -> float | None:
+        """:meth:`check`, counted in the shared database when there is one.
+
+        The window is the clock's (``now`` rounded down to a multiple of the window),
+        so every instance counts in the same row.  Refused requests are counted too:
+        the count only says "over", and one upsert is cheaper than a read and a write.
+        """
+        if self.shared is None:
+            return self.check(identity, now)
+        window = max(1, int(self.window))
+        start = int(now) // window * window
+        try:
+            count = await self.shared.rate_hit(f"{self.protocol}:{identity}", start)
+        except StoreUnavailable:
+            return None  # a guard, not a quota: let it through (the store logs)
+        retry_after = None if count <= self.limit else max(0.001, start + window - now)
+        self._warn(identity, now, retry_after)
+        return retry_after
+
+    def _warn(self, identity: str, now: float, retry_after: float | None) -> None:
+        if retry_after is not None:
+            REFUSED[self.protocol] += 1
         if retry_after is not None and self._warned.check(identity, now) is None:
             log.warning(
                 "%s: %s is over its rate limit (%d requests in %g s): refusing its "
@@ -129,4 +183,3 @@ class RateLimit:
                 self.window,
                 retry_after_seconds(retry_after),
             )
-        return retry_after

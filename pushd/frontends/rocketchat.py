@@ -227,13 +227,15 @@ class RocketChatGateway:
         activity: Activity | None = None,
     ) -> None:
         self.config = config
-        self.store = store  # only for verdicts found after an answer
+        self.store = store  # verdicts found after an answer; shared rate windows
         self.dispatcher = dispatcher
         self.clock = clock
         self.activity = activity or Activity()
         self.deadline = min(DELIVER_DEADLINE, config.server.first_attempt_deadline)
         #: Per configured server, counted once it has authenticated.
-        self.rate_limit = RateLimit("rocketchat", config.rocketchat.rate_limit)
+        self.rate_limit = RateLimit(
+            "rocketchat", config.rocketchat.rate_limit, shared=store if store.shared else None
+        )
 
     def routes(self) -> list[Route]:
         routes = []
@@ -258,7 +260,7 @@ class RocketChatGateway:
         async def handle(request: Request) -> Reply:
             try:
                 server = self.authenticate(request, prefixed=prefixed)
-                retry_after = self.rate_limit.check(f"server {server.name}", self.clock())
+                retry_after = await self.rate_limit.acquire(f"server {server.name}", self.clock())
                 if retry_after is not None:
                     return rate_limited_reply(retry_after, request.request_id)
                 return await self.send(request, server, provider)

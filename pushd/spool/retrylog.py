@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Final
 import attrs
 
 from pushd.model import mask_token
+from pushd.requestid import spool_request_id
 
 if TYPE_CHECKING:
     from pushd.dispatch import Retry
@@ -41,7 +42,11 @@ class RetryLog:
     clock: collections.abc.Callable[[], float] = time.monotonic
     _windows: dict[str, _Window] = attrs.Factory(dict)
 
-    def decision(self, delivery: Delivery, attempt: int, retry: Retry, now: float) -> None:
+    def decision(
+        self, delivery: Delivery, attempt: int, retry: Retry, now: float, row: int | None = None
+    ) -> None:
+        """Log one decision; ``row`` (the spool row) names the id the retries log under
+        (:func:`pushd.requestid.spool_request_id`), tying them to this request's lines."""
         tick = self.clock()
         window = self._windows.get(delivery.app)
         if window is None or tick - window.started >= 1.0:
@@ -51,12 +56,13 @@ class RetryLog:
         if window.lines < LINES_PER_SECOND:
             window.lines += 1
             log.info(
-                "app %s: %s attempt %d failed (%s); next in %.1f s%s",
+                "app %s: %s attempt %d failed (%s); next in %.1f s%s%s",
                 delivery.app,
                 mask_token(delivery.token),
                 attempt,
                 retry.reason,
                 max(0.0, retry.due - now),
+                "" if row is None else f" as {spool_request_id(row)}",
                 " (its outcome is unknown: sent again once the upstream is healthy)"
                 if retry.unknown
                 else "",

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from pushd.model import Delivery, Outcome, mask_token
+from pushd.requestid import REQUEST_ID, spool_request_id
 from pushd.spool.seal import SealError
 from pushd.store import StoreUnavailable
 from pushd.store.spool import AppSpool, Reschedule, SpoolRow
@@ -182,7 +183,12 @@ class SpoolWorker:
         )
         lane.retries_in_flight += 1
         dispatcher._begin(1)
-        dispatcher.start_soon(self._send, lane, row, delivery)
+        # Its log lines carry the row's id, which the retry decision line named.
+        current = REQUEST_ID.set(spool_request_id(row.id))
+        try:
+            dispatcher.start_soon(self._send, lane, row, delivery)
+        finally:
+            REQUEST_ID.reset(current)
 
     async def _send(self, lane: Lane, row: SpoolRow, delivery: Delivery) -> None:
         dispatcher = self.dispatcher
@@ -204,6 +210,8 @@ class SpoolWorker:
         dispatcher.depth[row.app] = max(0, dispatcher.depth.get(row.app, 0) - 1)
         lane.stats.expired += 1
         self.expired_unsent += 1
+        if dispatcher.tally is not None:
+            dispatcher.tally.outcome(row.app, row.protocol, "failed", "expired")
         log.info(
             "app %s: a spooled notification to %s expired after %d attempts; dropped unsent",
             row.app,

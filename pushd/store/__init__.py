@@ -6,7 +6,8 @@ modules it mixes in (as Synapse's ``DataStore`` is): native servers and registra
 :mod:`.zulip_e2ee`), the spool (:mod:`.spool`), verdicts, dedupe and rate windows
 (:mod:`.verdicts`).  Each query is written once and runs on either engine
 (:mod:`.engine`): SQLite, the embedded default, or PostgreSQL (:mod:`.postgres`) for
-several instances on one database.  Schema versions live in :mod:`.schema`.
+several instances on one database.  Schema versions live in :mod:`.schema`;
+``pushd store copy`` (:mod:`.copy`) moves an SQLite store to PostgreSQL.
 
 No message content is stored in the clear: the spool seals what it keeps.
 """

@@ -26,6 +26,10 @@ from pushd.store.engine import Engine, Tx
 #: A late dead verdict nobody asked about for this long is dropped: the device's
 #: pusher is gone, or the next push finds the token dead again anyway.
 LATE_VERDICT_KEEP: Final = 30 * 24 * 3600.0
+#: Dedupe rows kept at most (about 100 bytes each with the index): beyond it upkeep
+#: drops the soonest to expire, so a flood shortens the window rather than growing
+#: the table.  Ten times the in-memory dedupe's bound: one table serves N instances.
+DEDUPE_MAX_ROWS: Final = 655_360
 
 
 @attrs.frozen
@@ -129,12 +133,21 @@ class VerdictQueries:
         return int(row[0]) if row else 1
 
     async def expire_shared_state(self, rate_before: int) -> None:
-        """Drop expired dedupe keys, rate windows that started before ``rate_before``,
-        and late verdicts older than :data:`LATE_VERDICT_KEEP` (periodic upkeep)."""
+        """Drop expired dedupe keys (and the soonest to expire past
+        :data:`DEDUPE_MAX_ROWS`), rate windows that started before ``rate_before``, and
+        late verdicts older than :data:`LATE_VERDICT_KEEP` (periodic upkeep)."""
         now = time.time()
 
         def tx(tx: Tx) -> None:
             tx.execute("DELETE FROM dedupe WHERE expires_at < ?", (now,))
+            tx.execute(
+                "DELETE FROM dedupe WHERE key IN"
+                " (SELECT key FROM dedupe ORDER BY expires_at DESC LIMIT -1 OFFSET ?)"
+                if tx.dialect == "sqlite"
+                else "DELETE FROM dedupe WHERE key IN"
+                " (SELECT key FROM dedupe ORDER BY expires_at DESC OFFSET ?)",
+                (DEDUPE_MAX_ROWS,),
+            )
             tx.execute("DELETE FROM rate_windows WHERE window_start < ?", (rate_before,))
             tx.execute("DELETE FROM late_verdicts WHERE found_at < ?", (now - LATE_VERDICT_KEEP,))
 

@@ -231,3 +231,14 @@ class ZulipDeviceQueries:
                 f"DELETE FROM zulip_registrations WHERE id IN ({marks(len(wanted))})", wanted
             )
         )
+
+    async def zulip_registrations_by_kind(self) -> dict[tuple[int, str | None], int]:
+        """Zulip's legacy registrations per (kind, ios_app_id), which the config maps to
+        apps; for the periodic metrics refresh, never per request."""
+        rows = await self.engine.read(
+            lambda tx: tx.all(
+                "SELECT kind, ios_app_id, count(*) FROM zulip_registrations"
+                " GROUP BY kind, ios_app_id"
+            )
+        )
+        return {(int(kind), optional_str(app_id)): int(count) for kind, app_id, count in rows}

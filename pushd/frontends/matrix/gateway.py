@@ -14,7 +14,8 @@ not (§5.2):
   which is then not sent: a token found dead by a background retry is not lost, nor
   one whose rejection the homeserver never received (it repeats the request);
 - a homeserver's retry of an event already sent (same app_id, pushkey and event_id
-  within ``dedupe_seconds``) is answered 200 and not sent again.
+  within ``dedupe_seconds``) is answered 200 and not sent again, whichever instance
+  it reaches (:mod:`.dedupe`: shared through the store on PostgreSQL).
 
 Access: the API has no credentials and a fixed path, so the only control is a list of
 source networks (``[matrix] allowed_networks``), and only configured app ids are
@@ -33,13 +34,13 @@ import time
 from typing import Final
 
 import attrs
-import trio
 
 from pushd.activity import MATRIX_HOMESERVERS, Activity
 from pushd.config import AppConfig, Config, MatrixAppOptions
 from pushd.dispatch import Dispatcher
 from pushd.frontends.http import Reply, Request, Route, in_networks, parse_networks
 from pushd.frontends.matrix import payloads, wire
+from pushd.frontends.matrix.dedupe import dedupe_for
 from pushd.frontends.ratelimit import RateLimit
 from pushd.model import Delivery, Push, mask_token
 from pushd.store import LateVerdict, Store
@@ -49,10 +50,6 @@ log = logging.getLogger(__name__)
 NOTIFY_PATH: Final = "/_matrix/push/v1/notify"
 #: Unknown paths up to this many segments below ``/_matrix/`` get a Matrix 404.
 MAX_UNKNOWN_DEPTH: Final = 5
-#: Remembered (app_id, pushkey, event_id) at most, about 100 bytes each (6.5 MB):
-#: beyond it the window shrinks rather than memory growing.  At 2,000 pushes a second
-#: that still covers 30 s, Synapse's first five retries of a lost answer.
-DEDUPE_MAX_ENTRIES: Final = 65_536
 #: How much of an unknown app id a log line shows (the client API caps it at 64).
 LOGGED_APP_ID_CHARS: Final = 64
 
@@ -74,39 +71,6 @@ def _glob(pattern: str) -> re.Pattern[str]:
 
 def _is_glob(app_id: str) -> bool:
     return "*" in app_id or "?" in app_id
-
-
-class Dedupe:
-    """Recently sent (app_id, pushkey, event_id), forgotten after ``window`` seconds.
-
-    Two generations of hashes: a key is known if either holds it, and the older one is
-    dropped when the newer is ``window`` old (or full), so a key is remembered for
-    between one and two windows.  Hashes, not strings: a 64-bit collision would only
-    suppress one push, and the strings would cost five times the memory.
-    """
-
-    def __init__(self, window: float, max_entries: int = DEDUPE_MAX_ENTRIES) -> None:
-        self.window = window
-        self.max_entries = max_entries
-        self._current: set[int] = set()
-        self._previous: set[int] = set()
-        self._started: float | None = None  # set on first use, inside trio
-
-    def seen(self, key: tuple[str, str, str]) -> bool:
-        """Whether ``key`` was sent recently; remembers it either way."""
-        if self.window <= 0:
-            return False
-        now = trio.current_time()
-        if self._started is None:
-            self._started = now
-        if now - self._started >= self.window or len(self._current) >= self.max_entries // 2:
-            self._previous, self._current = self._current, set()
-            self._started = now
-        digest = hash(key)
-        if digest in self._current or digest in self._previous:
-            return True
-        self._current.add(digest)
-        return False
 
 
 @attrs.frozen
@@ -155,7 +119,7 @@ class MatrixGateway:
                 else:
                     self.exact.setdefault(app_id, entry)
         self.networks = parse_networks(config.matrix.allowed_networks)
-        self.dedupe = Dedupe(config.matrix.dedupe_seconds)
+        self.dedupe = dedupe_for(store, config.matrix.dedupe_seconds)
         self.stats = MatrixStats()
         self.rate_limit = RateLimit("matrix", config.matrix.rate_limit)
 
@@ -282,6 +246,10 @@ class MatrixGateway:
             elif delivery is not None:
                 deliveries.append(delivery)
                 positions.append(position)
+        if deliveries and notification.event_id:
+            deliveries, positions = await self._not_repeats(
+                request, notification, deliveries, positions
+            )
         if deliveries:
             reports = await self.dispatcher.deliver(
                 deliveries, deadline=self.config.matrix.answer_within
@@ -302,6 +270,32 @@ class MatrixGateway:
         if told:
             await self.store.forget_late_verdicts(told)
         return list(dict.fromkeys(key for key in rejected if key is not None))
+
+    async def _not_repeats(
+        self,
+        request: Request,
+        notification: wire.Notification,
+        deliveries: list[Delivery],
+        positions: list[int],
+    ) -> tuple[list[Delivery], list[int]]:
+        """The deliveries whose (app_id, pushkey, event_id) was not sent recently (one
+        store transaction for all of them when the dedupe is shared)."""
+        devices = notification.devices
+        keys = [
+            (devices[p].app_id, devices[p].pushkey, notification.event_id or "") for p in positions
+        ]
+        seen = await self.dedupe.seen_many(keys)
+        if any(seen):
+            self.stats.deduplicated += sum(seen)
+            log.debug(
+                "matrix %s: %d repeats of an event already sent; not sent again",
+                request.request_id,
+                sum(seen),
+            )
+        kept = [
+            (d, p) for d, p, repeat in zip(deliveries, positions, seen, strict=True) if not repeat
+        ]
+        return [d for d, _ in kept], [p for _, p in kept]
 
     @staticmethod
     def _still_dead(device: wire.Device, verdict: LateVerdict) -> bool:
@@ -341,13 +335,6 @@ class MatrixGateway:
                 return device.pushkey
         else:
             token = device.pushkey
-        event_id = notification.event_id
-        if event_id and self.dedupe.seen((device.app_id, device.pushkey, event_id)):
-            self.stats.deduplicated += 1
-            log.debug(
-                "matrix %s: a repeat of an event already sent; not sent again", request.request_id
-            )
-            return None
         content, redacted_text = app.config.content, app.config.redacted_text
         # id_only forces event_id_only, whatever the pusher's data.format asked for.
         notification = payloads.for_content(notification, content, redacted_text)

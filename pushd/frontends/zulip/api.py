@@ -114,7 +114,12 @@ class ZulipBouncer:
         self.dispatcher = dispatcher
         self.clock = clock
         self.activity = activity or Activity()
-        self.limiter = RateLimit("zulip", config.zulip.rate_limit, RATE_WINDOW_SECONDS)
+        self.limiter = RateLimit(
+            "zulip",
+            config.zulip.rate_limit,
+            RATE_WINDOW_SECONDS,
+            shared=store if store.shared else None,
+        )
         self.registration = ServerRegistration(config.zulip, store)
         self.e2ee = E2eeHandlers(
             store,
@@ -198,7 +203,7 @@ class ZulipBouncer:
         async def guarded(request: Request) -> Reply:
             try:
                 server = await self.authenticate(request)
-                retry_after = self.limiter.check(f"server {server.uuid}", self.clock())
+                retry_after = await self.limiter.acquire(f"server {server.uuid}", self.clock())
                 if retry_after is not None:
                     raise rate_limited(retry_after)
                 return await handler(request, server)

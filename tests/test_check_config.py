@@ -1,0 +1,139 @@
+"""``pushd check-config`` on the shipped example configs, run as an admin runs it.
+
+The examples name files under /etc/pushd and /var/lib/pushd; each test copies one into
+a temporary directory with those paths moved there and real key files made for it,
+then asserts on what the command prints: a line per app in its provider's terms, the
+setting each chat server needs, and warnings for what will surprise.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from pushd.simulators.fcm import make_service_account
+from pushd.upstream.apns.jwt import write_p8
+from tests.process import ROOT
+
+MM_SECRET = "mmSecretPath0123456789abcdef"
+RC_SECRET = "rcSecretPath0123456789abcdef"
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pushd", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PYTHONPATH": ROOT, "PATH": "/usr/bin:/bin"},
+    )
+
+
+def example(name: str, tmp_path: Path, fcm_key: rsa.RSAPrivateKey, extra: str = "") -> Path:
+    """The example ``name`` with its paths moved into ``tmp_path`` and its files made."""
+    text = (Path(ROOT) / name).read_text()
+    text = text.replace("/etc/pushd/", f"{tmp_path}/").replace("/var/lib/pushd/", f"{tmp_path}/")
+    write_p8(tmp_path / "AuthKey_ABC1234567.p8", ec.generate_private_key(ec.SECP256R1()))
+    make_service_account(
+        tmp_path / "firebase-service-account.json",
+        "example-project",
+        "https://oauth2.googleapis.com/token",
+        "pushd@example-project.iam.gserviceaccount.com",
+        key=fcm_key,
+    )
+    path = tmp_path / "pushd.toml"
+    path.write_text(extra + "\n" + text if extra.startswith("[server]") else text + extra)
+    return path
+
+
+def test_the_example_config_per_provider_and_per_chat_server(
+    tmp_path: Path, fcm_key: rsa.RSAPrivateKey
+) -> None:
+    path = example("pushd.toml.example", tmp_path, fcm_key)
+    done = check_config(path)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert (
+        "chat-ios: APNs, topic com.example.chat, token auth (key ABC1234567, team "
+        "DEF8901234), production (https://api.push.apple.com), 1 connection(s)" in out
+    )
+    fcm = next(line for line in out.splitlines() if "chat-android: FCM" in line)
+    assert fcm.strip() == (
+        "chat-android: FCM, project example-project, service account "
+        "pushd@example-project.iam.gserviceaccount.com"
+    )
+    assert "topic" not in fcm and "auth" not in fcm and "production" not in fcm
+    # No public_url: URLs from listen and port, and a warning saying to set it.
+    assert 'PUSH_NOTIFICATION_BOUNCER_URL = "http://127.0.0.1:8080"' in out
+    assert 'ZULIP_SERVICES_URL = "http://127.0.0.1:8080"' in out
+    assert "server.public_url is not set" in out
+    assert "iOS apps by ios_app_id: com.example.chat (chat-ios); Android: chat-android" in out
+    assert "Mattermost: not served" in out and "Matrix: not served" in out
+
+
+def test_every_chat_server_gets_its_url_from_public_url(
+    tmp_path: Path, fcm_key: rsa.RSAPrivateKey
+) -> None:
+    extra = f"""
+[[mattermost.servers]]
+name = "mm"
+path_secret = "{MM_SECRET}"
+
+[[rocketchat.servers]]
+name = "rc-token"
+tokens = ["Bearer abc"]
+
+[[rocketchat.servers]]
+name = "rc-path"
+path_secret = "{RC_SECRET}"
+"""
+    path = example("config/matrix-element.toml", tmp_path, fcm_key, extra)
+    text = path.read_text().replace(
+        "port = 8080\n", 'port = 8080\npublic_url = "https://push.example.com/"\n', 1
+    )
+    path.write_text(text)
+    done = check_config(path)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert 'PUSH_NOTIFICATION_BOUNCER_URL = "https://push.example.com"' in out
+    assert "mm: https://push.example.com/mmSe…cdef (the secret is masked" in out
+    assert MM_SECRET not in out and RC_SECRET not in out
+    assert "rc-token: https://push.example.com (it authenticates with one of its tokens)" in out
+    assert "rc-path: https://push.example.com/rcSe…cdef" in out
+    assert "https://push.example.com/_matrix/push/v1/notify" in out
+    assert "app_id com.example.element.ios, com.example.element.ios.* -> element-ios" in out
+    assert "element-android: FCM, project example-project" in out
+    assert "public_url is not set" not in out
+    assert "matrix.allowed_networks is empty" not in out  # the example lists 10.0.0.0/8
+
+
+def test_warnings_for_settings_that_will_surprise(
+    tmp_path: Path, fcm_key: rsa.RSAPrivateKey
+) -> None:
+    path = example(
+        "config/matrix-element.toml", tmp_path, fcm_key, '\n[zulip]\nregistration = "closed"\n'
+    )
+    text = path.read_text().replace('allowed_networks = ["10.0.0.0/8"]', "allowed_networks = []")
+    path.write_text(
+        text.replace("port = 8080\n", 'port = 8080\npublic_url = "http://push.example.com"\n', 1)
+    )
+    done = check_config(path)
+    assert done.returncode == 0, done.stderr
+    warnings = done.stdout.split("warnings:\n", 1)[1]
+    assert "matrix.allowed_networks is empty: anyone who can reach pushd" in warnings
+    assert 'zulip.registration is "closed" and zulip.allowlist is empty' in warnings
+    assert "server.public_url is plain http" in warnings
+    assert "zulip.fcm_app is not set" in warnings
+    assert "server.admin_token_file is not set" in warnings
+
+
+def test_a_bad_public_url_is_a_problem_with_its_key(tmp_path: Path) -> None:
+    path = tmp_path / "pushd.toml"
+    path.write_text(f'[server]\npublic_url = "push.example.com"\n[store]\npath = "{tmp_path}/db"\n')
+    done = check_config(path)
+    assert done.returncode == 1
+    assert "server.public_url: an http(s) URL like https://push.example.com" in done.stderr
