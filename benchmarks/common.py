@@ -35,6 +35,8 @@ PUSHD = "pushd"
 APNS_SIM = "apns_sim"
 FCM_SIM = "fcm_sim"
 DRIVER = "driver"
+#: The floor server (``floor.py``), measured like pushd in the same invocation.
+FLOOR = "floor"
 
 #: Route of the do-nothing endpoint that gives the serving layer's own cost.
 EMPTY_PATH = "/bench/empty"
@@ -140,6 +142,17 @@ def status_kib(pid: int, field: str) -> int:
 _IDLE_COLUMNS = (3, 4)  # idle, iowait
 _STEAL_COLUMN = 7
 _BUSY_COLUMNS = 8  # user nice system idle iowait irq softirq steal; guest is inside user
+
+
+def placement(pid: int) -> str:
+    """Where a process may run and at what priority: its CPUs and its nice value.
+
+    Nothing is pinned by the benchmark; this says so per process, so that a reader can
+    tell a row whose processes were confined or reniced (``nice -n 10 run.py``, as on a
+    shared machine, is inherited by every child) from one where they were not.
+    """
+    cpus = ",".join(str(cpu) for cpu in sorted(os.sched_getaffinity(pid)))
+    return f"pid {pid} on CPUs {cpus}, nice {os.getpriority(os.PRIO_PROCESS, pid)}"
 
 
 def machine_cpu() -> tuple[float, float]:

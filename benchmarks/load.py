@@ -95,6 +95,7 @@ from common import (
     CpuSnapshot,
     matrix_pushkey,
     mattermost_token,
+    placement,
     zulip_token,
     zulip_user_id,
     zulip_user_uuid,
@@ -213,8 +214,10 @@ class Mode:
 
 
 MODES: dict[str, Mode] = {
-    # The empty endpoint gets the same headers and body as a one-device send.
+    # The empty endpoint gets the same headers and body as a one-device send, and so
+    # does the floor (``floor.py``, which answers any path as pushd's empty endpoint).
     "empty": Mode(EMPTY_PATH, SINGLE_USER_PREFIX),
+    "floor": Mode(EMPTY_PATH, SINGLE_USER_PREFIX),
     "one": Mode(SEND_PATH, SINGLE_USER_PREFIX, apns_devices=1),
     "hundred": Mode(SEND_PATH, FANOUT_USER_PREFIX, apns_devices=FANOUT_DEVICES),
     "fcm-one": Mode(SEND_PATH, FCM_SINGLE_USER_PREFIX, fcm_devices=1),
@@ -665,6 +668,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "p50_ms": percentile(latencies, 0.50) * 1000,
         "p99_ms": percentile(latencies, 0.99) * 1000,
         "cpu_seconds": cpu,
+        "driver": placement(os.getpid()),
     }
 
 

@@ -49,7 +49,7 @@ def forwarded_client(
 ) -> str | None:
     """The client's address for a request that came from the trusted proxy ``peer``.
 
-    ``headers`` are the request's (lower-case names, as h11 gives them); a header sent
+    ``headers`` are the request's (lower-case names, as the HTTP server gives them); a header sent
     on several lines is one list, in order.
     """
     xff: list[bytes] = []

@@ -1,15 +1,18 @@
-"""pushd's HTTP server: HTTP/1.1 with h11 on trio, serving the frontends' routes.
+"""pushd's HTTP server: HTTP/1.1 on trio (llhttp parses), serving the frontends' routes.
 
 Why not hypercorn, which the design card names: measured on one core (benchmarks/
 run.py, the empty endpoint), hypercorn's trio worker costs about 0.5 CPU-ms per
 request before pushd does anything, more than all of pushd's own work for a 1-device
 push, and a chat server's request is always the same shape: a small POST on a kept-
-alive connection.  h11 parses and frames; this module only moves bytes, applies the
-timeouts, and shuts down gracefully, which costs a fraction of that.  HTTP/2 is not
+alive connection.  llhttp (``httptools``) parses, answers are bytes templates; this
+module only moves bytes, applies the timeouts, and shuts down gracefully, which costs a
+fraction of that (h11, used first, cost more than everything else in the serving
+layer: see :mod:`pushd.http1parse`).  HTTP/2 is not
 offered: every supported chat server speaks HTTP/1.1 to its push gateway.
 
 This module listens, accepts and shuts down; one connection's protocol (reading
-requests, applying limits and timeouts, answering) is :mod:`pushd.h11conn`.
+requests, applying timeouts, answering) is :mod:`pushd.http1conn`, parsing with its
+limits :mod:`pushd.http1parse`.
 
 What a client can count on:
 
@@ -40,7 +43,8 @@ import attrs
 import trio
 
 from pushd.frontends.http import Network, in_networks
-from pushd.h11conn import DRAIN_BYTES, MAX_HEAD_BYTES, MAX_HEADERS, RECEIVE_BYTES, Connection
+from pushd.http1conn import RECEIVE_BYTES, Connection
+from pushd.http1parse import DRAIN_BYTES, MAX_HEAD_BYTES, MAX_HEADERS
 from pushd.routing import Router
 
 __all__ = [

@@ -1,7 +1,7 @@
 """Assembly: config → store, upstream clients, dispatcher, frontends → the HTTP server.
 
 Frontends give a list of :class:`~pushd.frontends.http.Route`; a
-:class:`~pushd.routing.Router` finds them and :class:`~pushd.http11.HttpServer` (h11 on
+:class:`~pushd.routing.Router` finds them and :class:`~pushd.http11.HttpServer` (llhttp on
 trio; see there why not hypercorn or Quart-trio) serves them.
 
 Lifecycle (all inside one nursery): open the store, start every app's upstream client

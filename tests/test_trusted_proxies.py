@@ -61,7 +61,7 @@ async def test_matrix_allowed_networks_see_the_forwarded_client(
     start: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="pushd")
-    caplog.set_level(logging.DEBUG, logger="pushd.h11conn")  # the access line
+    caplog.set_level(logging.DEBUG, logger="pushd.http1conn")  # the access line
     pushd = await start(
         server={"trusted_proxies": LOOPBACK}, matrix={"allowed_networks": [f"{CLIENT}/32"]}
     )
