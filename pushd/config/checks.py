@@ -1,0 +1,231 @@
+"""The second pass: what only the filesystem can say (files exist, keys load, names
+unique), every problem at once so that ``pushd check-config`` lists them all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pushd.config.apps import AppConfig
+from pushd.config.constants import APPLE_ID_LENGTH, FCM_MAX_TTL, MAX_REDACTED_TEXT, MIN_ADMIN_TOKEN
+from pushd.config.protocol_checks import (
+    check_matrix,
+    check_mattermost,
+    check_rocketchat,
+    check_zulip,
+)
+from pushd.config.root import Config
+from pushd.config.sections import MetricsConfig
+from pushd.config.values import (
+    check_file,
+    check_networks,
+    check_proxy,
+    is_loopback,
+    read_admin_token,
+)
+from pushd.tls import server_context
+from pushd.upstream.apns import jwt as apns_jwt
+from pushd.upstream.fcm.service_account import ServiceAccountError, load_service_account
+
+
+def check(config: Config) -> list[str]:
+    """Everything wrong with ``config`` that only the filesystem can tell; empty if fine."""
+    problems: list[str] = []
+    server = config.server
+    if not 0 <= server.port < 65536:
+        problems.append("server.port: must be between 1 and 65535 (0: any free port)")
+    if (server.tls_cert is None) != (server.tls_key is None):
+        problems.append("server: set both tls_cert and tls_key, or neither")
+    tls = check_file("server.tls_cert", server.tls_cert)
+    tls += check_file("server.tls_key", server.tls_key)
+    if not tls and server.tls_cert is not None and server.tls_key is not None:
+        try:
+            server_context(server.tls_cert, server.tls_key)  # loads: OpenSSL must take them
+        except ValueError as error:
+            tls.append(f"server.{error}")
+    problems += tls
+    problems += check_networks("server.trusted_proxies", server.trusted_proxies)
+    if server.max_body_bytes < 1024:
+        problems.append("server.max_body_bytes: must be at least 1024")
+    if server.first_attempt_deadline <= 0:
+        problems.append("server.first_attempt_deadline: must be positive")
+    problems += _check_admin_token(server.admin_token_file)
+    problems += _check_public_url(server.public_url)
+    problems += _check_metrics(config.metrics)
+    if config.retry.max_attempts < 1:
+        problems.append("retry.max_attempts: must be at least 1")
+    problems += check_proxy("upstream", config.upstream.proxy, config.upstream.proxy_password_file)
+    problems += _check_store(config)
+    seen: set[str] = set()
+    for index, app in enumerate(config.apps):
+        if app.name in seen:
+            problems.append(f"apps[{index}].name: {app.name!r} is used by an earlier app")
+        seen.add(app.name)
+        problems += _check_app(index, app)
+    for key, limit in (
+        ("native.rate_limit", config.native.rate_limit),
+        ("rocketchat.rate_limit", config.rocketchat.rate_limit),
+        ("matrix.rate_limit", config.matrix.rate_limit),
+    ):
+        if limit < 1:
+            problems.append(f"{key}: must be at least 1 (requests a minute)")
+    problems += check_zulip(config)
+    problems += check_mattermost(config)
+    problems += check_rocketchat(config)
+    problems += check_matrix(config)
+    return problems
+
+
+def _check_admin_token(path: str | None) -> list[str]:
+    problems = check_file("server.admin_token_file", path)
+    if problems or path is None:
+        return problems
+    token = read_admin_token(path) or ""
+    # ASCII: it travels in a header, which HTTP does not decode as UTF-8.
+    if len(token) < MIN_ADMIN_TOKEN or not all("!" <= c <= "~" for c in token):
+        return [
+            f"server.admin_token_file: must hold one token of at least {MIN_ADMIN_TOKEN} "
+            "ASCII letters, digits or punctuation"
+        ]
+    return []
+
+
+def _check_public_url(url: str | None) -> list[str]:
+    if url is None:
+        return []
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("http", "https") or not rest or rest.startswith("/") or "?" in url:
+        return ["server.public_url: an http(s) URL like https://push.example.com"]
+    return []
+
+
+def _check_metrics(metrics: MetricsConfig) -> list[str]:
+    """The metrics listener: a port, and a token wherever others can reach it (the
+    metrics name every app and chat-server route: an inventory, not for anyone)."""
+    if not metrics.enabled:
+        return []
+    problems: list[str] = []
+    if not 0 <= metrics.port < 65536:
+        problems.append("metrics.port: must be between 1 and 65535 (0: any free port)")
+    if metrics.bearer_token_file is None:
+        if not is_loopback(metrics.listen):
+            problems.append(
+                f"metrics.bearer_token_file: required when metrics.listen ({metrics.listen}) "
+                "is not a loopback address: Prometheus sends it (authorization.credentials_file)"
+            )
+        return problems
+    file_problems = check_file("metrics.bearer_token_file", metrics.bearer_token_file)
+    if file_problems:
+        return problems + file_problems
+    token = read_admin_token(metrics.bearer_token_file) or ""
+    if len(token) < MIN_ADMIN_TOKEN or not all("!" <= c <= "~" for c in token):
+        problems.append(
+            f"metrics.bearer_token_file: must hold one token of at least {MIN_ADMIN_TOKEN} "
+            "ASCII letters, digits or punctuation"
+        )
+    return problems
+
+
+def _check_store(config: Config) -> list[str]:
+    store, spool = config.store, config.spool
+    problems: list[str] = []
+    if store.url is None:
+        store_dir = Path(store.path).parent
+        if not store_dir.is_dir():
+            problems.append(f"store.path: directory {store_dir} does not exist")
+    elif not store.url.startswith(("postgresql://", "postgres://")):
+        problems.append("store.url: a PostgreSQL URL like postgresql://pushd@db.example/pushd")
+    problems += check_file("store.password_file", store.password_file)
+    if store.pool_size < 1:
+        problems.append("store.pool_size: must be at least 1")
+    if spool.lease_seconds <= 0:
+        problems.append("spool.lease_seconds: must be positive")
+    if spool.degraded_after <= 0:
+        problems.append("spool.degraded_after: must be positive")
+    key_dir = Path(spool.key_file).parent
+    if store.url is not None and not Path(spool.key_file).exists():
+        problems.append(
+            f"spool.key_file: no such file {spool.key_file}; with PostgreSQL every instance "
+            "needs the same keys: create it once with `pushd spool new-key` and copy it"
+        )
+    elif store.url is not None or Path(spool.key_file).exists():
+        problems += check_file("spool.key_file", spool.key_file)
+    elif not key_dir.is_dir():
+        problems.append(f"spool.key_file: directory {key_dir} does not exist")
+    return problems
+
+
+def _check_fcm_app(key: str, app: AppConfig) -> list[str]:
+    problems: list[str] = []
+    for field in ("topic", "key_file", "key_id", "team_id", "cert_file", "cert_password_file"):
+        if getattr(app, field) is not None:
+            problems.append(f'{key}.{field}: only for provider "apns"')
+    if app.service_account_file is None:
+        return [*problems, f'{key}.service_account_file: required for provider "fcm"']
+    file_problems = check_file(f"{key}.service_account_file", app.service_account_file)
+    if file_problems:
+        return problems + file_problems
+    try:
+        load_service_account(Path(app.service_account_file).read_bytes())
+    except ServiceAccountError as error:
+        problems.append(f"{key}.service_account_file: {error}")
+    if app.android_ttl is not None and not 0 <= app.android_ttl <= FCM_MAX_TTL:
+        problems.append(f"{key}.android_ttl: must be 0 to {FCM_MAX_TTL} seconds")
+    return problems
+
+
+def _check_app(index: int, app: AppConfig) -> list[str]:
+    key = f"apps[{index}]"
+    problems: list[str] = []
+    if not app.name:
+        problems.append(f"{key}.name: must not be empty")
+    if app.connections < 1:
+        problems.append(f"{key}.connections: must be at least 1")
+    if app.concurrency < 1:
+        problems.append(f"{key}.concurrency: must be at least 1")
+    if app.request_timeout <= 0:
+        problems.append(f"{key}.request_timeout: must be positive")
+    if app.upstream_url is not None and not app.upstream_url.startswith("https://"):
+        problems.append(f"{key}.upstream_url: must start with https://")
+    problems += check_file(f"{key}.upstream_ca_file", app.upstream_ca_file)
+    if not app.redacted_text.strip() or len(app.redacted_text) > MAX_REDACTED_TEXT:
+        problems.append(f"{key}.redacted_text: 1 to {MAX_REDACTED_TEXT} characters")
+    problems += check_proxy(key, app.proxy, app.proxy_password_file)
+    if app.provider == "fcm":
+        return problems + _check_fcm_app(key, app)
+    for field in ("service_account_file", "project_id", "android_ttl", "android_collapse_key"):
+        if getattr(app, field) is not None:
+            problems.append(f'{key}.{field}: only for provider "fcm"')
+    if app.fcm_apns is not None:
+        problems.append(f'{key}.fcm_apns: only for provider "fcm"')
+    if not app.topic:
+        problems.append(f'{key}.topic: required for provider "apns" (the app\'s bundle id)')
+    token_auth = [app.key_file, app.key_id, app.team_id]
+    if app.key_file is not None and app.cert_file is not None:
+        problems.append(f"{key}: set either key_file (token auth) or cert_file, not both")
+    elif app.cert_file is not None:
+        problems += check_file(f"{key}.cert_file", app.cert_file)
+        problems += check_file(f"{key}.cert_password_file", app.cert_password_file)
+    elif any(value is None for value in token_auth):
+        missing = [
+            name
+            for name, value in zip(("key_file", "key_id", "team_id"), token_auth, strict=True)
+            if value is None
+        ]
+        problems.append(
+            f"{key}: token auth needs {', '.join(missing)} (or set cert_file for certificate auth)"
+        )
+    else:
+        file_problems = check_file(f"{key}.key_file", app.key_file)
+        problems += file_problems
+        if not file_problems and app.key_file is not None:
+            try:
+                apns_jwt.load_p8(Path(app.key_file).read_bytes())
+            except ValueError as error:
+                problems.append(f"{key}.key_file: {error}")
+        for field in ("key_id", "team_id"):
+            value = getattr(app, field)
+            if value is not None and (len(value) != APPLE_ID_LENGTH or not value.isalnum()):
+                problems.append(
+                    f"{key}.{field}: must be the 10-character id from Apple, got {value!r}"
+                )
+    return problems
