@@ -15,32 +15,42 @@ chosen ``push_account_id``, is given a bouncer ``device_id`` at registration and
 Privacy: the sealed registration, the decrypted token (except masked) and
 ``encrypted_data`` never reach a log line or the disk; only the token and what sending
 needs are stored.
+
+The pure half (key pairs, token ids, opening a sealed registration, checking a push
+request) lives in :mod:`.e2ee_payloads`; its names are re-exported here.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
-import attrs
-import nacl.exceptions
-import nacl.public
-
-from pushd import jsonutil
 from pushd.config import AppConfig
 from pushd.dispatch import Dispatcher, Report
 from pushd.frontends.http import Reply, Request
+from pushd.frontends.zulip.e2ee_payloads import (
+    FCM_PRIORITIES,
+    TOKEN_ID_BYTES,
+    TOKEN_KINDS,
+    ZULIP_11,
+    ZULIP_12,
+    Generation,
+    PushRegistration,
+    PushRequest,
+    generation_of,
+    invalid_registration,
+    new_key_pair,
+    open_registration,
+    parse_push_request,
+    token_id_int,
+    token_id_of,
+)
 from pushd.frontends.zulip.wire import (
-    IOS_APP_ID_RE,
     KIND_APNS,
     KIND_FCM,
     ZulipError,
     bad_request,
-    check_token,
     ignored,
     json_int,
     parse_form,
@@ -48,200 +58,42 @@ from pushd.frontends.zulip.wire import (
     required,
     success,
 )
-from pushd.model import APNS_PRIORITIES, APNS_PUSH_TYPES, ApnsPush, Delivery, Push, mask_token
+from pushd.model import Delivery, mask_token
 from pushd.store import Store, ZulipE2eeDevice, ZulipRealm, ZulipServer
-from pushd.upstream.fcm import message as fcm_message
+
+__all__ = [
+    "FCM_PRIORITIES",
+    "LIVENESS_SECONDS",
+    "TOKEN_ID_BYTES",
+    "TOKEN_KINDS",
+    "ZULIP_11",
+    "ZULIP_12",
+    "AppLookup",
+    "E2eeHandlers",
+    "Generation",
+    "PushRegistration",
+    "PushRequest",
+    "RealmLookup",
+    "generation_of",
+    "missing_realm",
+    "new_key_pair",
+    "no_app_message",
+    "open_registration",
+    "parse_push_request",
+    "token_id_int",
+    "token_id_of",
+]
 
 log = logging.getLogger(__name__)
 
 #: ``PUSH_REGISTRATION_LIVENESS_TIMEOUT``: a sealed registration older than a day is
 #: refused, so one captured in transit cannot be replayed later.
 LIVENESS_SECONDS: Final = 24 * 3600
-#: ``token_id`` is this many leading bytes of SHA-256(token).
-TOKEN_ID_BYTES: Final = 8
-#: What ``PushRegistration.token_kind`` says, and the legacy kind it maps to.
-TOKEN_KINDS: Final = {"apns": KIND_APNS, "fcm": KIND_FCM}
-FCM_PRIORITIES: Final = frozenset({"high", "normal"})
 #: Fields each generation's ``e2ee/register`` reads (anything else is reported ignored).
 _REGISTER_FIELDS: Final = frozenset(
     {"realm_uuid", "token_id", "push_account_id", "encrypted_push_registration"}
     | {"bouncer_public_key"}
 )
-
-
-@attrs.frozen
-class Generation:
-    """The names one Zulip generation uses on the wire for the same things."""
-
-    #: Key of a push request naming the device: "token_id" or "device_id".
-    device_field: str
-    #: Key of the payload naming the push key, forwarded to FCM as a string.
-    key_field: str
-    #: Key of the response listing devices to forget.
-    delete_field: str
-
-
-ZULIP_12: Final = Generation("token_id", "push_key_id", "delete_token_ids")
-ZULIP_11: Final = Generation("device_id", "push_account_id", "delete_device_ids")
-
-
-@attrs.frozen
-class PushRegistration:
-    """The app's sealed registration, checked; lives in memory only."""
-
-    token: str
-    token_kind: str
-    ios_app_id: str | None
-    timestamp: int
-
-
-@attrs.frozen
-class PushRequest:
-    """One checked entry of ``push_requests``: the device named and what to send it."""
-
-    #: The device as the server named it: a ``token_id`` string or a ``device_id`` int.
-    name: str | int
-    apns: bool
-    push: Push
-
-
-# --- keys and ids (pure) ------------------------------------------------------------------
-
-
-def new_key_pair() -> tuple[str, str]:
-    """A fresh X25519 bouncer key pair, (public, private), each base64 of 32 bytes.
-
-    Standard base64 of the raw public key is the form a white-label app bakes in
-    (zulip-flutter's ``bouncerPublicKey``) and sends back as ``bouncer_public_key``.
-    """
-    private = nacl.public.PrivateKey.generate()
-    return (
-        base64.b64encode(bytes(private.public_key)).decode(),
-        base64.b64encode(bytes(private)).decode(),
-    )
-
-
-def token_id_of(token: str) -> str:
-    """The app's ``computeTokenId``: base64 of the first 8 bytes of SHA-256(token)."""
-    digest = hashlib.sha256(token.encode()).digest()[:TOKEN_ID_BYTES]
-    return base64.b64encode(digest).decode()
-
-
-def token_id_int(token_id: str) -> int | None:
-    """A ``token_id`` as the signed big-endian int64 Zulip stores, None if malformed."""
-    try:
-        raw = base64.b64decode(token_id, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    if len(raw) != TOKEN_ID_BYTES or base64.b64encode(raw).decode() != token_id:
-        return None
-    return int.from_bytes(raw, "big", signed=True)
-
-
-def _invalid_registration() -> ZulipError:
-    return bad_request("Invalid encrypted_push_registration")
-
-
-def open_registration(private_key: str, sealed: str) -> PushRegistration:
-    """Open and check a sealed ``PushRegistration`` (notes §4.2); any flaw is a 400.
-
-    Zulip answers every failure here, cryptographic or not, with the same message, so
-    the server cannot tell a bad box from a bad token; so do we.
-    """
-    try:
-        box = nacl.public.SealedBox(nacl.public.PrivateKey(base64.b64decode(private_key)))
-        plaintext = box.decrypt(base64.b64decode(sealed, validate=True))
-        value = jsonutil.loads(plaintext)
-    except (
-        binascii.Error,
-        ValueError,
-        TypeError,
-        RecursionError,
-        nacl.exceptions.CryptoError,
-    ):
-        raise _invalid_registration() from None
-    if not isinstance(value, dict):
-        raise _invalid_registration()
-    token, kind, app_id, timestamp = (
-        value.get(name) for name in ("token", "token_kind", "ios_app_id", "timestamp")
-    )
-    if not isinstance(token, str) or kind not in TOKEN_KINDS:
-        raise _invalid_registration()
-    if not isinstance(timestamp, int) or isinstance(timestamp, bool):
-        raise _invalid_registration()
-    try:
-        token = check_token(token, TOKEN_KINDS[kind])
-    except ZulipError:
-        raise _invalid_registration() from None
-    if kind == "apns":
-        if not isinstance(app_id, str) or IOS_APP_ID_RE.fullmatch(app_id) is None:
-            raise _invalid_registration()
-    elif app_id is not None:
-        raise _invalid_registration()
-    return PushRegistration(token, kind, app_id, timestamp)
-
-
-# --- push requests (pure) -----------------------------------------------------------------
-
-
-def _field(entry: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
-    value = entry.get(name)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise bad_request(f"Invalid {where}[{name!r}]")
-    return value
-
-
-def parse_push_request(entry: Any, index: int, generation: Generation) -> PushRequest:
-    """Check one push request and build what pushd sends (notes §2.7, §4.4).
-
-    APNs (the request has ``http_headers``): the payload goes out as the body, every
-    member kept in the server's order; Zulip's bouncer also re-serialises the parsed
-    payload (aioapns), so the ciphertext string arrives byte for byte.  No expiration:
-    Zulip sets none on this path.  FCM: a data-only message of the key id (as a string,
-    FCM data values are strings) and the ciphertext, at the given priority.
-    """
-    where = f"push_requests[{index}]"
-    if not isinstance(entry, dict):
-        raise bad_request(f"Invalid {where}")
-    name_type: type = str if generation is ZULIP_12 else int
-    name = _field(entry, generation.device_field, name_type, where)
-    payload = _field(entry, "payload", dict, where)
-    key_id = _field(payload, generation.key_field, int, f"{where}['payload']")
-    encrypted = _field(payload, "encrypted_data", str, f"{where}['payload']")
-    if "http_headers" in entry:
-        headers = _field(entry, "http_headers", dict, where)
-        priority = headers.get("apns_priority")
-        push_type = headers.get("apns_push_type")
-        if priority not in APNS_PRIORITIES or isinstance(priority, bool):
-            raise bad_request(f"Invalid {where}['http_headers']['apns_priority']")
-        if push_type not in APNS_PUSH_TYPES:
-            raise bad_request(f"Invalid {where}['http_headers']['apns_push_type']")
-        _field(payload, "aps", dict, f"{where}['payload']")
-        try:
-            body = jsonutil.dumpb(payload)
-        except ValueError:  # NaN or a lone surrogate: only from a caller that skipped the parser
-            raise bad_request(f"Invalid {where}['payload']") from None
-        return PushRequest(name, True, ApnsPush(body, push_type=push_type, priority=priority))
-    priority = entry.get("fcm_priority")
-    if priority not in FCM_PRIORITIES:
-        raise bad_request(f"Invalid {where}['fcm_priority']")
-    data = {generation.key_field: str(key_id), "encrypted_data": encrypted}
-    try:
-        fcm_push = fcm_message.build_push(
-            data=data,
-            android=fcm_message.AndroidOptions(priority="high" if priority == "high" else "normal"),
-        )
-    except fcm_message.InvalidMessage as error:
-        raise bad_request(f"Invalid {where}['payload']: {error}") from None
-    return PushRequest(name, False, fcm_push)
-
-
-def generation_of(requests: Sequence[Any]) -> Generation:
-    """Zulip 11 names devices by ``device_id``, Zulip 12 by ``token_id``."""
-    for entry in requests:
-        if isinstance(entry, dict) and "device_id" in entry and "token_id" not in entry:
-            return ZULIP_11
-    return ZULIP_12
 
 
 # --- handlers -----------------------------------------------------------------------------
@@ -310,7 +162,7 @@ class E2eeHandlers:
         stored_id: int | None = None
         if token_id is not None:
             if token_id != token_id_of(registration.token):
-                raise _invalid_registration()
+                raise invalid_registration()
             stored_id = token_id_int(token_id)
             assert stored_id is not None  # it equals a well-formed id
         kind = TOKEN_KINDS[registration.token_kind]

@@ -1,0 +1,137 @@
+"""The Zulip bouncer's endpoints about a registered server itself: analytics upload
+and status, deactivate, transfer and billing (registering is :mod:`.registration`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from pushd import jsonutil
+from pushd.frontends.http import Reply, Request
+from pushd.frontends.zulip.wire import (
+    ZulipError,
+    bad_request,
+    ignored,
+    is_uuid,
+    parse_form,
+    parse_json_body,
+    success,
+)
+from pushd.store import Store, ZulipRealm, ZulipServer
+
+#: The bouncer's handlers log under one name, as before they had modules of their own.
+log = logging.getLogger("pushd.frontends.zulip.api")
+
+#: The analytics upload (also sent by ``manage.py register_server``) carries up to
+#: 10,000 rows per table: take what Django takes (DATA_UPLOAD_MAX_MEMORY_SIZE).
+ANALYTICS_MAX_BODY = 25 * 1024 * 1024
+#: What every realm is told: pushd has no plans and no billing.
+REALM_PUSH_STATUS: Mapping[str, Any] = {"can_push": True, "expected_end_timestamp": None}
+#: Analytics tables whose largest ``id`` the server asks for before uploading more.
+ANALYTICS_TABLES = ("realm_counts", "installation_counts", "realmauditlog_rows")
+_ANALYTICS_FIELDS = frozenset(
+    {*ANALYTICS_TABLES, "realms", "version", "merge_base", "api_feature_level"}
+)
+
+
+class ServerHandlers:
+    """A registered server's upkeep: analytics (how pushd learns its realms), and
+    deactivating, transferring or billing its registration.
+
+    Mounted by :class:`~pushd.frontends.zulip.api.ZulipBouncer`, which authenticates the
+    server and rate-limits it first (but for ``transfer``, which needs no credentials).
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # --- server registration ------------------------------------------------------------
+
+    async def server_deactivate(self, request: Request, server: ZulipServer) -> Reply:
+        parse_json_body(request.body)
+        await self.store.zulip_set_deactivated(server.uuid, True)
+        log.info("Zulip server %s deactivated its registration", server.uuid)
+        return success()
+
+    async def transfer(self, request: Request) -> Reply:
+        raise bad_request(
+            "Registration transfer is not supported by this push notification service; "
+            "ask its operator to move the registration."
+        )
+
+    async def billing(self, request: Request, server: ZulipServer) -> Reply:
+        raise bad_request("This push notification service has no plans to manage.")
+
+    # --- analytics ----------------------------------------------------------------------
+
+    async def analytics_status(self, request: Request, server: ZulipServer) -> Reply:
+        return success(
+            last_realm_count_id=server.last_realm_count_id,
+            last_installation_count_id=server.last_installation_count_id,
+            last_realmauditlog_id=server.last_realmauditlog_id,
+        )
+
+    async def analytics(self, request: Request, server: ZulipServer) -> Reply:
+        """Learn the server's realms; count rows only by their ids (the counts go)."""
+        form = parse_form(request.body)
+        marks = []
+        for name in ANALYTICS_TABLES:
+            rows = _json_list(form, name, required=name != "realmauditlog_rows")
+            ids = [_row_id(row, name, index) for index, row in enumerate(rows)]
+            marks.append(max(ids, default=0))
+        realms = [_realm_info(row, index) for index, row in enumerate(_json_list(form, "realms"))]
+        for realm in realms:
+            known = await self.store.zulip_realm(realm.uuid)
+            if known is not None and known.server_uuid != server.uuid:
+                log.warning(
+                    "Zulip server %s sent realm %s of server %s",
+                    server.uuid,
+                    realm.uuid,
+                    known.server_uuid,
+                )
+                raise bad_request("Duplicate registration detected.")
+        realms = [ZulipRealm(r.uuid, server.uuid, r.host, r.name) for r in realms]
+        await self.store.zulip_record_analytics(server.uuid, realms, (marks[0], marks[1], marks[2]))
+        return success(
+            realms={realm.uuid: dict(REALM_PUSH_STATUS) for realm in realms},
+            **ignored(form, _ANALYTICS_FIELDS),
+        )
+
+
+def _row_id(row: Any, name: str, index: int) -> int:
+    value = row.get("id") if isinstance(row, dict) else None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise bad_request(f'Invalid {name}[{index}]["id"]')
+    return value
+
+
+def _realm_info(row: Any, index: int) -> ZulipRealm:
+    if not isinstance(row, dict):
+        raise bad_request(f"Invalid realms[{index}]")
+    values = {}
+    for key in ("uuid", "host", "name"):
+        value = row.get(key)
+        if not isinstance(value, str):
+            raise bad_request(f'Invalid realms[{index}]["{key}"]')
+        values[key] = value
+    if not is_uuid(values["uuid"]):
+        raise bad_request(f'Invalid realms[{index}]["uuid"]')
+    return ZulipRealm(values["uuid"].lower(), "", values["host"], values["name"])
+
+
+def _json_list(form: Mapping[str, str], name: str, *, required: bool = False) -> list[Any]:
+    raw = form.get(name)
+    if raw is None:
+        if required:
+            raise ZulipError(
+                400, "REQUEST_VARIABLE_MISSING", f"Missing '{name}' argument", {"var_name": name}
+            )
+        return []
+    try:
+        value = jsonutil.loads(raw)
+    except (ValueError, RecursionError):
+        raise bad_request(f"{name} is not valid JSON") from None
+    if not isinstance(value, list):
+        raise bad_request(f"{name} is not a list")
+    return value
