@@ -46,10 +46,10 @@ from pushd.simulators.apns.constants import (
     REASON_STATUS,
     TOKEN_RE,
     TOPIC_SUFFIXES,
-    Action,
 )
 from pushd.simulators.apns.simulator import ApnsSimulator
 from pushd.simulators.apns.values import Received, SimReply
+from pushd.simulators.script import Action
 
 __all__ = [
     "CLOSE_LINGER",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import json
 import time
 import uuid
@@ -38,6 +37,7 @@ from pushd.simulators.apns.constants import (
 from pushd.simulators.apns.jwt import inspect_jwt
 from pushd.simulators.apns.values import SUCCESS, Received, SimReply
 from pushd.simulators.recording import Recording
+from pushd.simulators.script import ReplyScript
 
 
 @attrs.frozen
@@ -73,9 +73,7 @@ class Answering(Recording[Received]):
     goaway_after: int | None
     log: Callable[[str], None] | None
     _keys: dict[str, tuple[str, ec.EllipticCurvePublicKey]]
-    _scripts: dict[str, collections.deque[SimReply]]
-    _token_replies: dict[str, SimReply]
-    _default: SimReply
+    _replies: ReplyScript[SimReply]
     _topic_verdicts: dict[bytes, str | None]
 
     def _log(self, message: str) -> None:
@@ -231,8 +229,7 @@ class Answering(Recording[Received]):
         if not TOKEN_RE.fullmatch(path, len(DEVICE_PREFIX)):
             return verdict(400, "BadDeviceToken")
 
-        queue = self._scripts.get(token)
-        reply = queue.popleft() if queue else self._token_replies.get(token, self._default)
+        reply = self._replies.next(token)
         if reply.action != "reply" or reply.status != 200:
             if reply.action != "reply":
                 return verdict(0, reply.reason, reply)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
-import struct
 from typing import Protocol
 
 import h2.config
@@ -273,13 +271,3 @@ class Connection:
             self.sim.max_in_flight[self.id] = self.max_in_flight
         if self.sim.idle_timeout is not None:
             self.last_activity = trio.current_time()
-
-
-def set_linger_zero(stream: trio.abc.Stream) -> None:
-    """Make closing ``stream`` send a TCP RST, like a server that crashed."""
-    transport: object = stream
-    while isinstance(transport, trio.SSLStream):
-        transport = transport.transport_stream
-    if isinstance(transport, trio.SocketStream):
-        with contextlib.suppress(OSError):
-            transport.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

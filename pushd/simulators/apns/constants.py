@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
 
 from pushd.model import APNS_PUSH_TYPES
 
@@ -122,6 +121,3 @@ REASON_STATUS: dict[str, int] = {
     "ServiceUnavailable": 503,
     "Shutdown": 503,
 }
-
-Action = Literal["reply", "goaway", "drop"]
-ACTIONS = frozenset({"reply", "goaway", "drop"})

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import collections
 import ssl
 from collections.abc import Callable
-from typing import Any
 
 import trio
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from pushd.simulators.apns.answering import Answering
-from pushd.simulators.apns.connection import Connection, set_linger_zero
+from pushd.simulators.apns.connection import Connection
 from pushd.simulators.apns.constants import (
     CLOSE_LINGER,
     CONNECTION_WINDOW_SIZE,
@@ -20,6 +18,8 @@ from pushd.simulators.apns.constants import (
     HANDSHAKE_TIMEOUT,
 )
 from pushd.simulators.apns.values import SUCCESS, Received, SimReply
+from pushd.simulators.script import ReplyScript
+from pushd.simulators.sockets import open_listeners, set_linger_zero
 
 
 class ApnsSimulator(Answering):
@@ -89,9 +89,7 @@ class ApnsSimulator(Answering):
         self.port: int | None = None
 
         self._keys: dict[str, tuple[str, ec.EllipticCurvePublicKey]] = {}
-        self._scripts: dict[str, collections.deque[SimReply]] = {}
-        self._token_replies: dict[str, SimReply] = {}
-        self._default = SUCCESS
+        self._replies = ReplyScript[SimReply](SUCCESS)
         self._connections: dict[int, Connection] = {}
         self._topic_verdicts: dict[bytes, str | None] = {}
         self._next_connection_id = 1
@@ -110,7 +108,7 @@ class ApnsSimulator(Answering):
         Once they are used up the token gets its standing reply (:meth:`set_token_reply`)
         or else the default (:meth:`set_default`).
         """
-        self._scripts.setdefault(token, collections.deque()).extend(replies)
+        self._replies.queue(token, replies)
 
     def set_token_reply(self, token: str, reply: SimReply) -> None:
         """Answer ``token`` with ``reply`` every time its scripted replies are used up.
@@ -118,20 +116,18 @@ class ApnsSimulator(Answering):
         A dead token stays dead: ``pushd simulate --reply`` needs a reply that does not
         wear off after one notification, unlike :meth:`script`'s.
         """
-        self._token_replies[token] = reply
+        self._replies.stand(token, reply)
 
     def set_default(self, reply: SimReply) -> None:
         """Set the reply for tokens without scripted replies (e.g. every token 500)."""
-        self._default = reply
+        self._replies.default = reply
 
     def clear(self) -> None:
         """Forget scripted replies and restore the default of plain success.
 
         :attr:`received` and the counters are kept; clear them directly if needed.
         """
-        self._scripts.clear()
-        self._token_replies.clear()
-        self._default = SUCCESS
+        self._replies.clear()
 
     def goaway_all(self, reason: str = "Shutdown") -> None:
         """Send GOAWAY with ``reason`` on every open connection, then close them."""
@@ -159,14 +155,7 @@ class ApnsSimulator(Answering):
         ``None`` serves clear-text HTTP/2 with prior knowledge, handy for quick tests.
         Reports the bound port through ``task_status`` and sets :attr:`port`.
         """
-        tcp_listeners = await trio.open_tcp_listeners(port, host=host)
-        self.port = int(tcp_listeners[0].socket.getsockname()[1])
-        listeners: list[trio.abc.Listener[Any]] = list(tcp_listeners)
-        if ssl_context is not None:
-            listeners = [
-                trio.SSLListener(listener, ssl_context, https_compatible=True)
-                for listener in tcp_listeners
-            ]
+        self.port, listeners = await open_listeners(ssl_context, host, port)
         async with trio.open_nursery() as nursery:
             await nursery.start(trio.serve_listeners, self._handle, listeners)
             task_status.started(self.port)

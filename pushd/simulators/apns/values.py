@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import attrs
 
-from pushd.simulators.apns.constants import ACTIONS, Action
+from pushd.simulators.script import Action, check_action
 
 
 @attrs.frozen
@@ -26,12 +26,7 @@ class SimReply:
     timestamp_ms: int | None = None
     retry_after: int | None = None
     delay: float = 0.0
-    action: Action = attrs.field(default="reply")
-
-    @action.validator
-    def _check_action(self, _attribute: attrs.Attribute[Action], value: str) -> None:
-        if value not in ACTIONS:
-            raise ValueError(f"action must be one of {sorted(ACTIONS)}, not {value!r}")
+    action: Action = attrs.field(default="reply", validator=check_action)
 
 
 SUCCESS = SimReply()

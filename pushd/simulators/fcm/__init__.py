@@ -69,13 +69,13 @@ from pushd.simulators.fcm.constants import (
     TOKEN_PATH,
     TOPIC_RE,
     TTL_RE,
-    Action,
 )
 from pushd.simulators.fcm.oauth import make_service_account
 from pushd.simulators.fcm.simulator import FcmSimulator, Receive, Scope, Send
 from pushd.simulators.fcm.transport import configure_alpn, hypercorn_config, log
 from pushd.simulators.fcm.validation import payload_size
 from pushd.simulators.fcm.values import FcmReceived, FcmReply
+from pushd.simulators.script import Action
 
 __all__ = [
     "ASSERTION_CLOCK_SKEW",

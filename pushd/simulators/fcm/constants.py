@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Literal
 
 # --- Tunables --------------------------------------------------------------------------
 
@@ -151,6 +150,3 @@ ANDROID_FIELDS = frozenset(
 )
 NOTIFICATION_FIELDS = frozenset({"title", "body", "image"})
 PRIORITIES = frozenset({"normal", "high"})
-
-Action = Literal["reply", "goaway", "drop"]
-ACTIONS = frozenset({"reply", "goaway", "drop"})

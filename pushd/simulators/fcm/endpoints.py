@@ -36,6 +36,7 @@ from pushd.simulators.fcm.oauth import Account, Grant, check_assertion
 from pushd.simulators.fcm.validation import Checked, bad_request, check_send_body, fcm_error
 from pushd.simulators.fcm.values import FcmReceived, FcmReply
 from pushd.simulators.recording import Recording
+from pushd.simulators.script import ReplyScript
 
 
 @attrs.define
@@ -84,10 +85,8 @@ class Endpoints(Recording[FcmReceived]):
     _accounts: dict[str, Account]
     _grants: dict[str, Grant]
     _epoch: int
-    _scripts: dict[str, collections.deque[FcmReply]]
-    _token_replies: dict[str, FcmReply]
+    _replies: ReplyScript[FcmReply]
     _token_scripts: collections.deque[FcmReply]
-    _default: FcmReply
     _quotas: dict[str, Bucket]
     _last_message_us: int
     _project_suffix: dict[str, str]
@@ -294,8 +293,7 @@ class Endpoints(Recording[FcmReceived]):
             )
 
         target = checked.target or ""
-        queue = self._scripts.get(target)
-        reply = queue.popleft() if queue else self._token_replies.get(target, self._default)
+        reply = self._replies.next(target)
         if reply.action != "reply":
             return Answer(0, b"", reply=reply), True
         if reply.status == 200 and reply.error_code is None:

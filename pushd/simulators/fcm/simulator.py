@@ -29,6 +29,8 @@ from pushd.simulators.fcm.transport import (
     peer_key,
 )
 from pushd.simulators.fcm.values import SUCCESS, FcmReceived, FcmReply
+from pushd.simulators.script import ReplyScript
+from pushd.simulators.sockets import open_listeners
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -99,10 +101,8 @@ class FcmSimulator(Endpoints):
         self._accounts: dict[str, Account] = {}
         self._grants: dict[str, Grant] = {}
         self._epoch = 0
-        self._scripts: dict[str, collections.deque[FcmReply]] = {}
-        self._token_replies: dict[str, FcmReply] = {}
+        self._replies = ReplyScript[FcmReply](SUCCESS)
         self._token_scripts: collections.deque[FcmReply] = collections.deque()
-        self._default = SUCCESS
         self._quotas: dict[str, Bucket] = {}
         self._connections: dict[tuple[str, int], Connection] = {}
         self._last_message_us = 0
@@ -129,7 +129,7 @@ class FcmSimulator(Endpoints):
         gets its standing reply (:meth:`set_token_reply`) or else the default
         (:meth:`set_default`).
         """
-        self._scripts.setdefault(token, collections.deque()).extend(replies)
+        self._replies.queue(token, replies)
 
     def set_token_reply(self, token: str, reply: FcmReply) -> None:
         """Answer ``token`` with ``reply`` every time its scripted replies are used up.
@@ -137,11 +137,11 @@ class FcmSimulator(Endpoints):
         A dead token stays dead: ``pushd simulate --reply`` needs a reply that does not
         wear off after one send, unlike :meth:`script`'s.
         """
-        self._token_replies[token] = reply
+        self._replies.stand(token, reply)
 
     def set_default(self, reply: FcmReply) -> None:
         """Set the reply for tokens without scripted replies (e.g. every send 503)."""
-        self._default = reply
+        self._replies.default = reply
 
     def script_token_endpoint(self, *replies: FcmReply) -> None:
         """Queue replies for the next token requests (e.g. ``FcmReply(status=503)``).
@@ -155,10 +155,8 @@ class FcmSimulator(Endpoints):
 
         Accounts, quotas, issued tokens, :attr:`received` and counters are kept.
         """
-        self._scripts.clear()
-        self._token_replies.clear()
+        self._replies.clear()
         self._token_scripts.clear()
-        self._default = SUCCESS
         self.token_endpoint_down = False
 
     def set_quota(self, project_id: str, per_minute: int | None) -> None:
@@ -199,15 +197,8 @@ class FcmSimulator(Endpoints):
         prior knowledge), handy for a quick look with curl.  Reports the bound port
         through ``task_status`` and sets :attr:`port`.
         """
-        tcp_listeners = await trio.open_tcp_listeners(port, host=host)
-        self.port = int(tcp_listeners[0].socket.getsockname()[1])
+        self.port, listeners = await open_listeners(ssl_context, host, port)
         self._host = host
-        listeners: list[trio.abc.Listener[Any]] = list(tcp_listeners)
-        if ssl_context is not None:
-            listeners = [
-                trio.SSLListener(listener, ssl_context, https_compatible=True)
-                for listener in tcp_listeners
-            ]
         config = hypercorn_config()
         context = WorkerContext(None)
         app = ASGIWrapper(cast(ASGIFramework, self))

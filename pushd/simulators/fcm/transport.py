@@ -3,11 +3,8 @@ accepted connections a scripted ``drop`` or ``goaway`` ends."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 import ssl
-import struct
 
 import h2.exceptions
 import trio
@@ -23,6 +20,7 @@ from pushd.simulators.fcm.constants import (
     KEEP_ALIVE_TIMEOUT,
     MAX_CONCURRENT_STREAMS,
 )
+from pushd.simulators.sockets import set_linger_zero, socket_stream
 
 #: hypercorn's error log.  Named for the package, as it was before the split.
 log = logging.getLogger("pushd.simulators.fcm")
@@ -93,20 +91,14 @@ class Connection:
     def drop(self) -> None:
         """Reset the connection: RST on close, and stop hypercorn serving it."""
         self.dropped = True
-        transport: object = self.stream
-        while isinstance(transport, trio.SSLStream):
-            transport = transport.transport_stream
-        if isinstance(transport, trio.SocketStream):
-            with contextlib.suppress(OSError):
-                transport.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        set_linger_zero(self.stream)
         self.scope.cancel()
 
 
 def peer_key(stream: trio.abc.Stream) -> tuple[str, int] | None:
-    transport: object = stream
-    while isinstance(transport, trio.SSLStream):
-        transport = transport.transport_stream
-    if not isinstance(transport, trio.SocketStream):
+    """The client's address and port: how the ASGI app finds its request's connection."""
+    transport = socket_stream(stream)
+    if transport is None:
         return None
     try:
         peer = transport.socket.getpeername()

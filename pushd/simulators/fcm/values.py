@@ -8,13 +8,12 @@ from typing import Any
 import attrs
 
 from pushd.simulators.fcm.constants import (
-    ACTIONS,
     CODE_OF_STATUS,
     FCM_ERROR_CODES,
     GOOGLE_STATUS,
     UNAUTHENTICATED_MESSAGE,
-    Action,
 )
+from pushd.simulators.script import Action, check_action
 
 
 @attrs.frozen
@@ -45,12 +44,7 @@ class FcmReply:
     message: str | None = None
     retry_after: int | None = None
     delay: float = 0.0
-    action: Action = attrs.field(default="reply")
-
-    @action.validator
-    def _check_action(self, _attribute: attrs.Attribute[Action], value: str) -> None:
-        if value not in ACTIONS:
-            raise ValueError(f"action must be one of {sorted(ACTIONS)}, not {value!r}")
+    action: Action = attrs.field(default="reply", validator=check_action)
 
     @error_code.validator
     def _check_code(self, _attribute: attrs.Attribute[str | None], value: str | None) -> None:
