@@ -84,10 +84,7 @@ class LegacyHandlers:
 
     async def push_register(self, request: Request, server: ZulipServer) -> Reply:
         form = parse_form(request.body)
-        token = required(form, "token").strip()
-        required(form, "token_kind")
-        kind = check_kind(json_int(form, "token_kind"))
-        token = check_token(token, kind)
+        token, kind = _token(form)
         ios_app_id = form.get("ios_app_id")
         if kind == KIND_APNS:
             if ios_app_id is None:
@@ -120,10 +117,7 @@ class LegacyHandlers:
 
     async def push_unregister(self, request: Request, server: ZulipServer) -> Reply:
         form = parse_form(request.body)
-        token = required(form, "token").strip()
-        required(form, "token_kind")
-        kind = check_kind(json_int(form, "token_kind"))
-        token = check_token(token, kind)
+        token, kind = _token(form)
         user_id, user_uuid = _user(form)
         removed = await self.store.zulip_unregister(server.uuid, kind, token, user_id, user_uuid)
         if not removed:
@@ -291,6 +285,14 @@ class LegacyHandlers:
         }
         # deliver() has deleted them already: the Zulip rows this app serves too.
         return dead
+
+
+def _token(form: Mapping[str, str]) -> tuple[str, int]:
+    """The form's device ``token`` and its ``token_kind``, checked in Zulip's order."""
+    token = required(form, "token").strip()
+    required(form, "token_kind")
+    kind = check_kind(json_int(form, "token_kind"))
+    return check_token(token, kind), kind
 
 
 def _user(form: Mapping[str, str]) -> tuple[int | None, str | None]:
