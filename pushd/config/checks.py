@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pushd.config.apps import AppConfig
-from pushd.config.constants import APPLE_ID_LENGTH, FCM_MAX_TTL, MAX_REDACTED_TEXT, MIN_ADMIN_TOKEN
+from pushd.config.constants import APPLE_ID_LENGTH, FCM_MAX_TTL, MAX_REDACTED_TEXT
 from pushd.config.protocol_checks import (
     check_matrix,
     check_mattermost,
@@ -19,8 +19,8 @@ from pushd.config.values import (
     check_file,
     check_networks,
     check_proxy,
+    check_token_file,
     is_loopback,
-    read_admin_token,
 )
 from pushd.tls import server_context
 from pushd.upstream.apns import jwt as apns_jwt
@@ -48,7 +48,7 @@ def check(config: Config) -> list[str]:
         problems.append("server.max_body_bytes: must be at least 1024")
     if server.first_attempt_deadline <= 0:
         problems.append("server.first_attempt_deadline: must be positive")
-    problems += _check_admin_token(server.admin_token_file)
+    problems += check_token_file("server.admin_token_file", server.admin_token_file)
     problems += _check_public_url(server.public_url)
     problems += _check_metrics(config.metrics)
     if config.retry.max_attempts < 1:
@@ -75,20 +75,6 @@ def check(config: Config) -> list[str]:
     return problems
 
 
-def _check_admin_token(path: str | None) -> list[str]:
-    problems = check_file("server.admin_token_file", path)
-    if problems or path is None:
-        return problems
-    token = read_admin_token(path) or ""
-    # ASCII: it travels in a header, which HTTP does not decode as UTF-8.
-    if len(token) < MIN_ADMIN_TOKEN or not all("!" <= c <= "~" for c in token):
-        return [
-            f"server.admin_token_file: must hold one token of at least {MIN_ADMIN_TOKEN} "
-            "ASCII letters, digits or punctuation"
-        ]
-    return []
-
-
 def _check_public_url(url: str | None) -> list[str]:
     if url is None:
         return []
@@ -113,16 +99,7 @@ def _check_metrics(metrics: MetricsConfig) -> list[str]:
                 "is not a loopback address: Prometheus sends it (authorization.credentials_file)"
             )
         return problems
-    file_problems = check_file("metrics.bearer_token_file", metrics.bearer_token_file)
-    if file_problems:
-        return problems + file_problems
-    token = read_admin_token(metrics.bearer_token_file) or ""
-    if len(token) < MIN_ADMIN_TOKEN or not all("!" <= c <= "~" for c in token):
-        problems.append(
-            f"metrics.bearer_token_file: must hold one token of at least {MIN_ADMIN_TOKEN} "
-            "ASCII letters, digits or punctuation"
-        )
-    return problems
+    return problems + check_token_file("metrics.bearer_token_file", metrics.bearer_token_file)
 
 
 def _check_store(config: Config) -> list[str]:

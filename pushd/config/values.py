@@ -6,10 +6,12 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
+from pushd.config.constants import MIN_ADMIN_TOKEN
 from pushd.upstream.proxy import parse_proxy_url
 
 
 def check_file(key: str, value: str | None) -> list[str]:
+    """A file the config names (``key``): it must exist, be a regular file and readable."""
     if value is None:
         return []
     path = Path(value)
@@ -25,6 +27,7 @@ def check_file(key: str, value: str | None) -> list[str]:
 
 
 def check_networks(key: str, networks: tuple[str, ...]) -> list[str]:
+    """CIDR networks (``10.0.0.0/8``; an address alone is a /32 or /128)."""
     problems = []
     for n, network in enumerate(networks):
         try:
@@ -41,6 +44,21 @@ def read_admin_token(path: str | None) -> str | None:
     return Path(path).read_text(encoding="utf-8", errors="replace").strip()
 
 
+def check_token_file(key: str, path: str | None) -> list[str]:
+    """A file holding a bearer token (admin, metrics): readable, one long ASCII token."""
+    problems = check_file(key, path)
+    if problems or path is None:
+        return problems
+    token = read_admin_token(path) or ""
+    # ASCII: it travels in a header, which HTTP does not decode as UTF-8.
+    if len(token) < MIN_ADMIN_TOKEN or not all("!" <= c <= "~" for c in token):
+        return [
+            f"{key}: must hold one token of at least {MIN_ADMIN_TOKEN} "
+            "ASCII letters, digits or punctuation"
+        ]
+    return []
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (an address or ``localhost``) is only reachable from here."""
     if host == "localhost":
@@ -52,6 +70,7 @@ def is_loopback(host: str) -> bool:
 
 
 def read_password(path: str | None) -> str | None:
+    """A password file's text, trailing line breaks stripped (other whitespace is kept)."""
     if path is None:
         return None
     return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
