@@ -71,6 +71,7 @@ class Stream:
         "retry_after",
         "status",
         "stream_id",
+        "unacked",
         "upstream_id",
     )
 
@@ -87,6 +88,8 @@ class Stream:
         self.retry_after: str | None = None
         #: Response body pieces; None until one arrives (a 200 has no body).
         self.chunks: list[bytes] | None = None
+        #: Body bytes received and not yet credited to the stream's window.
+        self.unacked = 0
 
     def response_body(self) -> bytes:
         """The response body received so far (complete once answered)."""
