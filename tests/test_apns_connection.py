@@ -3,7 +3,7 @@
 These tests talk to an in-memory h2 *server* connection, so they check what a peer
 actually decodes, and compare the client's state with what h2's own ``send_headers`` +
 ``send_data`` leave behind.  They are the tripwire for h2 upgrades that change the
-internals :meth:`_H2.send_request` relies on.
+internals :meth:`LeanH2.send_request` relies on.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from h2.exceptions import TooManyStreamsError
 from h2.settings import SettingCodes
 from hpack import NeverIndexedHeaderTuple
 
-from pushd.upstream.h2conn import _H2, Header
+from pushd.upstream.h2proto import LeanH2
+from pushd.upstream.h2types import Header
 
 HEADERS: list[Header] = [
     (b":method", b"POST"),
@@ -77,7 +78,7 @@ def stock_request(conn: H2Connection, body: bytes) -> int:
 
 
 def test_request_decodes_like_stock_and_leaves_the_same_state() -> None:
-    ours, stock = _H2(), StockH2()
+    ours, stock = LeanH2(), StockH2()
     server_ours, server_stock = connect(ours), connect(stock)
     for _ in range(3):
         stream_id, sent = ours.send_request(HEADERS, BODY)
@@ -94,7 +95,7 @@ def test_request_decodes_like_stock_and_leaves_the_same_state() -> None:
 
 
 def test_empty_body_ends_the_stream_on_headers() -> None:
-    ours, stock = _H2(), StockH2()
+    ours, stock = LeanH2(), StockH2()
     server = connect(ours)
     connect(stock)
     stream_id, sent = ours.send_request(HEADERS, b"")
@@ -106,7 +107,7 @@ def test_empty_body_ends_the_stream_on_headers() -> None:
 
 
 def test_body_beyond_the_window_is_cut_and_the_stream_stays_open() -> None:
-    ours = _H2()
+    ours = LeanH2()
     server = connect(ours, {SettingCodes.INITIAL_WINDOW_SIZE: 10})
     stream_id, sent = ours.send_request(HEADERS, BODY)
     assert sent == 10
@@ -123,7 +124,7 @@ def test_body_beyond_the_window_is_cut_and_the_stream_stays_open() -> None:
 
 
 def test_large_header_block_uses_continuation_frames() -> None:
-    ours = _H2()
+    ours = LeanH2()
     server = connect(ours)
     big = [*HEADERS, (b"x-big", b"v" * 40_000)]
     stream_id, sent = ours.send_request(big, BODY)
@@ -135,7 +136,7 @@ def test_large_header_block_uses_continuation_frames() -> None:
 
 
 def test_stream_limit_is_enforced_and_nothing_is_queued() -> None:
-    ours = _H2()
+    ours = LeanH2()
     connect(ours, {SettingCodes.MAX_CONCURRENT_STREAMS: 1})
     ours.send_request(HEADERS, BODY)
     ours.open_count += 1

@@ -13,14 +13,9 @@ from hpack.exceptions import (
     OversizedHeaderListError,
 )
 
-from pushd.upstream import hpack as ours
-from pushd.upstream.hpack import (
-    FIELD_CACHE_SIZE,
-    HeaderDecoder,
-    HeaderEncoder,
-    decode_integer,
-    encode_integer,
-)
+from pushd.upstream import hpackdec as ours
+from pushd.upstream.hpack import FIELD_CACHE_SIZE, HeaderEncoder, encode_integer
+from pushd.upstream.hpackdec import HeaderDecoder, decode_integer
 
 JWT = b"bearer " + b"e" * 36 + b"." + b"c" * 60 + b"." + b"s" * 86
 PATH = b"/3/device/" + b"ab" * 32

@@ -198,3 +198,17 @@ def test_payload_failure_reason_does_not_quote_the_message() -> None:
     outcome = classify(400, body, None)
     assert isinstance(outcome, Failed)
     assert "secret" not in outcome.reason
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"name":"projects/p/messages/0:15%31bd"}',  # the simulator's shape
+        b'{\n  "name": "projects/p/messages/0:1500415314455276%31bd1c96"\n}\n',  # Google's
+        b'{"name":"a\\u0041b"}',  # an escape: the JSON parser's path
+        b'{"name":"x","extra":1}',
+        b'{"name":""}',
+    ],
+)
+def test_success_body_read_without_the_parser_says_what_json_says(body: bytes) -> None:
+    assert classify(200, body) == Delivered(json.loads(body)["name"])

@@ -21,8 +21,9 @@ from h2.connection import H2Connection
 from h2.events import DataReceived, RequestReceived, StreamEnded
 
 from pushd.model import Delivered, Outcome, RetryLater
-from pushd.upstream.h2conn import Peer, Stream
-from pushd.upstream.h2pool import Batch, H2Pool, Reauthenticate, Report, spread
+from pushd.upstream.h2batch import Batch, Reauthenticate, Report
+from pushd.upstream.h2pool import H2Pool, spread
+from pushd.upstream.h2types import Peer, Stream
 from pushd.upstream.hpack import encode_fields
 
 PEER = Peer("Test", logging.getLogger("pushd.test"), default_streams=7)

@@ -28,22 +28,10 @@ each stream's :class:`StreamOwner` how it ended, which is exactly one of an answ
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
-import struct
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterable, Sequence
 
-import attrs
 import trio
-from h2.config import H2Configuration
-from h2.connection import (
-    AllowedStreamIDs,
-    ConnectionInputs,
-    ConnectionState,
-    H2Connection,
-    H2ConnectionStateMachine,
-)
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -58,17 +46,33 @@ from h2.events import (
 )
 from h2.exceptions import H2Error, TooManyStreamsError
 from h2.settings import SettingCodes, Settings
-from h2.stream import StreamClosedBy, StreamInputs
-from hpack import HeaderTuple
+from hpack.exceptions import HPACKError
 
 from pushd import jsonutil
-from pushd.upstream.hpack import HeaderDecoder, HeaderEncoder, encode_fields
-
-#: One request header field; hpack's never-indexed tuple marks secrets.
-Header = HeaderTuple | tuple[bytes, bytes]
-#: Builds the request for a batch index: (encoded header fields, body).
-RequestBuilder = Callable[[int], tuple[bytes, bytes]]
-
+from pushd.upstream.h2proto import LeanH2
+from pushd.upstream.h2recv import (
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    FRAME_HEADER_SIZE,
+    HEADERS,
+    PADDED,
+    FrameError,
+    FrameReader,
+    unpad,
+    window_update,
+)
+from pushd.upstream.h2types import (
+    ConnectionFailed,
+    Failure,
+    Lost,
+    Peer,
+    RequestBuilder,
+    Stream,
+    StreamOwner,
+    Unprocessed,
+)
 
 #: Send a PING after this many seconds without any frame from the server.
 PING_INTERVAL = 60.0
@@ -79,6 +83,12 @@ PING_TIMEOUT = 10.0
 #: them open.
 STREAM_WINDOW = 1 << 20
 CONNECTION_WINDOW = 1 << 24
+#: Credit the connection, or a stream still open, once this much of its window was used
+#: by frames taken on the fast path (:mod:`pushd.upstream.h2recv`): a quarter of the
+#: window, so the server never waits for credit, and one WINDOW_UPDATE per thousands of
+#: answers rather than one per read.
+CONNECTION_ACK_AT = CONNECTION_WINDOW // 4
+STREAM_ACK_AT = STREAM_WINDOW // 4
 #: SETTINGS_MAX_CONCURRENT_STREAMS we advertise.  The server opens no streams (push is off),
 #: but not 0: h2 checks this limit whenever HEADERS arrive for a stream it no longer
 #: knows, which is what an answer that crossed our RST_STREAM looks like once the closed
@@ -92,271 +102,6 @@ READ_SIZE = 1 << 16
 STREAM_ID_LIMIT = (1 << 31) - 1 - 2 * 100_000
 #: Drop h2's closed stream records once they outnumber open streams by this much.
 PRUNE_SLACK = 256
-
-#: Frame types and flags (RFC 9113 §6) written by :meth:`_H2.send_request`.
-_DATA = 0x0
-_HEADERS = 0x1
-_CONTINUATION = 0x9
-_END_STREAM = 0x1
-_END_HEADERS = 0x4
-#: A frame header: 24-bit length and 8-bit type packed in one word, flags, stream id.
-_FRAME_HEADER = struct.Struct(">LBL")
-_POST = b"POST"
-
-_H2_CONFIG = H2Configuration(
-    client_side=True,
-    header_encoding=None,
-    validate_outbound_headers=False,
-    normalize_outbound_headers=False,
-    validate_inbound_headers=False,
-)
-
-
-# --- results --------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Unprocessed:
-    """The server did not act on the request (GOAWAY above it, REFUSED_STREAM, never sent)."""
-
-    reason: str
-
-
-@attrs.frozen
-class Lost:
-    """The connection failed after the request was sent: it may or may not be delivered."""
-
-    reason: str
-
-
-#: How a stream ended without an answer.
-Failure = Unprocessed | Lost
-
-
-class StreamOwner(Protocol):
-    """Whoever opened a stream, told how it ended: exactly one call per stream.
-
-    The calls come from the connection's reader (or from whoever fails the connection)
-    with nothing awaited, so an owner must act at once and never block; it may open new
-    streams from within a call.
-    """
-
-    def stream_answered(self, stream: Stream) -> None:
-        """The server answered: ``status``, ``upstream_id``, ``retry_after`` and
-        ``response_body()`` are set."""
-
-    def stream_failed(self, stream: Stream, failure: Failure) -> None:
-        """The stream ended without an answer."""
-
-
-# --- h2 adjustments -------------------------------------------------------------------
-
-
-class _DrainingStateMachine(H2ConnectionStateMachine):
-    """h2's connection state machine, except that a received GOAWAY keeps it open.
-
-    Stock h2 moves to CLOSED on GOAWAY and then rejects every later frame, including
-    the answers to streams at or below ``last_stream_id`` that the server promises to finish.
-    We still never open a new stream after GOAWAY; that rule lives in
-    :attr:`PoolConnection.accepting`.
-    """
-
-    _transitions = {
-        **H2ConnectionStateMachine._transitions,
-        (ConnectionState.CLIENT_OPEN, ConnectionInputs.RECV_GOAWAY): (
-            None,
-            ConnectionState.CLIENT_OPEN,
-        ),
-    }
-
-
-class _ResetStreams(dict[int, "StreamClosedBy | None"]):
-    """h2's record of closed streams, keeping only those closed by RST_STREAM.
-
-    h2 remembers how each of the last 65,536 streams of a connection closed, to answer
-    a late frame on one: a stream closed by a reset gets a RST_STREAM back, any other
-    is a connection error.  An entry is about 75 bytes, so a busy pool carried about
-    10 MB of them, most for streams that ended normally, whose late frames are a
-    connection error with or without the entry.  Keeping only resets gives the same
-    answers; they are rare (timeouts, cancellations) and stay bounded.
-    """
-
-    def __setitem__(self, stream_id: int, closed_by: StreamClosedBy | None) -> None:
-        if closed_by in _RESET:
-            if len(self) >= H2Connection.MAX_CLOSED_STREAMS:
-                del self[next(iter(self))]
-            super().__setitem__(stream_id, closed_by)
-
-
-_RESET = (StreamClosedBy.SEND_RST_STREAM, StreamClosedBy.RECV_RST_STREAM)
-
-
-class _H2(H2Connection):
-    """h2 with O(1) stream accounting and a lean path for opening a request.
-
-    h2 counts open streams by scanning all of them on every ``send_headers`` (8.6 % of
-    Sygnal's APNs CPU, protocol notes §3.8), which is quadratic with 1000 streams in
-    flight.  We already count our streams exactly, so h2 uses that count, and closed
-    stream records are pruned in batches through the base implementation.
-
-    :meth:`send_request` replaces ``send_headers`` + ``send_data`` for a new request: the
-    stock path re-validates and re-encodes every header name to bytes, scans the headers
-    for the method and authority, and builds, flags and serialises hyperframe objects,
-    which together cost more than everything else per request.  Ours does the same
-    state transitions and window accounting and writes the frames' nine-byte headers
-    directly.  ``tests/test_apns_connection.py`` checks that the bytes and the stream
-    state equal stock h2's, so an h2 upgrade that changes the internals used here fails
-    there first.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(config=_H2_CONFIG)
-        self._closed_streams = _ResetStreams()
-        self.state_machine = _DrainingStateMachine()
-        # Static-table literals only, cached per field: see pushd.upstream.hpack.
-        # h2 only calls encode() and sets header_table_size, which HeaderEncoder has.
-        self._encoder = HeaderEncoder()
-        self.encoder = self._encoder  # type: ignore[assignment]
-        # Same contract as hpack's Decoder, a third of its CPU: see HeaderDecoder.
-        self.decoder = HeaderDecoder(self.decoder.max_header_list_size)  # type: ignore[assignment]
-        self.open_count = 0
-
-    @property
-    def open_outbound_streams(self) -> int:
-        return self.open_count
-
-    def prune_closed_streams(self) -> None:
-        """Let h2 forget closed streams (its counting scan does that as a side effect)."""
-        _ = super().open_outbound_streams
-
-    def send_request(self, headers: list[Header], body: bytes) -> tuple[int, int]:
-        """Open the next stream with ``headers`` and as much of ``body`` as the windows allow.
-
-        Returns ``(stream id, body bytes sent)``; the stream is half-closed (END_STREAM
-        sent) when all of ``body`` went out.  Raises :class:`H2Error` as ``send_headers``
-        does (no stream id left, too many streams, connection closed); nothing is queued
-        and no stream exists then.
-        """
-        return self.send_fields(encode_fields(headers), body)
-
-    def send_fields(self, fields: bytes, body: bytes) -> tuple[int, int]:
-        """:meth:`send_request` for headers already encoded (:func:`encode_fields`).
-
-        A batch encodes the headers it shares once and splices in each ``:path``.
-        """
-        stream_id = self.get_next_available_stream_id()
-        limit = self.remote_settings.max_concurrent_streams
-        if self.open_count + 1 > limit:
-            raise TooManyStreamsError(f"Max outbound streams is {limit}, {self.open_count} open")
-        self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
-        stream = self._begin_new_stream(stream_id, AllowedStreamIDs.ODD)
-        machine = stream.state_machine
-        machine.process_input(StreamInputs.SEND_HEADERS)
-        # What stock send_headers reads from the headers: the method decides whether a
-        # response may have a body (HEAD); push requests are always POST.
-        stream.request_method = _POST
-
-        block = self._encoder.block(fields)
-        frame_size = self.max_outbound_frame_size
-        size = min(len(body), frame_size, self.outbound_flow_control_window)
-        size = min(size, stream.outbound_flow_control_window)
-        headers_flags = _END_HEADERS
-        if not body:
-            headers_flags |= _END_STREAM
-            machine.process_input(StreamInputs.SEND_END_STREAM)
-        if len(block) <= frame_size:
-            header = _FRAME_HEADER.pack(len(block) << 8 | _HEADERS, headers_flags, stream_id)
-            parts = [header, block]
-        else:
-            parts = _split_header_block(block, frame_size, headers_flags, stream_id)
-        if size > 0:
-            self.state_machine.process_input(ConnectionInputs.SEND_DATA)
-            data_flags = 0
-            if size == len(body):
-                data_flags = _END_STREAM
-                machine.process_input(StreamInputs.SEND_END_STREAM)
-            # (OPEN, SEND_DATA) is a no-op transition: the stream was opened just above.
-            parts += (_FRAME_HEADER.pack(size << 8 | _DATA, data_flags, stream_id), body[:size])
-            stream.outbound_flow_control_window -= size
-            self.outbound_flow_control_window -= size
-        self._data_to_send += b"".join(parts)
-        return stream_id, size
-
-
-def _split_header_block(block: bytes, frame_size: int, flags: int, stream_id: int) -> list[bytes]:
-    """A HEADERS frame plus CONTINUATION frames for a block longer than one frame.
-
-    END_HEADERS moves to the last frame; END_STREAM stays on HEADERS (RFC 9113 §6.2).
-    """
-    chunks = [block[i : i + frame_size] for i in range(0, len(block), frame_size)]
-    parts: list[bytes] = []
-    last = len(chunks) - 1
-    for n, chunk in enumerate(chunks):
-        frame_type = _HEADERS if n == 0 else _CONTINUATION
-        frame_flags = (flags if n == 0 else 0) & ~_END_HEADERS
-        if n == last:
-            frame_flags |= _END_HEADERS
-        parts += (_FRAME_HEADER.pack(len(chunk) << 8 | frame_type, frame_flags, stream_id), chunk)
-    return parts
-
-
-# --- one request ----------------------------------------------------------------------
-
-
-class Stream:
-    """One request on the wire: what its owner needs back, filled in by the reader."""
-
-    __slots__ = (
-        "body",
-        "chunks",
-        "end_sent",
-        "index",
-        "owner",
-        "retry_after",
-        "status",
-        "stream_id",
-        "upstream_id",
-    )
-
-    def __init__(self, stream_id: int, owner: StreamOwner, index: int) -> None:
-        self.stream_id = stream_id
-        self.owner = owner
-        #: The owner's name for this request (the token's position in its batch).
-        self.index = index
-        #: Body bytes still to send when the send window was too small.
-        self.body = b""
-        self.end_sent = True
-        self.status = 0
-        self.upstream_id: str | None = None
-        self.retry_after: str | None = None
-        #: Response body pieces; None until one arrives (a 200 has no body).
-        self.chunks: list[bytes] | None = None
-
-    def response_body(self) -> bytes:
-        """The response body received so far (complete once answered)."""
-        return b"".join(self.chunks) if self.chunks else b""
-
-
-@attrs.frozen
-class Peer:
-    """What a connection needs to know about the service at the other end."""
-
-    #: The service's name in failure reasons ("closed by APNs").
-    name: str
-    #: Logger the connection's lines go to (each provider has its own).
-    log: logging.Logger
-    #: Response header holding the server's id for the message (``apns-id``), if any.
-    id_header: bytes | None = None
-    #: Streams assumed when the server's SETTINGS do not limit them (h2 would assume
-    #: 2**32); None takes h2's figure, as APNs always sends the setting.
-    default_streams: int | None = None
-    #: Level of the pool's "connected" and "closed" lines: FCM's tests and operators
-    #: expect no INFO lines from its client, APNs has always logged connections.
-    connect_level: int = logging.INFO
-
-
-class ConnectionFailed(Exception):
-    """Opening a connection failed (TLS, ALPN, or no SETTINGS from the server)."""
 
 
 class PoolConnection:
@@ -385,7 +130,7 @@ class PoolConnection:
         self._app = app
         self.index = index
         self._on_capacity = on_capacity
-        self._h2 = _H2()
+        self._h2 = LeanH2()
         self._h2.local_settings = Settings(
             client=True,
             initial_values={
@@ -405,6 +150,14 @@ class PoolConnection:
         #: offered to the pool once at the end, so waiters get them in one chunk.
         self._in_handle = False
         self._capacity_freed = False
+        self._frames = FrameReader()
+        #: Inside a header block h2 is reading (HEADERS without END_HEADERS so far): every
+        #: frame goes to h2 until its END_HEADERS (RFC 9113 §6.10).
+        self._continuing = False
+        #: Flow-controlled bytes taken on the fast path since the connection was credited.
+        self._unacked = 0
+        #: Streams answered during the current read.
+        self._answered = 0
         #: Set once the server's first SETTINGS arrived.
         self.ready = False
         #: False after GOAWAY or once the connection failed: take no new requests.
@@ -438,10 +191,9 @@ class PoolConnection:
             if not data:
                 raise ConnectionFailed("closed before sending SETTINGS")
             try:
-                events = h2.receive_data(data)
+                self._receive(data)
             except H2Error as exc:
                 raise ConnectionFailed(f"HTTP/2 error: {exc}") from None
-            self._handle(events)
         pending = h2.data_to_send()
         if pending:
             await self._sock.send_all(pending)
@@ -502,7 +254,6 @@ class PoolConnection:
 
     async def _reader(self) -> None:
         sock = self._sock
-        h2 = self._h2
         while True:
             try:
                 data = await sock.receive_some(READ_SIZE)
@@ -514,11 +265,10 @@ class PoolConnection:
                 return
             self._last_received = trio.current_time()
             try:
-                events = h2.receive_data(data)
+                self._receive(data)
             except H2Error as exc:
                 self._die(f"HTTP/2 protocol error: {type(exc).__name__}")
                 return
-            self._handle(events)
 
     async def _writer(self) -> None:
         sock = self._sock
@@ -681,110 +431,58 @@ class PoolConnection:
         else:
             self._on_capacity(self)
 
-    # --- events -----------------------------------------------------------------------
+    # --- receiving --------------------------------------------------------------------
 
-    def _handle(self, events: list[Event]) -> None:
-        """Act on one read's events; the per-request ones (nearly all) are tested first.
+    def _receive(self, data: bytes | bytearray) -> None:
+        """Take in one read: answers' own frames directly, every other frame through h2.
 
-        (Dispatching on ``type(event) is ...`` instead of isinstance saves about 70 ns
-        per event: not worth losing mypy's narrowing for.)
+        See :mod:`pushd.upstream.h2recv` for why and what goes which way.  Frames go to
+        h2 in runs of consecutive ones, in order, so its state (and the HPACK table,
+        which both paths share) sees them as sent.  Raises :class:`H2Error` for a
+        connection error.
         """
-        streams = self._streams
         h2 = self._h2
-        id_header = self._peer.id_header
-        flush = False
-        #: Flow-controlled bytes received per stream, acknowledged once at the end: to the
-        #: stream and connection while the stream is open, else to the connection only.
-        unacked: dict[int, int] | None = None
-        gone_bytes = 0
-        gone_sid = 0
-        answered = 0
+        buf, frames = self._frames.frames(data, h2.max_inbound_frame_size)
+        if not frames:
+            return
+        streams = self._streams
+        run_start = -1  # raw bytes of the frames waiting to go to h2
+        run_end = 0
         self._in_handle = True
         try:
-            for event in events:
-                if isinstance(event, ResponseReceived):
-                    stream = streams.get(event.stream_id)
-                    if stream is not None:
-                        for name, value in event.headers or ():
-                            if name == b":status":
-                                stream.status = int(value)
-                            elif name == id_header:
-                                stream.upstream_id = value.decode("ascii", "replace")
-                            elif name == b"retry-after":
-                                stream.retry_after = value.decode("ascii", "replace")
-                elif isinstance(event, StreamEnded):
-                    sid = event.stream_id
-                    if unacked is not None and sid in unacked:
-                        gone_bytes += unacked.pop(sid)
-                        gone_sid = sid
-                    stream = streams.pop(sid, None)
-                    if stream is not None:
-                        if not stream.end_sent:
-                            # Answered before reading the whole body (e.g. 413).
-                            self._blocked.pop(sid, None)
-                            with contextlib.suppress(H2Error):
-                                h2.reset_stream(sid, ErrorCodes.NO_ERROR)
-                            flush = True
-                        self._free()
-                        answered += 1
-                        stream.owner.stream_answered(stream)
-                        self._capacity_freed = True
-                elif isinstance(event, DataReceived):
-                    sid = event.stream_id
+            for frame_type, flags, sid, start, stop in frames:
+                stream = None
+                if frame_type <= HEADERS and not self._continuing:
                     stream = streams.get(sid)
-                    data = event.data
-                    if stream is not None and data:
-                        if stream.chunks is None:
-                            stream.chunks = [data]
-                        else:
-                            stream.chunks.append(data)
-                    length = event.flow_controlled_length
-                    if length:
-                        if unacked is None:
-                            unacked = {}
-                        unacked[sid] = unacked.get(sid, 0) + length
-                elif isinstance(event, StreamReset):
-                    sid = event.stream_id
-                    if unacked is not None and sid in unacked:
-                        gone_bytes += unacked.pop(sid)
-                        gone_sid = sid
-                    stream = streams.get(sid)
-                    if stream is not None:
-                        code = event.error_code
-                        if code == ErrorCodes.REFUSED_STREAM:
-                            self._release(stream, Unprocessed("stream refused"))
-                        else:
-                            self._release(
-                                stream, Lost(f"stream reset by {self._peer.name}: {code!r}")
-                            )
-                elif isinstance(event, RemoteSettingsChanged):
-                    self._settings_changed(event)
-                    flush = True
-                elif isinstance(event, WindowUpdated):
-                    if self._blocked:
-                        self._resume_blocked()
-                elif isinstance(event, ConnectionTerminated):
-                    self._goaway(event)
-                elif isinstance(event, PingAckReceived):
-                    if self._ping_ack is not None:
-                        self._ping_ack.set()
+                    if stream is not None and run_start >= 0:
+                        self._handle_events(h2.receive_data(buf[run_start:run_end]))
+                        run_start = -1
+                        stream = streams.get(sid)  # h2's frames may have ended it
+                if stream is None or (frame_type == HEADERS and not flags & END_HEADERS):
+                    if frame_type == HEADERS:
+                        self._continuing = not flags & END_HEADERS
+                    elif frame_type == CONTINUATION and flags & END_HEADERS:
+                        self._continuing = False
+                    if run_start < 0:
+                        run_start = start - FRAME_HEADER_SIZE
+                    run_end = stop
+                elif frame_type == DATA:
+                    self._take_data(stream, flags, buf, start, stop)
                 else:
-                    # PingReceived, SettingsAcknowledged, ...: h2 already answered if needed.
-                    flush = True
-            if unacked:
-                for sid, length in unacked.items():
-                    h2.acknowledge_received_data(length, sid)
-                flush = True
-            if gone_bytes:
-                # The stream is closed, so h2 only credits the connection window.
-                h2.acknowledge_received_data(gone_bytes, gone_sid)
-                flush = True
+                    self._take_headers(stream, flags, buf[start:stop])
+            if run_start >= 0:
+                self._handle_events(h2.receive_data(buf[run_start:run_end]))
+            if self._unacked >= CONNECTION_ACK_AT:
+                h2._data_to_send += window_update(0, self._unacked)
+                self._unacked = 0
         finally:
             self._in_handle = False
-        self.completed += answered
+        answered = self._answered
         if answered:
+            self._answered = 0
+            self.completed += answered
             self.timeouts = 0
-        if flush:
+        if h2._data_to_send:
             self._flush()
         if self._capacity_freed:
             self._capacity_freed = False
@@ -792,6 +490,137 @@ class PoolConnection:
                 self._die("drained")
             else:
                 self._on_capacity(self)
+
+    def _take_headers(self, stream: Stream, flags: int, payload: bytes) -> None:
+        """A whole header block on one of our open streams (the answer's, or trailers)."""
+        try:
+            headers = self._h2.decoder.decode(unpad(flags, payload, True), raw=True)
+        except HPACKError as exc:
+            raise FrameError(f"header block: {type(exc).__name__}") from None
+        self._headers(stream, headers)
+        if flags & END_STREAM:
+            self._answered_stream(stream)
+
+    def _take_data(self, stream: Stream, flags: int, buf: bytes, start: int, stop: int) -> None:
+        """A DATA frame on one of our open streams: keep the body, count it for credit."""
+        length = stop - start
+        if length:
+            payload = buf[start:stop]
+            if flags & PADDED:
+                payload = unpad(flags, payload, False)
+            if payload:
+                if stream.chunks is None:
+                    stream.chunks = [payload]
+                else:
+                    stream.chunks.append(payload)
+            self._unacked += length
+        if flags & END_STREAM:
+            self._answered_stream(stream)
+        elif length:
+            stream.unacked += length
+            if stream.unacked >= STREAM_ACK_AT:
+                self._h2._data_to_send += window_update(stream.stream_id, stream.unacked)
+                stream.unacked = 0
+
+    def _headers(self, stream: Stream, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        id_header = self._peer.id_header
+        for name, value in headers:
+            if name == b":status":
+                stream.status = int(value)
+            elif name == id_header:
+                stream.upstream_id = value.decode("ascii", "replace")
+            elif name == b"retry-after":
+                stream.retry_after = value.decode("ascii", "replace")
+
+    def _answered_stream(self, stream: Stream) -> None:
+        """``stream`` got its END_STREAM: free its slot and tell its owner.
+
+        Taken on the fast path, h2 never saw the answer: its record of the stream is
+        dropped here (h2 keeps nothing for a normal close either, see ``_ResetStreams``).
+        """
+        sid = stream.stream_id
+        del self._streams[sid]
+        h2 = self._h2
+        if not stream.end_sent:
+            # Answered before reading the whole body (e.g. 413): stop sending it.
+            self._blocked.pop(sid, None)
+            with contextlib.suppress(H2Error):
+                h2.reset_stream(sid, ErrorCodes.NO_ERROR)
+        else:
+            h2.streams.pop(sid, None)
+        self._free()
+        self._answered += 1
+        stream.owner.stream_answered(stream)
+        self._capacity_freed = True
+
+    def _handle_events(self, events: list[Event]) -> None:
+        """Act on the events h2 made of the frames it was given (see :meth:`_receive`).
+
+        (Dispatching on ``type(event) is ...`` instead of isinstance saves about 70 ns
+        per event: not worth losing mypy's narrowing for.)
+        """
+        streams = self._streams
+        h2 = self._h2
+        #: Flow-controlled bytes received per stream, acknowledged once at the end: to the
+        #: stream and connection while the stream is open, else to the connection only.
+        unacked: dict[int, int] | None = None
+        gone_bytes = 0
+        gone_sid = 0
+        for event in events:
+            if isinstance(event, ResponseReceived):
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    self._headers(stream, event.headers or [])
+            elif isinstance(event, StreamEnded):
+                sid = event.stream_id
+                if unacked is not None and sid in unacked:
+                    gone_bytes += unacked.pop(sid)
+                    gone_sid = sid
+                stream = streams.get(sid)
+                if stream is not None:
+                    self._answered_stream(stream)
+            elif isinstance(event, DataReceived):
+                sid = event.stream_id
+                stream = streams.get(sid)
+                data = event.data
+                if stream is not None and data:
+                    if stream.chunks is None:
+                        stream.chunks = [data]
+                    else:
+                        stream.chunks.append(data)
+                length = event.flow_controlled_length
+                if length:
+                    if unacked is None:
+                        unacked = {}
+                    unacked[sid] = unacked.get(sid, 0) + length
+            elif isinstance(event, StreamReset):
+                sid = event.stream_id
+                if unacked is not None and sid in unacked:
+                    gone_bytes += unacked.pop(sid)
+                    gone_sid = sid
+                stream = streams.get(sid)
+                if stream is not None:
+                    code = event.error_code
+                    if code == ErrorCodes.REFUSED_STREAM:
+                        self._release(stream, Unprocessed("stream refused"))
+                    else:
+                        self._release(stream, Lost(f"stream reset by {self._peer.name}: {code!r}"))
+            elif isinstance(event, RemoteSettingsChanged):
+                self._settings_changed(event)
+            elif isinstance(event, WindowUpdated):
+                if self._blocked:
+                    self._resume_blocked()
+            elif isinstance(event, ConnectionTerminated):
+                self._goaway(event)
+            elif isinstance(event, PingAckReceived) and self._ping_ack is not None:
+                self._ping_ack.set()
+            # PingReceived, SettingsAcknowledged, ...: h2 already answered if needed.
+        if unacked:
+            for sid, length in unacked.items():
+                h2.acknowledge_received_data(length, sid)
+        if gone_bytes:
+            # The stream is closed, so h2 only credits the connection window.
+            h2.acknowledge_received_data(gone_bytes, gone_sid)
 
     def _settings_changed(self, event: RemoteSettingsChanged) -> None:
         changed = event.changed_settings

@@ -42,8 +42,9 @@ from pushd.upstream.apns.request import (
     topic_for,
 )
 from pushd.upstream.apns.settings import ApnsSettings, CertAuth, TokenAuth
-from pushd.upstream.h2conn import Peer, Stream
-from pushd.upstream.h2pool import REAUTHENTICATE, Batch, H2Pool, Reauthenticate, Report
+from pushd.upstream.h2batch import REAUTHENTICATE, Batch, Reauthenticate, Report
+from pushd.upstream.h2pool import H2Pool
+from pushd.upstream.h2types import Peer, Stream
 from pushd.upstream.hpack import encode_field, encode_fields
 from pushd.upstream.proxy import route
 
@@ -185,7 +186,7 @@ class ApnsClient:
         * A push APNs would reject as malformed is :class:`Failed` without being sent; a
           token that is not hex is :class:`TokenDead` ("BadDeviceToken"), as APNs would say.
         * A request APNs certainly did not process (GOAWAY above it, REFUSED_STREAM) is
-          resent on another connection, up to :data:`~pushd.upstream.h2pool.MAX_RESENDS`
+          resent on another connection, up to :data:`~pushd.upstream.h2batch.MAX_RESENDS`
           times.
         * A request whose connection failed after it was written is
           ``RetryLater("connection lost: ...")``: it may have been delivered, so the

@@ -16,6 +16,7 @@ the registration token; everything else is a payload error.
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from typing import Any, Final
 
@@ -32,6 +33,13 @@ FCM_ERROR_TYPE: Final = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 BAD_REQUEST_TYPE: Final = "type.googleapis.com/google.rpc.BadRequest"
 #: The field a token-format violation names.
 TOKEN_FIELD: Final = "message.token"
+#: A success body that is only ``{"name": "<printable ASCII, no quote or backslash>"}``
+#: (JSON whitespace allowed around the tokens): the name is the text between the quotes.
+_SUCCESS_BODY: Final = re.compile(
+    rb"""[ \t\r\n]* \{ [ \t\r\n]* "name" [ \t\r\n]* : [ \t\r\n]*
+         " ([\x20\x21\x23-\x5b\x5d-\x7e]*) " [ \t\r\n]* \} [ \t\r\n]*""",
+    re.VERBOSE,
+)
 
 #: FCM error codes that retry later, honouring Retry-After.
 RETRY_CODES: Final = frozenset({"UNAVAILABLE", "INTERNAL"})
@@ -130,7 +138,15 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 def _message_id(body: bytes) -> str | None:
-    """``name`` of a success body (``projects/p/messages/0:15...``), or None."""
+    """``name`` of a success body (``projects/p/messages/0:15...``), or None.
+
+    The body of nearly every answer is ``{"name": "..."}`` alone, whose name has nothing
+    to unescape: :data:`_SUCCESS_BODY` reads that shape without a JSON parser (about a
+    quarter of its cost); anything else, escapes included, goes through the parser.
+    """
+    match = _SUCCESS_BODY.fullmatch(body)
+    if match is not None:
+        return match.group(1).decode("ascii")
     try:
         data: Any = jsonutil.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):

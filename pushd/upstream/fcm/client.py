@@ -55,8 +55,9 @@ from pushd.upstream.fcm.message import InvalidToken, body_for
 from pushd.upstream.fcm.oauth import AccessTokens, TokenUnavailable
 from pushd.upstream.fcm.service_account import load_private_key
 from pushd.upstream.fcm.settings import FcmSettings
-from pushd.upstream.h2conn import Peer, Stream
-from pushd.upstream.h2pool import REAUTHENTICATE, Batch, H2Pool, Reauthenticate, Report
+from pushd.upstream.h2batch import REAUTHENTICATE, Batch, Reauthenticate, Report
+from pushd.upstream.h2pool import H2Pool
+from pushd.upstream.h2types import Peer, Stream
 from pushd.upstream.hpack import encode_fields
 from pushd.upstream.proxy import route
 
