@@ -33,7 +33,7 @@ from typing import Any, Final
 import attrs
 import trio
 
-from pushd.attempts import Attempts
+from pushd.attempts import Attempts, Send
 from pushd.config import RetryConfig, SpoolConfig
 from pushd.decisions import Decisions, Report, Retry, Status
 from pushd.lanes import Lane
@@ -46,12 +46,15 @@ from pushd.model import (
     TokenDead,
     mask_token,
 )
+from pushd.outbox import Outbox
+from pushd.requestid import REQUEST_ID
 from pushd.spool.ledger import Ledger
 from pushd.spool.retrylog import RetryLog
 from pushd.spool.seal import SpoolKeys
 from pushd.spool.worker import SpoolWorker
 from pushd.store import DeadToken, Store, StoreUnavailable
 from pushd.store.spool import Reschedule, SpoolEntry
+from pushd.timer import Timer
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +120,10 @@ class Dispatcher:
         #: Rows per app in the spool, as last counted plus what this process added.
         self.depth: dict[str, int] = {}
         self._nursery: trio.Nursery | None = None
+        #: Ends callers' first-attempt waits at their deadline (no cancel scope each).
+        self._timer = Timer()
+        #: Fresh sends of concurrent requests leave together, one attempt per app.
+        self._outbox = Outbox(self.attempts, self.start_soon)
         self._in_flight = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -146,6 +153,8 @@ class Dispatcher:
         """Start every app's sender, the ledger and the spool worker."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            await nursery.start(self._timer.run)
+            await nursery.start(self._outbox.run)
             for lane in self.lanes.values():
                 await nursery.start(lane.run)
             await nursery.start(self.ledger.run)
@@ -206,8 +215,12 @@ class Dispatcher:
         batch = _Batch(outcomes=[None] * len(deliveries), pending=len(deliveries))
         self._start(deliveries, batch)
         timeout = self.first_attempt_deadline if deadline is None else deadline
-        with trio.move_on_after(timeout):
-            await batch.done.wait()
+        if batch.pending:
+            wait = self._timer.add(trio.current_time() + timeout, batch.done)
+            try:
+                await batch.done.wait()
+            finally:
+                self._timer.cancel(wait)
         batch.closed = True
         now = self.clock()
         reports: list[Report | None] = [None] * len(deliveries)
@@ -377,14 +390,25 @@ class Dispatcher:
     # --- attempts ---------------------------------------------------------------------
 
     def _start(self, deliveries: Sequence[Delivery], batch: _Batch) -> None:
-        """Start one task per (app, push) group of ``deliveries``."""
+        """Queue one send per (app, push) group of ``deliveries`` in the outbox."""
         groups: dict[tuple[str, int], list[int]] = {}
         for index, delivery in enumerate(deliveries):
             groups.setdefault((delivery.app, id(delivery.push)), []).append(index)
         self._begin(len(deliveries))
+        request_id = REQUEST_ID.get()
         for (app, _), indices in groups.items():
             group = [deliveries[i] for i in indices]
-            self.start_soon(self._attempt_group, app, group, indices, batch)
+            record = self._recorder(group, indices, batch)
+            self._outbox.put(app, Send([d.token for d in group], group[0].push, record, request_id))
+
+    def _recorder(
+        self, group: list[Delivery], indices: list[int], batch: _Batch
+    ) -> Callable[[int, Outcome], None]:
+        def record(position: int, outcome: Outcome) -> None:
+            self._end()
+            self._record(group[position], outcome, batch, indices[position])
+
+        return record
 
     def _begin(self, count: int) -> None:
         if self._in_flight == 0:
@@ -395,15 +419,6 @@ class Dispatcher:
         self._in_flight -= 1
         if self._in_flight == 0:
             self._idle.set()
-
-    async def _attempt_group(
-        self, app: str, group: list[Delivery], indices: list[int], batch: _Batch
-    ) -> None:
-        def record(position: int, outcome: Outcome) -> None:
-            self._end()
-            self._record(group[position], outcome, batch, indices[position])
-
-        await self.attempt(app, [d.token for d in group], group[0].push, record)
 
     async def attempt(
         self, app: str, tokens: list[str], push: Any, record: Callable[[int, Outcome], None]
