@@ -55,6 +55,7 @@ from pushd.spool.worker import SpoolWorker
 from pushd.store import DeadToken, Store, StoreUnavailable
 from pushd.store.spool import Reschedule, SpoolEntry
 from pushd.timer import Timer
+from pushd.verdictcache import VerdictCache
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,8 @@ class Dispatcher:
         self.ledger = Ledger(store, clock)
         self.retry_log = RetryLog()
         self.worker = SpoolWorker(self)
+        #: Which devices may have a kept verdict: frontends read the store only for those.
+        self.verdicts = VerdictCache(store)
         #: Rows per app in the spool, as last counted plus what this process added.
         self.depth: dict[str, int] = {}
         self._nursery: trio.Nursery | None = None
@@ -153,6 +156,7 @@ class Dispatcher:
         """Start every app's sender, the ledger and the spool worker."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            await self.verdicts.load()
             await nursery.start(self._timer.run)
             await nursery.start(self._outbox.run)
             for lane in self.lanes.values():
@@ -358,14 +362,11 @@ class Dispatcher:
         scope = None
         if lane is not None and delivery.protocol in STORED_PROTOCOLS:
             scope = lane.scope
+        ref = delivery.ref if late or delivery.protocol in KEEP_ANSWERED_VERDICTS else None
+        if ref is not None:
+            self.verdicts.add(ref)
         return DeadToken(
-            delivery.app,
-            delivery.token,
-            outcome.since,
-            outcome.reason,
-            delivery.ref if late or delivery.protocol in KEEP_ANSWERED_VERDICTS else None,
-            scope,
-            delivery.caller,
+            delivery.app, delivery.token, outcome.since, outcome.reason, ref, scope, delivery.caller
         )
 
     # --- outcomes after the answer ------------------------------------------------------

@@ -210,7 +210,7 @@ class MatrixGateway:
         devices = notification.devices
         apps = [self.match(device.app_id) for device in devices]
         refs = [late_ref(device.app_id, device.pushkey) for device in devices]
-        verdicts = await self.store.late_verdicts(
+        verdicts = await self.dispatcher.verdicts.late_verdicts(
             [ref for ref, app in zip(refs, apps, strict=True) if app is not None]
         )
         #: Per device (request order): its pushkey when rejected, else None.
@@ -268,7 +268,7 @@ class MatrixGateway:
                     )
         # Forgotten last: if anything above fails (a 503), the next try hears them still.
         if told:
-            await self.store.forget_late_verdicts(told)
+            await self.dispatcher.verdicts.forget(told)
         return list(dict.fromkeys(key for key in rejected if key is not None))
 
     async def _not_repeats(
