@@ -27,7 +27,6 @@ that many refusal log lines.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -35,6 +34,7 @@ from typing import Final
 
 import attrs
 
+from pushd import jsonutil
 from pushd.activity import MATRIX_HOMESERVERS, Activity
 from pushd.config import AppConfig, Config, MatrixAppOptions
 from pushd.dispatch import Dispatcher
@@ -60,7 +60,7 @@ def late_ref(app_id: str, pushkey: str) -> str:
     JSON, not a separator: both strings come from the homeserver, and no choice of them
     may name another pusher's verdict.
     """
-    return json.dumps(["matrix", app_id, pushkey], ensure_ascii=False, separators=(",", ":"))
+    return jsonutil.key_text(["matrix", app_id, pushkey])
 
 
 def _glob(pattern: str) -> re.Pattern[str]:
