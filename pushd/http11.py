@@ -46,6 +46,7 @@ import attrs
 import trio
 
 from pushd.frontends.http import Network, in_networks
+from pushd.heap import settle
 from pushd.http1conn import RECEIVE_BYTES, Connection
 from pushd.http1parse import DRAIN_BYTES, MAX_HEAD_BYTES, MAX_HEADERS
 from pushd.routing import Router
@@ -143,6 +144,7 @@ class HttpServer:
                 accepting.start_soon(
                     self._accept_all, listeners, connections, name="pushd http accept"
                 )
+                settle()  # start-up is over: see pushd.heap
                 task_status.started(urls)
                 await shutdown_trigger()
                 accepting.cancel_scope.cancel()
