@@ -300,6 +300,8 @@ class Dispatcher:
 
     def _start(self, deliveries: Sequence[Delivery], batch: CallerBatch) -> None:
         """Queue one send per (app, push) group of ``deliveries`` in the outbox."""
+        if self._nursery is None:
+            raise RuntimeError("Dispatcher.run() has not been started")
         groups: dict[tuple[str, int], list[int]] = {}
         for index, delivery in enumerate(deliveries):
             groups.setdefault((delivery.app, id(delivery.push)), []).append(index)
