@@ -44,8 +44,11 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
+import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -209,6 +212,25 @@ async def _main(cfg: config.Config, profiler: cProfile.Profile | None) -> None:
         print(f"{READY_PREFIX}{urls[0]}", flush=True)
 
 
+#: When set, every garbage collection's generation and pause (ms) is appended to this
+#: file, one line each: how much of a row's tail is the collector's.
+GC_LOG_ENV = "PUSHD_BENCH_GC_LOG"
+
+
+def _record_gc(path: Path) -> None:
+    started: list[float] = []
+    out = path.open("a", buffering=1)
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[:] = [time.perf_counter()]
+        elif started:
+            pause = (time.perf_counter() - started[0]) * 1000
+            out.write(f"{time.time():.3f} {info['generation']} {pause:.3f} {info['collected']}\n")
+
+    gc.callbacks.append(callback)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any)")
@@ -226,6 +248,9 @@ def main() -> int:
     cfg = build_config(args)
     logs.setup(cfg.log)
     profiler = cProfile.Profile() if args.profile else None
+    gc_log = os.environ.get(GC_LOG_ENV)
+    if gc_log:
+        _record_gc(Path(gc_log))
     trio.run(_main, cfg, profiler)
     if profiler is not None:
         profiler.disable()

@@ -4,15 +4,21 @@ The lane decides whether it may go at all (an app paused after a credential erro
 records ``paused`` without sending: not sent, so not lost), how many may be in flight
 (its budget: a large fan-out goes in chunks as units free up), and what each answer
 tells its circuit.  A credential failure pauses the app here, with one ALARM line.
+
+:meth:`Attempts.attempt_sends` sends several pushes of one app at once (the
+dispatcher's outbox gathers those of concurrent requests, see :mod:`pushd.outbox`):
+one budget take, one upstream batch, one task, with each push's outcomes reported
+under its own request id.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import attrs
 import trio
 
 from pushd.config import RetryConfig
@@ -22,6 +28,30 @@ from pushd.model import Failed, Outcome, RetryLater
 from pushd.requestid import REQUEST_ID
 
 log = logging.getLogger("pushd.dispatch")
+
+Record = Callable[[int, Outcome], None]
+
+
+@attrs.frozen
+class Send:
+    """One push to some tokens of one app, and who hears each token's outcome."""
+
+    tokens: Sequence[str]
+    push: Any
+    #: ``record(index into tokens, outcome)``, exactly once per token.
+    record: Record
+    #: The request it came from: its outcomes are logged under it.
+    request_id: str = ""
+
+
+def _record_all(send: Send, outcome: Outcome) -> None:
+    """Every token of ``send`` gets ``outcome`` (not sent), under its request id."""
+    current = REQUEST_ID.set(send.request_id)
+    try:
+        for position in range(len(send.tokens)):
+            send.record(position, outcome)
+    finally:
+        REQUEST_ID.reset(current)
 
 
 class Attempts:
@@ -41,10 +71,15 @@ class Attempts:
     ) -> None:
         """Send ``push`` to ``tokens`` through the app's lane; ``record(index, outcome)``
         is called exactly once per token."""
+        await self.attempt_sends(app, [Send(tokens, push, record, REQUEST_ID.get())])
+
+    async def attempt_sends(self, app: str, sends: Sequence[Send]) -> None:
+        """Every send of ``sends`` through the app's lane, as one upstream batch when the
+        budget has room for all; each token's outcome is recorded exactly once."""
         lane = self.lanes.get(app)
         if lane is None:
-            for position in range(len(tokens)):
-                record(position, Failed(f"no app named {app!r} is configured"))
+            for send in sends:
+                _record_all(send, Failed(f"no app named {app!r} is configured"))
             return
         now = self.clock()
         if lane.paused_until > now:
@@ -56,64 +91,74 @@ class Attempts:
                 after=lane.paused_until - now,
                 kind="paused",
             )
-            for position in range(len(tokens)):
-                record(position, paused)
+            for send in sends:
+                _record_all(send, paused)
             return
-        granted = await lane.budget.take(len(tokens))
-        if granted == len(tokens):  # the usual case: no extra task
-            await self._send_chunk(lane, tokens, push, 0, granted, record)
+        total = sum(len(send.tokens) for send in sends)
+        granted = await lane.budget.take(total)
+        if granted == total:  # the usual case: one batch, no extra task
+            await self._send(lane, sends, granted)
             return
+        if len(sends) > 1:  # not all fit: each send on its own, in chunks
+            lane.budget.give(granted)
+            async with trio.open_nursery() as nursery:
+                for send in sends:
+                    nursery.start_soon(self.attempt_sends, app, [send])
+            return
+        (send,) = sends
+        tokens = send.tokens
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._send_chunk, lane, tokens, push, 0, granted, record)
-            start = granted
-            while start < len(tokens):
-                granted = await lane.budget.take(len(tokens) - start)
-                nursery.start_soon(self._send_chunk, lane, tokens, push, start, granted, record)
+            start = 0
+            while True:
+                nursery.start_soon(self._send, lane, [_part(send, start, granted)], granted)
                 start += granted
+                if start >= len(tokens):
+                    break
+                granted = await lane.budget.take(len(tokens) - start)
 
-    async def _send_chunk(
-        self,
-        lane: Lane,
-        tokens: list[str],
-        push: Any,
-        start: int,
-        count: int,
-        record: Callable[[int, Outcome], None],
-    ) -> None:
+    async def _send(self, lane: Lane, sends: Sequence[Send], count: int) -> None:
+        """Send ``sends`` (``count`` tokens in all, budget taken) as one batch."""
         reported = 0
         tally = self.tally
         started = time.perf_counter()
-        # Upstream clients report from their connection's task: its lines (a pause, a
-        # retry decision) belong to this delivery's request.
-        request_id = REQUEST_ID.get()
+        # Flat index -> (send, its first flat index): answers arrive by flat index.
+        owners: list[int] = []
+        starts: list[int] = []
+        for number, send in enumerate(sends):
+            starts.append(len(owners))
+            owners.extend([number] * len(send.tokens))
 
+        # Upstream clients report from their connection's task: its lines (a pause, a
+        # retry decision) belong to the request of the delivery answered.
         def report(index: int, outcome: Outcome) -> None:
-            current = REQUEST_ID.set(request_id)
+            nonlocal reported
+            number = owners[index]
+            send = sends[number]
+            current = REQUEST_ID.set(send.request_id)
             try:
-                _report(index, outcome)
+                reported += 1
+                lane.budget.give()
+                if tally is not None:
+                    tally.answered(lane.name, outcome, time.perf_counter() - started)
+                if isinstance(outcome, Failed) and outcome.credential:
+                    self._pause(lane, outcome.reason)
+                if lane.observe(outcome, self.clock()):
+                    log.warning(
+                        "app %s: %d upstream failures in a row (last: %s); retries from the "
+                        "spool wait until it answers again",
+                        lane.name,
+                        lane.circuit.failures,
+                        getattr(outcome, "reason", "?"),
+                    )
+                send.record(index - starts[number], outcome)
             finally:
                 REQUEST_ID.reset(current)
 
-        def _report(index: int, outcome: Outcome) -> None:
-            nonlocal reported
-            reported += 1
-            lane.budget.give()
-            if tally is not None:
-                tally.answered(lane.name, outcome, time.perf_counter() - started)
-            if isinstance(outcome, Failed) and outcome.credential:
-                self._pause(lane, outcome.reason)
-            if lane.observe(outcome, self.clock()):
-                log.warning(
-                    "app %s: %d upstream failures in a row (last: %s); retries from the "
-                    "spool wait until it answers again",
-                    lane.name,
-                    lane.circuit.failures,
-                    getattr(outcome, "reason", "?"),
-                )
-            record(start + index, outcome)
-
         try:
-            await lane.send_many(tokens[start : start + count], push, report)
+            if len(sends) == 1:
+                await lane.send_many(sends[0].tokens, sends[0].push, report)
+            else:
+                await lane.send_mixed([(send.tokens, send.push) for send in sends], report)
         finally:
             lane.budget.give(count - reported)  # only if cancelled part-way (shutdown)
 
@@ -129,3 +174,16 @@ class Attempts:
                 self.retry.credential_pause,
                 reason,
             )
+
+
+def _part(send: Send, start: int, count: int) -> Send:
+    """Tokens ``start`` to ``start + count`` of ``send``, recording at their own index."""
+    if start == 0 and count >= len(send.tokens):
+        return send
+    record = send.record
+    return Send(
+        send.tokens[start : start + count],
+        send.push,
+        lambda index, outcome: record(start + index, outcome),
+        send.request_id,
+    )

@@ -2,15 +2,19 @@
 
 A frontend hands :meth:`Dispatcher.deliver` a batch of :class:`~pushd.model.Delivery`
 values and gets one :class:`Report` per delivery back.  Deliveries that share an app and
-a push (a user's devices of one app) go to the upstream client together, as one
-``send_many`` call: one task per group, not per device.
+a push (a user's devices of one app) go to the upstream client together, and the
+outbox (:mod:`pushd.outbox`) sends those of concurrent requests together too: one task
+and one ``send_many``-style batch per app and scheduler tick, not per request.  The
+caller's wait for the first attempt ends at its deadline through one shared timer
+(:mod:`pushd.timer`), not a cancel scope per call.
 
 Every attempt runs in the dispatcher's own nursery, not the caller's: when the caller's
 deadline passes the attempt is not cancelled (that could send a notification twice), it
 goes on in the background.  Before the caller hears ``retrying``, every delivery that is
 not final is written to the spool (sealed): still in flight (leased to this instance,
 so nobody else sends it meanwhile), or failed transiently (due after a backoff).  That
-row is the promise; :mod:`pushd.spool.worker` keeps it.  Outcomes that arrive after the
+row is the promise (:mod:`pushd.dispatch_spool` writes it); :mod:`pushd.spool.worker`
+keeps it.  Outcomes that arrive after the
 answer settle their rows through the ledger (:mod:`pushd.spool.ledger`).
 
 Decisions are the same for a fresh attempt and a retry (:mod:`pushd.decisions`): a
@@ -30,12 +34,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-import attrs
 import trio
 
-from pushd.attempts import Attempts
+from pushd.attempts import Attempts, Send
 from pushd.config import RetryConfig, SpoolConfig
 from pushd.decisions import Decisions, Report, Retry, Status
+from pushd.dispatch_spool import IN_FLIGHT_LEASE, CallerBatch, spool
 from pushd.lanes import Lane
 from pushd.metrics.tally import RETRY_KIND_CLASS, DeliveryTally, failed_class
 from pushd.model import (
@@ -44,41 +48,26 @@ from pushd.model import (
     Outcome,
     RetryLater,
     TokenDead,
-    mask_token,
 )
+from pushd.outbox import Outbox
+from pushd.requestid import REQUEST_ID
 from pushd.spool.ledger import Ledger
 from pushd.spool.retrylog import RetryLog
 from pushd.spool.seal import SpoolKeys
 from pushd.spool.worker import SpoolWorker
 from pushd.store import DeadToken, Store, StoreUnavailable
-from pushd.store.spool import Reschedule, SpoolEntry
+from pushd.store.spool import Reschedule
+from pushd.timer import Timer
+from pushd.verdictcache import VerdictCache
 
 log = logging.getLogger(__name__)
 
 #: Report and Retry live in :mod:`pushd.decisions`; frontends import them from here.
-__all__ = ["Dispatcher", "Report", "Retry", "Status", "instance_name"]
+__all__ = ["IN_FLIGHT_LEASE", "Dispatcher", "Report", "Retry", "Status", "instance_name"]
 
 #: Protocols whose dead verdicts are kept even when told in the answer (see
 #: ``Dispatcher._dead_token``).
 KEEP_ANSWERED_VERDICTS: Final = frozenset({"matrix"})
-#: How long an attempt still in flight at the answer may take before its row is
-#: another instance's to send: the upstream's request timeout ends it long before.
-IN_FLIGHT_LEASE: Final = 60.0
-
-
-@attrs.define(eq=False)
-class _Batch:
-    """The results one ``deliver`` call is waiting for."""
-
-    outcomes: list[Outcome | None]
-    pending: int
-    done: trio.Event = attrs.Factory(trio.Event)
-    #: Set when the caller stops waiting; later outcomes settle spool rows instead.
-    closed: bool = False
-    #: Spool row id per index, once written; outcomes that arrive before that wait here.
-    rows: dict[int, int] = attrs.Factory(dict)
-    early: dict[int, Outcome] = attrs.Factory(dict)
-    spooling: bool = False
 
 
 def instance_name() -> str:
@@ -114,9 +103,15 @@ class Dispatcher:
         self.ledger = Ledger(store, clock)
         self.retry_log = RetryLog()
         self.worker = SpoolWorker(self)
+        #: Which devices may have a kept verdict: frontends read the store only for those.
+        self.verdicts = VerdictCache(store)
         #: Rows per app in the spool, as last counted plus what this process added.
         self.depth: dict[str, int] = {}
         self._nursery: trio.Nursery | None = None
+        #: Ends callers' first-attempt waits at their deadline (no cancel scope each).
+        self._timer = Timer()
+        #: Fresh sends of concurrent requests leave together, one attempt per app.
+        self._outbox = Outbox(self.attempts, self.start_soon)
         self._in_flight = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -146,6 +141,9 @@ class Dispatcher:
         """Start every app's sender, the ledger and the spool worker."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            await self.verdicts.load()
+            await nursery.start(self._timer.run)
+            await nursery.start(self._outbox.run)
             for lane in self.lanes.values():
                 await nursery.start(lane.run)
             await nursery.start(self.ledger.run)
@@ -203,11 +201,15 @@ class Dispatcher:
         """
         if not deliveries:
             return []
-        batch = _Batch(outcomes=[None] * len(deliveries), pending=len(deliveries))
+        batch = CallerBatch(outcomes=[None] * len(deliveries), pending=len(deliveries))
         self._start(deliveries, batch)
         timeout = self.first_attempt_deadline if deadline is None else deadline
-        with trio.move_on_after(timeout):
-            await batch.done.wait()
+        if batch.pending:
+            wait = self._timer.add(trio.current_time() + timeout, batch.done)
+            try:
+                await batch.done.wait()
+            finally:
+                self._timer.cancel(wait)
         batch.closed = True
         now = self.clock()
         reports: list[Report | None] = [None] * len(deliveries)
@@ -227,7 +229,7 @@ class Dispatcher:
             elif decided.counter is not None:
                 self.ledger.count(delivery.app, decided.counter)
         if spooled:
-            await self._spool(deliveries, batch, spooled, reports, now)
+            await spool(self, deliveries, batch, spooled, reports, now)
         if dead:
             try:
                 await self.store.remove_dead(dead)
@@ -235,83 +237,6 @@ class Dispatcher:
                 for item in dead:
                     self.ledger.dead(item)
         return [report for report in reports if report is not None]
-
-    async def _spool(
-        self,
-        deliveries: Sequence[Delivery],
-        batch: _Batch,
-        spooled: dict[int, Retry],
-        reports: list[Report | None],
-        now: float,
-    ) -> None:
-        """Write the rows of ``spooled`` (refusing what does not fit) and report them."""
-        entries: list[SpoolEntry] = []
-        indices: list[int] = []
-        for index, retry in spooled.items():
-            delivery = deliveries[index]
-            in_flight = batch.outcomes[index] is None
-            if self.depth.get(delivery.app, 0) >= self.retry.max_queued:
-                reports[index] = self._refuse_full(delivery, in_flight)
-                continue
-            self.depth[delivery.app] = self.depth.get(delivery.app, 0) + 1
-            entries.append(self._entry(delivery, retry, now, in_flight=in_flight))
-            indices.append(index)
-            reason = None if in_flight else retry.reason
-            reports[index] = Report(delivery, "retrying", reason, batch.outcomes[index])
-        batch.spooling = True
-        try:
-            ids = await self.store.spool_add(entries)
-        except StoreUnavailable:
-            for index in indices:
-                self.depth[deliveries[index].app] -= 1
-            batch.spooling = False
-            raise
-        batch.spooling = False
-        for index, row_id in zip(indices, ids, strict=True):
-            batch.rows[index] = row_id
-            early = batch.early.pop(index, None)
-            if early is not None:
-                self._settle_row(deliveries[index], row_id, 1, early)
-            elif batch.outcomes[index] is not None:
-                self.retry_log.decision(deliveries[index], 1, spooled[index], now, row_id)
-        self.worker.wake()
-
-    def _entry(
-        self, delivery: Delivery, retry: Retry, now: float, *, in_flight: bool
-    ) -> SpoolEntry:
-        key, sealed = self.keys.seal(delivery.app, delivery.token, delivery.push)
-        return SpoolEntry(
-            app=delivery.app,
-            token=delivery.token,
-            protocol=delivery.protocol,
-            ref=delivery.ref,
-            caller=delivery.caller,
-            registered_at=delivery.registered_at,
-            key_id=key,
-            sealed=sealed,
-            attempt=retry.attempts,
-            due_at=retry.due,
-            expires_at=self.expires_at(delivery, now),
-            created_at=now,
-            unknown=retry.unknown,
-            last_reason=retry.reason,
-            lease_owner=self.owner if in_flight else None,
-            lease_until=now + IN_FLIGHT_LEASE if in_flight else None,
-        )
-
-    def _refuse_full(self, delivery: Delivery, in_flight: bool) -> Report:
-        self.decisions.stats(delivery.app).dropped += 1
-        if self.tally is not None:
-            self.tally.outcome(delivery.app, delivery.protocol, "failed", "spool_full")
-        self.ledger.count(delivery.app, "spool_full")
-        log.warning(
-            "app %s: the spool holds %d deliveries (retry.max_queued); refusing one to %s%s",
-            delivery.app,
-            self.retry.max_queued,
-            mask_token(delivery.token),
-            " (its attempt is still in flight and may yet arrive)" if in_flight else "",
-        )
-        return Report(delivery, "failed", "spool_full")
 
     # --- decisions ---------------------------------------------------------------------
 
@@ -345,14 +270,11 @@ class Dispatcher:
         scope = None
         if lane is not None and delivery.protocol in STORED_PROTOCOLS:
             scope = lane.scope
+        ref = delivery.ref if late or delivery.protocol in KEEP_ANSWERED_VERDICTS else None
+        if ref is not None:
+            self.verdicts.add(ref)
         return DeadToken(
-            delivery.app,
-            delivery.token,
-            outcome.since,
-            outcome.reason,
-            delivery.ref if late or delivery.protocol in KEEP_ANSWERED_VERDICTS else None,
-            scope,
-            delivery.caller,
+            delivery.app, delivery.token, outcome.since, outcome.reason, ref, scope, delivery.caller
         )
 
     # --- outcomes after the answer ------------------------------------------------------
@@ -376,15 +298,28 @@ class Dispatcher:
 
     # --- attempts ---------------------------------------------------------------------
 
-    def _start(self, deliveries: Sequence[Delivery], batch: _Batch) -> None:
-        """Start one task per (app, push) group of ``deliveries``."""
+    def _start(self, deliveries: Sequence[Delivery], batch: CallerBatch) -> None:
+        """Queue one send per (app, push) group of ``deliveries`` in the outbox."""
+        if self._nursery is None:
+            raise RuntimeError("Dispatcher.run() has not been started")
         groups: dict[tuple[str, int], list[int]] = {}
         for index, delivery in enumerate(deliveries):
             groups.setdefault((delivery.app, id(delivery.push)), []).append(index)
         self._begin(len(deliveries))
+        request_id = REQUEST_ID.get()
         for (app, _), indices in groups.items():
             group = [deliveries[i] for i in indices]
-            self.start_soon(self._attempt_group, app, group, indices, batch)
+            record = self._recorder(group, indices, batch)
+            self._outbox.put(app, Send([d.token for d in group], group[0].push, record, request_id))
+
+    def _recorder(
+        self, group: list[Delivery], indices: list[int], batch: CallerBatch
+    ) -> Callable[[int, Outcome], None]:
+        def record(position: int, outcome: Outcome) -> None:
+            self._end()
+            self._record(group[position], outcome, batch, indices[position])
+
+        return record
 
     def _begin(self, count: int) -> None:
         if self._in_flight == 0:
@@ -396,22 +331,13 @@ class Dispatcher:
         if self._in_flight == 0:
             self._idle.set()
 
-    async def _attempt_group(
-        self, app: str, group: list[Delivery], indices: list[int], batch: _Batch
-    ) -> None:
-        def record(position: int, outcome: Outcome) -> None:
-            self._end()
-            self._record(group[position], outcome, batch, indices[position])
-
-        await self.attempt(app, [d.token for d in group], group[0].push, record)
-
     async def attempt(
         self, app: str, tokens: list[str], push: Any, record: Callable[[int, Outcome], None]
     ) -> None:
         """Send ``push`` to ``tokens`` through the app's lane; each is recorded once."""
         await self.attempts.attempt(app, tokens, push, record)
 
-    def _record(self, delivery: Delivery, outcome: Outcome, batch: _Batch, index: int) -> None:
+    def _record(self, delivery: Delivery, outcome: Outcome, batch: CallerBatch, index: int) -> None:
         if not batch.closed:
             batch.outcomes[index] = outcome
             batch.pending -= 1

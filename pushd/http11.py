@@ -25,7 +25,10 @@ What a client can count on:
   :data:`MAX_HEADERS` fields a 431, then the connection closes;
 - once a request's first byte has arrived, its head must be in within ``read_timeout``
   and then its body within ``read_timeout`` (slow-loris guard); an idle kept-alive
-  connection is closed after ``keep_alive_timeout``;
+  connection is closed after ``keep_alive_timeout``.  These are enforced by one sweeper
+  task, not a trio deadline per connection (see :mod:`pushd.http1conn`), so a
+  connection is closed up to :data:`SWEEPS_PER_TIMEOUT`-th of the shorter timeout
+  (at most :data:`MAX_SWEEP_SECONDS`) after its time is up;
 - behind a reverse proxy in ``trusted_proxies``, handlers see the client's address from
   ``X-Forwarded-For`` or ``Forwarded`` (see :mod:`pushd.forwarded`), not the proxy's;
 - on shutdown, listeners close at once, idle connections close, and requests in
@@ -43,6 +46,7 @@ import attrs
 import trio
 
 from pushd.frontends.http import Network, in_networks
+from pushd.heap import settle
 from pushd.http1conn import RECEIVE_BYTES, Connection
 from pushd.http1parse import DRAIN_BYTES, MAX_HEAD_BYTES, MAX_HEADERS
 from pushd.routing import Router
@@ -58,6 +62,13 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: The sweeper looks at every connection this many times per (shorter) timeout...
+SWEEPS_PER_TIMEOUT = 8
+#: ...and at least this often: how late a timed-out connection may close.
+MAX_SWEEP_SECONDS = 1.0
+#: ...but no more often than this (a test's 10 ms timeout need not spin the loop).
+MIN_SWEEP_SECONDS = 0.005
 
 
 #: ``(route pattern, route method, status, seconds)`` of one answered request.
@@ -128,15 +139,33 @@ class HttpServer:
             shown = f"[{address[0]}]" if ":" in address[0] else address[0]
             urls.append(f"{scheme}://{shown}:{address[1]}")
         async with trio.open_nursery() as connections:
+            connections.start_soon(self._sweep, name="pushd http timeouts")
             async with trio.open_nursery() as accepting:
                 accepting.start_soon(
                     self._accept_all, listeners, connections, name="pushd http accept"
                 )
+                settle()  # start-up is over: see pushd.heap
                 task_status.started(urls)
                 await shutdown_trigger()
                 accepting.cancel_scope.cancel()
             await self._shut_down()
             connections.cancel_scope.cancel()
+
+    async def _sweep(self) -> None:
+        """Close connections that waited past their time (:attr:`Connection.expires_at`).
+
+        One task for all connections instead of a deadline per connection that every
+        request moves: see :mod:`pushd.http1conn`.
+        """
+        settings = self.settings
+        shorter = min(settings.read_timeout, settings.keep_alive_timeout)
+        interval = min(MAX_SWEEP_SECONDS, max(MIN_SWEEP_SECONDS, shorter / SWEEPS_PER_TIMEOUT))
+        while True:
+            await trio.sleep(interval)
+            now = trio.current_time()
+            for connection in self._connections:
+                if connection.expires_at <= now:
+                    connection.expire()
 
     async def _accept_all(
         self, listeners: list[trio.SocketListener], connections: trio.Nursery

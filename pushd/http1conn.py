@@ -7,12 +7,16 @@ is :mod:`pushd.http1parse`.
 
 What a request costs here is what every push pays, so the common case (a small POST
 on a kept-alive connection, whole in one read) takes one read, one parse, one handler
-call and one write: no task and no cancel scope of its own.  One cancel scope covers
-the whole connection and its deadline moves with what the connection waits for (an
-idle client: ``keep_alive_timeout``; a head or body under way, or a client reading an
-answer: ``read_timeout``; the handler: none); when it expires the connection closes,
-which is what each of those timeouts means.  Answers are written from a bytes template
-in one ``send_all``.
+call and one write: no task, no cancel scope and no trio deadline of its own.  The
+connection's one cancel scope has no deadline: the connection keeps the time it may
+wait until in a plain float (:attr:`Connection.expires_at`, moved with what it waits
+for: an idle client ``keep_alive_timeout``; a head or body under way, or a client
+reading an answer, ``read_timeout``; the handler: none), and the server's sweeper
+(:mod:`pushd.http11`) cancels the scopes of connections past it, a few times per
+timeout.  Moving a trio deadline costs a few microseconds (a context manager and the
+deadline heap), and a request moved it five times; a float costs nothing.  When it
+expires the connection closes, which is what each of those timeouts means.  Answers
+are written from a bytes template in one ``send_all``.
 """
 
 from __future__ import annotations
@@ -88,10 +92,17 @@ class Connection:
     #: Set while waiting for a request (or the rest of its head): shutdown cancels it,
     #: which closes the connection between requests, never while one is answered.
     idle_scope: trio.CancelScope | None = None
+    #: When (trio's clock) the connection is closed if it is still waiting: the
+    #: server's sweeper compares it; ``inf`` while a handler runs.
+    expires_at: float = math.inf
     _scope: trio.CancelScope = attrs.field(init=False, factory=trio.CancelScope)
 
     def __attrs_post_init__(self) -> None:
         self.reader = RequestReader(self.server)
+
+    def expire(self) -> None:
+        """Close the connection: it waited past :attr:`expires_at` (the sweeper)."""
+        self._scope.cancel()
 
     async def run(self) -> None:
         """Serve requests until the client, a timeout, an error or shutdown ends it."""
@@ -135,7 +146,7 @@ class Connection:
         scope = self._scope
         began = reader.in_message
         wait = settings.read_timeout if began else settings.keep_alive_timeout
-        scope.deadline = trio.current_time() + wait
+        self.expires_at = trio.current_time() + wait
         heads = reader.heads
         while not reader.ready and not reader.stopped:
             waiting = reader.waiting_continue
@@ -145,18 +156,17 @@ class Connection:
             self.idle_scope = None if reader.reading_body else scope
             data = await self._receive()
             self.idle_scope = None
-            if not began:
-                began = True
-                scope.deadline = trio.current_time() + settings.read_timeout
             reader.feed(data)
-            if reader.heads != heads:  # a head is in: the body's clock starts
+            # The first byte starts the head's clock, a head in starts the body's.
+            if not began or reader.heads != heads:
+                began = True
                 heads = reader.heads
-                scope.deadline = trio.current_time() + settings.read_timeout
+                self.expires_at = trio.current_time() + settings.read_timeout
         return await self._next_message()
 
     async def _write(self, data: bytes) -> None:
         """Write ``data``; a client that stops reading for ``read_timeout`` is dropped."""
-        self._scope.deadline = trio.current_time() + self.server.settings.read_timeout
+        self.expires_at = trio.current_time() + self.server.settings.read_timeout
         try:
             await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -164,7 +174,7 @@ class Connection:
 
     async def _serve(self, message: Message) -> bool:
         """Answer ``message``; False when the connection is to close after it."""
-        self._scope.deadline = math.inf  # each protocol bounds its own waiting
+        self.expires_at = math.inf  # each protocol bounds its own waiting
         started = time.perf_counter()
         reply = await self._answer(message)
         observe = self.server.observe

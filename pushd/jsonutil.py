@@ -35,20 +35,34 @@ def _finite_float(text: str) -> float:
     return value
 
 
+#: One decoder and one encoder for the process: ``json.loads`` and ``json.dumps`` with
+#: any non-default argument build a new one per call, which cost about as much as
+#: decoding or encoding a small push itself.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+#: Compact JSON text for values that cannot hold a float (pushd's own keys: strings).
+_KEY_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def loads(data: bytes | str) -> Any:
     """Decode ``data``; :class:`ValueError` if it is not JSON (bad syntax, bad UTF-8,
     NaN, Infinity, a number out of range, an integer of thousands of digits).
 
     Nesting deep enough to exhaust the stack raises :class:`RecursionError`, as from
-    :func:`json.loads`: callers treat it as malformed input too.
+    :func:`json.loads`: callers treat it as malformed input too.  Bytes are decoded as
+    :func:`json.loads` decodes them (UTF-8, -16 or -32, detected).
     """
-    return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
+    if isinstance(data, bytes | bytearray):
+        data = data.decode(json.detect_encoding(data), "surrogatepass")
+    elif data.startswith("\ufeff"):
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", data, 0)
+    return _DECODER.decode(data)
 
 
 def dumps(value: Any) -> str:
     """``value`` as compact JSON text (no spaces: read by programs, bytes cost), UTF-8
     characters unescaped; :class:`ValueError` for NaN or an infinity anywhere in it."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(value)
 
 
 def dumpb(value: Any) -> bytes:
@@ -57,4 +71,11 @@ def dumpb(value: Any) -> bytes:
     :class:`ValueError` for NaN or an infinity, and :class:`UnicodeEncodeError` (also
     a ValueError) for a lone surrogate, which no UTF-8 encoder takes.
     """
-    return dumps(value).encode()
+    return _ENCODER.encode(value).encode()
+
+
+def key_text(value: Any) -> str:
+    """Compact JSON text of a key made of strings (a stored verdict's or dedupe row's
+    name): exactly ``json.dumps(value, ensure_ascii=False, separators=(",", ":"))``,
+    without building an encoder per call."""
+    return _KEY_ENCODER.encode(value)

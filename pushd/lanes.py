@@ -60,6 +60,11 @@ async def send_each(
             nursery.start_soon(one, index, token)
 
 
+def _shifted(report: ReportFn, offset: int) -> ReportFn:
+    """``report`` for a group whose first index is ``offset`` in the whole."""
+    return lambda index, outcome: report(offset + index, outcome)
+
+
 def backoff(attempt: int, config: RetryConfig, rng: Callable[[], float] = random.random) -> float:
     """Delay before retry number ``attempt`` (1-based): exponential, capped, with jitter.
 
@@ -156,6 +161,24 @@ class Lane:
             await send_each(self.sender, tokens, push, report)
         else:
             await batch_send(tokens, push, report)
+
+    async def send_mixed(
+        self, groups: Sequence[tuple[Sequence[str], Any]], report: ReportFn
+    ) -> None:
+        """Several pushes, each to its tokens; indices count across the groups in order.
+
+        One upstream batch when the sender has ``send_mixed`` (APNs: one wait, one
+        flush for all); otherwise one ``send_many`` per group, concurrently.
+        """
+        mixed = getattr(self.sender, "send_mixed", None)
+        if mixed is not None:
+            await mixed(groups, report)
+            return
+        async with trio.open_nursery() as nursery:
+            offset = 0
+            for tokens, push in groups:
+                nursery.start_soon(self.send_many, tokens, push, _shifted(report, offset))
+                offset += len(tokens)
 
     def observe(self, outcome: Outcome, now: float) -> bool:
         """Tell the circuit what the upstream said; True if that opened it."""

@@ -554,3 +554,25 @@ def test_spread_levels_free_slots() -> None:
     got = {conns.index(c): n for c, n in h2pool.spread(conns, 100)}  # type: ignore[arg-type]
     assert got == {0: 5, 1: 10, 3: 8}
     assert h2pool.spread([], 3) == []
+
+
+async def test_send_mixed_sends_each_push_to_its_own_tokens_in_one_batch(env: Env) -> None:
+    # The dispatcher's outbox hands concurrent requests' pushes over together.
+    client = await env.client()
+    assert isinstance(await client.send(token(0), PUSH), Delivered)  # warm: 1000 streams
+    env.sim.set_default(SimReply(delay=0.02))
+    other = ApnsPush(b'{"aps":{"alert":"other"}}', priority=5)
+    bad = ApnsPush(b"", push_type="alert")  # PayloadEmpty: refused without sending
+    groups = [([token(1), token(2)], PUSH), ([token(3)], bad), ([token(4), "zz"], other)]
+    reports = Reports()
+    await client.send_mixed(groups, reports)
+    outcomes = reports.outcomes
+    assert sorted(outcomes) == [0, 1, 2, 3, 4]
+    assert [type(outcomes[i]) for i in (0, 1, 3)] == [Delivered] * 3
+    assert isinstance(outcomes[2], Failed) and "PayloadEmpty" in outcomes[2].reason
+    assert outcomes[4] == TokenDead("BadDeviceToken")
+    sent = {r.token: r for r in env.sim.received}
+    assert set(sent) == {token(0), token(1), token(2), token(4)}
+    assert sent[token(1)].payload == sent[token(2)].payload == PUSH.payload
+    assert (sent[token(4)].payload, sent[token(4)].priority) == (other.payload, 5)
+    assert max(env.sim.max_in_flight.values()) >= 3  # went out together

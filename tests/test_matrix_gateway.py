@@ -623,17 +623,27 @@ async def test_a_failing_store_is_a_503_the_homeserver_retries(
     start_gateway: Any, simulator: ApnsSimulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pushd, homeserver = await start_gateway()
+    # A verdict is kept for the device (found dead after the answer), so its next
+    # notify must read the store: the only per-notify read on SQLite.
+    simulator.script(token(1), SimReply(500, "InternalServerError"), SimReply(410, "Unregistered"))
+    device = ios_device(1, pushkey_ts=int(time.time()) - 86400)
+    assert await homeserver.rejected(hs.full_event([device], event_id="$a")) == []
+    await verdict_kept(pushd, device)
+    sent = len(simulator.received)
 
     def broken(refs: Any) -> Any:
         raise StoreUnavailable("io_error")
 
     monkeypatch.setattr(pushd.services.store, "late_verdicts", broken)
-    response = await homeserver.notify(hs.full_event([ios_device(1)]))
+    response = await homeserver.notify(hs.full_event([device], event_id="$b"))
     assert response.status_code == 503
     assert response.json()["errcode"] == "M_UNKNOWN"
     assert response.json()["error"].startswith("store_unavailable: ")
     assert "retry-after" in response.headers
-    assert simulator.received == []
+    assert len(simulator.received) == sent
+    # A device with no kept verdict needs no read: delivered even so.
+    assert await homeserver.rejected(hs.full_event([ios_device(2)], event_id="$c")) == []
+    await simulator.wait_for(sent + 1)
 
 
 async def test_source_networks_restrict_notify(start_gateway: Any) -> None:

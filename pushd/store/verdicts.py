@@ -80,6 +80,12 @@ class VerdictQueries:
         )
         return {str(row[0]): _verdict(row) for row in rows}
 
+    async def verdict_refs(self) -> list[str]:
+        """The ref of every kept verdict (:class:`pushd.verdictcache.VerdictCache`
+        loads them at start)."""
+        rows = await self.engine.read(lambda tx: tx.all("SELECT ref FROM late_verdicts", ()))
+        return [str(row[0]) for row in rows]
+
     async def caller_verdicts(self, caller: str) -> list[LateVerdict]:
         """Every verdict kept for chat server ``caller`` (Zulip: its next answer)."""
         rows = await self.engine.read(

@@ -20,12 +20,12 @@ retry within the window, as Sygnal behaves; pushd's own spool retries it instead
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from typing import Final, Protocol
 
 import trio
 
+from pushd import jsonutil
 from pushd.store import Store
 
 #: Remembered (app_id, pushkey, event_id) at most, about 100 bytes each (6.5 MB):
@@ -86,7 +86,7 @@ class Dedupe:
 def shared_key(key: Key) -> str:
     """The row name of ``key``: a hash (JSON first, so no choice of the homeserver's
     strings names another pusher's event)."""
-    text = json.dumps(key, ensure_ascii=False, separators=(",", ":"))
+    text = jsonutil.key_text(key)
     digest = hashlib.blake2b(text.encode(), digest_size=SHARED_DIGEST_BYTES).hexdigest()
     return "matrix:" + digest
 

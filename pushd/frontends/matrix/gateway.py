@@ -27,7 +27,6 @@ that many refusal log lines.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -35,6 +34,7 @@ from typing import Final
 
 import attrs
 
+from pushd import jsonutil
 from pushd.activity import MATRIX_HOMESERVERS, Activity
 from pushd.config import AppConfig, Config, MatrixAppOptions
 from pushd.dispatch import Dispatcher
@@ -60,7 +60,7 @@ def late_ref(app_id: str, pushkey: str) -> str:
     JSON, not a separator: both strings come from the homeserver, and no choice of them
     may name another pusher's verdict.
     """
-    return json.dumps(["matrix", app_id, pushkey], ensure_ascii=False, separators=(",", ":"))
+    return jsonutil.key_text(["matrix", app_id, pushkey])
 
 
 def _glob(pattern: str) -> re.Pattern[str]:
@@ -210,7 +210,7 @@ class MatrixGateway:
         devices = notification.devices
         apps = [self.match(device.app_id) for device in devices]
         refs = [late_ref(device.app_id, device.pushkey) for device in devices]
-        verdicts = await self.store.late_verdicts(
+        verdicts = await self.dispatcher.verdicts.late_verdicts(
             [ref for ref, app in zip(refs, apps, strict=True) if app is not None]
         )
         #: Per device (request order): its pushkey when rejected, else None.
@@ -268,7 +268,7 @@ class MatrixGateway:
                     )
         # Forgotten last: if anything above fails (a 503), the next try hears them still.
         if told:
-            await self.store.forget_late_verdicts(told)
+            await self.dispatcher.verdicts.forget(told)
         return list(dict.fromkeys(key for key in rejected if key is not None))
 
     async def _not_repeats(

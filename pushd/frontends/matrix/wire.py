@@ -189,8 +189,14 @@ def parse_notify(body: bytes) -> Notification:
     )
 
 
+#: The answer to almost every notify, built once.
+NOTHING_REJECTED: Final = json_reply(200, {"rejected": []})
+
+
 def rejected_reply(pushkeys: list[str]) -> Reply:
     """The answer to a notify: the pushkeys, as sent, the homeserver must delete."""
+    if not pushkeys:
+        return NOTHING_REJECTED
     return json_reply(200, {"rejected": pushkeys})
 
 

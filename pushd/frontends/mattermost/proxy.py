@@ -246,9 +246,9 @@ class MattermostProxy:
     ) -> Reply:
         """Send, or answer from a verdict found since the last push to this device."""
         ref = late_ref(server.name, app.name, push.device_id)
-        verdict = (await self.store.late_verdicts([ref])).get(ref)
+        verdict = (await self.dispatcher.verdicts.late_verdicts([ref])).get(ref)
         if verdict is not None:
-            await self.store.forget_late_verdicts([ref])
+            await self.dispatcher.verdicts.forget([ref])
             log.info(
                 "mattermost: %s was found dead after an earlier answer (%s); told now",
                 mask_token(push.device_id),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 import attrs
 
@@ -114,10 +114,16 @@ class PushNotificationAck:
 
 def answer(status: Status, error: str | None = None) -> Reply:
     """MPNS's ``PushResponse``: always HTTP 200, a flat map of strings."""
+    if error is None:
+        return _ANSWERS[status]
     body: dict[str, str] = {"status": status}
     if error is not None:
         body["error"] = error
     return json_reply(200, body)
+
+
+#: The answers without an error text, built once (``OK`` is almost every answer).
+_ANSWERS: Final = {status: json_reply(200, {"status": status}) for status in get_args(Status)}
 
 
 def fail(error: str) -> Reply:

@@ -64,41 +64,59 @@ _OK = 200
 
 
 class _ApnsBatch(Batch):
-    """One :meth:`ApnsClient.send_many` call: shared encoded headers, per-token ``:path``."""
+    """One :meth:`ApnsClient.send_mixed` call (``send_many`` is one push of it): each
+    push's headers encoded once, each token's ``:path`` spliced between them."""
 
-    __slots__ = ("body", "client", "paths", "prefix", "suffix", "template")
+    __slots__ = ("bodies", "client", "kinds", "paths", "prefixes", "suffixes", "templates")
 
-    def __init__(
-        self,
-        client: ApnsClient,
-        report: Report,
-        template: tuple[str, ApnsPush],
-        jwt: str | None,
-        count: int,
-    ) -> None:
+    def __init__(self, client: ApnsClient, report: Report, jwt: str | None, count: int) -> None:
         super().__init__(client.pool, report, count, jwt)
         self.client = client
-        #: (topic, push), to rebuild the headers after a JWT regeneration.
-        self.template = template
-        self.prefix = b""
-        self.suffix = b""
-        self.body = b""
+        #: (topic, push) per valid push, to rebuild the headers after a JWT regeneration.
+        self.templates: list[tuple[str, ApnsPush]] = []
+        self.prefixes: list[bytes] = []
+        self.suffixes: list[bytes] = []
+        self.bodies: list[bytes] = []
+        #: The template of each index (-1 for tokens reported without sending).
+        self.kinds: list[int] = []
         #: Encoded ``:path`` field per index (empty for tokens reported without sending).
         self.paths: list[bytes] = []
 
-    def set_credential(self, credential: str | None) -> None:
-        """Build and encode the headers shared by every request for the JWT ``credential``."""
-        topic, push = self.template
+    def add_template(self, topic: str, push: ApnsPush) -> int:
+        """Encode ``push``'s headers for the current JWT; its template number.
+
+        :class:`InvalidPush` if APNs would refuse it whatever the token."""
+        self.prefixes.append(b"")
+        self.suffixes.append(b"")
+        self.bodies.append(b"")
+        self.templates.append((topic, push))
+        kind = len(self.templates) - 1
+        try:
+            self._encode(kind, self.credential)
+        except InvalidPush:
+            for parts in (self.prefixes, self.suffixes, self.bodies, self.templates):
+                parts.pop()
+            raise
+        return kind
+
+    def _encode(self, kind: int, credential: str | None) -> None:
+        topic, push = self.templates[kind]
         prefix, suffix, body = request_template(
             topic, push, credential, authority=self.pool.authority
         )
+        self.prefixes[kind] = encode_fields(prefix)
+        self.suffixes[kind] = encode_fields(suffix)
+        self.bodies[kind] = body
+
+    def set_credential(self, credential: str | None) -> None:
+        """Build and encode every push's headers for the JWT ``credential``."""
         self.credential = credential
-        self.prefix = encode_fields(prefix)
-        self.suffix = encode_fields(suffix)
-        self.body = body
+        for kind in range(len(self.templates)):
+            self._encode(kind, credential)
 
     def build(self, index: int) -> tuple[bytes, bytes]:
-        return self.prefix + self.paths[index] + self.suffix, self.body
+        kind = self.kinds[index]
+        return self.prefixes[kind] + self.paths[index] + self.suffixes[kind], self.bodies[kind]
 
     def classify(self, stream: Stream) -> Outcome | Reauthenticate:
         status = stream.status
@@ -202,34 +220,51 @@ class ApnsClient:
         the call is cancelled, indices not reported yet are never reported and their
         streams are reset, as :meth:`send` gives no outcome when cancelled.
         """
+        await self.send_mixed(((tokens, push),), report)
+
+    async def send_mixed(
+        self,
+        groups: Sequence[tuple[Sequence[str], ApnsPush]],
+        report: Callable[[int, Outcome], None],
+    ) -> None:
+        """:meth:`send_many` for several pushes at once, each to its tokens: one batch,
+        so one wait, one deadline and one flush for all of them.  Indices count across
+        the groups in order; everything said of :meth:`send_many` holds per index (a
+        push APNs would refuse fails its own indices only).
+        """
         settings = self._settings
         deadline = trio.current_time() + settings.request_timeout
         provider = self._provider
         jwt = provider.current(self._clock()) if provider is not None else None
-        batch = _ApnsBatch(self, report, (settings.topic, push), jwt, len(tokens))
-        try:
-            topic = topic_for(settings.topic, push.push_type)
-            batch.template = (topic, push)
-            batch.set_credential(jwt)
-        except InvalidPush:
-            # The push itself is bad; build each request for the exact reason (a bad token
-            # can win over a bad header, as APNs checks in that order).
-            for index, token in enumerate(tokens):
-                batch.finish(index, self._rejected(token, push, jwt))
-            batch.raise_error()
-            return
+        batch = _ApnsBatch(self, report, jwt, sum(len(tokens) for tokens, _ in groups))
         paths = batch.paths
+        kinds = batch.kinds
         pending = batch.pending
-        for index, token in enumerate(tokens):
+        index = 0
+        for tokens, push in groups:
             try:
-                path = device_path(token)
-            except InvalidDeviceToken as exc:
-                paths.append(b"")
-                # A non-hex token: APNs would say BadDeviceToken, so it is dead.
-                batch.finish(index, TokenDead("BadDeviceToken") if token else Failed(str(exc)))
+                kind = batch.add_template(topic_for(settings.topic, push.push_type), push)
+            except InvalidPush:
+                # The push itself is bad; build each request for the exact reason (a bad
+                # token can win over a bad header, as APNs checks in that order).
+                for token in tokens:
+                    paths.append(b"")
+                    kinds.append(-1)
+                    batch.finish(index, self._rejected(token, push, jwt))
+                    index += 1
                 continue
-            paths.append(encode_field(_PATH, path, _PATH_SENSITIVE))
-            pending.append(index)
+            for token in tokens:
+                kinds.append(kind)
+                try:
+                    path = device_path(token)
+                except InvalidDeviceToken as exc:
+                    paths.append(b"")
+                    # A non-hex token: APNs would say BadDeviceToken, so it is dead.
+                    batch.finish(index, TokenDead("BadDeviceToken") if token else Failed(str(exc)))
+                else:
+                    paths.append(encode_field(_PATH, path, _PATH_SENSITIVE))
+                    pending.append(index)
+                index += 1
         await self.pool.send_batch(batch, deadline)
 
     def _rejected(self, token: str, push: ApnsPush, jwt: str | None) -> Outcome:

@@ -1,0 +1,126 @@
+"""The dispatcher's spool side of an answer: what a caller is waiting for, and the rows
+written for what is not final when it stops waiting (split from :mod:`pushd.dispatch`).
+
+Before the caller hears ``retrying``, every delivery that is not final is written to
+the spool (sealed): still in flight (leased to this instance, so nobody else sends it
+meanwhile), or failed transiently (due after a backoff).  A spool at ``max_queued``
+refuses instead (``failed``, ``spool_full``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final
+
+import attrs
+import trio
+
+from pushd.decisions import Report, Retry
+from pushd.model import Delivery, Outcome, mask_token
+from pushd.store import StoreUnavailable
+from pushd.store.spool import SpoolEntry
+
+if TYPE_CHECKING:
+    from pushd.dispatch import Dispatcher
+
+log = logging.getLogger("pushd.dispatch")
+
+#: How long an attempt still in flight at the answer may take before its row is
+#: another instance's to send: the upstream's request timeout ends it long before.
+IN_FLIGHT_LEASE: Final = 60.0
+
+
+@attrs.define(eq=False)
+class CallerBatch:
+    """The results one ``deliver`` call is waiting for."""
+
+    outcomes: list[Outcome | None]
+    pending: int
+    done: trio.Event = attrs.Factory(trio.Event)
+    #: Set when the caller stops waiting; later outcomes settle spool rows instead.
+    closed: bool = False
+    #: Spool row id per index, once written; outcomes that arrive before that wait here.
+    rows: dict[int, int] = attrs.Factory(dict)
+    early: dict[int, Outcome] = attrs.Factory(dict)
+    spooling: bool = False
+
+
+async def spool(
+    dispatcher: Dispatcher,
+    deliveries: Sequence[Delivery],
+    batch: CallerBatch,
+    spooled: dict[int, Retry],
+    reports: list[Report | None],
+    now: float,
+) -> None:
+    """Write the rows of ``spooled`` (refusing what does not fit) and report them."""
+    entries: list[SpoolEntry] = []
+    indices: list[int] = []
+    for index, retry in spooled.items():
+        delivery = deliveries[index]
+        in_flight = batch.outcomes[index] is None
+        if dispatcher.depth.get(delivery.app, 0) >= dispatcher.retry.max_queued:
+            reports[index] = refuse_full(dispatcher, delivery, in_flight)
+            continue
+        dispatcher.depth[delivery.app] = dispatcher.depth.get(delivery.app, 0) + 1
+        entries.append(entry(dispatcher, delivery, retry, now, in_flight=in_flight))
+        indices.append(index)
+        reason = None if in_flight else retry.reason
+        reports[index] = Report(delivery, "retrying", reason, batch.outcomes[index])
+    batch.spooling = True
+    try:
+        ids = await dispatcher.store.spool_add(entries)
+    except StoreUnavailable:
+        for index in indices:
+            dispatcher.depth[deliveries[index].app] -= 1
+        batch.spooling = False
+        raise
+    batch.spooling = False
+    for index, row_id in zip(indices, ids, strict=True):
+        batch.rows[index] = row_id
+        early = batch.early.pop(index, None)
+        if early is not None:
+            dispatcher._settle_row(deliveries[index], row_id, 1, early)
+        elif batch.outcomes[index] is not None:
+            dispatcher.retry_log.decision(deliveries[index], 1, spooled[index], now, row_id)
+    dispatcher.worker.wake()
+
+
+def entry(
+    dispatcher: Dispatcher, delivery: Delivery, retry: Retry, now: float, *, in_flight: bool
+) -> SpoolEntry:
+    key, sealed = dispatcher.keys.seal(delivery.app, delivery.token, delivery.push)
+    return SpoolEntry(
+        app=delivery.app,
+        token=delivery.token,
+        protocol=delivery.protocol,
+        ref=delivery.ref,
+        caller=delivery.caller,
+        registered_at=delivery.registered_at,
+        key_id=key,
+        sealed=sealed,
+        attempt=retry.attempts,
+        due_at=retry.due,
+        expires_at=dispatcher.expires_at(delivery, now),
+        created_at=now,
+        unknown=retry.unknown,
+        last_reason=retry.reason,
+        lease_owner=dispatcher.owner if in_flight else None,
+        lease_until=now + IN_FLIGHT_LEASE if in_flight else None,
+    )
+
+
+def refuse_full(dispatcher: Dispatcher, delivery: Delivery, in_flight: bool) -> Report:
+    dispatcher.decisions.stats(delivery.app).dropped += 1
+    if dispatcher.tally is not None:
+        dispatcher.tally.outcome(delivery.app, delivery.protocol, "failed", "spool_full")
+    dispatcher.ledger.count(delivery.app, "spool_full")
+    log.warning(
+        "app %s: the spool holds %d deliveries (retry.max_queued); refusing one to %s%s",
+        delivery.app,
+        dispatcher.retry.max_queued,
+        mask_token(delivery.token),
+        " (its attempt is still in flight and may yet arrive)" if in_flight else "",
+    )
+    return Report(delivery, "failed", "spool_full")
