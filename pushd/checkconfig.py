@@ -203,6 +203,18 @@ def metrics_line(config: Config) -> str:
     return f"http://{host}:{metrics.port}/metrics{token}"
 
 
+def workers_line(config: Config) -> str:
+    """``[server] workers``: how many processes serve, and what they share."""
+    count = config.server.workers
+    if count == 1:
+        return "1 (one process)"
+    shared = "PostgreSQL" if config.store.url else "one SQLite file"
+    return (
+        f"{count} processes on one port (SO_REUSEPORT) under a supervisor, sharing "
+        f"{shared}; metrics merged on the metrics port"
+    )
+
+
 def report(
     path: str, config: Config, accounts: dict[str, tuple[str, str]] | None = None
 ) -> list[str]:
@@ -217,6 +229,7 @@ def report(
         f"{path}: OK",
         f"  listen: {scheme}://{config.server.listen}:{config.server.port}",
         f"  store:  {store}",
+        f"  workers: {workers_line(config)}",
         f"  log:    {config.log.level}, {config.log.format}",
         f"  metrics: {metrics_line(config)}",
         "apps:",

@@ -47,6 +47,8 @@ DEFAULT_DEGRADED_AFTER = 600.0
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_FIRST_ATTEMPT_DEADLINE = 10.0
 DEFAULT_DRAIN_SECONDS = 10.0
+#: ``[server] workers``: more than the machine's cores only adds switching.
+MAX_WORKERS = 64
 #: Apple's key and team identifiers are ten characters.
 APPLE_ID_LENGTH = 10
 #: FCM's longest ``android.ttl``: 28 days.
@@ -118,6 +120,9 @@ class ServerConfig:
     public_url: str | None = None
     #: pushd's process id is written here while it runs, for ``pushd reload``.
     pid_file: str | None = None
+    #: Processes serving the API port together (``SO_REUSEPORT``), under one
+    #: supervisor (:mod:`pushd.supervisor`); 1: pushd is one process, as before.
+    workers: int = 1
 
 
 @attrs.frozen
@@ -664,6 +669,8 @@ def check(config: Config) -> list[str]:
     server = config.server
     if not 0 <= server.port < 65536:
         problems.append("server.port: must be between 1 and 65535 (0: any free port)")
+    if not 1 <= server.workers <= MAX_WORKERS:
+        problems.append(f"server.workers: must be between 1 and {MAX_WORKERS}")
     if (server.tls_cert is None) != (server.tls_key is None):
         problems.append("server: set both tls_cert and tls_key, or neither")
     tls = _check_file("server.tls_cert", server.tls_cert)
