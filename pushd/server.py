@@ -18,6 +18,7 @@ import os
 import signal
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -37,6 +38,7 @@ from pushd.frontends.rocketchat import RocketChatGateway
 from pushd.frontends.status import StatusPage
 from pushd.frontends.zulip import ZulipBouncer
 from pushd.health import all_routes, app_health
+from pushd.hostshared import HostSharedStore
 from pushd.http11 import HttpServer, HttpSettings, ListenError
 from pushd.lanes import Budget, Lane, Sender
 from pushd.metrics import Metrics, record_reload
@@ -268,8 +270,10 @@ async def serve(
     lanes = build_lanes(config) if lanes is None else lanes
     store = await open_store(config.store)
     if worker is not None:
-        # N processes on one SQLite file count rate windows and dedupe in it, and
-        # release only their own leases: as instances on one PostgreSQL do.
+        # N processes on one store share rate windows and dedupe keys, and release only
+        # their own leases: as instances on one PostgreSQL do (pushd.workers).
+        if not store.shared and worker.shared_dir is not None:
+            store = HostSharedStore(store.engine, Path(worker.shared_dir))
         store.engine.shared = True
     notifier = Notifier.from_environment()
     stop_requested = shutdown_trigger

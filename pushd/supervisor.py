@@ -40,6 +40,7 @@ import trio
 
 from pushd import __version__
 from pushd.config import Config
+from pushd.hostshared import create_tables
 from pushd.http11 import ListenError
 from pushd.metrics.merge import MergedMetrics, WorkerView
 from pushd.pidfile import PidFile
@@ -114,6 +115,7 @@ class Supervisor:
         self._stop = trio.Event()
         self._changed = trio.Event()
         self._inbox: Inbox | None = None
+        self._shared_dir: str | None = None
 
     # --- state ------------------------------------------------------------------------
 
@@ -166,6 +168,8 @@ class Supervisor:
                 tempfile.TemporaryDirectory(prefix="pushd-workers-") as directory,
             ):
                 self._inbox = Inbox(Path(directory) / "notify")
+                self._shared_dir = directory
+                create_tables(Path(directory))
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._signals, received)
                     nursery.start_soon(self._listen_inbox)
@@ -254,7 +258,7 @@ class Supervisor:
             for key, value in os.environ.items()
             if key not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "MAINPID")
         }
-        role = WorkerRole(worker.index, self.port, tuple(worker.release))
+        role = WorkerRole(worker.index, self.port, tuple(worker.release), self._shared_dir)
         environ.update(role.environment())
         environ["NOTIFY_SOCKET"] = str(self._inbox.path)
         environ["WATCHDOG_USEC"] = str(int(WORKER_WATCHDOG * 1e6))

@@ -7,9 +7,11 @@ and one port:
 
 - it binds the API port with ``SO_REUSEPORT`` (:mod:`pushd.reuseport`);
 - it treats its store as shared even when it is SQLite (``Store.shared``): rate
-  windows and Matrix dedupe keys are counted in the store, as N instances on one
-  PostgreSQL do, and the spool worker releases only its own leases (a lone SQLite
-  pushd releases every lease at start, which would take rows a sibling is sending).
+  windows and Matrix dedupe keys are shared, as N instances on one PostgreSQL share
+  them in the database (on SQLite in the host's memory instead, which is 2x cheaper:
+  :mod:`pushd.hostshared`), and the spool worker releases only its own leases (a lone
+  SQLite pushd releases every lease at start, which would take rows a sibling is
+  sending).
   Claims are atomic across processes on SQLite too: every write transaction begins
   ``IMMEDIATE``, so two workers' claims take turns on the database's write lock;
 - its metrics listener is on a loopback port of its own, which the supervisor scrapes
@@ -44,6 +46,8 @@ log = logging.getLogger(__name__)
 PORT_ENV: Final = "PUSHD_WORKER_PORT"
 #: Lease owners (name prefixes, comma-separated) of a dead worker, for its replacement.
 RELEASE_ENV: Final = "PUSHD_RELEASE_LEASES"
+#: The directory of the host's shared tables (:mod:`pushd.hostshared`).
+SHARED_ENV: Final = "PUSHD_SHARED_DIR"
 #: A worker's metrics listen here (a free port), for the supervisor only.
 WORKER_METRICS_HOST: Final = "127.0.0.1"
 #: The sd_notify field a worker announces its metrics URL with.
@@ -57,6 +61,8 @@ class WorkerRole:
     index: int
     port: int
     release: tuple[str, ...] = ()
+    #: Where the supervisor keeps the rate windows and dedupe keys its workers share.
+    shared_dir: str | None = None
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> WorkerRole | None:
@@ -65,13 +71,14 @@ class WorkerRole:
         if index is None or port is None or not index.isdigit() or not port.isdigit():
             return None
         release = tuple(p for p in environ.get(RELEASE_ENV, "").split(",") if p)
-        return cls(int(index), int(port), release)
+        return cls(int(index), int(port), release, environ.get(SHARED_ENV) or None)
 
     def environment(self) -> dict[str, str]:
         return {
             WORKER_ENV: str(self.index),
             PORT_ENV: str(self.port),
             **({RELEASE_ENV: ",".join(self.release)} if self.release else {}),
+            **({SHARED_ENV: self.shared_dir} if self.shared_dir else {}),
         }
 
     def apply(self, config: Config) -> Config:
