@@ -203,10 +203,13 @@ def main() -> int:
     print(f"APNs simulator answers: {answers}")
     print(f"driver: {placement(os.getpid())} (children inherit); {os.cpu_count()} CPUs")
     medians: dict[int, float] = {}
+    capacity: dict[int, float] = {}
     for workers in args.workers:
         mine = [r for r in rows if r["workers"] == workers]
         rates = [r["rate"] for r in mine]
         medians[workers] = statistics.median(rates)
+        # Each worker on a core of its own: what pushd's CPU per notification allows.
+        capacity[workers] = workers / statistics.median(r["pushd_cpu_ms"] for r in mine) * 1000
         print(
             f"workers={workers}: {spread(rates)} notifications/s; pushd "
             f"{spread([r['pushd_cpu_ms'] * 1000 for r in mine])} CPU-us/notification; "
@@ -217,7 +220,11 @@ def main() -> int:
             f"{spread(scrapes[workers])} ms"
         )
     if len(medians) == 2:
-        print(f"ratio of medians, 2 workers / 1: {medians[2] / medians[1]:.2f}")
+        print(f"ratio of medians, 2 workers / 1: {medians[2] / medians[1]:.2f} (this machine)")
+        print(
+            f"with a core per worker (workers / pushd CPU-s per notification): "
+            f"{capacity[1]:.0f}/s and {capacity[2]:.0f}/s, ratio {capacity[2] / capacity[1]:.2f}"
+        )
     if not args.keep:
         print(f"(logs in {directory})")
     return 0

@@ -9,6 +9,7 @@ Pure functions over a :class:`~pushd.config.Config`: no file is read here.
 
 from __future__ import annotations
 
+import os
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -141,6 +142,12 @@ def warnings(config: Config) -> list[str]:
     found: list[str] = []
     base, derived = public_url(config)
     server = config.server
+    cores = len(os.sched_getaffinity(0))
+    if server.workers > cores:
+        found.append(
+            f"server.workers is {server.workers} but this machine gives pushd {cores} "
+            "CPU(s): workers beyond one per CPU only add switching; lower it"
+        )
     if derived:
         found.append(
             f"server.public_url is not set: the URLs above use {base}, derived from listen "

@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -39,7 +40,7 @@ import attrs
 import trio
 
 from pushd import __version__
-from pushd.config import Config
+from pushd.config import Config, ConfigError, load_checked, read_admin_token
 from pushd.hostshared import create_tables
 from pushd.http11 import ListenError
 from pushd.metrics.merge import MergedMetrics, WorkerView
@@ -47,7 +48,16 @@ from pushd.pidfile import PidFile
 from pushd.reuseport import bind_reuse_port
 from pushd.sdnotify import WORKER_ENV, Notifier
 from pushd.workerlink import Inbox
-from pushd.workers import METRICS_FIELD, PrepareError, WorkerRole, lease_prefix, prepare_store
+from pushd.workers import (
+    METRICS_FIELD,
+    PrepareError,
+    WorkerRole,
+    claim_name,
+    claim_names,
+    describe_exit,
+    lease_prefix,
+    prepare_store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +79,6 @@ RELOAD_TIMEOUT: Final = 60.0
 STOP_GRACE: Final = 10.0
 #: How often the supervisor looks at its workers' watchdogs.
 TICK: Final = 1.0
-
-
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with status {code}"
 
 
 @attrs.define
@@ -116,6 +117,9 @@ class Supervisor:
         self._changed = trio.Event()
         self._inbox: Inbox | None = None
         self._shared_dir: str | None = None
+        self._metrics: MergedMetrics | None = None
+        #: Held while running (:func:`~pushd.workers.claim_name`); closed on exit.
+        self._claims: list[socket.socket] = []
 
     # --- state ------------------------------------------------------------------------
 
@@ -147,6 +151,23 @@ class Supervisor:
     # --- running ----------------------------------------------------------------------
 
     async def run(self) -> int:
+        claims: list[socket.socket] = []
+        for name in claim_names(self.config):
+            claim = claim_name(name)
+            if claim is None:
+                log.error("another pushd supervisor has %s already: stopping", name)
+                for held in claims:
+                    held.close()
+                return 1
+            claims.append(claim)
+        try:
+            reserved = bind_reuse_port(self.config.server.listen, self.config.server.port)
+        except ListenError as error:
+            log.error("%s", error)
+            return 1
+        finally:
+            self._claims = claims
+        self.port = reserved[0].getsockname()[1]
         try:
             released = await prepare_store(self.config)
         except PrepareError as error:
@@ -154,12 +175,6 @@ class Supervisor:
             return 1
         if released:
             log.info("spool: %d deliveries in flight before a restart go again now", released)
-        try:
-            reserved = bind_reuse_port(self.config.server.listen, self.config.server.port)
-        except ListenError as error:
-            log.error("%s", error)
-            return 1
-        self.port = reserved[0].getsockname()[1]
         pid_file = PidFile(self.config.server.pid_file)
         signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         try:
@@ -193,7 +208,7 @@ class Supervisor:
             self.notifier.close()
             if self._inbox is not None:
                 self._inbox.close()
-            for sock in reserved:
+            for sock in [*reserved, *self._claims]:
                 sock.close()
         return self.exit_status
 
@@ -212,6 +227,7 @@ class Supervisor:
         if not self.config.metrics.enabled:
             return True
         metrics = MergedMetrics(self.config, self.views)
+        self._metrics = metrics
         try:
             urls: list[str] = await nursery.start(metrics.run)
         except (ListenError, BaseExceptionGroup) as error:  # a busy port, maybe in a group
@@ -318,6 +334,7 @@ class Supervisor:
         """Forward SIGHUP; systemd hears READY again once every worker has reloaded."""
         log.info("received SIGHUP: every worker reloads %s", self.config.source)
         self.notifier.reloading()
+        await self._reload_own()
         for worker in self.workers:
             if worker.process is not None and worker.ready:
                 worker.reloading = True
@@ -330,6 +347,18 @@ class Supervisor:
             log.warning("reload: worker(s) %s did not answer within %g s", ", ".join(late),
                         RELOAD_TIMEOUT)  # fmt: skip
         self.notifier.ready(self.status_line())
+
+    async def _reload_own(self) -> None:
+        """What the supervisor itself reads of the config: the metrics token (the
+        workers' listeners ask for the new one once they have reloaded)."""
+        source = self.config.source
+        if source is None or self._metrics is None:
+            return
+        try:
+            new = await trio.to_thread.run_sync(load_checked, source)
+        except ConfigError:
+            return  # each worker logs the problems and keeps its config
+        self._metrics.token = read_admin_token(new.metrics.bearer_token_file)
 
     async def _listen_inbox(self) -> None:
         assert self._inbox is not None

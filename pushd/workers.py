@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
@@ -144,3 +145,37 @@ async def prepare_store(config: Config) -> int:
         return await store.spool_release(None)
     finally:
         await store.close()
+
+
+def claim_names(config: Config) -> list[str]:
+    """What one supervisor at a time may have: its port (``SO_REUSEPORT`` would let a
+    second one of the same user bind it and take half the connections) and its SQLite
+    file (a second would release the first one's spool leases at start)."""
+    names = []
+    if config.server.port != 0:
+        names.append(f"port {config.server.listen}:{config.server.port}")
+    if config.store.url is None:
+        names.append(f"store {os.path.realpath(config.store.path)}")
+    return names
+
+
+def claim_name(name: str) -> socket.socket | None:
+    """Hold ``name`` while this process runs: an abstract Unix socket of that name,
+    which the kernel releases when the process ends, however it ends; None if another
+    process holds it."""
+    lock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        lock.bind(f"\0pushd-supervisor {name}".encode())
+    except OSError:
+        lock.close()
+        return None
+    return lock
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"

@@ -13,6 +13,7 @@ import collections
 import os
 import re
 import signal
+import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -29,7 +30,7 @@ from pushd.spool.seal import create_key_file
 from tests.conftest import TOPIC, app_entry, token
 from tests.process import PushdProcess, start_pushd_process
 from tests.storefixtures import add_server
-from tests.trouble import SimProcess, pushd_cli, pushd_config
+from tests.trouble import SimProcess, free_port, pushd_cli, pushd_config
 
 #: Connections opened to see both workers answer: the kernel hashes each to one
 #: socket, so all of N landing on one worker has odds 2^-(N-1).
@@ -155,6 +156,21 @@ async def test_check_config_reports_workers(rig: Rig) -> None:
     await rig.configure(server={"workers": 3})
     out = await pushd_cli("check-config", str(rig.config))
     assert "workers: 3 processes on one port (SO_REUSEPORT)" in out, out
+    if len(os.sched_getaffinity(0)) < 3:
+        assert "server.workers is 3 but this machine gives pushd" in out, out
+
+
+async def test_a_second_supervisor_on_the_same_port_is_refused(rig: Rig) -> None:
+    """SO_REUSEPORT would let a second supervisor of the same user bind the port and
+    take half its connections: it is refused, and the first serves on."""
+    await rig.configure(server={"port": free_port()})
+    first = await rig.start()
+    second = await start_pushd_process(rig.nursery, rig.config, wait_listening=False)
+    assert await second.wait() == 1
+    assert "another pushd supervisor has port 127.0.0.1:" in second.log, second.log
+    assert "worker 0 started" not in second.log
+    assert len(await rig.pids_seen()) == 2
+    assert first.process.returncode is None
 
 
 async def test_a_killed_worker_is_replaced_and_nothing_accepted_is_lost(rig: Rig) -> None:
@@ -358,3 +374,42 @@ def _running(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+async def test_the_supervisor_speaks_sd_notify_for_all_workers(rig: Rig) -> None:
+    """systemd hears the supervisor only: READY=1 once both workers are ready (both
+    answer at that moment), WATCHDOG=1, RELOADING=1 then READY=1 around a SIGHUP that
+    every worker answered, STOPPING=1 on SIGTERM; no worker's message reaches it."""
+    await rig.configure()
+    receiver = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify_path = rig.tmp_path / "notify"
+    await receiver.bind(str(notify_path))
+    messages: list[dict[str, str]] = []
+    env = {"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "400000"}
+    pushd = await start_pushd_process(rig.nursery, rig.config, env=env, wait_listening=False)
+    rig.pushd = pushd
+
+    async def until(field: str) -> dict[str, str]:
+        with trio.fail_after(30):
+            while True:
+                data = await receiver.recv(65536)
+                fields = dict(line.split("=", 1) for line in data.decode().splitlines())
+                messages.append(fields)
+                if field in fields:
+                    return fields
+
+    ready = await until("READY")
+    assert ready["STATUS"].startswith("2/2 workers ready"), ready
+    line = await pushd.wait_for_line(r"listening on http")
+    rig.pushd.url = line.split("listening on ")[1].split()[0]
+    assert len(await rig.pids_seen()) == 2
+    await until("WATCHDOG")
+    pushd.signal(signal.SIGHUP)
+    await until("RELOADING")
+    await until("READY")
+    assert pushd.log.count("app(s) unchanged") == 2  # both reloaded before READY=1
+    pushd.signal(signal.SIGTERM)
+    await until("STOPPING")
+    assert await pushd.wait() == 0
+    assert not any("PUSHD_WORKER" in fields for fields in messages)
+    receiver.close()
