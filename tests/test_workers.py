@@ -27,6 +27,7 @@ import trio
 import trustme
 
 from pushd.spool.seal import create_key_file
+from tests import matrix_homeserver as hs
 from tests.conftest import TOPIC, app_entry, token
 from tests.process import PushdProcess, start_pushd_process
 from tests.storefixtures import add_server
@@ -413,3 +414,24 @@ async def test_the_supervisor_speaks_sd_notify_for_all_workers(rig: Rig) -> None
     assert await pushd.wait() == 0
     assert not any("PUSHD_WORKER" in fields for fields in messages)
     receiver.close()
+
+
+async def test_matrix_dedupe_holds_across_workers(rig: Rig) -> None:
+    """A homeserver retrying one notify (same event, same pushkey) on fresh connections,
+    so both workers get it: APNs gets the push once."""
+    await rig.sim.start()
+    await rig.configure(app={"matrix": {"app_ids": [hs.IOS_APP]}})
+    await rig.start()
+    device = token(7)
+    body = hs.full_event([hs.device(hs.IOS_APP, hs.pushkey_for(device))], event_id="$once")
+    for _ in range(12):
+        response = await rig.request("POST", hs.NOTIFY, json=body)
+        assert response.status_code == 200, response.text
+        assert response.json() == {"rejected": []}
+    assert len(await rig.pids_seen()) == 2  # connections do reach both workers
+    await rig.request("POST", hs.NOTIFY, json=hs.full_event(
+        [hs.device(hs.IOS_APP, hs.pushkey_for(token(8)))], event_id="$after"))  # fmt: skip
+    with trio.fail_after(20):  # the later push arrived, so the earlier ones had time to
+        while token(8) not in {s.token for s in rig.sim.delivered()}:  # noqa: ASYNC110
+            await trio.sleep(0.05)
+    assert [s.token for s in rig.sim.seen() if s.kind == "req"].count(device) == 1
