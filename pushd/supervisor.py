@@ -130,7 +130,7 @@ class Supervisor:
     def status_line(self) -> str:
         ready = sum(1 for worker in self.workers if worker.ready)
         first = next((w.status for w in self.workers if w.ready and w.status), "")
-        return f"{ready}/{len(self.workers)} workers ready" + (f"; worker {first}" if first else "")
+        return f"{ready}/{len(self.workers)} workers ready" + (f"; {first}" if first else "")
 
     def views(self) -> list[WorkerView]:
         return [WorkerView(w.index, w.metrics_url, w.restarts) for w in self.workers]
@@ -180,7 +180,9 @@ class Supervisor:
         try:
             with (
                 trio.open_signal_receiver(*signals) as received,
-                tempfile.TemporaryDirectory(prefix="pushd-workers-") as directory,
+                tempfile.TemporaryDirectory(
+                    prefix="pushd-workers-", dir=os.environ.get("RUNTIME_DIRECTORY") or None
+                ) as directory,
             ):
                 self._inbox = Inbox(Path(directory) / "notify")
                 self._shared_dir = directory
