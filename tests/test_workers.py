@@ -408,7 +408,10 @@ async def test_the_supervisor_speaks_sd_notify_for_all_workers(rig: Rig) -> None
     pushd.signal(signal.SIGHUP)
     await until("RELOADING")
     await until("READY")
-    assert pushd.log.count("app(s) unchanged") == 2  # both reloaded before READY=1
+    # Both reloaded (each logs it just after its own READY=1 to the supervisor).
+    with trio.fail_after(10):
+        while pushd.log.count("app(s) unchanged") < 2:  # noqa: ASYNC110
+            await trio.sleep(0.02)
     pushd.signal(signal.SIGTERM)
     await until("STOPPING")
     assert await pushd.wait() == 0
