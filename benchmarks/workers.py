@@ -120,10 +120,12 @@ def pushd(config: Path, log: Path) -> Iterator[dict[str, Any]]:
             process.wait()
 
 
-def drive(port: int, key: str, users: int, pids: dict[str, int], sim: int) -> dict[str, Any]:
+def drive(
+    port: int, key: str, users: int, pids: dict[str, int], sim: int, concurrency: int
+) -> dict[str, Any]:
     argv = [
         PYTHON, str(HERE / "load.py"), f"--port={port}", f"--key={key}", "--mode=one",
-        f"--users={users}", f"--concurrency={CONCURRENCY}", f"--requests={REQUESTS}",
+        f"--users={users}", f"--concurrency={concurrency}", f"--requests={REQUESTS}",
         f"--warmup={WARMUP}", f"--max-seconds={MAX_SECONDS}", f"--watch=sim={sim}",
         *(f"--watch={role}={pid}" for role, pid in pids.items()),
     ]  # fmt: skip
@@ -173,6 +175,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--keep", help="keep logs and store in this directory")
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="1, 2 or both")
     args = parser.parse_args()
     directory = Path(args.keep or tempfile.mkdtemp(prefix="pushd-workers-bench-"))
@@ -193,7 +196,7 @@ def main() -> int:
                 log = directory / f"pushd-{workers}-{round_number}.log"
                 with pushd(config, log) as started:
                     report = drive(started["port"], population.key, users, started["pids"],
-                                   sim.pid)  # fmt: skip
+                                   sim.pid, args.concurrency)  # fmt: skip
                     scrapes[workers].append(scrape_ms(started["metrics"]))
                 result = row(workers, report, started["pids"])
                 result["round"] = round_number + 1
