@@ -13,8 +13,12 @@ serves the merged metrics (:mod:`pushd.metrics.merge`), and forwards signals:
 Workers are ordinary ``pushd serve`` processes (:mod:`pushd.workers` says what differs)
 that report to the supervisor over the sd_notify protocol on a socket of its own, so a
 worker's readiness, status, reloads and watchdog travel the way a lone pushd's do to
-systemd.  A worker that dies is logged and started again after a back-off that doubles
-with each crash (from :data:`BACKOFF_FIRST` to :data:`BACKOFF_MAX`); its replacement
+systemd.  That socket, and the tables in which workers share rate windows and Matrix
+dedupe keys on SQLite (:mod:`pushd.hostshared`), live in a private directory (mode 0700,
+under ``$RUNTIME_DIRECTORY`` when systemd gives one) removed on exit.
+
+A worker that dies is logged and started again after a back-off that doubles with each
+crash (from :data:`BACKOFF_FIRST` to :data:`BACKOFF_MAX`); its replacement
 first releases the dead one's spool leases, so what it was sending goes again at once.
 A worker that stops feeding its watchdog for :data:`WORKER_WATCHDOG` seconds (a wedged
 event loop) is killed and replaced.  If a worker fails before the service was ever
