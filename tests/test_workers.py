@@ -211,8 +211,9 @@ async def test_a_killed_worker_is_replaced_and_nothing_accepted_is_lost(rig: Rig
 
 
 async def test_sighup_reaches_every_worker(rig: Rig, key_file: Path, ca_file: Path) -> None:
-    """An app added to the config and SIGHUP to the supervisor: both workers have it."""
-    await rig.configure()
+    """An app added to the config and ``pushd reload`` (SIGHUP to the pid file's
+    process, the supervisor): both workers have the app."""
+    await rig.configure(server={"pid_file": str(rig.tmp_path / "pushd.pid")})
     pushd = await rig.start()
     text = rig.config.read_text()
     extra = app_entry("second", TOPIC + ".two", f"https://127.0.0.1:{rig.sim.port}",
@@ -220,7 +221,8 @@ async def test_sighup_reaches_every_worker(rig: Rig, key_file: Path, ca_file: Pa
     lines = ["[[apps]]", *(f'{k} = "{v}"' if isinstance(v, str) else f"{k} = {v}"
                             for k, v in extra.items())]  # fmt: skip
     rig.config.write_text(text + "\n".join(lines) + "\n")
-    pushd.signal(signal.SIGHUP)
+    out = await pushd_cli("reload", "--config", str(rig.config))
+    assert f"sent SIGHUP to pushd (pid {pushd.process.pid})" in out, out
     with trio.fail_after(20):
         while pushd.log.count("app(s) unchanged") < 2:  # noqa: ASYNC110
             await trio.sleep(0.05)
