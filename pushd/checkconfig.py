@@ -9,6 +9,7 @@ Pure functions over a :class:`~pushd.config.Config`: no file is read here.
 
 from __future__ import annotations
 
+import os
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -141,6 +142,12 @@ def warnings(config: Config) -> list[str]:
     found: list[str] = []
     base, derived = public_url(config)
     server = config.server
+    cores = len(os.sched_getaffinity(0))
+    if server.workers > cores:
+        found.append(
+            f"server.workers is {server.workers} but this machine gives pushd {cores} "
+            "CPU(s): workers beyond one per CPU only add switching; lower it"
+        )
     if derived:
         found.append(
             f"server.public_url is not set: the URLs above use {base}, derived from listen "
@@ -203,6 +210,18 @@ def metrics_line(config: Config) -> str:
     return f"http://{host}:{metrics.port}/metrics{token}"
 
 
+def workers_line(config: Config) -> str:
+    """``[server] workers``: how many processes serve, and what they share."""
+    count = config.server.workers
+    if count == 1:
+        return "1 (one process)"
+    shared = "PostgreSQL" if config.store.url else "one SQLite file"
+    return (
+        f"{count} processes on one port (SO_REUSEPORT) under a supervisor, sharing "
+        f"{shared}; metrics merged on the metrics port"
+    )
+
+
 def report(
     path: str, config: Config, accounts: dict[str, tuple[str, str]] | None = None
 ) -> list[str]:
@@ -217,6 +236,7 @@ def report(
         f"{path}: OK",
         f"  listen: {scheme}://{config.server.listen}:{config.server.port}",
         f"  store:  {store}",
+        f"  workers: {workers_line(config)}",
         f"  log:    {config.log.level}, {config.log.format}",
         f"  metrics: {metrics_line(config)}",
         "apps:",

@@ -8,7 +8,9 @@ changes directory instead.  Run it as ``python -m pushd``, by its path
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -22,6 +24,7 @@ from pushd.cli_store import run_store, store_options
 from pushd.files import private_dirs
 from pushd.spool.seal import create_key_file
 from pushd.store import Store, StoreError, open_store
+from pushd.workers import WorkerRole
 
 #: Where ``serve`` looks for a config when none is named (then falls back to the demo).
 CONFIG_ENV = "PUSHD_CONFIG"
@@ -103,7 +106,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 _fail(problem if problem.startswith(f"{Path(path)}: ") else f"{path}: {problem}")
             return 1
         logs.setup(cfg.log)
-        trio.run(server.serve, cfg)
+        role = WorkerRole.from_environment()
+        if role is None and cfg.server.workers > 1:
+            from pushd.supervisor import Supervisor
+
+            return trio.run(Supervisor(cfg).run)
+        if role is not None:
+            # A worker hears SIGTERM only while serve() listens for it (it restores
+            # this on the way out): a second one, the supervisor's forwarded after the
+            # one a whole process group got (Ctrl-C in a terminal, systemd's
+            # KillMode=control-group), must not kill a worker that has drained.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        trio.run(functools.partial(server.serve, cfg, worker=role))
     except StoreError as error:
         return _fail(str(error))
     except KeyboardInterrupt:

@@ -67,6 +67,7 @@ RESTART_ONLY: Final = (
     "server.trusted_proxies",
     "server.drain_seconds",
     "server.pid_file",
+    "server.workers",
     "store",
     "spool.key_file",
     "log.format",

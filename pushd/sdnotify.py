@@ -16,6 +16,10 @@ What pushd sends, and why:
 - ``RELOADING=1`` (with ``MONOTONIC_USEC``, which systemd 253's ``Type=notify-reload``
   requires) then ``READY=1`` around a reload, and ``STOPPING=1`` when draining.
 
+Under ``[server] workers = N`` each worker speaks this same protocol to its supervisor
+(:mod:`pushd.supervisor`), which set ``$NOTIFY_SOCKET`` to a socket of its own; every
+message then also names the worker (``PUSHD_WORKER=<index>``, from its environment).
+
 Sending never blocks and never raises: a full or vanished socket loses a status line,
 which is better than a stalled event loop.
 """
@@ -38,6 +42,8 @@ STATUS_INTERVAL: Final = 5.0
 #: The watchdog is fed at this share of ``WATCHDOG_USEC``, as sd_watchdog_enabled(3)
 #: advises, so one late wake-up does not cost a restart.
 WATCHDOG_SHARE: Final = 0.5
+#: Set by the supervisor in a worker's environment: the worker's index (0, 1, ...).
+WORKER_ENV: Final = "PUSHD_WORKER"
 
 
 def _address(name: str) -> str | bytes:
@@ -70,9 +76,16 @@ def monotonic_usec() -> int:
 class Notifier:
     """Sends notifications to systemd; a no-op when not started by it."""
 
-    def __init__(self, socket_name: str | None, watchdog: float | None = None) -> None:
+    def __init__(
+        self,
+        socket_name: str | None,
+        watchdog: float | None = None,
+        tag: Mapping[str, object] | None = None,
+    ) -> None:
         self.socket_name = socket_name or None
         self.watchdog = watchdog
+        #: Fields added to every message (a worker's index, for its supervisor).
+        self.tag = dict(tag or {})
         self._socket: socket.socket | None = None
         if self.socket_name is not None:
             self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
@@ -80,7 +93,9 @@ class Notifier:
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> Notifier:
-        return cls(environ.get("NOTIFY_SOCKET"), watchdog_interval(environ))
+        worker = environ.get(WORKER_ENV)
+        tag = {WORKER_ENV: worker} if worker else None
+        return cls(environ.get("NOTIFY_SOCKET"), watchdog_interval(environ), tag)
 
     @property
     def enabled(self) -> bool:
@@ -90,6 +105,7 @@ class Notifier:
         """One datagram of ``KEY=value`` lines; False if it could not be sent."""
         if self._socket is None or self.socket_name is None:
             return False
+        fields = {**fields, **self.tag}
         message = "\n".join(f"{key}={value}" for key, value in fields.items())
         try:
             self._socket.sendto(message.encode(), _address(self.socket_name))

@@ -12,10 +12,13 @@ deliveries in flight finish for ``server.drain_seconds``, then close everything.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import os
 import signal
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -25,8 +28,8 @@ from pushd import __version__
 from pushd.activity import Activity
 from pushd.config import Config, apns_settings, fcm_settings, read_admin_token
 from pushd.dispatch import Dispatcher
-from pushd.frontends.admin import AccessDenied, AdminAccess
-from pushd.frontends.http import Reply, Request, Route, json_reply, parse_networks
+from pushd.frontends.admin import AdminAccess
+from pushd.frontends.http import Route, parse_networks
 from pushd.frontends.matrix import MatrixGateway
 from pushd.frontends.mattermost import MattermostProxy
 from pushd.frontends.native import NativeApi
@@ -34,12 +37,15 @@ from pushd.frontends.openapi import OPENAPI
 from pushd.frontends.rocketchat import RocketChatGateway
 from pushd.frontends.status import StatusPage
 from pushd.frontends.zulip import ZulipBouncer
+from pushd.health import all_routes, app_health
+from pushd.hostshared import HostSharedStore
 from pushd.http11 import HttpServer, HttpSettings, ListenError
 from pushd.lanes import Budget, Lane, Sender
 from pushd.metrics import Metrics, record_reload
 from pushd.pidfile import PidFile
 from pushd.recent import Recent
 from pushd.reload import Reloader, status_line
+from pushd.reuseport import ReusePortHttpServer
 from pushd.routing import Router
 from pushd.sdnotify import Notifier
 from pushd.spool.seal import SealError, SpoolKeys
@@ -47,6 +53,7 @@ from pushd.store import Store, open_store
 from pushd.tls import server_context
 from pushd.upstream.apns.client import ApnsClient
 from pushd.upstream.fcm.client import FcmClient
+from pushd.workers import METRICS_FIELD, WorkerRole, first_of, orphaned
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +92,12 @@ class Services:
 
     #: The Prometheus metrics (None: ``[metrics] enabled = false``).
     metrics: Metrics | None = None
+    #: This process's place among a supervisor's workers (None: pushd runs alone).
+    worker: WorkerRole | None = None
+
+    def worker_info(self) -> dict[str, int]:
+        """Which worker answers (``/healthz``): each keeps its own counters."""
+        return {"index": self.worker.index, "pid": os.getpid()} if self.worker else {}
 
 
 class StartupError(Exception):
@@ -130,87 +143,6 @@ def build_lane(config: Config, index: int) -> Lane:
         budget=Budget(app.concurrency),
         scope=config.removal_scope(app),
     )
-
-
-def health(services: Services, access: AdminAccess) -> Callable[[Request], Awaitable[Reply]]:
-    """``GET /healthz``: ``{"status": "ok" | "degraded"}`` for anyone; the detail (apps,
-    their counters, queues, version) only with a credential (:mod:`.frontends.admin`)."""
-
-    async def handler(request: Request) -> Reply:
-        try:
-            detailed = await access.authorized(request)
-        except AccessDenied as denied:
-            return denied.reply()
-        apps = app_health(services)
-        store_failing = services.store.unhealthy
-        degraded = store_failing is not None or any(app["state"] != "ok" for app in apps.values())
-        store = (
-            {"state": "ok"}
-            if store_failing is None
-            else {
-                "state": "failing",
-                "reason": store_failing,
-            }
-        )
-        if not detailed:
-            return json_reply(200, {"status": "degraded" if degraded else "ok"})
-        return json_reply(
-            200,
-            {
-                "status": "degraded" if degraded else "ok",
-                "version": __version__,
-                "store": store,
-                "apps": apps,
-                "spooled": sum(app["spool"]["depth"] for app in apps.values()),
-                **{name: stats() for name, stats in services.protocol_stats.items()},
-            },
-        )
-
-    return handler
-
-
-def app_health(services: Services) -> dict[str, Any]:
-    """Each app's state for ``/healthz``: ``paused`` (a credential error), ``backlog``
-    (its oldest spooled delivery has been due longer than ``spool.degraded_after``), or
-    ``ok``; with its counters, spool depth and circuit."""
-    dispatcher = services.dispatcher
-    now = dispatcher.clock()
-    worker = dispatcher.worker
-    apps: dict[str, Any] = {}
-    for lane in dispatcher.lanes.values():
-        spooled = worker.snapshot.get(lane.name)
-        age = worker.oldest_due_age(lane.name, now)
-        state = "ok"
-        reason = None
-        if lane.paused_until > now:
-            state, reason = "paused", lane.pause_reason
-        elif age > services.config.spool.degraded_after:
-            state, reason = "backlog", f"a spooled delivery has been due for {age:.0f} s"
-        apps[lane.name] = {
-            "state": state,
-            **({"reason": reason} if reason else {}),
-            "circuit": lane.circuit.state,
-            "spool": {
-                "depth": dispatcher.depth.get(lane.name, 0),
-                "oldest_due_age": round(age, 3),
-                "unknown_outcome": spooled.unknown if spooled else 0,
-            },
-            **attrs.asdict(lane.stats),
-        }
-    return apps
-
-
-async def liveness(_: Request) -> Reply:
-    """``GET /health``: 200 with an empty body, as Sygnal's (container health checks)."""
-    return Reply(200, b"", content_type="text/plain")
-
-
-def all_routes(services: Services, native: NativeApi, access: AdminAccess) -> list[Route]:
-    return [
-        *native.routes(),
-        Route("GET", "/healthz", health(services, access), "healthz"),
-        Route("GET", "/health", liveness, "health"),
-    ]
 
 
 def assemble(
@@ -303,6 +235,7 @@ async def serve(
     extra_routes: Sequence[Route] = (),
     on_ready: Callable[[Services, list[str]], None] | None = None,
     hangups: AsyncIterator[int] | None = None,
+    worker: WorkerRole | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run pushd until ``shutdown_trigger`` returns (default: SIGINT or SIGTERM).
@@ -313,6 +246,8 @@ async def serve(
 
     ``lanes`` replaces the upstream clients built from the config and ``extra_routes``
     adds routes (the benchmarks' empty endpoint); both are for tests and benchmarks.
+    ``worker``: this process is one of a supervisor's (:mod:`pushd.workers` says what
+    differs).
     """
     if shutdown_trigger is None:
         # SIGHUP's default action kills: catch it from the start, like SIGTERM.
@@ -324,15 +259,26 @@ async def serve(
                 extra_routes=extra_routes,
                 on_ready=on_ready,
                 hangups=hups,
+                worker=worker,
                 task_status=task_status,
             )
         return
+    if worker is not None:
+        config = worker.apply(config)
     tls = server_tls(config)  # what the admin may have got wrong first: nothing to undo
-    pid_file = PidFile(config.server.pid_file)
+    pid_file = PidFile(None if worker else config.server.pid_file)  # the supervisor's
     lanes = build_lanes(config) if lanes is None else lanes
     store = await open_store(config.store)
+    if worker is not None:
+        # N processes on one store share rate windows and dedupe keys, and release only
+        # their own leases: as instances on one PostgreSQL do (pushd.workers).
+        if not store.shared and worker.shared_dir is not None:
+            store = HostSharedStore(store.engine, Path(worker.shared_dir))
+        store.engine.shared = True
     notifier = Notifier.from_environment()
     stop_requested = shutdown_trigger
+    if worker is not None:
+        stop_requested = functools.partial(first_of, shutdown_trigger, orphaned)
 
     async def stopping() -> None:
         await stop_requested()
@@ -351,11 +297,17 @@ async def serve(
             spool=config.spool,
             first_attempt_deadline=config.server.first_attempt_deadline,
         )
+        if worker is not None:
+            dispatcher.worker.release_on_start = worker.release
         async with trio.open_nursery() as nursery:
             await nursery.start(dispatcher.run)
-            services = Services(config=config, store=store, dispatcher=dispatcher, routes=[])
+            services = Services(
+                config=config, store=store, dispatcher=dispatcher, routes=[], worker=worker
+            )
             if config.metrics.enabled:
-                services.metrics = Metrics(config, dispatcher, store)
+                services.metrics = Metrics(
+                    worker.metrics_config(config) if worker else config, dispatcher, store
+                )
             activity = Activity()  # each frontend records its servers' requests
             status = StatusPage(
                 config,
@@ -369,7 +321,7 @@ async def serve(
             )
             await nursery.start(status.run)
             assemble(services, activity, status, extra_routes)
-            http_server = HttpServer(
+            http_server = (HttpServer if worker is None else ReusePortHttpServer)(
                 services.router(),
                 HttpSettings(
                     read_timeout=READ_TIMEOUT,
@@ -413,13 +365,18 @@ async def serve(
                 nursery.start_soon(reloader.listen, hangups)
             pid_file.write()
             await nursery.start(notifier.run, lambda: status_line(services))
+            if worker is not None and services.metrics is not None:
+                notifier.send(**{METRICS_FIELD: services.metrics.urls[0]})
             notifier.ready(status_line(services))
-            log.info(
-                "pushd %s listening on %s with %d app(s)",
-                __version__,
-                ", ".join(urls),
-                len(config.apps),
-            )
+            if worker is None:
+                log.info(
+                    "pushd %s listening on %s with %d app(s)",
+                    __version__,
+                    ", ".join(urls),
+                    len(config.apps),
+                )
+            else:
+                log.info("worker %d (pid %d) serving %s", worker.index, os.getpid(), urls[0])
             if on_ready is not None:
                 on_ready(services, urls)
             task_status.started(urls)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pushd.config.apps import AppConfig
-from pushd.config.constants import APPLE_ID_LENGTH, FCM_MAX_TTL, MAX_REDACTED_TEXT
+from pushd.config.constants import APPLE_ID_LENGTH, FCM_MAX_TTL, MAX_REDACTED_TEXT, MAX_WORKERS
 from pushd.config.protocol_checks import (
     check_matrix,
     check_mattermost,
@@ -33,6 +33,8 @@ def check(config: Config) -> list[str]:
     server = config.server
     if not 0 <= server.port < 65536:
         problems.append("server.port: must be between 1 and 65535 (0: any free port)")
+    if not 1 <= server.workers <= MAX_WORKERS:
+        problems.append(f"server.workers: must be between 1 and {MAX_WORKERS}")
     if (server.tls_cert is None) != (server.tls_key is None):
         problems.append("server: set both tls_cert and tls_key, or neither")
     tls = check_file("server.tls_cert", server.tls_cert)

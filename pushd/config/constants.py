@@ -15,6 +15,8 @@ DEFAULT_DEGRADED_AFTER = 600.0
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_FIRST_ATTEMPT_DEADLINE = 10.0
 DEFAULT_DRAIN_SECONDS = 10.0
+#: ``[server] workers``: more than the machine's cores only adds switching.
+MAX_WORKERS = 64
 #: Apple's key and team identifiers are ten characters.
 APPLE_ID_LENGTH = 10
 #: FCM's longest ``android.ttl``: 28 days.

@@ -45,6 +45,9 @@ class ServerConfig:
     public_url: str | None = None
     #: pushd's process id is written here while it runs, for ``pushd reload``.
     pid_file: str | None = None
+    #: Processes serving the API port together (``SO_REUSEPORT``), under one
+    #: supervisor (:mod:`pushd.supervisor`); 1: pushd is one process, as before.
+    workers: int = 1
 
 
 @attrs.frozen

@@ -23,7 +23,11 @@ through :meth:`RateLimit.acquire`: one upsert of a ``(key, window)`` row per req
 reaches.  Those windows are aligned on the clock (every instance must name the same
 row), which, like any fixed window, lets a caller send up to twice the limit across a
 window boundary.  If the database cannot count, the request is let through: the store
-logs its own failure, and the request that needs it will fail anyway.  Matrix and
+logs its own failure, and the request that needs it will fail anyway.  A
+supervisor's workers on one SQLite file (``[server] workers``) count the same way,
+through the same method, but in tables the host's workers share in memory
+(:mod:`pushd.hostshared`): exact across them, and half the CPU of a database write per
+request.  Matrix and
 Mattermost limit source addresses (a flood, not a credential) and keep counting per
 instance: behind N instances a source may send up to N times the limit.
 """

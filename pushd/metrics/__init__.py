@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from pushd.dispatch import Dispatcher
     from pushd.store import Store
 
-__all__ = ["METRICS_PATH", "Metrics", "record_reload", "reload"]
+__all__ = ["METRICS_PATH", "Metrics", "record_reload", "reload", "unauthorized"]
 
 log = logging.getLogger(__name__)
 
@@ -147,18 +147,9 @@ class Metrics:
 
     async def scrape(self, request: Request) -> Reply:
         """``GET /metrics``; with a token configured, only with that bearer token."""
-        if self._token is not None:
-            given = request.headers.get("authorization", "")
-            scheme, _, credential = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                credential.strip().encode(), self._token.encode()
-            ):
-                return Reply(
-                    401,
-                    b"send Authorization: Bearer <the token in metrics.bearer_token_file>\n",
-                    content_type="text/plain; charset=utf-8",
-                    headers=(("www-authenticate", 'Bearer realm="pushd metrics"'),),
-                )
+        refused = unauthorized(request, self._token)
+        if refused is not None:
+            return refused
         return Reply(200, self.exposition(), content_type=CONTENT_TYPE)
 
     async def run(
@@ -202,6 +193,25 @@ class Metrics:
         while True:
             await self.refresh()
             await trio.sleep(REFRESH_INTERVAL)
+
+
+def unauthorized(request: Request, token: str | None) -> Reply | None:
+    """The 401 for a scrape without ``token`` (compared in constant time); None if it
+    may read (or no token is configured)."""
+    if token is None:
+        return None
+    given = request.headers.get("authorization", "")
+    scheme, _, credential = given.partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(
+        credential.strip().encode(), token.encode()
+    ):
+        return None
+    return Reply(
+        401,
+        b"send Authorization: Bearer <the token in metrics.bearer_token_file>\n",
+        content_type="text/plain; charset=utf-8",
+        headers=(("www-authenticate", 'Bearer realm="pushd metrics"'),),
+    )
 
 
 def reload(config: Config) -> None:

@@ -58,6 +58,9 @@ class SpoolWorker:
         self._stopped = False
         self._wake = trio.Event()
         self._nothing_due: dict[str, float] = {}
+        #: Lease owners (name prefixes) to release at start: a supervisor's worker that
+        #: died, whose rows this one, its replacement, sends again at once.
+        self.release_on_start: tuple[str, ...] = ()
 
     def wake(self) -> None:
         self._wake.set()
@@ -73,6 +76,14 @@ class SpoolWorker:
             released = await self.store.spool_release(None)
             if released:
                 log.info("spool: %d deliveries in flight before a restart go again now", released)
+        for prefix in self.release_on_start:
+            with contextlib.suppress(StoreUnavailable):  # then the leases run out instead
+                released = await self.store.spool_release_prefix(prefix)
+                if released:
+                    log.info(
+                        "spool: %d deliveries in flight in a worker that died go again now",
+                        released,
+                    )
         await self.count()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._count_loop)

@@ -247,6 +247,18 @@ class SpoolQueries:
             )
         )
 
+    async def spool_release_prefix(self, prefix: str) -> int:
+        """Give up the leases of every owner whose name starts with ``prefix``: a
+        supervisor's worker that died (``host:pid:``, see ``dispatch.instance_name``),
+        so its rows go again now rather than when their leases run out."""
+        return await self.engine.write(
+            lambda tx: tx.execute(
+                "UPDATE spool SET lease_owner = NULL, lease_until = NULL"
+                " WHERE substr(lease_owner, 1, ?) = ?",
+                (len(prefix), prefix),
+            )
+        )
+
     async def spool_stats(self, now: float) -> list[AppSpool]:
         """Rows per app: depth, leased now, unknown outcome, oldest due time."""
         rows = await self.engine.read(

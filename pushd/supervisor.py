@@ -1,0 +1,406 @@
+"""``[server] workers = N``: one supervisor process, N worker processes on one port.
+
+The supervisor is the process systemd (or a shell) started, and the only one it needs
+to know: it holds the pid file, speaks sd_notify (``READY`` once every worker is ready,
+``WATCHDOG`` from its own loop, ``RELOADING``/``READY`` around a reload, ``STOPPING``),
+serves the merged metrics (:mod:`pushd.metrics.merge`), and forwards signals:
+
+- ``SIGHUP``: to every worker, each of which reloads the config itself
+  (:mod:`pushd.reload`); systemd hears ``READY`` again once all have answered.
+- ``SIGTERM``/``SIGINT``: to every worker, each of which drains (stops accepting,
+  finishes what it accepted); the supervisor exits once all have, 0 if all went well.
+
+Workers are ordinary ``pushd serve`` processes (:mod:`pushd.workers` says what differs)
+that report to the supervisor over the sd_notify protocol on a socket of its own, so a
+worker's readiness, status, reloads and watchdog travel the way a lone pushd's do to
+systemd.  That socket, and the tables in which workers share rate windows and Matrix
+dedupe keys on SQLite (:mod:`pushd.hostshared`), live in a private directory (mode 0700,
+under ``$RUNTIME_DIRECTORY`` when systemd gives one) removed on exit.
+
+A worker that dies is logged and started again after a back-off that doubles with each
+crash (from :data:`BACKOFF_FIRST` to :data:`BACKOFF_MAX`); its replacement
+first releases the dead one's spool leases, so what it was sending goes again at once.
+A worker that stops feeding its watchdog for :data:`WORKER_WATCHDOG` seconds (a wedged
+event loop) is killed and replaced.  If a worker fails before the service was ever
+ready, or fails to become ready :data:`MAX_START_FAILURES` times in a row, the
+supervisor stops the others and exits 1: that is a problem for the admin, not one a
+restart fixes, and systemd's ``Restart=`` policy then decides.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Final
+
+import attrs
+import trio
+
+from pushd import __version__
+from pushd.config import Config, ConfigError, load_checked, read_admin_token
+from pushd.hostshared import create_tables
+from pushd.http11 import ListenError
+from pushd.metrics.merge import MergedMetrics, WorkerView
+from pushd.pidfile import PidFile
+from pushd.reuseport import bind_reuse_port
+from pushd.sdnotify import WORKER_ENV, Notifier
+from pushd.workerlink import Inbox
+from pushd.workers import (
+    METRICS_FIELD,
+    PrepareError,
+    WorkerRole,
+    claim_name,
+    claim_names,
+    describe_exit,
+    lease_prefix,
+    prepare_store,
+)
+
+log = logging.getLogger(__name__)
+
+#: The first restart of a crashed worker waits this long; each further crash doubles it.
+BACKOFF_FIRST: Final = 0.5
+BACKOFF_MAX: Final = 30.0
+#: A worker ready for this long is healthy again: its next crash starts the back-off over.
+STABLE_AFTER: Final = 60.0
+#: A worker that exits before it is ready this many times in a row ends the service.
+MAX_START_FAILURES: Final = 5
+#: A worker silent on its watchdog for this long is killed and replaced.
+WORKER_WATCHDOG: Final = 20.0
+#: A starting worker not ready within this long is killed and replaced (counted as a
+#: failed start): opening a big store or loading credentials takes seconds, not minutes.
+WORKER_START_TIMEOUT: Final = 120.0
+#: How long the supervisor waits for every worker to answer a reload.
+RELOAD_TIMEOUT: Final = 60.0
+#: A stopping worker gets ``drain_seconds`` plus this before it is killed.
+STOP_GRACE: Final = 10.0
+#: How often the supervisor looks at its workers' watchdogs.
+TICK: Final = 1.0
+
+
+@attrs.define
+class Worker:
+    """One worker slot: the process in it now and what it has said."""
+
+    index: int
+    process: trio.Process | None = None
+    pid: int = 0
+    ready: bool = False
+    ready_at: float = 0.0
+    start_failures: int = 0
+    crashes: int = 0
+    restarts: int = 0
+    status: str = ""
+    metrics_url: str | None = None
+    reloading: bool = False
+    last_ping: float = 0.0
+    #: Lease owner prefixes of the predecessors its next start must release.
+    release: list[str] = attrs.Factory(list)
+
+
+class Supervisor:
+    """Runs ``config.server.workers`` workers; :meth:`run` returns the exit status."""
+
+    def __init__(self, config: Config, *, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.notifier = notifier or Notifier.from_environment()
+        self.workers = [Worker(index) for index in range(config.server.workers)]
+        self.port = config.server.port
+        self.urls: list[str] = []
+        self.serving = False
+        self.stopping = False
+        self.exit_status = 0
+        self._stop = trio.Event()
+        self._changed = trio.Event()
+        self._inbox: Inbox | None = None
+        self._shared_dir: str | None = None
+        self._metrics: MergedMetrics | None = None
+        #: Held while running (:func:`~pushd.workers.claim_name`); closed on exit.
+        self._claims: list[socket.socket] = []
+
+    # --- state ------------------------------------------------------------------------
+
+    def _poke(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def status_line(self) -> str:
+        ready = sum(1 for worker in self.workers if worker.ready)
+        first = next((w.status for w in self.workers if w.ready and w.status), "")
+        return f"{ready}/{len(self.workers)} workers ready" + (f"; {first}" if first else "")
+
+    def views(self) -> list[WorkerView]:
+        return [WorkerView(w.index, w.metrics_url, w.restarts) for w in self.workers]
+
+    def stop(self, status: int = 0) -> None:
+        """Drain every worker and exit with ``status`` (the worst asked for)."""
+        self.exit_status = max(self.exit_status, status)
+        if self.stopping:
+            return
+        self.stopping = True
+        self.notifier.stopping()
+        for worker in self.workers:
+            if worker.process is not None and worker.process.returncode is None:
+                worker.process.send_signal(signal.SIGTERM)
+        self._stop.set()
+        self._poke()
+
+    # --- running ----------------------------------------------------------------------
+
+    async def run(self) -> int:
+        claims: list[socket.socket] = []
+        for name in claim_names(self.config):
+            claim = claim_name(name)
+            if claim is None:
+                log.error("another pushd supervisor has %s already: stopping", name)
+                for held in claims:
+                    held.close()
+                return 1
+            claims.append(claim)
+        try:
+            reserved = bind_reuse_port(self.config.server.listen, self.config.server.port)
+        except ListenError as error:
+            log.error("%s", error)
+            return 1
+        finally:
+            self._claims = claims
+        self.port = reserved[0].getsockname()[1]
+        try:
+            released = await prepare_store(self.config)
+        except PrepareError as error:
+            log.error("%s", error)
+            return 1
+        if released:
+            log.info("spool: %d deliveries in flight before a restart go again now", released)
+        pid_file = PidFile(self.config.server.pid_file)
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        try:
+            with (
+                trio.open_signal_receiver(*signals) as received,
+                tempfile.TemporaryDirectory(
+                    prefix="pushd-workers-", dir=os.environ.get("RUNTIME_DIRECTORY") or None
+                ) as directory,
+            ):
+                self._inbox = Inbox(Path(directory) / "notify")
+                self._shared_dir = directory
+                create_tables(Path(directory))
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._signals, received)
+                    nursery.start_soon(self._listen_inbox)
+                    if not await self._start_metrics(nursery):
+                        nursery.cancel_scope.cancel()
+                        return 1
+                    for worker in self.workers:
+                        nursery.start_soon(self._keep, worker)
+                    if await self._wait_all_ready():
+                        self.serving = True
+                        pid_file.write()
+                        self.notifier.ready(self.status_line())
+                        self._log_ready()
+                        nursery.start_soon(self.notifier.run, self.status_line)
+                        nursery.start_soon(self._watchdogs)
+                    await self._stop.wait()
+                    await self._all_exited()
+                    nursery.cancel_scope.cancel()
+        finally:
+            pid_file.remove()
+            self.notifier.close()
+            if self._inbox is not None:
+                self._inbox.close()
+            for sock in [*reserved, *self._claims]:
+                sock.close()
+        return self.exit_status
+
+    def _log_ready(self) -> None:
+        scheme = "https" if self.config.server.tls_cert else "http"
+        host = self.config.server.listen
+        shown = f"[{host}]" if ":" in host else host
+        pids = ", ".join(str(w.pid) for w in self.workers)
+        log.info(
+            "pushd %s listening on %s://%s:%d with %d workers (pids %s) and %d app(s)",
+            __version__, scheme, shown, self.port, len(self.workers), pids,
+            len(self.config.apps),
+        )  # fmt: skip
+
+    async def _start_metrics(self, nursery: trio.Nursery) -> bool:
+        if not self.config.metrics.enabled:
+            return True
+        metrics = MergedMetrics(self.config, self.views)
+        self._metrics = metrics
+        try:
+            urls: list[str] = await nursery.start(metrics.run)
+        except (ListenError, BaseExceptionGroup) as error:  # a busy port, maybe in a group
+            found: BaseException = error
+            while isinstance(found, BaseExceptionGroup) and len(found.exceptions) == 1:
+                found = found.exceptions[0]
+            if not isinstance(found, ListenError):
+                raise
+            log.error("metrics: %s", found)
+            return False
+        log.info("metrics of every worker, merged, on %s", ", ".join(urls))
+        return True
+
+    async def _wait_all_ready(self) -> bool:
+        while not self.stopping:
+            if all(worker.ready for worker in self.workers):
+                return True
+            await self._changed.wait()
+        return False
+
+    async def _all_exited(self) -> None:
+        grace = self.config.server.drain_seconds + STOP_GRACE
+        with trio.move_on_after(grace):
+            while any(w.process is not None for w in self.workers):
+                await self._changed.wait()
+        for worker in self.workers:
+            if worker.process is not None and worker.process.returncode is None:
+                log.error("worker %d (pid %d) did not drain in time: killing it",
+                          worker.index, worker.pid)  # fmt: skip
+                worker.process.kill()
+        with trio.move_on_after(STOP_GRACE):
+            while any(w.process is not None for w in self.workers):
+                await self._changed.wait()
+
+    def _argv(self) -> list[str]:
+        source = self.config.source
+        assert source is not None  # a supervisor runs from a config file
+        return [sys.executable, "-m", "pushd", "serve", "--config", str(source)]
+
+    def _environment(self, worker: Worker) -> dict[str, str]:
+        assert self._inbox is not None
+        environ = {
+            key: value
+            for key, value in os.environ.items()
+            if key not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "MAINPID")
+        }
+        role = WorkerRole(worker.index, self.port, tuple(worker.release), self._shared_dir)
+        environ.update(role.environment())
+        environ["NOTIFY_SOCKET"] = str(self._inbox.path)
+        environ["WATCHDOG_USEC"] = str(int(WORKER_WATCHDOG * 1e6))
+        return environ
+
+    async def _keep(self, worker: Worker) -> None:
+        """Run the worker in its slot until the supervisor stops; restart it when it dies."""
+        while not self.stopping:
+            process = await trio.lowlevel.open_process(self._argv(), env=self._environment(worker))
+            worker.process, worker.pid, worker.ready = process, process.pid, False
+            worker.last_ping = trio.current_time()
+            log.info("worker %d started (pid %d)", worker.index, process.pid)
+            code = await process.wait()
+            was_ready, ready_for = worker.ready, trio.current_time() - worker.ready_at
+            worker.process, worker.ready, worker.metrics_url = None, False, None
+            worker.reloading = False
+            self._poke()
+            if self.stopping:
+                log.info("worker %d (pid %d) %s", worker.index, worker.pid, describe_exit(code))
+                return
+            worker.release = [lease_prefix(worker.pid)]
+            if not self.serving:
+                log.error("worker %d (pid %d) %s before pushd was ready: stopping",
+                          worker.index, worker.pid, describe_exit(code))  # fmt: skip
+                self.stop(1)
+                return
+            if not was_ready:
+                worker.start_failures += 1
+                if worker.start_failures >= MAX_START_FAILURES:
+                    log.error(
+                        "worker %d failed to start %d times in a row (last: pid %d %s): "
+                        "stopping pushd",
+                        worker.index, worker.start_failures, worker.pid, describe_exit(code),
+                    )  # fmt: skip
+                    self.stop(1)
+                    return
+            if was_ready and ready_for >= STABLE_AFTER:
+                worker.crashes = 0
+            worker.crashes += 1
+            delay = min(BACKOFF_MAX, BACKOFF_FIRST * math.pow(2, worker.crashes - 1))
+            log.warning("worker %d (pid %d) %s; starting a new one in %.1f s",
+                        worker.index, worker.pid, describe_exit(code), delay)  # fmt: skip
+            with trio.move_on_after(delay):
+                await self._stop.wait()
+            worker.restarts += 1
+
+    async def _signals(self, received: AsyncIterator[int]) -> None:
+        async for signum in received:
+            if signum == signal.SIGHUP:
+                if self.serving and not self.stopping:
+                    await self._reload()
+                continue
+            log.info("received %s: draining every worker", signal.Signals(signum).name)
+            self.stop(0)
+
+    async def _reload(self) -> None:
+        """Forward SIGHUP; systemd hears READY again once every worker has reloaded."""
+        log.info("received SIGHUP: every worker reloads %s", self.config.source)
+        self.notifier.reloading()
+        await self._reload_own()
+        for worker in self.workers:
+            if worker.process is not None and worker.ready:
+                worker.reloading = True
+                worker.process.send_signal(signal.SIGHUP)
+        with trio.move_on_after(RELOAD_TIMEOUT):
+            while any(worker.reloading for worker in self.workers) and not self.stopping:
+                await self._changed.wait()
+        late = [str(w.index) for w in self.workers if w.reloading]
+        if late:
+            log.warning("reload: worker(s) %s did not answer within %g s", ", ".join(late),
+                        RELOAD_TIMEOUT)  # fmt: skip
+        self.notifier.ready(self.status_line())
+
+    async def _reload_own(self) -> None:
+        """What the supervisor itself reads of the config: the metrics token (the
+        workers' listeners ask for the new one once they have reloaded)."""
+        source = self.config.source
+        if source is None or self._metrics is None:
+            return
+        try:
+            new = await trio.to_thread.run_sync(load_checked, source)
+        except ConfigError:
+            return  # each worker logs the problems and keeps its config
+        self._metrics.token = read_admin_token(new.metrics.bearer_token_file)
+
+    async def _listen_inbox(self) -> None:
+        assert self._inbox is not None
+        while True:
+            fields = await self._inbox.receive()
+            index = fields.get(WORKER_ENV, "")
+            if not index.isdigit() or int(index) >= len(self.workers):
+                continue
+            self._heard(self.workers[int(index)], fields)
+            self._poke()
+
+    def _heard(self, worker: Worker, fields: dict[str, str]) -> None:
+        worker.last_ping = trio.current_time()
+        if "STATUS" in fields:
+            worker.status = fields["STATUS"]
+        if METRICS_FIELD in fields:
+            worker.metrics_url = fields[METRICS_FIELD]
+        if fields.get("READY") == "1":
+            if not worker.ready:
+                worker.ready, worker.ready_at = True, trio.current_time()
+                worker.start_failures, worker.release = 0, []
+                if self.serving:
+                    log.info("worker %d (pid %d) is ready", worker.index, worker.pid)
+            worker.reloading = False
+
+    async def _watchdogs(self) -> None:
+        while True:
+            await trio.sleep(TICK)
+            now = trio.current_time()
+            for worker in self.workers:
+                process = worker.process
+                if process is None or process.returncode is not None:
+                    continue
+                limit = WORKER_WATCHDOG if worker.ready else WORKER_START_TIMEOUT
+                if now - worker.last_ping > limit and not self.stopping:
+                    log.error("worker %d (pid %d) sent no watchdog ping for %g s: killing it",
+                              worker.index, worker.pid, limit)  # fmt: skip
+                    process.kill()
+                    worker.last_ping = now

@@ -1,0 +1,181 @@
+"""``[server] workers = N``: what a worker is told, and what is done once before any starts.
+
+A worker is an ordinary ``pushd serve`` started by the supervisor
+(:mod:`pushd.supervisor`) with a few environment variables (:class:`WorkerRole`).  It
+differs from a lone pushd in four ways, all because N processes now share one store
+and one port:
+
+- it binds the API port with ``SO_REUSEPORT`` (:mod:`pushd.reuseport`);
+- it treats its store as shared even when it is SQLite (``Store.shared``): rate
+  windows and Matrix dedupe keys are shared, as N instances on one PostgreSQL share
+  them in the database (on SQLite in the host's memory instead, which is 2x cheaper:
+  :mod:`pushd.hostshared`), and the spool worker releases only its own leases (a lone
+  SQLite pushd releases every lease at start, which would take rows a sibling is
+  sending).
+  Claims are atomic across processes on SQLite too: every write transaction begins
+  ``IMMEDIATE``, so two workers' claims take turns on the database's write lock;
+- its metrics listener is on a loopback port of its own, which the supervisor scrapes
+  and serves merged on the configured one (:mod:`pushd.metrics.merge`);
+- it writes no pid file and speaks sd_notify to the supervisor, not to systemd.
+
+Done once, by the supervisor, before the workers start (:func:`prepare_store`): the
+schema migration (N processes migrating one file at once would race), releasing the
+leases a previous run left behind (safe only while no worker runs), and creating the
+spool's key file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Final
+
+import attrs
+import trio
+
+from pushd.config import Config
+from pushd.sdnotify import WORKER_ENV
+from pushd.spool.seal import SealError, SpoolKeys
+from pushd.store import open_store
+
+log = logging.getLogger(__name__)
+
+#: The API port every worker binds (the supervisor resolved a configured 0 to it).
+PORT_ENV: Final = "PUSHD_WORKER_PORT"
+#: Lease owners (name prefixes, comma-separated) of a dead worker, for its replacement.
+RELEASE_ENV: Final = "PUSHD_RELEASE_LEASES"
+#: The directory of the host's shared tables (:mod:`pushd.hostshared`).
+SHARED_ENV: Final = "PUSHD_SHARED_DIR"
+#: A worker's metrics listen here (a free port), for the supervisor only.
+WORKER_METRICS_HOST: Final = "127.0.0.1"
+#: The sd_notify field a worker announces its metrics URL with.
+METRICS_FIELD: Final = "PUSHD_METRICS"
+
+
+@attrs.frozen
+class WorkerRole:
+    """What the supervisor told this worker through its environment."""
+
+    index: int
+    port: int
+    release: tuple[str, ...] = ()
+    #: Where the supervisor keeps the rate windows and dedupe keys its workers share.
+    shared_dir: str | None = None
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> WorkerRole | None:
+        """The role, or None for a pushd that is not a supervisor's worker."""
+        index, port = environ.get(WORKER_ENV), environ.get(PORT_ENV)
+        if index is None or port is None or not index.isdigit() or not port.isdigit():
+            return None
+        release = tuple(p for p in environ.get(RELEASE_ENV, "").split(",") if p)
+        return cls(int(index), int(port), release, environ.get(SHARED_ENV) or None)
+
+    def environment(self) -> dict[str, str]:
+        return {
+            WORKER_ENV: str(self.index),
+            PORT_ENV: str(self.port),
+            **({RELEASE_ENV: ",".join(self.release)} if self.release else {}),
+            **({SHARED_ENV: self.shared_dir} if self.shared_dir else {}),
+        }
+
+    def apply(self, config: Config) -> Config:
+        """``config`` as this worker runs it: the port the supervisor reserved."""
+        return attrs.evolve(config, server=attrs.evolve(config.server, port=self.port))
+
+    def metrics_config(self, config: Config) -> Config:
+        """The config a worker's metrics listener binds by: a free loopback port."""
+        return attrs.evolve(
+            config, metrics=attrs.evolve(config.metrics, listen=WORKER_METRICS_HOST, port=0)
+        )
+
+
+#: How often a worker looks whether its supervisor is still there.
+ORPHAN_POLL: Final = 1.0
+
+
+async def first_of(*triggers: Callable[[], Awaitable[None]]) -> None:
+    """Return as soon as any of ``triggers`` returns."""
+    async with trio.open_nursery() as nursery:
+
+        async def one(trigger: Callable[[], Awaitable[None]]) -> None:
+            await trigger()
+            nursery.cancel_scope.cancel()
+
+        for trigger in triggers:
+            nursery.start_soon(one, trigger)
+
+
+async def orphaned() -> None:
+    """Return once this worker's supervisor is gone (SIGKILLed: it could forward
+    nothing).  Then the worker drains and exits rather than serve on unsupervised.
+    Polled, because Linux's parent-death signal follows the thread that started the
+    process, and trio starts processes from a worker thread that may exit any time."""
+    parent = os.getppid()
+    while os.getppid() == parent:  # noqa: ASYNC110 (no event for "reparented")
+        await trio.sleep(ORPHAN_POLL)
+    log.warning("the supervisor (pid %d) is gone: draining and exiting", parent)
+
+
+def lease_prefix(pid: int) -> str:
+    """The start of every spool lease owner name of process ``pid`` on this host
+    (``dispatch.instance_name``: host, pid, a random part)."""
+    return f"{socket.gethostname()}:{pid}:"
+
+
+class PrepareError(Exception):
+    """The store or the spool key cannot be prepared; the message is for the admin."""
+
+
+async def prepare_store(config: Config) -> int:
+    """Migrate the store, release leases left by a previous run (SQLite only: nobody
+    else uses the file yet), and create the spool key file if SQLite's pushd would.
+    The number of leases released.  StoreError if the store does not open."""
+    store = await open_store(config.store)
+    try:
+        try:
+            SpoolKeys.load(config.spool.key_file, create=not store.shared)
+        except (SealError, OSError) as error:
+            raise PrepareError(f"spool.key_file: {error}") from None
+        if store.shared:
+            return 0  # other instances may hold leases right now
+        return await store.spool_release(None)
+    finally:
+        await store.close()
+
+
+def claim_names(config: Config) -> list[str]:
+    """What one supervisor at a time may have: its port (``SO_REUSEPORT`` would let a
+    second one of the same user bind it and take half the connections) and its SQLite
+    file (a second would release the first one's spool leases at start)."""
+    names = []
+    if config.server.port != 0:
+        names.append(f"port {config.server.listen}:{config.server.port}")
+    if config.store.url is None:
+        names.append(f"store {os.path.realpath(config.store.path)}")
+    return names
+
+
+def claim_name(name: str) -> socket.socket | None:
+    """Hold ``name`` while this process runs: an abstract Unix socket of that name,
+    which the kernel releases when the process ends, however it ends; None if another
+    process holds it."""
+    lock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        lock.bind(f"\0pushd-supervisor {name}".encode())
+    except OSError:
+        lock.close()
+        return None
+    return lock
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
