@@ -124,14 +124,7 @@ class HttpServer:
 
         ``task_status`` gets the bound URLs (the real port when ``port`` is 0).
         """
-        try:
-            listeners = await trio.open_tcp_listeners(port, host=host)
-        except OSError as error:  # in use, a privileged port, not this machine's address
-            reason = error.strerror or str(error)
-            shown = f"[{host}]" if ":" in host else host
-            raise ListenError(
-                f"cannot listen on {shown}:{port}: {reason[:1].lower()}{reason[1:]}"
-            ) from None
+        listeners = await self.open_listeners(host, port)
         scheme = "https" if self.ssl_context else "http"
         urls = []
         for listener in listeners:
@@ -150,6 +143,18 @@ class HttpServer:
                 accepting.cancel_scope.cancel()
             await self._shut_down()
             connections.cancel_scope.cancel()
+
+    async def open_listeners(self, host: str, port: int) -> list[trio.SocketListener]:
+        """The listening sockets :meth:`serve` accepts on: the one thing a subclass changes
+        (:class:`pushd.reuseport.ReusePortHttpServer`), so serving stays in one place."""
+        try:
+            return await trio.open_tcp_listeners(port, host=host)
+        except OSError as error:  # in use, a privileged port, not this machine's address
+            reason = error.strerror or str(error)
+            shown = f"[{host}]" if ":" in host else host
+            raise ListenError(
+                f"cannot listen on {shown}:{port}: {reason[:1].lower()}{reason[1:]}"
+            ) from None
 
     async def _sweep(self) -> None:
         """Close connections that waited past their time (:attr:`Connection.expires_at`).

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Awaitable, Callable
 from typing import Final
 
 import trio
@@ -70,35 +69,13 @@ def bind_reuse_port(host: str, port: int) -> list[socket.socket]:
 class ReusePortHttpServer(HttpServer):
     """:class:`~pushd.http11.HttpServer` whose listeners set ``SO_REUSEPORT``.
 
-    Only :meth:`serve` differs (how its sockets are made); connections, timeouts and
-    the drain are the base class's.
+    Only :meth:`open_listeners` differs (how its sockets are made); connections, the
+    timeout sweeper, the drain and the start-up heap freeze are the base class's.
     """
 
-    async def serve(
-        self,
-        host: str,
-        port: int,
-        shutdown_trigger: Callable[[], Awaitable[None]],
-        *,
-        task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
+    async def open_listeners(self, host: str, port: int) -> list[trio.SocketListener]:
         listeners = []
         for sock in bind_reuse_port(host, port):
             sock.listen(BACKLOG)
             listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
-        scheme = "https" if self.ssl_context else "http"
-        urls = []
-        for listener in listeners:
-            address = listener.socket.getsockname()
-            shown = f"[{address[0]}]" if ":" in address[0] else address[0]
-            urls.append(f"{scheme}://{shown}:{address[1]}")
-        async with trio.open_nursery() as connections:
-            async with trio.open_nursery() as accepting:
-                accepting.start_soon(
-                    self._accept_all, listeners, connections, name="pushd http accept"
-                )
-                task_status.started(urls)
-                await shutdown_trigger()
-                accepting.cancel_scope.cancel()
-            await self._shut_down()
-            connections.cancel_scope.cancel()
+        return listeners
