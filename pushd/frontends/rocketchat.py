@@ -341,9 +341,9 @@ class RocketChatGateway:
         except PayloadError as error:
             raise _bad(str(error)) from None
         ref = late_ref(server.name, app.name, push.token)
-        verdict = (await self.store.late_verdicts([ref])).get(ref)
+        verdict = (await self.dispatcher.verdicts.late_verdicts([ref])).get(ref)
         if verdict is not None:
-            await self.store.forget_late_verdicts([ref])
+            await self.dispatcher.verdicts.forget([ref])
             log.info(
                 "%s: Rocket.Chat server %s: token %s was found dead after an earlier "
                 "answer (%s); told now",
@@ -358,7 +358,10 @@ class RocketChatGateway:
         )
         [report] = await self.dispatcher.deliver([delivery], deadline=self.deadline)
         status = self._status(report)
-        log.info(
+        # Debug for a push that went out (the metrics count those), info for the rest:
+        # an info line per push would be most of a busy gateway's log and CPU.
+        log.log(
+            logging.DEBUG if report.status == "delivered" else logging.INFO,
             "%s: Rocket.Chat server %s, app %s, token %s: %s (%s) -> %d",
             request.request_id,
             server.name,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, Literal, cast, get_args
 
 import attrs
 
@@ -29,6 +29,8 @@ DEFAULT_APP_VERSION: Final = 1
 GO_INT_MAX: Final = 2**63 - 1
 #: What ``strconv.Atoi`` accepts after ``-v``.
 _GO_INT_RE: Final = re.compile(r"[+-]?[0-9]+")
+#: The most bytes one character takes in UTF-8.
+UTF8_MAX_BYTES: Final = 4
 #: The separator between a platform type and its app version (``apple_rn-v2``).
 VERSION_SEPARATOR: Final = "-v"
 
@@ -61,6 +63,22 @@ INT_FIELDS: Final = ("badge", "cont_ava")
 BOOL_FIELDS: Final = ("is_crt_enabled", "is_id_loaded")
 #: ``model.PushNotificationAck`` fields, checked the same way.
 ACK_STRING_FIELDS: Final = ("id", "platform", "type", "post_id")
+
+
+def _kinds(
+    strings: tuple[str, ...], ints: tuple[str, ...], bools: tuple[str, ...]
+) -> dict[str, type]:
+    """Field name -> the Python type Go's decoder wants, built once per message kind."""
+    kinds: dict[str, type] = dict.fromkeys(strings, str)
+    kinds.update(dict.fromkeys(ints, int))
+    kinds.update(dict.fromkeys(bools, bool))
+    return kinds
+
+
+#: The typed fields of a push and of an ack: looked up per key of the body, which is
+#: cheaper than walking every known field (a push names about half of them).
+PUSH_KINDS: Final = _kinds(STRING_FIELDS, INT_FIELDS, BOOL_FIELDS)
+ACK_KINDS: Final = _kinds(ACK_STRING_FIELDS, (), ("is_id_loaded",))
 
 Status = Literal["OK", "REMOVE", "FAIL"]
 
@@ -160,30 +178,25 @@ def _load_object(body: bytes) -> dict[str, Any]:
     return value
 
 
-def _typed_fields(
-    value: dict[str, Any], strings: tuple[str, ...], ints: tuple[str, ...], bools: tuple[str, ...]
-) -> dict[str, Any]:
+def _typed_fields(value: dict[str, Any], kinds: dict[str, type]) -> dict[str, Any]:
     """The known fields of ``value``, type-checked as Go's decoder checks them.
 
-    ``null`` leaves a field at its zero value, as in Go; unknown keys are ignored.
+    ``null`` leaves a field at its zero value, as in Go; unknown keys are ignored.  The
+    body's keys are walked in their own order, as Go's decoder reads the document, so the
+    first wrong field named is the one Go would name.
     """
     fields: dict[str, Any] = {}
-    for name, kind in [
-        *((name, str) for name in strings),
-        *((name, int) for name in ints),
-        *((name, bool) for name in bools),
-    ]:
-        item = value.get(name)
-        if item is None:
+    for name, item in value.items():
+        kind = kinds.get(name)
+        if kind is None or item is None:
             continue
-        wrong = not isinstance(item, kind) or (kind is int and isinstance(item, bool))
-        if wrong or (kind is int and not -GO_INT_MAX - 1 <= item <= GO_INT_MAX):
-            raise BadRequest(
-                f"Failed to read message body: {name} must be a {kind.__name__}"
-                if wrong
-                else f"Failed to read message body: {name} is out of range"
-            )
-        fields[name] = item
+        if type(item) is kind:  # the usual case: exactly the wanted type
+            if kind is int and not -GO_INT_MAX - 1 <= cast(int, item) <= GO_INT_MAX:
+                raise BadRequest(f"Failed to read message body: {name} is out of range")
+            fields[name] = item
+            continue
+        # A subclass (only bool is an int's, and Go refuses it) or another type.
+        raise BadRequest(f"Failed to read message body: {name} must be a {kind.__name__}")
     return fields
 
 
@@ -193,6 +206,8 @@ def _cut(text: str, limit: int, cut: int) -> str:
     MPNS cuts on a byte offset and may split a character; a split character is dropped
     here instead, so the payload stays valid UTF-8.
     """
+    if len(text) * UTF8_MAX_BYTES <= limit:  # short enough whatever its characters
+        return text
     encoded = text.encode()
     if len(encoded) <= limit:
         return text
@@ -201,24 +216,23 @@ def _cut(text: str, limit: int, cut: int) -> str:
 
 def parse_push(body: bytes) -> PushNotification:
     """A ``send_push`` body, checked and truncated as MPNS does (notes §1.2, steps 1-3)."""
-    fields = _typed_fields(_load_object(body), STRING_FIELDS, INT_FIELDS, BOOL_FIELDS)
-    push = PushNotification(**fields)
-    if not push.server_id:
+    fields = _typed_fields(_load_object(body), PUSH_KINDS)
+    if not fields.get("server_id"):
         raise BadRequest("Failed because of missing server Id")
-    if not push.device_id:
+    if not fields.get("device_id"):
         raise BadRequest("Failed because of missing device Id")
-    return attrs.evolve(
-        push,
-        message=_cut(push.message, MESSAGE_MAX_BYTES, MESSAGE_CUT_BYTES),
-        channel_name=_cut(push.channel_name, CHANNEL_NAME_MAX_BYTES, CHANNEL_NAME_MAX_BYTES),
-    )
+    if "message" in fields:
+        fields["message"] = _cut(fields["message"], MESSAGE_MAX_BYTES, MESSAGE_CUT_BYTES)
+    if "channel_name" in fields:
+        fields["channel_name"] = _cut(
+            fields["channel_name"], CHANNEL_NAME_MAX_BYTES, CHANNEL_NAME_MAX_BYTES
+        )
+    return PushNotification(**fields)
 
 
 def parse_ack(body: bytes) -> PushNotificationAck:
     """An ``ack`` body; ``id``, ``platform`` and ``type`` are required (notes §1.2)."""
-    ack = PushNotificationAck(
-        **_typed_fields(_load_object(body), ACK_STRING_FIELDS, (), ("is_id_loaded",))
-    )
+    ack = PushNotificationAck(**_typed_fields(_load_object(body), ACK_KINDS))
     for name, label in (("id", "Id"), ("platform", "platform"), ("type", "type")):
         if not getattr(ack, name):
             raise BadRequest(f"Failed because of missing ack {label}")
