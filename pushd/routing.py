@@ -39,43 +39,66 @@ class Found:
         return self.route.error_reply or error_reply
 
 
+@attrs.frozen
+class _Template:
+    """A path with ``{name}`` segments: its segments, each a literal or a name (None
+    marks the literals in ``names``), and the routes by method."""
+
+    parts: tuple[str, ...]
+    names: tuple[str | None, ...]
+    methods: dict[str, Route]
+
+    @classmethod
+    def parse(cls, path: str, methods: dict[str, Route]) -> _Template:
+        parts = tuple(path.split("/"))
+        names = tuple(
+            part[1:-1] if part.startswith("{") and part.endswith("}") else None for part in parts
+        )
+        return cls(parts, names, methods)
+
+    def match(self, segments: list[str]) -> dict[str, str] | None:
+        """The ``{name}`` values if ``segments`` (of the same length) match, else None;
+        a name never matches an empty segment."""
+        params: dict[str, str] = {}
+        for part, name, segment in zip(self.parts, self.names, segments, strict=True):
+            if name is None:
+                if part != segment:
+                    return None
+            elif not segment:
+                return None
+            else:
+                params[name] = segment
+        return params
+
+
 class Router:
     """Static paths, and paths with ``{name}`` segments matching one segment each."""
 
     def __init__(self, routes: Iterable[Route], max_body_bytes: int) -> None:
         self.max_body_bytes = max_body_bytes
         self._static: dict[str, dict[str, Route]] = {}
-        self._templates: list[tuple[list[str], dict[str, Route]]] = []
+        # Templates by their number of segments, so a path is compared only with those
+        # of its own length (most routes are static; a few dozen are templates).
+        self._templates: dict[int, list[_Template]] = {}
+        by_path: dict[str, dict[str, Route]] = {}
         for route in routes:
             if "{" in route.path:
-                parts = route.path.split("/")
-                for known, methods in self._templates:
-                    if known == parts:
-                        methods[route.method] = route
-                        break
-                else:
-                    self._templates.append((parts, {route.method: route}))
+                by_path.setdefault(route.path, {})[route.method] = route
             else:
                 self._static.setdefault(route.path, {})[route.method] = route
+        for path, methods in by_path.items():
+            template = _Template.parse(path, methods)
+            self._templates.setdefault(len(template.parts), []).append(template)
 
     def _match(self, path: str) -> tuple[dict[str, Route] | None, dict[str, str]]:
         methods = self._static.get(path)
         if methods is not None:
             return methods, {}
         segments = path.split("/")
-        for parts, methods in self._templates:
-            if len(parts) != len(segments):
-                continue
-            params: dict[str, str] = {}
-            for part, segment in zip(parts, segments, strict=True):
-                if part.startswith("{") and part.endswith("}"):
-                    if not segment:
-                        break
-                    params[part[1:-1]] = segment
-                elif part != segment:
-                    break
-            else:
-                return methods, params
+        for template in self._templates.get(len(segments), ()):
+            params = template.match(segments)
+            if params is not None:
+                return template.methods, params
         return None, {}
 
     def find(self, method: str, path: str) -> Found | Reply:
