@@ -228,14 +228,21 @@ class AnswerReader(StreamTable):
                 stream = streams.get(event.stream_id)
                 if stream is not None:
                     self._headers(stream, event.headers or [])
-            elif isinstance(event, StreamEnded):
+            elif isinstance(event, (StreamEnded, StreamReset)):
+                # The stream is closed: its bytes not yet credited go to the connection.
                 sid = event.stream_id
                 if unacked is not None and sid in unacked:
                     gone_bytes += unacked.pop(sid)
                     gone_sid = sid
                 stream = streams.get(sid)
                 if stream is not None:
-                    self._answered_stream(stream)
+                    if isinstance(event, StreamEnded):
+                        self._answered_stream(stream)
+                    elif event.error_code == ErrorCodes.REFUSED_STREAM:
+                        self._release(stream, Unprocessed("stream refused"))
+                    else:
+                        code = event.error_code
+                        self._release(stream, Lost(f"stream reset by {self._peer.name}: {code!r}"))
             elif isinstance(event, DataReceived):
                 sid = event.stream_id
                 stream = streams.get(sid)
@@ -250,18 +257,6 @@ class AnswerReader(StreamTable):
                     if unacked is None:
                         unacked = {}
                     unacked[sid] = unacked.get(sid, 0) + length
-            elif isinstance(event, StreamReset):
-                sid = event.stream_id
-                if unacked is not None and sid in unacked:
-                    gone_bytes += unacked.pop(sid)
-                    gone_sid = sid
-                stream = streams.get(sid)
-                if stream is not None:
-                    code = event.error_code
-                    if code == ErrorCodes.REFUSED_STREAM:
-                        self._release(stream, Unprocessed("stream refused"))
-                    else:
-                        self._release(stream, Lost(f"stream reset by {self._peer.name}: {code!r}"))
             elif isinstance(event, RemoteSettingsChanged):
                 self._settings_changed(event)
             elif isinstance(event, WindowUpdated):
