@@ -21,7 +21,8 @@ does, and only then changes anything:
 
 A config that does not pass the checks is refused as a whole: pushd keeps the old one
 and logs each problem with its key path.  Settings that only take effect at start
-(:data:`pushd.reload_diff.RESTART_ONLY`) are logged as needing a restart and keep their old values.
+(:data:`pushd.reload_diff.RESTART_ONLY`) are logged as needing a restart and keep their
+old values.
 
 Other parts follow a reload through :attr:`Reloader.hooks` (called with the new config
 after it is in place) and :attr:`Reloader.failure_hooks` (called with the problems).
