@@ -21,7 +21,8 @@ does, and only then changes anything:
 
 A config that does not pass the checks is refused as a whole: pushd keeps the old one
 and logs each problem with its key path.  Settings that only take effect at start
-(:data:`RESTART_ONLY`) are logged as needing a restart and keep their old values.
+(:data:`pushd.reload_diff.RESTART_ONLY`) are logged as needing a restart and keep their
+old values.
 
 Other parts follow a reload through :attr:`Reloader.hooks` (called with the new config
 after it is in place) and :attr:`Reloader.failure_hooks` (called with the problems).
@@ -29,20 +30,19 @@ after it is in place) and :attr:`Reloader.failure_hooks` (called with the proble
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import trio
 
-from pushd.config import AppConfig, Config, ConfigError, load_checked
+from pushd.config import Config, ConfigError, load_checked
 from pushd.frontends.status import StatusPage
 from pushd.lanes import Lane
+from pushd.reload_diff import carry_state, fingerprint, keep_restart_only, setting
 from pushd.sdnotify import Notifier
 
 if TYPE_CHECKING:
@@ -58,128 +58,8 @@ RETIRE_GRACE: Final = 60.0
 #: How often a retiring lane is looked at to see whether it is idle.
 RETIRE_POLL: Final = 0.05
 
-#: Settings read once at start: a change is logged as needing a restart and ignored.
-RESTART_ONLY: Final = (
-    "server.listen",
-    "server.port",
-    "server.tls_cert",
-    "server.tls_key",
-    "server.trusted_proxies",
-    "server.drain_seconds",
-    "server.pid_file",
-    "server.workers",
-    "store",
-    "spool.key_file",
-    "log.format",
-    # [metrics] (where present): its listener is bound once, at start.
-    "metrics.enabled",
-    "metrics.listen",
-    "metrics.port",
-)
-
-#: The fields an app's upstream client is built from (see ``config.apns_settings`` and
-#: ``config.fcm_settings``): a change in any of them, or in the files they name, needs
-#: new connections.  Everything else about an app is read by the frontends per request.
-SENDER_FIELDS: Final = (
-    "provider",
-    "topic",
-    "environment",
-    "key_file",
-    "key_id",
-    "team_id",
-    "cert_file",
-    "cert_password_file",
-    "service_account_file",
-    "project_id",
-    "upstream_url",
-    "upstream_ca_file",
-    "connections",
-    "request_timeout",
-    "proxy",
-    "proxy_password_file",
-)
-_APP_FILES: Final = (
-    "key_file",
-    "cert_file",
-    "cert_password_file",
-    "service_account_file",
-    "upstream_ca_file",
-    "proxy_password_file",
-)
-#: Frontend attributes that hold state worth keeping across a reload.
-_CARRIED: Final = ("rate_limit", "limiter", "throttle", "dedupe", "stats", "rejected")
-
 ConfigHook = Callable[[Config], None]
 FailureHook = Callable[[list[str]], None]
-
-
-def _digest(path: str | None) -> str | None:
-    if path is None:
-        return None
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError as error:
-        return f"unreadable: {error.strerror}"
-
-
-def fingerprint(config: Config, app: AppConfig) -> tuple[Any, ...]:
-    """What an app's upstream client depends on, file contents included (reads files)."""
-    return (
-        tuple(getattr(app, field) for field in SENDER_FIELDS),
-        config.upstream,
-        tuple(_digest(getattr(app, name)) for name in _APP_FILES),
-        _digest(config.upstream.proxy_password_file),
-    )
-
-
-_ABSENT: Final = object()
-
-
-def _get(config: Config, path: str) -> Any:
-    value: Any = config
-    for part in path.split("."):
-        value = getattr(value, part, _ABSENT)
-    return value
-
-
-def _put(config: Config, path: str, value: Any) -> Config:
-    section, _, field = path.partition(".")
-    if not field:
-        return attrs.evolve(config, **{section: value})
-    changed = attrs.evolve(getattr(config, section), **{field: value})
-    return attrs.evolve(config, **{section: changed})
-
-
-def _keep_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:
-    """``new`` with :data:`RESTART_ONLY` settings put back to ``old``'s; what differed.
-
-    Keys of sections this build does not have are skipped.
-    """
-    changed = []
-    for key in RESTART_ONLY:
-        before, after = _get(old, key), _get(new, key)
-        if before is _ABSENT or before == after:
-            continue
-        changed.append(key)
-        new = _put(new, key, before)
-    return new, changed
-
-
-def _carry_state(old: Sequence[Any], new: Sequence[Any]) -> None:
-    """Give each new frontend its predecessor's counters, windows and dedupe memory
-    where their settings are the same (a changed limit starts afresh)."""
-    for before, after in zip(old, new, strict=False):
-        if type(before) is not type(after):
-            continue
-        for name in _CARRIED:
-            kept, fresh = getattr(before, name, None), getattr(after, name, None)
-            if kept is None or fresh is None or type(kept) is not type(fresh):
-                continue
-            # A rate limit or dedupe window that changed starts afresh.
-            settings = ("limit", "window")
-            if any(getattr(kept, k, None) != getattr(fresh, k, None) for k in settings):
-                continue
-            setattr(after, name, kept)
 
 
 @attrs.frozen
@@ -287,12 +167,12 @@ class Reloader:
             new = await trio.to_thread.run_sync(load_checked, source)
         except ConfigError as error:
             return [p if p.startswith(f"{source}: ") else f"{source}: {p}" for p in error.problems]
-        new, restart = _keep_restart_only(old, new)
+        new, restart = keep_restart_only(old, new)
         for key in restart:
             log.warning(
                 "reload: %s changed but needs a restart to take effect (still %r)",
                 key,
-                _get(old, key),
+                setting(old, key),
             )
         fingerprints = await trio.to_thread.run_sync(
             lambda: {app.name: fingerprint(new, app) for app in new.apps}
@@ -356,7 +236,7 @@ class Reloader:
         from pushd.server import assemble
 
         assemble(services, self.activity, self.status, self.extra_routes)
-        _carry_state(old_frontends, services.frontends)
+        carry_state(old_frontends, services.frontends)
         self.http_server.router = services.router()
         self.http_server.ssl_context = plan.tls
         logging.getLogger().setLevel(new.log.level.upper())

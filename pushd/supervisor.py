@@ -18,9 +18,9 @@ dedupe keys on SQLite (:mod:`pushd.hostshared`), live in a private directory (mo
 under ``$RUNTIME_DIRECTORY`` when systemd gives one) removed on exit.
 
 A worker that dies is logged and started again after a back-off that doubles with each
-crash (from :data:`BACKOFF_FIRST` to :data:`BACKOFF_MAX`); its replacement
-first releases the dead one's spool leases, so what it was sending goes again at once.
-A worker that stops feeding its watchdog for :data:`WORKER_WATCHDOG` seconds (a wedged
+crash (:meth:`pushd.worker_slot.Worker.crashed`); its replacement first releases the
+dead one's spool leases, so what it was sending goes again at once.  A worker that
+stops feeding its watchdog (:attr:`pushd.worker_slot.Worker.watchdog_limit`: a wedged
 event loop) is killed and replaced.  If a worker fails before the service was ever
 ready, or fails to become ready :data:`MAX_START_FAILURES` times in a row, the
 supervisor stops the others and exits 1: that is a problem for the admin, not one a
@@ -30,17 +30,14 @@ restart fixes, and systemd's ``Restart=`` policy then decides.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import signal
 import socket
-import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Final
 
-import attrs
 import trio
 
 from pushd import __version__
@@ -51,11 +48,10 @@ from pushd.metrics.merge import MergedMetrics, WorkerView
 from pushd.pidfile import PidFile
 from pushd.reuseport import bind_reuse_port
 from pushd.sdnotify import WORKER_ENV, Notifier
+from pushd.worker_slot import Worker, worker_argv, worker_environment
 from pushd.workerlink import Inbox
 from pushd.workers import (
-    METRICS_FIELD,
     PrepareError,
-    WorkerRole,
     claim_name,
     claim_names,
     describe_exit,
@@ -65,44 +61,14 @@ from pushd.workers import (
 
 log = logging.getLogger(__name__)
 
-#: The first restart of a crashed worker waits this long; each further crash doubles it.
-BACKOFF_FIRST: Final = 0.5
-BACKOFF_MAX: Final = 30.0
-#: A worker ready for this long is healthy again: its next crash starts the back-off over.
-STABLE_AFTER: Final = 60.0
 #: A worker that exits before it is ready this many times in a row ends the service.
 MAX_START_FAILURES: Final = 5
-#: A worker silent on its watchdog for this long is killed and replaced.
-WORKER_WATCHDOG: Final = 20.0
-#: A starting worker not ready within this long is killed and replaced (counted as a
-#: failed start): opening a big store or loading credentials takes seconds, not minutes.
-WORKER_START_TIMEOUT: Final = 120.0
 #: How long the supervisor waits for every worker to answer a reload.
 RELOAD_TIMEOUT: Final = 60.0
 #: A stopping worker gets ``drain_seconds`` plus this before it is killed.
 STOP_GRACE: Final = 10.0
 #: How often the supervisor looks at its workers' watchdogs.
 TICK: Final = 1.0
-
-
-@attrs.define
-class Worker:
-    """One worker slot: the process in it now and what it has said."""
-
-    index: int
-    process: trio.Process | None = None
-    pid: int = 0
-    ready: bool = False
-    ready_at: float = 0.0
-    start_failures: int = 0
-    crashes: int = 0
-    restarts: int = 0
-    status: str = ""
-    metrics_url: str | None = None
-    reloading: bool = False
-    last_ping: float = 0.0
-    #: Lease owner prefixes of the predecessors its next start must release.
-    release: list[str] = attrs.Factory(list)
 
 
 class Supervisor:
@@ -268,28 +234,12 @@ class Supervisor:
             while any(w.process is not None for w in self.workers):
                 await self._changed.wait()
 
-    def _argv(self) -> list[str]:
-        source = self.config.source
-        assert source is not None  # a supervisor runs from a config file
-        return [sys.executable, "-m", "pushd", "serve", "--config", str(source)]
-
-    def _environment(self, worker: Worker) -> dict[str, str]:
-        assert self._inbox is not None
-        environ = {
-            key: value
-            for key, value in os.environ.items()
-            if key not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "MAINPID")
-        }
-        role = WorkerRole(worker.index, self.port, tuple(worker.release), self._shared_dir)
-        environ.update(role.environment())
-        environ["NOTIFY_SOCKET"] = str(self._inbox.path)
-        environ["WATCHDOG_USEC"] = str(int(WORKER_WATCHDOG * 1e6))
-        return environ
-
     async def _keep(self, worker: Worker) -> None:
         """Run the worker in its slot until the supervisor stops; restart it when it dies."""
         while not self.stopping:
-            process = await trio.lowlevel.open_process(self._argv(), env=self._environment(worker))
+            assert self._inbox is not None
+            environ = worker_environment(worker, self.port, self._inbox.path, self._shared_dir)
+            process = await trio.lowlevel.open_process(worker_argv(self.config), env=environ)
             worker.process, worker.pid, worker.ready = process, process.pid, False
             worker.last_ping = trio.current_time()
             log.info("worker %d started (pid %d)", worker.index, process.pid)
@@ -317,10 +267,7 @@ class Supervisor:
                     )  # fmt: skip
                     self.stop(1)
                     return
-            if was_ready and ready_for >= STABLE_AFTER:
-                worker.crashes = 0
-            worker.crashes += 1
-            delay = min(BACKOFF_MAX, BACKOFF_FIRST * math.pow(2, worker.crashes - 1))
+            delay = worker.crashed(was_ready, ready_for)
             log.warning("worker %d (pid %d) %s; starting a new one in %.1f s",
                         worker.index, worker.pid, describe_exit(code), delay)  # fmt: skip
             with trio.move_on_after(delay):
@@ -377,18 +324,8 @@ class Supervisor:
             self._poke()
 
     def _heard(self, worker: Worker, fields: dict[str, str]) -> None:
-        worker.last_ping = trio.current_time()
-        if "STATUS" in fields:
-            worker.status = fields["STATUS"]
-        if METRICS_FIELD in fields:
-            worker.metrics_url = fields[METRICS_FIELD]
-        if fields.get("READY") == "1":
-            if not worker.ready:
-                worker.ready, worker.ready_at = True, trio.current_time()
-                worker.start_failures, worker.release = 0, []
-                if self.serving:
-                    log.info("worker %d (pid %d) is ready", worker.index, worker.pid)
-            worker.reloading = False
+        if worker.heard(fields) and self.serving:
+            log.info("worker %d (pid %d) is ready", worker.index, worker.pid)
 
     async def _watchdogs(self) -> None:
         while True:
@@ -398,7 +335,7 @@ class Supervisor:
                 process = worker.process
                 if process is None or process.returncode is not None:
                     continue
-                limit = WORKER_WATCHDOG if worker.ready else WORKER_START_TIMEOUT
+                limit = worker.watchdog_limit
                 if now - worker.last_ping > limit and not self.stopping:
                     log.error("worker %d (pid %d) sent no watchdog ping for %g s: killing it",
                               worker.index, worker.pid, limit)  # fmt: skip

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from pushd.model import ApnsPush, Delivered, Failed, Outcome, RetryLater, TokenDead
 from pushd.simulators.apns import ApnsSimulator, SimReply
 from pushd.upstream import h2conn as connection
-from pushd.upstream import h2pool
+from pushd.upstream import h2connect, h2pool
 from pushd.upstream.apns.client import ApnsClient
 from pushd.upstream.apns.jwt import p8_pem
 from pushd.upstream.apns.settings import ApnsSettings, CertAuth, TokenAuth
@@ -279,8 +279,8 @@ async def test_request_timeout(env: Env) -> None:
 async def test_unreachable_server_fails_fast_then_recovers(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(h2pool, "RECONNECT_BACKOFF_BASE", 0.05)
-    monkeypatch.setattr(h2pool, "RECONNECT_BACKOFF_MAX", 0.1)
+    monkeypatch.setattr(h2connect, "RECONNECT_BACKOFF_BASE", 0.05)
+    monkeypatch.setattr(h2connect, "RECONNECT_BACKOFF_MAX", 0.1)
     with trio.socket.socket() as sock:  # a port nobody listens on (yet)
         await sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -482,7 +482,7 @@ async def test_expired_provider_token_twice_in_a_batch(env: Env) -> None:
 async def test_batch_against_unreachable_port_fails_fast(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(h2pool, "RECONNECT_BACKOFF_BASE", 0.05)
+    monkeypatch.setattr(h2connect, "RECONNECT_BACKOFF_BASE", 0.05)
     with trio.socket.socket() as sock:
         await sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -25,7 +25,7 @@ from h2.connection import H2Connection
 from h2.events import DataReceived, RequestReceived, StreamEnded, WindowUpdated
 
 from pushd.model import Delivered, Outcome, RetryLater
-from pushd.upstream import h2conn
+from pushd.upstream import h2answers
 from pushd.upstream.h2batch import Batch, Reauthenticate, Report
 from pushd.upstream.h2pool import H2Pool
 from pushd.upstream.h2recv import FrameError, FrameReader, unpad, window_update
@@ -222,7 +222,7 @@ async def test_data_taken_on_the_fast_path_is_credited(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # At the real threshold (4 MiB) this would take thousands of answers.
-    monkeypatch.setattr(h2conn, "CONNECTION_ACK_AT", 10_000)
+    monkeypatch.setattr(h2answers, "CONNECTION_ACK_AT", 10_000)
     server = Server(bulky)
     reports, _, _ = await exchange(nursery, simulator_tls, ca_file, server, 30)
     assert reports == {i: Delivered(str(i)) for i in range(30)}

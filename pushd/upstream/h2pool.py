@@ -33,25 +33,18 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import random
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import trio
 
 from pushd.model import RetryLater
 from pushd.upstream.h2batch import Batch
 from pushd.upstream.h2conn import PoolConnection
+from pushd.upstream.h2connect import Connector, reconnect_delay
 from pushd.upstream.h2types import ConnectionFailed, Peer, Stream
-from pushd.upstream.proxy import Proxy, open_tunnel
+from pushd.upstream.proxy import Proxy
 
-#: TCP + TLS + first SETTINGS must complete within this many seconds.
-CONNECT_TIMEOUT = 10.0
-#: Reconnect backoff after failures: BASE * 2**(n-1), capped, times a jitter factor in
-#: [1 - JITTER, 1], so many gateways restarting together do not reconnect in step.
-RECONNECT_BACKOFF_BASE = 0.5
-RECONNECT_BACKOFF_MAX = 60.0
-RECONNECT_JITTER = 0.5
 #: While the server is unreachable, a send (which fails at once) cuts the backoff short:
 #: the next connect is at most this long after the last.  Without it a 7 s outage left
 #: the pool 8 s into its backoff when the server came back, and every send in between
@@ -94,12 +87,6 @@ def spread(conns: Sequence[PoolConnection], wanted: int) -> list[tuple[PoolConne
     return [(conns[n], take) for (_, n), take in zip(frees, takes, strict=True) if take]
 
 
-def reconnect_delay(failures: int, rng: Callable[[], float] = random.random) -> float:
-    """Seconds to wait after ``failures`` consecutive failed connects (>= 1)."""
-    delay = min(RECONNECT_BACKOFF_MAX, RECONNECT_BACKOFF_BASE * 2.0 ** min(failures - 1, 30))
-    return delay * (1 - RECONNECT_JITTER * rng())
-
-
 class H2Pool:
     """Connections to one service for one app; see the module docstring for the design.
 
@@ -128,14 +115,7 @@ class H2Pool:
         self._name = name
         #: Log prefix, ``apns[app]``.
         self._label = f"{label}[{name}]"
-        self._host = host
-        self._port = port
-        self._authority = host if port == 443 else f"{host}:{port}"
-        #: An HTTP proxy every connection tunnels through (CONNECT), or None.
-        self._proxy = proxy
-        #: Where connections go, for log lines: the proxy is named, never its password.
-        self._route = self._authority if proxy is None else f"{host}:{port} via {proxy.display}"
-        self._ssl_context = ssl_context
+        self._connector = Connector(peer, host, port, ssl_context, proxy)
         self._connections = max(1, connections)
         self._recycle_after = recycle_after_timeouts
         self._conns: list[PoolConnection] = []
@@ -156,7 +136,7 @@ class H2Pool:
     @property
     def authority(self) -> str:
         """``host[:port]``, the ``:authority`` of every request."""
-        return self._authority
+        return self._connector.authority
 
     @property
     def closed(self) -> bool:
@@ -356,7 +336,7 @@ class H2Pool:
             # else: keep trying with backoff; sends fail fast meanwhile, so no waiter
             # would ever signal demand.
             try:
-                conn = await self._connect(index)
+                conn = await self._connector.open(index, app=label, on_capacity=self._on_capacity)
             except (OSError, trio.BrokenResourceError, trio.TooSlowError, ConnectionFailed) as exc:
                 failures += 1
                 delay = reconnect_delay(failures)
@@ -367,7 +347,7 @@ class H2Pool:
                     "%s connection %d: connect to %s failed (%s: %s); retry in %.1f s%s",
                     label,
                     index,
-                    self._route,
+                    self._connector.route,
                     type(exc).__name__,
                     exc,
                     delay,
@@ -384,7 +364,7 @@ class H2Pool:
                 "%s connection %d: connected to %s, %d streams",
                 label,
                 index,
-                self._route,
+                self._connector.route,
                 conn.max_streams,
             )
             self._conns.append(conn)
@@ -419,30 +399,3 @@ class H2Pool:
         with trio.move_on_at(failed_at + delay):
             while self._wanted_at <= failed_at:
                 await self._wanted.wait()
-
-    async def _connect(self, index: int) -> PoolConnection:
-        with trio.fail_after(CONNECT_TIMEOUT):
-            if self._proxy is not None:
-                tcp = await open_tunnel(self._proxy, self._host, self._port)
-            else:
-                tcp = await trio.open_tcp_stream(self._host, self._port)
-            sock = trio.SSLStream(
-                tcp, self._ssl_context, server_hostname=self._host, https_compatible=True
-            )
-            try:
-                await sock.do_handshake()
-                if sock.selected_alpn_protocol() != "h2":
-                    raise ConnectionFailed("server did not negotiate HTTP/2 (ALPN h2)")
-                conn = PoolConnection(
-                    sock,
-                    peer=self._peer,
-                    app=self._label,
-                    index=index,
-                    on_capacity=self._on_capacity,
-                )
-                await conn.start()
-            except BaseException:
-                with trio.CancelScope(shield=True):
-                    await trio.aclose_forcefully(sock)
-                raise
-        return conn
