@@ -23,6 +23,13 @@ KEEP_ALIVE_TIMEOUT = 300.0
 KEEP_ALIVE_MAX_REQUESTS = 2**62
 #: How long a TLS handshake may take before the connection is dropped.
 HANDSHAKE_TIMEOUT = 10.0
+#: The HTTP/2 loop's flow-control windows, per stream and for the connection: 1 MiB each,
+#: what Google's front end advertises, and at least :data:`MAX_REQUEST_BODY`, so the
+#: largest body FCM takes arrives without waiting for a WINDOW_UPDATE.
+H2_STREAM_WINDOW = 1 << 20
+H2_CONNECTION_WINDOW = 1 << 20
+#: Bytes asked of the TLS stream per read by the HTTP/2 loop.
+H2_RECEIVE_SIZE = 65536
 #: After a GOAWAY, how long the connection stays open for the client to read it and hang
 #: up: closing at once could reset the connection before the GOAWAY is read.
 CLOSE_LINGER = 1.0
