@@ -16,8 +16,8 @@ ASSERTION_MAX_LIFETIME = 3600
 ASSERTION_CLOCK_SKEW = 60.0
 #: Streams per HTTP/2 connection; Google publishes no figure, 100 is the assumption.
 MAX_CONCURRENT_STREAMS = 100
-#: Idle connections are closed after this long.  hypercorn's 5 s would make a client
-#: reconnect between every burst, which FCM does not do.
+#: Idle connections are closed after this long (HTTP/2: with GOAWAY).  hypercorn's 5 s
+#: would make a client reconnect between every burst, which FCM does not do.
 KEEP_ALIVE_TIMEOUT = 300.0
 #: hypercorn closes a connection after 1000 requests by default; FCM does not.
 KEEP_ALIVE_MAX_REQUESTS = 2**62

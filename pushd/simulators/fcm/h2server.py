@@ -309,7 +309,9 @@ class H2Served:
         elif isinstance(event, h2.events.RequestReceived):
             sid = event.stream_id
             assert sid is not None
-            headers = {bytes(name).lower(): bytes(value) for name, value in event.headers or ()}
+            headers = {
+                bytes(name): bytes(value) for name, value in event.headers or ()
+            }  # h2 checked: lower case
             self.active[sid] = Request(sid, headers)
             self.last_activity = trio.current_time()
         elif isinstance(event, h2.events.StreamEnded):
