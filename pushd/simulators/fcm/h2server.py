@@ -318,8 +318,8 @@ class H2Served:
             request = self.active.get(event.stream_id or 0)
             if request is not None:
                 self.owner._h2_request(self, request)
-        elif isinstance(event, h2.events.WindowUpdated):
-            if self.unsent:
+        elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+            if self.unsent:  # a window grew: by WINDOW_UPDATE, or by INITIAL_WINDOW_SIZE
                 self._window_opened()
         elif isinstance(event, h2.events.StreamReset):
             self.unsent.pop(event.stream_id or 0, None)
