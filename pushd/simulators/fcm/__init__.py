@@ -19,15 +19,19 @@ Facts come from ``/work/shared/protocols/apns-fcm-and-peers.md`` §2 and §7; wh
 documents nothing (the text of some messages), the simulator picks something plausible
 and clients must not depend on it beyond status, ``status`` and ``errorCode``.
 
-Why hypercorn, unlike the APNs simulator: FCM's behaviour that matters to a client lives
-in requests and answers, not in connection-level SETTINGS changes, and FCM is reached over
-both HTTP/2 and HTTP/1.1, which hypercorn speaks.  Its defaults suit a web app, not an
-upstream, so :func:`hypercorn_config` raises the idle timeout and the per-connection
-request cap and advertises the 100 streams FCM is assumed to allow.  The accept loop is
-ours (hypercorn's trio ``TCPServer`` per connection) so a scripted ``"drop"`` can reset
-the very connection a request arrived on, and ``"goaway"`` can send that connection a
-GOAWAY through hypercorn's own h2 state (the one place this module reaches past
-hypercorn's public API: hypercorn has no way to close one connection gracefully).
+Two loops serve connections.  HTTP/2 over TLS (ALPN ``h2``, how pushd and every FCM
+client talk) has the simulator's own loop (``h2server``), built like the APNs simulator's:
+a reader task feeds the ``h2`` state machine and answers complete requests on the spot,
+a writer task sends whatever is queued once per wake-up, so answers ready together leave
+in one write, as Google's front end sends them.  hypercorn answered each response with
+separate HEADERS and DATA writes, one response at a time, at more CPU per send than the
+gateway under test spent, which made the simulator the bottleneck of the FCM fan-out
+benchmark.  HTTP/1.1 (and clear-text h2c, ``ssl_context=None``) stays on hypercorn: its
+defaults suit a web app, not an upstream, so :func:`hypercorn_config` raises the idle
+timeout and the per-connection request cap.  Either way the accept loop is ours, so a
+scripted ``"drop"`` can reset the very connection a request arrived on and ``"goaway"``
+can send that connection a GOAWAY (through hypercorn's own h2 state for h2c, the one
+place this package reaches past hypercorn's public API).
 
 The package, one module per concern (this module re-exports every public name):
 
@@ -36,9 +40,11 @@ The package, one module per concern (this module re-exports every public name):
 - ``oauth``: service accounts and their assertions;
 - ``validation``: a send body checked as FCM does (pure);
 - ``answers``: answers decided, and Google's error bodies;
-- ``transport``: ALPN, hypercorn's settings and the accepted connections;
+- ``transport``: ALPN, hypercorn's settings and the connections hypercorn serves;
+- ``h2server``: the HTTP/2 loop for connections that chose ``h2``;
 - ``endpoints``: the token endpoint and the send endpoint, with the per-project quota;
-- ``simulator``: :class:`FcmSimulator`, its settings, scripting, accept loop and ASGI app.
+- ``simulator``: :class:`FcmSimulator`, its settings, scripting, accept loop, what a
+  request on either loop leads to, and the ASGI app.
 """
 
 from pushd.simulators.fcm.answers import google_error_body

@@ -16,13 +16,20 @@ ASSERTION_MAX_LIFETIME = 3600
 ASSERTION_CLOCK_SKEW = 60.0
 #: Streams per HTTP/2 connection; Google publishes no figure, 100 is the assumption.
 MAX_CONCURRENT_STREAMS = 100
-#: Idle connections are closed after this long.  hypercorn's 5 s would make a client
-#: reconnect between every burst, which FCM does not do.
+#: Idle connections are closed after this long (HTTP/2: with GOAWAY).  hypercorn's 5 s
+#: would make a client reconnect between every burst, which FCM does not do.
 KEEP_ALIVE_TIMEOUT = 300.0
 #: hypercorn closes a connection after 1000 requests by default; FCM does not.
 KEEP_ALIVE_MAX_REQUESTS = 2**62
 #: How long a TLS handshake may take before the connection is dropped.
 HANDSHAKE_TIMEOUT = 10.0
+#: The HTTP/2 loop's flow-control windows, per stream and for the connection: 1 MiB each,
+#: what Google's front end advertises, and at least :data:`MAX_REQUEST_BODY`, so the
+#: largest body FCM takes arrives without waiting for a WINDOW_UPDATE.
+H2_STREAM_WINDOW = 1 << 20
+H2_CONNECTION_WINDOW = 1 << 20
+#: Bytes asked of the TLS stream per read by the HTTP/2 loop.
+H2_RECEIVE_SIZE = 65536
 #: After a GOAWAY, how long the connection stays open for the client to read it and hang
 #: up: closing at once could reset the connection before the GOAWAY is read.
 CLOSE_LINGER = 1.0

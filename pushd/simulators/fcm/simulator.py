@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import ssl
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, MutableMapping
 from typing import Any, cast
 
 import trio
@@ -14,17 +14,20 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ASGIFramework, LifespanState
 
-from pushd.simulators.fcm.answers import google_error_body, json_answer
+from pushd.simulators.fcm.answers import Answer, google_error_body, json_answer
 from pushd.simulators.fcm.constants import (
     DEFAULT_TOKEN_LIFETIME,
+    HANDSHAKE_TIMEOUT,
     MAX_REQUEST_BODY,
     SEND_PATH_RE,
     TOKEN_PATH,
 )
 from pushd.simulators.fcm.endpoints import Bucket, Endpoints
+from pushd.simulators.fcm.h2server import H2Served, Request
 from pushd.simulators.fcm.oauth import Account, Grant
 from pushd.simulators.fcm.transport import (
     Connection,
+    Served,
     hypercorn_config,
     peer_key,
 )
@@ -104,7 +107,7 @@ class FcmSimulator(Endpoints):
         self._replies = ReplyScript[FcmReply](SUCCESS)
         self._token_scripts: collections.deque[FcmReply] = collections.deque()
         self._quotas: dict[str, Bucket] = {}
-        self._connections: dict[tuple[str, int], Connection] = {}
+        self._connections: dict[tuple[str, int], Served] = {}
         self._last_message_us = 0
         self._project_suffix: dict[str, str] = {}
 
@@ -206,28 +209,129 @@ class FcmSimulator(Endpoints):
 
         async def handle(stream: trio.abc.Stream) -> None:
             key = peer_key(stream)
-            conn = Connection(stream)
-            if key is not None:
-                self._connections[key] = conn
             self.connections_opened += 1
             try:
-                with conn.scope:
-                    conn.server = TCPServer(app, config, context, state, cast(Any, stream))
-                    await conn.server.run()
+                if isinstance(stream, trio.SSLStream):
+                    try:
+                        with trio.fail_after(HANDSHAKE_TIMEOUT):
+                            await stream.do_handshake()
+                    except (trio.BrokenResourceError, trio.TooSlowError):
+                        return
+                    if stream.selected_alpn_protocol() == "h2":
+                        served = H2Served(self, stream)
+                        await self._track(key, served, served.serve())
+                        return
+                conn = Connection(stream)
+
+                async def run_hypercorn() -> None:
+                    with conn.scope:
+                        conn.server = TCPServer(app, config, context, state, cast(Any, stream))
+                        await conn.server.run()
+
+                await self._track(key, conn, run_hypercorn())
             finally:
-                if key is not None and self._connections.get(key) is conn:
-                    del self._connections[key]
                 await trio.aclose_forcefully(stream)
 
         async with trio.open_nursery() as nursery:
             await nursery.start(trio.serve_listeners, handle, listeners)
             task_status.started(self.port)
 
-    async def _goaway(self, conn: Connection, reason: str) -> None:
+    async def _track(
+        self, key: tuple[str, int] | None, conn: Served, serving: Coroutine[Any, Any, None]
+    ) -> None:
+        """Await ``serving`` with ``conn`` findable by its peer's address meanwhile."""
+        if key is not None:
+            self._connections[key] = conn
+        try:
+            await serving
+        finally:
+            if key is not None and self._connections.get(key) is conn:
+                del self._connections[key]
+
+    def _note_goaway(self, conn: Served, reason: str) -> None:
         if not conn.closing:
             self.goaways_sent += 1
             self._log(f"GOAWAY {reason}")
+
+    async def _goaway(self, conn: Served, reason: str) -> None:
+        self._note_goaway(conn, reason)
         await conn.goaway(reason)
+
+    # -- requests, whichever loop serves them --
+
+    def _goaway_due(self, conn: Served | None) -> bool:
+        """Count a request against ``goaway_after``; true if it is one too many."""
+        if conn is None or self.goaway_after is None:
+            return False
+        conn.taken += 1
+        return conn.taken > self.goaway_after
+
+    def _decide(
+        self, method: str, path: str, headers: Mapping[bytes, bytes], body: bytes
+    ) -> Answer:
+        """The answer of either endpoint, or 404 for any other path."""
+        if path == TOKEN_PATH:
+            return self._token_request(method, headers, body)
+        match = SEND_PATH_RE.fullmatch(path)
+        if match is None or method != "POST":
+            return json_answer(
+                404,
+                google_error_body(
+                    404, "NOT_FOUND", f"The requested URL {path} was not found on this server."
+                ),
+            )
+        return self._send_request(match.group(1), headers, body)
+
+    def _delay(self, answer: Answer, path: str) -> float:
+        return answer.reply.delay + (self.answer_delay if path != TOKEN_PATH else 0.0)
+
+    async def _carry_out(self, conn: Served | None, answer: Answer, delay: float) -> bool:
+        """Wait ``delay``, then drop or GOAWAY if scripted; true if the answer goes out
+        (it is recorded then)."""
+        if delay > 0:
+            await trio.sleep(delay)
+        reply = answer.reply
+        if reply.action == "drop":
+            if conn is not None:
+                self.connections_dropped += 1
+                self._log("connection dropped (scripted)")
+                conn.drop()
+                await trio.sleep_forever()
+            return False  # hypercorn answers 500 if the connection cannot be found
+        if reply.action == "goaway":
+            if conn is not None:
+                await self._goaway(conn, reply.message or "Shutdown")
+            return False
+        return self._release(conn, answer)
+
+    def _release(self, conn: Served | None, answer: Answer) -> bool:
+        """Whether an answer goes out; records it if so."""
+        if conn is not None and conn.closing:
+            return False  # after our GOAWAY this stream is not answered, so not recorded
+        if answer.received is not None:
+            self._record(answer.received)
+        return True
+
+    def _h2_request(self, conn: H2Served, request: Request) -> None:
+        """A complete request on the HTTP/2 loop: answered at once unless it waits or
+        has a scripted action, which then runs as a task of its own."""
+        self.http_versions["2"] += 1
+        if self._goaway_due(conn):
+            self._note_goaway(conn, "Shutdown")
+            conn.start_goaway("Shutdown")  # now, so no later stream is answered first
+            return
+        answer = self._decide(request.method, request.path, request.headers, request.body)
+        delay = self._delay(answer, request.path)
+        if delay <= 0 and answer.reply.action == "reply":
+            if self._release(conn, answer):
+                conn.respond(request, answer)
+            return
+
+        async def answer_later() -> None:
+            if await self._carry_out(conn, answer, delay):
+                conn.respond(request, answer)
+
+        conn.start_soon(request, answer_later)
 
     # -- ASGI --
 
@@ -238,50 +342,18 @@ class FcmSimulator(Endpoints):
         self.http_versions[scope.get("http_version", "?")] += 1
         client = scope.get("client")
         conn = self._connections.get((str(client[0]), int(client[1]))) if client else None
-        if conn is not None and self.goaway_after is not None:
-            conn.taken += 1
-            if conn.taken > self.goaway_after:
-                await self._goaway(conn, "Shutdown")
-                return
+        if conn is not None and self._goaway_due(conn):
+            await self._goaway(conn, "Shutdown")
+            return
         try:
             body = await _read_body(receive)
         except _Disconnected:
             return
         path: str = scope["path"]
-        method: str = scope["method"]
         headers: dict[bytes, bytes] = {bytes(k).lower(): bytes(v) for k, v in scope["headers"]}
-        if path == TOKEN_PATH:
-            answer = self._token_request(method, headers, body)
-        else:
-            match = SEND_PATH_RE.fullmatch(path)
-            if match is None or method != "POST":
-                answer = json_answer(
-                    404,
-                    google_error_body(
-                        404, "NOT_FOUND", f"The requested URL {path} was not found on this server."
-                    ),
-                )
-            else:
-                answer = self._send_request(match.group(1), headers, body)
-        reply = answer.reply
-        delay = reply.delay + (self.answer_delay if path != TOKEN_PATH else 0.0)
-        if delay > 0:
-            await trio.sleep(delay)
-        if reply.action == "drop":
-            if conn is not None:
-                self.connections_dropped += 1
-                self._log("connection dropped (scripted)")
-                conn.drop()
-                await trio.sleep_forever()
-            return  # hypercorn answers 500 if the connection cannot be found
-        if reply.action == "goaway":
-            if conn is not None:
-                await self._goaway(conn, reply.message or "Shutdown")
+        answer = self._decide(scope["method"], path, headers, body)
+        if not await self._carry_out(conn, answer, self._delay(answer, path)):
             return
-        if conn is not None and conn.closing:
-            return  # after our GOAWAY this stream is not answered, so not recorded
-        if answer.received is not None:
-            self._record(answer.received)
         await send(
             {
                 "type": "http.response.start",

@@ -1,10 +1,14 @@
 """TLS and hypercorn: ALPN, hypercorn's settings for an upstream look-alike, and the
-accepted connections a scripted ``drop`` or ``goaway`` ends."""
+accepted connections a scripted ``drop`` or ``goaway`` ends.
+
+hypercorn serves HTTP/1.1 (and clear-text h2c); HTTP/2 over TLS has the simulator's own
+loop (:mod:`pushd.simulators.fcm.h2server`)."""
 
 from __future__ import annotations
 
 import logging
 import ssl
+from typing import Protocol
 
 import h2.exceptions
 import trio
@@ -49,8 +53,24 @@ def hypercorn_config() -> HypercornConfig:
     return config
 
 
+class Served(Protocol):
+    """What a scripted ``drop`` or ``goaway`` needs of a connection, whichever loop
+    serves it: hypercorn's (:class:`Connection`) or the simulator's own HTTP/2 loop
+    (:class:`~pushd.simulators.fcm.h2server.H2Served`)."""
+
+    #: Set once GOAWAY went out: no more answers are recorded on it.
+    closing: bool
+    dropped: bool
+    #: Requests taken on this connection (for ``goaway_after``).
+    taken: int
+
+    async def goaway(self, reason: str) -> None: ...
+
+    def drop(self) -> None: ...
+
+
 class Connection:
-    """One accepted connection, so a scripted ``drop`` or ``goaway`` can end it."""
+    """One connection hypercorn serves, so a scripted ``drop`` or ``goaway`` can end it."""
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
