@@ -185,6 +185,7 @@ def drive(
         f"--requests={scenario.requests}",
         f"--warmup={scenario.warmup}",
         f"--max-seconds={scenario.max_seconds}",
+        *([f"--rate={scenario.rate}"] if scenario.rate is not None else []),
         *(f"--watch={role}={pid}" for role, pid in pids.items()),
     ]
     limit = scenario.max_seconds * 2 + START_TIMEOUT
