@@ -49,10 +49,16 @@ def print_latency(rows: Sequence[Row]) -> None:
         f"  {'rnd':<3} {'scenario':<{LABEL_WIDTH}} {'load':>6} {'offered':>7} {'got/s':>7}"
         f" {'late':>5} {'p50':>6} {'p90':>6} {'p99':>6} {'p99.9':>6} {'max':>6}"
         f" {'CPU-ms/n':>8} {'server':>6} {'apnsim':>6} {'driver':>6} {'other':>6}"
+        f" {'rq srv':>6} {'rq drv':>6}"
     )
     for row in rows:
         loop = row.open_loop
-        served = row.cores[FLOOR if row.scenario.server == FLOOR else PUSHD]
+        server = FLOOR if row.scenario.server == FLOOR else PUSHD
+        served = row.cores[server]
+        wait = " ".join(
+            f"{'-' if row.run_queue.get(role) is None else f'{row.run_queue[role]:.0%}':>6}"
+            for role in (server, DRIVER)
+        )
         if loop is None:
             rates = f"{'-':>7} {row.per_second:>7,.0f} {'-':>5}"
             tail = f"{row.p50_ms:>6.1f} {'-':>6} {row.p99_ms:>6.1f} {'-':>6} {'-':>6}"
@@ -66,12 +72,16 @@ def print_latency(rows: Sequence[Row]) -> None:
             f"  r{row.round:<2} {LABELS[row.scenario.mode]:<{LABEL_WIDTH}} {load_label(row):>6}"
             f" {rates} {tail} {row.pushd_cpu_ms:>8.3f} {served:>6.0%}"
             f" {row.cores[APNS_SIM]:>6.0%} {row.cores[DRIVER]:>6.0%} {row.cores[OTHER]:>6.0%}"
+            f" {wait}"
         )
     print(
         "  load: closed = closed loop (the capacity, its latency is the driver's own queue),"
         " else the share of that\n  round's capacity offered; offered, got/s: requests/s"
         " offered and answered; late: requests that left > 1 ms\n  after their due time;"
-        " latencies in ms; server/apnsim/driver/other: share of one core in the window."
+        " latencies in ms; server/apnsim/driver/other: share of one core in the window;\n"
+        "  rq srv, rq drv: share of the window the server's (pushd's or the floor's) and the"
+        " driver's threads were\n  runnable but waited for a CPU (/proc/<pid>/task/*/schedstat):"
+        " the machine's share of the latency."
     )
     print()
     print_latency_rounds(rows)

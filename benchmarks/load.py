@@ -42,6 +42,7 @@ import secrets
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -56,6 +57,7 @@ from load_bodies import (
     zulip_notify_body,
 )
 from load_modes import MODES, ZULIP_SUCCESS, Mode, ResponseError, build_requests, check
+from load_stats import PERCENTILES, percentile, run_queue_waits, write_trace
 
 #: What other benchmarks import from the driver (the runner its modes, zulip_fanout.py
 #: the code that builds and checks a Zulip notify), wherever it is defined now.
@@ -78,8 +80,6 @@ RECEIVE_BYTES = 65536
 #: An open-loop request that leaves this long after its due time counts as late: every
 #: connection was busy, or the driver itself was slow to wake (both count in latency).
 LATE_SECONDS = 0.001
-#: The percentiles an open-loop report gives, by key.
-PERCENTILES = {"p50_ms": 0.50, "p90_ms": 0.90, "p99_ms": 0.99, "p999_ms": 0.999}
 HEADER_END = b"\r\n\r\n"
 CONTENT_LENGTH = b"\r\ncontent-length:"
 CONNECTION_CLOSE = b"\r\nconnection: close"
@@ -173,6 +173,8 @@ class Run:
     worst_late: float = 0.0
     #: Open loop: trio's clock when the last answer came (the achieved rate's window).
     last_answer: float = 0.0
+    #: With ``--trace``: (due time on trio's clock, latency, lateness) of every request.
+    trace: list[tuple[float, float, float]] | None = None
 
     def next_request(self) -> bytes:
         """The next request to send; a Matrix one with an event id no other has."""
@@ -262,15 +264,11 @@ async def send_due(run: Run, connection: Connection) -> bool:
         run.late += 1
     run.worst_late = max(run.worst_late, lateness)
     alive = await send_one(run, connection, due, trio.current_time)
-    run.last_answer = max(run.last_answer, trio.current_time())
+    answered = trio.current_time()
+    run.last_answer = max(run.last_answer, answered)
+    if run.trace is not None:
+        run.trace.append((due, answered - due, lateness))
     return alive
-
-
-def percentile(sorted_values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile of already sorted values (0.0 if there are none)."""
-    if not sorted_values:
-        return 0.0
-    return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -292,14 +290,19 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 nursery.start_soon(worker, run, args.port, args.warmup, args.concurrency)
             await run.all_warm.wait()
             before = CpuSnapshot.take(watched)
+            waits = run_queue_waits(watched)
             started = time.monotonic()
             run.deadline = started + args.max_seconds
             if args.rate:
                 run.interval = 1 / args.rate
                 run.start = run.last_answer = trio.current_time()
+                wall_start = time.time()
+                if args.trace:
+                    run.trace = []
             run.go.set()
         elapsed = time.monotonic() - started
         cpu = CpuSnapshot.take(watched).since(before)
+        waited = {role: s - waits[role] for role, s in run_queue_waits(watched).items()}
     latencies = sorted(run.latencies)
     done = len(latencies)
     open_loop: dict[str, Any] = {}
@@ -314,6 +317,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             "p90_ms": percentile(latencies, PERCENTILES["p90_ms"]) * 1000,
             "p999_ms": percentile(latencies, PERCENTILES["p999_ms"]) * 1000,
         }
+        if run.trace is not None:
+            shift = wall_start - run.start
+            write_trace(args.trace, ((due + shift, lat, late) for due, lat, late in run.trace))
     return open_loop | {
         "mode": args.mode,
         "concurrency": args.concurrency,
@@ -330,6 +336,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "p50_ms": percentile(latencies, 0.50) * 1000,
         "p99_ms": percentile(latencies, 0.99) * 1000,
         "cpu_seconds": cpu,
+        # Seconds each watched process's threads were runnable but waited for a CPU.
+        "run_queue_seconds": waited,
         "driver": placement(os.getpid()),
     }
 
@@ -353,6 +361,9 @@ def main() -> int:
         "--rate",
         type=float,
         help="open loop: requests per second, evenly spaced (default: closed loop)",
+    )
+    parser.add_argument(
+        "--trace", type=Path, help="open loop: write each request's due time and latency here"
     )
     parser.add_argument(
         "--watch", action="append", default=[], metavar="ROLE=PID", help="report this CPU too"

@@ -143,6 +143,8 @@ class Row:
     #: the floor rows before and after it); None until the round's floor is measured.
     floor_cpu_ms: float | None = None
     open_loop: OpenLoop | None = None
+    #: Share of the window each watched process was runnable but waiting for a CPU.
+    run_queue: dict[str, float] = attrs.Factory(dict)
 
     @property
     def contended(self) -> bool:
@@ -187,6 +189,10 @@ class Row:
             driver=report["driver"],
             round=round,
             open_loop=OpenLoop.from_report(report),
+            run_queue={
+                role: seconds / elapsed
+                for role, seconds in report.get("run_queue_seconds", {}).items()
+            },
         )
 
 
