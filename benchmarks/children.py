@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import selectors
 import subprocess
 import sys
@@ -164,6 +165,21 @@ def check_apns_count(log_path: Path, sent: int) -> str:
     return f"the APNs simulator answered {sent:,} notifications, all 200, as the drivers sent"
 
 
+#: When set, every open-loop driver run writes its requests' trace (``load.py --trace``)
+#: into this directory, one file a run, for ``tail_causes.py``.
+TRACE_DIR_ENV = "PUSHD_BENCH_TRACE_DIR"
+
+
+def trace_argument(scenario: Scenario) -> list[str]:
+    """``--trace=<dir>/<mode>-<load %>-<n>.trace`` for an open-loop run, if asked for."""
+    directory = os.environ.get(TRACE_DIR_ENV)
+    if not directory or scenario.load_fraction is None:
+        return []
+    stem = f"{scenario.mode}-{scenario.load_fraction * 100:.0f}"
+    number = sum(1 for _ in Path(directory).glob(f"{stem}-*.trace")) + 1
+    return [f"--trace={Path(directory) / f'{stem}-{number}.trace'}"]
+
+
 def drive(
     scenario: Scenario, port: int, population: Population, pids: dict[str, int]
 ) -> dict[str, Any]:
@@ -185,6 +201,8 @@ def drive(
         f"--requests={scenario.requests}",
         f"--warmup={scenario.warmup}",
         f"--max-seconds={scenario.max_seconds}",
+        *([f"--rate={scenario.rate}"] if scenario.rate is not None else []),
+        *trace_argument(scenario),
         *(f"--watch={role}={pid}" for role, pid in pids.items()),
     ]
     limit = scenario.max_seconds * 2 + START_TIMEOUT

@@ -1,4 +1,4 @@
-"""The load driver: closed-loop HTTP/1.1 keep-alive requests from hand-written bytes.
+"""The load driver: closed- or open-loop HTTP/1.1 keep-alive requests from hand-written bytes.
 
 It shares two cores with pushd and the simulator, so it has to be cheap per request:
 no HTTP client library, one trio task and one TCP connection per concurrent request,
@@ -17,6 +17,17 @@ last worker finishes; CPU seconds of the processes given with ``--watch ROLE=PID
 (pushd, the simulator) and of the driver itself are read from /proc at both ends, so
 each one's CPU is known for exactly the window that produced the latencies.
 
+Closed loop (the default): each connection sends its next request the moment the answer
+to the previous one arrives, so the run finds the capacity; its latencies are mostly the
+queue the driver itself builds at saturation (Little's law: mean = concurrency / rate).
+Open loop (``--rate N``): request *k* is due at ``start + k / N``, evenly spaced; the
+first free connection takes the next due request and sends it at its time, so there are
+never more requests in flight than connections.  Latency runs from the request's *due*
+time, not from when it left: when every connection is busy the wait counts (no
+coordinated omission), and the requests that left more than ``LATE_SECONDS`` after
+their time are counted as late.  That is latency at an offered load, as production
+gateways are judged.
+
 Prints one JSON object on stdout.  Bounded: a fixed number of requests, cut short after
 ``--max-seconds``, and every request must finish within ``REQUEST_TIMEOUT``.
 """
@@ -30,6 +41,8 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -44,6 +57,7 @@ from load_bodies import (
     zulip_notify_body,
 )
 from load_modes import MODES, ZULIP_SUCCESS, Mode, ResponseError, build_requests, check
+from load_stats import PERCENTILES, percentile, run_queue_waits, write_trace
 
 #: What other benchmarks import from the driver (the runner its modes, zulip_fanout.py
 #: the code that builds and checks a Zulip notify), wherever it is defined now.
@@ -63,6 +77,9 @@ REQUEST_TIMEOUT = 30.0
 #: Extra time over --max-seconds for requests in flight and connection set-up.
 GRACE_SECONDS = 30.0
 RECEIVE_BYTES = 65536
+#: An open-loop request that leaves this long after its due time counts as late: every
+#: connection was busy, or the driver itself was slow to wake (both count in latency).
+LATE_SECONDS = 0.001
 HEADER_END = b"\r\n\r\n"
 CONTENT_LENGTH = b"\r\ncontent-length:"
 CONNECTION_CLOSE = b"\r\nconnection: close"
@@ -147,6 +164,17 @@ class Run:
     reopened: int = 0
     all_warm: trio.Event = attrs.Factory(trio.Event)
     go: trio.Event = attrs.Factory(trio.Event)
+    #: Open loop: seconds between due times (None: closed loop), the first one's time
+    #: (trio's clock), the next request's number, and the late ones' count and worst.
+    interval: float | None = None
+    start: float = 0.0
+    due_count: int = 0
+    late: int = 0
+    worst_late: float = 0.0
+    #: Open loop: trio's clock when the last answer came (the achieved rate's window).
+    last_answer: float = 0.0
+    #: With ``--trace``: (due time on trio's clock, latency, lateness) of every request.
+    trace: list[tuple[float, float, float]] | None = None
 
     def next_request(self) -> bytes:
         """The next request to send; a Matrix one with an event id no other has."""
@@ -190,28 +218,57 @@ async def worker(run: Run, port: int, warmup: int, workers: int) -> None:
         connection.reopened = 0
         while alive and run.remaining > 0 and time.monotonic() < run.deadline:
             run.remaining -= 1
-            request = run.next_request()
-            started = time.perf_counter()
-            try:
-                with trio.fail_after(REQUEST_TIMEOUT):
-                    status, body = await connection.exchange(request)
-                run.latencies.append(time.perf_counter() - started)
-                check(run.mode, status, body)
-            except RESPONSE_ERRORS as error:
-                run.fail(error)
-            except FATAL_ERRORS as error:
-                run.fail(error)
-                alive = False
+            if run.interval is None:
+                started = time.perf_counter()
+                alive = await send_one(run, connection, started, time.perf_counter)
+            else:
+                alive = await send_due(run, connection)
         run.reopened += connection.reopened
     finally:
         await connection.close()
 
 
-def percentile(sorted_values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile of already sorted values (0.0 if there are none)."""
-    if not sorted_values:
-        return 0.0
-    return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]
+async def send_one(
+    run: Run, connection: Connection, started: float, clock: Callable[[], float]
+) -> bool:
+    """Send the next request, its latency counted from ``started`` on ``clock``.
+
+    Returns False when the connection is gone (the worker stops).
+    """
+    request = run.next_request()
+    try:
+        with trio.fail_after(REQUEST_TIMEOUT):
+            status, body = await connection.exchange(request)
+        run.latencies.append(clock() - started)
+        check(run.mode, status, body)
+    except RESPONSE_ERRORS as error:
+        run.fail(error)
+    except FATAL_ERRORS as error:
+        run.fail(error)
+        return False
+    return True
+
+
+async def send_due(run: Run, connection: Connection) -> bool:
+    """Open loop: take the next due request, wait for its time, send it.
+
+    Its latency counts from the due time, so a request that could not leave on time
+    (every connection busy, or the driver slow to wake) carries that wait.
+    """
+    assert run.interval is not None
+    due = run.start + run.due_count * run.interval
+    run.due_count += 1
+    await trio.sleep_until(due)
+    lateness = trio.current_time() - due
+    if lateness > LATE_SECONDS:
+        run.late += 1
+    run.worst_late = max(run.worst_late, lateness)
+    alive = await send_one(run, connection, due, trio.current_time)
+    answered = trio.current_time()
+    run.last_answer = max(run.last_answer, answered)
+    if run.trace is not None:
+        run.trace.append((due, answered - due, lateness))
+    return alive
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -233,14 +290,37 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 nursery.start_soon(worker, run, args.port, args.warmup, args.concurrency)
             await run.all_warm.wait()
             before = CpuSnapshot.take(watched)
+            waits = run_queue_waits(watched)
             started = time.monotonic()
             run.deadline = started + args.max_seconds
+            if args.rate:
+                run.interval = 1 / args.rate
+                run.start = run.last_answer = trio.current_time()
+                wall_start = time.time()
+                if args.trace:
+                    run.trace = []
             run.go.set()
         elapsed = time.monotonic() - started
         cpu = CpuSnapshot.take(watched).since(before)
+        waited = {role: s - waits[role] for role, s in run_queue_waits(watched).items()}
     latencies = sorted(run.latencies)
     done = len(latencies)
-    return {
+    open_loop: dict[str, Any] = {}
+    if run.interval is not None:
+        window = run.last_answer - run.start
+        open_loop = {
+            "rate": args.rate,
+            "achieved_rate": done / window if window > 0 else 0.0,
+            "late": run.late,
+            "worst_late_ms": run.worst_late * 1000,
+            "max_ms": (latencies[-1] if latencies else 0.0) * 1000,
+            "p90_ms": percentile(latencies, PERCENTILES["p90_ms"]) * 1000,
+            "p999_ms": percentile(latencies, PERCENTILES["p999_ms"]) * 1000,
+        }
+        if run.trace is not None:
+            shift = wall_start - run.start
+            write_trace(args.trace, ((due + shift, lat, late) for due, lat, late in run.trace))
+    return open_loop | {
         "mode": args.mode,
         "concurrency": args.concurrency,
         "requests": done,
@@ -256,6 +336,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "p50_ms": percentile(latencies, 0.50) * 1000,
         "p99_ms": percentile(latencies, 0.99) * 1000,
         "cpu_seconds": cpu,
+        # Seconds each watched process's threads were runnable but waited for a CPU.
+        "run_queue_seconds": waited,
         "driver": placement(os.getpid()),
     }
 
@@ -275,6 +357,14 @@ def main() -> int:
     parser.add_argument("--requests", type=int, required=True, help="measured requests")
     parser.add_argument("--warmup", type=int, default=5, help="unmeasured requests per connection")
     parser.add_argument("--max-seconds", type=float, default=30.0, help="cut the run short")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help="open loop: requests per second, evenly spaced (default: closed loop)",
+    )
+    parser.add_argument(
+        "--trace", type=Path, help="open loop: write each request's due time and latency here"
+    )
     parser.add_argument(
         "--watch", action="append", default=[], metavar="ROLE=PID", help="report this CPU too"
     )

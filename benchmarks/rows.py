@@ -39,6 +39,10 @@ class Scenario:
     requests: int
     warmup: int
     max_seconds: float
+    #: Open loop: requests per second offered, evenly spaced (None: closed loop), and
+    #: the share of the closed-loop capacity that rate is.
+    rate: float | None = None
+    load_fraction: float | None = None
 
     @property
     def server(self) -> str:
@@ -57,6 +61,31 @@ class Plan:
     #: counts CPU in 10 ms ticks: 30,000 requests give it about 100 ticks (1 %
     #: resolution) in a window of 1-2 s, set by the driver, which saturates first.
     floor_requests: int = 30000
+    #: After each closed-loop scenario, open-loop runs at these shares of the capacity it
+    #: measured (``--plan latency``), each about ``open_seconds`` long; the native 1-device
+    #: rows' rates are also offered to the floor.
+    load_fractions: tuple[float, ...] = ()
+    open_seconds: float = 8.0
+
+    def open_loop(self, scenario: Scenario, capacity: float) -> list[Scenario]:
+        """The open-loop runs that follow ``scenario``, which served ``capacity`` requests/s."""
+        out = []
+        for fraction in self.load_fractions:
+            rate = capacity * fraction
+            modes = (scenario.mode, FLOOR) if scenario.mode == "one" else (scenario.mode,)
+            out += [
+                Scenario(
+                    mode,
+                    scenario.concurrency,
+                    round(rate * self.open_seconds),
+                    scenario.warmup,
+                    scenario.max_seconds,
+                    rate=rate,
+                    load_fraction=fraction,
+                )
+                for mode in modes
+            ]
+        return out
 
     def floor_scenarios(self) -> tuple[Scenario, ...]:
         """The floor at each concurrency the scenarios use, most concurrent first."""
@@ -64,6 +93,26 @@ class Plan:
         warmup = min(s.warmup for s in self.scenarios)
         timeout = max(s.max_seconds for s in self.scenarios)
         return tuple(Scenario(FLOOR, c, self.floor_requests, warmup, timeout) for c in levels)
+
+
+@attrs.frozen
+class OpenLoop:
+    """What an open-loop row adds: the rate offered and achieved, the tail, late starts."""
+
+    rate: float
+    achieved_rate: float
+    #: Requests that left more than ``load.LATE_SECONDS`` after their due time.
+    late: int
+    worst_late_ms: float
+    p90_ms: float
+    p999_ms: float
+    max_ms: float
+
+    @classmethod
+    def from_report(cls, report: dict[str, Any]) -> OpenLoop | None:
+        if report.get("rate") is None:
+            return None
+        return cls(**{field.name: report[field.name] for field in attrs.fields(cls)})
 
 
 @attrs.frozen
@@ -93,6 +142,9 @@ class Row:
     #: The floor's CPU-ms per request at this concurrency in this round (the mean of
     #: the floor rows before and after it); None until the round's floor is measured.
     floor_cpu_ms: float | None = None
+    open_loop: OpenLoop | None = None
+    #: Share of the window each watched process was runnable but waiting for a CPU.
+    run_queue: dict[str, float] = attrs.Factory(dict)
 
     @property
     def contended(self) -> bool:
@@ -136,6 +188,11 @@ class Row:
             other_seconds=max(0.0, cpu[MACHINE] - ours),
             driver=report["driver"],
             round=round,
+            open_loop=OpenLoop.from_report(report),
+            run_queue={
+                role: seconds / elapsed
+                for role, seconds in report.get("run_queue_seconds", {}).items()
+            },
         )
 
 
