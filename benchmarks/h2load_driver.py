@@ -39,6 +39,7 @@ import resource
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,8 @@ H2LOAD = "h2load"
 THREADS = 1
 #: A run that takes longer has gone wrong (the caller's requests take ~10 s).
 RUN_TIMEOUT = 300.0
+#: When the caller's ``during`` is called: every connection is open by then.
+SAMPLE_AFTER = 1.0
 #: The steady window: from the 10th to the 75th percentile of completion times.  A
 #: 2-worker split of 128 connections ends its even phase past 80% unless it is more
 #: uneven than 76/52 (2 standard deviations of a fair hash).
@@ -80,7 +83,13 @@ def write_body(directory: Path, user: str, alert: Any) -> Path:
 
 
 def _argv(
-    binary: str, url: str, body: Path, key: str, concurrency: int, requests: int, log: Path
+    binary: str,
+    url: str,
+    body: Path,
+    key: str,
+    concurrency: int,
+    requests: int,
+    log: Path,
 ) -> list[str]:
     return [
         binary, "--h1", f"--clients={concurrency}", f"--threads={THREADS}",
@@ -125,19 +134,30 @@ def run_once(
     concurrency: int,
     requests: int,
     log: Path,
+    during: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
-    """One h2load run; raises H2loadError unless every request was answered 2xx."""
+    """One h2load run; raises H2loadError unless every request was answered 2xx.
+    ``during`` is called once while it runs, its result returned as ``during``."""
     log.unlink(missing_ok=True)  # h2load appends to it
     argv = _argv(binary, url, body, key, concurrency, requests, log)
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
-    out = done.stdout
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sampled = None
+    try:
+        if during is not None:
+            time.sleep(SAMPLE_AFTER)
+            sampled = during()
+        out, err = process.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
     counts, codes, finished = (
         _REQUESTS.search(out),
         _STATUS_CODES.search(out),
         _FINISHED.search(out),
     )
-    if done.returncode != 0 or counts is None or codes is None or finished is None:
-        raise H2loadError(f"h2load failed ({done.returncode}):\n{out[-2000:]}{done.stderr[-2000:]}")
+    if process.returncode != 0 or counts is None or codes is None or finished is None:
+        raise H2loadError(f"h2load failed ({process.returncode}):\n{out[-2000:]}{err[-2000:]}")
     total, _, completed, succeeded, failed, errored, timeouts = map(int, counts.groups())
     two_xx = int(codes.group(1))
     statuses, latencies, ends = parse_log(log)
@@ -149,7 +169,12 @@ def run_once(
     if any(status // 100 != 2 for status in statuses):
         raise H2loadError(f"h2load logged non-2xx statuses: {sorted(set(statuses))}")
     seconds = float(finished.group(1)) / (1000 if finished.group(2) == "ms" else 1)
-    return {"elapsed": seconds, "latencies": sorted(latencies), "steady": steady_rate(ends)}
+    return {
+        "elapsed": seconds,
+        "latencies": sorted(latencies),
+        "steady": steady_rate(ends),
+        "during": sampled,
+    }
 
 
 def drive(
@@ -161,6 +186,7 @@ def drive(
     warmup: int,
     watched: dict[str, int],
     directory: Path,
+    during: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     """Warm up, then the measured run; a report shaped like ``load.py``'s (one device a
     request), with ``driver`` CPU being h2load's."""
@@ -171,8 +197,12 @@ def drive(
     log = directory / "h2load-requests.log"
     warmups = warmup * concurrency
     run_once(binary, url, body, key, concurrency, warmups, log)
-    before, driver_before, started = CpuSnapshot.take(watched), _children_cpu(), time.monotonic()
-    measured = run_once(binary, url, body, key, concurrency, requests, log)
+    before, driver_before, started = (
+        CpuSnapshot.take(watched),
+        _children_cpu(),
+        time.monotonic(),
+    )
+    measured = run_once(binary, url, body, key, concurrency, requests, log, during)
     wall = time.monotonic() - started
     cpu = CpuSnapshot.take(watched).since(before)
     cpu[DRIVER] = _children_cpu() - driver_before
@@ -191,4 +221,5 @@ def drive(
         "p50_ms": latencies[len(latencies) // 2] * 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1000,
         "cpu_seconds": cpu,
+        "during": measured["during"],
     }

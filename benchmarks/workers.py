@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import re
@@ -59,6 +60,7 @@ from load_bodies import ALERT
 from nginx_apns import find_nginx, running_nginx
 from populate import populate
 from pushd_under_test import NATIVE_RATE_LIMIT, apns_app
+from sockets_by_process import connections_by_process
 
 REGISTRATIONS = 20_000
 CONCURRENCY = 64
@@ -68,6 +70,9 @@ MAX_SECONDS = 25.0
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 SCRAPES = 30
+#: When the connections per worker are counted during a load.py run (after its warm-up
+#: has opened them all).
+SAMPLE_AFTER = 2.0
 #: The upstream's role in the CPU readings.
 UPSTREAM = "sim"
 H2LOAD, LOAD_PY = "h2load", "load.py"
@@ -87,7 +92,12 @@ def toml(value: Any) -> str:
 
 def write_config(directory: Path, workers: int, sim_port: int, ca: Path, p8: Path) -> Path:
     sections: dict[str, dict[str, Any]] = {
-        "server": {"listen": "127.0.0.1", "port": 0, "workers": workers, "drain_seconds": 1.0},
+        "server": {
+            "listen": "127.0.0.1",
+            "port": 0,
+            "workers": workers,
+            "drain_seconds": 1.0,
+        },
         "store": {"path": str(directory / "pushd.sqlite3")},
         "spool": {"key_file": str(directory / "spool.key")},
         "log": {"level": "info"},
@@ -112,7 +122,9 @@ def pushd(config: Path, log: Path) -> Iterator[dict[str, Any]]:
     env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [PYTHON, "-m", "pushd", "serve", "--config", str(config)], stderr=out, env=env
+            [PYTHON, "-m", "pushd", "serve", "--config", str(config)],
+            stderr=out,
+            env=env,
         )
     try:
         deadline = time.monotonic() + START_TIMEOUT
@@ -138,18 +150,29 @@ def pushd(config: Path, log: Path) -> Iterator[dict[str, Any]]:
 
 
 def drive_load_py(
-    port: int, key: str, users: int, pids: dict[str, int], sim: int, concurrency: int
-) -> dict[str, Any]:
+    port: int, key: str, users: int, pids: dict[str, int], sim: int, concurrency: int,
+    requests: int,
+) -> dict[str, Any]:  # fmt: skip
+    """load.py's report, plus the connections each pushd process held in the run."""
     argv = [
         PYTHON, str(HERE / "load.py"), f"--port={port}", f"--key={key}", "--mode=one",
-        f"--users={users}", f"--concurrency={concurrency}", f"--requests={REQUESTS}",
+        f"--users={users}", f"--concurrency={concurrency}", f"--requests={requests}",
         f"--warmup={WARMUP}", f"--max-seconds={MAX_SECONDS}", f"--watch={UPSTREAM}={sim}",
         *(f"--watch={role}={pid}" for role, pid in pids.items()),
     ]  # fmt: skip
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"driver failed:\n{done.stderr[-3000:]}")
-    report: dict[str, Any] = json.loads(done.stdout)
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(SAMPLE_AFTER)
+        held = connections_by_process(port, pids)
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    if process.returncode != 0:
+        raise RuntimeError(f"driver failed:\n{err[-3000:]}")
+    report: dict[str, Any] = json.loads(out)
+    report["during"] = held
     if report["failures"]:
         raise RuntimeError(f"{report['failures']} failures, first: {report['first_failure']}")
     return report
@@ -187,6 +210,7 @@ def row(workers: int, report: dict[str, Any], pids: dict[str, int]) -> dict[str,
         "steal_s": round(cpu[STEAL], 2),
         "elapsed_s": round(report["elapsed"], 2),
         "p99_ms": round(report["p99_ms"], 1),
+        "connections": report.get("during"),
     }
 
 
@@ -237,7 +261,12 @@ def upstream_running(kind: str, directory: Path, ca: Path) -> Iterator[tuple[int
                 server.stop()
                 answers.append(server.answers())
         return
-    sim_argv = [PYTHON, str(HERE / "simulator.py"), f"--ca-out={ca}", "--max-seconds=3600"]
+    sim_argv = [
+        PYTHON,
+        str(HERE / "simulator.py"),
+        f"--ca-out={ca}",
+        "--max-seconds=3600",
+    ]
     log = directory / "simulator.log"
     sim_answers: list[dict[str, int]] = []
     with running(Child("simulator", sim_argv, log)) as sim:
@@ -254,6 +283,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--keep", help="keep logs and store in this directory")
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
+    parser.add_argument("--requests", type=int, default=REQUESTS, help="measured, per row")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="1, 2 or both")
     parser.add_argument("--driver", choices=["auto", H2LOAD, LOAD_PY], default="auto")
     parser.add_argument("--upstream", choices=["auto", NGINX, SIMULATOR], default="auto")
@@ -280,14 +310,16 @@ def main() -> int:
                     port, pids = started["port"], started["pids"]
                     if driver == H2LOAD:
                         watched = {**pids, UPSTREAM: sim_pid}
+                        held = functools.partial(connections_by_process, port, pids)
                         report = h2load_driver.drive(
-                            port, population.key, body, args.concurrency, REQUESTS, WARMUP,
-                            watched, directory,
+                            port, population.key, body, args.concurrency, args.requests, WARMUP,
+                            watched, directory, held,
                         )  # fmt: skip
                     else:
                         report = drive_load_py(
-                            port, population.key, users, pids, sim_pid, args.concurrency
-                        )
+                            port, population.key, users, pids, sim_pid, args.concurrency,
+                            args.requests,
+                        )  # fmt: skip
                     sent += report["apns_sent"]
                     scrapes[workers].append(scrape_ms(started["metrics"]))
                 result = row(workers, report, pids)
@@ -333,6 +365,12 @@ def summarize(
                       / max(r["per_process_cpu_s"]["w0"], r["per_process_cpu_s"]["w1"])
                       for r in mine]  # fmt: skip
             print(f"workers=2: CPU of the less busy worker / the busier: {spread(shares, 2)}")
+            splits = ", ".join(
+                "/".join(str(n) for role, n in sorted(r["connections"].items()) if role != "sup")
+                for r in mine
+                if r["connections"]
+            )
+            print(f"workers=2: connections held by w0/w1 in each row: {splits}")
     if len(medians) == 2:
         print(
             f"ratio of medians, 2 workers / 1: {medians[2] / medians[1]:.2f} (this machine); "
