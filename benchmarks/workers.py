@@ -4,17 +4,19 @@ The real ``pushd serve --config`` (a lone process at 1 worker; a supervisor and 
 ``SO_REUSEPORT`` workers at 2), the native API with one APNs device per request, an
 APNs upstream over TLS + HTTP/2 and a load driver at 64 kept-alive connections.
 
-Driver (``--driver``): ``h2load --h1`` (C, a few CPU-us a request,
+Driver (``--driver``): ``h2load --h1`` (C, ~0.03 CPU-ms a request,
 ``h2load_driver.py``) when installed, else the benchmark's Python driver (``load.py``:
 hand-written HTTP/1.1 bytes, one trio process, ~0.08 CPU-ms a request), said so in
-the output.  Upstream (``--upstream``): nginx answering 200 (C, ``nginx_apns.py``)
-when installed, else the bundled APNs simulator (``simulator.py``, Python, ~0.2
-CPU-ms a notification).  Either way every answer must be 2xx and the upstream must
-have answered exactly one 200 per notification sent, warm-ups included.  The store
-holds 20,000 registrations; rate limits are on, lifted far above the run's rate (with 2
-workers they are counted in the host's shared tables, :mod:`pushd.hostshared`, one
-locked update per request, as an operator's pushd does).  Rounds interleave 1 and 2
-workers against the same simulator; each row is a fresh pushd.  Medians and ranges
+the output.  Upstream (``--upstream``): ``lean`` (``lean_apns.py``: answers every
+request 200 as the simulator does on the wire, parsing only frame headers, ~0.02
+CPU-ms a notification) or ``simulator`` (``simulator.py``: the bundled APNs simulator,
+which judges every request, ~0.18 CPU-ms).  Either way every answer must be 2xx and
+the upstream must have answered exactly one 200 per notification sent, warm-ups
+included.  The store holds 20,000 registrations; rate limits are on, lifted far above
+the run's rate (with 2 workers they are counted in the host's shared tables,
+:mod:`pushd.hostshared`, one locked update per request, as an operator's pushd does).
+Rounds interleave 1 and 2 workers against the same upstream; each row is a fresh
+pushd.  Medians and ranges
 over ``--rounds`` (at least 3).
 
 What a figure means on a 2-core machine: the driver and the upstream need CPU too,
@@ -32,6 +34,7 @@ expositions and labelling them) against one pushd's own scrape.
 
     nice -n 10 .venv/bin/python benchmarks/workers.py --rounds 3 --concurrency 128
     ... --driver load.py --upstream simulator   # the Python driver and simulator
+    ... --workers 1 --upstream simulator        # pushd's CPU against the simulator
 """
 
 from __future__ import annotations
@@ -57,7 +60,6 @@ import h2load_driver
 from children import HERE, PYTHON, Child, apns_answers, running, write_provider_key
 from common import DRIVER, MACHINE, SINGLE_USER_PREFIX, STEAL, placement
 from load_bodies import ALERT
-from nginx_apns import find_nginx, running_nginx
 from populate import populate
 from pushd_under_test import NATIVE_RATE_LIMIT, apns_app
 from sockets_by_process import connections_by_process
@@ -76,7 +78,9 @@ SAMPLE_AFTER = 2.0
 #: The upstream's role in the CPU readings.
 UPSTREAM = "sim"
 H2LOAD, LOAD_PY = "h2load", "load.py"
-NGINX, SIMULATOR = "nginx", "simulator"
+LEAN, SIMULATOR = "lean", "simulator"
+#: The launcher of each APNs upstream; both print READY and their answers by status.
+UPSTREAMS = {LEAN: "lean_apns.py", SIMULATOR: "simulator.py"}
 _LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 _WORKER = re.compile(r"worker (\d+) started \(pid (\d+)\)")
 _METRICS = re.compile(r"(?:merged, on|metrics on) (http://\S+/metrics)")
@@ -228,54 +232,17 @@ def ceilings(pushd_ms: float, others_ms: float) -> tuple[float, float]:
     return min(1000 / pushd_ms, both), both
 
 
-def choose(args: argparse.Namespace) -> tuple[str, str]:
-    """The driver and upstream, from the flags and what is installed; says why."""
-    driver, upstream = args.driver, args.upstream
+def choose(args: argparse.Namespace) -> str:
+    """The driver, from the flag and what is installed; says why."""
+    driver: str = args.driver
     if driver == "auto":
         driver = H2LOAD if h2load_driver.find_h2load() else LOAD_PY
         if driver == LOAD_PY:
             print("h2load is not installed (apt-get install nghttp2-client): driving with "
                   "load.py, whose CPU takes a share of the cores pushd's workers need")  # fmt: skip
-    if upstream == "auto":
-        upstream = NGINX if find_nginx() else SIMULATOR
-        if upstream == SIMULATOR:
-            print("nginx is not installed (apt-get install nginx-light): the Python APNs "
-                  "simulator is the upstream, and its CPU takes a share of the cores")  # fmt: skip
     if driver == H2LOAD and not h2load_driver.find_h2load():
         raise SystemExit("--driver h2load: h2load is not installed (nghttp2-client)")
-    if upstream == NGINX and not find_nginx():
-        raise SystemExit("--upstream nginx: nginx is not installed (nginx-light)")
-    return driver, upstream
-
-
-@contextlib.contextmanager
-def upstream_running(kind: str, directory: Path, ca: Path) -> Iterator[tuple[int, int, Any]]:
-    """The APNs upstream: its port, its pid, and a function giving its answers by
-    status once it has stopped."""
-    if kind == NGINX:
-        with running_nginx(directory, ca) as server:
-            answers: list[dict[str, int]] = []
-            try:
-                yield server.port, server.pid, answers
-            finally:
-                server.stop()
-                answers.append(server.answers())
-        return
-    sim_argv = [
-        PYTHON,
-        str(HERE / "simulator.py"),
-        f"--ca-out={ca}",
-        "--max-seconds=3600",
-    ]
-    log = directory / "simulator.log"
-    sim_answers: list[dict[str, int]] = []
-    with running(Child("simulator", sim_argv, log)) as sim:
-        port = int(sim.wait_ready())
-        try:
-            yield port, sim.pid, sim_answers
-        finally:
-            sim.stop()
-            sim_answers.append(apns_answers(log))
+    return driver
 
 
 def main() -> int:
@@ -286,21 +253,24 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=REQUESTS, help="measured, per row")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="1, 2 or both")
     parser.add_argument("--driver", choices=["auto", H2LOAD, LOAD_PY], default="auto")
-    parser.add_argument("--upstream", choices=["auto", NGINX, SIMULATOR], default="auto")
+    parser.add_argument("--upstream", choices=sorted(UPSTREAMS), default=LEAN)
     args = parser.parse_args()
-    driver, upstream = choose(args)
+    driver, upstream = choose(args), args.upstream
     print(f"driver: {driver}; APNs upstream: {upstream}; concurrency {args.concurrency}")
     directory = Path(args.keep or tempfile.mkdtemp(prefix="pushd-workers-bench-"))
     directory.mkdir(parents=True, exist_ok=True)
     p8 = write_provider_key(directory)
     ca = directory / "sim-ca.pem"
+    sim_argv = [PYTHON, str(HERE / UPSTREAMS[upstream]), f"--ca-out={ca}", "--max-seconds=3600"]
+    sim_log = directory / "upstream.log"
     rows: list[dict[str, Any]] = []
     scrapes: dict[int, list[float]] = {1: [], 2: []}
     population = populate(str(directory / "pushd.sqlite3"), REGISTRATIONS, 0)
     users = population.users(SINGLE_USER_PREFIX)
     body = h2load_driver.write_body(directory, f"{SINGLE_USER_PREFIX}0", ALERT)
     sent = 0
-    with upstream_running(upstream, directory, ca) as (sim_port, sim_pid, answers):
+    with running(Child(upstream, sim_argv, sim_log)) as sim:
+        sim_port, sim_pid = int(sim.wait_ready()), sim.pid
         for round_number in range(args.rounds):
             order = (1, 2) if round_number % 2 == 0 else (2, 1)
             for workers in [w for w in order if w in args.workers]:
@@ -326,8 +296,9 @@ def main() -> int:
                 result["round"] = round_number + 1
                 rows.append(result)
                 print(json.dumps(result), flush=True)
-    if answers[0] != {"200": sent}:
-        raise RuntimeError(f"the APNs upstream answered {answers[0]}, the driver sent {sent}")
+    answers = apns_answers(sim_log)
+    if answers != {"200": sent}:
+        raise RuntimeError(f"the APNs upstream answered {answers}, the driver sent {sent}")
     print(f"APNs upstream answered {sent:,} notifications, all 200, as the driver sent")
     print(f"runner: {placement(os.getpid())} (children inherit); {os.cpu_count()} CPUs")
     summarize(rows, args.workers, scrapes)
