@@ -21,7 +21,7 @@ throws away for normal closes).
 Flow control for the bytes taken this way is ours: h2 never sees them, so its windows
 stay as they were (it would only check that the server respects them).  The connection
 credits itself with a WINDOW_UPDATE once ``CONNECTION_ACK_AT`` bytes were taken, and a
-stream still open once it took ``STREAM_ACK_AT`` (:mod:`pushd.upstream.h2conn`; answers
+stream still open once it took ``STREAM_ACK_AT`` (:mod:`pushd.upstream.h2answers`; answers
 are a few hundred bytes, so in practice only the connection is ever credited, every few
 thousand answers), instead of a call into h2 per read.
 """
