@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol, TypeVar
@@ -32,6 +33,9 @@ Row = tuple[Any, ...]
 
 #: How long a SQLite writer waits for a lock held by another process (the CLI).
 BUSY_TIMEOUT_MS: Final = 5000
+#: First pause between tries of switching a new file to WAL while another process holds
+#: it (doubled each try, within ``BUSY_TIMEOUT_MS``).
+WAL_SWITCH_FIRST_PAUSE: Final = 0.005
 
 
 class Tx(Protocol):
@@ -150,6 +154,28 @@ def run_sqlite_tx(db: sqlite3.Connection, fn: Callable[[Tx], T], *, immediate: b
     return result
 
 
+def _switch_to_wal(db: sqlite3.Connection) -> None:
+    """``PRAGMA journal_mode = WAL``, tried again while another process holds the file.
+
+    Changing the journal mode needs the file to itself, and SQLite answers "database is
+    locked" at once, without its busy handler, when instances open one new file together
+    and another is creating the schema; so this waits as the busy timeout would.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = WAL_SWITCH_FIRST_PAUSE
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) and "busy" not in str(error):
+                raise
+            if time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)  # on a worker thread: open_sync runs off the event loop
+        pause *= 2
+
+
 class SqliteEngine:
     """The embedded default: one file, one process.  Open with :meth:`open`."""
 
@@ -167,7 +193,7 @@ class SqliteEngine:
     def open_sync(cls, path: str) -> SqliteEngine:
         writer = connect_sqlite(path)
         try:
-            writer.execute("PRAGMA journal_mode = WAL")
+            _switch_to_wal(writer)
             # NORMAL is durable across process crashes in WAL mode; only an OS crash can
             # lose the last commits, never corrupt the file.
             writer.execute("PRAGMA synchronous = NORMAL")
