@@ -22,6 +22,7 @@ from pushd.simulators.apns.constants import (
     RECEIVE_SIZE,
 )
 from pushd.simulators.apns.jwt import TokenInfo
+from pushd.simulators.h2loop import read_loop, write_loop
 
 
 class Owner(Protocol):
@@ -170,44 +171,21 @@ class Connection:
     # -- tasks --
 
     async def writer(self) -> None:
-        """The only task that sends, so responses never interleave mid-frame."""
+        """The only task that sends (see :mod:`pushd.simulators.h2loop`)."""
         try:
-            while True:
-                await self.wake.wait()
-                self.wake = trio.Event()
-                # Read the flag before taking the data: whatever was queued before
-                # close() (a GOAWAY) goes out in this round or the next.
-                closing = self.closing
-                data = self.h2.data_to_send()
-                if data:
-                    await self.stream.send_all(data)
-                if closing:
-                    break
+            await write_loop(self)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.dropped = True
         self.done.set()
 
     async def reader(self) -> None:
-        """Feed h2 until the client hangs up; once closing, read only to discard."""
         try:
-            while True:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
-                if not data:
-                    break
-                if self.closing:
-                    continue  # h2 accepts nothing after GOAWAY; see CLOSE_LINGER
-                try:
-                    events = self.h2.receive_data(data)
-                except h2.exceptions.ProtocolError as exc:
-                    # h2 has queued a GOAWAY naming the error; send it and hang up.
-                    self.sim._log(f"connection {self.id}: protocol error: {exc}")
-                    self.close()
-                    continue
-                for event in events:
-                    self.handle_event(event)
-                    if self.closing:
-                        break
-                self.kick()
+            await read_loop(
+                self,
+                RECEIVE_SIZE,
+                self.handle_event,
+                lambda exc: self.sim._log(f"connection {self.id}: protocol error: {exc}"),
+            )
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.drop()
         finally:

@@ -42,6 +42,7 @@ from pushd.simulators.fcm.constants import (
     MAX_CONCURRENT_STREAMS,
     MAX_REQUEST_BODY,
 )
+from pushd.simulators.h2loop import read_loop, write_loop
 from pushd.simulators.sockets import set_linger_zero
 
 #: The largest header list a client may send (hypercorn's default, which FCM's clients met).
@@ -239,51 +240,26 @@ class H2Served:
     # -- tasks --
 
     async def _writer(self) -> None:
-        """The only task that sends, once per wake-up, so answers ready together leave
-        in one write and never interleave mid-frame."""
+        """The only task that sends (see :mod:`pushd.simulators.h2loop`)."""
         try:
-            while True:
-                await self.wake.wait()
-                self.wake = trio.Event()
-                # Read the flag before taking the data: whatever was queued before
-                # close() (a GOAWAY) goes out in this round or the next.
-                closing = self.closing
-                data = self.h2.data_to_send()
-                if data:
-                    await self.stream.send_all(data)
-                if closing:
-                    break
+            await write_loop(self)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.closing = True
         self.done.set()
 
     async def _reader(self) -> None:
-        """Feed h2 until the client hangs up; once closing, read only to discard."""
         try:
-            while True:
-                data = await self.stream.receive_some(H2_RECEIVE_SIZE)
-                if not data:
-                    break
-                if self.closing:
-                    continue  # h2 takes nothing after GOAWAY; see CLOSE_LINGER
-                try:
-                    events = self.h2.receive_data(data)
-                except h2.exceptions.ProtocolError as exc:
-                    # h2 has queued a GOAWAY naming the error; send it and hang up.
-                    self.owner._log(f"HTTP/2 protocol error: {exc}")
-                    self.close()
-                    continue
-                for event in events:
-                    self._handle(event)
-                    if self.closing:
-                        break
-                self.kick()
+            await read_loop(
+                self,
+                H2_RECEIVE_SIZE,
+                self._handle,
+                lambda exc: self.owner._log(f"HTTP/2 protocol error: {exc}"),
+            )
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.closing = True
             self.done.set()
         finally:
             self.reader_done.set()
-        self.close()
 
     async def _idle_watch(self) -> None:
         """Send GOAWAY once no request has been open for :data:`KEEP_ALIVE_TIMEOUT`."""
