@@ -21,6 +21,7 @@ from common import (
     KEY_ID,
     MATRIX_DEVICES,
     MATTERMOST_DEVICES,
+    PUSHD,
     READY_PREFIX,
 )
 from cryptography.hazmat.primitives import serialization
@@ -200,6 +201,7 @@ def drive(
         f"--concurrency={scenario.concurrency}",
         f"--requests={scenario.requests}",
         f"--warmup={scenario.warmup}",
+        *(["--reset-timings"] if scenario.server == PUSHD else []),
         f"--max-seconds={scenario.max_seconds}",
         *([f"--rate={scenario.rate}"] if scenario.rate is not None else []),
         *trace_argument(scenario),

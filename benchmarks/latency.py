@@ -39,6 +39,13 @@ def _ms(value: float) -> str:
     return f"{value:.1f}"
 
 
+def _inside(row: Row) -> str:
+    """pushd's own p99 of handler and upstream time, ``-`` where it has none."""
+    inside = row.inside
+    values = (None, None) if inside is None else (inside.handler_p99_ms, inside.upstream_p99_ms)
+    return " ".join(f"{'-' if value is None else f'{value:.1f}':>6}" for value in values)
+
+
 def print_latency(rows: Sequence[Row]) -> None:
     """Every row of a latency plan, then each scenario's medians over the rounds."""
     print(
@@ -49,7 +56,7 @@ def print_latency(rows: Sequence[Row]) -> None:
         f"  {'rnd':<3} {'scenario':<{LABEL_WIDTH}} {'load':>6} {'offered':>7} {'got/s':>7}"
         f" {'late':>5} {'p50':>6} {'p90':>6} {'p99':>6} {'p99.9':>6} {'max':>6}"
         f" {'CPU-ms/n':>8} {'server':>6} {'apnsim':>6} {'driver':>6} {'other':>6}"
-        f" {'rq srv':>6} {'rq drv':>6}"
+        f" {'rq srv':>6} {'rq drv':>6} {'in p99':>6} {'up p99':>6}"
     )
     for row in rows:
         loop = row.open_loop
@@ -72,7 +79,7 @@ def print_latency(rows: Sequence[Row]) -> None:
             f"  r{row.round:<2} {LABELS[row.scenario.mode]:<{LABEL_WIDTH}} {load_label(row):>6}"
             f" {rates} {tail} {row.pushd_cpu_ms:>8.3f} {served:>6.0%}"
             f" {row.cores[APNS_SIM]:>6.0%} {row.cores[DRIVER]:>6.0%} {row.cores[OTHER]:>6.0%}"
-            f" {wait}"
+            f" {wait} {_inside(row)}"
         )
     print(
         "  load: closed = closed loop (the capacity, its latency is the driver's own queue),"
@@ -81,7 +88,9 @@ def print_latency(rows: Sequence[Row]) -> None:
         " latencies in ms; server/apnsim/driver/other: share of one core in the window;\n"
         "  rq srv, rq drv: share of the window the server's (pushd's or the floor's) and the"
         " driver's threads were\n  runnable but waited for a CPU (/proc/<pid>/task/*/schedstat):"
-        " the machine's share of the latency."
+        " the machine's share of the latency;\n  in p99: p99 of pushd's own handler time"
+        " (parsed request to answer ready), up p99: of its\n  upstream sends (hand-over to"
+        " answer), both as pushd recorded them (benchmarks/inside.py)."
     )
     print()
     print_latency_rounds(rows)
@@ -96,21 +105,28 @@ def print_latency_rounds(rows: Sequence[Row]) -> None:
     print(f"Latency across {rounds} round{'s' if rounds > 1 else ''}: median (min-max), ms.")
     print(
         f"  {'scenario':<{LABEL_WIDTH}} {'load':>6}  {'req/s':<20} {'p50':<17}"
-        f" {'p99':<19} {'p99.9':<19} {'CPU-ms/n'}"
+        f" {'p99':<19} {'p99.9':<19} {'CPU-ms/n':<22} {'pushd p99 (handler)'}"
     )
     for (mode, _), group in groups.items():
         opened = [row.open_loop for row in group if row.open_loop is not None]
         rates = [loop.rate for loop in opened] or [row.per_second for row in group]
         p999 = _spread([loop.p999_ms for loop in opened], _ms) if opened else "-"
+        handler = [
+            row.inside.handler_p99_ms
+            for row in group
+            if row.inside is not None and row.inside.handler_p99_ms is not None
+        ]
         print(
             f"  {LABELS[mode]:<{LABEL_WIDTH}} {load_label(group[0]):>6}"
             f"  {_spread(rates, lambda v: f'{v:,.0f}'):<20}"
             f" {_spread([row.p50_ms for row in group], _ms):<17}"
             f" {_spread([row.p99_ms for row in group], _ms):<19} {p999:<19}"
-            f" {_spread([row.pushd_cpu_ms for row in group], lambda v: f'{v:.3f}')}"
+            f" {_spread([row.pushd_cpu_ms for row in group], lambda v: f'{v:.3f}'):<22}"
+            f" {_spread(handler, _ms) if handler else '-'}"
         )
     print(
         f"  Issue 15's target: p99 under {GOAL_P99_MS:.0f} ms at 64 concurrent requests, one"
         " device a request; the floor rows\n  are the same driver against a server that does"
-        " nothing, offered the native rows' rates: the machine's share."
+        " nothing, offered the native rows' rates: the machine's share;\n  pushd p99 (handler):"
+        " the same requests' p99 as pushd timed them, from parsed request to answer ready."
     )

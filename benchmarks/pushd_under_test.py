@@ -53,6 +53,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import inside
 import trio
 from common import (
     APP_NAME,
@@ -203,7 +204,7 @@ async def _main(cfg: config.Config, profiler: cProfile.Profile | None) -> None:
             await server.serve(
                 cfg,
                 shutdown_trigger=_stop_requested,
-                extra_routes=[EMPTY_ROUTE],
+                extra_routes=[EMPTY_ROUTE, inside.TIMINGS_ROUTE],
                 task_status=task_status,
             )
             nursery.cancel_scope.cancel()  # serve() has shut down: end the helper tasks
@@ -251,6 +252,7 @@ def main() -> int:
     gc_log = os.environ.get(GC_LOG_ENV)
     if gc_log:
         _record_gc(Path(gc_log))
+    inside.install()
     trio.run(_main, cfg, profiler)
     if profiler is not None:
         profiler.disable()

@@ -22,6 +22,7 @@ from common import (
     STEAL,
     ZULIP_DEVICES,
 )
+from inside import Inside
 from load import MODES
 
 #: Other tasks using this much of a core during a window make its numbers suspect: busy
@@ -145,6 +146,8 @@ class Row:
     open_loop: OpenLoop | None = None
     #: Share of the window each watched process was runnable but waiting for a CPU.
     run_queue: dict[str, float] = attrs.Factory(dict)
+    #: The window's latency as pushd recorded it (handlers, upstream); None for the floor.
+    inside: Inside | None = None
 
     @property
     def contended(self) -> bool:
