@@ -240,3 +240,11 @@ def matrix_pushkey(n: int) -> str:
     """The ``n``-th Matrix device's pushkey: standard, padded base64 of the raw 32-byte
     token, as Element iOS registers it (pushd sends it to APNs as :func:`matrix_token`)."""
     return base64.b64encode(bytes.fromhex(matrix_token(n))).decode()
+
+
+#: The APNs upstreams a benchmark can run: the bundled simulator (judges every request:
+#: tokens, topics, provider tokens; costs about as much CPU per notification as pushd)
+#: and the lean stand-in (answers every request 200 for a few CPU-us; see
+#: ``lean_apns.py``).  Both print READY and log their answers by status as they exit.
+LEAN, SIMULATOR = "lean", "simulator"
+UPSTREAMS = {LEAN: "lean_apns.py", SIMULATOR: "simulator.py"}

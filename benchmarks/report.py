@@ -26,7 +26,9 @@ from common import (
     MIXED_APNS_DEVICES,
     MIXED_FCM_DEVICES,
     PUSHD,
+    SIMULATOR,
     STEAL,
+    UPSTREAMS,
     ZULIP_DEVICES,
 )
 from load import MODES
@@ -80,7 +82,11 @@ SYGNAL_CONCURRENCY = 64
 
 
 def print_report(
-    rows: list[Row], population: Population, startup_rss_mb: float, quick: bool
+    rows: list[Row],
+    population: Population,
+    startup_rss_mb: float,
+    quick: bool,
+    upstream: str = SIMULATOR,
 ) -> None:
     print()
     if quick:
@@ -97,8 +103,8 @@ def print_report(
         f" (secret path), send_push to {MATTERMOST_DEVICES:,} APNs tokens in turn, nothing"
         f" stored;\nMatrix: notify as Synapse sends it, to {MATRIX_DEVICES:,} APNs pushers in"
         f" turn (1 or {MATRIX_FANOUT_DEVICES} per request), a fresh event_id per request,"
-        " nothing stored.\nLoopback. APNs simulator"
-        " upstream through pushd's h2 pool, 2 connections; FCM simulator upstream through"
+        f" nothing stored.\nLoopback. APNs upstream {UPSTREAMS[upstream]}"
+        " through pushd's h2 pool, 2 connections; FCM simulator upstream through"
         " httpx, 2 clients of 1 connection x 100 streams."
     )
     print(

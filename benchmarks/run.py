@@ -53,6 +53,8 @@ from common import (
     FCM_SIM,
     FLOOR,
     PUSHD,
+    SIMULATOR,
+    UPSTREAMS,
     placement,
     status_kib,
 )
@@ -130,9 +132,16 @@ def measure_round(
     return [*before, *attach_floor(measured, before, after), *after], apns_sent
 
 
-def run(plan: Plan, profile: str | None, keep: Path | None = None, rounds: int = 1) -> None:
+def run(
+    plan: Plan,
+    profile: str | None,
+    keep: Path | None = None,
+    rounds: int = 1,
+    upstream: str = SIMULATOR,
+) -> None:
     """Run ``plan`` ``rounds`` times against one pushd and print the report; with
-    ``keep``, work there and leave the logs."""
+    ``keep``, work there and leave the logs; ``upstream`` names the APNs upstream
+    (:data:`common.UPSTREAMS`)."""
     with contextlib.ExitStack() as stack:
         if keep is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pushd-bench-")))
@@ -162,7 +171,7 @@ def run(plan: Plan, profile: str | None, keep: Path | None = None, rounds: int =
             running(
                 Child(
                     "simulator",
-                    [PYTHON, str(HERE / "simulator.py"), f"--ca-out={ca_file}"],
+                    [PYTHON, str(HERE / UPSTREAMS[upstream]), f"--ca-out={ca_file}"],
                     workdir / "simulator.log",
                 )
             )
@@ -234,7 +243,7 @@ def run(plan: Plan, profile: str | None, keep: Path | None = None, rounds: int =
         processes = {
             "pushd": f"pushd_under_test.py, {placement(pushd.pid)}",
             "floor": f"floor.py, {placement(floor.pid)}",
-            "APNs simulator": f"simulator.py, {placement(simulator.pid)}",
+            "APNs simulator": f"{UPSTREAMS[upstream]}, {placement(simulator.pid)}",
             "FCM simulator": f"fcm_simulator.py, {placement(fcm_simulator.pid)}",
         }
         try:
@@ -263,7 +272,7 @@ def run(plan: Plan, profile: str | None, keep: Path | None = None, rounds: int =
         fcm_simulator.stop()
         apns_count = check_apns_count(simulator.log_path, apns_sent)
         closed = [row for row in rows if row.open_loop is None]
-        print_report(closed, population, startup_rss_mb, plan is QUICK)
+        print_report(closed, population, startup_rss_mb, plan is QUICK, upstream)
         print()
         print_where(rows, processes)
         print()
@@ -303,6 +312,13 @@ def main(argv: list[str] | None = None) -> int:
         help="cProfile pushd during the runs of MODE (default: hundred, APNs 100 devices)",
     )
     parser.add_argument(
+        "--upstream",
+        choices=sorted(UPSTREAMS),
+        default=SIMULATOR,
+        help="the APNs upstream: the simulator (judges every request) or lean_apns.py"
+        " (answers 200 for a few CPU-us, so it takes no core from pushd)",
+    )
+    parser.add_argument(
         "--keep",
         type=Path,
         metavar="DIR",
@@ -310,7 +326,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        run(QUICK if args.quick else PLANS[args.plan], args.profile, args.keep, args.rounds)
+        run(
+            QUICK if args.quick else PLANS[args.plan],
+            args.profile,
+            args.keep,
+            args.rounds,
+            args.upstream,
+        )
     except BenchmarkError as error:
         print(f"benchmark failed: {error}", file=sys.stderr)
         return 1

@@ -58,7 +58,7 @@ from typing import Any
 
 import h2load_driver
 from children import HERE, PYTHON, Child, apns_answers, running, write_provider_key
-from common import DRIVER, MACHINE, SINGLE_USER_PREFIX, STEAL, placement
+from common import DRIVER, LEAN, MACHINE, SINGLE_USER_PREFIX, STEAL, UPSTREAMS, placement
 from load_bodies import ALERT
 from populate import populate
 from pushd_under_test import NATIVE_RATE_LIMIT, apns_app
@@ -78,9 +78,6 @@ SAMPLE_AFTER = 2.0
 #: The upstream's role in the CPU readings.
 UPSTREAM = "sim"
 H2LOAD, LOAD_PY = "h2load", "load.py"
-LEAN, SIMULATOR = "lean", "simulator"
-#: The launcher of each APNs upstream; both print READY and their answers by status.
-UPSTREAMS = {LEAN: "lean_apns.py", SIMULATOR: "simulator.py"}
 _LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 _WORKER = re.compile(r"worker (\d+) started \(pid (\d+)\)")
 _METRICS = re.compile(r"(?:merged, on|metrics on) (http://\S+/metrics)")
