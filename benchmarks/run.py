@@ -95,6 +95,7 @@ def measure_round(
     pids: dict[str, int],
     *,
     profile: str | None,
+    capacity: float | None = None,
 ) -> tuple[list[Row], int]:
     """One round: the floor at each concurrency, ``plan``'s scenarios, the floor again.
 
@@ -126,8 +127,8 @@ def measure_round(
     measured = []
     for scenario in plan.scenarios:
         measured.append(one(scenario))
-        capacity = measured[-1].per_second / max(1, MODES[scenario.mode].devices)
-        measured += [one(s) for s in plan.open_loop(scenario, capacity)]
+        found = measured[-1].per_second / max(1, MODES[scenario.mode].devices)
+        measured += [one(s) for s in plan.open_loop(scenario, capacity or found)]
     after = [one(s) for s in plan.floor_scenarios()]
     return [*before, *attach_floor(measured, before, after), *after], apns_sent
 
@@ -138,10 +139,12 @@ def run(
     keep: Path | None = None,
     rounds: int = 1,
     upstream: str = SIMULATOR,
+    capacity: float | None = None,
 ) -> None:
     """Run ``plan`` ``rounds`` times against one pushd and print the report; with
     ``keep``, work there and leave the logs; ``upstream`` names the APNs upstream
-    (:data:`common.UPSTREAMS`)."""
+    (:data:`common.UPSTREAMS`); ``capacity``, when given, is what the open-loop rows
+    take shares of, in place of what each closed-loop row measured."""
     with contextlib.ExitStack() as stack:
         if keep is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pushd-bench-")))
@@ -258,7 +261,7 @@ def run(
             rows: list[Row] = []
             for round in range(1, rounds + 1):
                 measured, sent = measure_round(
-                    plan, round, ports, population, pids, profile=profile
+                    plan, round, ports, population, pids, profile=profile, capacity=capacity
                 )
                 rows += measured
                 apns_sent += sent
@@ -319,6 +322,13 @@ def main(argv: list[str] | None = None) -> int:
         " (answers 200 for a few CPU-us, so it takes no core from pushd)",
     )
     parser.add_argument(
+        "--capacity",
+        type=float,
+        metavar="N",
+        help="open-loop rows offer shares of N requests/s instead of the capacity the"
+        " closed-loop row just measured: the same rates in runs to be compared",
+    )
+    parser.add_argument(
         "--keep",
         type=Path,
         metavar="DIR",
@@ -332,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             args.keep,
             args.rounds,
             args.upstream,
+            args.capacity,
         )
     except BenchmarkError as error:
         print(f"benchmark failed: {error}", file=sys.stderr)
