@@ -33,7 +33,6 @@ from pushd.simulators.fcm import (
     MAX_REQUEST_BODY,
     FcmReply,
     FcmSimulator,
-    configure_alpn,
 )
 from pushd.simulators.fcm.h2server import H2Served
 from pushd.simulators.fcm.transport import Connection
@@ -45,18 +44,6 @@ SEND_PATH = f"/v1/projects/{PROJECT}/messages:send"
 
 
 @pytest.fixture(scope="module")
-def key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-@pytest.fixture(scope="module")
-def server_ctx(ca: trustme.CA) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(ctx)
-    return configure_alpn(ctx)
-
-
-@pytest.fixture(scope="module")
 def client_ctx(ca: trustme.CA) -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     ca.configure_trust(ctx)
@@ -64,13 +51,10 @@ def client_ctx(ca: trustme.CA) -> ssl.SSLContext:
 
 
 @pytest.fixture
-async def sim(
-    nursery: trio.Nursery, server_ctx: ssl.SSLContext, key: rsa.RSAPrivateKey
-) -> FcmSimulator:
-    simulator = FcmSimulator()
-    simulator.add_account(EMAIL, key.public_key(), PROJECT)
-    await nursery.start(simulator.serve, server_ctx)
-    return simulator
+def sim(fcm_sim: FcmSimulator, fcm_key: rsa.RSAPrivateKey) -> FcmSimulator:
+    """The shared FCM simulator (``tests/conftest.py``), trusting this module's account."""
+    fcm_sim.add_account(EMAIL, fcm_key.public_key(), PROJECT)
+    return fcm_sim
 
 
 @attrs.define
@@ -211,9 +195,9 @@ async def raw(sim: FcmSimulator, client_ctx: ssl.SSLContext) -> AsyncIterator[Ra
 
 
 async def test_h2_is_served_by_the_own_loop_and_http11_by_hypercorn(
-    sim: FcmSimulator, raw: RawClient, key: rsa.RSAPrivateKey, client_ctx: ssl.SSLContext
+    sim: FcmSimulator, raw: RawClient, fcm_key: rsa.RSAPrivateKey, client_ctx: ssl.SSLContext
 ) -> None:
-    await raw.access_token(key, sim)
+    await raw.access_token(fcm_key, sim)
     assert [type(c) for c in sim._connections.values()] == [H2Served]
     assert raw.h2.remote_settings.max_concurrent_streams == MAX_CONCURRENT_STREAMS
     async with httpx.AsyncClient(http2=False, verify=client_ctx, timeout=DEADLINE) as c:
@@ -228,9 +212,9 @@ async def test_h2_is_served_by_the_own_loop_and_http11_by_hypercorn(
 
 
 async def test_concurrent_answers_leave_in_one_write(
-    sim: FcmSimulator, raw: RawClient, key: rsa.RSAPrivateKey
+    sim: FcmSimulator, raw: RawClient, fcm_key: rsa.RSAPrivateKey
 ) -> None:
-    bearer = await raw.access_token(key, sim)
+    bearer = await raw.access_token(fcm_key, sim)
     reads_before = len(raw.reads)
     sids = [raw.send(bearer, f"{TOKEN}{i}") for i in range(20)]
     await raw.flush()  # one TLS record: the server reads all 20 requests at once
@@ -244,10 +228,10 @@ async def test_concurrent_answers_leave_in_one_write(
 
 
 async def test_goaway_after_names_the_last_answered_stream(
-    sim: FcmSimulator, raw: RawClient, key: rsa.RSAPrivateKey
+    sim: FcmSimulator, raw: RawClient, fcm_key: rsa.RSAPrivateKey
 ) -> None:
     sim.goaway_after = 3
-    bearer = await raw.access_token(key, sim)  # stream 1, the first request taken
+    bearer = await raw.access_token(fcm_key, sim)  # stream 1, the first request taken
     sim.script(TOKEN2, FcmReply(delay=30))
     answered = raw.send(bearer)  # stream 3
     await raw.flush()
@@ -266,9 +250,9 @@ async def test_goaway_after_names_the_last_answered_stream(
 
 
 async def test_scripted_goaway_leaves_pending_streams_above_it(
-    sim: FcmSimulator, raw: RawClient, key: rsa.RSAPrivateKey
+    sim: FcmSimulator, raw: RawClient, fcm_key: rsa.RSAPrivateKey
 ) -> None:
-    bearer = await raw.access_token(key, sim)
+    bearer = await raw.access_token(fcm_key, sim)
     sim.script(TOKEN, FcmReply(delay=30))
     sim.script(TOKEN2, FcmReply(action="goaway", message="Draining"))
     pending = raw.send(bearer, TOKEN)
@@ -281,9 +265,9 @@ async def test_scripted_goaway_leaves_pending_streams_above_it(
 
 
 async def test_drop_resets_the_connection_without_answers(
-    sim: FcmSimulator, raw: RawClient, key: rsa.RSAPrivateKey
+    sim: FcmSimulator, raw: RawClient, fcm_key: rsa.RSAPrivateKey
 ) -> None:
-    bearer = await raw.access_token(key, sim)
+    bearer = await raw.access_token(fcm_key, sim)
     sim.script(TOKEN2, FcmReply(action="drop"))
     first = raw.send(bearer, TOKEN)
     sim.script(TOKEN, FcmReply(delay=30))
@@ -296,9 +280,9 @@ async def test_drop_resets_the_connection_without_answers(
 
 
 async def test_a_body_larger_than_the_window_flows_and_is_capped(
-    sim: FcmSimulator, raw: RawClient, key: rsa.RSAPrivateKey
+    sim: FcmSimulator, raw: RawClient, fcm_key: rsa.RSAPrivateKey
 ) -> None:
-    bearer = await raw.access_token(key, sim)
+    bearer = await raw.access_token(fcm_key, sim)
     headers = {"content-type": "application/json", "authorization": f"Bearer {bearer}"}
     sid = raw.request(SEND_PATH, b"", headers, end=False)  # the body follows as windows allow
     body = b" " * (MAX_REQUEST_BODY + 100_000)
