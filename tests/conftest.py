@@ -39,6 +39,15 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
+@pytest.fixture(scope="session")
+def client_ctx(ca: trustme.CA) -> ssl.SSLContext:
+    """A client's TLS context that trusts the session's CA (a module may narrow it, as
+    ``test_sim_apns.py`` does to offer only h2)."""
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    return ctx
+
+
 @pytest.fixture
 def simulator_tls(ca: trustme.CA) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -92,13 +92,6 @@ def server_ctx(ca: trustme.CA) -> ssl.SSLContext:
     return configure_alpn(ctx)
 
 
-@pytest.fixture(scope="module")
-def client_ctx(ca: trustme.CA) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
-    return ctx
-
-
 @pytest.fixture
 async def sim(
     nursery: trio.Nursery, server_ctx: ssl.SSLContext, rsa_key: rsa.RSAPrivateKey

@@ -24,7 +24,6 @@ import h2.settings
 import httpx
 import pytest
 import trio
-import trustme
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pushd.simulators.fcm import (
@@ -41,13 +40,6 @@ from tests.test_sim_fcm import EMAIL, PROJECT, TOKEN, TOKEN2, make_assertion
 #: Seconds any one exchange may take before the test fails.
 DEADLINE = 5.0
 SEND_PATH = f"/v1/projects/{PROJECT}/messages:send"
-
-
-@pytest.fixture(scope="module")
-def client_ctx(ca: trustme.CA) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
-    return ctx
 
 
 @pytest.fixture
