@@ -15,6 +15,12 @@ against it, because nginx writes each answer as its own TLS record and adds four
 headers (``server``, ``date``, ``content-type``, ``content-length``) that stock nginx
 cannot drop: that measures a different upstream, not pushd's workers.
 
+With ``--echo-apns-id`` it also decodes every request's header block (pushd's own
+HPACK decoder, one per connection, so a client's dynamic table is followed) and answers
+with the request's ``apns-id`` when it carries one, as APNs does: Sygnal's client
+(aioapns) sends one and matches answers by it (``sygnal_side.py``).  pushd sends none,
+so ``workers.py`` and ``run.py`` leave the flag off and the upstream stays as cheap.
+
 Judging requests (topics, tokens, provider tokens) stays the simulator's job, in the
 tests and in ``run.py``'s rows.  Counting does not: like ``simulator.py`` it logs its
 answers by status as it exits (``ANSWERS_PREFIX``), and ``workers.py`` checks one 200
@@ -38,6 +44,7 @@ import time
 from common import ANSWERS_PREFIX, READY_PREFIX
 
 from pushd.simulators.certs import make_self_signed
+from pushd.upstream.hpackdec import HeaderDecoder
 
 DEFAULT_MAX_SECONDS = 3600.0
 RECEIVE_BYTES = 1 << 18
@@ -46,6 +53,10 @@ FRAME_HEADER = 9
 DATA, HEADERS, SETTINGS, PING, GOAWAY, CONTINUATION = 0x0, 0x1, 0x4, 0x6, 0x7, 0x9
 END_STREAM = ACK = 0x1
 END_HEADERS = 0x4
+PADDED, PRIORITY = 0x8, 0x20
+#: A HEADERS frame's priority fields: stream dependency (4 octets) and weight (1).
+PRIORITY_BYTES = 5
+APNS_ID = b"apns-id"
 #: APNs' stream limit once a provider token is accepted (the simulator's too).
 MAX_STREAMS = 1000
 #: The simulator's flow-control windows: a client never waits for a WINDOW_UPDATE.
@@ -83,13 +94,19 @@ class Connection:
         self.ending: set[int] = set()
         self.received_data = 0
         self.closing = False
+        #: With ``--echo-apns-id``: the HPACK decoder, the header block being collected,
+        #: and the ``apns-id`` of each stream whose request carried one.
+        self.decoder: HeaderDecoder | None = None
+        self.block = bytearray()
+        self.apns_ids: dict[int, bytes] = {}
 
 
 class LeanApns:
     """The accept loop, the frame loop, and the count of answers."""
 
-    def __init__(self, context: ssl.SSLContext, port: int) -> None:
+    def __init__(self, context: ssl.SSLContext, port: int, *, echo_apns_id: bool = False) -> None:
         self.context = context
+        self.echo_apns_id = echo_apns_id
         self.selector = selectors.DefaultSelector()
         self.listener = socket.create_server(("127.0.0.1", port), backlog=128)
         self.listener.setblocking(False)
@@ -100,7 +117,9 @@ class LeanApns:
 
     def _answer(self, conn: Connection, stream: int) -> None:
         self.answered += 1
-        apns_id = f"{self.answered:08X}-0000-4000-8000-{stream:012X}".encode()
+        apns_id = conn.apns_ids.pop(stream, None)
+        if apns_id is None:
+            apns_id = f"{self.answered:08X}-0000-4000-8000-{stream:012X}".encode()
         payload = _STATUS_200 + _APNS_ID_NAME + apns_id
         conn.outbox += frame(HEADERS, END_STREAM | END_HEADERS, stream, payload)
 
@@ -128,6 +147,8 @@ class LeanApns:
                 if flags & END_STREAM:
                     self._answer(conn, stream)
             elif kind in (HEADERS, CONTINUATION):
+                if conn.decoder is not None:
+                    self._header_block(conn, kind, flags, stream, buf[at + FRAME_HEADER : end])
                 if kind == HEADERS and flags & END_STREAM:
                     conn.ending.add(stream)
                 if flags & END_HEADERS and stream in conn.ending:
@@ -144,6 +165,24 @@ class LeanApns:
         if conn.received_data >= CONNECTION_WINDOW // 2:
             conn.outbox += frame(0x8, 0, 0, conn.received_data.to_bytes(4, "big"))
             conn.received_data = 0
+
+    @staticmethod
+    def _header_block(
+        conn: Connection, kind: int, flags: int, stream: int, payload: bytearray
+    ) -> None:
+        """Collect a request's header block; once whole, keep its ``apns-id``."""
+        assert conn.decoder is not None
+        if kind == HEADERS:
+            if flags & PADDED:
+                payload = payload[1 : len(payload) - payload[0]]
+            if flags & PRIORITY:
+                payload = payload[PRIORITY_BYTES:]
+        conn.block += payload
+        if flags & END_HEADERS:
+            for name, value in conn.decoder.decode(bytes(conn.block), raw=True):
+                if name == APNS_ID:
+                    conn.apns_ids[stream] = bytes(value)
+            conn.block.clear()
 
     def _close(self, conn: Connection) -> None:
         self.selector.unregister(conn.sock)
@@ -198,7 +237,10 @@ class LeanApns:
         raw.setblocking(False)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock = self.context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
-        self.selector.register(sock, selectors.EVENT_READ, Connection(sock))
+        conn = Connection(sock)
+        if self.echo_apns_id:
+            conn.decoder = HeaderDecoder()
+        self.selector.register(sock, selectors.EVENT_READ, conn)
 
     def run(self, stdin_fd: int, deadline: float) -> None:
         self.selector.register(stdin_fd, selectors.EVENT_READ, "stdin")
@@ -217,10 +259,15 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any)")
     parser.add_argument("--ca-out", required=True, help="write the TLS CA here for pushd")
     parser.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS)
+    parser.add_argument(
+        "--echo-apns-id",
+        action="store_true",
+        help="decode request headers and answer with the request's apns-id, as APNs does",
+    )
     args = parser.parse_args()
     tls = make_self_signed()
     tls.write_ca(args.ca_out)
-    server = LeanApns(tls.server_context(), args.port)
+    server = LeanApns(tls.server_context(), args.port, echo_apns_id=args.echo_apns_id)
     print(f"{READY_PREFIX}{server.port}", flush=True)
     # Anything on stdin, or its end, stops the server (the runner closes it).
     server.run(sys.stdin.fileno(), time.monotonic() + args.max_seconds)

@@ -84,6 +84,7 @@ LATE_SECONDS = 0.001
 HEADER_END = b"\r\n\r\n"
 CONTENT_LENGTH = b"\r\ncontent-length:"
 CONNECTION_CLOSE = b"\r\nconnection: close"
+CHUNKED = b"\r\ntransfer-encoding: chunked"
 
 
 class ConnectionLost(Exception):
@@ -109,6 +110,27 @@ class Connection:
             raise ConnectionLost("pushd closed the connection")
         self.buffer += chunk
 
+    async def _take(self, stream: trio.SocketStream, length: int) -> bytes:
+        while len(self.buffer) < length:
+            await self._fill(stream)
+        taken = bytes(self.buffer[:length])
+        del self.buffer[:length]
+        return taken
+
+    async def _chunked(self, stream: trio.SocketStream) -> bytes:
+        """A ``transfer-encoding: chunked`` body (Sygnal's Twisted answers so; pushd
+        never does), without trailers."""
+        body = bytearray()
+        while True:
+            while (end := self.buffer.find(b"\r\n")) < 0:
+                await self._fill(stream)
+            size = int(bytes(self.buffer[:end]).split(b";", 1)[0], 16)
+            del self.buffer[: end + 2]
+            body += await self._take(stream, size + 2)
+            del body[-2:]
+            if size == 0:
+                return bytes(body)
+
     async def close(self) -> None:
         if self.stream is not None:
             stream, self.stream = self.stream, None
@@ -127,15 +149,15 @@ class Connection:
         del self.buffer[: end + len(HEADER_END)]
         status = int(head[9:12])
         at = head.find(CONTENT_LENGTH)
-        if at < 0:
+        if at >= 0:
+            value_start = at + len(CONTENT_LENGTH)
+            value_end = head.find(b"\r\n", value_start)
+            length = int(head[value_start : value_end if value_end >= 0 else len(head)])
+            body = await self._take(stream, length)
+        elif CHUNKED in head:
+            body = await self._chunked(stream)
+        else:
             raise ConnectionLost(f"status {status} without content-length: {head[:200]!r}")
-        value_start = at + len(CONTENT_LENGTH)
-        value_end = head.find(b"\r\n", value_start)
-        length = int(head[value_start : value_end if value_end >= 0 else len(head)])
-        while len(self.buffer) < length:
-            await self._fill(stream)
-        body = bytes(self.buffer[:length])
-        del self.buffer[:length]
         if CONNECTION_CLOSE in head:
             await self.close()
             self.reopened += 1

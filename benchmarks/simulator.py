@@ -24,6 +24,7 @@ import trio
 from common import ANSWERS_PREFIX, READY_PREFIX, TOPIC, wait_for_stdin_eof
 
 from pushd.simulators.apns import ApnsSimulator, Received
+from pushd.simulators.apns.constants import DEFAULT_INITIAL_MAX_STREAMS
 from pushd.simulators.certs import make_self_signed
 
 #: A benchmark run takes about three minutes; nothing should outlive it by much.
@@ -45,7 +46,11 @@ async def _main(args: argparse.Namespace) -> None:
     tls.write_ca(args.ca_out)
     counter = Counter()
     sim = ApnsSimulator(
-        accept_any_key=True, topics=frozenset({TOPIC}), record=False, on_received=counter
+        accept_any_key=True,
+        topics=frozenset({TOPIC}),
+        record=False,
+        on_received=counter,
+        initial_max_streams=args.initial_streams,
     )
     with trio.move_on_after(args.max_seconds):
         async with trio.open_nursery() as nursery:
@@ -62,6 +67,13 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any)")
     parser.add_argument("--ca-out", required=True, help="write the TLS CA here for pushd")
     parser.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS)
+    parser.add_argument(
+        "--initial-streams",
+        type=int,
+        default=DEFAULT_INITIAL_MAX_STREAMS,
+        help="streams a connection may open before its first provider token is accepted"
+        " (APNs: 1; sygnal_side.py lifts it for aioapns, which opens a burst at once)",
+    )
     trio.run(_main, parser.parse_args())
     return 0
 
