@@ -61,15 +61,20 @@ from workers import pushd, toml
 PUSHD, SYGNAL, UPSTREAM = "pushd", "sygnal", "upstream"
 MODES = ("matrix", "matrix-4")
 CONCURRENCY = 64
+#: Measured requests per run: several seconds of Sygnal's ~1,000-2,000 notifications/s,
+#: a couple of pushd's; the same work for both.
 REQUESTS = {"matrix": 8000, "matrix-4": 4000}
+#: Unmeasured requests per connection first (connections, TLS, provider tokens, caches).
 WARMUP = 20
 MAX_SECONDS = 40.0
 DRIVER_TIMEOUT = 180.0
+#: How long a gateway may take to listen, and to exit once told to.
 START_SECONDS = 30.0
 #: The upstream outlives every round of a long run (the simulator's own default is 600 s).
 UPSTREAM_MAX_SECONDS = 3600
-ROW_FIELDS = ("rate", "server_ms", "upstream_ms", "p50_ms", "p99_ms", "others", "steal")
 STOP_SECONDS = 10.0
+#: What each row prints and the summary reads, from :func:`drive`'s report.
+ROW_FIELDS = ("rate", "server_ms", "upstream_ms", "p50_ms", "p99_ms", "others", "steal")
 #: aioapns opens a burst of streams on a new connection before the server's SETTINGS
 #: can reach it, and counts the simulator's REFUSED_STREAM beyond APNs' first 1 as a
 #: lost connection (Sygnal answers 500): both gateways get connections that allow the
