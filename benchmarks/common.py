@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 import uuid
 
 import attrs
@@ -183,6 +184,13 @@ class CpuSnapshot:
 
     def since(self, earlier: CpuSnapshot) -> dict[str, float]:
         return {role: value - earlier.seconds[role] for role, value in self.seconds.items()}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free now (for a server that must be told its port)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 async def wait_for_stdin_eof() -> None:

@@ -37,7 +37,6 @@ import contextlib
 import json
 import os
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,7 +49,17 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import trio
-from common import APP_NAME, KEY_ID, READY_PREFIX, SERVER_NAME, TEAM_ID, TOPIC, cpu_seconds, token
+from common import (
+    APP_NAME,
+    KEY_ID,
+    READY_PREFIX,
+    SERVER_NAME,
+    TEAM_ID,
+    TOPIC,
+    cpu_seconds,
+    free_port,
+    token,
+)
 
 from pushd.config import StoreConfig
 from pushd.frontends.ratelimit import RateLimit
@@ -177,12 +186,6 @@ def write_config(
         f"upstream_ca_file = {json.dumps(str(ca))}\nconnections = 2\n"
     )  # fmt: skip
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def start_pushd(config: Path, port: int, log: Path) -> trio.Process:

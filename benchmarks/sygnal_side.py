@@ -31,7 +31,6 @@ import contextlib
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,10 +52,11 @@ from common import (
     TEAM_ID,
     TOPIC,
     UPSTREAMS,
+    free_port,
     placement,
 )
 from pushd_under_test import MATRIX_RATE_LIMIT, apns_app
-from workers import pushd, toml
+from workers import pushd, spread, toml
 
 PUSHD, SYGNAL, UPSTREAM = "pushd", "sygnal", "upstream"
 MODES = ("matrix", "matrix-4")
@@ -148,13 +148,6 @@ def write_sygnal_config(directory: Path, p8: Path, port: int) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @attrs.frozen
 class Rig:
     """What every round shares: the upstream, both gateways' configs, Sygnal's python."""
@@ -235,12 +228,6 @@ def drive(
     report["others"] = (cpu[MACHINE] - known) / report["elapsed"]
     report["steal"] = cpu[STEAL] / report["elapsed"]
     return report
-
-
-def spread(values: list[float], digits: int = 3) -> str:
-    """Median (min-max)."""
-    low, mid, high = min(values), statistics.median(values), max(values)
-    return f"{mid:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
 
 
 def run_round(
@@ -324,8 +311,9 @@ def summarize(rows: list[dict[str, Any]], modes: list[str], concurrencies: list[
                 for role in (PUSHD, SYGNAL)
             }  # fmt: skip
             for role, got in mine.items():
+                cpu = spread([r["server_ms"] for r in got], 3)
                 print(
-                    f"{label} {role}: CPU-ms/notification {spread([r['server_ms'] for r in got])}"
+                    f"{label} {role}: CPU-ms/notification {cpu}"
                     f", p99 {spread([r['p99_ms'] for r in got], 1)} ms, "
                     f"{spread([r['rate'] for r in got], 0)} notifications/s"
                 )
