@@ -179,6 +179,7 @@ def write_config(
         f"[server]\nlisten = \"127.0.0.1\"\nport = {listen}\n"
         "[store]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in store.items())
         + f"[spool]\nkey_file = {json.dumps(str(path.parent / 'spool.key'))}\n"
+        "[metrics]\nport = 0\n"  # two instances on one host: each its own, any free
         "[log]\nlevel = \"warning\"\n[native]\nrate_limit = 100000000\n"
         f"[[apps]]\nname = \"{APP_NAME}\"\nprovider = \"apns\"\nenvironment = \"sandbox\"\n"
         f"topic = \"{TOPIC}\"\nkey_file = {json.dumps(str(key_file))}\nkey_id = \"{KEY_ID}\"\n"
@@ -267,7 +268,14 @@ async def run_setup(
             pids = [p.pid for p in processes]
             backends = pg_backends(name) if name else []
             before = cpu_of(pids), cpu_of(backends)
-            rate, sent = await drive(ports, key, args.requests)
+            try:
+                rate, sent = await drive(ports, key, args.requests)
+            except RuntimeError:
+                for n in range(instances):
+                    log = work / f"pushd-{n}.log"
+                    tail = log.read_text(errors="replace").splitlines()[-15:]
+                    print(f"--- {log.name}, last lines:", *tail, sep="\n", file=sys.stderr)
+                raise
             backends_after = pg_backends(name) if name else []
             new = [pid for pid in backends_after if pid not in backends]
             pushd_cpu = cpu_of(pids) - before[0]
