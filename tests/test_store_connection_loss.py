@@ -9,7 +9,8 @@ connection, which pushd does not own, ends pushd's backends with
   (a Zulip re-registration with both ids: the user-id row goes, the uuid row comes),
   held there by a row this test keeps uncommitted.  The answer is 503
   ``STORE_UNAVAILABLE`` and the first statement is undone; the same through the native
-  API.  Idle connections terminated (a failover) cost no request anything.
+  API.  Idle connections terminated (a failover) cost no request anything: a read, or a
+  write whose ``BEGIN`` fails, runs again on a live connection.
 - *An outage*: the database refuses connections.  Requests are answered 503 within
   seconds (native JSON and Zulip forms, with Retry-After), ``/healthz`` says degraded;
   when the database takes connections again, pushd serves again within seconds.
@@ -135,11 +136,16 @@ async def test_a_backend_terminated_mid_transaction_is_a_503_and_leaves_nothing_
     realm_uuid = realm(1)["uuid"]
     assert (await zulip.register_device(token(1), APNS, user_id=1, ios_app_id=TOPIC)).is_success
 
-    # Idle connections lost (a failover): the pool's check replaces them unnoticed.
+    # Idle connections lost (a failover): the first use of a dead one finds it, the
+    # pool's other idle connections are checked, and the read or write runs again on a
+    # live one, unnoticed by the caller; first a read (authentication), then a write.
     assert await trio.to_thread.run_sync(terminate, admin, database) > 0
     for n in range(3):
         body = {"user": "carol", "token": token(40 + n), "app": "chat"}
         assert (await pushd.post("/v1/devices", body)).status_code == 201
+    assert await trio.to_thread.run_sync(terminate, admin, database) > 0
+    assert await store.rate_hit("failover", 0) == 1
+    assert await store.rate_hit("failover", 0) == 2  # the first counted once
 
     async def rows() -> list[tuple[Any, ...]]:
         return await store.engine.read(

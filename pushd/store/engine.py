@@ -67,6 +67,16 @@ class Engine(Protocol):
 
     async def write(self, fn: Callable[[Tx], T]) -> T: ...
 
+    async def write_repeatable(self, sql: str, params: Sequence[object]) -> Row | None:
+        """Run one statement that changes rows and is harmless to run twice (a
+        counter's increment: at worst one request counted twice); its first row.
+
+        A statement is atomic by itself, so PostgreSQL runs it without ``BEGIN`` and
+        ``COMMIT``, two round trips fewer; and when its connection dies under it, its
+        outcome is unknown, so it may run again on another.
+        """
+        ...
+
     async def close(self) -> None: ...
 
     def describe(self) -> str:
@@ -222,6 +232,9 @@ class SqliteEngine:
             result = await trio.to_thread.run_sync(self.write_sync, fn, limiter=self._writer)
         self.failures.succeeded()
         return result
+
+    async def write_repeatable(self, sql: str, params: Sequence[object]) -> Row | None:
+        return await self.write(lambda tx: tx.one(sql, params))
 
     def write_sync(self, fn: Callable[[Tx], T]) -> T:
         """:meth:`write` for a thread that is not the event loop's (migrations)."""

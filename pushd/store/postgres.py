@@ -5,10 +5,20 @@ worker threads, through a ``psycopg_pool`` pool sized from the config; a
 ``trio.CapacityLimiter`` of the same size keeps threads from queueing inside the pool.
 Every read and write is one transaction on one pooled connection.
 
+Round trips are the cost (each is about 0.05 CPU-ms of pushd's and a wake-up of a
+backend), so a read is its statement alone, in autocommit: at PostgreSQL's default READ
+COMMITTED level every statement takes its own snapshot even inside a transaction, so a
+``BEGIN`` and ``COMMIT`` around a read would add two round trips and no guarantee.  A
+write is ``BEGIN``, its statements, ``COMMIT``.
+
 Connection loss is an outage, not a bug: the statement fails, the transaction is rolled
 back by the server (nothing half-written), the caller hears 503 ``store_unavailable``,
-and the pool replaces the broken connection; connections are checked before use, so a
-database restart costs each stale connection one cheap check, not one failed request.
+and the pool replaces the broken connection.  Connections are not checked before use
+(a round trip per checkout); a connection that turns out to be dead when first used
+(the database restarted, or a failover ended idle backends) is replaced and the work
+run once more on another, which is safe only because nothing of it can have happened:
+a write's ``BEGIN`` failed, or a read, which changes nothing, failed.  A write whose
+connection is lost after ``BEGIN`` is a 503 (it may have run as far as ``COMMIT``).
 
 While the database cannot be reached at all, a request is answered 503 within
 :data:`UNREACHABLE_WAIT` rather than after the pool's whole :data:`POOL_TIMEOUT` (a
@@ -19,9 +29,9 @@ that pushd notices within seconds that the database is back, not minutes.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -51,6 +61,8 @@ RECONNECT_TIMEOUT: Final = 5.0
 #: libpq's connect timeout (seconds) unless the URL sets one: without it a host that
 #: drops packets holds a connection attempt for TCP's minutes.
 CONNECT_TIMEOUT: Final = 5
+#: Runs of one read or write after the first on a connection found dead when first used.
+STALE_RETRIES: Final = 1
 #: Connections kept open while idle: one, so the first request after a quiet night
 #: does not pay a connection's setup.
 POOL_MIN: Final = 1
@@ -67,7 +79,7 @@ _FAILURE_KINDS: Final = (
 _CONNECTION_KINDS: Final = frozenset({"connection_lost", "server_shutdown", "unreachable"})
 
 
-@lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=1024)
 def _placeholders(sql: str) -> str:
     """``?`` to psycopg's ``%s`` (and a literal ``%`` doubled), once per statement text."""
     return sql.replace("%", "%%").replace("?", "%s")
@@ -140,7 +152,7 @@ class PostgresEngine:
             import psycopg_pool
         except ImportError:
             raise StoreError("PostgreSQL needs psycopg: pip install 'pushd[postgres]'") from None
-        kwargs: dict[str, Any] = {"autocommit": False}
+        kwargs: dict[str, Any] = {"autocommit": True}  # writes say BEGIN themselves
         if "connect_timeout" not in url:
             kwargs["connect_timeout"] = CONNECT_TIMEOUT
         if password_file is not None:
@@ -156,7 +168,6 @@ class PostgresEngine:
             open=False,
             timeout=POOL_TIMEOUT,
             reconnect_timeout=RECONNECT_TIMEOUT,
-            check=psycopg_pool.ConnectionPool.check_connection,
             name="pushd",
         )
         # The pool logs a warning per failed connection attempt (several a second in
@@ -172,22 +183,45 @@ class PostgresEngine:
     def describe(self) -> str:
         return f"PostgreSQL {redact_url(self.url)}"
 
-    def run_sync(self, fn: Callable[[Tx], T]) -> T:
-        """Run ``fn`` in one transaction on a pooled connection (blocking)."""
+    def run_sync(self, fn: Callable[[Tx], T], *, write: bool = True) -> T:
+        """Run ``fn`` on a pooled connection (blocking): a write in one transaction, a
+        read (or a repeatable statement, see :meth:`write_repeatable`) in autocommit;
+        once more on another connection if this one was dead."""
         import psycopg
 
-        connection = self._connection()
-        try:
-            with connection, connection.transaction():
-                result = fn(PostgresTx(connection))
-        except psycopg.IntegrityError as error:
-            raise Conflict(error.diag.constraint_name or "constraint") from None
-        except (psycopg.OperationalError, psycopg.InternalError, psycopg.InterfaceError) as error:
-            raise self._failed(failure_kind(error)) from None
-        finally:
-            self.pool.putconn(connection)
-        self._unreachable = False
-        return result
+        stale = False
+        for attempt in range(STALE_RETRIES + 1):
+            if stale:
+                self.pool.check()
+            connection = self._connection()
+            begun = False
+            try:
+                if not write:
+                    result = fn(PostgresTx(connection))
+                else:
+                    with connection.transaction():
+                        begun = True  # BEGIN went through: the connection was alive
+                        result = fn(PostgresTx(connection))
+            except psycopg.IntegrityError as error:
+                raise Conflict(error.diag.constraint_name or "constraint") from None
+            except (
+                psycopg.OperationalError,
+                psycopg.InternalError,
+                psycopg.InterfaceError,
+            ) as error:
+                kind = failure_kind(error)
+                if not begun and kind in _CONNECTION_KINDS and attempt < STALE_RETRIES:
+                    # Nothing of fn happened: run it on a live connection.  One dead
+                    # connection means the others idle beside it are likely dead too
+                    # (a restart ended them all): check those, once, now.
+                    stale = True
+                    continue
+                raise self._failed(kind) from None
+            finally:
+                self.pool.putconn(connection)  # a broken one is discarded and replaced
+            self._unreachable = False
+            return result
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _connection(self) -> psycopg.Connection[Any]:
         """A checked connection from the pool, or StoreUnavailable.
@@ -221,24 +255,30 @@ class PostgresEngine:
             self._unreachable = True
         return self.failures.failed(kind)
 
-    async def _run(self, fn: Callable[[Tx], T]) -> T:
+    async def _run(self, fn: Callable[[Tx], T], write: bool) -> T:
         # Not abandoned on cancellation (trio's default): a transaction that started is
         # finished, so what the caller hears never disagrees with what was committed.
-        result = await trio.to_thread.run_sync(self.run_sync, fn, limiter=self._limiter)
+        run = functools.partial(self.run_sync, fn, write=write)
+        result = await trio.to_thread.run_sync(run, limiter=self._limiter)
         self.failures.succeeded()
         return result
 
     async def read(self, fn: Callable[[Tx], T]) -> T:
-        return await self._run(fn)
+        return await self._run(fn, write=False)
 
     async def write(self, fn: Callable[[Tx], T]) -> T:
-        return await self._run(fn)
+        return await self._run(fn, write=True)
+
+    async def write_repeatable(self, sql: str, params: Sequence[object]) -> Row | None:
+        # Atomic by itself, so no BEGIN and COMMIT (two round trips fewer); harmless
+        # to run twice, so run again like a read when its connection was dead.
+        return await self._run(lambda tx: tx.one(sql, params), write=False)
 
     def write_sync(self, fn: Callable[[Tx], T]) -> T:
         return self.run_sync(fn)
 
     def read_sync(self, fn: Callable[[Tx], T]) -> T:
-        return self.run_sync(fn)
+        return self.run_sync(fn, write=False)
 
     async def close(self) -> None:
         await trio.to_thread.run_sync(self.close_sync)

@@ -128,13 +128,11 @@ class VerdictQueries:
     async def rate_hit(self, key: str, window_start: int) -> int:
         """Count one request of ``key`` in the window starting at ``window_start``;
         the window's count so far, this one included."""
-        row = await self.engine.write(
-            lambda tx: tx.one(
-                "INSERT INTO rate_windows (key, window_start, count) VALUES (?, ?, 1)"
-                " ON CONFLICT (key, window_start) DO UPDATE SET count = rate_windows.count + 1"
-                " RETURNING count",
-                (key, window_start),
-            )
+        row = await self.engine.write_repeatable(
+            "INSERT INTO rate_windows (key, window_start, count) VALUES (?, ?, 1)"
+            " ON CONFLICT (key, window_start) DO UPDATE SET count = rate_windows.count + 1"
+            " RETURNING count",
+            (key, window_start),
         )
         return int(row[0]) if row else 1
 
