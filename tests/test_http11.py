@@ -39,6 +39,15 @@ async def echo(request: Request) -> Reply:
     )
 
 
+#: An answer far larger than a socket's send buffer: written in part at once, the rest
+#: as the client reads.
+BIG_BYTES = 8 * 1024 * 1024
+
+
+async def big(request: Request) -> Reply:
+    return Reply(200, b"x" * BIG_BYTES, content_type="application/octet-stream")
+
+
 async def boom(request: Request) -> Reply:
     raise RuntimeError("handler bug")
 
@@ -61,6 +70,7 @@ ROUTES = [
     Route("POST", "/hooks/{secret}/send", echo, "templated"),
     Route("POST", "/small", echo, "small", max_body_bytes=16, error_reply=plain_error),
     Route("GET", "/boom", boom, "boom"),
+    Route("GET", "/big", big, "big"),
     Route("GET", "/slow", slow, "slow"),
 ]
 
@@ -383,6 +393,42 @@ async def test_a_stalled_body_and_an_idle_connection_are_closed(start: Start) ->
     (answer,) = await exchange(idle, post("/v1/echo", b""))
     assert answer["status"] == 200
     assert await closed_by_server(idle)  # after keep_alive_timeout
+
+
+async def test_an_answer_larger_than_the_socket_takes_arrives_whole_then_the_next(
+    running: Running,
+) -> None:
+    stream = await running.connect()
+    await stream.send_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n" + post("/v1/echo", b"{}"))
+    received = b""
+    with trio.fail_after(10):
+        while True:
+            received += await stream.receive_some(1 << 20)
+            head, _, rest = received.partition(b"\r\n\r\n")
+            second = rest[BIG_BYTES:]  # the echo's answer, once the big one is whole
+            if b"\r\n\r\n" in second and second.endswith(b"}"):
+                break
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert f"content-length: {BIG_BYTES}".encode() in head
+    assert rest[:BIG_BYTES] == b"x" * BIG_BYTES
+    assert second.startswith(b"HTTP/1.1 200 ")  # the pipelined request, answered after
+
+
+async def test_a_client_that_stops_reading_a_large_answer_is_dropped(start: Start) -> None:
+    running = await start(HttpSettings(read_timeout=0.3, keep_alive_timeout=30))
+    stalled = await running.connect()
+    await stalled.send_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+    await trio.sleep(1.0)  # never reads: the server must give up on it, not hang
+    async with httpx.AsyncClient() as client:  # meanwhile others are served
+        assert (await client.post(running.url + "/v1/echo")).status_code == 200
+    received = 0
+    with trio.fail_after(5):
+        try:
+            while chunk := await stalled.receive_some(1 << 20):
+                received += len(chunk)
+        except trio.BrokenResourceError:
+            pass
+    assert received < BIG_BYTES  # closed part-way: the rest was never sent
 
 
 async def test_a_client_that_disconnects_mid_request_does_not_hurt_the_server(
