@@ -3,22 +3,25 @@
 psycopg 3's async API runs on asyncio only, so pushd uses its synchronous API on trio
 worker threads, through a ``psycopg_pool`` pool sized from the config; a
 ``trio.CapacityLimiter`` of the same size keeps threads from queueing inside the pool.
-Every read and write is one transaction on one pooled connection.
+Every read and write runs on one pooled connection.
 
 Round trips are the cost (each is about 0.05 CPU-ms of pushd's and a wake-up of a
-backend), so a read is its statement alone, in autocommit: at PostgreSQL's default READ
+backend), so a read is its statements alone, in autocommit: at PostgreSQL's default READ
 COMMITTED level every statement takes its own snapshot even inside a transaction, so a
 ``BEGIN`` and ``COMMIT`` around a read would add two round trips and no guarantee.  A
-write is ``BEGIN``, its statements, ``COMMIT``.
+write is ``BEGIN``, its statements, ``COMMIT`` (one transaction, all or nothing), except
+a repeatable one (:meth:`PostgresEngine.write_repeatable`: one statement, atomic by
+itself, that may run twice, such as the shared rate count).
 
 Connection loss is an outage, not a bug: the statement fails, the transaction is rolled
 back by the server (nothing half-written), the caller hears 503 ``store_unavailable``,
 and the pool replaces the broken connection.  Connections are not checked before use
 (a round trip per checkout); a connection that turns out to be dead when first used
 (the database restarted, or a failover ended idle backends) is replaced and the work
-run once more on another, which is safe only because nothing of it can have happened:
-a write's ``BEGIN`` failed, or a read, which changes nothing, failed.  A write whose
-connection is lost after ``BEGIN`` is a 503 (it may have run as far as ``COMMIT``).
+run once more on another, which is safe only because nothing of it can have happened,
+or it may happen twice: a write's ``BEGIN`` failed, a read (which changes nothing)
+failed, or a repeatable statement failed.  A write whose connection is lost after
+``BEGIN`` is a 503 (it may have run as far as ``COMMIT``).
 
 While the database cannot be reached at all, a request is answered 503 within
 :data:`UNREACHABLE_WAIT` rather than after the pool's whole :data:`POOL_TIMEOUT` (a
