@@ -12,11 +12,11 @@ the one-stream warm-up) is done by one untimed send before the window opens.
 
 Run from the repository root::
 
-    /work/venv/bin/python benchmarks/apns_client.py                   # 20,000 x 200, 1 conn
-    /work/venv/bin/python benchmarks/apns_client.py --repeat 3        # best and median of 3
-    /work/venv/bin/python benchmarks/apns_client.py --profile 25      # + cProfile top 25
-    /work/venv/bin/python benchmarks/apns_client.py --batch 100       # 4 x send_many(100)
-    /work/venv/bin/python benchmarks/apns_client.py --concurrency 400 # same load, per send
+    .venv/bin/python benchmarks/apns_client.py                   # 20,000 x 200, 1 conn
+    .venv/bin/python benchmarks/apns_client.py --repeat 3        # best and median of 3
+    .venv/bin/python benchmarks/apns_client.py --profile 25      # + cProfile top 25
+    .venv/bin/python benchmarks/apns_client.py --batch 100       # 4 x send_many(100)
+    .venv/bin/python benchmarks/apns_client.py --concurrency 400 # same load, per send
 
 The simulator child is a daemon process and is terminated on exit.
 """

@@ -17,10 +17,10 @@ before it reports its port.
 
 Run from the repository root::
 
-    /work/venv/bin/python benchmarks/fcm_client.py                   # 20,000 x 200, per send
-    /work/venv/bin/python benchmarks/fcm_client.py --batch 100       # 4 x send_many(100)
-    /work/venv/bin/python benchmarks/fcm_client.py --repeat 3        # best and median of 3
-    /work/venv/bin/python benchmarks/fcm_client.py --profile 25      # + cProfile top 25
+    .venv/bin/python benchmarks/fcm_client.py                   # 20,000 x 200, per send
+    .venv/bin/python benchmarks/fcm_client.py --batch 100       # 4 x send_many(100)
+    .venv/bin/python benchmarks/fcm_client.py --repeat 3        # best and median of 3
+    .venv/bin/python benchmarks/fcm_client.py --profile 25      # + cProfile top 25
 
 The simulator child is a daemon process and is terminated on exit.
 """

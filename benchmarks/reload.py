@@ -18,7 +18,7 @@ its slowest answer while reloads run, against its slowest between them, shows ho
 a reload holds up pushd's event loop (file reads, key parsing and TLS setup run on
 worker threads; rebuilding frontends and swapping lanes on the loop).
 
-    /work/venv/bin/python benchmarks/reload.py [--runs 3] [--reloads 15]
+    .venv/bin/python benchmarks/reload.py [--runs 3] [--reloads 15]
 """
 
 from __future__ import annotations

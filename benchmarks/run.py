@@ -1,9 +1,9 @@
 """Benchmark pushd's native send API: throughput, latency, CPU per notification, peak RSS.
 
-    /work/venv/bin/python benchmarks/run.py            # the full run, about 3-4 minutes
-    /work/venv/bin/python benchmarks/run.py --quick    # a few seconds: does it still work?
-    /work/venv/bin/python benchmarks/run.py --profile  # + cProfile of the APNs 100-device runs
-    /work/venv/bin/python benchmarks/run.py --profile=fcm-hundred  # ... of another mode's
+    .venv/bin/python benchmarks/run.py            # the full run, about 3-4 minutes
+    .venv/bin/python benchmarks/run.py --quick    # a few seconds: does it still work?
+    .venv/bin/python benchmarks/run.py --profile  # + cProfile of the APNs 100-device runs
+    .venv/bin/python benchmarks/run.py --profile=fcm-hundred  # ... of another mode's
 
 Four processes, so that the kernel can tell whose CPU is whose: pushd
 (``pushd_under_test.py``), the APNs simulator (``simulator.py``), the FCM simulator

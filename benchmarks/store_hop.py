@@ -13,7 +13,7 @@ CPU is ``time.process_time`` (every thread of this process, so the worker thread
 share is counted too); wall time is shown beside it.  The reads go to a store holding
 the benchmark's 100,000 registrations.
 
-    /work/venv/bin/python benchmarks/store_hop.py [--reads N]
+    .venv/bin/python benchmarks/store_hop.py [--reads N]
 """
 
 from __future__ import annotations
