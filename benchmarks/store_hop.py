@@ -7,7 +7,9 @@ both on this machine so the claim can be checked, and re-checked after upgrades:
 
 - inline: ``Store.user_registrations`` (the send path's read) on the SQLite engine;
 - hop:    the same query through ``trio.to_thread.run_sync`` (the engine's read_sync);
-- bare hop: ``trio.to_thread.run_sync`` around a function that does nothing.
+- bare hop: ``trio.to_thread.run_sync`` around a function that does nothing;
+- the same two through :func:`pushd.store.hop.run_on_thread`, the hop the engines use
+  (SQLite's writes, every PostgreSQL call).
 
 CPU is ``time.process_time`` (every thread of this process, so the worker thread's
 share is counted too); wall time is shown beside it.  The reads go to a store holding
@@ -19,6 +21,7 @@ the benchmark's 100,000 registrations.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
 import time
@@ -32,6 +35,7 @@ from populate import populate
 from pushd.config import StoreConfig
 from pushd.store import Store, open_store
 from pushd.store.engine import Tx
+from pushd.store.hop import run_on_thread
 
 REGISTRATIONS = 100_000
 FANOUT_USERS = 0
@@ -90,13 +94,25 @@ async def measure_store(database: Store, server_id: int, users: int, reads: int)
     async def bare(_: int) -> None:
         await trio.to_thread.run_sync(nothing)
 
+    limiter = trio.CapacityLimiter(1)
+
+    async def own_hop(i: int) -> None:
+        await run_on_thread(functools.partial(engine.read_sync, query(i)), limiter)  # type: ignore[attr-defined]
+
+    async def own_bare(_: int) -> None:
+        await run_on_thread(nothing, limiter)
+
     print(f"{reads:,} reads each, store with {REGISTRATIONS:,} registrations:")
     inline_us = await timed("inline indexed read", reads, inline)
     hop_us = await timed("read via trio.to_thread.run_sync", reads, hop)
     bare_us = await timed("bare trio.to_thread.run_sync hop", reads, bare)
+    own_hop_us = await timed("read via pushd's run_on_thread", reads, own_hop)
+    own_bare_us = await timed("bare run_on_thread hop", reads, own_bare)
     print(
         f"the hop adds {hop_us - inline_us:.1f} µs of CPU per read"
         f" ({hop_us / inline_us:.0f}x the inline read); a bare hop costs {bare_us:.1f} µs"
+        f" through trio.to_thread, {own_bare_us:.1f} through run_on_thread (the store's"
+        f" engines' hop; a read through it {own_hop_us:.1f})"
     )
 
 

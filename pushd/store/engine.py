@@ -8,13 +8,14 @@ process killed at any moment leaves the database as it was before or after.
 
 The SQLite engine (here) writes on one worker thread, one transaction at a time, and
 reads on the event loop: an indexed read costs a few microseconds, a hop to a worker
-thread and back about 130 (``benchmarks/store_hop.py``), and WAL mode lets a read see
-every committed write, never a half-written one.  The PostgreSQL engine
+thread and back about 100-140 (``benchmarks/store_hop.py``, :mod:`pushd.store.hop`),
+and WAL mode lets a read see every committed write, never a half-written one.  The PostgreSQL engine
 (:mod:`pushd.store.postgres`) runs both on worker threads: its reads cross a network.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import sqlite3
 import time
@@ -26,6 +27,7 @@ import trio
 
 from pushd.files import private_file
 from pushd.store.errors import Conflict, FailureLog, StoreError, StoreUnavailable
+from pushd.store.hop import run_on_thread
 
 T = TypeVar("T")
 Dialect = Literal["sqlite", "postgres"]
@@ -226,10 +228,11 @@ class SqliteEngine:
             raise self.failures.failed(sqlite_failure(error)) from None
 
     async def write(self, fn: Callable[[Tx], T]) -> T:
-        # Shielded: once a write has started, finish it even if the caller is cancelled,
-        # so what the caller hears never disagrees with what was committed.
-        with trio.CancelScope(shield=True):
-            result = await trio.to_thread.run_sync(self.write_sync, fn, limiter=self._writer)
+        # Never dropped for a cancelled caller, not even while it waits its turn: what
+        # the caller hears never disagrees with what was committed, and a write asked
+        # for (a spool row on the way to an answer) is done or failed.
+        write = functools.partial(self.write_sync, fn)
+        result = await run_on_thread(write, self._writer, shield_wait=True)
         self.failures.succeeded()
         return result
 

@@ -43,6 +43,7 @@ import trio
 
 from pushd.store.engine import Dialect, Row, Tx
 from pushd.store.errors import Conflict, FailureLog, StoreError, StoreUnavailable
+from pushd.store.hop import run_on_thread
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -262,7 +263,7 @@ class PostgresEngine:
         # Not abandoned on cancellation (trio's default): a transaction that started is
         # finished, so what the caller hears never disagrees with what was committed.
         run = functools.partial(self.run_sync, fn, write=write)
-        result = await trio.to_thread.run_sync(run, limiter=self._limiter)
+        result = await run_on_thread(run, self._limiter)
         self.failures.succeeded()
         return result
 
