@@ -9,8 +9,9 @@ process killed at any moment leaves the database as it was before or after.
 The SQLite engine (here) writes on one worker thread, one transaction at a time, and
 reads on the event loop: an indexed read costs a few microseconds, a hop to a worker
 thread and back about 100-140 (``benchmarks/store_hop.py``, :mod:`pushd.store.hop`),
-and WAL mode lets a read see every committed write, never a half-written one.  The PostgreSQL engine
-(:mod:`pushd.store.postgres`) runs both on worker threads: its reads cross a network.
+and WAL mode lets a read see every committed write, never a half-written one.  The
+PostgreSQL engine (:mod:`pushd.store.postgres`) runs both on worker threads: its reads
+cross a network.
 """
 
 from __future__ import annotations
