@@ -714,6 +714,31 @@ async def test_rate_windows_count_across_instances_and_expire(
         await other.close()
 
 
+async def test_authenticate_counted_counts_active_servers_only_in_one_window(
+    store: Store, store_config: StoreConfig
+) -> None:
+    """What the native API's guard asks on a shared store: the server and its window's
+    count, in one statement on PostgreSQL; nothing counted for a wrong key or a
+    deactivated server, and the count is the one :meth:`Store.rate_hit` keeps."""
+    server, key = await store.add_server("chat-a")
+    other = await open_store(store_config)  # another instance on the same database
+    try:
+        assert await store.authenticate_counted(key, "native:server ", 1000) == (server, 1)
+        assert await other.authenticate_counted(key, "native:server ", 1000) == (server, 2)
+        assert await store.rate_hit("native:server chat-a", 1000) == 3  # the same row
+        assert await store.authenticate_counted(key, "native:server ", 1060) == (server, 1)
+        assert await store.authenticate_counted("pushd_" + "x" * 40, "native:", 1000) == (
+            None,
+            0,
+        )
+        await store.set_active("chat-a", False)
+        found, count = await other.authenticate_counted(key, "native:server ", 1000)
+        assert found is not None and not found.active and count == 0
+        assert await store.rate_hit("native:server chat-a", 1000) == 4  # not counted
+    finally:
+        await other.close()
+
+
 async def test_racing_e2ee_registrations_of_one_device_make_one_row(
     store: Store, store_config: StoreConfig
 ) -> None:

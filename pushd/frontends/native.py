@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from pushd.activity import Activity
 from pushd.config import Config
@@ -63,6 +63,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: What a chat server's rate-limit identity starts with (its name follows): the key
+#: every instance counts it under, so it must never change while instances share one.
+SERVER_IDENTITY: Final = "server "
 
 
 def _result(report: Report) -> dict[str, Any]:
@@ -138,7 +142,6 @@ class NativeApi:
         async def guarded(request: Request) -> Reply:
             try:
                 server = await self._authenticate(request)
-                await self._check_rate(server)
                 reply: Reply = await handler(request, server)
             except ApiError as error:
                 return error.reply()
@@ -147,22 +150,37 @@ class NativeApi:
         return guarded
 
     async def _authenticate(self, request: Request) -> Server:
+        """The active server whose key the request carries, counted against its rate
+        limit; else the 401, 403 or 429 to answer."""
         header = request.headers.get("authorization")
         if header is None:
             raise ApiError(401, "unauthorized", "send Authorization: Bearer <server key>")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise ApiError(401, "unauthorized", "send Authorization: Bearer <server key>")
-        server = await self.store.authenticate(key.strip())
+        limit, now = self.rate_limit, self.clock()
+        count = None
+        if limit.shared is None:
+            server = await self.store.authenticate(key.strip())
+        else:  # counted in the database, in the statement that authenticates
+            server, count = await self.store.authenticate_counted(
+                key.strip(), limit.key(SERVER_IDENTITY), limit.window_start(now)
+            )
         if server is None:
             raise ApiError(401, "unauthorized", "unknown server key")
         if not server.active:
             raise ApiError(403, "forbidden", f"server {server.name!r} is deactivated")
         self.activity.seen("native", server.name)
+        identity = SERVER_IDENTITY + server.name
+        if count is None:
+            retry_after = limit.check(identity, now)
+        else:
+            retry_after = limit.judge(identity, now, count)
+        self._refuse_over(retry_after)
         return server
 
-    async def _check_rate(self, server: Server) -> None:
-        retry_after = await self.rate_limit.acquire(f"server {server.name}", self.clock())
+    def _refuse_over(self, retry_after: float | None) -> None:
+        """The 429 for a server over its limit (``retry_after`` seconds to wait)."""
         if retry_after is not None:
             seconds = retry_after_seconds(retry_after)
             raise ApiError(

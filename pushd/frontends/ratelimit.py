@@ -20,16 +20,18 @@ Several instances on one PostgreSQL (``Store.shared``): the protocols that name 
 authenticated chat server (native, Zulip, Rocket.Chat) count in the database instead,
 through :meth:`RateLimit.acquire`: one upsert of a ``(key, window)`` row per request
 (:meth:`pushd.store.Store.rate_hit`), so the limit holds whichever instance a request
-reaches.  Those windows are aligned on the clock (every instance must name the same
-row), which, like any fixed window, lets a caller send up to twice the limit across a
-window boundary.  If the database cannot count, the request is let through: the store
-logs its own failure, and the request that needs it will fail anyway.  A
-supervisor's workers on one SQLite file (``[server] workers``) count the same way,
-through the same method, but in tables the host's workers share in memory
-(:mod:`pushd.hostshared`): exact across them, and half the CPU of a database write per
-request.  Matrix and
-Mattermost limit source addresses (a flood, not a credential) and keep counting per
-instance: behind N instances a source may send up to N times the limit.
+reaches.  The native API makes the same upsert inside the statement that authenticates
+(:meth:`pushd.store.Store.authenticate_counted`) and has :meth:`RateLimit.judge` read
+the count: one database round trip per request for both.  Those windows are aligned on
+the clock (every instance must name the same row), which, like any fixed window, lets a
+caller send up to twice the limit across a window boundary.  If the database cannot
+count, the request is let through: the store logs its own failure, and the request that
+needs it will fail anyway.  A supervisor's workers on one SQLite file
+(``[server] workers``) count the same way, through the same method, but in tables the
+host's workers share in memory (:mod:`pushd.hostshared`): exact across them, and half
+the CPU of a database write per request.  Matrix and Mattermost limit source addresses
+(a flood, not a credential) and keep counting per instance: behind N instances a source
+may send up to N times the limit.
 """
 
 from __future__ import annotations
@@ -164,12 +166,28 @@ class RateLimit:
         """
         if self.shared is None:
             return self.check(identity, now)
-        window = max(1, int(self.window))
-        start = int(now) // window * window
+        start = self.window_start(now)
         try:
-            count = await self.shared.rate_hit(f"{self.protocol}:{identity}", start)
+            count = await self.shared.rate_hit(self.key(identity), start)
         except StoreUnavailable:
             return None  # a guard, not a quota: let it through (the store logs)
+        return self.judge(identity, now, count)
+
+    def key(self, identity: str) -> str:
+        """The key ``identity`` is counted under (the protocol's name first)."""
+        return f"{self.protocol}:{identity}"
+
+    def window_start(self, now: float) -> int:
+        """The clock-aligned window ``now`` falls in: every instance names the same."""
+        window = max(1, int(self.window))
+        return int(now) // window * window
+
+    def judge(self, identity: str, now: float, count: int) -> float | None:
+        """:meth:`acquire`'s answer for a shared window that ``count`` requests of
+        ``identity`` (this one included) reached, counted by the caller (the native
+        API counts in the same statement that authenticates)."""
+        window = max(1, int(self.window))
+        start = self.window_start(now)
         retry_after = None if count <= self.limit else max(0.001, start + window - now)
         self._warn(identity, now, retry_after)
         return retry_after

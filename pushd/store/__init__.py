@@ -21,7 +21,15 @@ import trio
 from pushd.store.engine import Engine, SqliteEngine
 from pushd.store.errors import Conflict, StoreError, StoreUnavailable
 from pushd.store.schema import SCHEMA_VERSION, migrate
-from pushd.store.servers import DeadToken, Registration, Server, ServerQueries, hash_key, new_key
+from pushd.store.servers import (
+    DeadToken,
+    Registration,
+    Server,
+    ServerQueries,
+    checked_server,
+    hash_key,
+    new_key,
+)
 from pushd.store.spool import SpoolQueries
 from pushd.store.verdicts import LateVerdict, VerdictQueries
 from pushd.store.zulip import HostnameTaken, ZulipPin, ZulipServer, ZulipServerQueries
@@ -82,6 +90,38 @@ class Store(
 
     def describe(self) -> str:
         return self.engine.describe()
+
+    async def authenticate_counted(
+        self, key: str, rate_prefix: str, window_start: int
+    ) -> tuple[Server | None, int]:
+        """:meth:`authenticate`, and for an active server :meth:`rate_hit` of
+        ``rate_prefix + <its name>``: the server (or None) and the window's count (0
+        when nothing was counted).
+
+        On PostgreSQL both are one statement (a data-modifying ``WITH``, repeatable as
+        a count is), so a request pays one hop and one round trip for both instead of
+        two of each; elsewhere (SQLite workers' shared tables) the two calls.
+        """
+        if self.engine.dialect != "postgres":
+            server = await self.authenticate(key)
+            if server is None or not server.active:
+                return server, 0
+            try:
+                return server, await self.rate_hit(rate_prefix + server.name, window_start)
+            except StoreUnavailable:  # a limit is a guard, not a quota: let it through
+                return server, 0
+        row = await self.engine.write_repeatable(
+            "WITH found AS (SELECT id, name, created_at, active, key_hash FROM servers"
+            " WHERE key_hash = ?), counted AS (INSERT INTO rate_windows (key, window_start,"
+            " count) SELECT ? || name, ?, 1 FROM found WHERE active <> 0"
+            " ON CONFLICT (key, window_start) DO UPDATE SET count = rate_windows.count + 1"
+            " RETURNING count)"
+            " SELECT id, name, created_at, active, key_hash, (SELECT count FROM counted)"
+            " FROM found",
+            (hash_key(key), rate_prefix, window_start),
+        )
+        server = checked_server(row, key)
+        return server, int(row[5]) if server is not None and row and row[5] else 0
 
     async def close(self) -> None:
         await self.engine.close()
