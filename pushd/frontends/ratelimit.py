@@ -186,9 +186,8 @@ class RateLimit:
         """:meth:`acquire`'s answer for a shared window that ``count`` requests of
         ``identity`` (this one included) reached, counted by the caller (the native
         API counts in the same statement that authenticates)."""
-        window = max(1, int(self.window))
-        start = self.window_start(now)
-        retry_after = None if count <= self.limit else max(0.001, start + window - now)
+        ends = self.window_start(now) + max(1, int(self.window))
+        retry_after = None if count <= self.limit else max(0.001, ends - now)
         self._warn(identity, now, retry_after)
         return retry_after
 

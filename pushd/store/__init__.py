@@ -110,6 +110,7 @@ class Store(
                 return server, await self.rate_hit(rate_prefix + server.name, window_start)
             except StoreUnavailable:  # a limit is a guard, not a quota: let it through
                 return server, 0
+        digest = hash_key(key)
         row = await self.engine.write_repeatable(
             "WITH found AS (SELECT id, name, created_at, active, key_hash FROM servers"
             " WHERE key_hash = ?), counted AS (INSERT INTO rate_windows (key, window_start,"
@@ -118,9 +119,9 @@ class Store(
             " RETURNING count)"
             " SELECT id, name, created_at, active, key_hash, (SELECT count FROM counted)"
             " FROM found",
-            (hash_key(key), rate_prefix, window_start),
+            (digest, rate_prefix, window_start),
         )
-        server = checked_server(row, key)
+        server = checked_server(row, digest)
         return server, int(row[5]) if server is not None and row and row[5] else 0
 
     async def close(self) -> None:

@@ -193,9 +193,8 @@ class PostgresEngine:
         once more on another connection if this one was dead."""
         import psycopg
 
-        stale = False
         for attempt in range(STALE_RETRIES + 1):
-            if stale:
+            if attempt:  # the last connection was dead: so, likely, its idle neighbours
                 self.pool.check()
             connection = self._connection()
             begun = False
@@ -215,10 +214,8 @@ class PostgresEngine:
             ) as error:
                 kind = failure_kind(error)
                 if not begun and kind in _CONNECTION_KINDS and attempt < STALE_RETRIES:
-                    # Nothing of fn happened: run it on a live connection.  One dead
-                    # connection means the others idle beside it are likely dead too
-                    # (a restart ended them all): check those, once, now.
-                    stale = True
+                    # Nothing of fn happened: run it on a live connection, after
+                    # checking the idle ones (a restart ended them all).
                     continue
                 raise self._failed(kind) from None
             finally:
@@ -260,7 +257,7 @@ class PostgresEngine:
         return self.failures.failed(kind)
 
     async def _run(self, fn: Callable[[Tx], T], write: bool) -> T:
-        # Not abandoned on cancellation (trio's default): a transaction that started is
+        # Not abandoned on cancellation (run_on_thread): a transaction that started is
         # finished, so what the caller hears never disagrees with what was committed.
         run = functools.partial(self.run_sync, fn, write=write)
         result = await run_on_thread(run, self._limiter)

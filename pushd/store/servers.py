@@ -87,12 +87,12 @@ def _server(row: Row) -> Server:
     return Server(id=int(row[0]), name=str(row[1]), created_at=float(row[2]), active=bool(row[3]))
 
 
-def checked_server(row: Row | None, key: str) -> Server | None:
-    """The server of a row found by ``key``'s hash (id, name, created_at, active,
-    key_hash first), or None.  The lookup is by hash, so comparing the stored hash again
-    in constant time only guards against an index that matched on something other than
-    equality."""
-    if row is None or not hmac.compare_digest(str(row[4]), hash_key(key)):
+def checked_server(row: Row | None, digest: str) -> Server | None:
+    """The server of a row found by a key's hash ``digest`` (id, name, created_at,
+    active, key_hash first), or None.  The lookup is by hash, so comparing the stored
+    hash again in constant time only guards against an index that matched on something
+    other than equality."""
+    if row is None or not hmac.compare_digest(str(row[4]), digest):
         return None
     return _server(row)
 
@@ -207,13 +207,14 @@ class ServerQueries:
 
     async def authenticate(self, key: str) -> Server | None:
         """The server whose key this is (active or not), or None (:func:`checked_server`)."""
+        digest = hash_key(key)
         row = await self.engine.read(
             lambda tx: tx.one(
                 "SELECT id, name, created_at, active, key_hash FROM servers WHERE key_hash = ?",
-                (hash_key(key),),
+                (digest,),
             )
         )
-        return checked_server(row, key)
+        return checked_server(row, digest)
 
     # --- registrations ------------------------------------------------------------------
 
