@@ -79,6 +79,15 @@ ONEDEV = Plan(
         Scenario("matrix", 64, MATRIX_REQUESTS, 5, 20.0),
     ),
 )
+#: Matrix notifies with 1 and 4 devices a request (``--plan batched``): the per-device
+#: cost beside the per-request one, for work on what each further device costs.
+BATCHED = Plan(
+    warmups=(Scenario("one", 16, 2000, 5, 15.0),),
+    scenarios=(
+        Scenario("matrix", 64, MATRIX_REQUESTS, 5, 20.0),
+        Scenario("matrix-4", 64, MATRIX_4_REQUESTS, 5, 20.0),
+    ),
+)
 #: Windows well under a second: proves the benchmark works, the numbers mean little.
 QUICK = Plan(
     warmups=(Scenario("one", 4, 100, 2, 5.0), Scenario("fcm-one", 4, 20, 2, 5.0)),
@@ -126,6 +135,7 @@ PLANS = {
     "serving": SERVING,
     "onedev": ONEDEV,
     "fanout": FANOUT,
+    "batched": BATCHED,
     "latency": LATENCY,
     "quick": QUICK,
 }

@@ -223,6 +223,49 @@ async def test_tweaks_sound_is_used_only_when_the_app_asks(
     assert apns_sent(simulator)["aps"]["sound"] == "default"
 
 
+async def test_devices_of_one_request_each_get_their_own_payload(
+    start_gateway: Any, simulator: ApnsSimulator, fcm_simulator: FcmSimulator
+) -> None:
+    """Devices that would get the same push share one (same_push); any difference in
+    what the builders read (default payload, down to a JSON type, or sound) is kept."""
+    _, homeserver = await start_gateway(ios={"sound_from_tweaks": True})
+    ding = {"sound": "ding.caf"}
+    ios = [
+        ios_device(1, default_payload=hs.ELEMENT_IOS_DEFAULT, tweaks=ding),
+        ios_device(2, default_payload=hs.ELEMENT_IOS_DEFAULT, tweaks=ding),
+        ios_device(3, default_payload={"flag": 1}, tweaks=ding),
+        ios_device(4, default_payload={"flag": True}, tweaks=ding),
+        ios_device(5, default_payload={"flag": 1.0}, tweaks=ding),
+        ios_device(6, default_payload=hs.ELEMENT_IOS_DEFAULT, tweaks={"sound": "bell.caf"}),
+        ios_device(7, default_payload=hs.ELEMENT_IOS_DEFAULT, tweaks=ding),
+    ]
+    android = [
+        android_device(FCM_TOKEN, default_payload={"cs": "a"}),
+        android_device(OTHER_FCM_TOKEN, default_payload={"cs": "b"}),
+    ]
+    body = hs.full_event([*ios, *android], content=MESSAGE)
+    assert await homeserver.rejected(body) == []
+    await simulator.wait_for(len(ios))
+    await fcm_simulator.wait_for(len(android))
+    raw = {r.token: r.payload for r in simulator.received}
+    sent = {t: json.loads(p) for t, p in raw.items()}
+    assert [sent[token(n)]["aps"]["sound"] for n in range(1, 8)] == ["ding.caf"] * 5 + [
+        "bell.caf",
+        "ding.caf",
+    ]
+    assert sent[token(1)]["aps"]["mutable-content"] == 1
+    assert raw[token(1)] == raw[token(2)] == raw[token(7)]
+    assert b'"flag":1,' in raw[token(3)]
+    assert b'"flag":true,' in raw[token(4)]
+    assert b'"flag":1.0,' in raw[token(5)]
+    assert sent[token(6)] == {
+        **sent[token(1)],
+        "aps": {**sent[token(1)]["aps"], "sound": "bell.caf"},
+    }
+    fcm = {r.token: r.message["data"] for r in fcm_simulator.received}
+    assert (fcm[FCM_TOKEN]["cs"], fcm[OTHER_FCM_TOKEN]["cs"]) == ("a", "b")
+
+
 async def test_a_background_push_type_goes_at_priority_5(
     start_gateway: Any, simulator: ApnsSimulator
 ) -> None:

@@ -41,6 +41,7 @@ from pushd.dispatch import Dispatcher
 from pushd.frontends.http import Reply, Request, Route, in_networks, parse_networks
 from pushd.frontends.matrix import payloads, wire
 from pushd.frontends.matrix.dedupe import dedupe_for
+from pushd.frontends.matrix.same_push import SamePush
 from pushd.frontends.ratelimit import RateLimit
 from pushd.model import Delivery, Push, mask_token
 from pushd.store import LateVerdict, Store
@@ -77,6 +78,10 @@ def _is_glob(app_id: str) -> bool:
 class _App:
     config: AppConfig
     options: MatrixAppOptions
+
+
+#: What a request's devices got so far, by app, default payload and sound.
+_Pushes = SamePush[_App, "Push | payloads.PayloadError | None"]
 
 
 @attrs.define
@@ -218,6 +223,7 @@ class MatrixGateway:
         told: list[str] = []
         deliveries: list[Delivery] = []
         positions: list[int] = []
+        pushes: _Pushes = SamePush()
         for position, (device, app, ref) in enumerate(zip(devices, apps, refs, strict=True)):
             if app is None:
                 log.info(
@@ -240,7 +246,7 @@ class MatrixGateway:
                     )
                     rejected[position] = device.pushkey
                     continue
-            delivery = self._delivery(request, notification, device, app, ref)
+            delivery = self._delivery(request, notification, device, app, ref, pushes)
             if isinstance(delivery, str):
                 rejected[position] = delivery
             elif delivery is not None:
@@ -310,10 +316,13 @@ class MatrixGateway:
         device: wire.Device,
         app: _App,
         ref: str,
+        pushes: _Pushes,
     ) -> Delivery | str | None:
         """The delivery for ``device``; its pushkey (a str) to reject; or None when
-        there is nothing to send (a badge update FCM would not show, a repeat)."""
-        if payloads.default_payload(device) is None:
+        there is nothing to send (a badge update FCM would not show, a repeat).
+        ``pushes``: what the request's earlier devices got (see :mod:`.same_push`)."""
+        default = payloads.default_payload(device)
+        if default is None:
             log.info(
                 "matrix %s: %s has a default_payload that is not an object; rejecting it",
                 request.request_id,
@@ -322,7 +331,8 @@ class MatrixGateway:
             return device.pushkey
         options = app.options
         token: str | None
-        if app.config.provider == "apns":
+        apns = app.config.provider == "apns"
+        if apns:
             token = payloads.apns_token(device.pushkey, options.convert_pushkey_to_hex)
             if token is None:
                 log.info(
@@ -335,24 +345,19 @@ class MatrixGateway:
                 return device.pushkey
         else:
             token = device.pushkey
-        content, redacted_text = app.config.content, app.config.redacted_text
-        # id_only forces event_id_only, whatever the pusher's data.format asked for.
-        notification = payloads.for_content(notification, content, redacted_text)
-        push: Push | None
-        try:
-            if app.config.provider == "apns":
-                redacted = redacted_text if content == "redacted" else None
-                push = payloads.apns_push(notification, device, options, redacted)
-            else:
-                push = payloads.fcm_push(notification, device, options)
-        except payloads.PayloadError as error:
+        sound = device.tweaks.get("sound") if apns and options.sound_from_tweaks else None
+        found, push = pushes.find(app, default, sound)
+        if not found:
+            push = self._push(notification, device, app)
+            pushes.keep(app, default, sound, push)
+        if isinstance(push, payloads.PayloadError):
             self.stats.payload_errors += 1
             log.warning(
                 "matrix %s: cannot build a push for %s via %s: %s",
                 request.request_id,
                 mask_token(device.pushkey),
                 app.config.name,
-                error,
+                push,
             )
             return None
         if push is None:
@@ -366,3 +371,20 @@ class MatrixGateway:
             ref=ref,
             protocol="matrix",
         )
+
+    @staticmethod
+    def _push(
+        notification: wire.Notification, device: wire.Device, app: _App
+    ) -> Push | payloads.PayloadError | None:
+        """What ``device`` is sent through ``app``: the push, why none can be built, or
+        None when there is nothing to send."""
+        content, redacted_text = app.config.content, app.config.redacted_text
+        # id_only forces event_id_only, whatever the pusher's data.format asked for.
+        notification = payloads.for_content(notification, content, redacted_text)
+        try:
+            if app.config.provider == "apns":
+                redacted = redacted_text if content == "redacted" else None
+                return payloads.apns_push(notification, device, app.options, redacted)
+            return payloads.fcm_push(notification, device, app.options)
+        except payloads.PayloadError as error:
+            return error
