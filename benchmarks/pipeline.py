@@ -1,7 +1,9 @@
 """CPU per notification of pushd's own pipeline, without the HTTP server in front.
 
 Calls the native API's send handler directly, in this process, for a user with
-``--devices`` devices, and measures this process's CPU time per notification.  With
+``--devices`` devices (or, with ``--api matrix``, the Matrix gateway's notify with
+``--devices`` pushers, each request a new event as Synapse sends it), and measures this
+process's CPU time per notification.  With
 ``--upstream simulator`` the real APNs client sends to the APNs simulator in a child
 process (so only pushd's side is counted); with ``--upstream none`` a sender that answers
 at once shows what the frontend and the dispatcher cost on their own.
@@ -9,6 +11,7 @@ at once shows what the frontend and the dispatcher cost on their own.
     python benchmarks/pipeline.py --devices 100 --requests 300 --concurrency 4
     python benchmarks/pipeline.py --devices 1 --requests 4000 --concurrency 16
     python benchmarks/pipeline.py --devices 1 --upstream none --profile 25
+    python benchmarks/pipeline.py --api matrix --devices 4 --requests 4000 --upstream none
 
 Subtracting ``run.py``'s numbers from these shows what the HTTP layer costs.
 """
@@ -24,7 +27,7 @@ import pstats
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +37,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import apns_client
+from common import MATRIX_APP_ID
+from load_bodies import matrix_notify_body
 
 from pushd import config
 from pushd.dispatch import Dispatcher
-from pushd.frontends.http import Request
+from pushd.frontends.http import Reply, Request
+from pushd.frontends.matrix.gateway import MatrixGateway
 from pushd.frontends.native import NativeApi
 from pushd.frontends.openapi import OPENAPI
 from pushd.lanes import Budget, Lane, Sender
@@ -87,6 +93,7 @@ def _config(directory: Path, upstream_port: int, ca_file: str) -> config.Config:
                     "upstream_url": f"https://127.0.0.1:{upstream_port}",
                     "upstream_ca_file": ca_file,
                     "connections": 2,
+                    "matrix": {"app_ids": [MATRIX_APP_ID], "convert_pushkey_to_hex": True},
                 }
             ],
         },
@@ -113,22 +120,38 @@ async def _measure(args: argparse.Namespace, cfg: config.Config) -> None:
         first_attempt_deadline=10,
     )
     body = json.dumps({"user": "bench-user", **BODY}).encode()
-    request = Request("POST", "/v1/notifications", {"authorization": f"Bearer {key}"}, body)
+    native = Request("POST", "/v1/notifications", {"authorization": f"Bearer {key}"}, body)
     async with trio.open_nursery() as nursery:
         await nursery.start(dispatcher.run)
-        api = NativeApi(cfg, store, dispatcher, openapi=OPENAPI)
-        send = next(route.handler for route in api.routes() if route.name == "native_send")
-        for _ in range(WARM_UP_REQUESTS):
-            reply = await send(request)
-        summary = json.loads(reply.body)["summary"]
-        assert summary["delivered"] == args.devices, summary
+        send: Callable[[Request], Awaitable[Reply]]
+        if args.api == "matrix":
+            send = MatrixGateway(cfg, store, dispatcher).notify
+            devices = range(args.devices)
+            # A new event id each: the gateway's dedupe would not send a repeat.
+            requests = [
+                Request(
+                    "POST", "/_matrix/push/v1/notify", {}, matrix_notify_body(devices, k, f"$e{k}")
+                )
+                for k in range(WARM_UP_REQUESTS + args.requests)
+            ]
+            for request in requests[:WARM_UP_REQUESTS]:
+                reply = await send(request)
+            assert json.loads(reply.body) == {"rejected": []}, reply.body
+        else:
+            api = NativeApi(cfg, store, dispatcher, openapi=OPENAPI)
+            send = next(route.handler for route in api.routes() if route.name == "native_send")
+            requests = [native] * (WARM_UP_REQUESTS + args.requests)
+            for _ in range(WARM_UP_REQUESTS):
+                reply = await send(native)
+            summary = json.loads(reply.body)["summary"]
+            assert summary["delivered"] == args.devices, summary
         remaining = args.requests
 
         async def worker() -> None:
             nonlocal remaining
             while remaining > 0:
                 remaining -= 1
-                await send(request)
+                await send(requests[WARM_UP_REQUESTS + remaining])
 
         profile = cProfile.Profile() if args.profile else None
         cpu, wall = time.process_time(), time.perf_counter()
@@ -142,7 +165,8 @@ async def _measure(args: argparse.Namespace, cfg: config.Config) -> None:
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         notifications = args.requests * args.devices
         print(
-            f"devices={args.devices} requests={args.requests} concurrency={args.concurrency} "
+            f"api={args.api} devices={args.devices} requests={args.requests} "
+            f"concurrency={args.concurrency} "
             f"upstream={args.upstream}: {cpu * 1000 / notifications:.4f} CPU-ms/notification, "
             f"{cpu * 1e6 / args.requests:.0f} CPU-us/request, {notifications / wall:,.0f} notif/s"
         )
@@ -154,6 +178,7 @@ async def _measure(args: argparse.Namespace, cfg: config.Config) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--api", choices=("native", "matrix"), default="native")
     parser.add_argument("--devices", type=int, default=100)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=4)
