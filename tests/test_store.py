@@ -739,6 +739,39 @@ async def test_authenticate_counted_counts_active_servers_only_in_one_window(
         await other.close()
 
 
+async def test_authenticate_counted_for_reads_the_users_registrations_after_the_key(
+    store: Store,
+) -> None:
+    """The native send's store call on a shared store: the count as
+    :meth:`Store.authenticate_counted` keeps it, and the user's registrations only for
+    the right key of an active server."""
+    server, key = await store.add_server("chat-a")
+    elsewhere, _ = await store.add_server("chat-b")
+    await store.register(server.id, "alice", "aa" * 32, "chat", "production")
+    await store.register(server.id, "alice", "bb" * 32, "chat", "production")
+    await store.register(elsewhere.id, "alice", "cc" * 32, "chat", "production")
+    found, count, registrations = await store.authenticate_counted_for(
+        key, "native:server ", 1000, "alice"
+    )
+    assert (found, count) == (server, 1)
+    assert registrations == await store.user_registrations(server.id, "alice")
+    assert [r.token for r in registrations or []] == ["aa" * 32, "bb" * 32]
+    assert await store.authenticate_counted_for(key, "native:server ", 1000, "bob") == (
+        server,
+        2,
+        [],
+    )
+    assert await store.authenticate_counted_for(key, "native:server ", 1000) == (server, 3, None)
+    wrong = "pushd_" + "x" * 40
+    assert await store.authenticate_counted_for(wrong, "native:", 1000, "alice") == (None, 0, None)
+    await store.set_active("chat-a", False)
+    found, count, registrations = await store.authenticate_counted_for(
+        key, "native:server ", 1000, "alice"
+    )
+    assert found is not None and not found.active and (count, registrations) == (0, None)
+    assert await store.rate_hit("native:server chat-a", 1000) == 4  # 3 counted above
+
+
 async def test_racing_e2ee_registrations_of_one_device_make_one_row(
     store: Store, store_config: StoreConfig
 ) -> None:

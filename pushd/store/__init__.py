@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from pushd.store.engine import Engine, SqliteEngine
+from pushd.store.engine import Engine, SqliteEngine, Tx
 from pushd.store.errors import Conflict, StoreError, StoreUnavailable
 from pushd.store.schema import SCHEMA_VERSION, migrate
 from pushd.store.servers import (
@@ -29,6 +29,7 @@ from pushd.store.servers import (
     checked_server,
     hash_key,
     new_key,
+    user_registrations,
 )
 from pushd.store.spool import SpoolQueries
 from pushd.store.verdicts import LateVerdict, VerdictQueries
@@ -61,6 +62,17 @@ __all__ = [
     "open_store",
 ]
 
+#: A server found by its key's hash and, only if it is active, counted in its rate window:
+#: id, name, created_at, active, key_hash and the count (NULL when not counted).
+_COUNTED_AUTHENTICATION = (
+    "WITH found AS (SELECT id, name, created_at, active, key_hash FROM servers"
+    " WHERE key_hash = ?), counted AS (INSERT INTO rate_windows (key, window_start,"
+    " count) SELECT ? || name, ?, 1 FROM found WHERE active <> 0"
+    " ON CONFLICT (key, window_start) DO UPDATE SET count = rate_windows.count + 1"
+    " RETURNING count)"
+    " SELECT id, name, created_at, active, key_hash, (SELECT count FROM counted)"
+    " FROM found"
+)
 #: What an operator runs to bring an older store up to date.
 MIGRATE_COMMAND = "pushd store migrate --config <your pushd.toml>"
 
@@ -102,27 +114,43 @@ class Store(
         a count is), so a request pays one hop and one round trip for both instead of
         two of each; elsewhere (SQLite workers' shared tables) the two calls.
         """
+        server, count, _ = await self.authenticate_counted_for(key, rate_prefix, window_start)
+        return server, count
+
+    async def authenticate_counted_for(
+        self, key: str, rate_prefix: str, window_start: int, user: str | None = None
+    ) -> tuple[Server | None, int, list[Registration] | None]:
+        """:meth:`authenticate_counted`, and for an active server ``user``'s
+        registrations (:meth:`user_registrations`; None when not read).
+
+        On PostgreSQL in the same hop to a worker thread as the counting statement
+        (each store call's hop costs about as much CPU as its round trip), and read only
+        once the key checked out: a wrong key reads nothing.
+        """
         if self.engine.dialect != "postgres":
             server = await self.authenticate(key)
             if server is None or not server.active:
-                return server, 0
+                return server, 0, None
             try:
-                return server, await self.rate_hit(rate_prefix + server.name, window_start)
+                count = await self.rate_hit(rate_prefix + server.name, window_start)
             except StoreUnavailable:  # a limit is a guard, not a quota: let it through
-                return server, 0
+                count = 0
+            if user is None:
+                return server, count, None
+            return server, count, await self.user_registrations(server.id, user)
         digest = hash_key(key)
-        row = await self.engine.write_repeatable(
-            "WITH found AS (SELECT id, name, created_at, active, key_hash FROM servers"
-            " WHERE key_hash = ?), counted AS (INSERT INTO rate_windows (key, window_start,"
-            " count) SELECT ? || name, ?, 1 FROM found WHERE active <> 0"
-            " ON CONFLICT (key, window_start) DO UPDATE SET count = rate_windows.count + 1"
-            " RETURNING count)"
-            " SELECT id, name, created_at, active, key_hash, (SELECT count FROM counted)"
-            " FROM found",
-            (digest, rate_prefix, window_start),
-        )
-        server = checked_server(row, digest)
-        return server, int(row[5]) if server is not None and row and row[5] else 0
+
+        def counted(tx: Tx) -> tuple[Server | None, int, list[Registration] | None]:
+            row = tx.one(_COUNTED_AUTHENTICATION, (digest, rate_prefix, window_start))
+            server = checked_server(row, digest)
+            if server is None or not server.active or row is None:
+                return server, 0, None
+            count = int(row[5]) if row[5] else 0
+            if user is None:
+                return server, count, None
+            return server, count, user_registrations(tx, server.id, user)
+
+        return await self.engine.write_repeatable(counted)
 
     async def close(self) -> None:
         await self.engine.close()

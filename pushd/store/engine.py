@@ -70,13 +70,14 @@ class Engine(Protocol):
 
     async def write(self, fn: Callable[[Tx], T]) -> T: ...
 
-    async def write_repeatable(self, sql: str, params: Sequence[object]) -> Row | None:
-        """Run one statement that changes rows and is harmless to run twice (a
-        counter's increment: at worst one request counted twice); its first row.
+    async def write_repeatable(self, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn``, whose statements each are atomic by themselves and harmless to
+        run twice (a counter's increment: at worst one request counted twice) or only
+        read: not one transaction.
 
-        A statement is atomic by itself, so PostgreSQL runs it without ``BEGIN`` and
-        ``COMMIT``, two round trips fewer; and when its connection dies under it, its
-        outcome is unknown, so it may run again on another.
+        PostgreSQL runs them without ``BEGIN`` and ``COMMIT``, two round trips fewer;
+        and when the connection dies under them, their outcome is unknown, so ``fn``
+        may run again on another.  SQLite runs ``fn`` as a write.
         """
         ...
 
@@ -237,8 +238,8 @@ class SqliteEngine:
         self.failures.succeeded()
         return result
 
-    async def write_repeatable(self, sql: str, params: Sequence[object]) -> Row | None:
-        return await self.write(lambda tx: tx.one(sql, params))
+    async def write_repeatable(self, fn: Callable[[Tx], T]) -> T:
+        return await self.write(fn)
 
     def write_sync(self, fn: Callable[[Tx], T]) -> T:
         """:meth:`write` for a thread that is not the event loop's (migrations)."""

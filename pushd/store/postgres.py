@@ -270,10 +270,11 @@ class PostgresEngine:
     async def write(self, fn: Callable[[Tx], T]) -> T:
         return await self._run(fn, write=True)
 
-    async def write_repeatable(self, sql: str, params: Sequence[object]) -> Row | None:
-        # Atomic by itself, so no BEGIN and COMMIT (two round trips fewer); harmless
-        # to run twice, so run again like a read when its connection was dead.
-        return await self._run(lambda tx: tx.one(sql, params), write=False)
+    async def write_repeatable(self, fn: Callable[[Tx], T]) -> T:
+        # Each statement atomic by itself, so no BEGIN and COMMIT (two round trips
+        # fewer); harmless to run twice, so run again like a read when its connection
+        # was dead.
+        return await self._run(fn, write=False)
 
     def write_sync(self, fn: Callable[[Tx], T]) -> T:
         return self.run_sync(fn)

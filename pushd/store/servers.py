@@ -108,6 +108,15 @@ def _registration(row: Row) -> Registration:
 _REG_COLUMNS: Final = "server_id, user_id, token, app, environment, registered_at, kind"
 
 
+def user_registrations(tx: Tx, server_id: int, user_id: str) -> list[Registration]:
+    """A user's registrations under a server, oldest first."""
+    rows = tx.all(
+        f"SELECT {_REG_COLUMNS} FROM registrations WHERE server_id = ? AND user_id = ? ORDER BY id",
+        (server_id, user_id),
+    )
+    return [_registration(row) for row in rows]
+
+
 def marks(count: int) -> str:
     """``?, ?, ...`` for an IN list of ``count`` values."""
     return ",".join("?" * count)
@@ -282,14 +291,7 @@ class ServerQueries:
         )
 
     async def user_registrations(self, server_id: int, user_id: str) -> list[Registration]:
-        rows = await self.engine.read(
-            lambda tx: tx.all(
-                f"SELECT {_REG_COLUMNS} FROM registrations WHERE server_id = ? AND user_id = ?"
-                " ORDER BY id",
-                (server_id, user_id),
-            )
-        )
-        return [_registration(row) for row in rows]
+        return await self.engine.read(lambda tx: user_registrations(tx, server_id, user_id))
 
     async def token_registrations(
         self, server_id: int, tokens: Iterable[str]

@@ -129,10 +129,12 @@ class VerdictQueries:
         """Count one request of ``key`` in the window starting at ``window_start``;
         the window's count so far, this one included."""
         row = await self.engine.write_repeatable(
-            "INSERT INTO rate_windows (key, window_start, count) VALUES (?, ?, 1)"
-            " ON CONFLICT (key, window_start) DO UPDATE SET count = rate_windows.count + 1"
-            " RETURNING count",
-            (key, window_start),
+            lambda tx: tx.one(
+                "INSERT INTO rate_windows (key, window_start, count) VALUES (?, ?, 1)"
+                " ON CONFLICT (key, window_start) DO UPDATE SET count = rate_windows.count + 1"
+                " RETURNING count",
+                (key, window_start),
+            )
         )
         return int(row[0]) if row else 1
 
