@@ -93,6 +93,11 @@ async def test_keys_and_bodies_are_judged_as_on_every_route(
     assert (status, code(answer)) == (400, "invalid_request")
     status, answer = await send(pushd, {"user": "alice", "alert": "hi", "app": "nope"})
     assert (status, code(answer)) == (400, "unknown_app")
+    big = {"user": "alice", "alert": "hi", "data": {"filler": "x" * 20_000}}
+    status, answer = await send(pushd, big, WRONG_KEY)
+    assert (status, code(answer)) == (401, "unauthorized")
+    status, answer = await send(pushd, big)  # the usual path: authenticated, then judged
+    assert (status, code(answer)) == (413, "payload_too_large"), answer
     await pushd.services.store.set_active("test-server", False)
     status, answer = await send(pushd, good)
     assert (status, code(answer)) == (403, "forbidden")

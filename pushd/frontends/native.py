@@ -67,6 +67,9 @@ log = logging.getLogger(__name__)
 #: What a chat server's rate-limit identity starts with (its name follows): the key
 #: every instance counts it under, so it must never change while instances share one.
 SERVER_IDENTITY: Final = "server "
+#: The largest send body read before its key is checked (a send is usually well under
+#: a KiB): a caller without a key must not make pushd parse megabytes of JSON.
+EARLY_PARSE_MAX_BYTES: Final = 16 * 1024
 
 
 def _result(report: Report) -> dict[str, Any]:
@@ -153,10 +156,12 @@ class NativeApi:
         """``POST /v1/notifications``, authenticated as every route is; but on a shared
         store a send to a user reads the user's registrations in the same store call
         (one hop to a worker thread fewer), so its body is read before the key.  A body
-        that does not name a valid user takes the usual path, so that a wrong key is
-        still a 401 whatever the body."""
+        that does not name a valid user, or is over :data:`EARLY_PARSE_MAX_BYTES`, takes
+        the usual path, so that a wrong key is still a 401 whatever the body."""
         try:
-            early = self._sent_to_user(request) if self.rate_limit.shared else None
+            early = None
+            if self.rate_limit.shared and len(request.body) <= EARLY_PARSE_MAX_BYTES:
+                early = self._sent_to_user(request)
             if early is None:
                 server, _ = await self._authenticate(request)
                 return await self.send(request, server)
