@@ -72,6 +72,25 @@ SERVER_IDENTITY: Final = "server "
 EARLY_PARSE_MAX_BYTES: Final = 16 * 1024
 
 
+def _parsed_or_none(raw: bytes) -> SendBody | None:
+    """A send's body, or None when it is malformed (the 400 then follows the key check)."""
+    try:
+        body: SendBody = parse_body(raw, SendBody)
+    except ApiError:
+        return None
+    return body
+
+
+def _valid_user(body: SendBody | None) -> str | None:
+    """The user a well-formed send names, if valid and not beside tokens; else None."""
+    if body is None or body.user is None or body.tokens is not None:
+        return None
+    try:
+        return check_user(body.user)
+    except ApiError:
+        return None
+
+
 def _result(report: Report) -> dict[str, Any]:
     result: dict[str, Any] = {
         "token": report.delivery.token,
@@ -159,28 +178,19 @@ class NativeApi:
         that does not name a valid user, or is over :data:`EARLY_PARSE_MAX_BYTES`, takes
         the usual path, so that a wrong key is still a 401 whatever the body."""
         try:
-            early = None
+            body = None
             if self.rate_limit.shared and len(request.body) <= EARLY_PARSE_MAX_BYTES:
-                early = self._sent_to_user(request)
-            if early is None:
+                body = _parsed_or_none(request.body)
+            user = _valid_user(body)
+            if body is None or user is None:
                 server, _ = await self._authenticate(request)
-                return await self.send(request, server)
-            body, user = early
+                if body is None:
+                    return await self.send(request, server)
+                return await self._send(body, server)
             server, registrations = await self._authenticate(request, user)
             return await self._send(body, server, registrations)
         except ApiError as error:
             return error.reply()
-
-    @staticmethod
-    def _sent_to_user(request: Request) -> tuple[SendBody, str] | None:
-        """The body and its user when the body is well-formed and names a valid user."""
-        try:
-            body: SendBody = parse_body(request.body, SendBody)
-            if body.user is None or body.tokens is not None:
-                return None
-            return body, check_user(body.user)
-        except ApiError:
-            return None
 
     async def _authenticate(
         self, request: Request, user: str | None = None

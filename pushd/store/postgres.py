@@ -10,8 +10,8 @@ backend), so a read is its statements alone, in autocommit: at PostgreSQL's defa
 COMMITTED level every statement takes its own snapshot even inside a transaction, so a
 ``BEGIN`` and ``COMMIT`` around a read would add two round trips and no guarantee.  A
 write is ``BEGIN``, its statements, ``COMMIT`` (one transaction, all or nothing), except
-a repeatable one (:meth:`PostgresEngine.write_repeatable`: one statement, atomic by
-itself, that may run twice, such as the shared rate count).
+a repeatable one (:meth:`PostgresEngine.write_repeatable`: statements each atomic by
+itself and harmless to run twice, such as the shared rate count, or reads).
 
 Connection loss is an outage, not a bug: the statement fails, the transaction is rolled
 back by the server (nothing half-written), the caller hears 503 ``store_unavailable``,
