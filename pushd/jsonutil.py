@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from json.encoder import encode_basestring
 from typing import Any
 
 
@@ -40,8 +41,6 @@ def _finite_float(text: str) -> float:
 #: decoding or encoding a small push itself.
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-#: Compact JSON text for values that cannot hold a float (pushd's own keys: strings).
-_KEY_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def loads(data: bytes | str) -> Any:
@@ -49,11 +48,18 @@ def loads(data: bytes | str) -> Any:
     NaN, Infinity, a number out of range, an integer of thousands of digits).
 
     Nesting deep enough to exhaust the stack raises :class:`RecursionError`, as from
-    :func:`json.loads`: callers treat it as malformed input too.  Bytes are decoded as
-    :func:`json.loads` decodes them (UTF-8, -16 or -32, detected).
+    :func:`json.loads`: callers treat it as malformed input too.  Bytes are read as
+    UTF-8, -16 or -32 (detected, as :func:`json.loads` does) and strictly, where
+    :func:`json.loads` lets the bytes of a UTF-16 surrogate through (``surrogatepass``):
+    they are not UTF-8, and a string holding one can be encoded by no upstream, so such
+    a body is refused here, in the caller's protocol, like the escape ``"\\ud800"``
+    (see :func:`pushd.frontends.http.has_lone_surrogate`).
     """
     if isinstance(data, bytes | bytearray):
-        data = data.decode(json.detect_encoding(data), "surrogatepass")
+        # What detect_encoding answers for every body opening with "{" and no NUL next
+        # (no BOM starts with "{"): a chat server's body, without its 0.4 us of checks.
+        utf8 = data[:1] == b"{" and data[1:2] != b"\x00"
+        data = data.decode("utf-8" if utf8 else json.detect_encoding(data))
     elif data.startswith("\ufeff"):
         raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", data, 0)
     return _DECODER.decode(data)
@@ -74,8 +80,9 @@ def dumpb(value: Any) -> bytes:
     return _ENCODER.encode(value).encode()
 
 
-def key_text(value: Any) -> str:
+def key_text(*parts: str) -> str:
     """Compact JSON text of a key made of strings (a stored verdict's or dedupe row's
-    name): exactly ``json.dumps(value, ensure_ascii=False, separators=(",", ":"))``,
-    without building an encoder per call."""
-    return _KEY_ENCODER.encode(value)
+    name, made for every Matrix push): exactly ``json.dumps(list(parts),
+    ensure_ascii=False, separators=(",", ":"))``, each string escaped by the encoder's
+    own function, at under half the cost of running the encoder on the list."""
+    return "[" + ",".join(map(encode_basestring, parts)) + "]"

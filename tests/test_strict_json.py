@@ -1,9 +1,12 @@
-"""NaN and Infinity are not JSON (RFC 8259 §6), nor is a number too large for a double.
+"""NaN and Infinity are not JSON (RFC 8259 §6), nor is a number too large for a double,
+nor a string that is not Unicode text: bytes that are not UTF-8 (§8.1), among them a
+UTF-16 surrogate's (which Python's ``json.loads`` lets through), or an escaped lone
+surrogate, which no upstream's UTF-8 can carry.
 
 Every frontend refuses them with its own protocol's bad-input answer and sends nothing
 upstream; every payload encoder refuses to produce them (issue 10, item 3).  Each
 protocol's test ends with a finite number in the same place, which goes through: the
-refusals were the numbers', and the simulator saw only that last push.
+refusals were the values', and the simulator saw only that last push.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import pytest
 from pushd import jsonutil
 from pushd.config import MatrixAppOptions
 from pushd.frontends import native
-from pushd.frontends.http import json_reply
+from pushd.frontends.http import has_lone_surrogate, json_reply
 from pushd.frontends.matrix import payloads as matrix_payloads
 from pushd.frontends.matrix.wire import Counts, Device, Notification
 from pushd.frontends.mattermost import payloads as mattermost_payloads
@@ -37,17 +40,25 @@ from tests.zulip_client import ZulipServer, realm
 
 #: What Python's json module reads as a float JSON has no value for.
 NOT_JSON = ("NaN", "Infinity", "-Infinity", "1e400", "-1e999")
+#: Strings that are not UTF-8: a surrogate's bytes (what ``surrogatepass`` decodes), and
+#: a byte UTF-8 never uses.
+NOT_UTF8 = (b'"\xed\xa0\x80"', b'"a\xffb"')
+#: Escaped lone surrogates: a high one; a low one then a high one (not a pair).
+LONE_SURROGATES = (b'"\\ud800"', b'"\\uDC00\\uD800"')
+#: Everything a frontend must refuse in the value's place (Rocket.Chat: see its test).
+REFUSED = (*NOT_JSON, *NOT_UTF8, *LONE_SURROGATES)
 #: A finite number in the same place: the control that must go through.
 FINITE = "1e300"
-#: Stands for the number in a body built with json.dumps, then replaced by the raw text.
+#: Stands for the value in a body built with json.dumps, then replaced by the raw text.
 MARK = "__number__"
 
 
-def with_number(body: Any, number: str) -> bytes:
-    """``body`` as JSON with the string ``MARK`` replaced by ``number``, unquoted."""
-    text = json.dumps(body)
-    assert text.count(json.dumps(MARK)) == 1
-    return text.replace(json.dumps(MARK), number).encode()
+def with_number(body: Any, number: str | bytes) -> bytes:
+    """``body`` as JSON with the string ``MARK`` replaced by ``number``, raw."""
+    text = json.dumps(body).encode()
+    mark = json.dumps(MARK).encode()
+    assert text.count(mark) == 1
+    return text.replace(mark, number if isinstance(number, bytes) else number.encode())
 
 
 def nested() -> dict[str, Any]:
@@ -62,7 +73,7 @@ async def test_native_api(pushd: Pushd, simulator: ApnsSimulator) -> None:
     await pushd.register("u1", token(1))
     body = {"user": "u1", "alert": "hi", "data": {"x": nested()}}
     headers = {**pushd.auth(), "content-type": "application/json"}
-    for number in (*NOT_JSON, FINITE):
+    for number in (*REFUSED, FINITE):
         response = await pushd.client.post(
             pushd.url + "/v1/notifications", content=with_number(body, number), headers=headers
         )
@@ -72,7 +83,8 @@ async def test_native_api(pushd: Pushd, simulator: ApnsSimulator) -> None:
         assert response.status_code == 400, (number, response.text)
         error = response.json()["error"]
         assert error["code"] == "malformed_json"
-        assert number.lstrip("-") in error["message"]
+        if isinstance(number, str):
+            assert number.lstrip("-") in error["message"]
     (received,) = simulator.received
     assert json.loads(received.payload)["x"] == {"list": [1, {"value": 1e300}]}
 
@@ -96,7 +108,7 @@ async def test_zulip_bouncer(
         "android_devices": [],
     }
     headers = {**zulip.headers(), "content-type": "application/json"}
-    for number in (*NOT_JSON, FINITE):
+    for number in (*REFUSED, FINITE):
         response = await pushd.client.post(
             zulip.url("push/notify"), content=with_number(body, number), headers=headers
         )
@@ -128,7 +140,7 @@ async def test_mattermost_push_proxy(
     server = mm.MattermostServer(pushd.client, f"{pushd.url}/{secret}")
     # Go's decoder reads the whole body, unknown keys included, before it sees a field.
     body = {**mm.message(token(1)), "future_field": nested()}
-    for number in (*NOT_JSON, FINITE):
+    for number in (*REFUSED, FINITE):
         response = await server.send_push(with_number(body, number))
         assert response.status_code == 200, response.text
         if number == FINITE:
@@ -149,7 +161,9 @@ async def test_rocketchat_gateway(
     pushd: Pushd = await start_pushd(apps=[app], rocketchat={"servers": servers})
     rc = RocketChat(client=pushd.client, gateway=pushd.url)
     body = {"token": token(1), "options": options(topic=TOPIC, futureField=nested())}
-    for number in (*NOT_JSON, FINITE):
+    # A lone surrogate in an option the gateway ignores is never sent, so it passes
+    # (as in Node's JSON.parse); in the options it uses it is refused (test_rocketchat).
+    for number in (*NOT_JSON, *NOT_UTF8, FINITE):
         response = await rc.post("apn", with_number(body, number))
         if number == FINITE:
             assert response.status_code == 200, response.text
@@ -173,7 +187,7 @@ async def test_matrix_gateway(
     homeserver = hs.Homeserver(pushd.client, pushd.url)
     device = hs.device(hs.IOS_APP, hs.pushkey_for(token(1)), default_payload={"x": nested()})
     body = hs.full_event([device], content={"msgtype": "m.text", "body": "hi"})
-    for number in (*NOT_JSON, FINITE):
+    for number in (*REFUSED, FINITE):
         response = await homeserver.notify_raw(with_number(body, number))
         if number == FINITE:
             assert response.json() == {"rejected": []}
@@ -235,3 +249,49 @@ def test_upstream_answers_with_nan_are_unreadable() -> None:
         1.0,
     )
     assert fcm_classify.parse_error(b'{"error":{"code":NaN}}') == fcm_classify.FcmErrorBody()
+
+
+@pytest.mark.parametrize(
+    ("raw", "lone"),
+    [
+        (b'"plain"', False),
+        (b'"caf\\u00e9 \\u2028"', False),  # escapes, none of a surrogate
+        (b'"\\ud83d\\ude00 \\uD83D\\uDE00"', False),  # pairs, either case
+        (b'"\\\\ud800"', False),  # an escaped backslash, then text
+        (b'"\\ud800"', True),
+        (b'"\\uDBFF x"', True),
+        (b'"\\udc00"', True),
+        (b'"\\ude00\\ud83d"', True),  # low before high: two lone ones
+        (b'{"k": ["\\ud83d"]}', True),  # anywhere in the value
+    ],
+)
+def test_lone_surrogates_are_found_in_escapes_only(raw: bytes, lone: bool) -> None:
+    body = b'{"a": ' + raw + b"}"
+    assert has_lone_surrogate(body, jsonutil.loads(body)) is lone
+
+
+@pytest.mark.parametrize(
+    "raw", [b'"\xed\xa0\x80"', b'"\xed\xbf\xbf"', b'"\xff"', b'"\xc0\xaf"', b'"\xf4\x90\x80\x80"']
+)
+def test_loads_refuses_bytes_that_are_not_utf8(raw: bytes) -> None:
+    with pytest.raises(ValueError):
+        jsonutil.loads(b'{"a": ' + raw + b"}")
+    # Other encodings are still detected (RFC 8259 allows only UTF-8 on the wire, but
+    # json.loads reads these too); a surrogate's bytes are refused in them as well.
+    assert jsonutil.loads('{"a": "\u00e9"}'.encode("utf-16-le")) == {"a": "\u00e9"}
+    with pytest.raises(ValueError):
+        jsonutil.loads('{"a": "\ud800"}'.encode("utf-16-le", "surrogatepass"))
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        ("matrix", "im.vector.app.ios", "AAAA+/="),
+        ('quote"', "back\\slash", "\x00\x1f\x7f"),
+        ("caf\u00e9", "\u2028\u2029", "\U0001f600"),
+        ("", "\ud800", "lone"),  # a lone surrogate is escaped as json.dumps keeps it
+    ],
+)
+def test_key_text_is_the_compact_json_of_its_parts(parts: tuple[str, ...]) -> None:
+    expected = json.dumps(list(parts), ensure_ascii=False, separators=(",", ":"))
+    assert jsonutil.key_text(*parts) == expected

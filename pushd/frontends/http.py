@@ -8,9 +8,9 @@ testable without a server and lets the serving layer be swapped after measuring.
 from __future__ import annotations
 
 import ipaddress
-import json
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
@@ -94,17 +94,24 @@ def in_networks(client: str | None, networks: Iterable[Network]) -> bool:
     return any(address in network for network in networks)
 
 
+#: The start of a ``\u`` escape of a UTF-16 surrogate (D800-DFFF), in either case.
+_SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def has_lone_surrogate(body: bytes, value: Any) -> bool:
     """Whether the decoded JSON ``value`` of ``body`` holds a lone UTF-16 surrogate.
 
     JSON may escape one (``"\\ud800"``) and Python decodes it, but no UTF-8 encoder
     (SQLite's, APNs', FCM's) accepts it: frontends refuse such a body up front, where
-    the caller can be told.  Only an escaped body can hold one, so others cost nothing.
+    the caller can be told.  Only a body with a surrogate's escape can hold one
+    (:func:`pushd.jsonutil.loads` refuses raw surrogates), so others cost a scan: most
+    bodies, for Synapse's encoder escapes every non-ASCII character (``\\u00e9``), and
+    only an astral one (an emoji: a surrogate pair) falls back to encoding the value.
     """
-    if b"\\u" not in body:
+    if b"\\u" not in body or _SURROGATE_ESCAPE.search(body) is None:
         return False
     try:
-        json.dumps(value, ensure_ascii=False).encode()
+        jsonutil.dumpb(value)
     except UnicodeEncodeError:
         return True
     return False
