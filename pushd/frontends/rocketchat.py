@@ -74,7 +74,7 @@ MAX_BODY_BYTES = 32 * 1024
 def late_ref(server: str, app: str, token: str) -> str:
     """The name a dead verdict for this device is kept under until the server's next
     push to it (JSON: no choice of the strings can name another device's verdict)."""
-    return jsonutil.dumps(["rocketchat", server, app, token])
+    return jsonutil.key_text("rocketchat", server, app, token)
 
 
 class GatewayError(Exception):

@@ -86,7 +86,7 @@ class Dedupe:
 def shared_key(key: Key) -> str:
     """The row name of ``key``: a hash (JSON first, so no choice of the homeserver's
     strings names another pusher's event)."""
-    text = jsonutil.key_text(key)
+    text = jsonutil.key_text(*key)
     digest = hashlib.blake2b(text.encode(), digest_size=SHARED_DIGEST_BYTES).hexdigest()
     return "matrix:" + digest
 

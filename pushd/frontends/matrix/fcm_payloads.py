@@ -7,7 +7,6 @@ Pure functions, no I/O, nothing logged; error messages never include content.
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Final
 
 from pushd import jsonutil
@@ -177,12 +176,13 @@ def fcm_push(n: Notification, device: Device, options: MatrixAppOptions) -> FcmP
         raise PayloadError(str(error)) from None
     if size > fcm_message.PAYLOAD_LIMIT:  # cannot happen: fcm_data fits it
         raise PayloadError(f"FCM data of {size} bytes > {fcm_message.PAYLOAD_LIMIT}")
-    message: dict[str, Any] = copy.deepcopy(options.fcm_options)
+    # The app's options are shared by every push: copy what is written (the message
+    # and its android object), not all of it.
+    message: dict[str, Any] = dict(options.fcm_options)
     message.pop("token", None)
     message["data"] = data
     android = message.get("android")
-    if not isinstance(android, dict):
-        android = message["android"] = {}
+    android = message["android"] = dict(android) if isinstance(android, dict) else {}
     android["priority"] = FCM_ANDROID_PRIORITY[n.prio]
     encoded = encode(message)
     return FcmPush(fields=encoded[1:-1], expiration=None)

@@ -61,7 +61,7 @@ def late_ref(app_id: str, pushkey: str) -> str:
     JSON, not a separator: both strings come from the homeserver, and no choice of them
     may name another pusher's verdict.
     """
-    return jsonutil.key_text(["matrix", app_id, pushkey])
+    return jsonutil.key_text("matrix", app_id, pushkey)
 
 
 def _glob(pattern: str) -> re.Pattern[str]:

@@ -73,7 +73,7 @@ _QUIET_STATUSES: Final = frozenset({"delivered"})
 def late_ref(server: str, app: str, token: str) -> str:
     """The name a dead verdict for this device is kept under until the server's next
     push to it (JSON: no choice of the strings can name another device's verdict)."""
-    return jsonutil.dumps(["mattermost", server, app, token])
+    return jsonutil.key_text("mattermost", server, app, token)
 
 
 class Refused(Exception):
