@@ -159,7 +159,7 @@ def check_apns_count(log_path: Path, sent: int) -> str:
     skipped), no more (a retry, or a device sent twice), and no error status.
     """
     answers = apns_answers(log_path)
-    if answers != {str(HTTP_OK): sent}:
+    if answers != ({str(HTTP_OK): sent} if sent else {}):  # a plan of FCM rows sends none
         raise BenchmarkError(
             f"the APNs simulator answered {answers}, the drivers sent {sent} APNs notifications"
         )

@@ -88,6 +88,16 @@ BATCHED = Plan(
         Scenario("matrix-4", 64, MATRIX_4_REQUESTS, 5, 20.0),
     ),
 )
+#: One FCM device a request (``--plan fcmone``), at 16 and 64 concurrent: the path of
+#: an Android user's push, whose concurrent requests leave in one upstream batch.  The
+#: FCM simulator takes about as much CPU as pushd (its own figure is not pushd's).
+FCMONE = Plan(
+    warmups=(Scenario("fcm-one", 16, 300, 5, 15.0),),
+    scenarios=(
+        Scenario("fcm-one", 16, 3000, 5, 20.0),
+        Scenario("fcm-one", 64, 6000, 5, 20.0),
+    ),
+)
 #: Windows well under a second: proves the benchmark works, the numbers mean little.
 QUICK = Plan(
     warmups=(Scenario("one", 4, 100, 2, 5.0), Scenario("fcm-one", 4, 20, 2, 5.0)),
@@ -136,6 +146,7 @@ PLANS = {
     "onedev": ONEDEV,
     "fanout": FANOUT,
     "batched": BATCHED,
+    "fcmone": FCMONE,
     "latency": LATENCY,
     "quick": QUICK,
 }

@@ -20,8 +20,9 @@ from pushd.upstream.fcm.service_account import load_service_account
 from pushd.upstream.fcm.settings import FcmSettings
 
 PROJECT = "chat-app-1234"
+PUSH_DATA = {"room": "!abc:example.org", "secret": "message text"}
 PUSH = build_push(
-    data={"room": "!abc:example.org", "secret": "message text"},
+    data=PUSH_DATA,
     notification=Notification(title="New message"),
     android=AndroidOptions(priority="high", ttl=3600),
 )
@@ -305,6 +306,38 @@ async def test_send_many_mixed_outcomes_each_index_once(
             assert outcome == want, (index, outcome)
     assert len(fcm_sim.received) == 98  # the two malformed tokens were never sent
     assert fcm_sim.http_versions["2"] == 98
+
+
+async def test_send_mixed_sends_each_push_to_its_own_tokens_in_one_batch(
+    client: FcmClient, fcm_sim: FcmSimulator
+) -> None:
+    # The dispatcher's outbox hands concurrent requests' pushes over together.
+    assert isinstance(await client.send(token(0), PUSH), Delivered)  # token and warm-up
+    delay = 0.5
+    fcm_sim.set_default(FcmReply(delay=delay))
+    other = build_push(data={"room": "!other:example.org"})
+    groups = [([token(1), token(2)], PUSH), (["", token(3)], other), ([token(4)], PUSH)]
+    reports: dict[int, Outcome] = {}
+
+    def report(index: int, outcome: Outcome) -> None:
+        assert index not in reports
+        reports[index] = outcome
+
+    started = trio.current_time()
+    await client.send_mixed(groups, report)
+    elapsed = trio.current_time() - started
+    assert sorted(reports) == [0, 1, 2, 3, 4]
+    assert reports[2] == Failed("token: missing")
+    assert all(isinstance(reports[i], Delivered) for i in (0, 1, 3, 4)), reports
+    sent = {r.token: r.message["data"] for r in fcm_sim.received[1:]}
+    assert sent == {
+        token(1): PUSH_DATA,
+        token(2): PUSH_DATA,
+        token(3): {"room": "!other:example.org"},
+        token(4): PUSH_DATA,
+    }
+    # Sent together: one batch waits one delay, not one per push.
+    assert elapsed < 2 * delay, elapsed
 
 
 async def test_send_many_401_mid_batch_refreshes_once(

@@ -302,24 +302,41 @@ class FcmClient:
         indices are still reported and the first exception is raised at the end.  If
         the call is cancelled, indices not reported yet are never reported.
         """
+        await self.send_mixed(((tokens, push),), report)
+
+    async def send_mixed(
+        self,
+        groups: Sequence[tuple[Sequence[str], FcmPush]],
+        report: Callable[[int, Outcome], None],
+    ) -> None:
+        """:meth:`send_many` for several pushes at once, each to its tokens: one batch,
+        so one access-token read, one wait, one deadline and one flush for all of them
+        (the one-device pushes of concurrent requests, :mod:`pushd.outbox`), where one
+        ``send_many`` each took a task of its own.  Indices count across the groups in
+        order; everything said of :meth:`send_many` holds per index.
+        """
         deadline = trio.current_time() + self._settings.request_timeout
         holder = self._tokens
+        count = sum(len(tokens) for tokens, _ in groups)
         if holder is None:
-            for index in range(len(tokens)):
+            for index in range(count):
                 report(index, RetryLater(NOT_RUNNING, kind="unreachable"))
             return
-        batch = _FcmBatch(self, holder, report, len(tokens))
+        batch = _FcmBatch(self, holder, report, count)
         bodies = batch.bodies
         pending = batch.pending
-        for index, token in enumerate(tokens):
-            try:
-                body = body_for(token, push)
-            except InvalidToken as exc:
-                bodies.append(b"")
-                batch.finish(index, TokenDead("INVALID_ARGUMENT") if token else Failed(str(exc)))
-                continue
-            bodies.append(body)
-            pending.append(index)
+        index = 0
+        for tokens, push in groups:
+            for token in tokens:
+                try:
+                    bodies.append(body_for(token, push))
+                except InvalidToken as exc:
+                    bodies.append(b"")
+                    outcome = TokenDead("INVALID_ARGUMENT") if token else Failed(str(exc))
+                    batch.finish(index, outcome)
+                else:
+                    pending.append(index)
+                index += 1
         if pending:
             failure: Outcome = RetryLater("timeout", kind="unreachable")  # no access token
             access = None
