@@ -772,6 +772,49 @@ async def test_authenticate_counted_for_reads_the_users_registrations_after_the_
     assert await store.rate_hit("native:server chat-a", 1000) == 4  # 3 counted above
 
 
+async def test_zulip_server_counted_counts_only_for_its_key_of_an_active_server(
+    store: Store,
+) -> None:
+    """The Zulip bouncer's store call on a shared store: the server, and a count only
+    once the key checked out for an active server."""
+    key = "k" * 64
+    await store.zulip_add_server(SERVER_A, key, "z.example")
+    rate = "zulip:server " + SERVER_A
+    found, count = await store.zulip_server_counted(SERVER_A, key, rate, 1000)
+    assert (found, count) == (await store.zulip_server(SERVER_A), 1)
+    assert (await store.zulip_server_counted(SERVER_A, key, rate, 1000))[1] == 2
+    assert (await store.zulip_server_counted(SERVER_A, key, rate, 1060))[1] == 1  # next window
+    assert await store.zulip_server_counted(SERVER_B, key, rate, 1000) == (None, None)
+    found, count = await store.zulip_server_counted(SERVER_A, "x" * 64, rate, 1000)
+    assert found is not None and count is None  # a wrong key: found, not counted
+    await store.zulip_set_deactivated(SERVER_A, True)
+    found, count = await store.zulip_server_counted(SERVER_A, key, rate, 1000)
+    assert found is not None and found.deactivated and count is None
+    assert await store.rate_hit(rate, 1000) == 3  # two counted above, this one
+
+
+async def test_zulip_realm_and_registrations_is_both_reads_in_one(store: Store) -> None:
+    await store.zulip_add_server(SERVER_A, "k" * 64, "z.example")
+    await store.zulip_add_server(SERVER_B, "k" * 64, "y.example")
+    realm = ZulipRealm(REALM, SERVER_A, "z", "Z")
+    await store.zulip_record_analytics(SERVER_A, [realm], (0, 0, 0))
+    user_uuid = "00000000-0000-4000-8000-0000000000cc"
+    await store.zulip_register(SERVER_A, 1, token(1), "org.example.chat", 7, None, None)
+    await store.zulip_register(SERVER_A, 2, token(2), None, None, user_uuid, REALM)
+    await store.zulip_register(SERVER_B, 1, token(3), "org.example.chat", 7, None, None)
+    for user_id, uuid in ((7, None), (None, user_uuid), (7, user_uuid), (8, None)):
+        rows = await store.zulip_user_registrations(SERVER_A, user_id, uuid)
+        both = await store.zulip_realm_and_registrations(REALM, SERVER_A, user_id, uuid)
+        assert both == (await store.zulip_realm(REALM), rows)
+        assert await store.zulip_realm_and_registrations(None, SERVER_A, user_id, uuid) == (
+            None,
+            rows,
+        )
+    # The realm is read whoever owns it: the caller refuses another server's.
+    other = await store.zulip_realm_and_registrations(REALM, SERVER_B, 7, None)
+    assert other[0] == realm and [r.token for r in other[1]] == [token(3)]
+
+
 async def test_racing_e2ee_registrations_of_one_device_make_one_row(
     store: Store, store_config: StoreConfig
 ) -> None:

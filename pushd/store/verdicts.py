@@ -61,6 +61,18 @@ def _verdict(row: tuple[object, ...]) -> LateVerdict:
     )  # fmt: skip
 
 
+def count_rate(tx: Tx, key: str, window_start: int) -> int:
+    """Count one request of ``key`` in the window starting at ``window_start`` (one
+    statement, repeatable as a count is); the window's count, this one included."""
+    row = tx.one(
+        "INSERT INTO rate_windows (key, window_start, count) VALUES (?, ?, 1)"
+        " ON CONFLICT (key, window_start) DO UPDATE SET count = rate_windows.count + 1"
+        " RETURNING count",
+        (key, window_start),
+    )
+    return int(row[0]) if row else 1
+
+
 class VerdictQueries:
     """Mixed into :class:`pushd.store.Store`."""
 
@@ -128,15 +140,7 @@ class VerdictQueries:
     async def rate_hit(self, key: str, window_start: int) -> int:
         """Count one request of ``key`` in the window starting at ``window_start``;
         the window's count so far, this one included."""
-        row = await self.engine.write_repeatable(
-            lambda tx: tx.one(
-                "INSERT INTO rate_windows (key, window_start, count) VALUES (?, ?, 1)"
-                " ON CONFLICT (key, window_start) DO UPDATE SET count = rate_windows.count + 1"
-                " RETURNING count",
-                (key, window_start),
-            )
-        )
-        return int(row[0]) if row else 1
+        return await self.engine.write_repeatable(lambda tx: count_rate(tx, key, window_start))
 
     async def expire_shared_state(self, rate_before: int) -> None:
         """Drop expired dedupe keys (and the soonest to expire past

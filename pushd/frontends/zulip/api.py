@@ -38,6 +38,7 @@ from pushd.frontends.zulip.servers import (
     ANALYTICS_TABLES,
     REALM_PUSH_STATUS,
     ServerHandlers,
+    checked_realm,
 )
 from pushd.frontends.zulip.wire import (
     RATE_WINDOW_SECONDS,
@@ -68,15 +69,6 @@ PREFIX = "/api/v1/remotes/"
 MAX_UNKNOWN_DEPTH = 4
 
 AuthedHandler = Callable[[Request, ZulipServer], Awaitable[Reply]]
-
-
-def _mismatch() -> ZulipError:
-    return ZulipError(
-        403,
-        "REMOTE_REALM_SERVER_MISMATCH_ERROR",
-        "Your organization is registered to a different Zulip server. Please contact "
-        "Zulip support for assistance in resolving this issue.",
-    )
 
 
 class ZulipBouncer:
@@ -188,8 +180,7 @@ class ZulipBouncer:
     def _authed(self, handler: AuthedHandler) -> Callable[..., Any]:
         async def guarded(request: Request) -> Reply:
             try:
-                server = await self.authenticate(request)
-                retry_after = await self.limiter.acquire(f"server {server.uuid}", self.clock())
+                server, retry_after = await self.authenticate(request)
                 if retry_after is not None:
                     raise rate_limited(retry_after)
                 return await handler(request, server)
@@ -198,24 +189,26 @@ class ZulipBouncer:
 
         return guarded
 
-    async def authenticate(self, request: Request) -> ZulipServer:
-        """Zulip's ``get_basic_credentials`` and ``validate_remote_server``, in order."""
-        header = request.headers.get("authorization")
-        if header is None:
-            raise unauthorized("Missing authorization header for basic auth")
-        parts = header.split()
-        if len(parts) != 2:
-            raise unauthorized("Invalid authorization header for basic auth")
-        scheme, credentials = parts
-        if scheme.lower() != "basic":
-            raise bad_request("This endpoint requires HTTP basic authentication.")
-        try:
-            role, key = base64.b64decode(credentials, validate=True).decode().split(":")
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            raise unauthorized("Invalid authorization header for basic auth") from None
+    async def authenticate(self, request: Request) -> tuple[ZulipServer, float | None]:
+        """Zulip's ``get_basic_credentials`` and ``validate_remote_server``, in order,
+        and the request counted against the server's rate limit: the server, and the
+        seconds it must wait when over the limit (None when not).
+
+        On a shared store the count is made in the store call that reads the server,
+        once the key checked out (one hop to a worker thread on PostgreSQL, not two);
+        otherwise in memory, as before.
+        """
+        role, key = _credentials(request)
         if "@" in role:
             raise bad_request("Must validate with valid Zulip server API key")
-        server = await self.store.zulip_server(role) if is_uuid(role) else None
+        limiter, identity, now = self.limiter, f"server {role}", self.clock()
+        server, count = None, None
+        if is_uuid(role) and limiter.shared is not None:
+            server, count = await self.store.zulip_server_counted(
+                role, key, limiter.key(identity), limiter.window_start(now)
+            )
+        elif is_uuid(role):
+            server = await self.store.zulip_server(role)
         if server is None:
             raise unauthorized(
                 f"Zulip server auth failure: {role} is not registered -- "
@@ -229,7 +222,10 @@ class ZulipBouncer:
                 "has been deactivated"
             )
         self.activity.seen("zulip", server.uuid)
-        return server
+        # role is server.uuid here (the store looked it up by exactly that string).
+        if count is None:
+            return server, await limiter.acquire(identity, now)
+        return server, limiter.judge(identity, now, count)
 
     async def _realm(
         self, server: ZulipServer, realm_uuid: str | None, path: str
@@ -238,24 +234,7 @@ class ZulipBouncer:
         if realm_uuid is None:
             return None
         realm = await self.store.zulip_realm(realm_uuid)
-        if realm is None:
-            log.info(
-                "%s: Received request for unknown realm %s, server %s",
-                path,
-                realm_uuid,
-                server.uuid,
-            )
-            return None
-        if realm.server_uuid != server.uuid:
-            log.warning(
-                "%s: realm %s is registered to server %s, not %s",
-                path,
-                realm_uuid,
-                realm.server_uuid,
-                server.uuid,
-            )
-            raise _mismatch()
-        return realm
+        return checked_realm(server, realm_uuid, realm, path)
 
     def _app_for(self, kind: int, ios_app_id: str | None) -> AppConfig | None:
         return self.config.zulip_app(kind, ios_app_id)
@@ -267,3 +246,22 @@ def zulip_error_reply(status: int, code: str, message: str) -> Reply:
     Zulip reads ``msg`` from a 4xx and retries a 5xx later, whatever its code.
     """
     return ZulipError(status, "BAD_REQUEST" if status < 500 else code.upper(), message).reply()
+
+
+def _credentials(request: Request) -> tuple[str, str]:
+    """The (role, key) of a request's basic authorization, as Zulip's
+    ``get_basic_credentials`` reads them, or its 401 or 400."""
+    header = request.headers.get("authorization")
+    if header is None:
+        raise unauthorized("Missing authorization header for basic auth")
+    parts = header.split()
+    if len(parts) != 2:
+        raise unauthorized("Invalid authorization header for basic auth")
+    scheme, credentials = parts
+    if scheme.lower() != "basic":
+        raise bad_request("This endpoint requires HTTP basic authentication.")
+    try:
+        role, key = base64.b64decode(credentials, validate=True).decode().split(":")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise unauthorized("Invalid authorization header for basic auth") from None
+    return role, key

@@ -12,7 +12,7 @@ from pushd.dispatch import Dispatcher, Report
 from pushd.frontends.http import Reply, Request
 from pushd.frontends.zulip import payloads
 from pushd.frontends.zulip.e2ee import AppLookup, no_app_message
-from pushd.frontends.zulip.servers import REALM_PUSH_STATUS
+from pushd.frontends.zulip.servers import REALM_PUSH_STATUS, checked_realm
 from pushd.frontends.zulip.wire import (
     IOS_APP_ID_RE,
     KIND_APNS,
@@ -146,10 +146,15 @@ class LegacyHandlers:
             raise bad_request("Missing user_id or user_uuid")
         if realm_uuid is not None and user_uuid is None:
             raise bad_request("Missing user_uuid")
-        realm = await self._realm(server, realm_uuid, request.path)
+        # One store call for both reads (one hop on PostgreSQL, not two).
+        realm, rows = await self.store.zulip_realm_and_registrations(
+            realm_uuid, server.uuid, user_id, user_uuid
+        )
+        if realm_uuid is not None:
+            realm = checked_realm(server, realm_uuid, realm, request.path)
         priority = payloads.fcm_priority(gcm_options, gcm_payload)
 
-        registrations = await self._deduplicated(server, user_id, user_uuid)
+        registrations = await self._deduplicated(server, user_id, user_uuid, rows)
         apple = [r for r in registrations if r.kind == KIND_APNS]
         android = [r for r in registrations if r.kind == KIND_FCM]
         now = self.clock()
@@ -222,11 +227,14 @@ class LegacyHandlers:
         return success()
 
     async def _deduplicated(
-        self, server: ZulipServer, user_id: int | None, user_uuid: str | None
+        self,
+        server: ZulipServer,
+        user_id: int | None,
+        user_uuid: str | None,
+        rows: list[ZulipRegistration],
     ) -> list[ZulipRegistration]:
-        """Zulip's ``delete_duplicate_registrations``: a token registered under both the
-        user's id and uuid keeps only the uuid row."""
-        rows = await self.store.zulip_user_registrations(server.uuid, user_id, user_uuid)
+        """Zulip's ``delete_duplicate_registrations`` on the user's ``rows``: a token
+        registered under both the user's id and uuid keeps only the uuid row."""
         with_uuid = {(r.kind, r.token) for r in rows if r.user_uuid is not None}
         stale = [r for r in rows if r.user_uuid is None and (r.kind, r.token) in with_uuid]
         if stale:

@@ -35,6 +35,33 @@ _ANALYTICS_FIELDS = frozenset(
 )
 
 
+def checked_realm(
+    server: ZulipServer, realm_uuid: str, realm: ZulipRealm | None, path: str
+) -> ZulipRealm | None:
+    """Zulip's ``get_remote_realm_helper`` on the realm read for ``realm_uuid``: None if
+    unknown (logged), 403 ``REMOTE_REALM_SERVER_MISMATCH_ERROR`` if another server's."""
+    if realm is None:
+        log.info(
+            "%s: Received request for unknown realm %s, server %s", path, realm_uuid, server.uuid
+        )
+        return None
+    if realm.server_uuid != server.uuid:
+        log.warning(
+            "%s: realm %s is registered to server %s, not %s",
+            path,
+            realm_uuid,
+            realm.server_uuid,
+            server.uuid,
+        )
+        raise ZulipError(
+            403,
+            "REMOTE_REALM_SERVER_MISMATCH_ERROR",
+            "Your organization is registered to a different Zulip server. Please contact "
+            "Zulip support for assistance in resolving this issue.",
+        )
+    return realm
+
+
 class ServerHandlers:
     """A registered server's upkeep: analytics (how pushd learns its realms), and
     deactivating, transferring or billing its registration.
