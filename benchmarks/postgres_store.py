@@ -21,10 +21,15 @@ same fixed registrations.  Per setup and run:
   Rocket.Chat request makes on PostgreSQL), as CPU-ms per check of this process plus
   its PostgreSQL backend.  On SQLite the check stays in memory (``RateLimit.check``).
 
+With ``--api zulip`` the sends are Zulip servers' ``push/notify`` to pushd's Zulip
+bouncer instead (``load.py``'s ``zulip`` mode: one server, its realm, 10 APNs devices a
+user, stored through the same store API as a bouncer's registrations), and the figures
+are per request too: what a Zulip notify costs before it sends is the store's work.
+
 Medians and ranges over ``--runs`` runs (3 by default).  Run it with::
 
     .venv/bin/python benchmarks/postgres_store.py [--runs 3] [--requests 4000]
-        [--postgres postgresql://root@127.0.0.1:5432/test]
+        [--api native|zulip] [--postgres postgresql://root@127.0.0.1:5432/test]
 
 It creates a database per setup and run on that server (it needs CREATEDB) and drops
 it afterwards; everything listens on 127.0.0.1 and stops by itself.
@@ -56,15 +61,23 @@ from common import (
     SERVER_NAME,
     TEAM_ID,
     TOPIC,
+    ZULIP_DEVICES,
+    ZULIP_HOSTNAME,
+    ZULIP_KIND_APNS,
+    ZULIP_REALM_UUID,
+    ZULIP_SERVER_KEY,
+    ZULIP_SERVER_UUID,
     cpu_seconds,
     free_port,
     token,
+    zulip_token,
+    zulip_user_uuid,
 )
 
 from pushd.config import StoreConfig
 from pushd.frontends.ratelimit import RateLimit
 from pushd.spool.seal import create_key_file
-from pushd.store import Store, open_store
+from pushd.store import Store, ZulipRealm, open_store
 from pushd.store.spool import SpoolEntry
 from pushd.upstream.apns.jwt import write_p8
 
@@ -80,6 +93,8 @@ SPOOL_BATCH = 100
 RATE_CHECKS = 2000
 #: Concurrent requests over all instances.
 CONCURRENCY = 16
+#: Zulip users (``--api zulip``), each with ZULIP_DEVICES APNs devices.
+ZULIP_USERS = 200
 SETUPS = ("sqlite", "postgres x1", "postgres x2")
 #: Figures of :func:`micro`: one process on the store, whatever the instance count.
 MICRO = (
@@ -171,6 +186,20 @@ async def micro(store: Store, db_name: str | None) -> tuple[str, dict[str, float
     return key, figures
 
 
+async def add_zulip(store: Store) -> None:
+    """The Zulip server, its realm and ZULIP_USERS users' devices, as a bouncer stores
+    them (``server/register``, the analytics upload, ``push/register``)."""
+    await store.zulip_add_server(ZULIP_SERVER_UUID, ZULIP_SERVER_KEY, ZULIP_HOSTNAME)
+    realm = ZulipRealm(ZULIP_REALM_UUID, ZULIP_SERVER_UUID, ZULIP_HOSTNAME, "Bench")
+    await store.zulip_record_analytics(ZULIP_SERVER_UUID, [realm], (0, 0, 0))
+    for n in range(ZULIP_USERS):
+        for device in range(ZULIP_DEVICES):
+            await store.zulip_register(
+                ZULIP_SERVER_UUID, ZULIP_KIND_APNS, zulip_token(n, device), TOPIC,
+                None, zulip_user_uuid(n), ZULIP_REALM_UUID,
+            )  # fmt: skip
+
+
 def write_config(
     path: Path, listen: int, store: dict[str, Any], key_file: Path, sim: tuple[int, Path]
 ) -> Path:
@@ -181,6 +210,7 @@ def write_config(
         + f"[spool]\nkey_file = {json.dumps(str(path.parent / 'spool.key'))}\n"
         "[metrics]\nport = 0\n"  # two instances on one host: each its own, any free
         "[log]\nlevel = \"warning\"\n[native]\nrate_limit = 100000000\n"
+        "[zulip]\nrate_limit = 100000000\n"
         f"[[apps]]\nname = \"{APP_NAME}\"\nprovider = \"apns\"\nenvironment = \"sandbox\"\n"
         f"topic = \"{TOPIC}\"\nkey_file = {json.dumps(str(key_file))}\nkey_id = \"{KEY_ID}\"\n"
         f"team_id = \"{TEAM_ID}\"\nupstream_url = \"https://127.0.0.1:{port}\"\n"
@@ -215,14 +245,16 @@ async def start_pushd(config: Path, port: int, log: Path) -> trio.Process:
         raise
 
 
-async def drive(ports: list[int], key: str, requests: int) -> tuple[float, int]:
-    """One ``load.py`` per instance, concurrently; (notifications/s, notifications)."""
+async def drive(ports: list[int], key: str, requests: int, api: str) -> tuple[float, int, int]:
+    """One ``load.py`` per instance, concurrently; (notifications/s, notifications,
+    requests)."""
     results: list[dict[str, Any]] = []
+    mode, users = ("zulip", ZULIP_USERS) if api == "zulip" else ("one", USERS)
 
     async def one(port: int) -> None:
         done = await trio.run_process(
             [sys.executable, str(HERE / "load.py"), f"--port={port}", f"--key={key}",
-             "--mode=one", f"--users={USERS}", f"--concurrency={CONCURRENCY // len(ports)}",
+             f"--mode={mode}", f"--users={users}", f"--concurrency={CONCURRENCY // len(ports)}",
              f"--requests={requests // len(ports)}", "--max-seconds=60"],
             stdin=subprocess.DEVNULL, capture_stdout=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -236,7 +268,7 @@ async def drive(ports: list[int], key: str, requests: int) -> tuple[float, int]:
         if result["failures"]:
             raise RuntimeError(f"the driver saw failures: {result['first_failure']}")
     rate = sum(r["notifications"] / r["elapsed"] for r in results)
-    return rate, sum(r["apns_sent"] for r in results)
+    return rate, sum(r["apns_sent"] for r in results), sum(r["requests"] for r in results)
 
 
 async def run_setup(
@@ -253,6 +285,8 @@ async def run_setup(
         print(f"{setup}: store micro-rates", file=sys.stderr)
         try:
             key, figures = await micro(store, name)
+            if args.api == "zulip":
+                await add_zulip(store)
         finally:
             await store.close()
         key_file = work / f"AuthKey_{KEY_ID}.p8"
@@ -269,7 +303,7 @@ async def run_setup(
             backends = pg_backends(name) if name else []
             before = cpu_of(pids), cpu_of(backends)
             try:
-                rate, sent = await drive(ports, key, args.requests)
+                rate, sent, requests = await drive(ports, key, args.requests, args.api)
             except RuntimeError:
                 for n in range(instances):
                     log = work / f"pushd-{n}.log"
@@ -288,6 +322,9 @@ async def run_setup(
         figures["notifications/s"] = rate
         figures["pushd CPU-ms/notification"] = pushd_cpu * 1000 / sent
         figures["PostgreSQL CPU-ms/notification"] = pg_cpu * 1000 / sent
+        if args.api == "zulip":
+            figures["pushd CPU-ms/request"] = pushd_cpu * 1000 / requests
+            figures["PostgreSQL CPU-ms/request"] = pg_cpu * 1000 / requests
         return figures
 
 
@@ -329,7 +366,8 @@ async def main(args: argparse.Namespace) -> None:
     names = list(runs[SETUPS[0]][0])
     print(f"\nload average at the end (1, 5, 15 min): {os.getloadavg()}; this machine's "
           f"{os.cpu_count()} cores were shared with whatever else ran (say what)")  # fmt: skip
-    print(f"\n{args.requests} sends, {USERS} users, concurrency {CONCURRENCY}; "
+    users = ZULIP_USERS if args.api == "zulip" else USERS
+    print(f"\n{args.requests} {args.api} sends, {users} users, concurrency {CONCURRENCY}; "
           f"median (min-max) over {args.runs} runs\n")  # fmt: skip
     print("| figure | " + " | ".join(SETUPS) + " |")
     print("|---|" + "---|" * len(SETUPS))
@@ -348,6 +386,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--requests", type=int, default=4000, help="sends per setup and run")
+    parser.add_argument(
+        "--api", choices=("native", "zulip"), default="native", help="what the sends are"
+    )
     parser.add_argument(
         "--postgres",
         default=os.environ.get("PUSHD_TEST_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/test"),
