@@ -25,11 +25,14 @@ With ``--api zulip`` the sends are Zulip servers' ``push/notify`` to pushd's Zul
 bouncer instead (``load.py``'s ``zulip`` mode: one server, its realm, 10 APNs devices a
 user, stored through the same store API as a bouncer's registrations), and the figures
 are per request too: what a Zulip notify costs before it sends is the store's work.
+With ``--api matrix`` they are Matrix notifies with one device each (``load.py``'s
+``matrix`` mode; the pushers need nothing stored): on a shared store every notify reads
+the device's kept verdicts and records its dedupe key in the database.
 
 Medians and ranges over ``--runs`` runs (3 by default).  Run it with::
 
     .venv/bin/python benchmarks/postgres_store.py [--runs 3] [--requests 4000]
-        [--api native|zulip] [--postgres postgresql://root@127.0.0.1:5432/test]
+        [--api native|zulip|matrix] [--postgres postgresql://root@127.0.0.1:5432/test]
 
 It creates a database per setup and run on that server (it needs CREATEDB) and drops
 it afterwards; everything listens on 127.0.0.1 and stops by itself.
@@ -57,6 +60,8 @@ import trio
 from common import (
     APP_NAME,
     KEY_ID,
+    MATRIX_APP_ID,
+    MATRIX_DEVICES,
     READY_PREFIX,
     SERVER_NAME,
     TEAM_ID,
@@ -210,11 +215,12 @@ def write_config(
         + f"[spool]\nkey_file = {json.dumps(str(path.parent / 'spool.key'))}\n"
         "[metrics]\nport = 0\n"  # two instances on one host: each its own, any free
         "[log]\nlevel = \"warning\"\n[native]\nrate_limit = 100000000\n"
-        "[zulip]\nrate_limit = 100000000\n"
+        "[zulip]\nrate_limit = 100000000\n[matrix]\nrate_limit = 100000000\n"
         f"[[apps]]\nname = \"{APP_NAME}\"\nprovider = \"apns\"\nenvironment = \"sandbox\"\n"
         f"topic = \"{TOPIC}\"\nkey_file = {json.dumps(str(key_file))}\nkey_id = \"{KEY_ID}\"\n"
         f"team_id = \"{TEAM_ID}\"\nupstream_url = \"https://127.0.0.1:{port}\"\n"
         f"upstream_ca_file = {json.dumps(str(ca))}\nconnections = 2\n"
+        f"[apps.matrix]\napp_ids = [\"{MATRIX_APP_ID}\"]\nconvert_pushkey_to_hex = true\n"
     )  # fmt: skip
     return path
 
@@ -249,7 +255,10 @@ async def drive(ports: list[int], key: str, requests: int, api: str) -> tuple[fl
     """One ``load.py`` per instance, concurrently; (notifications/s, notifications,
     requests)."""
     results: list[dict[str, Any]] = []
-    mode, users = ("zulip", ZULIP_USERS) if api == "zulip" else ("one", USERS)
+    mode, users = {
+        "zulip": ("zulip", ZULIP_USERS),
+        "matrix": ("matrix", MATRIX_DEVICES),
+    }.get(api, ("one", USERS))
 
     async def one(port: int) -> None:
         done = await trio.run_process(
@@ -366,7 +375,7 @@ async def main(args: argparse.Namespace) -> None:
     names = list(runs[SETUPS[0]][0])
     print(f"\nload average at the end (1, 5, 15 min): {os.getloadavg()}; this machine's "
           f"{os.cpu_count()} cores were shared with whatever else ran (say what)")  # fmt: skip
-    users = ZULIP_USERS if args.api == "zulip" else USERS
+    users = {"zulip": ZULIP_USERS, "matrix": MATRIX_DEVICES}.get(args.api, USERS)
     print(f"\n{args.requests} {args.api} sends, {users} users, concurrency {CONCURRENCY}; "
           f"median (min-max) over {args.runs} runs\n")  # fmt: skip
     print("| figure | " + " | ".join(SETUPS) + " |")
@@ -387,7 +396,10 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--requests", type=int, default=4000, help="sends per setup and run")
     parser.add_argument(
-        "--api", choices=("native", "zulip"), default="native", help="what the sends are"
+        "--api",
+        choices=("native", "zulip", "matrix"),
+        default="native",
+        help="what the sends are",
     )
     parser.add_argument(
         "--postgres",
