@@ -10,7 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pushd.hostshared import PROBES, HostTable
+import trio
+
+from pushd.hostshared import PROBES, HostSharedStore, HostTable, create_tables
+from pushd.store.engine import SqliteEngine
+from pushd.store.schema import migrate
 from tests.process import ROOT
 
 
@@ -63,3 +67,32 @@ def test_two_processes_count_exactly(tmp_path: Path) -> None:
     ]
     assert [p.wait(60) for p in procs] == [0, 0]
     assert HostTable(path, 64).hit("native:1", 60) == 10_001
+
+
+async def test_a_workers_store_counts_in_the_hosts_table_not_the_database(
+    tmp_path: Path,
+) -> None:
+    """The calls that count a request as they authenticate it (a native send, a Zulip
+    request) count in the host's table on SQLite workers: no database write."""
+    create_tables(tmp_path)
+    engine = await trio.to_thread.run_sync(SqliteEngine.open_sync, str(tmp_path / "s.sqlite3"))
+    await migrate(engine, upgrade=False, hint="")
+    one, two = HostSharedStore(engine, tmp_path), HostSharedStore(engine, tmp_path)
+    try:
+        key = "k" * 64
+        zulip = "00000000-0000-4000-8000-00000000000a"
+        await one.zulip_add_server(zulip, key, "z.example")
+        server, key_b = await one.add_server("chat")
+        rate = "zulip:server " + zulip
+        assert (await one.zulip_server_counted(zulip, key, rate, 60))[1] == 1
+        assert (await two.zulip_server_counted(zulip, key, rate, 60))[1] == 2
+        assert (await two.zulip_server_counted(zulip, "x" * 64, rate, 60))[1] is None
+        assert await one.authenticate_counted(key_b, "native:", 60) == (server, 1)
+        assert await two.authenticate_counted(key_b, "native:", 60) == (server, 2)
+        assert two.rates.hit(rate, 60) == 3  # the host's table holds the counts
+        rows = await engine.read(lambda tx: tx.all("SELECT * FROM rate_windows", ()))
+        assert rows == []
+    finally:
+        one.rates.close()
+        one.dedupe.close()
+        await two.close()

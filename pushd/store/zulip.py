@@ -14,7 +14,6 @@ are in :mod:`pushd.store.zulip_devices`.
 
 from __future__ import annotations
 
-import hmac
 import time
 from typing import Final
 
@@ -24,7 +23,6 @@ from pushd.model import normalize_zulip_hostname
 from pushd.store.engine import Engine, Row, Tx, serialize
 from pushd.store.errors import Conflict, StoreError
 from pushd.store.servers import hash_key
-from pushd.store.verdicts import count_rate
 
 #: Names under which writes that check, then take, a hostname or a pin take turns
 #: (:func:`~pushd.store.engine.serialize`).
@@ -90,6 +88,12 @@ def _server(row: Row) -> ZulipServer:
     )
 
 
+def zulip_server_in(tx: Tx, uuid: str) -> ZulipServer | None:
+    """The server ``uuid``, read in ``tx``; None if unknown."""
+    row = tx.one(f"SELECT {_COLUMNS} FROM zulip_servers WHERE uuid = ?", (uuid,))
+    return None if row is None else _server(row)
+
+
 def _pin(row: Row) -> ZulipPin:
     return ZulipPin(str(row[0]), str(row[1]), float(row[2]))
 
@@ -133,36 +137,7 @@ class ZulipServerQueries:
     engine: Engine
 
     async def zulip_server(self, uuid: str) -> ZulipServer | None:
-        row = await self.engine.read(
-            lambda tx: tx.one(f"SELECT {_COLUMNS} FROM zulip_servers WHERE uuid = ?", (uuid,))
-        )
-        return None if row is None else _server(row)
-
-    async def zulip_server_counted(
-        self, uuid: str, key: str, rate_key: str, window_start: int
-    ) -> tuple[ZulipServer | None, int | None]:
-        """The server ``uuid`` (None if unknown) and, when ``key`` is its key and it is
-        active, the count of ``rate_key`` in the window starting at ``window_start``,
-        this request included (None when nothing was counted).
-
-        For a shared store, where every Zulip request is counted in the database: the
-        read and the count in one store call, one hop to a worker thread on
-        PostgreSQL instead of two (each costs about as much CPU as its round trip).
-        The key is compared in constant time before anything is counted, so a wrong
-        key counts nothing, as when the frontend compared it between the two calls.
-        """
-        digest = hash_key(key)
-
-        def counted(tx: Tx) -> tuple[ZulipServer | None, int | None]:
-            row = tx.one(f"SELECT {_COLUMNS} FROM zulip_servers WHERE uuid = ?", (uuid,))
-            server = None if row is None else _server(row)
-            if server is None or server.deactivated:
-                return server, None
-            if not hmac.compare_digest(digest, server.key_hash):
-                return server, None
-            return server, count_rate(tx, rate_key, window_start)
-
-        return await self.engine.write_repeatable(counted)
+        return await self.engine.read(lambda tx: zulip_server_in(tx, uuid))
 
     async def zulip_servers(self) -> list[ZulipServer]:
         rows = await self.engine.read(
