@@ -18,8 +18,9 @@ What was chosen, per store:
   any moment, and a cache that had not heard of it yet would let a push go to the dead
   token and the caller miss its rejection (the homeserver's retry after a lost answer
   may reach any instance).  So every push reads: one indexed read on a worker thread,
-  off the event loop, as before.  A refreshed copy would only bound that staleness,
-  never remove it.
+  off the event loop, as before (a Matrix notify's in the store call that records its
+  dedupe keys, :meth:`VerdictCache.late_verdicts_and_dedupe`).  A refreshed copy would
+  only bound that staleness, never remove it.
 
 A ref leaves the set when its verdict has been told (:meth:`VerdictCache.forget`),
 unless it was added again meanwhile (a newer verdict for the same pusher, written
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from pushd.store import LateVerdict, Store, StoreUnavailable
 
@@ -80,9 +81,26 @@ class VerdictCache:
             if not refs:
                 return {}
         found = await self.store.late_verdicts(refs)
+        self._note_read(found)
+        return found
+
+    async def late_verdicts_and_dedupe(
+        self,
+        refs: Sequence[str],
+        keys: Sequence[str],
+        window: float,
+        rejected: Callable[[Mapping[str, LateVerdict]], Sequence[bool]],
+    ) -> tuple[dict[str, LateVerdict], list[bool]]:
+        """:meth:`late_verdicts` of every ref (for a shared store, where none is known
+        to have no verdict) and the dedupe of the keys they let go ahead, in one store
+        call (:meth:`pushd.store.Store.verdicts_and_dedupe`)."""
+        found, seen = await self.store.verdicts_and_dedupe(refs, keys, window, rejected)
+        self._note_read(found)
+        return found, seen
+
+    def _note_read(self, found: Mapping[str, LateVerdict]) -> None:
         for ref in found:
             self._read[ref] = self._refs.get(ref, 0)
-        return found
 
     async def forget(self, refs: Sequence[str]) -> None:
         """The verdicts under ``refs`` (read by :meth:`late_verdicts`) were told."""

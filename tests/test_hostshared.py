@@ -73,7 +73,8 @@ async def test_a_workers_store_counts_in_the_hosts_table_not_the_database(
     tmp_path: Path,
 ) -> None:
     """The calls that count a request as they authenticate it (a native send, a Zulip
-    request) count in the host's table on SQLite workers: no database write."""
+    request), and a Matrix notify's dedupe, use the host's tables on SQLite workers: no
+    database write."""
     create_tables(tmp_path)
     engine = await trio.to_thread.run_sync(SqliteEngine.open_sync, str(tmp_path / "s.sqlite3"))
     await migrate(engine, upgrade=False, hint="")
@@ -91,6 +92,12 @@ async def test_a_workers_store_counts_in_the_hosts_table_not_the_database(
         assert await two.authenticate_counted(key_b, "native:", 60) == (server, 2)
         assert two.rates.hit(rate, 60) == 3  # the host's table holds the counts
         rows = await engine.read(lambda tx: tx.all("SELECT * FROM rate_windows", ()))
+        assert rows == []
+        # A Matrix notify's verdicts and dedupe: the keys in the host's table too.
+        verdicts, seen = await one.verdicts_and_dedupe([], ["m:1"], 60.0, lambda v: [False])
+        assert (verdicts, seen) == ({}, [False])
+        assert await two.verdicts_and_dedupe([], ["m:1"], 60.0, lambda v: [False]) == ({}, [True])
+        rows = await engine.read(lambda tx: tx.all("SELECT * FROM dedupe", ()))
         assert rows == []
     finally:
         one.rates.close()

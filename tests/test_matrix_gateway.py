@@ -454,6 +454,30 @@ async def test_a_kept_verdict_does_not_reject_a_pusher_set_after_it(
     assert simulator.received[2].status == 200
 
 
+async def test_a_device_rejected_by_its_verdict_is_not_recorded_as_sent(
+    start_gateway: Any, simulator: ApnsSimulator, store_sections: dict[str, Any]
+) -> None:
+    """A notify's dedupe keys are recorded with its verdicts read (on PostgreSQL in one
+    store call): not for a device a verdict rejects, whose pusher may be set again and
+    must then get the homeserver's retry of that event."""
+    pushd, homeserver = await start_gateway(**store_sections)
+    simulator.script(token(1), SimReply(410, "Unregistered"))
+    old = ios_device(1, pushkey_ts=int(time.time()) - 86400)
+    assert await homeserver.rejected(hs.full_event([old], event_id="$a")) == [old["pushkey"]]
+    await verdict_kept(pushd, old)
+    both = [old, ios_device(2)]
+    assert await homeserver.rejected(hs.full_event(both, event_id="$b")) == [old["pushkey"]]
+    renewed = ios_device(1, pushkey_ts=int(time.time()) + 5)
+    retry = hs.full_event([renewed, ios_device(2)], event_id="$b")
+    assert await homeserver.rejected(retry) == []  # token 1 sent; token 2 a repeat
+    assert await homeserver.rejected(retry) == []  # now both repeats
+    with trio.move_on_after(5):
+        await simulator.wait_for(3)
+    await trio.sleep(0.1)
+    assert [r.token for r in simulator.received] == [token(1), token(2), token(1)]
+    assert [r.status for r in simulator.received] == [410, 200, 200]
+
+
 async def test_a_repeated_event_is_not_sent_twice(
     homeserver: hs.Homeserver, simulator: ApnsSimulator
 ) -> None:

@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from pushd.store import (
     SCHEMA_VERSION,
     DeadToken,
     HostnameTaken,
+    LateVerdict,
     Store,
     StoreError,
     ZulipRealm,
@@ -642,6 +644,31 @@ async def test_zulip_pins(store: Store) -> None:
 
 
 # --- verdicts, dedupe, rate windows -----------------------------------------------------
+
+
+async def test_verdicts_and_dedupe_records_only_the_keys_let_through(store: Store) -> None:
+    """A Matrix notify's store call on a shared store: the kept verdicts, then the
+    dedupe of the keys the caller's rule (given those verdicts) lets go ahead."""
+    dead = [DeadToken("chat", token(1), since=None, reason="Unregistered", ref="r1")]
+    await store.remove_dead(dead)
+    asked: list[set[str]] = []
+
+    def rejected(verdicts: Mapping[str, LateVerdict]) -> list[bool]:
+        asked.append(set(verdicts))
+        return ["r1" in verdicts, False, False]
+
+    verdicts, seen = await store.verdicts_and_dedupe(
+        ["r1", "r2", "r3"], ["k1", "k2", "k2"], 60.0, rejected
+    )
+    assert set(verdicts) == {"r1"} and verdicts["r1"].reason == "Unregistered"
+    assert asked == [{"r1"}]
+    assert seen == [False, False, True]  # k1 rejected; k2 new, then its repeat
+    assert await store.dedupe_seen(["k1", "k2"], 60.0) == [False, True]  # k1: only now
+    verdicts, seen = await store.verdicts_and_dedupe([], ["k1", "k3"], 60.0, lambda v: [False] * 2)
+    assert (verdicts, seen) == ({}, [True, False])
+    verdicts, seen = await store.verdicts_and_dedupe(["r1"], ["k9"], 60.0, lambda v: [True])
+    assert (set(verdicts), seen) == ({"r1"}, [False])
+    assert await store.dedupe_seen(["k9"], 60.0) == [False]  # not recorded before
 
 
 async def test_late_verdicts_are_kept_per_caller_until_forgotten(store: Store) -> None:

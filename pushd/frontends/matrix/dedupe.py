@@ -13,20 +13,24 @@ repeats the notify.  Sent events are remembered by (app_id, pushkey, event_id) f
   ``rate x dedupe_seconds`` rows.  Checking and recording is one transaction, so two
   instances receiving the same retry at once send it once.
 
-Both record a key when it is checked: a push that then fails is not sent again by a
-retry within the window, as Sygnal behaves; pushd's own spool retries it instead.
+Both record a key when it is checked, before the push is built: a push that then fails
+is not sent again by a retry within the window, as Sygnal behaves; pushd's own spool
+retries it instead.  A device rejected by a kept dead verdict is not recorded.  On a
+shared store the verdicts are read in the same store call (:meth:`SharedDedupe.
+verdicts_and_seen`): what a notify costs the database before it sends, in one hop.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final, Protocol
 
 import trio
 
 from pushd import jsonutil
-from pushd.store import Store
+from pushd.store import LateVerdict, Store
+from pushd.verdictcache import VerdictCache
 
 #: Remembered (app_id, pushkey, event_id) at most, about 100 bytes each (6.5 MB):
 #: beyond it the window shrinks rather than memory growing.  At 2,000 pushes a second
@@ -39,11 +43,20 @@ SHARED_DIGEST_BYTES: Final = 16
 Key = tuple[str, str, str]
 
 
-class Deduper(Protocol):
-    """What the gateway asks: which of these keys were sent recently."""
+#: Given the kept verdicts, which devices they reject (the gateway's rule).
+Rejected = Callable[[Mapping[str, LateVerdict]], Sequence[bool]]
 
-    async def seen_many(self, keys: Sequence[Key]) -> list[bool]:
-        """For each key, whether it was sent recently; records them all."""
+
+class Deduper(Protocol):
+    """What the gateway asks before it builds anything."""
+
+    async def verdicts_and_seen(
+        self, verdicts: VerdictCache, refs: Sequence[str], keys: Sequence[Key], rejected: Rejected
+    ) -> tuple[dict[str, LateVerdict], list[bool]]:
+        """The kept verdicts among ``refs``, and for each key whether its event was sent
+        recently (recorded now), for the keys of devices ``rejected`` lets go ahead; a
+        rejected device's key is False and not recorded (its pusher may be set again,
+        and the homeserver's retry must then reach it)."""
         ...
 
 
@@ -79,8 +92,12 @@ class Dedupe:
         self._current.add(digest)
         return False
 
-    async def seen_many(self, keys: Sequence[Key]) -> list[bool]:
-        return [self.seen(key) for key in keys]
+    async def verdicts_and_seen(
+        self, verdicts: VerdictCache, refs: Sequence[str], keys: Sequence[Key], rejected: Rejected
+    ) -> tuple[dict[str, LateVerdict], list[bool]]:
+        found = await verdicts.late_verdicts(refs)
+        going = rejected(found)
+        return found, [not no and self.seen(key) for key, no in zip(keys, going, strict=True)]
 
 
 def shared_key(key: Key) -> str:
@@ -98,10 +115,14 @@ class SharedDedupe:
         self.store = store
         self.window = window
 
-    async def seen_many(self, keys: Sequence[Key]) -> list[bool]:
+    async def verdicts_and_seen(
+        self, verdicts: VerdictCache, refs: Sequence[str], keys: Sequence[Key], rejected: Rejected
+    ) -> tuple[dict[str, LateVerdict], list[bool]]:
+        """Both in one store call (one hop to a worker thread on PostgreSQL, not two)."""
         if self.window <= 0 or not keys:
-            return [False] * len(keys)
-        return await self.store.dedupe_seen([shared_key(key) for key in keys], self.window)
+            return await verdicts.late_verdicts(refs), [False] * len(keys)
+        hashed = [shared_key(key) for key in keys]
+        return await verdicts.late_verdicts_and_dedupe(refs, hashed, self.window, rejected)
 
 
 def dedupe_for(store: Store, window: float) -> Deduper:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Mapping
 from typing import Final
 
 import attrs
@@ -215,9 +216,7 @@ class MatrixGateway:
         devices = notification.devices
         apps = [self.match(device.app_id) for device in devices]
         refs = [late_ref(device.app_id, device.pushkey) for device in devices]
-        verdicts = await self.dispatcher.verdicts.late_verdicts(
-            [ref for ref, app in zip(refs, apps, strict=True) if app is not None]
-        )
+        verdicts, repeats = await self._checks(request, notification, apps, refs)
         #: Per device (request order): its pushkey when rejected, else None.
         rejected: list[str | None] = [None] * len(devices)
         told: list[str] = []
@@ -247,15 +246,11 @@ class MatrixGateway:
                     rejected[position] = device.pushkey
                     continue
             delivery = self._delivery(request, notification, device, app, ref, pushes)
-            if isinstance(delivery, str):
+            if isinstance(delivery, str):  # a pushkey that can never work: said each time
                 rejected[position] = delivery
-            elif delivery is not None:
+            elif delivery is not None and position not in repeats:
                 deliveries.append(delivery)
                 positions.append(position)
-        if deliveries and notification.event_id:
-            deliveries, positions = await self._not_repeats(
-                request, notification, deliveries, positions
-            )
         if deliveries:
             reports = await self.dispatcher.deliver(
                 deliveries, deadline=self.config.matrix.answer_within
@@ -277,31 +272,42 @@ class MatrixGateway:
             await self.dispatcher.verdicts.forget(told)
         return list(dict.fromkeys(key for key in rejected if key is not None))
 
-    async def _not_repeats(
+    async def _checks(
         self,
         request: Request,
         notification: wire.Notification,
-        deliveries: list[Delivery],
-        positions: list[int],
-    ) -> tuple[list[Delivery], list[int]]:
-        """The deliveries whose (app_id, pushkey, event_id) was not sent recently (one
-        store transaction for all of them when the dedupe is shared)."""
+        apps: list[_App | None],
+        refs: list[str],
+    ) -> tuple[dict[str, LateVerdict], set[int]]:
+        """The kept verdicts of the devices an app serves, and the positions of those
+        whose event was sent recently (a homeserver's retry: not sent again), recorded
+        now for the devices no verdict rejects (see :mod:`.dedupe`; on a shared store
+        one store call for both)."""
         devices = notification.devices
-        keys = [
-            (devices[p].app_id, devices[p].pushkey, notification.event_id or "") for p in positions
-        ]
-        seen = await self.dedupe.seen_many(keys)
-        if any(seen):
-            self.stats.deduplicated += sum(seen)
+        known = [n for n, app in enumerate(apps) if app is not None]
+        wanted = [refs[n] for n in known]
+        event_id = notification.event_id
+        if not event_id:  # a badge update: nothing to tell apart
+            return await self.dispatcher.verdicts.late_verdicts(wanted), set()
+        keys = [(devices[n].app_id, devices[n].pushkey, event_id) for n in known]
+
+        def rejected(verdicts: Mapping[str, LateVerdict]) -> list[bool]:
+            """Per known device: whether a kept verdict rejects it (as the loop will)."""
+            found = ((n, verdicts.get(refs[n])) for n in known)
+            return [v is not None and self._still_dead(devices[n], v) for n, v in found]
+
+        verdicts, seen = await self.dedupe.verdicts_and_seen(
+            self.dispatcher.verdicts, wanted, keys, rejected
+        )
+        repeats = {n for n, repeat in zip(known, seen, strict=True) if repeat}
+        if repeats:
+            self.stats.deduplicated += len(repeats)
             log.debug(
                 "matrix %s: %d repeats of an event already sent; not sent again",
                 request.request_id,
-                sum(seen),
+                len(repeats),
             )
-        kept = [
-            (d, p) for d, p, repeat in zip(deliveries, positions, seen, strict=True) if not repeat
-        ]
-        return [d for d, _ in kept], [p for _, p in kept]
+        return verdicts, repeats
 
     @staticmethod
     def _still_dead(device: wire.Device, verdict: LateVerdict) -> bool:
