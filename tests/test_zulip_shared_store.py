@@ -10,6 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 import trio
 
 from pushd.simulators.apns import ApnsSimulator
@@ -23,7 +24,8 @@ APNS = 1
 NOTIFY = {"user_id": 10, "apns_payload": {"alert": {"title": "A", "body": "hi"}}}
 
 
-async def start(
+@pytest.fixture
+async def pushd(
     start_pushd: PushdFactory,
     pg_url: str,
     tmp_path: Path,
@@ -31,6 +33,7 @@ async def start(
     key_file: Path,
     ca_file: Path,
 ) -> Pushd:
+    """pushd on PostgreSQL, its Zulip limit low enough to reach."""
     spool_key = tmp_path / "spool.key"
     create_key_file(spool_key)
     upstream = f"https://127.0.0.1:{simulator.port}"
@@ -45,14 +48,8 @@ async def start(
 
 
 async def test_requests_count_once_and_a_wrong_key_counts_nothing(
-    start_pushd: PushdFactory,
-    pg_url: str,
-    tmp_path: Path,
-    simulator: ApnsSimulator,
-    key_file: Path,
-    ca_file: Path,
+    pushd: Pushd, simulator: ApnsSimulator
 ) -> None:
-    pushd = await start(start_pushd, pg_url, tmp_path, simulator, key_file, ca_file)
     # Windows are the clock's minutes: start well inside one, so every request below
     # is counted in one window.
     if time.time() % 60 > 45:
@@ -94,15 +91,7 @@ async def test_requests_count_once_and_a_wrong_key_counts_nothing(
     assert len(simulator.received) == 3  # the notifies above that reached the device
 
 
-async def test_a_deactivated_registration_is_refused_and_counts_nothing(
-    start_pushd: PushdFactory,
-    pg_url: str,
-    tmp_path: Path,
-    simulator: ApnsSimulator,
-    key_file: Path,
-    ca_file: Path,
-) -> None:
-    pushd = await start(start_pushd, pg_url, tmp_path, simulator, key_file, ca_file)
+async def test_a_deactivated_registration_is_refused_and_counts_nothing(pushd: Pushd) -> None:
     zulip = ZulipServer(client=pushd.client, services_url=pushd.url)
     assert (await zulip.register_server()).status_code == 200
     assert (await zulip.form("server/deactivate", {})).status_code == 200
