@@ -5,6 +5,11 @@ records ``paused`` without sending: not sent, so not lost), how many may be in f
 (its budget: a large fan-out goes in chunks as units free up), and what each answer
 tells its circuit.  A credential failure pauses the app here, with one ALARM line.
 
+When the pause is over, the credential is still suspect until an answer proves it: one
+push goes alone to test it, and everything else waits (``paused``) until it has been
+answered.  Sending the whole backlog with a key APNs still refuses would only earn a
+credential failure per push (and another pause).
+
 :meth:`Attempts.attempt_sends` sends several pushes of one app at once (the
 dispatcher's outbox gathers those of concurrent requests, see :mod:`pushd.outbox`):
 one budget take, one upstream batch, one task, with each push's outcomes reported
@@ -24,7 +29,7 @@ import trio
 from pushd.config import RetryConfig
 from pushd.lanes import Lane
 from pushd.metrics.tally import DeliveryTally
-from pushd.model import Failed, Outcome, RetryLater
+from pushd.model import Delivered, Failed, Outcome, RetryLater, TokenDead
 from pushd.requestid import REQUEST_ID
 
 log = logging.getLogger("pushd.dispatch")
@@ -82,17 +87,20 @@ class Attempts:
                 _record_all(send, Failed(f"no app named {app!r} is configured"))
             return
         now = self.clock()
-        if lane.paused_until > now:
-            # Not sent, so not lost: retried once the pause is over, when the
-            # credential may work again (a propagating key, a clock fixed, Google's
-            # token endpoint back).  If it still fails, that one attempt pauses again.
-            paused = RetryLater(
-                f"app {lane.name} is paused after a credential error: {lane.pause_reason}",
-                after=lane.paused_until - now,
-                kind="paused",
-            )
-            for send in sends:
-                _record_all(send, paused)
+        if lane.pause_reason is not None:  # a credential failed and nothing proved it since
+            if lane.paused_until > now or lane.probing:
+                # Not sent, so not lost: retried once the pause is over, when the
+                # credential may work again (a propagating key, a clock fixed, Google's
+                # token endpoint back).  If it still fails, that one attempt pauses again.
+                paused = RetryLater(
+                    f"app {lane.name} is paused after a credential error: {lane.pause_reason}",
+                    after=max(0.0, lane.paused_until - now) or None,
+                    kind="paused",
+                )
+                for send in sends:
+                    _record_all(send, paused)
+                return
+            await self._probe(lane, sends)
             return
         total = sum(len(send.tokens) for send in sends)
         granted = await lane.budget.take(total)
@@ -142,6 +150,9 @@ class Attempts:
                     tally.answered(lane.name, outcome, time.perf_counter() - started)
                 if isinstance(outcome, Failed) and outcome.credential:
                     self._pause(lane, outcome.reason)
+                elif lane.pause_reason is not None and _proves_credential(outcome):
+                    log.warning("app %s: its credential works again; sending resumes", lane.name)
+                    lane.pause_reason = None
                 if lane.observe(outcome, self.clock()):
                     log.warning(
                         "app %s: %d upstream failures in a row (last: %s); retries from the "
@@ -162,6 +173,26 @@ class Attempts:
         finally:
             lane.budget.give(count - reported)  # only if cancelled part-way (shutdown)
 
+    async def _probe(self, lane: Lane, sends: Sequence[Send]) -> None:
+        """The pause is over: the first token of ``sends`` tests the credential alone,
+        every other waits as paused (module docstring)."""
+        first, *others = sends
+        waiting = RetryLater(
+            f"app {lane.name}: one push is testing its credential after a pause "
+            f"({lane.pause_reason})",
+            kind="paused",
+        )
+        if len(first.tokens) > 1:
+            others.insert(0, _part(first, 1, len(first.tokens) - 1))
+        for send in others:
+            _record_all(send, waiting)
+        lane.probing = True
+        try:
+            await lane.budget.take(1)
+            await self._send(lane, [_part(first, 0, 1)], 1)
+        finally:
+            lane.probing = False
+
     def _pause(self, lane: Lane, reason: str) -> None:
         first = lane.paused_until <= self.clock()
         lane.paused_until = self.clock() + self.retry.credential_pause
@@ -174,6 +205,13 @@ class Attempts:
                 self.retry.credential_pause,
                 reason,
             )
+
+
+def _proves_credential(outcome: Outcome) -> bool:
+    """Whether the upstream took the credential: it answered about the push itself."""
+    return isinstance(outcome, Delivered | TokenDead) or (
+        isinstance(outcome, Failed) and not outcome.credential
+    )
 
 
 def _part(send: Send, start: int, count: int) -> Send:

@@ -13,7 +13,11 @@ the same whichever process sends it and how often:
   Otherwise a 7 s outage would burn ``max_attempts`` of every spooled delivery in
   seconds and fail promises pushd made;
 - a delivery that would be due after its expiry is dropped unsent and counted as
-  ``expired`` (never sent late); one out of attempts is ``gave up`` (``dropped``).
+  ``expired`` (never sent late); one out of attempts is ``gave up`` (``dropped``);
+- a credential failure is final for a fresh attempt (its caller hears it at once), but a
+  spooled delivery was promised: it waits out the app's pause as a paused one does
+  (costing no attempt, ended only by its expiry), since the fault is the app's key, not
+  the message, and the operator may yet fix it.
 """
 
 from __future__ import annotations
@@ -90,10 +94,17 @@ class Decisions:
         return float(expiration) if expiration else now + self.retry.default_ttl
 
     def decide(
-        self, delivery: Delivery, outcome: Outcome, attempt: int, now: float
+        self,
+        delivery: Delivery,
+        outcome: Outcome,
+        attempt: int,
+        now: float,
+        *,
+        spooled: bool = False,
     ) -> Report | Retry:
         """What ``outcome`` of attempt number ``attempt`` means: a final report, or when
-        to try again.  Counted in the app's stats."""
+        to try again.  ``spooled``: a delivery from the spool, whose caller was already
+        answered.  Counted in the app's stats."""
         stats = self.stats(delivery.app)
         if isinstance(outcome, Delivered):
             stats.delivered += 1
@@ -117,6 +128,9 @@ class Decisions:
                 outcome.reason,
             )
             return Report(delivery, "removed", outcome.reason, outcome)
+        if isinstance(outcome, Failed) and outcome.credential and spooled:
+            waiting = RetryLater(outcome.reason, after=self.retry.credential_pause, kind="paused")
+            return self._retry_or_give_up(delivery, waiting, attempt, now, stats)
         if isinstance(outcome, Failed):
             stats.failed += 1
             return Report(delivery, "failed", outcome.reason, outcome)

@@ -45,6 +45,7 @@ from pushd.metrics.tally import RETRY_KIND_CLASS, DeliveryTally, failed_class
 from pushd.model import (
     STORED_PROTOCOLS,
     Delivery,
+    Failed,
     Outcome,
     RetryLater,
     TokenDead,
@@ -244,15 +245,23 @@ class Dispatcher:
         return self.decisions.expires_at(delivery, now)
 
     def decide(
-        self, delivery: Delivery, outcome: Outcome, attempt: int, now: float
+        self,
+        delivery: Delivery,
+        outcome: Outcome,
+        attempt: int,
+        now: float,
+        *,
+        spooled: bool = False,
     ) -> Report | Retry:
         """What ``outcome`` of attempt number ``attempt`` means (see
         :meth:`pushd.decisions.Decisions.decide`), counted in the metrics too."""
-        decided = self.decisions.decide(delivery, outcome, attempt, now)
+        decided = self.decisions.decide(delivery, outcome, attempt, now, spooled=spooled)
         tally = self.tally
         if tally is not None:
             if isinstance(decided, Retry):
                 kind = outcome.kind if isinstance(outcome, RetryLater) else "server"
+                if isinstance(outcome, Failed):  # a credential failure of a spooled one
+                    kind = "paused"
                 tally.outcome(delivery.app, delivery.protocol, "retrying", RETRY_KIND_CLASS[kind])
             elif decided.status == "failed":
                 reason = failed_class(outcome, decided.reason)
@@ -282,7 +291,7 @@ class Dispatcher:
     def _settle_row(self, delivery: Delivery, row_id: int, attempt: int, outcome: Outcome) -> None:
         """Act on the outcome of attempt ``attempt`` of a spooled delivery."""
         now = self.clock()
-        decided = self.decide(delivery, outcome, attempt, now)
+        decided = self.decide(delivery, outcome, attempt, now, spooled=True)
         if isinstance(decided, Retry):
             self.ledger.again(
                 Reschedule(row_id, decided.attempts, decided.due, decided.unknown, decided.reason)

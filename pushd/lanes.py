@@ -127,7 +127,11 @@ class Lane:
     sender: Sender[Any]
     budget: Budget
     paused_until: float = 0.0
+    #: The last credential failure, until an answer proves the credential works again
+    #: (so it outlives the pause: see :mod:`pushd.attempts`).
     pause_reason: str | None = None
+    #: True while the one push that tests the credential after a pause is in flight.
+    probing: bool = False
     stats: LaneStats = attrs.Factory(LaneStats)
     #: What this app's dead verdicts may remove from the store.
     scope: RemovalScope = attrs.Factory(RemovalScope)

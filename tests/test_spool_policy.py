@@ -8,7 +8,7 @@ import pytest
 from pushd.config import RetryConfig
 from pushd.decisions import Decisions, Report, Retry
 from pushd.lanes import Budget, Lane
-from pushd.model import ApnsPush, Delivery, RetryLater
+from pushd.model import ApnsPush, Delivery, Failed, RetryLater
 from pushd.spool.circuit import OPEN_MAX, OPEN_MIN, RAMP_START, TRIP_AFTER, Circuit
 
 
@@ -87,3 +87,20 @@ def test_a_delivery_due_after_its_expiry_is_dropped_unsent_and_counted_expired(
     decided = decisions.decide(delivery(expires_at=0.1), RetryLater("503", after=5.0), 1, 0.0)
     assert isinstance(decided, Report) and decided.status == "failed"
     assert decided.counter == "expired" and decisions.stats("a").expired == 1
+
+
+def test_a_credential_failure_fails_a_fresh_push_but_a_spooled_one_waits_out_the_pause(
+    decisions: Decisions,
+) -> None:
+    refused = Failed("InvalidProviderToken", credential=True)
+    fresh = decisions.decide(delivery(), refused, 1, 0.0)
+    assert isinstance(fresh, Report) and fresh.status == "failed"
+    stored = 0
+    for _ in range(10):  # the key stays broken for many pauses: never given up
+        spooled = decisions.decide(delivery(), refused, stored + 1, 0.0, spooled=True)
+        assert isinstance(spooled, Retry) and spooled.due >= decisions.retry.credential_pause
+        stored = spooled.attempts
+    assert stored == 0
+    # Only its expiry ends it.
+    late = decisions.decide(delivery(expires_at=10.0), refused, 1, 0.0, spooled=True)
+    assert isinstance(late, Report) and late.counter == "expired"
