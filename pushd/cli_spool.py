@@ -11,7 +11,13 @@ a key the daemon no longer has:
 2. ``pushd spool rotate-key`` re-seals the remaining rows under the first key; with
    ``--prune`` it then drops keys no row uses from the file.
 
-``rotate-key`` alone does both (adds a key unless ``--keep-key``), for one instance.
+``rotate-key`` alone does both (adds a key unless ``--keep-key``).  A running pushd
+looks at the key file before it seals a row, so once a new key is first no row is
+sealed under the old one; ``rotate-key`` still waits :data:`KEY_SWITCH_SECONDS` after
+adding its key (for rows sealed just before, not yet committed), and after ``--prune``
+it looks again and puts back any dropped key a row has come to use meanwhile (an
+instance whose copy of the file was not updated yet): a key is never dropped while a
+row needs it.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+
+import trio
 
 from pushd import config
 from pushd.cli_store import fail, run_store, store_options
@@ -28,6 +36,10 @@ from pushd.store import Store
 
 #: Rows re-sealed per transaction: small enough not to hold a lock for long.
 RESEAL_BATCH = 500
+#: Seconds ``rotate-key`` waits after adding a key, and after pruning, before it looks
+#: at which keys rows use: a running pushd seals with the new key from its next row on,
+#: and a row sealed just before reaches the store well within this.
+KEY_SWITCH_SECONDS: Final = 5.0
 
 
 def add_commands(commands: Any) -> None:
@@ -124,6 +136,9 @@ def cmd_rotate(args: argparse.Namespace) -> int:
             keys = SpoolKeys.load(path)
         except (OSError, SealError) as error:
             return fail(f"cannot read the spool keys in {path}: {error}")
+        if not args.keep_key:
+            print(f"new spool key {keys.current}; letting running instances switch to it")
+            await trio.sleep(KEY_SWITCH_SECONDS)
         resealed = unreadable = 0
         after = 0
         while True:
@@ -147,10 +162,31 @@ def cmd_rotate(args: argparse.Namespace) -> int:
         if unreadable:
             print(f"{unreadable} rows do not open with any key in {path}; kept as they are")
         if args.prune:
-            used = set(await store.spool_key_ids()) | {keys.current}
-            kept = [key for key in read_keys(keys.path) if key_id(key) in used]
-            write_keys(keys.path, kept)
-            print(f"{path} now holds {len(kept)} key(s)")
+            await _prune(store, keys)
         return 0
 
     return run_store(args, rotate)
+
+
+async def _prune(store: Store, keys: SpoolKeys) -> None:
+    """Drop the keys no row uses; then look again and put back any that came into use
+    (module docstring)."""
+    used = set(await store.spool_key_ids()) | {keys.current}
+    held = read_keys(keys.path)
+    kept = [key for key in held if key_id(key) in used]
+    write_keys(keys.path, kept)
+    dropped = [key for key in held if key_id(key) not in used]
+    if dropped:
+        await trio.sleep(KEY_SWITCH_SECONDS)
+        used = set(await store.spool_key_ids())
+        back = [key for key in dropped if key_id(key) in used]
+        if back:
+            # Read again: an operator may have changed the file meanwhile too.
+            write_keys(keys.path, [*read_keys(keys.path), *back])
+            names = ", ".join(key_id(key) for key in back)
+            print(
+                f"kept key(s) {names}: rows sealed under them were written while pruning "
+                "(an instance still sealing with them); run rotate-key again later"
+            )
+            dropped = [key for key in dropped if key not in back]
+    print(f"{keys.path} now holds {len(held) - len(dropped)} key(s)")

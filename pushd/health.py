@@ -61,9 +61,10 @@ def health(services: Services, access: AdminAccess) -> Callable[[Request], Await
 
 
 def app_health(services: Services) -> dict[str, Any]:
-    """Each app's state for ``/healthz``: ``paused`` (a credential error), ``backlog``
-    (its oldest spooled delivery has been due longer than ``spool.degraded_after``), or
-    ``ok``; with its counters, spool depth and circuit."""
+    """Each app's state for ``/healthz``: ``paused`` (a credential error),
+    ``key_missing`` (spooled deliveries sealed with a key this process does not have),
+    ``backlog`` (its oldest spooled delivery has been due longer than
+    ``spool.degraded_after``), or ``ok``; with its counters, spool depth and circuit."""
     dispatcher = services.dispatcher
     now = dispatcher.clock()
     worker = dispatcher.worker
@@ -73,8 +74,15 @@ def app_health(services: Services) -> dict[str, Any]:
         age = worker.oldest_due_age(lane.name, now)
         state = "ok"
         reason = None
+        missing = worker.missing_key(lane.name, now)
         if lane.paused_until > now:
             state, reason = "paused", lane.pause_reason
+        elif missing is not None:
+            state = "key_missing"
+            reason = (
+                f"spooled deliveries are sealed with spool key {missing}, which "
+                f"{dispatcher.keys.path} does not hold: put back a key file that does"
+            )
         elif age > services.config.spool.degraded_after:
             state, reason = "backlog", f"a spooled delivery has been due for {age:.0f} s"
         apps[lane.name] = {

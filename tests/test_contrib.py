@@ -106,7 +106,7 @@ def test_promtool_checks_the_alert_rules() -> None:
         [promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 8 rules found" in done.stdout
+    assert "SUCCESS: 9 rules found" in done.stdout
 
 
 def test_promtool_unit_tests_of_the_alert_rules_pass() -> None:

@@ -22,6 +22,7 @@ from pushd.config.values import (
     check_token_file,
     is_loopback,
 )
+from pushd.spool.seal import SealError, read_keys
 from pushd.tls import server_context
 from pushd.upstream.apns import jwt as apns_jwt
 from pushd.upstream.fcm.service_account import ServiceAccountError, load_service_account
@@ -127,10 +128,19 @@ def _check_store(config: Config) -> list[str]:
             "needs the same keys: create it once with `pushd spool new-key` and copy it"
         )
     elif store.url is not None or Path(spool.key_file).exists():
-        problems += check_file("spool.key_file", spool.key_file)
+        problems += check_file("spool.key_file", spool.key_file) or _check_keys(spool.key_file)
     elif not key_dir.is_dir():
         problems.append(f"spool.key_file: directory {key_dir} does not exist")
     return problems
+
+
+def _check_keys(key_file: str) -> list[str]:
+    """The key file parses (serve, check-config and a reload refuse one that does not)."""
+    try:
+        read_keys(Path(key_file))
+    except SealError as error:
+        return [f"spool.key_file: {error}"]
+    return []
 
 
 def _check_fcm_app(key: str, app: AppConfig) -> list[str]:

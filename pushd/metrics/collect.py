@@ -134,6 +134,12 @@ class PushdCollector(Collector):
             "1 while the app is paused after a credential error (reason: the upstream's code)",
             labels=["app", "reason"],
         )
+        key_missing = GaugeMetricFamily(
+            "pushd_spool_key_missing",
+            "1 while spooled deliveries of the app are sealed with a spool key this "
+            "process does not have (they wait for the key file)",
+            labels=["app"],
+        )
         circuit = GaugeMetricFamily(
             "pushd_circuit_state",
             "The app's circuit (paces retries from the spool): 1 for its current state",
@@ -158,6 +164,8 @@ class PushdCollector(Collector):
             is_paused = lane.paused_until > now
             reason = reason_label(lane.pause_reason) if is_paused else ""
             paused.add_metric([name, reason], 1 if is_paused else 0)
+            missing = dispatcher.worker.missing_key(name, now) is not None
+            key_missing.add_metric([name], 1 if missing else 0)
             for state in CIRCUIT_STATES:
                 circuit.add_metric([name, state], 1 if lane.circuit.state == state else 0)
             expires = metrics.credential_expiry.get(name)
@@ -165,7 +173,7 @@ class PushdCollector(Collector):
                 expiry.add_metric([name], expires)
         for (app, protocol), count in sorted(metrics.registrations.items()):
             registrations.add_metric([app, protocol], count)
-        yield from (in_flight, depth, oldest, paused, circuit, expiry, registrations)
+        yield from (in_flight, depth, oldest, paused, key_missing, circuit, expiry, registrations)
 
     def _http(self) -> Iterator[Metric]:
         tally = self.metrics.http

@@ -9,7 +9,11 @@ The key file holds one key per line, base64 of 32 random bytes (``#`` comments a
 the first seals new rows, the others still open older ones.  A row names its key by a
 short hash of it (``key_id``), so keys can be added and retired without renumbering.
 ``pushd spool rotate-key`` puts a new key first and re-seals every row under it; a
-running pushd re-reads the file when it meets a key id it does not know.
+running pushd re-reads the file when it changed, before sealing and every few seconds
+(so it seals with the new key at once), and when it meets a key id it does not know.
+A file that cannot be read any more, or no longer parses, is logged and ignored: the
+keys read before stay in use, because a daemon that stopped on a typo in the key file
+would take every delivery down with it.
 
 The sealed text names the app and token it belongs to, and opening checks them: a row
 whose sealed push was swapped for another row's does not open.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import Any, Final
@@ -37,6 +42,8 @@ KEY_BYTES: Final = nacl.secret.SecretBox.KEY_SIZE
 KEY_ID_BYTES: Final = 6
 #: Format of the sealed plaintext: a JSON header line, then the payload bytes.
 FORMAT_VERSION: Final = 1
+
+log = logging.getLogger(__name__)
 
 
 class SealError(Exception):
@@ -162,26 +169,51 @@ class SpoolKeys:
         return cls(file)
 
     def refresh(self) -> None:
-        """Re-read the file if it changed (a rotation): new rows then use its new key."""
+        """Re-read the file if it changed (a rotation): new rows then use its new key.
+
+        Never raises: a file that cannot be used is logged once per change and the keys
+        read before stay (module docstring)."""
         try:
-            changed = self.path.stat().st_mtime_ns != self._mtime
-        except OSError:
-            return
-        if changed:
-            self.reload()
+            mtime = self.path.stat().st_mtime_ns
+        except OSError as error:
+            mtime = -1
+            problem = f"cannot read spool key file {self.path}: {error.strerror}"
+        else:
+            if mtime == self._mtime:
+                return
+            try:
+                self.reload()
+                return
+            except (SealError, OSError) as error:
+                problem = str(error)
+        if mtime != self._mtime:
+            self._mtime = mtime
+            log.error(
+                "spool: %s; still sealing with key %s and opening with the %d keys read before",
+                problem,
+                self.current,
+                len(self._boxes),
+            )
 
     def reload(self) -> None:
-        self._mtime = self.path.stat().st_mtime_ns
+        """Read the file now; SealError or OSError (and nothing changed) if it is unusable."""
+        mtime = self.path.stat().st_mtime_ns
         keys = read_keys(self.path)
         self._boxes = {key_id(key): nacl.secret.SecretBox(key) for key in keys}
         self.current = key_id(keys[0])
+        self._mtime = mtime
 
     @property
     def ids(self) -> list[str]:
         return list(self._boxes)
 
     def seal(self, app: str, token: str, push: Push) -> tuple[str, bytes]:
-        """``(key_id, sealed)`` for a row: a random nonce, then the ciphertext."""
+        """``(key_id, sealed)`` for a row: a random nonce, then the ciphertext.
+
+        The file is looked at first (one ``stat``; rows are sealed only for retries), so
+        once ``pushd spool new-key`` or ``rotate-key`` has put a new key first, no row is
+        sealed under the old one: a rotation's ``--prune`` may then drop it."""
+        self.refresh()
         sealed = self._boxes[self.current].encrypt(encode(app, token, push))
         return self.current, bytes(sealed)
 
@@ -189,7 +221,7 @@ class SpoolKeys:
         """The push of a row; SealError if its key is unknown or it does not open."""
         box = self._boxes.get(key)
         if box is None:
-            self.reload()  # rotated by ``pushd spool rotate-key`` since we loaded
+            self.refresh()  # rotated by ``pushd spool rotate-key`` since we loaded
             box = self._boxes.get(key)
         if box is None:
             raise SealError(f"no spool key with id {key} in {self.path}")

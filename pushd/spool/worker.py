@@ -43,6 +43,9 @@ STATS_INTERVAL: Final = 2.0
 UPKEEP_INTERVAL: Final = 60.0
 #: A row whose key is missing here waits this long for the key file to catch up.
 SEAL_RETRY: Final = 300.0
+#: An app whose rows need a key this process lacks is reported so (``/healthz``, the
+#: metrics) this long after its last such row: each try of one renews it.
+KEY_MISSING_FOR: Final = 2 * SEAL_RETRY
 
 
 class SpoolWorker:
@@ -61,6 +64,9 @@ class SpoolWorker:
         #: Lease owners (name prefixes) to release at start: a supervisor's worker that
         #: died, whose rows this one, its replacement, sends again at once.
         self.release_on_start: tuple[str, ...] = ()
+        #: Per app, the key ids its rows were sealed with that did not open here, and
+        #: when last met: see :meth:`missing_key`.
+        self._unopened: dict[str, dict[str, float]] = {}
 
     def wake(self) -> None:
         self._wake.set()
@@ -84,12 +90,41 @@ class SpoolWorker:
                         "spool: %d deliveries in flight in a worker that died go again now",
                         released,
                     )
+        await self._check_keys()
         await self.count()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._count_loop)
             task_status.started()
             await self._drain_loop()
             nursery.cancel_scope.cancel()
+
+    async def _check_keys(self) -> None:
+        """Say at start if rows are sealed with keys the key file does not hold (a key
+        file lost or replaced): they cannot be sent until it is put back."""
+        keys = self.dispatcher.keys
+        try:
+            missing = sorted(set(await self.store.spool_key_ids()) - set(keys.ids))
+        except StoreUnavailable:
+            return
+        if missing:
+            log.error(
+                "spool: rows are sealed with key(s) %s, which %s does not hold: they wait "
+                "(until they expire) for a key file that holds them",
+                ", ".join(missing),
+                keys.path,
+            )
+
+    def missing_key(self, app: str, now: float) -> str | None:
+        """A key the app's spooled rows need and this process lacks, if any: ``/healthz``
+        says so, and it clears once the key file holds it again."""
+        seen = self._unopened.get(app)
+        if not seen:
+            return None
+        known = set(self.dispatcher.keys.ids)
+        for key, at in seen.items():
+            if key not in known and now - at < KEY_MISSING_FOR:
+                return key
+        return None
 
     # --- counting -----------------------------------------------------------------------
 
@@ -147,7 +182,7 @@ class SpoolWorker:
     async def _claim(self, lane: Lane) -> int:
         dispatcher = self.dispatcher
         now = dispatcher.clock()
-        if lane.paused_until > now:
+        if lane.paused_until > now or lane.probing:
             return 0
         if not self.store.shared and dispatcher.depth.get(lane.name, 0) <= 0:
             return 0
@@ -180,6 +215,7 @@ class SpoolWorker:
             push = dispatcher.keys.open(row.key_id, row.sealed, row.app, row.token)
         except SealError as error:
             log.error("spool: cannot open a row of app %s: %s; trying later", row.app, error)
+            self._unopened.setdefault(row.app, {})[row.key_id] = now
             dispatcher.ledger.again(
                 Reschedule(row.id, row.attempt, now + SEAL_RETRY, row.unknown, "sealed: no key")
             )
