@@ -39,7 +39,7 @@ import trio
 from pushd.attempts import Attempts, Send
 from pushd.config import RetryConfig, SpoolConfig
 from pushd.decisions import Decisions, Report, Retry, Status
-from pushd.dispatch_spool import IN_FLIGHT_LEASE, CallerBatch, spool
+from pushd.dispatch_spool import CallerBatch, spool
 from pushd.lanes import Lane
 from pushd.metrics.tally import RETRY_KIND_CLASS, DeliveryTally, failed_class
 from pushd.model import (
@@ -64,7 +64,7 @@ from pushd.verdictcache import VerdictCache
 log = logging.getLogger(__name__)
 
 #: Report and Retry live in :mod:`pushd.decisions`; frontends import them from here.
-__all__ = ["IN_FLIGHT_LEASE", "Dispatcher", "Report", "Retry", "Status", "instance_name"]
+__all__ = ["Dispatcher", "Report", "Retry", "Status", "instance_name"]
 
 #: Protocols whose dead verdicts are kept even when told in the answer (see
 #: ``Dispatcher._dead_token``).

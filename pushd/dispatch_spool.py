@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -25,10 +25,6 @@ if TYPE_CHECKING:
     from pushd.dispatch import Dispatcher
 
 log = logging.getLogger("pushd.dispatch")
-
-#: How long an attempt still in flight at the answer may take before its row is
-#: another instance's to send: the upstream's request timeout ends it long before.
-IN_FLIGHT_LEASE: Final = 60.0
 
 
 @attrs.define(eq=False)
@@ -107,7 +103,9 @@ def entry(
         unknown=retry.unknown,
         last_reason=retry.reason,
         lease_owner=dispatcher.owner if in_flight else None,
-        lease_until=now + IN_FLIGHT_LEASE if in_flight else None,
+        # Still in flight: the lease outlasts the attempt (the config check holds
+        # every request_timeout under lease_seconds), as for a claimed row.
+        lease_until=now + dispatcher.spool.lease_seconds if in_flight else None,
     )
 
 

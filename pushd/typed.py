@@ -8,6 +8,7 @@ about, with the key path that holds it, so this converter refuses instead, and
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, get_args, get_origin
 
@@ -22,6 +23,10 @@ def _strict(kind: type, *, integral_floats: bool = False) -> Hook:
     def hook(value: Any, _: Any) -> Any:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
+        if kind is float and isinstance(value, float) and not math.isfinite(value):
+            # TOML has nan and inf: every limit, timeout and delay must be a real number
+            # (a nan deadline crashed the first send; nan compares false to every bound).
+            raise ValueError(f"expected a finite number, got {value}")
         if integral_floats and kind is int and isinstance(value, float) and value.is_integer():
             return int(value)
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):

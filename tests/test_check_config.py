@@ -138,3 +138,35 @@ def test_a_bad_public_url_is_a_problem_with_its_key(tmp_path: Path) -> None:
     done = check_config(path)
     assert done.returncode == 1
     assert "server.public_url: an http(s) URL like https://push.example.com" in done.stderr
+
+
+def test_numbers_that_cannot_work_are_problems_with_their_keys(tmp_path: Path) -> None:
+    """TOML's nan and inf, negative delays, a lease shorter than an app's requests, a
+    metrics port that is the API's: each refused by check-config (and so by serve and
+    a reload), named by its key."""
+    (tmp_path / "AuthKey.p8").write_bytes(b"")
+    path = tmp_path / "pushd.toml"
+    path.write_text(
+        f'[server]\nport = 8080\ndrain_seconds = -1.0\n[store]\npath = "{tmp_path}/db"\n'
+        "[metrics]\nport = 8080\n"
+        "[retry]\nbase_delay = nan\nmax_delay = -1.0\ncredential_pause = 0.0\n"
+        "[spool]\nlease_seconds = 30.0\n"
+        '[[apps]]\nname = "chat"\nprovider = "apns"\ntopic = "t"\nkey_file = "AuthKey.p8"\n'
+        'key_id = "ABC1234567"\nteam_id = "TEAM123456"\nrequest_timeout = 28.0\n'
+        "connections = 100000\n"
+    )
+    done = check_config(path)
+    assert done.returncode == 1
+    assert "retry.base_delay: expected a finite number, got nan" in done.stderr, done.stderr
+    path.write_text(path.read_text().replace("base_delay = nan", "base_delay = 1.0"))
+    done = check_config(path)
+    assert done.returncode == 1
+    for problem in (
+        "server.drain_seconds: must not be negative",
+        "metrics.port: 8080 is server.port too",
+        "retry.max_delay: must be at least retry.base_delay",
+        "retry.credential_pause: must be positive",
+        "apps[0].request_timeout: 28 s leaves spool.lease_seconds (30 s) under 5 s of margin",
+        "apps[0].connections: must be between 1 and 100",
+    ):
+        assert problem in done.stderr, (problem, done.stderr)

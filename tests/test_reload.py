@@ -243,7 +243,7 @@ async def test_settings_that_need_a_restart_are_named_and_kept(
 ) -> None:
     chat = app_entry("chat", TOPIC, apns_upstream, key_file, ca_file)
     gateway = await start([chat])
-    gateway.rewrite(server={**gateway.sections["server"], "port": 1}, metrics={"port": 1})
+    gateway.rewrite(server={**gateway.sections["server"], "port": 1}, metrics={"port": 2})
     await gateway.hup()
     assert "server.port changed but needs a restart" in gateway.process.log
     log = gateway.process.log

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import re
 import signal
+import sqlite3
 from typing import Any
 
 import attrs
@@ -236,6 +237,27 @@ async def test_rotate_key_reseals_rows_that_still_deliver(rig: Rig) -> None:
 
 
 # --- chat servers' answers ------------------------------------------------------------------
+
+
+async def test_a_push_in_flight_at_the_answer_is_leased_for_lease_seconds(rig: Rig) -> None:
+    """APNs slow: the caller hears ``retrying`` while the attempt goes on, and the row
+    is leased to this instance for ``[spool] lease_seconds`` (a fixed 60 s before, which
+    a longer request_timeout outlasted: the row was claimed and sent again)."""
+    await rig.configure(
+        app={"request_timeout": 10.0},
+        spool={"lease_seconds": 20.0},
+        server={"first_attempt_deadline": 0.5},
+    )
+    await rig.sim.start(delay=3.0)
+    await rig.start()
+    await rig.register([token(1)])
+    assert (await rig.send(1, token(1)))["status"] == "retrying"
+    with sqlite3.connect(rig.tmp_path / "pushd.sqlite3") as db:
+        ((lease, created),) = db.execute("SELECT lease_until, created_at FROM spool").fetchall()
+    assert lease - created == pytest.approx(20.0)
+    await rig.sim.wait_delivered({1}, within=10)
+    await rig.wait_spool_empty()
+    assert len(rig.sim.delivered()) == 1
 
 
 async def test_a_slow_apns_is_answered_at_once_and_delivered_once(rig: Rig) -> None:

@@ -6,7 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from pushd.config.apps import AppConfig
-from pushd.config.constants import APPLE_ID_LENGTH, FCM_MAX_TTL, MAX_REDACTED_TEXT, MAX_WORKERS
+from pushd.config.constants import (
+    APPLE_ID_LENGTH,
+    FCM_MAX_TTL,
+    LEASE_MARGIN,
+    MAX_CONNECTIONS,
+    MAX_REDACTED_TEXT,
+    MAX_WORKERS,
+)
 from pushd.config.protocol_checks import (
     check_matrix,
     check_mattermost,
@@ -53,9 +60,10 @@ def check(config: Config) -> list[str]:
         problems.append("server.first_attempt_deadline: must be positive")
     problems += check_token_file("server.admin_token_file", server.admin_token_file)
     problems += _check_public_url(server.public_url)
-    problems += _check_metrics(config.metrics)
-    if config.retry.max_attempts < 1:
-        problems.append("retry.max_attempts: must be at least 1")
+    problems += _check_metrics(config.metrics, server.port)
+    if server.drain_seconds < 0:
+        problems.append("server.drain_seconds: must not be negative")
+    problems += _check_retry(config)
     problems += check_proxy("upstream", config.upstream.proxy, config.upstream.proxy_password_file)
     problems += _check_store(config)
     seen: set[str] = set()
@@ -78,6 +86,35 @@ def check(config: Config) -> list[str]:
     return problems
 
 
+def _check_retry(config: Config) -> list[str]:
+    """``[retry]``, and leases that outlast every app's attempts: a row whose lease ran
+    out while its push was still in flight would be claimed and sent again."""
+    retry = config.retry
+    problems: list[str] = []
+    if retry.max_attempts < 1:
+        problems.append("retry.max_attempts: must be at least 1")
+    for key, value in (
+        ("base_delay", retry.base_delay),
+        ("default_ttl", retry.default_ttl),
+        ("credential_pause", retry.credential_pause),
+    ):
+        if value <= 0:
+            problems.append(f"retry.{key}: must be positive")
+    if retry.max_delay < retry.base_delay:
+        problems.append("retry.max_delay: must be at least retry.base_delay")
+    if retry.max_queued < 1:
+        problems.append("retry.max_queued: must be at least 1")
+    lease = config.spool.lease_seconds
+    for index, app in enumerate(config.apps):
+        if app.request_timeout + LEASE_MARGIN > lease:
+            problems.append(
+                f"apps[{index}].request_timeout: {app.request_timeout:g} s leaves spool."
+                f"lease_seconds ({lease:g} s) under {LEASE_MARGIN:g} s of margin: a push "
+                "still in flight when its lease ran out would be sent again"
+            )
+    return problems
+
+
 def _check_public_url(url: str | None) -> list[str]:
     if url is None:
         return []
@@ -87,7 +124,7 @@ def _check_public_url(url: str | None) -> list[str]:
     return []
 
 
-def _check_metrics(metrics: MetricsConfig) -> list[str]:
+def _check_metrics(metrics: MetricsConfig, server_port: int) -> list[str]:
     """The metrics listener: a port, and a token wherever others can reach it (the
     metrics name every app and chat-server route: an inventory, not for anyone)."""
     if not metrics.enabled:
@@ -95,6 +132,8 @@ def _check_metrics(metrics: MetricsConfig) -> list[str]:
     problems: list[str] = []
     if not 0 <= metrics.port < 65536:
         problems.append("metrics.port: must be between 1 and 65535 (0: any free port)")
+    if metrics.port and metrics.port == server_port:
+        problems.append(f"metrics.port: {metrics.port} is server.port too; give each its own")
     if metrics.bearer_token_file is None:
         if not is_loopback(metrics.listen):
             problems.append(
@@ -167,8 +206,8 @@ def _check_app(index: int, app: AppConfig) -> list[str]:
     problems: list[str] = []
     if not app.name:
         problems.append(f"{key}.name: must not be empty")
-    if app.connections < 1:
-        problems.append(f"{key}.connections: must be at least 1")
+    if not 1 <= app.connections <= MAX_CONNECTIONS:
+        problems.append(f"{key}.connections: must be between 1 and {MAX_CONNECTIONS}")
     if app.concurrency < 1:
         problems.append(f"{key}.concurrency: must be at least 1")
     if app.request_timeout <= 0:
