@@ -31,7 +31,15 @@ import trio
 
 from pushd import config
 from pushd.cli_store import fail, run_store, store_options
-from pushd.spool.seal import SealError, SpoolKeys, key_id, prepend_key, read_keys, write_keys
+from pushd.spool.seal import (
+    SealError,
+    SpoolKeys,
+    create_key_file,
+    key_id,
+    prepend_key,
+    read_keys,
+    write_keys,
+)
 from pushd.store import Store
 
 #: Rows re-sealed per transaction: small enough not to hold a lock for long.
@@ -110,11 +118,23 @@ def _key_file(args: argparse.Namespace) -> str | None:
 
 
 def cmd_new_key(args: argparse.Namespace) -> int:
-    path = _key_file(args)
-    if path is None:
-        return 1
+    """Put a new key first; with no key file yet, create it (a PostgreSQL deployment's
+    first step: its instances refuse to start without the file, and do not create it)."""
     try:
-        new = prepend_key(Path(path))
+        cfg = config.load(args.config)  # the key file's absence is what this fixes
+    except config.ConfigError as error:
+        return fail("; ".join(error.problems))
+    path = Path(cfg.spool.key_file)
+    if not path.exists():
+        try:
+            create_key_file(path)
+            (new,) = SpoolKeys.load(path).ids
+        except (OSError, SealError) as error:
+            return fail(f"cannot create {path}: {error}")
+        print(f"created {path} with spool key {new}; copy it to every instance")
+        return 0
+    try:
+        new = prepend_key(path)
     except (OSError, SealError) as error:
         return fail(f"cannot add a key to {path}: {error}")
     print(f"new spool key {new} is first in {path}; run `pushd spool rotate-key` to re-seal")

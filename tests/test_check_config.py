@@ -15,6 +15,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pushd.simulators.fcm import make_service_account
+from pushd.spool.seal import read_keys
 from pushd.upstream.apns.jwt import write_p8
 from tests.process import ROOT
 
@@ -170,3 +171,31 @@ def test_numbers_that_cannot_work_are_problems_with_their_keys(tmp_path: Path) -
         "apps[0].connections: must be between 1 and 100",
     ):
         assert problem in done.stderr, (problem, done.stderr)
+
+
+def test_a_postgresql_deployment_creates_its_key_file_as_check_config_says(
+    tmp_path: Path,
+) -> None:
+    """No key file yet: check-config says to create it with ``pushd spool new-key``, which
+    does (it had refused, on the same missing file); check-config then passes it."""
+    path = tmp_path / "pushd.toml"
+    key_file = tmp_path / "spool.key"
+    path.write_text(
+        '[store]\nurl = "postgresql://pushd@db.example/pushd"\n'
+        f'[spool]\nkey_file = "{key_file}"\n'
+    )
+    done = check_config(path)
+    assert done.returncode == 1 and "pushd spool new-key" in done.stderr, done.stderr
+    created = subprocess.run(
+        [sys.executable, "-m", "pushd", "spool", "new-key", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PYTHONPATH": ROOT, "PATH": "/usr/bin:/bin"},
+    )
+    assert created.returncode == 0, created.stderr
+    assert f"created {key_file}" in created.stdout
+    assert len(read_keys(key_file)) == 1 and key_file.stat().st_mode & 0o077 == 0
+    done = check_config(path)
+    assert "spool.key_file" not in done.stderr, done.stderr
