@@ -111,6 +111,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             from pushd.supervisor import Supervisor
 
             return trio.run(Supervisor(cfg).run)
+        if role is None:
+            from pushd.workers import claim_all
+
+            # One pushd per SQLite file (and port): a second would release the first
+            # one's spool leases at start and send its pushes in flight again.
+            claims = claim_all(cfg)
+            if isinstance(claims, str):
+                return _fail(f"another pushd has {claims} already")
         if role is not None:
             # A worker hears SIGTERM only while serve() listens for it (it restores
             # this on the way out): a second one, the supervisor's forwarded after the

@@ -52,8 +52,7 @@ from pushd.worker_slot import Worker, worker_argv, worker_environment
 from pushd.workerlink import Inbox
 from pushd.workers import (
     PrepareError,
-    claim_name,
-    claim_names,
+    claim_all,
     describe_exit,
     lease_prefix,
     prepare_store,
@@ -121,15 +120,10 @@ class Supervisor:
     # --- running ----------------------------------------------------------------------
 
     async def run(self) -> int:
-        claims: list[socket.socket] = []
-        for name in claim_names(self.config):
-            claim = claim_name(name)
-            if claim is None:
-                log.error("another pushd supervisor has %s already: stopping", name)
-                for held in claims:
-                    held.close()
-                return 1
-            claims.append(claim)
+        claims = claim_all(self.config)
+        if isinstance(claims, str):
+            log.error("another pushd has %s already: stopping", claims)
+            return 1
         try:
             reserved = bind_reuse_port(self.config.server.listen, self.config.server.port)
         except ListenError as error:

@@ -159,6 +159,21 @@ def claim_names(config: Config) -> list[str]:
     return names
 
 
+def claim_all(config: Config) -> list[socket.socket] | str:
+    """Claim every name of :func:`claim_names` (held until the sockets close or the
+    process ends), or the first that another pushd holds (none are kept then).  A
+    supervisor claims them for its workers; a single ``pushd serve`` for itself."""
+    claims: list[socket.socket] = []
+    for name in claim_names(config):
+        claim = claim_name(name)
+        if claim is None:
+            for held in claims:
+                held.close()
+            return name
+        claims.append(claim)
+    return claims
+
+
 def claim_name(name: str) -> socket.socket | None:
     """Hold ``name`` while this process runs: an abstract Unix socket of that name,
     which the kernel releases when the process ends, however it ends; None if another

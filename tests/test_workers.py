@@ -168,7 +168,7 @@ async def test_a_second_supervisor_on_the_same_port_is_refused(rig: Rig) -> None
     first = await rig.start()
     second = await start_pushd_process(rig.nursery, rig.config, wait_listening=False)
     assert await second.wait() == 1
-    assert "another pushd supervisor has port 127.0.0.1:" in second.log, second.log
+    assert "another pushd has port 127.0.0.1:" in second.log, second.log
     assert "worker 0 started" not in second.log
     assert len(await rig.pids_seen()) == 2
     assert first.process.returncode is None
@@ -440,3 +440,22 @@ async def test_matrix_dedupe_holds_across_workers(rig: Rig) -> None:
         while token(8) not in {s.token for s in rig.sim.delivered()}:  # noqa: ASYNC110
             await trio.sleep(0.05)
     assert [s.token for s in rig.sim.seen() if s.kind == "req"].count(device) == 1
+
+
+async def test_a_single_process_beside_a_supervisor_on_its_sqlite_file_is_refused(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """A plain ``pushd serve`` (one worker, another port) on a SQLite file that a
+    supervisor serves would release the supervisor's spool leases at start and send
+    its pushes in flight again: it is refused, naming the file, and so is a second
+    plain one beside the first."""
+    await rig.configure()
+    first = await rig.start()
+    single = tmp_path / "single.toml"
+    text = rig.config.read_text().replace("workers = 2", "workers = 1")
+    assert "workers = 1" in text
+    single.write_text(text)
+    second = await start_pushd_process(rig.nursery, single, wait_listening=False)
+    assert await second.wait() == 1
+    assert "another pushd has store " in second.log and "spool: " not in second.log
+    assert first.process.returncode is None
