@@ -99,18 +99,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
             from pushd import demo
 
             return demo.run(port=args.port)
+        from pushd.config.loading import read_config
+        from pushd.workers import read_accepted_config
+
+        role = WorkerRole.from_environment()
+        # A worker starts on what its supervisor accepted, not on the file as it is now.
+        text = read_accepted_config() if role is not None else None
         try:
-            cfg = config.load_checked(path)
+            if text is None:
+                text = read_config(path)
+            cfg = config.load_checked(path, text)
         except config.ConfigError as error:
             for problem in error.problems:  # load's own problems start with the path
                 _fail(problem if problem.startswith(f"{Path(path)}: ") else f"{path}: {problem}")
             return 1
         logs.setup(cfg.log)
-        role = WorkerRole.from_environment()
         if role is None and cfg.server.workers > 1:
             from pushd.supervisor import Supervisor
 
-            return trio.run(Supervisor(cfg).run)
+            return trio.run(Supervisor(cfg, accepted=text).run)
         if role is None:
             from pushd.workers import claim_all
 

@@ -51,7 +51,9 @@ from pushd.sdnotify import WORKER_ENV, Notifier
 from pushd.worker_slot import Worker, worker_argv, worker_environment
 from pushd.workerlink import Inbox
 from pushd.workers import (
+    ACCEPTED_ENV,
     PrepareError,
+    accepted_config_fd,
     claim_all,
     describe_exit,
     lease_prefix,
@@ -73,8 +75,14 @@ TICK: Final = 1.0
 class Supervisor:
     """Runs ``config.server.workers`` workers; :meth:`run` returns the exit status."""
 
-    def __init__(self, config: Config, *, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self, config: Config, *, accepted: bytes, notifier: Notifier | None = None
+    ) -> None:
         self.config = config
+        #: The config file's bytes as last accepted (at start, then by each reload that
+        #: passed the checks): every worker starts on them (:data:`ACCEPTED_ENV`), so a
+        #: replacement never serves an edit not reloaded yet, nor dies on a broken one.
+        self._accepted_fd = accepted_config_fd(accepted)
         self.notifier = notifier or Notifier.from_environment()
         self.workers = [Worker(index) for index in range(config.server.workers)]
         self.port = config.server.port
@@ -233,7 +241,11 @@ class Supervisor:
         while not self.stopping:
             assert self._inbox is not None
             environ = worker_environment(worker, self.port, self._inbox.path, self._shared_dir)
-            process = await trio.lowlevel.open_process(worker_argv(self.config), env=environ)
+            fd = self._accepted_fd
+            environ[ACCEPTED_ENV] = str(fd)
+            process = await trio.lowlevel.open_process(
+                worker_argv(self.config), env=environ, pass_fds=(fd,)
+            )
             worker.process, worker.pid, worker.ready = process, process.pid, False
             worker.last_ping = trio.current_time()
             log.info("worker %d started (pid %d)", worker.index, process.pid)
@@ -296,16 +308,25 @@ class Supervisor:
         self.notifier.ready(self.status_line())
 
     async def _reload_own(self) -> None:
-        """What the supervisor itself reads of the config: the metrics token (the
-        workers' listeners ask for the new one once they have reloaded)."""
+        """What the supervisor itself keeps of the config: the bytes workers start on,
+        and the metrics token (the workers' listeners ask for the new one once they
+        have reloaded)."""
         source = self.config.source
-        if source is None or self._metrics is None:
+        if source is None:
             return
+
+        def read() -> tuple[bytes, Config]:
+            text = Path(source).read_bytes()
+            return text, load_checked(source, text)
+
         try:
-            new = await trio.to_thread.run_sync(load_checked, source)
-        except ConfigError:
+            text, new = await trio.to_thread.run_sync(read)
+        except (ConfigError, OSError):
             return  # each worker logs the problems and keeps its config
-        self._metrics.token = read_admin_token(new.metrics.bearer_token_file)
+        old, self._accepted_fd = self._accepted_fd, accepted_config_fd(text)
+        os.close(old)
+        if self._metrics is not None:
+            self._metrics.token = read_admin_token(new.metrics.bearer_token_file)
 
     async def _listen_inbox(self) -> None:
         assert self._inbox is not None

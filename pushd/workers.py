@@ -26,6 +26,7 @@ spool's key file.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -51,6 +52,9 @@ RELEASE_ENV: Final = "PUSHD_RELEASE_LEASES"
 SHARED_ENV: Final = "PUSHD_SHARED_DIR"
 #: A worker's metrics listen here (a free port), for the supervisor only.
 WORKER_METRICS_HOST: Final = "127.0.0.1"
+#: The descriptor of the config a worker starts on: the bytes its supervisor last
+#: accepted, not whatever the file holds now (an edit not reloaded yet, or broken).
+ACCEPTED_ENV: Final = "PUSHD_ACCEPTED_CONFIG_FD"
 #: The sd_notify field a worker announces its metrics URL with.
 METRICS_FIELD: Final = "PUSHD_METRICS"
 
@@ -157,6 +161,32 @@ def claim_names(config: Config) -> list[str]:
     if config.store.url is None:
         names.append(f"store {os.path.realpath(config.store.path)}")
     return names
+
+
+def accepted_config_fd(text: bytes) -> int:
+    """An anonymous in-memory file holding ``text``, for workers to inherit
+    (:data:`ACCEPTED_ENV`); close-on-exec except where passed on purpose."""
+    fd = os.memfd_create("pushd-accepted-config", os.MFD_CLOEXEC)
+    view = memoryview(text)
+    while view:
+        view = view[os.write(fd, view) :]
+    return fd
+
+
+def read_accepted_config(environ: Mapping[str, str] = os.environ) -> bytes | None:
+    """The config bytes the supervisor passed this worker, if it did (the descriptor
+    is closed after; its offset is shared with the other workers, so read by pread)."""
+    value = environ.get(ACCEPTED_ENV)
+    if not value or not value.isdigit():
+        return None
+    fd = int(value)
+    try:
+        return os.pread(fd, os.fstat(fd).st_size, 0)
+    except OSError:
+        return None
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def claim_all(config: Config) -> list[socket.socket] | str:

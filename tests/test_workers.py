@@ -348,12 +348,14 @@ async def test_a_worker_that_cannot_start_stops_the_supervisor(rig: Rig) -> None
 
 
 async def test_a_worker_that_keeps_crashing_stops_the_supervisor(rig: Rig) -> None:
-    """Serving, then the config broken on disk and a worker killed: its replacement
-    cannot start, again and again with growing pauses, until the supervisor gives up
-    with status 1; the other worker is drained, not killed."""
+    """Serving, then the spool key file broken on disk and a worker killed: its
+    replacement cannot start (the file is not the config the supervisor keeps), again
+    and again with growing pauses, until the supervisor gives up with status 1; the
+    other worker is drained, not killed."""
     await rig.configure()
     pushd = await rig.start()
-    rig.config.write_text(rig.config.read_text() + "\n[server.nonsense]\n")
+    key_file = rig.tmp_path / "spool.key"
+    key_file.write_text(key_file.read_text() + "not a key\n")
     os.kill(worker_pids(pushd)[1], signal.SIGKILL)
     assert await pushd.wait(within=60) == 1
     assert "worker 1 failed to start 5 times in a row" in pushd.log, pushd.log
@@ -459,3 +461,30 @@ async def test_a_single_process_beside_a_supervisor_on_its_sqlite_file_is_refuse
     assert await second.wait() == 1
     assert "another pushd has store " in second.log and "spool: " not in second.log
     assert first.process.returncode is None
+
+
+async def test_a_replacement_worker_starts_on_the_accepted_config_not_the_file(
+    rig: Rig,
+) -> None:
+    """The config file broken and not reloaded, then a worker SIGKILLed: its replacement
+    starts on what the supervisor last accepted and serves (it had read the broken file,
+    failed five times and taken every worker down); a reload of the broken file is
+    refused and both keep serving; once the file is fixed, a reload is taken."""
+    await rig.configure()
+    pushd = await rig.start()
+    good = rig.config.read_text()
+    rig.config.write_text(good + "\n[server\n")  # not TOML
+    victim = worker_pids(pushd)[0]
+    os.kill(victim, signal.SIGKILL)
+    await pushd.wait_for_line(rf"worker 0 \(pid {victim}\) was killed by SIGKILL; starting")
+    await pushd.wait_for_line(r"worker 0 \(pid \d+\) is ready", within=30)
+    assert len(await rig.pids_seen()) == 2  # both slots serve
+    pushd.signal(signal.SIGHUP)
+    await pushd.wait_for_line(r"reload refused.*not valid TOML", within=30)
+    assert pushd.process.returncode is None
+    rig.config.write_text(good)
+    before = len(pushd.lines)
+    pushd.signal(signal.SIGHUP)
+    with trio.fail_after(30):
+        while not any("reloaded" in line for line in pushd.lines[before:]):  # noqa: ASYNC110
+            await trio.sleep(0.05)

@@ -102,24 +102,39 @@ def parse(data: dict[str, Any], *, base: Path, source: str | None = None) -> Con
     return attrs.evolve(_resolve_paths(config, base), source=source)
 
 
-def load(path: str | Path) -> Config:
-    """Read and structure ``path``; raise ConfigError naming each problem."""
-    path = Path(path)
+def read_config(path: str | Path) -> bytes:
+    """The config file's bytes; ConfigError saying why they cannot be read."""
     try:
-        with path.open("rb") as file:
-            data = tomllib.load(file)
+        return Path(path).read_bytes()
     except FileNotFoundError:
         raise ConfigError([f"{path}: no such file"]) from None
     except PermissionError:
         raise ConfigError([f"{path}: not readable by this user"]) from None
+    except OSError as error:
+        raise ConfigError([f"{path}: {error.strerror}"]) from None
+
+
+def load(path: str | Path, text: bytes | None = None) -> Config:
+    """Read and structure ``path``; raise ConfigError naming each problem.
+
+    ``text``: that file's contents as read before (what a supervisor last accepted, for
+    a worker it starts): used instead of the file, whose directory still anchors
+    relative paths, and which a reload reads again."""
+    path = Path(path)
+    if text is None:
+        text = read_config(path)
+    try:
+        data = tomllib.loads(text.decode())
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 (TOML files are)"]) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError([f"{path}: not valid TOML: {error}"]) from None
     return parse(data, base=path.resolve().parent, source=str(path))
 
 
-def load_checked(path: str | Path) -> Config:
-    """Load and check; raise ConfigError listing every problem."""
-    config = load(path)
+def load_checked(path: str | Path, text: bytes | None = None) -> Config:
+    """Load (see :func:`load`) and check; raise ConfigError listing every problem."""
+    config = load(path, text)
     problems = check(config)
     if problems:
         raise ConfigError(problems)
