@@ -181,8 +181,7 @@ def test_a_postgresql_deployment_creates_its_key_file_as_check_config_says(
     path = tmp_path / "pushd.toml"
     key_file = tmp_path / "spool.key"
     path.write_text(
-        '[store]\nurl = "postgresql://pushd@db.example/pushd"\n'
-        f'[spool]\nkey_file = "{key_file}"\n'
+        f'[store]\nurl = "postgresql://pushd@db.example/pushd"\n[spool]\nkey_file = "{key_file}"\n'
     )
     done = check_config(path)
     assert done.returncode == 1 and "pushd spool new-key" in done.stderr, done.stderr

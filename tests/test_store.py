@@ -61,6 +61,27 @@ def test_a_sqlite_store_is_in_wal_mode(tmp_path: Path) -> None:
     raw.close()
 
 
+@pytest.mark.parametrize(("setting", "pragma"), [("full", 2), ("normal", 1)])
+def test_sqlite_commits_are_flushed_as_store_synchronous_says(
+    tmp_path: Path, setting: str, pragma: int
+) -> None:
+    """The writer's ``PRAGMA synchronous``: FULL (2) by default, so an acknowledged
+    delivery survives a power loss; NORMAL (1) on request."""
+    config = StoreConfig(path=str(tmp_path / "pushd.sqlite3"), synchronous=setting)  # type: ignore[arg-type]
+
+    async def check() -> int:
+        store = await open_store(config)
+        try:
+            engine = store.engine
+            value = engine._writer_db.execute("PRAGMA synchronous").fetchone()[0]  # type: ignore[attr-defined]
+        finally:
+            await store.close()
+        return int(value)
+
+    assert trio.run(check) == pragma
+    assert StoreConfig().synchronous == "full"
+
+
 async def _open_and_close(config: StoreConfig) -> None:
     await (await open_store(config)).close()
 

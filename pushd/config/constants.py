@@ -31,6 +31,8 @@ FCM_MAX_TTL = 28 * 24 * 3600
 FCM_MIN_CONNECTIONS = 2
 
 LogLevel = Literal["debug", "info", "warning", "error"]
+#: ``[store] synchronous`` (SQLite's PRAGMA of that name, the two safe values in WAL mode).
+SqliteSync = Literal["full", "normal"]
 #: What of a message an app's pushes carry (see :class:`AppConfig`).
 ContentMode = Literal["full", "redacted", "id_only"]
 

@@ -17,6 +17,7 @@ from pushd.config.constants import (
     DEFAULT_POOL_SIZE,
     DEFAULT_PORT,
     LogLevel,
+    SqliteSync,
 )
 
 
@@ -62,6 +63,10 @@ class StoreConfig:
     password_file: str | None = None
     #: PostgreSQL connections per instance (and worker threads using them).
     pool_size: int = DEFAULT_POOL_SIZE
+    #: SQLite's ``synchronous``: ``full`` makes every commit (a delivery spooled before
+    #: its caller hears "retrying") survive a power loss or kernel crash too; ``normal``
+    #: survives a crash of pushd only and saves a WAL flush per commit.
+    synchronous: SqliteSync = "full"
 
 
 @attrs.frozen

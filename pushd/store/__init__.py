@@ -210,7 +210,7 @@ def open_engine_sync(config: StoreConfig) -> Engine:
         return PostgresEngine.open_sync(
             config.url, pool_size=config.pool_size, password_file=config.password_file
         )
-    return SqliteEngine.open_sync(config.path)
+    return SqliteEngine.open_sync(config.path, config.synchronous)
 
 
 async def open_store(config: StoreConfig, *, upgrade: bool = False) -> Store:

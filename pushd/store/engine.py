@@ -190,6 +190,10 @@ def _switch_to_wal(db: sqlite3.Connection) -> None:
         pause *= 2
 
 
+#: ``[store] synchronous`` -> SQLite's value (a fixed table: never text from a file).
+SYNCHRONOUS: Final = {"full": "FULL", "normal": "NORMAL"}
+
+
 class SqliteEngine:
     """The embedded default: one file, one process.  Open with :meth:`open`."""
 
@@ -204,13 +208,14 @@ class SqliteEngine:
         self.failures = FailureLog()
 
     @classmethod
-    def open_sync(cls, path: str) -> SqliteEngine:
+    def open_sync(cls, path: str, synchronous: str = "full") -> SqliteEngine:
         writer = connect_sqlite(path)
         try:
             _switch_to_wal(writer)
-            # NORMAL is durable across process crashes in WAL mode; only an OS crash can
-            # lose the last commits, never corrupt the file.
-            writer.execute("PRAGMA synchronous = NORMAL")
+            # FULL flushes the WAL at every commit: what pushd acknowledged survives an
+            # OS crash or power loss too.  NORMAL is durable across crashes of pushd
+            # only (an OS crash may lose the last commits, never corrupt the file).
+            writer.execute(f"PRAGMA synchronous = {SYNCHRONOUS[synchronous]}")
             reader = connect_sqlite(path, readonly=True)
             reader.execute("PRAGMA query_only = ON")
         except sqlite3.DatabaseError as error:
