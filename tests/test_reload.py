@@ -458,3 +458,32 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+async def test_a_removed_app_keeps_its_metric_labels_and_its_spool_stays_visible(
+    start: Any, simulator: ApnsSimulator, apns_upstream: str, key_file: Path, ca_file: Path
+) -> None:
+    """An app removed by a reload with a delivery still spooled: its counters keep
+    ``provider="apns"`` (it had turned empty, breaking the series), and its waiting
+    delivery stays in ``pushd_spool_depth`` and ``/healthz`` (it had vanished)."""
+    port = free_port()
+    chat = app_entry("chat", TOPIC, apns_upstream, key_file, ca_file)
+    other = app_entry("other", OTHER_TOPIC, apns_upstream, key_file, ca_file)
+    gateway = await start([chat, other], metrics={"port": port})
+    await gateway.register("bob", token(2), "other")
+    simulator.set_token_reply(token(2), SimReply(status=500, reason="InternalServerError"))
+    assert statuses(await gateway.send("bob")) == {"other": "retrying"}
+    gateway.rewrite(apps=[chat])
+    assert "removed other" in await gateway.hup()
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
+    with trio.fail_after(10):
+        while True:
+            text = (await gateway.client.get(metrics_url)).text
+            if 'pushd_spool_depth{app="other"} 1.0' in text:
+                break
+            await trio.sleep(0.2)
+    counters = re.findall(r'^pushd_notifications_total\{app="other",.*provider="(\w*)"', text, re.M)
+    assert counters and set(counters) == {"apns"}, text
+    url = gateway.process.url + "/healthz"
+    health = (await gateway.client.get(url, headers=gateway.auth())).json()
+    assert health["unconfigured_spool"] == {"other": 1} and health["spooled"] == 1, health

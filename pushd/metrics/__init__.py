@@ -95,7 +95,12 @@ class Metrics:
         """Take ``config`` (at start, and on a reload): providers, the bearer token and
         certificate dates.  The listener's address needs a restart to change."""
         self.config = config
-        self._providers = {app.name: app.provider for app in config.apps}
+        # Merged, not replaced: an app a reload removed keeps its counters, and their
+        # ``provider`` label must not turn empty under them (a series would break).
+        self._providers = {
+            **self._providers,
+            **{app.name: app.provider for app in config.apps},
+        }
         self._token = read_admin_token(config.metrics.bearer_token_file)
         self._read_certificates()
 

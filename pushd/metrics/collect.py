@@ -171,6 +171,11 @@ class PushdCollector(Collector):
             expires = metrics.credential_expiry.get(name)
             if expires is not None:
                 expiry.add_metric([name], expires)
+        for name in sorted(set(dispatcher.depth) - set(dispatcher.lanes)):
+            # An app no longer configured whose deliveries still wait in the spool (until
+            # it is configured again, they expire, or an operator purges them).
+            depth.add_metric([name], dispatcher.depth[name])
+            oldest.add_metric([name], dispatcher.worker.oldest_due_age(name, now))
         for (app, protocol), count in sorted(metrics.registrations.items()):
             registrations.add_metric([app, protocol], count)
         yield from (in_flight, depth, oldest, paused, key_missing, circuit, expiry, registrations)
