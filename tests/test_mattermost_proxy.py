@@ -556,6 +556,18 @@ async def test_ack(mattermost: mm.MattermostServer) -> None:
     )
 
 
+async def test_an_ack_cannot_forge_log_lines(
+    mattermost: mm.MattermostServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server's ``platform`` and ``type`` go into a debug line escaped: a line
+    break or a NUL in them cannot start a line of its own in pushd's log."""
+    caplog.set_level(logging.DEBUG)
+    ack = {"id": "a", "platform": "ios\nFORGED line", "type": "message\x00\nFORGED too"}
+    assert (await mattermost.ack(ack)).json() == OK
+    lines = [r.getMessage() for r in caplog.records if "delivery receipt" in r.getMessage()]
+    assert lines and all("\n" not in line and "\x00" not in line for line in lines), lines
+
+
 async def test_version(proxy: Pushd) -> None:
     response = await proxy.client.get(f"{proxy.url}/{SECRET}/version")
     assert response.status_code == 200

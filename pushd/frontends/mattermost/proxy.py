@@ -200,8 +200,8 @@ class MattermostProxy:
             ack = wire.parse_ack(request.body)
         except wire.BadRequest as error:
             return wire.fail(str(error))
-        log.debug(
-            "mattermost: acknowledged delivery receipt server=%s platform=%s type=%s",
+        log.debug(  # %r: the server's strings, which may hold line breaks
+            "mattermost: acknowledged delivery receipt server=%s platform=%r type=%r",
             server.config.name,
             ack.platform,
             ack.type,
