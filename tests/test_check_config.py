@@ -153,7 +153,7 @@ def test_numbers_that_cannot_work_are_problems_with_their_keys(tmp_path: Path) -
         "[retry]\nbase_delay = nan\nmax_delay = -1.0\ncredential_pause = 0.0\n"
         "[spool]\nlease_seconds = 30.0\n"
         '[[apps]]\nname = "chat"\nprovider = "apns"\ntopic = "t"\nkey_file = "AuthKey.p8"\n'
-        'key_id = "ABC1234567"\nteam_id = "TEAM123456"\nrequest_timeout = 28.0\n'
+        'key_id = "ABC1234567"\nteam_id = "TEAM123456"\nrequest_timeout = 29.5\n'
         "connections = 100000\n"
     )
     done = check_config(path)
@@ -167,7 +167,7 @@ def test_numbers_that_cannot_work_are_problems_with_their_keys(tmp_path: Path) -
         "metrics.port: 8080 is server.port too",
         "retry.max_delay: must be at least retry.base_delay",
         "retry.credential_pause: must be positive",
-        "apps[0].request_timeout: 28 s leaves spool.lease_seconds (30 s) under 5 s of margin",
+        "apps[0].request_timeout: 29.5 s leaves spool.lease_seconds (30 s) under 1 s of margin",
         "apps[0].connections: must be between 1 and 100",
     ):
         assert problem in done.stderr, (problem, done.stderr)

@@ -31,8 +31,11 @@ from tests.process import PushdProcess, start_pushd_process, write_config
 from tests.storefixtures import add_server
 from tests.zulip_client import ZulipServer, realm
 
-#: A lease short enough that a killed instance's rows are taken over within the test.
-LEASE_SECONDS = 1.0
+#: A lease short enough that a killed instance's rows are taken over within the test,
+#: and longer than REQUEST_TIMEOUT by the margin the config check wants.
+LEASE_SECONDS = 3.0
+#: Above the slowest answer a test scripts (1 s).
+REQUEST_TIMEOUT = 2.0
 #: Notifications spooled on B before it is killed.
 BACKLOG = 30
 APNS = 1
@@ -70,6 +73,7 @@ async def instances(
             "apps": [
                 {
                     **app_entry("chat", TOPIC, upstream, key_file, ca_file),
+                    "request_timeout": REQUEST_TIMEOUT,
                     "matrix": {"app_ids": [hs.IOS_APP]},
                 }
             ],

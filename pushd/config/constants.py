@@ -11,8 +11,9 @@ DEFAULT_POOL_SIZE = 10
 #: attempt (request_timeout), short enough that a dead instance's rows move on soon.
 DEFAULT_LEASE_SECONDS = 60.0
 #: How much longer than an app's request_timeout a lease must be: the time from a claim
-#: to the send, and clocks of instances on one PostgreSQL that disagree a little.
-LEASE_MARGIN = 5.0
+#: to the send (milliseconds), and clocks of instances on one PostgreSQL that disagree a
+#: little (NTP keeps them within milliseconds).
+LEASE_MARGIN = 1.0
 #: ``[[apps]] connections``: each carries up to 1000 APNs streams; hundreds only cost
 #: memory and start-up time (100,000 took 6 s and 320 MB, and most never connected).
 MAX_CONNECTIONS = 100
