@@ -132,6 +132,9 @@ class Lane:
     pause_reason: str | None = None
     #: True while the one push that tests the credential after a pause is in flight.
     probing: bool = False
+    #: The app's ``request_timeout``: the longest an attempt takes, so the least lease a
+    #: claimed spool row must still have before it is sent (see :mod:`pushd.spool.worker`).
+    request_timeout: float = 10.0
     stats: LaneStats = attrs.Factory(LaneStats)
     #: What this app's dead verdicts may remove from the store.
     scope: RemovalScope = attrs.Factory(RemovalScope)

@@ -142,6 +142,7 @@ def build_lane(config: Config, index: int) -> Lane:
         sender=sender,
         budget=Budget(app.concurrency),
         scope=config.removal_scope(app),
+        request_timeout=app.request_timeout,
     )
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 import trio
 import trio.testing
 
 from pushd.config import RetryConfig
 from pushd.lanes import backoff
 from pushd.simulators.apns import ApnsSimulator, SimReply
-from tests.conftest import Pushd, PushdFactory, token
+from tests.conftest import TOPIC, Pushd, PushdFactory, app_entry, token
 
 
 def test_backoff_grows_is_capped_and_jittered() -> None:
@@ -145,3 +148,36 @@ async def test_an_unreachable_app_does_not_slow_the_others(
         assert statuses["chat"][1].startswith("APNs unreachable")
         assert elapsed < 2.0  # neither the dead app's connect attempts nor its timeout
     assert [r.token for r in simulator.received] == [token(2)] * 3
+
+
+async def test_a_claim_that_waited_past_its_lease_is_not_sent_twice(
+    start_pushd: PushdFactory,
+    simulator: ApnsSimulator,
+    tmp_path: Path,
+    key_file: Path,
+    ca_file: Path,
+) -> None:
+    """A spool claim held up by the store (here SQLite's write lock, taken by another
+    connection) returns with too little of its lease left for an attempt: its row is not
+    sent then, but after the lease, once.  Sent at once, the slow attempt outlived the
+    lease, the row was claimed again and the device got the push twice."""
+    upstream = f"https://127.0.0.1:{simulator.port}"
+    app = {**app_entry("chat", TOPIC, upstream, key_file, ca_file), "request_timeout": 1.9}
+    pushd: Pushd = await start_pushd(
+        apps=[app], spool={"lease_seconds": 3.0}, retry={"base_delay": 0.5, "max_delay": 0.5}
+    )
+    await pushd.register("u", token(1))
+    simulator.script(token(1), SimReply(status=500), SimReply(delay=1.8))
+    answer = await pushd.send({"user": "u", "alert": "x"})
+    assert answer["results"][0]["status"] == "retrying"
+    database = sqlite3.connect(tmp_path / "pushd-0.sqlite3", isolation_level=None)
+    database.execute("BEGIN IMMEDIATE")  # the next claim waits for this lock
+    await trio.sleep(3.5)  # under SQLite's busy timeout (5 s): the claim waits, then runs
+    database.execute("COMMIT")
+    database.close()
+    with trio.fail_after(15):
+        await simulator.wait_for(2)
+    await trio.sleep(3.0)  # a second claim of the row would have sent it again by now
+    assert [r.token for r in simulator.received].count(token(1)) == 2  # the 500, then once
+    health = (await pushd.client.get(pushd.url + "/healthz", headers=pushd.auth())).json()
+    assert health["spooled"] == 0 and health["apps"]["chat"]["delivered"] == 1

@@ -240,3 +240,29 @@ async def test_a_database_that_refuses_connections_is_a_prompt_503_until_it_is_b
     tokens = {r.token for r in await pushd.services.store.token_registrations(
         1, [token(n) for n in (1, 10, 11, 12, 30)])}  # fmt: skip
     assert tokens == {token(1), token(30)}
+
+
+async def test_sessions_free_their_locks_and_notice_a_vanished_database(pg_url: str) -> None:
+    """pushd's connections ask the server to end a session left inside a transaction
+    (a client gone mid-claim: the spool rows it locked free again for the other
+    instances) and use TCP keepalives and a bound on unanswered data, so a database that
+    vanished without a word is noticed in about 30 s, not TCP's hours (a proxy that
+    swallowed every byte had held a claim's locks for as long as it ran)."""
+    from pushd.config import StoreConfig
+    from pushd.store import open_store
+    from pushd.store.postgres import IDLE_IN_TRANSACTION_MS, TCP_SETTINGS
+
+    store = await open_store(StoreConfig(url=pg_url, pool_size=1))
+    try:
+
+        def settings() -> tuple[str, dict[str, str]]:
+            with store.engine.pool.connection() as connection:  # type: ignore[attr-defined]
+                (value,) = connection.execute("SHOW idle_in_transaction_session_timeout").fetchone()
+                return str(value), dict(connection.info.get_parameters())
+
+        idle, parameters = await trio.to_thread.run_sync(settings)
+    finally:
+        await store.close()
+    assert idle == f"{IDLE_IN_TRANSACTION_MS // 1000}s"
+    for name, value in TCP_SETTINGS.items():
+        assert parameters.get(name) == str(value), (name, parameters)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
+from pushd.config import LEASE_MARGIN
 from pushd.model import Delivery, Outcome, mask_token
 from pushd.requestid import REQUEST_ID, spool_request_id
 from pushd.spool.seal import SealError
@@ -202,6 +203,19 @@ class SpoolWorker:
         )
         if len(rows) < wanted:
             self._nothing_due[lane.name] = now + POLL_INTERVAL
+        left = now + dispatcher.spool.lease_seconds - dispatcher.clock()
+        if rows and left < lane.request_timeout + LEASE_MARGIN:
+            # The claim waited for the store (a slow or queued database) until its
+            # lease could run out under the attempt, and another instance would claim
+            # and send the row too.  Sent by whoever claims it after the lease.
+            log.warning(
+                "spool: a claim of %d rows of app %s took %.1f s: too little of the lease "
+                "left to send them; they go after it (the store is slow)",
+                len(rows),
+                lane.name,
+                dispatcher.spool.lease_seconds - left,
+            )
+            return 0
         for row in rows:
             self._start(lane, row, now)
         return len(rows)

@@ -65,6 +65,22 @@ RECONNECT_TIMEOUT: Final = 5.0
 #: libpq's connect timeout (seconds) unless the URL sets one: without it a host that
 #: drops packets holds a connection attempt for TCP's minutes.
 CONNECT_TIMEOUT: Final = 5
+#: libpq's TCP settings unless the URL sets them: a database that vanished without a
+#: FIN or RST (a partition, a host gone) is noticed within about 30 s, not TCP's
+#: minutes to hours: keepalives on an idle connection, and a bound on unacknowledged
+#: data when one is waiting for an answer.
+TCP_SETTINGS: Final = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # milliseconds
+}
+#: The server ends a session left inside a transaction this long (milliseconds): pushd
+#: never waits inside one, so only a client that vanished mid-transaction is hit, and
+#: the spool rows its claim locked (``FOR UPDATE``) are free for the other instances
+#: again instead of locked for as long as the dead connection lingers.
+IDLE_IN_TRANSACTION_MS: Final = 30_000
 #: Runs of one read or write after the first on a connection found dead when first used.
 STALE_RETRIES: Final = 1
 #: Connections kept open while idle: one, so the first request after a quiet night
@@ -159,6 +175,9 @@ class PostgresEngine:
         kwargs: dict[str, Any] = {"autocommit": True}  # writes say BEGIN themselves
         if "connect_timeout" not in url:
             kwargs["connect_timeout"] = CONNECT_TIMEOUT
+        kwargs |= {name: value for name, value in TCP_SETTINGS.items() if name not in url}
+        if "options" not in url:
+            kwargs["options"] = f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
         if password_file is not None:
             try:
                 kwargs["password"] = Path(password_file).read_text().strip()
