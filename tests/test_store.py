@@ -914,3 +914,29 @@ async def test_unregistering_no_tokens_removes_nothing(store: Store) -> None:
     await store.register(server.id, "u", token(1), "chat", "production")
     assert await store.unregister(server.id, []) == 0
     assert await store.count_registrations() == 1
+
+
+def test_a_store_call_that_hangs_makes_the_store_count_as_failing() -> None:
+    """A database that hangs instead of failing (a middlebox swallowing its packets)
+    raises nothing: the store counts as ``stalled`` while a call has run longer than
+    STALL_AFTER, and healthy again once it ends (health and pushd_store_healthy read
+    this); a failure's kind wins while it lasts."""
+    from pushd.store.errors import STALL_AFTER, FailureLog
+
+    now = [100.0]
+    log = FailureLog(clock=lambda: now[0])
+    quick = log.began()
+    log.ended(quick)
+    slow = log.began()
+    now[0] += STALL_AFTER / 2
+    other = log.began()
+    assert log.reason is None
+    now[0] += STALL_AFTER
+    assert log.reason == "stalled"  # the oldest call in flight counts
+    log.ended(slow)
+    assert log.reason is None  # the other began STALL_AFTER ago exactly
+    log.failed("unreachable")
+    assert log.reason == "unreachable"
+    log.ended(other)
+    log.succeeded()
+    assert log.reason is None

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from pushd.config import LEASE_MARGIN
 from pushd.model import Delivery, Outcome, mask_token
 from pushd.requestid import REQUEST_ID, spool_request_id
 from pushd.spool.seal import SealError
@@ -204,7 +203,7 @@ class SpoolWorker:
         if len(rows) < wanted:
             self._nothing_due[lane.name] = now + POLL_INTERVAL
         left = now + dispatcher.spool.lease_seconds - dispatcher.clock()
-        if rows and left < lane.request_timeout + LEASE_MARGIN:
+        if rows and left < lane.request_timeout:
             # The claim waited for the store (a slow or queued database) until its
             # lease could run out under the attempt, and another instance would claim
             # and send the row too.  Sent by whoever claims it after the lease.

@@ -104,8 +104,8 @@ class Store(
 
     @property
     def unhealthy(self) -> str | None:
-        """Why the store is failing (a kind like ``disk_full``), or None."""
-        return self.engine.failures.failing
+        """Why the store is failing (a kind like ``disk_full``, or ``stalled``), or None."""
+        return self.engine.failures.reason
 
     def describe(self) -> str:
         return self.engine.describe()

@@ -239,7 +239,11 @@ class SqliteEngine:
         # the caller hears never disagrees with what was committed, and a write asked
         # for (a spool row on the way to an answer) is done or failed.
         write = functools.partial(self.write_sync, fn)
-        result = await run_on_thread(write, self._writer, shield_wait=True)
+        call = self.failures.began()
+        try:
+            result = await run_on_thread(write, self._writer, shield_wait=True)
+        finally:
+            self.failures.ended(call)
         self.failures.succeeded()
         return result
 

@@ -19,6 +19,11 @@ log = logging.getLogger("pushd.store")
 
 #: One log line per kind of failure at most this often; the rest are counted.
 FAILURE_LOG_INTERVAL: Final = 60.0
+#: A store call still running (or waiting for its turn) after this long makes the store
+#: count as failing (``stalled``) in ``/healthz`` and ``pushd_store_healthy``: a database
+#: that hangs instead of failing (a middlebox swallowing its packets) is seen too.
+#: Calls are never abandoned (:mod:`pushd.store.hop`): this only reports.
+STALL_AFTER: Final = 10.0
 
 
 class StoreError(Exception):
@@ -50,6 +55,31 @@ class FailureLog:
     failing: str | None = None
     _logged: dict[str, float] = attrs.Factory(dict)
     _suppressed: dict[str, int] = attrs.Factory(dict)
+
+    #: Calls in flight: when each began (``clock``), by a number of its own.
+    _running: dict[int, float] = attrs.Factory(dict)
+    _calls: int = 0
+
+    def began(self) -> int:
+        """A store call begins (waiting for its turn included); pass the number to
+        :meth:`ended`."""
+        self._calls += 1
+        self._running[self._calls] = self.clock()
+        return self._calls
+
+    def ended(self, call: int) -> None:
+        self._running.pop(call, None)
+
+    @property
+    def reason(self) -> str | None:
+        """Why the store counts as failing: the last failure's kind until a write
+        succeeds, or ``stalled`` while a call has run longer than :data:`STALL_AFTER`."""
+        if self.failing is not None:
+            return self.failing
+        running = self._running
+        if running and self.clock() - min(running.values()) > STALL_AFTER:
+            return "stalled"
+        return None
 
     def failed(self, kind: str) -> StoreUnavailable:
         """Record a failure of ``kind``, log it if due, return the error to raise."""

@@ -279,7 +279,11 @@ class PostgresEngine:
         # Not abandoned on cancellation (run_on_thread): a transaction that started is
         # finished, so what the caller hears never disagrees with what was committed.
         run = functools.partial(self.run_sync, fn, write=write)
-        result = await run_on_thread(run, self._limiter)
+        call = self.failures.began()
+        try:
+            result = await run_on_thread(run, self._limiter)
+        finally:
+            self.failures.ended(call)
         self.failures.succeeded()
         return result
 
