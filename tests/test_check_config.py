@@ -8,6 +8,7 @@ setting each chat server needs, and warnings for what will surprise.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -198,3 +199,27 @@ def test_a_postgresql_deployment_creates_its_key_file_as_check_config_says(
     assert len(read_keys(key_file)) == 1 and key_file.stat().st_mode & 0o077 == 0
     done = check_config(path)
     assert "spool.key_file" not in done.stderr, done.stderr
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path: Path) -> None:
+    """``pushd check-config | head -1``: the pipe closes under the report; pushd stops
+    quietly (a BrokenPipeError traceback had followed, twice).  Here the reader is gone
+    before the first line, as ``head`` is once it has its lines."""
+    path = tmp_path / "pushd.toml"
+    path.write_text(f'[store]\npath = "{tmp_path}/db"\n')
+    read, write = os.pipe()
+    os.close(read)  # every write to the pipe now fails with EPIPE
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pushd", "check-config", str(path)],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+            env={"PYTHONPATH": ROOT, "PATH": "/usr/bin:/bin"},
+        )
+    finally:
+        os.close(write)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr, done.stderr
