@@ -30,13 +30,15 @@ import pytest
 import trio
 
 from pushd.spool.seal import create_key_file
-from pushd.store.postgres import POOL_TIMEOUT, RECONNECT_TIMEOUT
+from pushd.store.postgres import POOL_TIMEOUT, RECONNECT_TIMEOUT, UNREACHABLE_WAIT
 from tests.conftest import TOPIC, Pushd, PushdFactory, token
 from tests.pg import server_url
 from tests.zulip_client import ZulipServer, realm
 
 #: A 503 during an outage must come well before the pool's own timeout.
 OUTAGE_ANSWER_WITHIN = POOL_TIMEOUT / 3
+#: Requests sent at once during the outage: four times the pool.
+CONCURRENT_DURING_OUTAGE = 16
 #: After the database is back, pushd serves again within this (the capped backoff).
 BACK_WITHIN = RECONNECT_TIMEOUT + 3.0
 APNS = 1
@@ -213,6 +215,21 @@ async def test_a_database_that_refuses_connections_is_a_prompt_503_until_it_is_b
         body = {"user": "bob", "token": token(10 + n), "app": "chat"}
         assert_store_unavailable(await pushd.post("/v1/devices", body), zulip=False)
         assert time.monotonic() - started < OUTAGE_ANSWER_WITHIN
+    # Many at once, more than the pool's 4 worker slots: each still hears its 503
+    # promptly (each had waited a whole UNREACHABLE_WAIT holding a slot: 1.0-5.0 s).
+    waits: list[float] = []
+
+    async def register(n: int) -> None:
+        began = time.monotonic()
+        body = {"user": "carol", "token": token(40 + n), "app": "chat"}
+        assert_store_unavailable(await pushd.post("/v1/devices", body), zulip=False)
+        waits.append(time.monotonic() - began)
+
+    async with trio.open_nursery() as nursery:
+        for n in range(CONCURRENT_DURING_OUTAGE):
+            nursery.start_soon(register, n)
+    assert max(waits) < UNREACHABLE_WAIT * 2, sorted(waits)
+    print(f"{len(waits)} at once during the outage: 503 after {min(waits):.2f}-{max(waits):.2f} s")
     started = time.monotonic()
     refused = await zulip.register_device(token(20), APNS, user_id=1, ios_app_id=TOPIC)
     assert_store_unavailable(refused, zulip=True)

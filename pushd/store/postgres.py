@@ -58,6 +58,11 @@ POOL_TIMEOUT: Final = 10.0
 #: How long a request waits for a connection when connecting is failing: then waiting
 #: longer only makes the 503 later.
 UNREACHABLE_WAIT: Final = 1.0
+#: Once connecting is known to fail, a request waits only this long for a connection
+#: the pool may have made meanwhile: each waiting request holds one of ``pool_size``
+#: worker slots, so at UNREACHABLE_WAIT each the last of 16 concurrent requests on a
+#: pool of 4 heard its 503 after 4-5 s.
+UNREACHABLE_RECHECK: Final = 0.1
 #: psycopg_pool retries a failed connection with a doubling delay for this long, then
 #: stops until a request asks again (and a request then makes it try at once): the
 #: bound on how long pushd takes to see that the database is back.
@@ -254,8 +259,9 @@ class PostgresEngine:
 
         errors = self._connect_errors()
         connection: psycopg.Connection[Any]
+        first_wait = UNREACHABLE_RECHECK if self._unreachable else UNREACHABLE_WAIT
         try:
-            connection = self.pool.getconn(timeout=UNREACHABLE_WAIT)
+            connection = self.pool.getconn(timeout=first_wait)
             return connection
         except psycopg_pool.PoolTimeout:
             if self._unreachable or self._connect_errors() > errors:
