@@ -42,12 +42,12 @@ def health(services: Services, access: AdminAccess) -> Callable[[Request], Await
                 "reason": store_failing,
             }
         )
+        if not detailed:
+            return json_reply(200, {"status": "degraded" if degraded else "ok"})
         # Spooled deliveries of apps a reload removed: they wait, unsent, until the app is
         # configured again, they expire or an operator purges them.
         depth = services.dispatcher.depth
         unconfigured = {app: n for app, n in depth.items() if app not in apps and n > 0}
-        if not detailed:
-            return json_reply(200, {"status": "degraded" if degraded else "ok"})
         return json_reply(
             200,
             {
@@ -56,7 +56,7 @@ def health(services: Services, access: AdminAccess) -> Callable[[Request], Await
                 **({"worker": services.worker_info()} if services.worker else {}),
                 "store": store,
                 "apps": apps,
-                "spooled": sum(services.dispatcher.depth.values()),
+                "spooled": sum(depth.values()),
                 **({"unconfigured_spool": unconfigured} if unconfigured else {}),
                 **{name: stats() for name, stats in services.protocol_stats.items()},
             },
