@@ -940,3 +940,29 @@ def test_a_store_call_that_hangs_makes_the_store_count_as_failing() -> None:
     log.ended(other)
     log.succeeded()
     assert log.reason is None
+
+
+async def test_authenticate_for_reads_the_key_and_the_users_registrations_at_once(
+    store: Store,
+) -> None:
+    """The native send to a user on an unshared store: one statement answers both, and
+    gives the registrations only of the key's own server, only when it is active."""
+    server, key = await store.add_server("chat-a")
+    elsewhere, _ = await store.add_server("chat-b")
+    await store.register(server.id, "alice", "bb" * 32, "chat", "production")
+    await store.register(server.id, "alice", "aa" * 32, "chat", "sandbox")
+    await store.register(server.id, "bob", "dd" * 32, "chat", "production")
+    await store.register(elsewhere.id, "alice", "cc" * 32, "chat", "production")
+    found, registrations = await store.authenticate_for(key, "alice")
+    assert found == server
+    assert registrations == await store.user_registrations(server.id, "alice")
+    assert [(r.token, r.environment) for r in registrations or []] == [
+        ("bb" * 32, "production"),
+        ("aa" * 32, "sandbox"),
+    ]
+    assert await store.authenticate_for(key, "carol") == (server, [])
+    assert await store.authenticate_for(key, None) == (server, None)
+    assert await store.authenticate_for("pushd_" + "x" * 40, "alice") == (None, None)
+    await store.set_active("chat-a", False)
+    found, registrations = await store.authenticate_for(key, "alice")
+    assert found is not None and not found.active and registrations is None

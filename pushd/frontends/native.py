@@ -172,14 +172,15 @@ class NativeApi:
         return guarded
 
     async def _send_route(self, request: Request) -> Reply:
-        """``POST /v1/notifications``, authenticated as every route is; but on a shared
-        store a send to a user reads the user's registrations in the same store call
-        (one hop to a worker thread fewer), so its body is read before the key.  A body
+        """``POST /v1/notifications``, authenticated as every route is; but a send to a
+        user reads the user's registrations in the same store call as the key (on a
+        shared store one hop to a worker thread fewer, on SQLite one statement), so its
+        body is read before the key.  A body
         that does not name a valid user, or is over :data:`EARLY_PARSE_MAX_BYTES`, takes
         the usual path, so that a wrong key is still a 401 whatever the body."""
         try:
             body = None
-            if self.rate_limit.shared and len(request.body) <= EARLY_PARSE_MAX_BYTES:
+            if len(request.body) <= EARLY_PARSE_MAX_BYTES:
                 body = _parsed_or_none(request.body)
             user = _valid_user(body)
             if body is None or user is None:
@@ -208,7 +209,7 @@ class NativeApi:
         count = None
         registrations = None
         if limit.shared is None:
-            server = await self.store.authenticate(key.strip())
+            server, registrations = await self.store.authenticate_for(key.strip(), user)
         else:  # counted in the database, in the statement that authenticates
             server, count, registrations = await self.store.authenticate_counted_for(
                 key.strip(), limit.key(SERVER_IDENTITY), limit.window_start(now), user
