@@ -41,6 +41,9 @@ Status = Literal["delivered", "removed", "retrying", "failed"]
 NEVER_SENT: Final = frozenset({"unreachable", "paused"})
 #: The reason a delivery that expired unsent reports, and the counter it raises.
 EXPIRED: Final = "expired"
+#: The latest a push is retried until, from now, whatever expiry it carries (a year;
+#: the frontends allow at most about 30 days).
+LONGEST_EXPIRY: Final = 365 * 24 * 3600
 
 
 @attrs.frozen
@@ -91,7 +94,11 @@ class Decisions:
         if delivery.expires_at is not None:
             return delivery.expires_at
         expiration = delivery.push.expiration
-        return float(expiration) if expiration else now + self.retry.default_ttl
+        if not expiration:
+            return now + self.retry.default_ttl
+        # The frontends bound what a caller may ask for; this bound keeps a value that
+        # slipped past them from raising (a float overflows) after the push went out.
+        return float(min(expiration, now + LONGEST_EXPIRY))
 
     def decide(
         self,

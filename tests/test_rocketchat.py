@@ -138,6 +138,22 @@ async def test_voip_topic_of_an_unknown_bundle_is_422(
     assert simulator.received == []
 
 
+@pytest.mark.parametrize(("asked", "kept"), [(120, 120), (10**400, 30 * 24 * 3600)])
+async def test_apn_expiration_seconds_is_kept_within_what_apns_stores(
+    rc: RocketChat, simulator: ApnsSimulator, asked: int, kept: int
+) -> None:
+    """``options.apn.expirationSeconds`` as asked, up to the 30 days APNs keeps a push:
+    an unbounded value (which once overflowed a float after the push had gone out,
+    losing the answer) is sent as 30 days."""
+    before = int(time.time())
+    opts = options(topic=TOPIC, apn={"expirationSeconds": asked})
+    response = await rc.send("apn", token(4), opts)
+    assert response.status_code == 200, response.text
+    [received] = simulator.received
+    assert received.expiration is not None
+    assert before + kept <= received.expiration <= int(time.time()) + kept
+
+
 async def test_id_only_push_without_category(rc: RocketChat, simulator: ApnsSimulator) -> None:
     opts = options(
         topic=TOPIC,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pushd.config import RetryConfig
-from pushd.decisions import Decisions, Report, Retry
+from pushd.decisions import LONGEST_EXPIRY, Decisions, Report, Retry
 from pushd.lanes import Budget, Lane
 from pushd.model import ApnsPush, Delivery, Failed, RetryLater
 from pushd.spool.circuit import OPEN_MAX, OPEN_MIN, RAMP_START, TRIP_AFTER, Circuit
@@ -104,3 +104,16 @@ def test_a_credential_failure_fails_a_fresh_push_but_a_spooled_one_waits_out_the
     # Only its expiry ends it.
     late = decisions.decide(delivery(expires_at=10.0), refused, 1, 0.0, spooled=True)
     assert isinstance(late, Report) and late.counter == "expired"
+
+
+def test_an_expiry_beyond_any_float_is_retried_within_a_year(decisions: Decisions) -> None:
+    """A push's expiry past what a float holds (a frontend's bound missed) must not
+    raise after the push went out: that lost the answer and the retry."""
+    huge = Delivery(
+        app="a", token="00" * 32, push=ApnsPush(b"{}", expiration=10**400), protocol="native"
+    )
+    assert decisions.expires_at(huge, 1000.0) == 1000.0 + LONGEST_EXPIRY
+    decided = decisions.decide(huge, RetryLater("503"), 1, 1000.0)
+    assert isinstance(decided, Retry)
+    soon = Delivery(app="a", token="00" * 32, push=ApnsPush(b"{}", expiration=2000), protocol="x")
+    assert decisions.expires_at(soon, 1000.0) == 2000.0

@@ -218,8 +218,14 @@ def build_apns_push(send: SendBody, now: float) -> ApnsPush:
         raise ApiError(
             400, "invalid_request", "background pushes must use priority 5 or 1", "priority"
         )
-    if send.ttl is not None and send.ttl < 0:
-        raise ApiError(400, "invalid_request", "must be 0 or more seconds", "ttl")
+    if send.ttl is not None and not 0 <= send.ttl <= fcm_message.MAX_TTL:
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"must be 0 to {fcm_message.MAX_TTL} seconds (28 days: FCM's limit; APNs keeps "
+            "a push about 30 days)",
+            "ttl",
+        )
     if send.collapse_id is not None and len(send.collapse_id.encode()) > COLLAPSE_ID_LIMIT:
         raise ApiError(
             400, "invalid_request", f"must be at most {COLLAPSE_ID_LIMIT} bytes", "collapse_id"

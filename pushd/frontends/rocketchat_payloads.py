@@ -31,6 +31,9 @@ APNS_PRIORITY: Final = 10
 VOIP_SUFFIX: Final = ".voip"
 #: Rocket.Chat's native sender gives a VoIP push 60 s: a call rings now or never.
 VOIP_EXPIRY_SECONDS: Final = 60
+#: APNs keeps an undelivered push about 30 days (protocol notes: APNs headers); a
+#: longer ``options.apn.expirationSeconds`` is taken as this.
+APNS_LONGEST_EXPIRY_SECONDS: Final = 30 * 24 * 3600
 
 #: ``payload`` keys that name a person or hold what was written.
 SENDER_KEYS: Final = ("sender", "senderName", "caller", "avatar")
@@ -146,7 +149,9 @@ def build_apns_push(push: GatewayPush, now: float, *, voip: bool = False) -> Apn
         raise PayloadError(f"the APNs payload would be {len(payload)} bytes, over {limit}")
     seconds = VOIP_EXPIRY_SECONDS if voip else APNS_EXPIRY_SECONDS
     if push.apn_expiration_seconds is not None:
-        seconds = push.apn_expiration_seconds
+        # Longer than APNs keeps a push is the same as its longest: a server's odd
+        # setting is not the device's fault, and an unbounded one overflows a float.
+        seconds = min(push.apn_expiration_seconds, APNS_LONGEST_EXPIRY_SECONDS)
     return ApnsPush(
         payload=payload,
         push_type=push_type,
