@@ -67,17 +67,27 @@ def loads(data: bytes | str) -> Any:
 
 def dumps(value: Any) -> str:
     """``value`` as compact JSON text (no spaces: read by programs, bytes cost), UTF-8
-    characters unescaped; :class:`ValueError` for NaN or an infinity anywhere in it."""
-    return _ENCODER.encode(value)
+    characters unescaped; :class:`ValueError` for NaN or an infinity anywhere in it, or
+    nesting too deep to encode.
+
+    The decoder goes as deep as the stack allows, so a caller's value decoded near that
+    depth, encoded again a few frames further down, raised RecursionError (a 500
+    where every caller answers a ValueError with a clear error): it is one here.
+    """
+    try:
+        return _ENCODER.encode(value)
+    except RecursionError:
+        raise NotJson("nested too deeply to encode") from None
 
 
 def dumpb(value: Any) -> bytes:
     """:func:`dumps` encoded as UTF-8: an upstream payload or an HTTP body.
 
     :class:`ValueError` for NaN or an infinity, and :class:`UnicodeEncodeError` (also
-    a ValueError) for a lone surrogate, which no UTF-8 encoder takes.
+    a ValueError) for a lone surrogate, which no UTF-8 encoder takes; nesting too deep
+    as :func:`dumps`.
     """
-    return _ENCODER.encode(value).encode()
+    return dumps(value).encode()
 
 
 def key_text(*parts: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 
 from pushd import jsonutil
 from pushd.config import MatrixAppOptions
-from pushd.frontends import native
+from pushd.frontends import native, native_wire
 from pushd.frontends.http import has_lone_surrogate, json_reply
 from pushd.frontends.matrix import payloads as matrix_payloads
 from pushd.frontends.matrix.wire import Counts, Device, Notification
@@ -232,6 +233,42 @@ def test_every_payload_encoder_refuses_nan_and_infinity(number: float) -> None:
         event = Notification(devices=(device,), type="m.room.message", counts=Counts(unread=1))
         matrix_payloads.apns_push(event, device, MatrixAppOptions())
     assert jsonutil.dumps({"y": 1e300}) == '{"y":1e+300}'
+
+
+def deeper_than_the_stack() -> list[Any]:
+    """A value nested further than any encoder can recurse (a caller's ``data``
+    decoded near the decoder's own depth hits the same a few frames further down)."""
+    value: list[Any] = [1]
+    for _ in range(sys.getrecursionlimit() * 2):
+        value = [value]
+    return value
+
+
+def test_every_payload_encoder_refuses_nesting_too_deep_with_its_own_error() -> None:
+    """A RecursionError escaped the native FCM data path as a 500; every encoder of a
+    caller's value now answers as it does for NaN."""
+    data = {"x": deeper_than_the_stack()}
+    with pytest.raises(ValueError, match="nested too deeply"):
+        jsonutil.dumps(data)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        jsonutil.dumpb(data)
+    with pytest.raises(native.ApiError) as refused:
+        native.build_apns_push(native.SendBody(user="u", data=data), now=0.0)
+    assert refused.value.status == 400
+    with pytest.raises(native.ApiError) as refused:
+        native_wire._fcm_data(data)
+    assert (refused.value.status, refused.value.field) == (400, "data")
+    with pytest.raises(fcm_message.InvalidMessage):
+        fcm_message.build_push(apns=fcm_message.ApnsOptions(payload={"aps": {}, **data}))
+    with pytest.raises(ZulipError):
+        zulip_payloads.apns_body({"alert": "hi", "custom": data})
+    with pytest.raises(BadRequest):
+        mattermost_payloads._encode({"aps": {}, **data}, "alert")
+    device = Device(hs.IOS_APP, token(1), data={"default_payload": data})
+    with pytest.raises(matrix_payloads.PayloadError):
+        event = Notification(devices=(device,), type="m.room.message", counts=Counts(unread=1))
+        matrix_payloads.apns_push(event, device, MatrixAppOptions())
+    assert has_lone_surrogate(b'"\\ud800"', data) is False  # the encoder says why
 
 
 def test_replies_are_strict_too() -> None:

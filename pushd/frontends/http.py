@@ -114,4 +114,6 @@ def has_lone_surrogate(body: bytes, value: Any) -> bool:
         jsonutil.dumpb(value)
     except UnicodeEncodeError:
         return True
+    except ValueError:  # too deep to encode: whoever encodes it says so in its protocol
+        return False
     return False

@@ -281,10 +281,13 @@ def _fcm_data(data: Mapping[str, Any] | None) -> dict[str, str] | None:
     """FCM data values are strings: strings pass, anything else is sent as its JSON."""
     if data is None:
         return None
-    return {
-        key: value if isinstance(value, str) else jsonutil.dumps(value)
-        for key, value in data.items()
-    }
+    try:
+        return {
+            key: value if isinstance(value, str) else jsonutil.dumps(value)
+            for key, value in data.items()
+        }
+    except ValueError as error:  # nested too deeply to encode
+        raise ApiError(400, "invalid_request", f"not encodable as JSON: {error}", "data") from None
 
 
 def build_fcm_push(send: SendBody, app: AppConfig, now: float) -> FcmPush:
