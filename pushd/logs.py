@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 
@@ -18,6 +19,34 @@ QUIET_LOGGERS = ("hpack", "h2", "httpx", "httpcore", "hypercorn.access")
 CHATTY_LOGGERS = ("httpx",)
 #: ``request_tag`` is ``[<request id>] `` on the lines of a delivery (:mod:`.requestid`).
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(request_tag)s%(message)s"
+
+
+#: Characters that would let a value in a message start a line of its own, overwrite
+#: one on a terminal or make the file binary to grep: C0 controls but tab, DEL, C1
+#: controls and Unicode's line and paragraph separators.
+_UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
+class TextFormatter(logging.Formatter):
+    """:data:`TEXT_FORMAT` with the message on one line, whatever a caller put in it.
+
+    Log calls name caller-supplied values (a Zulip user id, a Mattermost type, an app
+    id): one with a line break forged whole lines, ``ERROR`` and ``Traceback`` included,
+    in the text log.  Each such character is written as its escape (``\\n``,
+    ``\\x00``), in every line at once, rather than trusted to every call site's ``%r``.
+    A traceback, appended after the message, keeps its own lines.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        return line if _UNSAFE.search(line) is None else _UNSAFE.sub(_escaped, line)
 
 
 class JsonFormatter(logging.Formatter):
@@ -43,9 +72,7 @@ class JsonFormatter(logging.Formatter):
 def setup(config: LogConfig) -> None:
     """Send pushd's logs to stderr (journald picks them up under systemd)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter() if config.format == "json" else logging.Formatter(TEXT_FORMAT)
-    )
+    handler.setFormatter(JsonFormatter() if config.format == "json" else TextFormatter())
     handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -536,9 +536,11 @@ async def test_oversized_body_is_fail(start_proxy: Any, simulator: ApnsSimulator
 async def test_version_suffix_variants(
     mattermost: mm.MattermostServer, simulator: ApnsSimulator
 ) -> None:
-    for platform in ("apple_rn", "apple_rn-v2", "apple_rn-vX", "apple_rn-v3-v4"):
+    huge = (str(2**63), "9" * 4301)  # outside Go's int: version 1, as Atoi's error gives
+    variants = ("apple_rn", "apple_rn-v2", "apple_rn-vX", "apple_rn-v3-v4")
+    for platform in (*variants, *(f"apple_rn-v{number}" for number in huge)):
         assert await mattermost.send(mm.message(token(1), platform=platform)) == OK
-    assert len(simulator.received) == 4
+    assert len(simulator.received) == 6
 
 
 # --- ack and version --------------------------------------------------------------------

@@ -27,7 +27,9 @@ CHANNEL_NAME_MAX_BYTES: Final = 64
 DEFAULT_APP_VERSION: Final = 1
 #: Go's ``int`` is 64 bits: larger JSON numbers fail to decode there, so here too.
 GO_INT_MAX: Final = 2**63 - 1
-#: What ``strconv.Atoi`` accepts after ``-v``.
+#: The longest 64-bit integer's text: a sign and 19 digits.
+GO_INT_MAX_CHARS: Final = 20
+#: What ``strconv.Atoi`` accepts after ``-v`` (within 64 bits).
 _GO_INT_RE: Final = re.compile(r"[+-]?[0-9]+")
 #: The most bytes one character takes in UTF-8.
 UTF8_MAX_BYTES: Final = 4
@@ -249,7 +251,13 @@ def split_platform(platform: str) -> tuple[str, int]:
         return platform, DEFAULT_APP_VERSION
     parts = platform.split(VERSION_SEPARATOR)
     suffix = parts[1]
-    version = int(suffix) if _GO_INT_RE.fullmatch(suffix) else DEFAULT_APP_VERSION
+    version = DEFAULT_APP_VERSION
+    # Atoi fails on a number outside 64 bits; so does Python's int() on one of over
+    # 4,300 digits (a 500 once): the length is checked before converting.
+    if len(suffix) <= GO_INT_MAX_CHARS and _GO_INT_RE.fullmatch(suffix):
+        number = int(suffix)
+        if -GO_INT_MAX - 1 <= number <= GO_INT_MAX:
+            version = number
     return parts[0], version
 
 
