@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import attrs
 
 from pushd.frontends.http import ErrorReply, Reply, Request, Route, json_reply
-from pushd.store.errors import StoreUnavailable
+from pushd.store.errors import StoreUnavailable, ValueRefused
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,10 @@ class Router:
         A failing store (:class:`StoreUnavailable`, logged by the store itself) is an
         outage: 503 ``store_unavailable`` in the route's protocol, with Retry-After.
 
+        A value the database cannot hold (:class:`ValueRefused`: a NUL in text on
+        PostgreSQL, an integer beyond 64 bits) is the request's fault: 400 in the
+        route's protocol, where frontends did not refuse it first.
+
         The traceback holds no request data (handlers never put content in exception
         messages), and the caller gets JSON, never a page with internals.
         """
@@ -138,6 +142,12 @@ class Router:
             )
             retry_after = ("retry-after", str(STORE_RETRY_AFTER_SECONDS))
             return attrs.evolve(reply, headers=(*reply.headers, retry_after))
+        except ValueRefused as error:  # a value of the request's, refused by the database
+            return found.errors(
+                400, "invalid_value", f"a value in the request cannot be stored ({error.kind})"
+            )
         except Exception:
-            log.exception("unexpected error while handling %s %s", request.method, request.path)
-            return error_reply(500, "internal_error", "pushd failed to handle this request")
+            # The route's name, not the path: Mattermost's and Rocket.Chat's paths hold
+            # their secrets.
+            log.exception("unexpected error while handling %s", found.route.name)
+            return found.errors(500, "internal_error", "pushd failed to handle this request")

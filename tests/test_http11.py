@@ -25,6 +25,7 @@ from pushd import heap
 from pushd.frontends.http import Reply, Request, Route, json_reply
 from pushd.http11 import DRAIN_BYTES, MAX_HEAD_BYTES, MAX_HEADERS, HttpServer, HttpSettings
 from pushd.routing import Router
+from pushd.store import ValueRefused
 
 
 async def echo(request: Request) -> Reply:
@@ -52,6 +53,10 @@ async def boom(request: Request) -> Reply:
     raise RuntimeError("handler bug")
 
 
+async def refused(request: Request) -> Reply:
+    raise ValueRefused("NUL character in text")
+
+
 #: Lets a test hold a request in its handler (graceful shutdown).
 RELEASE: dict[str, trio.Event] = {}
 
@@ -70,6 +75,8 @@ ROUTES = [
     Route("POST", "/hooks/{secret}/send", echo, "templated"),
     Route("POST", "/small", echo, "small", max_body_bytes=16, error_reply=plain_error),
     Route("GET", "/boom", boom, "boom"),
+    Route("GET", "/hooks/{secret}/boom", boom, "secret_boom", error_reply=plain_error),
+    Route("GET", "/hooks/{secret}/refused", refused, "refused", error_reply=plain_error),
     Route("GET", "/big", big, "big"),
     Route("GET", "/slow", slow, "slow"),
 ]
@@ -221,6 +228,33 @@ async def test_handler_exception_is_a_json_500_and_logged(
         assert "handler bug" in caplog.text  # the traceback is logged for the admin
         # The connection and the server carry on.
         assert (await client.post(running.url + "/v1/echo")).status_code == 200
+
+
+async def test_a_handler_exception_answers_in_the_routes_format_and_logs_no_path(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Mattermost's and Rocket.Chat's paths are their secrets: a 500's log line names
+    the route, and the answer is in the route's own protocol."""
+    caplog.set_level(logging.ERROR)
+    async with httpx.AsyncClient() as client:
+        response = await client.get(running.url + "/hooks/the-path-secret/boom")
+    assert response.status_code == 500
+    assert response.text == "internal_error: pushd failed to handle this request"
+    assert "handler bug" in caplog.text and "secret_boom" in caplog.text
+    assert "the-path-secret" not in caplog.text
+
+
+async def test_a_value_the_store_refuses_is_a_400_in_the_routes_format(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    async with httpx.AsyncClient() as client:
+        response = await client.get(running.url + "/hooks/s/refused")
+    assert (response.status_code, response.text) == (
+        400,
+        "invalid_value: a value in the request cannot be stored (NUL character in text)",
+    )
+    assert "Traceback" not in caplog.text
 
 
 # --- bodies --------------------------------------------------------------------------

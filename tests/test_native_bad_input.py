@@ -33,6 +33,8 @@ async def devices(pushd: Pushd, user: str) -> list[Any]:
         ({"user": 5, "token": token(1), "app": "chat"}, "user", "invalid_request"),
         ({"user": "", "token": token(1), "app": "chat"}, "user", "invalid_request"),
         ({"user": "x" * 300, "token": token(1), "app": "chat"}, "user", "invalid_request"),
+        ({"user": "a\u0000b", "token": token(1), "app": "chat"}, "user", "invalid_request"),
+        ({"user": "a\nb", "token": token(1), "app": "chat"}, "user", "invalid_request"),
         ({"token": token(1), "app": "chat"}, "user", "invalid_request"),
         ({"user": "u", "token": token(1), "app": "chat", "extra": 1}, "extra", "invalid_request"),
         ({"user": "u", "token": [token(1)], "app": "chat"}, "token", "invalid_request"),

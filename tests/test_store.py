@@ -30,6 +30,7 @@ from pushd.store import (
     LateVerdict,
     Store,
     StoreError,
+    ValueRefused,
     ZulipRealm,
     hash_key,
     open_store,
@@ -966,3 +967,24 @@ async def test_authenticate_for_reads_the_key_and_the_users_registrations_at_onc
     await store.set_active("chat-a", False)
     found, registrations = await store.authenticate_for(key, "alice")
     assert found is not None and not found.active and registrations is None
+
+
+async def test_a_value_the_database_cannot_hold_is_refused_and_nothing_written(
+    store: Store,
+) -> None:
+    """A NUL in text (PostgreSQL) or an integer beyond 64 bits (both) is the request's
+    fault, :class:`ValueRefused` (a 400 in the route's protocol), not an outage or a
+    500; the transaction is rolled back."""
+    server, _ = await store.add_server("chat-a")
+    if store.engine.dialect == "postgres":
+        with pytest.raises(ValueRefused, match="NUL character"):
+            await store.register(server.id, "al\x00ice", "aa" * 32, "chat", "production")
+    with pytest.raises(ValueRefused, match="number out of range"):
+        await store.register(2**64, "alice", "aa" * 32, "chat", "production")
+    if store.engine.dialect == "postgres":  # compared as a wider number: none match
+        assert await store.user_registrations(2**64, "alice") == []
+    else:  # sqlite3 cannot even bind it
+        with pytest.raises(ValueRefused, match="number out of range"):
+            await store.user_registrations(2**64, "alice")
+    assert await store.count_registrations() == 0
+    assert store.engine.failures.failing is None  # not counted as the store failing

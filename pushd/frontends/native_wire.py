@@ -7,8 +7,9 @@ raising :class:`ApiError` naming the offending field.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
@@ -28,6 +29,8 @@ from pushd.upstream.fcm import message as fcm_message
 
 #: Longest user id accepted: chat servers use numbers, UUIDs or e-mail-like ids.
 MAX_USER_ID_LENGTH = 256
+#: Characters a user id may not hold: C0 controls and DEL (NUL among them).
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f]")
 #: Most tokens one send may list.
 MAX_TOKENS_PER_SEND = 1000
 #: Native priorities mapped onto FCM's Android ones.
@@ -141,6 +144,8 @@ def check_user(user: str, field: str = "user") -> str:
         raise ApiError(
             400, "invalid_request", f"must be 1 to {MAX_USER_ID_LENGTH} characters", field
         )
+    if _CONTROL.search(user) is not None:  # PostgreSQL cannot even store a NUL
+        raise ApiError(400, "invalid_request", "must not hold control characters", field)
     return user
 
 

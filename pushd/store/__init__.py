@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from pushd.store.engine import Engine, SqliteEngine, Tx
-from pushd.store.errors import Conflict, StoreError, StoreUnavailable
+from pushd.store.errors import Conflict, StoreError, StoreUnavailable, ValueRefused
 from pushd.store.schema import SCHEMA_VERSION, migrate
 from pushd.store.servers import (
     DeadToken,
@@ -58,6 +58,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "ValueRefused",
     "ZulipBouncerKey",
     "ZulipE2eeDevice",
     "ZulipPin",

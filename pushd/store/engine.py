@@ -27,7 +27,13 @@ from typing import Any, Final, Literal, Protocol, TypeVar
 import trio
 
 from pushd.files import private_file
-from pushd.store.errors import Conflict, FailureLog, StoreError, StoreUnavailable
+from pushd.store.errors import (
+    Conflict,
+    FailureLog,
+    StoreError,
+    StoreUnavailable,
+    ValueRefused,
+)
 from pushd.store.hop import run_on_thread
 
 T = TypeVar("T")
@@ -156,6 +162,11 @@ def connect_sqlite(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     return db
 
 
+#: :class:`ValueRefused`'s kind for the OverflowError ``sqlite3`` raises for a Python
+#: integer beyond SQLite's 64 bits (before running the statement).
+SQLITE_OVERFLOW: Final = "number out of range"
+
+
 def run_sqlite_tx(db: sqlite3.Connection, fn: Callable[[Tx], T], *, immediate: bool) -> T:
     """Run ``fn`` in one transaction on ``db``: committed, or rolled back on any error."""
     db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
@@ -231,6 +242,8 @@ class SqliteEngine:
         needed for one statement, and WAL gives each a consistent snapshot."""
         try:
             return fn(SqliteTx(self._reader_db))
+        except OverflowError:
+            raise ValueRefused(SQLITE_OVERFLOW) from None
         except sqlite3.Error as error:
             raise self.failures.failed(sqlite_failure(error)) from None
 
@@ -256,6 +269,8 @@ class SqliteEngine:
             return run_sqlite_tx(self._writer_db, fn, immediate=True)
         except sqlite3.IntegrityError as error:
             raise Conflict(str(error)) from None
+        except OverflowError:  # rolled back, as any error
+            raise ValueRefused(SQLITE_OVERFLOW) from None
         except sqlite3.Error as error:
             raise self.failures.failed(sqlite_failure(error)) from None
 

@@ -34,6 +34,18 @@ class Conflict(StoreError):
     """A write broke a uniqueness or reference rule (the query decides what it means)."""
 
 
+class ValueRefused(StoreError):
+    """A value from the request that the database cannot hold: PostgreSQL refuses a NUL
+    character in text, and both stores an integer beyond 64 bits.  The request's fault,
+    not an outage: the caller hears 400 in its own protocol (frontends refuse such
+    values at the door where they know the field; this is the guard behind them).
+    ``kind`` names the problem, never the value."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"a value cannot be stored: {kind}")
+        self.kind = kind
+
+
 class StoreUnavailable(StoreError):
     """The store failed to read or write for a reason outside the request (an outage).
 

@@ -42,7 +42,13 @@ from urllib.parse import urlsplit, urlunsplit
 import trio
 
 from pushd.store.engine import Dialect, Row, Tx
-from pushd.store.errors import Conflict, FailureLog, StoreError, StoreUnavailable
+from pushd.store.errors import (
+    Conflict,
+    FailureLog,
+    StoreError,
+    StoreUnavailable,
+    ValueRefused,
+)
 from pushd.store.hop import run_on_thread
 
 if TYPE_CHECKING:
@@ -144,6 +150,21 @@ def failure_kind(error: Exception) -> str:
     return "connection_lost" if not code else "database_error"
 
 
+#: SQLSTATE of a number outside its column's range (``bigint out of range``).
+NUMERIC_OUT_OF_RANGE: Final = "22003"
+
+
+def _refused_kind(error: Exception) -> str:
+    """:class:`ValueRefused`'s kind for a psycopg DataError: psycopg refuses a NUL in
+    text itself, before sending (no SQLSTATE; its fixed message quotes no value)."""
+    code = getattr(error, "sqlstate", None) or ""
+    if code == NUMERIC_OUT_OF_RANGE:
+        return "number out of range"
+    if not code and "NUL" in str(error):
+        return "NUL character in text"
+    return "invalid value"
+
+
 def redact_url(url: str) -> str:
     """``url`` without its password, for log lines and check-config."""
     parts = urlsplit(url)
@@ -231,6 +252,8 @@ class PostgresEngine:
                         result = fn(PostgresTx(connection))
             except psycopg.IntegrityError as error:
                 raise Conflict(error.diag.constraint_name or "constraint") from None
+            except psycopg.DataError as error:  # a NUL in text, a number out of range
+                raise ValueRefused(_refused_kind(error)) from None
             except (
                 psycopg.OperationalError,
                 psycopg.InternalError,
