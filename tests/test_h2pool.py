@@ -38,6 +38,8 @@ class Server:
     """
 
     goaway_after: int = 0
+    #: The ``:status`` the first connection answers with (a middlebox's garbage).
+    first_status: bytes = b"200"
     connections: int = 0
     bodies: list[bytes] = attrs.Factory(list)
 
@@ -48,7 +50,10 @@ class Server:
     async def serve(self, sock: trio.SSLStream[trio.SocketStream]) -> None:
         self.connections += 1
         first = self.connections == 1
-        conn = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+        config = H2Configuration(
+            client_side=False, header_encoding=None, validate_outbound_headers=False
+        )
+        conn = H2Connection(config)
         conn.initiate_connection()  # no MAX_CONCURRENT_STREAMS: the peer's default applies
         await sock.send_all(conn.data_to_send())
         bodies: dict[int, bytes] = {}
@@ -71,7 +76,8 @@ class Server:
             for sid in ended:
                 self.bodies.append(bodies[sid])
                 answer = json.dumps({"name": bodies[sid].decode()}).encode()
-                conn.send_headers(sid, [(b":status", b"200")])
+                status = self.first_status if first else b"200"
+                conn.send_headers(sid, [(b":status", status)])
                 half = len(answer) // 2
                 conn.send_data(sid, answer[:half])
                 conn.send_data(sid, answer[half:], end_stream=True)
@@ -163,6 +169,24 @@ async def test_goaway_resends_unprocessed_on_a_new_connection(
     assert srv.connections == 2
     assert pool.connections_opened == 2
     assert len(srv.bodies) == 7  # the refused ones were sent again, none twice answered
+
+
+@pytest.mark.parametrize("status", [b"abc", b"2x0", b"2000", b""])
+async def test_an_unreadable_status_ends_that_connection_not_the_process(
+    nursery: trio.Nursery, server: tuple[Server, int], ca_file: Path, status: bytes
+) -> None:
+    """``int()`` of a ``:status`` that is not three digits raised out of the reader and
+    ended pushd, every app with it; now the peer's protocol error ends its connection,
+    its pushes are retried, and the next connection serves."""
+    srv, port = server
+    srv.first_status = status
+    pool = await start_pool(nursery, port, ca_file)
+    first = await send(pool, 3)
+    assert set(first) == {0, 1, 2}
+    assert all(isinstance(outcome, RetryLater) for outcome in first.values()), first
+    second = await send(pool, 3)
+    assert second == {i: Delivered(str(i)) for i in range(3)}
+    assert srv.connections == 2
 
 
 def test_spread_levels_free_slots() -> None:

@@ -60,6 +60,8 @@ from pushd.upstream.h2types import Lost, Peer, Stream, Unprocessed
 #: answers rather than one per read.
 CONNECTION_ACK_AT = CONNECTION_WINDOW // 4
 STREAM_ACK_AT = STREAM_WINDOW // 4
+#: A response's ``:status`` is exactly three digits.
+STATUS_DIGITS = 3
 
 
 class AnswerReader(StreamTable):
@@ -183,6 +185,10 @@ class AnswerReader(StreamTable):
         id_header = self._peer.id_header
         for name, value in headers:
             if name == b":status":
+                # Three digits (RFC 9113 8.3.2); anything else is the peer's protocol
+                # error, for this connection alone (int() raised, and killed pushd).
+                if len(value) != STATUS_DIGITS or not value.isdigit():
+                    raise FrameError("a :status that is not three digits")
                 stream.status = int(value)
             elif name == id_header:
                 stream.upstream_id = value.decode("ascii", "replace")

@@ -33,6 +33,7 @@ method calls on one object, as they were when this was one module.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 
@@ -42,6 +43,8 @@ from h2.exceptions import H2Error
 from pushd.upstream.h2answers import AnswerReader
 from pushd.upstream.h2streams import CONNECTION_WINDOW
 from pushd.upstream.h2types import ConnectionFailed, Peer
+
+log = logging.getLogger(__name__)
 
 #: Send a PING after this many seconds without any frame from the server.
 PING_INTERVAL = 60.0
@@ -128,6 +131,12 @@ class PoolConnection(AnswerReader):
                 self._receive(data)
             except H2Error as exc:
                 self._die(f"HTTP/2 protocol error: {type(exc).__name__}")
+                return
+            except Exception:  # a bug reading what the peer sent: this connection only
+                log.exception(
+                    "%s: failed to read an answer; closing the connection", self._peer.name
+                )
+                self._die("unreadable answer")
                 return
 
     async def _writer(self) -> None:
