@@ -125,7 +125,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # one's spool leases at start and send its pushes in flight again.
             claims = claim_all(cfg)
             if isinstance(claims, str):
-                return _fail(f"another pushd has {claims} already")
+                return _fail(claims)
         if role is not None:
             # A worker hears SIGTERM only while serve() listens for it (it restores
             # this on the way out): a second one, the supervisor's forwarded after the

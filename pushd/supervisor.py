@@ -95,7 +95,7 @@ class Supervisor:
         self._inbox: Inbox | None = None
         self._shared_dir: str | None = None
         self._metrics: MergedMetrics | None = None
-        #: Held while running (:func:`~pushd.workers.claim_name`); closed on exit.
+        #: Held while running (:func:`pushd.claims.claim`); closed on exit.
         self._claims: list[socket.socket] = []
 
     # --- state ------------------------------------------------------------------------
@@ -130,7 +130,7 @@ class Supervisor:
     async def run(self) -> int:
         claims = claim_all(self.config)
         if isinstance(claims, str):
-            log.error("another pushd has %s already: stopping", claims)
+            log.error("%s: stopping", claims)
             return 1
         try:
             reserved = bind_reuse_port(self.config.server.listen, self.config.server.port)

@@ -37,6 +37,7 @@ from typing import Final
 import attrs
 import trio
 
+from pushd import claims
 from pushd.config import Config
 from pushd.sdnotify import WORKER_ENV
 from pushd.spool.seal import SealError, SpoolKeys
@@ -190,31 +191,19 @@ def read_accepted_config(environ: Mapping[str, str] = os.environ) -> bytes | Non
 
 
 def claim_all(config: Config) -> list[socket.socket] | str:
-    """Claim every name of :func:`claim_names` (held until the sockets close or the
-    process ends), or the first that another pushd holds (none are kept then).  A
-    supervisor claims them for its workers; a single ``pushd serve`` for itself."""
-    claims: list[socket.socket] = []
+    """Claim every name of :func:`claim_names` (:mod:`pushd.claims`: held until the
+    sockets close or the process ends), or the sentence saying why one cannot be had
+    (none are kept then).  A supervisor claims them for its workers; a single
+    ``pushd serve`` for itself."""
+    held: list[socket.socket] = []
     for name in claim_names(config):
-        claim = claim_name(name)
-        if claim is None:
-            for held in claims:
-                held.close()
-            return name
-        claims.append(claim)
-    return claims
-
-
-def claim_name(name: str) -> socket.socket | None:
-    """Hold ``name`` while this process runs: an abstract Unix socket of that name,
-    which the kernel releases when the process ends, however it ends; None if another
-    process holds it."""
-    lock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-    try:
-        lock.bind(f"\0pushd-supervisor {name}".encode())
-    except OSError:
-        lock.close()
-        return None
-    return lock
+        claimed = claims.claim(name)
+        if isinstance(claimed, str):
+            for lock in held:
+                lock.close()
+            return claimed
+        held.append(claimed)
+    return held
 
 
 def describe_exit(code: int) -> str:

@@ -15,6 +15,8 @@ import re
 import signal
 import socket
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -488,3 +490,65 @@ async def test_a_replacement_worker_starts_on_the_accepted_config_not_the_file(
     with trio.fail_after(30):
         while not any("reloaded" in line for line in pushd.lines[before:]):  # noqa: ASYNC110
             await trio.sleep(0.05)
+
+
+SETPRIV = "/usr/bin/setpriv"
+#: Binds the abstract names given, as another user would, and waits to be killed.
+SQUATTER = (
+    "import socket, sys, time\n"
+    "held = []\n"
+    "for name in sys.argv[1:]:\n"
+    "    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+    "    s.bind(b'\\0' + name.encode())\n"
+    "    held.append(s)\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(120)\n"
+)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists(SETPRIV),
+    reason="needs root and setpriv to run a squatter as another user",
+)
+async def test_another_users_squatter_on_the_claims_neither_blocks_nor_doubles_pushd(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """Any local user could bind the abstract names pushd claims its port and SQLite
+    file by, and pushd refused to start ("another pushd has port ... already"): now a
+    name another user holds is passed by, and a second pushd is still refused."""
+    port = free_port()
+    await rig.configure(server={"port": port})
+    store = str(await trio.Path(rig.tmp_path / "pushd.sqlite3").resolve())
+    uid = os.getuid()
+    names = [
+        f"pushd-claim uid={uid} slot=0 {what}"
+        for what in (f"port 127.0.0.1:{port}", f"store {store}")
+    ]
+    squatter = await trio.lowlevel.open_process(
+        [
+            SETPRIV,
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            SQUATTER,
+            *names,
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert squatter.stdout is not None
+        with trio.fail_after(10):
+            assert b"ready" in await squatter.stdout.receive_some()
+        first = await rig.start()
+        assert len(await rig.pids_seen()) == 2
+        single = tmp_path / "single.toml"
+        single.write_text(rig.config.read_text().replace("workers = 2", "workers = 1"))
+        second = await start_pushd_process(rig.nursery, single, wait_listening=False)
+        assert await second.wait() == 1
+        assert "another pushd has port 127.0.0.1:" in second.log, second.log
+        assert first.process.returncode is None
+    finally:
+        squatter.kill()
+        await squatter.wait()
