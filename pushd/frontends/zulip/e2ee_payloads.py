@@ -22,6 +22,7 @@ from pushd.frontends.zulip.wire import (
     ZulipError,
     bad_request,
     check_token,
+    is_int64,
 )
 from pushd.model import APNS_PRIORITIES, APNS_PUSH_TYPES, ApnsPush, Push
 from pushd.upstream.fcm import message as fcm_message
@@ -149,8 +150,10 @@ def open_registration(private_key: str, sealed: str) -> PushRegistration:
 
 
 def _field(entry: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
+    """``entry[name]`` of type ``kind``; an integer only in 64 bits (a ``device_id`` is
+    looked up in the store, whose integers are 64-bit)."""
     value = entry.get(name)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    if not (is_int64(value) if kind is int else isinstance(value, kind)):
         raise bad_request(f"Invalid {where}[{name!r}]")
     return value
 

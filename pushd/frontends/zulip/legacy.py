@@ -22,6 +22,7 @@ from pushd.frontends.zulip.wire import (
     check_kind,
     check_token,
     ignored,
+    is_int64,
     json_int,
     parse_form,
     parse_json_body,
@@ -312,10 +313,11 @@ def _user(form: Mapping[str, str]) -> tuple[int | None, str | None]:
 
 
 def _optional(body: Mapping[str, Any], name: str, kind: type) -> Any:
+    """A JSON field of type ``kind`` or null; an integer only in 64 bits, as stored."""
     value = body.get(name)
     if value is None:
         return None
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    if not (is_int64(value) if kind is int else isinstance(value, kind)):
         raise bad_request(f"Invalid {name}")
     return value
 

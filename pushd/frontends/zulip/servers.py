@@ -13,6 +13,7 @@ from pushd.frontends.zulip.wire import (
     ZulipError,
     bad_request,
     ignored,
+    is_int64,
     is_uuid,
     parse_form,
     parse_json_body,
@@ -127,8 +128,9 @@ class ServerHandlers:
 
 
 def _row_id(row: Any, name: str, index: int) -> int:
+    """A row's ``id``: the largest is stored as the table's high-water mark (64 bits)."""
     value = row.get("id") if isinstance(row, dict) else None
-    if not isinstance(value, int) or isinstance(value, bool):
+    if not is_int64(value):
         raise bad_request(f'Invalid {name}[{index}]["id"]')
     return value
 

@@ -1,0 +1,149 @@
+"""Bad input to the Zulip bouncer: Zulip's 400 (``{"result":"error",...}``), nothing
+stored, on SQLite and on PostgreSQL alike.
+
+Each case once reached the store or a set lookup and came back as a 500 (which a Zulip
+server retries, and whose traceback fills the log), or was stored where PostgreSQL
+could not take it.  The tests speak to pushd over HTTP, as a Zulip server and its
+mobile apps do, and read the store only to see that nothing was written.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from pushd.frontends.zulip.e2ee import new_key_pair
+from pushd.simulators.apns import ApnsSimulator
+from pushd.simulators.fcm import FcmSimulator
+from tests.conftest import TOPIC, Pushd, PushdFactory, app_entry, fcm_entry, token
+from tests.zulip_client import (
+    PushKey,
+    ZulipServer,
+    apns_push_request,
+    fcm_push_request,
+    realm,
+    seal_registration,
+)
+
+APNS = 1
+FCM = 2
+REALM = realm(1)["uuid"]
+USER_UUID = str(uuid.UUID(int=77, version=4))
+#: The first integers outside what the store keeps (signed 64-bit).
+TOO_BIG = 2**63
+TOO_SMALL = -(2**63) - 1
+
+
+def fcm_token(n: int) -> str:
+    return f"bad-input-{n:04d}:APA91b" + "q" * 40
+
+
+def refused(response: httpx.Response, code: str = "BAD_REQUEST") -> str:
+    """Assert Zulip's 400 error shape with ``code``; return its ``msg``."""
+    assert response.status_code == 400, (response.status_code, response.text)
+    body = response.json()
+    assert body["result"] == "error"
+    assert body["code"] == code, body
+    msg: str = body["msg"]
+    return msg
+
+
+@pytest.fixture
+async def bouncer(
+    start_pushd: PushdFactory,
+    store_sections: dict[str, Any],
+    simulator: ApnsSimulator,
+    fcm_simulator: FcmSimulator,
+    fcm_key: rsa.RSAPrivateKey,
+    key_file: Path,
+    ca_file: Path,
+    tmp_path: Path,
+) -> Pushd:
+    """pushd serving Zulip with an APNs and an FCM app, on each store backend."""
+    upstream = f"https://127.0.0.1:{simulator.port}"
+    apps = [
+        app_entry("ios", TOPIC, upstream, key_file, ca_file),
+        fcm_entry("android", fcm_simulator, fcm_key, ca_file, tmp_path),
+    ]
+    zulip = {"registration": "open", "fcm_app": "android"}
+    pushd: Pushd = await start_pushd(apps=apps, zulip=zulip, **store_sections)
+    return pushd
+
+
+@pytest.fixture
+async def zulip(bouncer: Pushd) -> ZulipServer:
+    """A registered Zulip server with one realm."""
+    server = ZulipServer(client=bouncer.client, services_url=bouncer.url)
+    assert (await server.register_server()).status_code == 200
+    assert (await server.upload_analytics([realm(1)])).status_code == 200
+    return server
+
+
+@pytest.fixture
+async def public_key(bouncer: Pushd) -> str:
+    """A bouncer key pair in pushd's store (what ``pushd zulip keys add`` writes)."""
+    public, private = new_key_pair()
+    await bouncer.services.store.zulip_add_bouncer_key(public, private)
+    return public
+
+
+async def nothing_registered(bouncer: Pushd) -> None:
+    store = bouncer.services.store
+    assert await store.zulip_registrations_by_kind() == {}
+    assert await store.zulip_e2ee_devices(REALM, device_ids=[1, 2, 3]) == []
+
+
+# --- 1. integers beyond 64 bits ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("number", [TOO_BIG, TOO_SMALL])
+async def test_legacy_user_ids_beyond_64_bits(
+    zulip: ZulipServer, bouncer: Pushd, number: int
+) -> None:
+    user = {"user_id": str(number)}
+    device = {"token": token(1), "token_kind": APNS}
+    answer = await zulip.form("push/register", {**user, **device, "ios_app_id": TOPIC})
+    assert refused(answer) == "user_id is out of range"
+    assert refused(await zulip.form("push/unregister", {**user, **device}))
+    assert refused(await zulip.form("push/unregister/all", user))
+    assert refused(await zulip.json("push/notify", {"user_id": number})) == "Invalid user_id"
+    test = {"token": token(1), "token_kind": APNS, "user_id": number}
+    assert refused(await zulip.json("push/test_notification", test)) == "Invalid user_id"
+    await nothing_registered(bouncer)
+
+
+async def test_the_largest_64_bit_user_id_is_served(zulip: ZulipServer, bouncer: Pushd) -> None:
+    largest = 2**63 - 1
+    answer = await zulip.register_device(token(1), APNS, user_id=largest, ios_app_id=TOPIC)
+    assert answer.status_code == 200, answer.text
+    answer = await zulip.json("push/notify", {"user_id": largest, "apns_payload": {}})
+    assert answer.json()["total_apple_devices"] == 1
+    assert (await zulip.form("push/unregister/all", {"user_id": str(largest)})).status_code == 200
+    await nothing_registered(bouncer)
+
+
+async def test_analytics_row_ids_beyond_64_bits(zulip: ZulipServer) -> None:
+    for number in (TOO_BIG, TOO_SMALL):
+        answer = await zulip.upload_analytics([realm(1)], realm_counts=[{"id": number}])
+        assert refused(answer) == 'Invalid realm_counts[0]["id"]'
+    status = await zulip.get("server/analytics/status")
+    assert status.json()["last_realm_count_id"] == 0
+
+
+async def test_e2ee_ids_beyond_64_bits(zulip: ZulipServer, bouncer: Pushd, public_key: str) -> None:
+    sealed = seal_registration(public_key, fcm_token(1), "fcm", None)
+    answer = await zulip.e2ee_register_11(REALM, TOO_BIG, sealed, public_key)
+    assert refused(answer) == "push_account_id is out of range"
+    key = PushKey(id=1)
+    for request in (
+        fcm_push_request(TOO_BIG, key, {}),
+        apns_push_request(TOO_SMALL, key, {}),
+    ):
+        answer = await zulip.e2ee_notify(REALM, [request])
+        assert refused(answer) == "Invalid push_requests[0]['device_id']"
+    await nothing_registered(bouncer)
