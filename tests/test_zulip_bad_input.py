@@ -9,6 +9,7 @@ mobile apps do, and read the store only to see that nothing was written.
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from tests.zulip_client import (
     apns_push_request,
     fcm_push_request,
     realm,
+    seal,
     seal_registration,
 )
 
@@ -146,4 +148,37 @@ async def test_e2ee_ids_beyond_64_bits(zulip: ZulipServer, bouncer: Pushd, publi
     ):
         answer = await zulip.e2ee_notify(REALM, [request])
         assert refused(answer) == "Invalid push_requests[0]['device_id']"
+    await nothing_registered(bouncer)
+
+
+# --- 2. lone surrogates --------------------------------------------------------------------
+
+
+async def test_a_lone_surrogate_in_an_analytics_field(zulip: ZulipServer, bouncer: Pushd) -> None:
+    """``realms`` is JSON inside a form field: checked as a JSON body is."""
+    other = str(uuid.uuid4())
+    realms = f'[{{"uuid": "{other}", "host": "h.example.com", "name": "\\ud800"}}]'
+    form = {"realm_counts": "[]", "installation_counts": "[]", "realms": realms}
+    assert refused(await zulip.form("server/analytics", form)) == "realms is not valid JSON"
+    assert await bouncer.services.store.zulip_realm(other) is None
+
+
+async def test_a_lone_surrogate_in_a_utf16_json_body(zulip: ZulipServer, bouncer: Pushd) -> None:
+    """Zulip sends UTF-8 JSON (orjson); a UTF-16 body hid the escape from the check."""
+    body = '{"user_uuid": "\\ud800", "apns_payload": {}}'.encode("utf-16")
+    headers = {**zulip.headers(), "content-type": "application/json"}
+    answer = await bouncer.client.post(zulip.url("push/notify"), content=body, headers=headers)
+    assert refused(answer) == "Malformed JSON"
+
+
+async def test_a_lone_surrogate_in_a_sealed_registration(
+    zulip: ZulipServer, bouncer: Pushd, public_key: str
+) -> None:
+    plaintext = b'{"token": "x\\ud800y", "token_kind": "fcm", "ios_app_id": null, "timestamp": %d}'
+    sealed = seal(public_key, plaintext % int(time.time()))
+    for answer in (
+        await zulip.e2ee_register(REALM, "AAAAAAAAAAA=", sealed, public_key),
+        await zulip.e2ee_register_11(REALM, 5, sealed, public_key),
+    ):
+        assert refused(answer) == "Invalid encrypted_push_registration"
     await nothing_registered(bouncer)

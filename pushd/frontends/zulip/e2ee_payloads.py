@@ -127,6 +127,10 @@ def open_registration(private_key: str, sealed: str) -> PushRegistration:
         raise invalid_registration() from None
     if not isinstance(value, dict):
         raise invalid_registration()
+    try:  # a lone surrogate's escape ("\\ud800") decodes, but no store or upstream encodes it
+        jsonutil.dumpb(value)
+    except ValueError:
+        raise invalid_registration() from None
     token, kind, app_id, timestamp = (
         value.get(name) for name in ("token", "token_kind", "ios_app_id", "timestamp")
     )

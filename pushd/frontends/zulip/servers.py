@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pushd import jsonutil
-from pushd.frontends.http import Reply, Request
+from pushd.frontends.http import Reply, Request, has_lone_surrogate
 from pushd.frontends.zulip.wire import (
     ZulipError,
     bad_request,
@@ -150,6 +150,9 @@ def _realm_info(row: Any, index: int) -> ZulipRealm:
 
 
 def _json_list(form: Mapping[str, str], name: str, *, required: bool = False) -> list[Any]:
+    """A form field holding a JSON list.  Checked for lone surrogates as JSON bodies are
+    (:func:`~pushd.frontends.zulip.wire.parse_json_body`): the escape ``"\\ud800"``
+    decodes to a string no UTF-8 encoder, the store's included, can take."""
     raw = form.get(name)
     if raw is None:
         if required:
@@ -161,6 +164,8 @@ def _json_list(form: Mapping[str, str], name: str, *, required: bool = False) ->
         value = jsonutil.loads(raw)
     except (ValueError, RecursionError):
         raise bad_request(f"{name} is not valid JSON") from None
+    if has_lone_surrogate(raw.encode(), value):
+        raise bad_request(f"{name} is not valid JSON")
     if not isinstance(value, list):
         raise bad_request(f"{name} is not a list")
     return value
