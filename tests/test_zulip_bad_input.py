@@ -30,6 +30,7 @@ from tests.zulip_client import (
     realm,
     seal,
     seal_registration,
+    token_id,
 )
 
 APNS = 1
@@ -181,4 +182,45 @@ async def test_a_lone_surrogate_in_a_sealed_registration(
         await zulip.e2ee_register_11(REALM, 5, sealed, public_key),
     ):
         assert refused(answer) == "Invalid encrypted_push_registration"
+    await nothing_registered(bouncer)
+
+
+# --- 3. a list or an object where a string or a number goes ---------------------------------
+
+
+@pytest.mark.parametrize("priority", [["high"], {"a": 1}])
+async def test_unhashable_gcm_priority(zulip: ZulipServer, priority: Any) -> None:
+    body = {"user_id": 7, "gcm_options": {"priority": priority}}
+    msg = refused(await zulip.json("push/notify", body))
+    assert msg == f"Invalid GCM option to bouncer: priority {priority!r}"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda r: r["http_headers"].update(apns_push_type=["alert"]), "apns_push_type"),
+        (lambda r: r["http_headers"].update(apns_priority={}), "apns_priority"),
+        (lambda r: r["http_headers"].update(apns_priority=[10]), "apns_priority"),
+    ],
+)
+async def test_unhashable_apns_headers(zulip: ZulipServer, change: Any, field: str) -> None:
+    request = apns_push_request("AAAAAAAAAAA=", PushKey(id=1), {})
+    change(request)
+    msg = refused(await zulip.e2ee_notify(REALM, [request]))
+    assert msg == f"Invalid push_requests[0]['http_headers']['{field}']"
+
+
+async def test_unhashable_fcm_priority(zulip: ZulipServer) -> None:
+    request = {**fcm_push_request("AAAAAAAAAAA=", PushKey(id=1), {}), "fcm_priority": ["high"]}
+    msg = refused(await zulip.e2ee_notify(REALM, [request]))
+    assert msg == "Invalid push_requests[0]['fcm_priority']"
+
+
+@pytest.mark.parametrize("kind", [["fcm"], {"fcm": 1}])
+async def test_unhashable_sealed_token_kind(
+    zulip: ZulipServer, bouncer: Pushd, public_key: str, kind: Any
+) -> None:
+    sealed = seal_registration(public_key, fcm_token(1), kind, None)
+    answer = await zulip.e2ee_register(REALM, token_id(fcm_token(1)), sealed, public_key)
+    assert refused(answer) == "Invalid encrypted_push_registration"
     await nothing_registered(bouncer)
