@@ -224,3 +224,90 @@ async def test_unhashable_sealed_token_kind(
     answer = await zulip.e2ee_register(REALM, token_id(fcm_token(1)), sealed, public_key)
     assert refused(answer) == "Invalid encrypted_push_registration"
     await nothing_registered(bouncer)
+
+
+# --- 4, 5. control characters: forged log lines, NUL that PostgreSQL refuses ----------------
+
+FORGED = "x\n2026-12-07 03:00:00,000 ERROR   pushd.routing: [rFORGED] unexpected error"
+
+
+@pytest.mark.parametrize(
+    ("fields", "msg"),
+    [
+        ({"user_uuid": FORGED}, "Invalid user_uuid"),
+        ({"user_uuid": USER_UUID, "realm_uuid": FORGED}, "Invalid realm_uuid"),
+        ({"user_uuid": "u\x00"}, "Invalid user_uuid"),
+        ({"user_uuid": USER_UUID, "realm_uuid": "r\x00"}, "Invalid realm_uuid"),
+    ],
+)
+async def test_control_characters_in_legacy_ids(
+    zulip: ZulipServer,
+    bouncer: Pushd,
+    caplog: pytest.LogCaptureFixture,
+    fields: dict[str, str],
+    msg: str,
+) -> None:
+    """Logged and stored: refused, so no line is forged and PostgreSQL is not asked."""
+    device = {"token": token(1), "token_kind": APNS, "ios_app_id": TOPIC, "user_id": "10"}
+    assert refused(await zulip.form("push/register", {**device, **fields})) == msg
+    assert refused(await zulip.json("push/notify", {"user_id": 10, **fields})) == msg
+    test = {"token": token(1), "token_kind": APNS, "user_id": 10, **fields}
+    assert refused(await zulip.json("push/test_notification", test)) == msg
+    if "realm_uuid" not in fields:
+        assert refused(await zulip.form("push/unregister/all", fields)) == msg
+    assert "FORGED" not in caplog.text
+    await nothing_registered(bouncer)
+
+
+async def test_control_characters_in_an_fcm_token(zulip: ZulipServer, bouncer: Pushd) -> None:
+    # Within the token: Zulip strips the ends (whitespace, "\x85" and "\n" among it).
+    for bad in ("a\x00b", "a\nb" + fcm_token(1), "a\x85b" + fcm_token(1)):
+        answer = await zulip.register_device(bad, FCM)
+        assert refused(answer) == "Invalid FCM token"
+        test = {"token": bad, "token_kind": FCM, "user_id": 10}
+        assert refused(await zulip.json("push/test_notification", test)) == "Invalid FCM token"
+    await nothing_registered(bouncer)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("host", "h\x00.example.com"), ("host", "h.example.com\n"), ("name", "n\x00")],
+)
+async def test_control_characters_in_analytics_realms(
+    zulip: ZulipServer, bouncer: Pushd, key: str, value: str
+) -> None:
+    other = {**realm(2), key: value}
+    answer = await zulip.upload_analytics([realm(1), other])
+    assert refused(answer) == f'Invalid realms[1]["{key}"]'
+    assert await bouncer.services.store.zulip_realm(other["uuid"]) is None
+
+
+async def test_a_realm_name_may_hold_a_tab(zulip: ZulipServer, bouncer: Pushd) -> None:
+    """Only NUL is refused in a name: a 4xx on analytics turns a server's pushes off."""
+    assert (await zulip.upload_analytics([realm(1), {**realm(2), "name": "a\tb"}])).json()
+    stored = await bouncer.services.store.zulip_realm(realm(2)["uuid"])
+    assert stored is not None and stored.name == "a\tb"
+
+
+async def test_nul_in_a_contact_email(bouncer: Pushd) -> None:
+    server = ZulipServer(client=bouncer.client, services_url=bouncer.url)
+    answer = await server.register_server(contact_email="\x00@zulip.example.com")
+    assert refused(answer).startswith("Invalid server administrator email address")
+    assert await bouncer.services.store.zulip_server(server.org_id) is None
+
+
+async def test_control_characters_in_e2ee_requests(
+    zulip: ZulipServer, bouncer: Pushd, public_key: str
+) -> None:
+    sealed = seal_registration(public_key, fcm_token(1), "fcm", None)
+    tid = token_id(fcm_token(1))
+    for bad_realm in ("r\x00", REALM + "\n" + FORGED):
+        answer = await zulip.e2ee_register(bad_realm, tid, sealed, public_key)
+        assert refused(answer) == "Invalid realm_uuid"
+        assert refused(await zulip.e2ee_notify(bad_realm, [])) == "Invalid realm_uuid"
+    answer = await zulip.e2ee_register(REALM, tid, sealed, public_key + "\x00")
+    assert refused(answer, "INVALID_BOUNCER_PUBLIC_KEY") == "Invalid bouncer_public_key"
+    with_nul = seal_registration(public_key, "a\x00b", "fcm", None)
+    answer = await zulip.e2ee_register(REALM, token_id("a\x00b"), with_nul, public_key)
+    assert refused(answer) == "Invalid encrypted_push_registration"
+    await nothing_registered(bouncer)

@@ -12,6 +12,7 @@ from pushd.frontends.http import Reply, Request, has_lone_surrogate
 from pushd.frontends.zulip.wire import (
     ZulipError,
     bad_request,
+    has_control,
     ignored,
     is_int64,
     is_uuid,
@@ -146,6 +147,13 @@ def _realm_info(row: Any, index: int) -> ZulipRealm:
         values[key] = value
     if not is_uuid(values["uuid"]):
         raise bad_request(f'Invalid realms[{index}]["uuid"]')
+    if has_control(values["host"]):  # a subdomain of the server's host: none in it
+        raise bad_request(f'Invalid realms[{index}]["host"]')
+    # A name is the realm's admins' text; only NUL is refused, which PostgreSQL (pushd's
+    # store and Zulip's own database) cannot hold, so no real server sends one: a 4xx
+    # on analytics turns pushes off for every realm of the server.
+    if "\x00" in values["name"]:
+        raise bad_request(f'Invalid realms[{index}]["name"]')
     return ZulipRealm(values["uuid"].lower(), "", values["host"], values["name"])
 
 

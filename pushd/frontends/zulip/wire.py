@@ -32,13 +32,20 @@ ORG_ID_LENGTH = 36
 ORG_KEY_LENGTH = 64
 MAX_HOSTNAME_LENGTH = 128
 _HOST_LABEL_RE = re.compile(r"(?!-)[a-zA-Z0-9-]{1,63}(?<!-)")
-_EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+#: An address part: no ``@``, no space and no control character (``\s`` leaves NUL and
+#: most C0 and C1 codes in, which PostgreSQL or a log line cannot take).
+_EMAIL_PART = r"[^@\s\x00-\x1f\x7f-\x9f]+"
+_EMAIL_RE = re.compile(rf"{_EMAIL_PART}@{_EMAIL_PART}\.{_EMAIL_PART}")
 _HEX_RE = re.compile(r"(?:[0-9a-fA-F]{2})+")
 #: Integers pushd stores are signed 64-bit (SQLite's INTEGER, PostgreSQL's bigint), as
 #: Zulip's own are: a larger one fails in the store (a 500 after part of the request ran),
 #: so it is refused at the door.  Python's JSON reads integers of thousands of digits.
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
+#: C0 and C1 control characters (NUL among them) and the Unicode line and paragraph
+#: separators: no identifier or token of Zulip's holds one, PostgreSQL refuses NUL in
+#: text, and a line break written into a log line forges the lines after it.
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 #: Zulip's rate-limit window (``api_by_remote_server``: 1000 requests in 60 s).
 RATE_WINDOW_SECONDS = 60.0
 
@@ -136,6 +143,19 @@ def is_int64(value: object) -> TypeGuard[int]:
     )
 
 
+def has_control(value: str) -> bool:
+    """Whether ``value`` holds a control character or a line separator."""
+    return _CONTROL_RE.search(value) is not None
+
+
+def check_text(value: str | None, name: str) -> str | None:
+    """A caller's identifier (``user_uuid``, ``realm_uuid``) fit for the store and a log
+    line; a 400 naming the field if it holds a control character."""
+    if value is not None and has_control(value):
+        raise bad_request(f"Invalid {name}")
+    return value
+
+
 def json_int(form: Mapping[str, str], name: str) -> int | None:
     """A ``Json[int]`` form field: the decimal string of a 64-bit integer."""
     raw = form.get(name)
@@ -167,6 +187,8 @@ def check_token(token: str, kind: int) -> str:
         if _HEX_RE.fullmatch(token) is None:  # Zulip: bytes.fromhex(token) fails
             raise bad_request("Invalid APNS token")
         return token.lower()
+    if has_control(token):  # FCM's are base64url and ':'; PostgreSQL refuses NUL
+        raise bad_request("Invalid FCM token")
     return token
 
 
