@@ -311,3 +311,19 @@ async def test_control_characters_in_e2ee_requests(
     answer = await zulip.e2ee_register(REALM, token_id("a\x00b"), with_nul, public_key)
     assert refused(answer) == "Invalid encrypted_push_registration"
     await nothing_registered(bouncer)
+
+
+# --- 7. timestamps no float can hold -------------------------------------------------------
+
+
+async def test_e2ee_timestamps_beyond_a_float(
+    zulip: ZulipServer, bouncer: Pushd, public_key: str
+) -> None:
+    """Zulip refuses only a registration over a day old; the future is not bounded."""
+    past = seal_registration(public_key, fcm_token(1), "fcm", None, timestamp=-(10**400))
+    answer = await zulip.e2ee_register(REALM, token_id(fcm_token(1)), past, public_key)
+    assert refused(answer, "REQUEST_EXPIRED") == "Request expired"
+    await nothing_registered(bouncer)
+    future = seal_registration(public_key, fcm_token(1), "fcm", None, timestamp=10**400)
+    answer = await zulip.e2ee_register(REALM, token_id(fcm_token(1)), future, public_key)
+    assert answer.status_code == 200, answer.text

@@ -162,7 +162,9 @@ class E2eeHandlers:
         if key is None:
             raise ZulipError(400, "INVALID_BOUNCER_PUBLIC_KEY", "Invalid bouncer_public_key")
         registration = open_registration(key.private_key, sealed)
-        if self.clock() - registration.timestamp > LIVENESS_SECONDS:
+        # Zulip bounds the age only, not the future, and its timestamp is any integer:
+        # compared, not subtracted, so one too large for a float cannot overflow.
+        if registration.timestamp < self.clock() - LIVENESS_SECONDS:
             raise ZulipError(400, "REQUEST_EXPIRED", "Request expired")
         stored_id: int | None = None
         if token_id is not None:
