@@ -327,3 +327,34 @@ async def test_e2ee_timestamps_beyond_a_float(
     future = seal_registration(public_key, fcm_token(1), "fcm", None, timestamp=10**400)
     answer = await zulip.e2ee_register(REALM, token_id(fcm_token(1)), future, public_key)
     assert answer.status_code == 200, answer.text
+
+
+# --- 6. the letter case of a zulip_org_id -------------------------------------------------
+
+
+async def test_an_org_id_in_any_case_is_one_registration(bouncer: Pushd) -> None:
+    """Zulip's ids are lower case (uuid4) and its bouncer matches any spelling."""
+    upper = ZulipServer(client=bouncer.client, services_url=bouncer.url)
+    upper.org_id = upper.org_id.upper()
+    assert (await upper.register_server()).json()["created"] is True
+    lower = ZulipServer(
+        client=bouncer.client,
+        services_url=bouncer.url,
+        org_id=upper.org_id.lower(),
+        org_key=upper.org_key,
+    )
+    for server in (upper, lower):
+        assert (await server.get("server/analytics/status")).status_code == 200
+    assert (await lower.register_server()).json()["created"] is False
+    assert [s.uuid for s in await bouncer.services.store.zulip_servers()] == [lower.org_id]
+
+
+async def test_a_server_stored_in_upper_case_still_authenticates(bouncer: Pushd) -> None:
+    """A registration made before ids were stored lower case keeps its spelling."""
+    server = ZulipServer(client=bouncer.client, services_url=bouncer.url)
+    server.org_id = server.org_id.upper()
+    store = bouncer.services.store
+    await store.zulip_add_server(server.org_id, server.org_key, server.hostname)
+    assert (await server.get("server/analytics/status")).status_code == 200
+    assert (await server.register_server()).json()["created"] is False
+    assert [s.uuid for s in await store.zulip_servers()] == [server.org_id]
