@@ -201,14 +201,20 @@ class ZulipBouncer:
         role, key = _credentials(request)
         if "@" in role:
             raise bad_request("Must validate with valid Zulip server API key")
-        limiter, identity, now = self.limiter, f"server {role}", self.clock()
+        limiter, now = self.limiter, self.clock()
         server, count = None, None
-        if is_uuid(role) and limiter.shared is not None:
-            server, count = await self.store.zulip_server_counted(
-                role, key, limiter.key(identity), limiter.window_start(now)
-            )
-        elif is_uuid(role):
-            server = await self.store.zulip_server(role)
+        # Stored lower case, or as sent by a registration made before pushd stored them
+        # so (see registration.registered_server): a second look only for such an id.
+        for spelling in dict.fromkeys((role.lower(), role)) if is_uuid(role) else ():
+            identity = f"server {spelling}"
+            if limiter.shared is not None:
+                server, count = await self.store.zulip_server_counted(
+                    spelling, key, limiter.key(identity), limiter.window_start(now)
+                )
+            else:
+                server = await self.store.zulip_server(spelling)
+            if server is not None:
+                break
         if server is None:
             raise unauthorized(
                 f"Zulip server auth failure: {role} is not registered -- "
@@ -222,7 +228,7 @@ class ZulipBouncer:
                 "has been deactivated"
             )
         self.activity.seen("zulip", server.uuid)
-        # role is server.uuid here (the store looked it up by exactly that string).
+        identity = f"server {server.uuid}"
         if count is None:
             return server, await limiter.acquire(identity, now)
         return server, limiter.judge(identity, now, count)

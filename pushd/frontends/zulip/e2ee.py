@@ -51,6 +51,8 @@ from pushd.frontends.zulip.wire import (
     KIND_FCM,
     ZulipError,
     bad_request,
+    check_text,
+    has_control,
     ignored,
     json_int,
     parse_form,
@@ -146,6 +148,7 @@ class E2eeHandlers:
         """Open the sealed registration, check it and store the device (notes §2.6)."""
         form = parse_form(request.body)
         realm_uuid = required(form, "realm_uuid")
+        check_text(realm_uuid, "realm_uuid")
         # Zulip 11 sends a client-chosen push_account_id, Zulip 12 the token's token_id.
         zulip_11 = "push_account_id" in form and "token_id" not in form
         token_id = None if zulip_11 else required(form, "token_id")
@@ -153,11 +156,15 @@ class E2eeHandlers:
         sealed = required(form, "encrypted_push_registration")
         public_key = required(form, "bouncer_public_key")
         realm = await self._realm(server, realm_uuid.lower(), request.path)
-        key = await self.store.zulip_bouncer_key(public_key)
+        # Keys are base64: one with a control character is no key (and NUL, no text
+        # PostgreSQL can look up).
+        key = None if has_control(public_key) else await self.store.zulip_bouncer_key(public_key)
         if key is None:
             raise ZulipError(400, "INVALID_BOUNCER_PUBLIC_KEY", "Invalid bouncer_public_key")
         registration = open_registration(key.private_key, sealed)
-        if self.clock() - registration.timestamp > LIVENESS_SECONDS:
+        # Zulip bounds the age only, not the future, and its timestamp is any integer:
+        # compared, not subtracted, so one too large for a float cannot overflow.
+        if registration.timestamp < self.clock() - LIVENESS_SECONDS:
             raise ZulipError(400, "REQUEST_EXPIRED", "Request expired")
         stored_id: int | None = None
         if token_id is not None:
@@ -193,7 +200,7 @@ class E2eeHandlers:
         """Forward every encrypted push at once; report counts and devices to forget."""
         body = parse_json_body(request.body)
         realm_uuid = body.get("realm_uuid")
-        if not isinstance(realm_uuid, str):
+        if not isinstance(realm_uuid, str) or has_control(realm_uuid):
             raise bad_request("Invalid realm_uuid")
         entries = body.get("push_requests")
         if not isinstance(entries, list):

@@ -22,6 +22,7 @@ from pushd.frontends.zulip.wire import (
     ZulipError,
     bad_request,
     check_token,
+    is_int64,
 )
 from pushd.model import APNS_PRIORITIES, APNS_PUSH_TYPES, ApnsPush, Push
 from pushd.upstream.fcm import message as fcm_message
@@ -126,10 +127,15 @@ def open_registration(private_key: str, sealed: str) -> PushRegistration:
         raise invalid_registration() from None
     if not isinstance(value, dict):
         raise invalid_registration()
+    try:  # a lone surrogate's escape ("\\ud800") decodes, but no store or upstream encodes it
+        jsonutil.dumpb(value)
+    except ValueError:
+        raise invalid_registration() from None
     token, kind, app_id, timestamp = (
         value.get(name) for name in ("token", "token_kind", "ios_app_id", "timestamp")
     )
-    if not isinstance(token, str) or kind not in TOKEN_KINDS:
+    # Types first: a list or an object is unhashable, a TypeError in the ``in`` below.
+    if not isinstance(token, str) or not isinstance(kind, str) or kind not in TOKEN_KINDS:
         raise invalid_registration()
     if not isinstance(timestamp, int) or isinstance(timestamp, bool):
         raise invalid_registration()
@@ -149,8 +155,10 @@ def open_registration(private_key: str, sealed: str) -> PushRegistration:
 
 
 def _field(entry: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
+    """``entry[name]`` of type ``kind``; an integer only in 64 bits (a ``device_id`` is
+    looked up in the store, whose integers are 64-bit)."""
     value = entry.get(name)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    if not (is_int64(value) if kind is int else isinstance(value, kind)):
         raise bad_request(f"Invalid {where}[{name!r}]")
     return value
 
@@ -176,9 +184,10 @@ def parse_push_request(entry: Any, index: int, generation: Generation) -> PushRe
         headers = _field(entry, "http_headers", dict, where)
         priority = headers.get("apns_priority")
         push_type = headers.get("apns_push_type")
-        if priority not in APNS_PRIORITIES or isinstance(priority, bool):
+        # Types first: a list or an object is unhashable, a TypeError in ``in``.
+        if not is_int64(priority) or priority not in APNS_PRIORITIES:
             raise bad_request(f"Invalid {where}['http_headers']['apns_priority']")
-        if push_type not in APNS_PUSH_TYPES:
+        if not isinstance(push_type, str) or push_type not in APNS_PUSH_TYPES:
             raise bad_request(f"Invalid {where}['http_headers']['apns_push_type']")
         _field(payload, "aps", dict, f"{where}['payload']")
         try:
@@ -187,7 +196,7 @@ def parse_push_request(entry: Any, index: int, generation: Generation) -> PushRe
             raise bad_request(f"Invalid {where}['payload']") from None
         return PushRequest(name, True, ApnsPush(body, push_type=push_type, priority=priority))
     priority = entry.get("fcm_priority")
-    if priority not in FCM_PRIORITIES:
+    if not isinstance(priority, str) or priority not in FCM_PRIORITIES:
         raise bad_request(f"Invalid {where}['fcm_priority']")
     data = {generation.key_field: str(key_id), "encrypted_data": encrypted}
     try:

@@ -20,8 +20,10 @@ from pushd.frontends.zulip.wire import (
     ZulipError,
     bad_request,
     check_kind,
+    check_text,
     check_token,
     ignored,
+    is_int64,
     json_int,
     parse_form,
     parse_json_body,
@@ -94,7 +96,8 @@ class LegacyHandlers:
         else:
             ios_app_id = None
         user_id, user_uuid = _user(form)
-        realm = await self._realm(server, form.get("realm_uuid"), request.path)
+        realm_uuid = check_text(form.get("realm_uuid"), "realm_uuid")
+        realm = await self._realm(server, realm_uuid, request.path)
         if self._app_for(kind, ios_app_id) is None:
             raise bad_request(no_app_message(kind, ios_app_id))
         await self.store.zulip_register(
@@ -305,18 +308,22 @@ def _token(form: Mapping[str, str]) -> tuple[str, int]:
 
 def _user(form: Mapping[str, str]) -> tuple[int | None, str | None]:
     user_id = json_int(form, "user_id")
-    user_uuid = form.get("user_uuid")
+    user_uuid = check_text(form.get("user_uuid"), "user_uuid")
     if user_id is None and user_uuid is None:
         raise bad_request("Missing user_id or user_uuid")
     return user_id, user_uuid
 
 
 def _optional(body: Mapping[str, Any], name: str, kind: type) -> Any:
+    """A JSON field of type ``kind`` or null; an integer only in 64 bits, as stored, a
+    string without control characters (ids and uuids: stored and logged)."""
     value = body.get(name)
     if value is None:
         return None
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    if not (is_int64(value) if kind is int else isinstance(value, kind)):
         raise bad_request(f"Invalid {name}")
+    if isinstance(value, str):
+        check_text(value, name)
     return value
 
 

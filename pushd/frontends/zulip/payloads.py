@@ -110,7 +110,7 @@ def fcm_priority(options: Any, gcm_payload: Mapping[str, Any]) -> str:
         raise bad_request(f"Invalid GCM options to bouncer: {json.dumps(options, sort_keys=True)}")
     if priority is None:
         return "high" if gcm_payload.get("event") == "message" else "normal"
-    if priority not in FCM_PRIORITIES:
+    if not isinstance(priority, str) or priority not in FCM_PRIORITIES:  # a list: unhashable
         raise bad_request(f"Invalid GCM option to bouncer: priority {priority!r}")
     return str(priority)
 

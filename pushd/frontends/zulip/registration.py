@@ -49,7 +49,7 @@ from pushd.frontends.zulip.wire import (
     success,
 )
 from pushd.model import mask_token, normalize_zulip_hostname
-from pushd.store import HostnameTaken, Store, hash_key
+from pushd.store import HostnameTaken, Store, ZulipServer, hash_key
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,18 @@ def refusal(mode: Mode, *, known: bool, org_id: str, pinned: str | None) -> str 
     if pinned is not None:
         return None if pinned == org_id.lower() else PINNED_ELSEWHERE
     return NOT_PINNED if mode == "allowlist" else None
+
+
+async def registered_server(store: Store, org_id: str) -> ZulipServer | None:
+    """The server registered as ``org_id`` in any letter case: stored lower case, or as
+    first sent by a registration made before pushd stored them so (no migration: only
+    case-insensitive lookups would find those, and an index on ``lower(uuid)`` would
+    be needed to keep them cheap).  A second lookup only for an id not in lower case,
+    which a Zulip server, whose ids are ``str(uuid4())``, never sends."""
+    server = await store.zulip_server(org_id.lower())
+    if server is None and org_id != org_id.lower():
+        server = await store.zulip_server(org_id)
+    return server
 
 
 def hostname_in_use(hostname: str) -> ZulipError:
@@ -129,8 +141,11 @@ class ServerRegistration:
             raise bad_request(f"{hostname} is not a valid hostname")
         check_email(contact_email)
 
-        server = await self.store.zulip_server(org_id)
+        server = await registered_server(self.store, org_id)
         if server is None:
+            # Lower case, as Zulip's uuid4 makes it and as its bouncer (a UUID column)
+            # matches any spelling: a server is one registration however it spells it.
+            org_id = org_id.lower()
             await self._admit(org_id, hostname, host, known=False)
             try:
                 await self.store.zulip_add_server(org_id, org_key, host, contact_email)
@@ -158,7 +173,7 @@ class ServerRegistration:
         if host != server.hostname:
             await self._admit(org_id, hostname, host, known=True)
         try:
-            await self.store.zulip_update_server(org_id, host, contact_email, new_key)
+            await self.store.zulip_update_server(server.uuid, host, contact_email, new_key)
         except HostnameTaken as taken:
             self._log_refusal(org_id, host, f"hostname held by {taken.holder}")
             raise hostname_in_use(hostname) from None

@@ -8,11 +8,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from pushd import jsonutil
-from pushd.frontends.http import Reply, Request
+from pushd.frontends.http import Reply, Request, has_lone_surrogate
 from pushd.frontends.zulip.wire import (
     ZulipError,
     bad_request,
+    has_control,
     ignored,
+    is_int64,
     is_uuid,
     parse_form,
     parse_json_body,
@@ -127,8 +129,9 @@ class ServerHandlers:
 
 
 def _row_id(row: Any, name: str, index: int) -> int:
+    """A row's ``id``: the largest is stored as the table's high-water mark (64 bits)."""
     value = row.get("id") if isinstance(row, dict) else None
-    if not isinstance(value, int) or isinstance(value, bool):
+    if not is_int64(value):
         raise bad_request(f'Invalid {name}[{index}]["id"]')
     return value
 
@@ -144,10 +147,20 @@ def _realm_info(row: Any, index: int) -> ZulipRealm:
         values[key] = value
     if not is_uuid(values["uuid"]):
         raise bad_request(f'Invalid realms[{index}]["uuid"]')
+    if has_control(values["host"]):  # a subdomain of the server's host: none in it
+        raise bad_request(f'Invalid realms[{index}]["host"]')
+    # A name is the realm's admins' text; only NUL is refused, which PostgreSQL (pushd's
+    # store and Zulip's own database) cannot hold, so no real server sends one: a 4xx
+    # on analytics turns pushes off for every realm of the server.
+    if "\x00" in values["name"]:
+        raise bad_request(f'Invalid realms[{index}]["name"]')
     return ZulipRealm(values["uuid"].lower(), "", values["host"], values["name"])
 
 
 def _json_list(form: Mapping[str, str], name: str, *, required: bool = False) -> list[Any]:
+    """A form field holding a JSON list.  Checked for lone surrogates as JSON bodies are
+    (:func:`~pushd.frontends.zulip.wire.parse_json_body`): the escape ``"\\ud800"``
+    decodes to a string no UTF-8 encoder, the store's included, can take."""
     raw = form.get(name)
     if raw is None:
         if required:
@@ -159,6 +172,8 @@ def _json_list(form: Mapping[str, str], name: str, *, required: bool = False) ->
         value = jsonutil.loads(raw)
     except (ValueError, RecursionError):
         raise bad_request(f"{name} is not valid JSON") from None
+    if has_lone_surrogate(raw.encode(), value):
+        raise bad_request(f"{name} is not valid JSON")
     if not isinstance(value, list):
         raise bad_request(f"{name} is not a list")
     return value

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import uuid as uuid_module
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final, TypeGuard
 from urllib.parse import parse_qsl, urlsplit
 
 from pushd import jsonutil
@@ -32,8 +32,20 @@ ORG_ID_LENGTH = 36
 ORG_KEY_LENGTH = 64
 MAX_HOSTNAME_LENGTH = 128
 _HOST_LABEL_RE = re.compile(r"(?!-)[a-zA-Z0-9-]{1,63}(?<!-)")
-_EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+#: An address part: no ``@``, no space and no control character (``\s`` leaves NUL and
+#: most C0 and C1 codes in, which PostgreSQL or a log line cannot take).
+_EMAIL_PART = r"[^@\s\x00-\x1f\x7f-\x9f]+"
+_EMAIL_RE = re.compile(rf"{_EMAIL_PART}@{_EMAIL_PART}\.{_EMAIL_PART}")
 _HEX_RE = re.compile(r"(?:[0-9a-fA-F]{2})+")
+#: Integers pushd stores are signed 64-bit (SQLite's INTEGER, PostgreSQL's bigint), as
+#: Zulip's own are: a larger one fails in the store (a 500 after part of the request ran),
+#: so it is refused at the door.  Python's JSON reads integers of thousands of digits.
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
+#: C0 and C1 control characters (NUL among them) and the Unicode line and paragraph
+#: separators: no identifier or token of Zulip's holds one, PostgreSQL refuses NUL in
+#: text, and a line break written into a log line forges the lines after it.
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 #: Zulip's rate-limit window (``api_by_remote_server``: 1000 requests in 60 s).
 RATE_WINDOW_SECONDS = 60.0
 
@@ -93,9 +105,13 @@ def parse_form(body: bytes) -> dict[str, str]:
 
 
 def parse_json_body(body: bytes) -> dict[str, Any]:
-    """A JSON object body (``JsonBodyPayload``); anything else is a 400."""
+    """A JSON object body (``JsonBodyPayload``); anything else is a 400.
+
+    UTF-8 only, as Zulip's own parser (orjson) reads it: the lone-surrogate check looks
+    for the escape in UTF-8 bytes, and a UTF-16 body would carry one past it.
+    """
     try:
-        value = jsonutil.loads(body or b"{}")
+        value = jsonutil.loads((body or b"{}").decode("utf-8"))
     except (ValueError, RecursionError):  # bad JSON, bad UTF-8, NaN, Infinity
         raise bad_request("Malformed JSON") from None
     if not isinstance(value, dict):
@@ -120,8 +136,28 @@ def required(form: Mapping[str, str], name: str) -> str:
     return value
 
 
+def is_int64(value: object) -> TypeGuard[int]:
+    """A JSON integer (not a boolean) the store can keep: see :data:`INT64_MAX`."""
+    return (
+        isinstance(value, int) and not isinstance(value, bool) and INT64_MIN <= value <= INT64_MAX
+    )
+
+
+def has_control(value: str) -> bool:
+    """Whether ``value`` holds a control character or a line separator."""
+    return _CONTROL_RE.search(value) is not None
+
+
+def check_text(value: str | None, name: str) -> str | None:
+    """A caller's identifier (``user_uuid``, ``realm_uuid``) fit for the store and a log
+    line; a 400 naming the field if it holds a control character."""
+    if value is not None and has_control(value):
+        raise bad_request(f"Invalid {name}")
+    return value
+
+
 def json_int(form: Mapping[str, str], name: str) -> int | None:
-    """A ``Json[int]`` form field: the decimal string of an integer."""
+    """A ``Json[int]`` form field: the decimal string of a 64-bit integer."""
     raw = form.get(name)
     if raw is None:
         return None
@@ -131,6 +167,8 @@ def json_int(form: Mapping[str, str], name: str) -> int | None:
         raise bad_request(f"{name} is not valid JSON") from None
     if not isinstance(value, int) or isinstance(value, bool):
         raise bad_request(f"{name} is not an integer")
+    if not is_int64(value):
+        raise bad_request(f"{name} is out of range")
     return value
 
 
@@ -149,6 +187,8 @@ def check_token(token: str, kind: int) -> str:
         if _HEX_RE.fullmatch(token) is None:  # Zulip: bytes.fromhex(token) fails
             raise bad_request("Invalid APNS token")
         return token.lower()
+    if has_control(token):  # FCM's are base64url and ':'; PostgreSQL refuses NUL
+        raise bad_request("Invalid FCM token")
     return token
 
 
