@@ -8,6 +8,7 @@ simulators pushd talks to over TLS and HTTP/2.
 from __future__ import annotations
 
 import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client.parser import text_string_to_metric_families
 
 from pushd import config
+from pushd.metrics import merge
 from pushd.metrics.tally import FAILED_REASONS, UPSTREAM_ERRORS
 from pushd.model import mask_token
 from pushd.simulators.apns import ApnsSimulator
@@ -410,3 +412,27 @@ async def test_fcm_outcomes_carry_their_provider(
     )
     assert count == 2
     assert value(samples, "pushd_circuit_state", app="android", state="closed") == 1
+
+
+async def test_a_worker_that_resets_the_scrape_counts_as_down_not_a_failed_merge(
+    nursery: trio.Nursery,
+) -> None:
+    """A worker killed while the supervisor reads its metrics resets the connection:
+    trio's BrokenResourceError (not an OSError) failed the whole merged scrape with a
+    500; now that worker is down for this scrape and the rest are served."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+
+    def reset_after_reading() -> None:
+        connection, _ = listener.accept()
+        connection.recv(4096)
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        connection.close()  # RST: what a killed process's half-read socket sends
+
+    try:
+        nursery.start_soon(trio.to_thread.run_sync, reset_after_reading)
+        assert await merge.fetch(f"http://127.0.0.1:{port}/metrics", "token") is None
+    finally:
+        listener.close()

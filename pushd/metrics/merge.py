@@ -113,7 +113,7 @@ async def fetch(url: str, token: str | None) -> str | None:
                     if not chunk:
                         break
                     data += chunk
-        except OSError:
+        except (OSError, trio.BrokenResourceError):  # a worker gone mid-scrape (a reset)
             return None
         head, _, body = bytes(data).partition(b"\r\n\r\n")
         if not head.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")):
