@@ -43,11 +43,13 @@ def _bind(address: str) -> socket.socket | None:
 
 
 def _inodes(address: str) -> set[str]:
-    """The inodes of the sockets bound to the abstract ``address`` (``/proc/net/unix``
-    shows it as ``@address``, last on its line, spaces and all)."""
+    """The inodes of the sockets bound to the abstract ``address`` (the network
+    namespace's ``unix`` table, under ``/proc/self`` where a unit's ``ProcSubset=pid``
+    would hide ``/proc/net``, shows it as ``@address``, last on its line, spaces and
+    all)."""
     wanted = "@" + address
     found = set()
-    with open(PROC / "net" / "unix", encoding="utf-8", errors="replace") as table:
+    with open(PROC / "self" / "net" / "unix", encoding="utf-8", errors="replace") as table:
         for line in table:
             fields = line.rstrip("\n").split(None, 7)
             if len(fields) == 8 and fields[7] == wanted:

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
@@ -192,3 +193,45 @@ async def test_a_wedged_event_loop_stops_the_watchdog_pings(tmp_path: Path) -> N
     assert sorted(gaps)[len(gaps) // 2] < 0.5  # otherwise every ~0.05 s
     notifier.close()
     receiver.close()
+
+
+def proc_mount_options(unit: str) -> str:
+    """The procfs options systemd mounts for a service with ``unit``'s settings."""
+    options = []
+    if "\nProtectProc=invisible\n" in unit:
+        options.append("hidepid=invisible")
+    if "\nProcSubset=pid\n" in unit:
+        options.append("subset=pid")
+    return ",".join(options) or "defaults"
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="needs root and unshare to mount /proc as the unit has systemd mount it",
+)
+async def test_process_metrics_are_exported_under_the_units_proc_settings(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """The unit had ``ProcSubset=pid``, which hides /proc/stat: prometheus-client's
+    process collector then exports nothing, and every ``process_*`` metric the README
+    lists was gone.  pushd runs here with /proc mounted as the unit has it mounted."""
+    metrics_port = free_port()
+    config = write_config(
+        tmp_path / "pushd.toml",
+        {
+            "server": {"listen": "127.0.0.1", "port": 0},
+            "store": {"path": str(tmp_path / "pushd.sqlite3")},
+            "metrics": {"port": metrics_port},
+        },
+    )
+    options = proc_mount_options(UNIT.read_text())
+    mount = f'mount -t proc -o {options} proc /proc && exec "$@"'
+    command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, "sh"]
+    process = await start_pushd_process(nursery, config, command=command)
+    try:
+        async with httpx.AsyncClient() as client:
+            text = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+    finally:
+        process.signal(signal.SIGTERM)
+        await process.wait()
+    assert "process_resident_memory_bytes" in text and "process_cpu_seconds_total" in text
