@@ -14,6 +14,7 @@ pushd went while a squatter held this one and has since left.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import time
@@ -26,10 +27,16 @@ SLOTS: Final = 8
 #: this pause before passing it by.
 RECHECK_PAUSE: Final = 0.2
 PROC: Final = Path("/proc")
+#: Hex digits of a claim's name kept in its socket's name (128 bits).
+NAME_DIGEST_CHARS: Final = 32
 
 
-def _address(name: str, slot: int) -> str:
-    return f"pushd-claim uid={os.getuid()} slot={slot} {name}"
+def claim_address(name: str, slot: int) -> str:
+    """The abstract socket name of ``name``'s claim in ``slot``: the name hashed, as a
+    socket name holds at most 107 bytes and a store's path may be longer (such a path
+    was refused as if another pushd held it)."""
+    digest = hashlib.sha256(name.encode()).hexdigest()[:NAME_DIGEST_CHARS]
+    return f"pushd-claim uid={os.getuid()} slot={slot} {digest}"
 
 
 def _bind(address: str) -> socket.socket | None:
@@ -100,7 +107,7 @@ def claim(name: str) -> socket.socket | str:
     """Hold ``name`` while this process runs (keep the socket open), or the sentence
     saying why it cannot be had."""
     for slot in range(SLOTS):
-        address = _address(name, slot)
+        address = claim_address(name, slot)
         lock = _bind(address)
         if lock is None:
             ours = _slot_is_ours(address)
@@ -124,7 +131,7 @@ def _busy_above(name: str, slot: int) -> list[str]:
     """The addresses of the slots above ``slot`` that someone holds."""
     busy = []
     for above in range(slot + 1, SLOTS):
-        address = _address(name, above)
+        address = claim_address(name, above)
         probe = _bind(address)
         if probe is None:
             busy.append(address)

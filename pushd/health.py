@@ -42,14 +42,19 @@ def health(services: Services, access: AdminAccess) -> Callable[[Request], Await
                 "reason": store_failing,
             }
         )
+        # 503 while the store fails, when every request that needs it hears 503 too: a
+        # load balancer or uptime check reading only the status code takes this
+        # instance out.  An app's trouble (a pause, a backlog) is "degraded" with 200:
+        # the others serve, and another instance would have the same credentials.
+        code = 200 if store_failing is None else 503
         if not detailed:
-            return json_reply(200, {"status": "degraded" if degraded else "ok"})
+            return json_reply(code, {"status": "degraded" if degraded else "ok"})
         # Spooled deliveries of apps a reload removed: they wait, unsent, until the app is
         # configured again, they expire or an operator purges them.
         depth = services.dispatcher.depth
         unconfigured = {app: n for app, n in depth.items() if app not in apps and n > 0}
         return json_reply(
-            200,
+            code,
             {
                 "status": "degraded" if degraded else "ok",
                 "version": __version__,

@@ -137,9 +137,13 @@ async def test_a_full_disk_is_a_503_with_one_log_line_and_sends_still_work(
         assert zulip.json()["result"] == "error"
         assert zulip.json()["code"] == "STORE_UNAVAILABLE"
 
-        health = (await client.get(process.url + "/healthz", headers=auth)).json()
+        answer = await client.get(process.url + "/healthz", headers=auth)
+        health = answer.json()
         assert health["status"] == "degraded"
         assert health["store"] == {"state": "failing", "reason": expected_kind}
+        # A status-code check (a load balancer's) sees it too, detail or not.
+        assert answer.status_code == 503
+        assert (await client.get(process.url + "/healthz")).status_code == 503
 
         # A send needs no write: alice's device still gets it.
         sent = await client.post(
@@ -162,8 +166,8 @@ async def test_a_full_disk_is_a_503_with_one_log_line_and_sends_still_work(
         again = {"user": "bob", "token": token(2), "app": "chat"}
         response = await client.post(process.url + "/v1/devices", json=again, headers=auth)
         assert response.status_code == 201, response.text
-        health = (await client.get(process.url + "/healthz", headers=auth)).json()
-        assert health["status"] == "ok"
+        answer = await client.get(process.url + "/healthz", headers=auth)
+        assert (answer.status_code, answer.json()["status"]) == (200, "ok")
 
     process.kill()
     await process.wait()

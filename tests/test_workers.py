@@ -28,6 +28,7 @@ import pytest
 import trio
 import trustme
 
+from pushd import claims
 from pushd.spool.seal import create_key_file
 from tests import matrix_homeserver as hs
 from tests.conftest import TOPIC, app_entry, token
@@ -519,11 +520,7 @@ async def test_another_users_squatter_on_the_claims_neither_blocks_nor_doubles_p
     port = free_port()
     await rig.configure(server={"port": port})
     store = str(await trio.Path(rig.tmp_path / "pushd.sqlite3").resolve())
-    uid = os.getuid()
-    names = [
-        f"pushd-claim uid={uid} slot=0 {what}"
-        for what in (f"port 127.0.0.1:{port}", f"store {store}")
-    ]
+    names = [claims.claim_address(what, 0) for what in (f"port 127.0.0.1:{port}", f"store {store}")]
     squatter = await trio.lowlevel.open_process(
         [
             SETPRIV,
