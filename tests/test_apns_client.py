@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
@@ -300,6 +301,21 @@ async def test_unreachable_server_fails_fast_then_recovers(
                 break
             await trio.sleep(0.05)
     assert isinstance(outcome, Delivered)
+
+
+async def test_a_certificate_that_does_not_verify_is_named_in_the_answer_and_the_log(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A TLS verification failure read ``connect ... failed (BrokenResourceError: )``:
+    trio's wrapper, whose text is empty; the answer and the log name the real error."""
+    other = env.tmp / "other-ca.pem"
+    other.write_bytes(trustme.CA().cert_pem.bytes())
+    caplog.set_level(logging.WARNING)
+    client = await env.client(ca_file=str(other))
+    outcome = await client.send(token(1), PUSH)
+    assert isinstance(outcome, RetryLater)
+    assert outcome.reason == "APNs unreachable: SSLCertVerificationError", outcome.reason
+    assert "certificate verify failed" in caplog.text, caplog.text
 
 
 def write_pkcs12(cert: trustme.LeafCert, path: Path, password: bytes) -> None:

@@ -56,6 +56,14 @@ RECONNECT_ON_DEMAND = 1.0
 TIMEOUT = "timeout"
 
 
+def root_cause(exc: BaseException) -> BaseException:
+    """What really failed: trio wraps a TLS handshake's error (a certificate that does
+    not verify) in a BrokenResourceError whose own text is empty."""
+    while isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
 def spread(conns: Sequence[PoolConnection], wanted: int) -> list[tuple[PoolConnection, int]]:
     """How many of ``wanted`` slots to take from each connection, in one go.
 
@@ -340,16 +348,17 @@ class H2Pool:
             except (OSError, trio.BrokenResourceError, trio.TooSlowError, ConnectionFailed) as exc:
                 failures += 1
                 delay = reconnect_delay(failures)
+                cause = root_cause(exc)
                 if not self._conns:
-                    self._unreachable = f"{self._peer.name} unreachable: {type(exc).__name__}"
+                    self._unreachable = f"{self._peer.name} unreachable: {type(cause).__name__}"
                     self._fail_waiters(self._unreachable)
                 log.warning(
                     "%s connection %d: connect to %s failed (%s: %s); retry in %.1f s%s",
                     label,
                     index,
                     self._connector.route,
-                    type(exc).__name__,
-                    exc,
+                    type(cause).__name__,
+                    cause,
                     delay,
                     f" (or {RECONNECT_ON_DEMAND:.0f} s if sends want it)"
                     if delay > RECONNECT_ON_DEMAND
