@@ -53,7 +53,23 @@ def _is_pushd(pid: int) -> bool:
         command = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return True
-    return b"pushd" in command
+    return is_pushd_serve(command.split(b"\0"))
+
+
+def is_pushd_serve(argv: list[bytes]) -> bool:
+    """Whether ``argv`` is ``pushd serve`` (the console script, ``python -m pushd``, or
+    a supervisor's worker): a pid file left by a crash may name a process that has
+    nothing to do with pushd but ``pushd`` in its command line (``tail -f pushd.log``,
+    ``journalctl -u pushd``), which SIGHUP would kill."""
+    for index, arg in enumerate(argv):
+        program = arg.rsplit(b"/", 1)[-1]
+        runs_pushd = program == b"pushd" or (
+            arg == b"-m" and index + 1 < len(argv) and argv[index + 1] == b"pushd"
+        )
+        if runs_pushd:
+            start = index + (2 if arg == b"-m" else 1)
+            return b"serve" in argv[start:]
+    return False
 
 
 def cmd_reload(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ import trio
 import trustme
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from pushd.cli_ops import is_pushd_serve
 from pushd.config import StoreConfig
 from pushd.simulators.apns import ApnsSimulator, SimReply
 from pushd.simulators.fcm import FcmSimulator
@@ -360,16 +361,20 @@ async def test_pushd_reload_signals_the_pid_file(
     assert not (tmp_path / "pid").exists()
     done = await trio.to_thread.run_sync(reload, "--pid", str(tmp_path / "pid"))
     assert done.returncode == 1 and "no such file" in done.stderr
-    # A stale pid file naming another program: SIGHUP would end it.
-    other = await trio.lowlevel.open_process(["sleep", "30"])
-    try:
-        (tmp_path / "pid").write_text(f"{other.pid}\n")
-        done = await trio.to_thread.run_sync(reload, "--pid", str(tmp_path / "pid"))
-        assert done.returncode == 1 and "is not pushd" in done.stderr
-        assert other.poll() is None
-    finally:
-        other.kill()
-        await other.wait()
+    # A stale pid file naming another program, even one with "pushd" in its command
+    # line (an admin's `tail -f pushd.log`): SIGHUP would end it.
+    log_file = tmp_path / "pushd.log"
+    log_file.write_text("")
+    for argv in (["sleep", "30"], ["tail", "-f", str(log_file)]):
+        other = await trio.lowlevel.open_process(argv)
+        try:
+            (tmp_path / "pid").write_text(f"{other.pid}\n")
+            done = await trio.to_thread.run_sync(reload, "--pid", str(tmp_path / "pid"))
+            assert done.returncode == 1 and "is not pushd" in done.stderr, (argv, done.stderr)
+            assert other.poll() is None
+        finally:
+            other.kill()
+            await other.wait()
 
 
 async def test_a_renewed_tls_certificate_is_served_after_sighup(
@@ -487,3 +492,18 @@ async def test_a_removed_app_keeps_its_metric_labels_and_its_spool_stays_visible
     url = gateway.process.url + "/healthz"
     health = (await gateway.client.get(url, headers=gateway.auth())).json()
     assert health["unconfigured_spool"] == {"other": 1} and health["spooled"] == 1, health
+
+
+@pytest.mark.parametrize(
+    ("command", "serving"),
+    [
+        (b"/usr/local/bin/pushd\0serve\0--config\0/etc/pushd/pushd.toml\0", True),
+        (b"/usr/bin/python3\0-m\0pushd\0serve\0--config\0pushd.toml\0", True),
+        (b"tail\0-f\0/var/log/pushd.log\0", False),
+        (b"journalctl\0-u\0pushd\0-f\0", False),
+        (b"vim\0/etc/pushd/pushd.toml\0", False),
+        (b"/usr/local/bin/pushd\0simulate\0", False),
+    ],
+)
+def test_only_pushd_serve_counts_as_pushd(command: bytes, serving: bool) -> None:
+    assert is_pushd_serve(command.split(b"\0")) is serving
