@@ -79,6 +79,16 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+def _when(oldest_due: float | None, now: float) -> str:
+    """How long the oldest row has been due, or, when none is due yet (a paused app's
+    rows, backoffs), when the first will be: "due 0s ago" read as a stuck spool."""
+    if oldest_due is None:
+        return "oldest due -"
+    if oldest_due <= now:
+        return f"oldest due {_age(now - oldest_due)} ago"
+    return f"next due in {_age(oldest_due - now)}"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     async def report(store: Store, _: config.Config | None) -> int:
         now = time.time()
@@ -87,10 +97,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         if not stats:
             print("spool: empty")
         for app in stats:
-            oldest = "-" if app.oldest_due is None else _age(max(0.0, now - app.oldest_due))
             print(
                 f"{app.app}: {app.depth} waiting, {app.due} due, {app.leased} leased,"
-                f" {app.unknown} possibly delivered, oldest due {oldest} ago"
+                f" {app.unknown} possibly delivered, {_when(app.oldest_due, now)}"
             )
         if counters:
             print("counters:")

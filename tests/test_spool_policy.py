@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from pushd.cli_spool import _when
 from pushd.config import RetryConfig
 from pushd.decisions import LONGEST_EXPIRY, Decisions, Report, Retry
 from pushd.lanes import Budget, Lane
@@ -117,3 +118,10 @@ def test_an_expiry_beyond_any_float_is_retried_within_a_year(decisions: Decision
     assert isinstance(decided, Retry)
     soon = Delivery(app="a", token="00" * 32, push=ApnsPush(b"{}", expiration=2000), protocol="x")
     assert decisions.expires_at(soon, 1000.0) == 2000.0
+
+
+def test_spool_status_says_when_rows_fall_due_not_due_0s_ago() -> None:
+    """A paused app's rows, all due later, read "oldest due 0s ago": a stuck spool."""
+    assert _when(None, 1000.0) == "oldest due -"
+    assert _when(940.0, 1000.0) == "oldest due 60s ago"
+    assert _when(1291.0, 1000.0) == "next due in 291s"
