@@ -124,4 +124,5 @@ def test_spool_status_says_when_rows_fall_due_not_due_0s_ago() -> None:
     """A paused app's rows, all due later, read "oldest due 0s ago": a stuck spool."""
     assert _when(None, 1000.0) == "oldest due -"
     assert _when(940.0, 1000.0) == "oldest due 60s ago"
-    assert _when(1291.0, 1000.0) == "next due in 291s"
+    assert _when(1091.0, 1000.0) == "next due in 91s"
+    assert _when(1291.0, 1000.0) == "next due in 5m"
