@@ -30,6 +30,7 @@ after it is in place) and :attr:`Reloader.failure_hooks` (called with the proble
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import time
@@ -44,6 +45,7 @@ from pushd.frontends.status import StatusPage
 from pushd.lanes import Lane
 from pushd.reload_diff import carry_state, fingerprint, keep_restart_only, setting
 from pushd.sdnotify import Notifier
+from pushd.store import StoreUnavailable
 
 if TYPE_CHECKING:
     from pushd.activity import Activity
@@ -244,6 +246,9 @@ class Reloader:
         self.applied += 1
         self.last_refused = False
         dispatcher.worker.wake()
+        for name in plan.changed:
+            with contextlib.suppress(StoreUnavailable):  # logged by the store; they wait
+                await dispatcher.worker.due_now(name)
         for hook in self.hooks:
             hook(new)
 

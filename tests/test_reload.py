@@ -507,3 +507,28 @@ async def test_a_removed_app_keeps_its_metric_labels_and_its_spool_stays_visible
 )
 def test_only_pushd_serve_counts_as_pushd(command: bytes, serving: bool) -> None:
     assert is_pushd_serve(command.split(b"\0")) is serving
+
+
+async def test_a_fixed_credential_sends_the_paused_apps_spool_at_once(
+    start: Any, simulator: ApnsSimulator, apns_upstream: str, key_file: Path, ca_file: Path
+) -> None:
+    """APNs refuses the app's key: the app pauses for ``credential_pause`` and pushes
+    sent meanwhile are spooled to wait it out.  The admin fixes the key and reloads:
+    the spooled pushes went only when the old pause ran out (up to 300 s by default);
+    now they go at once."""
+    chat = app_entry("chat", TOPIC, apns_upstream, key_file, ca_file)
+    broken = {**chat, "key_id": "WRONGKEY01"}  # a key APNs does not know: 403
+    gateway = await start([broken], retry={"credential_pause": 120, "base_delay": 0.05})
+    held = [token(n) for n in range(2, 5)]
+    for n, device in enumerate([token(1), *held]):
+        assert (await gateway.register(f"u{n}", device, "chat")).status_code == 201
+    first = await gateway.send("u0")
+    assert [r["status"] for r in first] == ["failed"]  # the key refused: the app pauses
+    for n in range(1, 4):
+        assert [r["status"] for r in await gateway.send(f"u{n}")] == ["retrying"]
+    gateway.rewrite(apps=[chat])
+    await gateway.hup()
+    with trio.fail_after(15):  # not the 120 s pause
+        while {r.token for r in simulator.received if r.status == 200} != set(held):  # noqa: ASYNC110
+            await trio.sleep(0.05)
+    assert gateway.count(r"spool: 3 deliveries of chat go now") == 1

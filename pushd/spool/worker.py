@@ -71,6 +71,15 @@ class SpoolWorker:
     def wake(self) -> None:
         self._wake.set()
 
+    async def due_now(self, app: str) -> None:
+        """Send ``app``'s spooled rows at once (a reload changed its credentials: rows
+        waited out a pause the old ones earned, up to ``credential_pause``)."""
+        moved = await self.store.spool_due_now(app, self.dispatcher.clock())
+        if moved:
+            log.info("spool: %d deliveries of %s go now, on its new settings", moved, app)
+        self._nothing_due.pop(app, None)
+        self._wake.set()
+
     def stop(self) -> None:
         """Take no more rows (shutdown); attempts in flight finish."""
         self._stopped = True

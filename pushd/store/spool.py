@@ -310,6 +310,18 @@ class SpoolQueries:
 
         return await self.engine.write(tx)
 
+    async def spool_due_now(self, app: str, now: float) -> int:
+        """Make ``app``'s rows due ``now`` (those not leased): its credentials or
+        upstream changed, so rows waiting out a pause or a backoff the old ones earned
+        go at once.  The count."""
+        return await self.engine.write(
+            lambda tx: tx.execute(
+                "UPDATE spool SET due_at = ? WHERE app = ? AND due_at > ?"
+                " AND (lease_until IS NULL OR lease_until < ?)",
+                (now, app, now, now),
+            )
+        )
+
     async def spool_next_due(self) -> float | None:
         """The earliest due time of any row (the worker sleeps until then)."""
         row = await self.engine.read(lambda tx: tx.one("SELECT min(due_at) FROM spool"))
