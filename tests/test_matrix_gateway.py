@@ -322,8 +322,10 @@ async def test_dead_fcm_tokens_are_rejected(
     assert await homeserver.rejected(hs.full_event([device], content=MESSAGE)) == [FCM_TOKEN]
 
 
-async def test_a_malformed_fcm_token_is_rejected(homeserver: hs.Homeserver) -> None:
-    pushkey = "not a token\u00e9"
+@pytest.mark.parametrize("pushkey", ["not a token\u00e9", ""])
+async def test_a_malformed_fcm_token_is_rejected(homeserver: hs.Homeserver, pushkey: str) -> None:
+    """An empty pushkey was "failed: token: missing" and never rejected: the homeserver
+    kept the pusher, and pushed to it, for ever."""
     body = hs.full_event([android_device(pushkey)], content=MESSAGE)
     assert await homeserver.rejected(body) == [pushkey]
 

@@ -349,6 +349,11 @@ class MatrixGateway:
                     " in base64" if options.convert_pushkey_to_hex else "",
                 )
                 return device.pushkey
+        elif not device.pushkey:  # FCM would refuse it; there is nothing to send it to
+            log.info(
+                "matrix %s: an empty pushkey of %r; rejecting it", request.request_id, device.app_id
+            )
+            return device.pushkey
         else:
             token = device.pushkey
         sound = device.tweaks.get("sound") if apns and options.sound_from_tweaks else None
