@@ -103,10 +103,11 @@ path_secret = "{RC_SECRET}"
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert 'PUSH_NOTIFICATION_BOUNCER_URL = "https://push.example.com"' in out
-    assert "mm: https://push.example.com/mmSe…cdef (the secret is masked" in out
+    assert "mm: https://push.example.com/mmSe… (the secret is masked" in out
+    assert "…cdef" not in out  # only its start: 12 of 16 characters stay hidden
     assert MM_SECRET not in out and RC_SECRET not in out
     assert "rc-token: https://push.example.com (it authenticates with one of its tokens)" in out
-    assert "rc-path: https://push.example.com/rcSe…cdef" in out
+    assert "rc-path: https://push.example.com/rcSe… " in out
     assert "https://push.example.com/_matrix/push/v1/notify" in out
     assert "app_id com.example.element.ios, com.example.element.ios.* -> element-ios" in out
     assert "element-android: FCM, project example-project" in out
