@@ -272,19 +272,30 @@ class Dispatcher:
         """What ``outcome`` of attempt number ``attempt`` means (see
         :meth:`pushd.decisions.Decisions.decide`), counted in the metrics too."""
         decided = self.decisions.decide(delivery, outcome, attempt, now, spooled=spooled)
+        if isinstance(decided, Retry):
+            if spooled:  # its row is there: rescheduling it keeps the promise
+                self.count_retry(delivery, outcome)
+            return decided  # a fresh one counts once its row is written (dispatch_spool)
         tally = self.tally
         if tally is not None:
-            if isinstance(decided, Retry):
-                kind = outcome.kind if isinstance(outcome, RetryLater) else "server"
-                if isinstance(outcome, Failed):  # a credential failure of a spooled one
-                    kind = "paused"
-                tally.outcome(delivery.app, delivery.protocol, "retrying", RETRY_KIND_CLASS[kind])
-            elif decided.status == "failed":
+            if decided.status == "failed":
                 reason = failed_class(outcome, decided.reason)
                 tally.outcome(delivery.app, delivery.protocol, "failed", reason)
             else:
                 tally.outcome(delivery.app, delivery.protocol, decided.status)
         return decided
+
+    def count_retry(self, delivery: Delivery, outcome: Outcome) -> None:
+        """Count a decision to try ``delivery`` again whose spool row exists: counted
+        before the row was written, a failed write (the caller hears 503) would show as
+        ``retrying`` what nothing will retry."""
+        self.decisions.stats(delivery.app).retried += 1
+        tally = self.tally
+        if tally is not None:
+            kind = outcome.kind if isinstance(outcome, RetryLater) else "server"
+            if isinstance(outcome, Failed):  # a credential failure of a spooled one
+                kind = "paused"
+            tally.outcome(delivery.app, delivery.protocol, "retrying", RETRY_KIND_CLASS[kind])
 
     def _dead_token(self, delivery: Delivery, outcome: Outcome, *, late: bool) -> DeadToken:
         """The removal a dead verdict calls for, and the verdict to keep for the caller:
