@@ -14,6 +14,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from pushd.config import AppConfig, Config, ZulipConfig, is_loopback
+from pushd.config.constants import SHUTDOWN_MARGIN, UNIT_STOP_TIMEOUT
 from pushd.upstream.apns.settings import PRODUCTION_URL, SANDBOX_URL
 
 #: The Matrix push gateway path, fixed by the spec.
@@ -194,6 +195,14 @@ def warnings(config: Config) -> list[str]:
             found.append(
                 f"app {app.name} uses APNs sandbox: only development builds receive its pushes"
             )
+    if server.drain_seconds + SHUTDOWN_MARGIN > UNIT_STOP_TIMEOUT:
+        found.append(
+            f"server.drain_seconds is {server.drain_seconds:g}: a stop takes up to "
+            f"{SHUTDOWN_MARGIN:g} s more (answers, spool writes, the store), past the "
+            f"systemd unit's TimeoutStopSec={UNIT_STOP_TIMEOUT:g}s, which kills pushd "
+            f"mid-drain; lower it to {UNIT_STOP_TIMEOUT - SHUTDOWN_MARGIN:g} or raise "
+            "TimeoutStopSec"
+        )
     if server.admin_token_file is None:
         found.append(
             "server.admin_token_file is not set: /status and the detail of /healthz are "

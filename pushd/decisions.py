@@ -159,7 +159,9 @@ class Decisions:
                 delay = min(delay, self.retry.base_delay)  # never sent: go again soon
             due = now + delay
             if due < self.expires_at(delivery, now):
-                stats.retried += 1
+                # Not counted here: a retry is one once its spool row is written or
+                # rescheduled (Dispatcher.count_retry); a caller answered 503 instead
+                # was promised nothing.
                 return Retry(due, outcome.maybe_delivered, outcome.reason, attempts)
             stats.expired += 1
             log.info(

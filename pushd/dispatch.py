@@ -38,6 +38,7 @@ import trio
 
 from pushd.attempts import Attempts, Send
 from pushd.config import RetryConfig, SpoolConfig
+from pushd.config.constants import FLUSH_SECONDS
 from pushd.decisions import Decisions, Report, Retry, Status
 from pushd.dispatch_spool import CallerBatch, spool
 from pushd.lanes import Lane
@@ -162,16 +163,31 @@ class Dispatcher:
             raise RuntimeError("Dispatcher.run() has not been started")
         self._nursery.start_soon(fn, *args)
 
-    async def drain(self, grace: float) -> None:
-        """Shutdown: stop taking spool rows, let attempts in flight finish for up to
-        ``grace`` seconds, write their outcomes, and give back this instance's leases,
-        so that what is left goes out at once after a restart (or from another
-        instance).  Nothing is dropped: what did not finish stays in the spool."""
+    def end_waits_at(self, deadline: float) -> None:
+        """Shutdown has begun: take no more spool rows, and end every caller's wait for
+        its first attempts by ``deadline`` (trio's clock), whatever deadline it asked.
+
+        The HTTP server calls this as it starts draining, with its own deadline: each
+        waiting :meth:`deliver` then spools what is not final and returns in time for
+        its handler to answer before the server closes the connection.  Cancelling the
+        handlers instead would skip the spool write and leave the caller without an
+        answer, its deliveries dropped silently (or sent twice when it resends).
+        """
         self.worker.stop()
-        with trio.move_on_after(grace):
+        self._timer.cap(deadline)
+
+    async def drain(self, deadline: float) -> None:
+        """Shutdown: stop taking spool rows, let attempts in flight finish until
+        ``deadline`` (trio's clock: the one :meth:`end_waits_at` was told, not a new
+        window), then write their outcomes and give back this instance's leases within
+        :data:`FLUSH_SECONDS`, so that what is left goes out at once after a restart (or
+        from another instance).  Nothing is dropped: what did not finish stays in the
+        spool."""
+        self.worker.stop()
+        with trio.move_on_at(deadline):
             await self._idle.wait()
         left = None
-        with trio.CancelScope(shield=True), trio.move_on_after(grace):
+        with trio.CancelScope(shield=True), trio.move_on_after(FLUSH_SECONDS):
             await self.ledger.flush()
             with contextlib.suppress(StoreUnavailable):  # logged by the store
                 await self.store.spool_release(self.owner)
@@ -256,19 +272,30 @@ class Dispatcher:
         """What ``outcome`` of attempt number ``attempt`` means (see
         :meth:`pushd.decisions.Decisions.decide`), counted in the metrics too."""
         decided = self.decisions.decide(delivery, outcome, attempt, now, spooled=spooled)
+        if isinstance(decided, Retry):
+            if spooled:  # its row is there: rescheduling it keeps the promise
+                self.count_retry(delivery, outcome)
+            return decided  # a fresh one counts once its row is written (dispatch_spool)
         tally = self.tally
         if tally is not None:
-            if isinstance(decided, Retry):
-                kind = outcome.kind if isinstance(outcome, RetryLater) else "server"
-                if isinstance(outcome, Failed):  # a credential failure of a spooled one
-                    kind = "paused"
-                tally.outcome(delivery.app, delivery.protocol, "retrying", RETRY_KIND_CLASS[kind])
-            elif decided.status == "failed":
+            if decided.status == "failed":
                 reason = failed_class(outcome, decided.reason)
                 tally.outcome(delivery.app, delivery.protocol, "failed", reason)
             else:
                 tally.outcome(delivery.app, delivery.protocol, decided.status)
         return decided
+
+    def count_retry(self, delivery: Delivery, outcome: Outcome) -> None:
+        """Count a decision to try ``delivery`` again whose spool row exists: counted
+        before the row was written, a failed write (the caller hears 503) would show as
+        ``retrying`` what nothing will retry."""
+        self.decisions.stats(delivery.app).retried += 1
+        tally = self.tally
+        if tally is not None:
+            kind = outcome.kind if isinstance(outcome, RetryLater) else "server"
+            if isinstance(outcome, Failed):  # a credential failure of a spooled one
+                kind = "paused"
+            tally.outcome(delivery.app, delivery.protocol, "retrying", RETRY_KIND_CLASS[kind])
 
     def _dead_token(self, delivery: Delivery, outcome: Outcome, *, late: bool) -> DeadToken:
         """The removal a dead verdict calls for, and the verdict to keep for the caller:

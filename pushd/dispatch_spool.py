@@ -4,7 +4,9 @@ written for what is not final when it stops waiting (split from :mod:`pushd.disp
 Before the caller hears ``retrying``, every delivery that is not final is written to
 the spool (sealed): still in flight (leased to this instance, so nobody else sends it
 meanwhile), or failed transiently (due after a backoff).  A spool at ``max_queued``
-refuses instead (``failed``, ``spool_full``).
+refuses instead (``failed``, ``spool_full``).  A retry is counted (``retrying``) once
+its row is written; one the store could not write is counted ``failed``
+(``store_unavailable``), as its caller hears 503.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import attrs
 import trio
 
 from pushd.decisions import Report, Retry
+from pushd.metrics.tally import STORE_UNAVAILABLE
 from pushd.model import Delivery, Outcome, mask_token
 from pushd.store import StoreUnavailable
 from pushd.store.spool import SpoolEntry
@@ -70,11 +73,15 @@ async def spool(
     except StoreUnavailable:
         for index in indices:
             dispatcher.depth[deliveries[index].app] -= 1
+            count_unspooled(dispatcher, deliveries[index])
         batch.spooling = False
         raise
     batch.spooling = False
     for index, row_id in zip(indices, ids, strict=True):
         batch.rows[index] = row_id
+        outcome = batch.outcomes[index]
+        if outcome is not None:  # one still in flight counts when its outcome arrives
+            dispatcher.count_retry(deliveries[index], outcome)
         early = batch.early.pop(index, None)
         if early is not None:
             dispatcher._settle_row(deliveries[index], row_id, 1, early)
@@ -107,6 +114,15 @@ def entry(
         # every request_timeout under lease_seconds), as for a claimed row.
         lease_until=now + dispatcher.spool.lease_seconds if in_flight else None,
     )
+
+
+def count_unspooled(dispatcher: Dispatcher, delivery: Delivery) -> None:
+    """Count a delivery whose row the store could not write as failed
+    (``store_unavailable``): its caller heard 503 and may send it again, so nothing
+    will retry it here, and its late outcome, if any, is not counted."""
+    dispatcher.decisions.stats(delivery.app).failed += 1
+    if dispatcher.tally is not None:
+        dispatcher.tally.outcome(delivery.app, delivery.protocol, "failed", STORE_UNAVAILABLE)
 
 
 def refuse_full(dispatcher: Dispatcher, delivery: Delivery, in_flight: bool) -> Report:

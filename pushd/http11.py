@@ -32,7 +32,10 @@ What a client can count on:
 - behind a reverse proxy in ``trusted_proxies``, handlers see the client's address from
   ``X-Forwarded-For`` or ``Forwarded`` (see :mod:`pushd.forwarded`), not the proxy's;
 - on shutdown, listeners close at once, idle connections close, and requests in
-  flight get ``drain_seconds`` to finish (answered with ``Connection: close``).
+  flight are answered (with ``Connection: close``) by ``drain_seconds`` from the
+  signal: ``on_drain`` is told that deadline first, and the dispatcher ends every
+  caller's wait for an upstream there; a handler then has :data:`ANSWER_SECONDS` to
+  spool and answer before its connection is closed unanswered.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
+from pushd.config.constants import ANSWER_SECONDS
 from pushd.frontends.http import Network, in_networks
 from pushd.heap import settle
 from pushd.http1conn import RECEIVE_BYTES, Connection
@@ -73,6 +77,8 @@ MIN_SWEEP_SECONDS = 0.005
 
 #: ``(route pattern, route method, status, seconds)`` of one answered request.
 Observer = Callable[[str, str, int, float], None]
+#: Told the drain deadline (trio's clock) as shutdown begins.
+DrainHook = Callable[[float], None]
 
 
 class ListenError(Exception):
@@ -102,12 +108,18 @@ class HttpServer:
         ssl_context: ssl.SSLContext | None = None,
         *,
         observe: Observer | None = None,
+        on_drain: DrainHook | None = None,
     ) -> None:
         self.router = router
         self.settings = settings
         self.ssl_context = ssl_context
         #: Called once per answered request (metrics); None costs nothing.
         self.observe = observe
+        #: Ends the waits of handlers at the drain deadline (the dispatcher's), so they
+        #: answer before their connections close.
+        self.on_drain = on_drain
+        #: When (trio's clock) requests in flight must be answered; set by shutdown.
+        self.drain_deadline: float | None = None
         self.closing = False
         self._connections: set[Connection] = set()
         self._all_closed = trio.Event()
@@ -217,18 +229,30 @@ class HttpServer:
             await trio.aclose_forcefully(stream)
 
     async def _shut_down(self) -> None:
-        """Close idle connections now; give busy ones ``drain_seconds`` to answer."""
+        """Close idle connections now; busy ones answer by the drain deadline.
+
+        Closing a busy connection cancels its handler: its caller gets no answer and
+        what it was waiting for is neither reported nor spooled.  So the deadline is
+        told to :attr:`on_drain` first, which ends the handlers' waits there, and the
+        handlers get :data:`ANSWER_SECONDS` more to write the spool and answer; only a
+        connection still busy after that (a stalled store) is closed unanswered.
+        """
         self.closing = True
+        deadline = self.drain_deadline = trio.current_time() + self.settings.drain_seconds
+        if self.on_drain is not None:
+            self.on_drain(deadline)
         for connection in list(self._connections):
             if connection.idle_scope is not None:
                 connection.idle_scope.cancel()
         if not self._connections:
             return
-        with trio.move_on_after(self.settings.drain_seconds):
+        with trio.move_on_at(deadline + ANSWER_SECONDS):
             await self._all_closed.wait()
         if self._connections:
             log.warning(
-                "shutdown: %d connections still busy after %.0f s were closed",
+                "shutdown: %d requests still unanswered %.0f s after the drain deadline "
+                "(drain_seconds = %.0f) were closed without an answer",
                 len(self._connections),
+                ANSWER_SECONDS,
                 self.settings.drain_seconds,
             )

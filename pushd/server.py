@@ -6,7 +6,10 @@ trio; see there why not hypercorn or Quart-trio) serves them.
 
 Lifecycle (all inside one nursery): open the store, start every app's upstream client
 and the retry loop, serve HTTP until SIGINT/SIGTERM, stop accepting requests, let
-deliveries in flight finish for ``server.drain_seconds``, then close everything.
+deliveries in flight finish until ``server.drain_seconds`` after the signal, answer
+every caller still waiting then (spooling first), and close everything within
+``SHUTDOWN_MARGIN`` more: one deadline for the HTTP server and the dispatcher, not one
+window after the other.
 """
 
 from __future__ import annotations
@@ -332,6 +335,7 @@ async def serve(
                 ),
                 tls,
                 observe=services.metrics.http.observe if services.metrics else None,
+                on_drain=dispatcher.end_waits_at,
             )
             http_done = trio.Event()
 
@@ -382,7 +386,10 @@ async def serve(
                 on_ready(services, urls)
             task_status.started(urls)
             await http_done.wait()
-            await dispatcher.drain(config.server.drain_seconds)
+            deadline = http_server.drain_deadline
+            if deadline is None:  # the server stopped without draining
+                deadline = trio.current_time()
+            await dispatcher.drain(deadline)
             nursery.cancel_scope.cancel()
     finally:
         pid_file.remove()

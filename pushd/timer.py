@@ -43,19 +43,40 @@ class Timer:
         #: When the task will wake next (inf: when something is added).
         self._wakes_at = float("inf")
         self._sooner = trio.Event()
+        #: No wait outlasts this (:meth:`cap`: shutdown's deadline); inf until then.
+        self._cap = float("inf")
 
     def __len__(self) -> int:
         """Waits in progress."""
         return len(self._heap) - self._dead
 
     def add(self, when: float, event: trio.Event) -> Entry:
-        """Set ``event`` at ``when``, unless :meth:`cancel` is called first."""
+        """Set ``event`` at ``when`` (or the cap, if sooner), unless :meth:`cancel` is
+        called first."""
+        when = min(when, self._cap)
         entry: Entry = [when, next(self._sequence), event]
         heapq.heappush(self._heap, entry)
+        self._wake_by(when)
+        return entry
+
+    def cap(self, when: float) -> None:
+        """End every wait, in progress or added later, by ``when`` at the latest.
+
+        Shutdown's deadline: a caller must hear its answer before the server closes
+        its connection, so no wait may outlast the drain, whatever deadline it asked.
+        """
+        self._cap = min(self._cap, when)
+        for entry in self._heap:
+            if entry[0] > self._cap:  # type: ignore[operator]
+                entry[0] = self._cap
+        heapq.heapify(self._heap)
+        self._wake_by(self._cap)
+
+    def _wake_by(self, when: float) -> None:
+        """Make the task wake at ``when`` if it would sleep past it."""
         if when < self._wakes_at:
             self._wakes_at = when
             self._sooner.set()
-        return entry
 
     def cancel(self, entry: Entry) -> None:
         """The wait of ``entry`` is over; forget it (cheaply: it is only marked)."""

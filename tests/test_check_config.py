@@ -122,9 +122,8 @@ def test_warnings_for_settings_that_will_surprise(
         "config/matrix-element.toml", tmp_path, fcm_key, '\n[zulip]\nregistration = "closed"\n'
     )
     text = path.read_text().replace('allowed_networks = ["10.0.0.0/8"]', "allowed_networks = []")
-    path.write_text(
-        text.replace("port = 8080\n", 'port = 8080\npublic_url = "http://push.example.com"\n', 1)
-    )
+    server = 'port = 8080\npublic_url = "http://push.example.com"\ndrain_seconds = 25.0\n'
+    path.write_text(text.replace("port = 8080\n", server, 1))
     done = check_config(path)
     assert done.returncode == 0, done.stderr
     warnings = done.stdout.split("warnings:\n", 1)[1]
@@ -133,6 +132,7 @@ def test_warnings_for_settings_that_will_surprise(
     assert "server.public_url is plain http" in warnings
     assert "zulip.fcm_app is not set" in warnings
     assert "server.admin_token_file is not set" in warnings
+    assert "server.drain_seconds is 25: a stop takes up to 7 s more" in warnings
 
 
 def test_a_bad_public_url_is_a_problem_with_its_key(tmp_path: Path) -> None:

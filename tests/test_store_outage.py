@@ -25,11 +25,14 @@ from pushd.simulators.apns import ApnsSimulator
 from pushd.store import open_store
 from tests.conftest import TOPIC, app_entry, token
 from tests.process import PushdProcess, start_pushd_process, write_config
+from tests.trouble import free_port
 
 #: Room left on the small disk once the seed store and the filler are in.
 DISK_BYTES = 400 * 1024
 #: Freed by deleting this much filler, so the store can write again.
 FILLER_BYTES = 200 * 1024
+#: Sends made while the store is full; each must be spooled (the upstream is down).
+SENDS_TO_A_FULL_STORE = 3
 MOUNT_SCRIPT = (
     'mount -t tmpfs -o size={size} tmpfs "$1" && cp "$2" "$1/pushd.sqlite3" && '
     'head -c {filler} /dev/zero > "$1/filler" && shift 2 && exec "$@"'
@@ -174,3 +177,71 @@ async def test_a_full_disk_is_a_503_with_one_log_line_and_sends_still_work(
     assert "Traceback" not in process.log, process.log
     failures = [line for line in process.lines if "store unavailable: " + expected_kind in line]
     assert len(failures) == 1, process.log
+
+
+async def test_a_delivery_the_spool_cannot_take_is_counted_failed_not_retrying(
+    nursery: trio.Nursery, key_file: Path, ca_file: Path, tmp_path: Path
+) -> None:
+    """The upstream unreachable, so each send must be spooled; the store full, so it
+    cannot be: the caller hears 503, and the metrics and ``/healthz`` count the delivery
+    as failed (``store_unavailable``), never as ``retrying``: nothing was spooled."""
+    seed = tmp_path / "seed.sqlite3"
+    key = await seed_store(seed)
+    store = tmp_path / "pushd.sqlite3"
+    shutil.copy(seed, store)
+    upstream = f"https://127.0.0.1:{free_port()}"  # nothing listens: unreachable
+    sections: dict[str, Any] = {
+        "server": {"port": 0},
+        "store": {"path": str(store)},
+        "apps": [app_entry("chat", TOPIC, upstream, key_file, ca_file)],
+    }
+    config = write_config(tmp_path / "pushd.toml", sections)
+    limit = seed.stat().st_size + DISK_BYTES
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    process = await start_pushd_process(nursery, config, preexec_fn=limit_file_size)
+    metrics_line = await process.wait_for_line(r"metrics on http://")
+    metrics = metrics_line.split("metrics on ", 1)[1].split()[0]
+    async with httpx.AsyncClient(timeout=10) as client:
+        auth = {"authorization": f"Bearer {key}"}
+        body = {"user": "alice", "token": token(1), "app": "chat"}
+        first = await client.post(process.url + "/v1/devices", json=body, headers=auth)
+        assert first.is_success, (first.text, process.log)
+        refused = await fill(client, process.url, key)
+        assert refused.status_code == 503, refused.text
+
+        for _ in range(SENDS_TO_A_FULL_STORE):
+            sent = await client.post(
+                process.url + "/v1/notifications",
+                json={"user": "alice", "alert": "hi"},
+                headers=auth,
+            )
+            assert sent.status_code == 503, sent.text
+            assert sent.json()["error"]["code"] == "store_unavailable"
+
+        scrape = (await client.get(metrics)).text
+        health = (await client.get(process.url + "/healthz", headers=auth)).json()
+    counted = {
+        outcome: sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in scrape.splitlines()
+            if line.startswith("pushd_notifications_total{") and f'outcome="{outcome}"' in line
+        )
+        for outcome in ("retrying", "failed")
+    }
+    assert counted["retrying"] == 0, scrape
+    failed = [
+        line
+        for line in scrape.splitlines()
+        if line.startswith("pushd_notifications_total{") and 'reason="store_unavailable"' in line
+    ]
+    assert len(failed) == 1 and failed[0].endswith(f" {float(SENDS_TO_A_FULL_STORE)}"), scrape
+    assert counted["failed"] == SENDS_TO_A_FULL_STORE, scrape
+    chat = health["apps"]["chat"]
+    assert (chat["retried"], chat["failed"]) == (0, SENDS_TO_A_FULL_STORE), health
+    assert health["spooled"] == 0, health
+    process.kill()
+    await process.wait()
+    assert "Traceback" not in process.log, process.log

@@ -22,6 +22,15 @@ DEFAULT_DEGRADED_AFTER = 600.0
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_FIRST_ATTEMPT_DEADLINE = 10.0
 DEFAULT_DRAIN_SECONDS = 10.0
+#: Shutdown, past the drain deadline: how long requests whose callers were waiting get
+#: to spool what is not final and answer (a store write, milliseconds when healthy)...
+ANSWER_SECONDS = 3.0
+#: ...and then how long writing the last outcomes and giving back leases may take.
+FLUSH_SECONDS = 3.0
+#: What a stop takes beyond ``drain_seconds``: the two above, and closing the store.
+SHUTDOWN_MARGIN = ANSWER_SECONDS + FLUSH_SECONDS + 1.0
+#: ``TimeoutStopSec`` of systemd/pushd.service: SIGKILL after this long.
+UNIT_STOP_TIMEOUT = 30.0
 #: ``[server] workers``: more than the machine's cores only adds switching.
 MAX_WORKERS = 64
 #: Apple's key and team identifiers are ten characters.

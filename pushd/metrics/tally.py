@@ -53,9 +53,12 @@ RETRY_KIND_CLASS: Final = {
     "device": "device_throttled",
     "paused": "paused",
 }
+#: The reason class of a delivery to spool that the store could not write (503).
+STORE_UNAVAILABLE: Final = "store_unavailable"
 #: Every reason class a label may carry (the tests hold the scrape to these).
 FAILED_REASONS: Final = frozenset(
     {"rejected", "credential", "gave_up", "expired", "spool_full", "reregistered"}
+    | {STORE_UNAVAILABLE}
 )
 UPSTREAM_ERRORS: Final = frozenset({*RETRY_KIND_CLASS.values(), "credential", "rejected"}) - {
     "paused"
