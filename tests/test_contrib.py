@@ -21,6 +21,7 @@ import trio
 import trustme
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from pushd.metrics import merge
 from pushd.simulators.apns import ApnsSimulator
 from pushd.simulators.fcm import FcmSimulator
 from tests.conftest import TOPIC, PushdFactory, app_entry, fcm_entry
@@ -106,7 +107,7 @@ def test_promtool_checks_the_alert_rules() -> None:
         [promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 9 rules found" in done.stdout
+    assert "SUCCESS: 11 rules found" in done.stdout
 
 
 def test_promtool_unit_tests_of_the_alert_rules_pass() -> None:
@@ -174,6 +175,9 @@ async def test_rules_and_dashboard_name_only_metrics_pushd_exports(
     assert {"pushd_notifications_total", "pushd_upstream_request_duration_seconds_bucket"} <= (
         exported
     )
+    # With [server] workers, the supervisor adds its own series to the merged scrape.
+    exported |= exported_names(merge.supervisor_series([merge.WorkerView(0, "", 0)], [True]))
+    assert {"pushd_worker_up", "pushd_worker_restarts_total"} <= exported
     assert 'pushd_app_paused{app="android",reason=""} 0.0' in text
     referenced: dict[str, set[str]] = {}
     for source, expressions in (
