@@ -8,6 +8,7 @@ Every test taking ``store`` or ``store_config`` runs once per backend
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -917,12 +918,17 @@ async def test_unregistering_no_tokens_removes_nothing(store: Store) -> None:
     assert await store.count_registrations() == 1
 
 
-def test_a_store_call_that_hangs_makes_the_store_count_as_failing() -> None:
+def test_a_store_call_that_hangs_makes_the_store_count_as_failing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A database that hangs instead of failing (a middlebox swallowing its packets)
     raises nothing: the store counts as ``stalled`` while a call has run longer than
     STALL_AFTER, and healthy again once it ends (health and pushd_store_healthy read
-    this); a failure's kind wins while it lasts."""
+    this); a failure's kind wins while it lasts.  The stall is logged once, however
+    often it is read, and so is its end (it was never logged at all)."""
     from pushd.store.errors import STALL_AFTER, FailureLog
+
+    caplog.set_level(logging.INFO, logger="pushd.store")
 
     now = [100.0]
     log = FailureLog(clock=lambda: now[0])
@@ -934,8 +940,14 @@ def test_a_store_call_that_hangs_makes_the_store_count_as_failing() -> None:
     assert log.reason is None
     now[0] += STALL_AFTER
     assert log.reason == "stalled"  # the oldest call in flight counts
+    assert log.reason == "stalled"
     log.ended(slow)
     assert log.reason is None  # the other began STALL_AFTER ago exactly
+    messages = [record.getMessage() for record in caplog.records]
+    assert len([m for m in messages if m.startswith("store stalled")]) == 1, messages
+    assert [m for m in messages if "complete again" in m] == [
+        "store calls complete again (the longest took 15 s)"
+    ]
     log.failed("unreachable")
     assert log.reason == "unreachable"
     log.ended(other)

@@ -71,6 +71,8 @@ class FailureLog:
     #: Calls in flight: when each began (``clock``), by a number of its own.
     _running: dict[int, float] = attrs.Factory(dict)
     _calls: int = 0
+    #: When the oldest call of a stall that was logged began (None: no stall logged).
+    _stalled_since: float | None = None
 
     def began(self) -> int:
         """A store call begins (waiting for its turn included); pass the number to
@@ -80,18 +82,35 @@ class FailureLog:
         return self._calls
 
     def ended(self, call: int) -> None:
-        self._running.pop(call, None)
+        began = self._running.pop(call, None)
+        if self._stalled_since is not None and not self._stalled(self.clock()):
+            took = self.clock() - (began if began is not None else self._stalled_since)
+            log.warning("store calls complete again (the longest took %.0f s)", took)
+            self._stalled_since = None
+
+    def _stalled(self, now: float) -> bool:
+        running = self._running
+        return bool(running) and now - min(running.values()) > STALL_AFTER
 
     @property
     def reason(self) -> str | None:
         """Why the store counts as failing: the last failure's kind until a write
-        succeeds, or ``stalled`` while a call has run longer than :data:`STALL_AFTER`."""
+        succeeds, or ``stalled`` while a call has run longer than :data:`STALL_AFTER`
+        (said once in the log when first seen here, and once when calls complete
+        again: health and the metrics ask every few seconds)."""
         if self.failing is not None:
             return self.failing
-        running = self._running
-        if running and self.clock() - min(running.values()) > STALL_AFTER:
-            return "stalled"
-        return None
+        now = self.clock()
+        if not self._stalled(now):
+            return None
+        if self._stalled_since is None:
+            self._stalled_since = min(self._running.values())
+            log.error(
+                "store stalled: a call has waited over %.0f s for the database (hung, or "
+                "a network path that swallows its packets); requests that need it wait",
+                STALL_AFTER,
+            )
+        return "stalled"
 
     def failed(self, kind: str) -> StoreUnavailable:
         """Record a failure of ``kind``, log it if due, return the error to raise."""
