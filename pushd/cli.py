@@ -113,7 +113,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             for problem in error.problems:  # load's own problems start with the path
                 _fail(problem if problem.startswith(f"{Path(path)}: ") else f"{path}: {problem}")
             return 1
-        logs.setup(cfg.log)
+        logs.setup(cfg.log, worker=None if role is None else role.index)
         if role is None and cfg.server.workers > 1:
             from pushd.supervisor import Supervisor
 

@@ -41,8 +41,11 @@ class TextFormatter(logging.Formatter):
     A traceback, appended after the message, keeps its own lines.
     """
 
-    def __init__(self) -> None:
-        super().__init__(TEXT_FORMAT)
+    def __init__(self, worker: int | None = None) -> None:
+        # A supervisor's workers write to one journal: each line says whose it is (an
+        # ALARM or a refused reload appeared once per worker, alike).
+        tag = "" if worker is None else f"[worker {worker}] "
+        super().__init__(TEXT_FORMAT.replace("%(name)s", tag + "%(name)s", 1))
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         line = super().formatMessage(record)
@@ -50,16 +53,23 @@ class TextFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (and the exception type)."""
+    """One JSON object per line: time, level, logger, message (and the exception type),
+    and a supervisor's worker's index."""
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
-        line = {
+        line: dict[str, object] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        if self.worker is not None:
+            line["worker"] = self.worker
         request_id = getattr(record, "request_id", "")
         if request_id:
             line["request_id"] = request_id
@@ -69,10 +79,12 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
-def setup(config: LogConfig) -> None:
-    """Send pushd's logs to stderr (journald picks them up under systemd)."""
+def setup(config: LogConfig, worker: int | None = None) -> None:
+    """Send pushd's logs to stderr (journald picks them up under systemd); ``worker``:
+    the index of a supervisor's worker, named on each of its lines."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if config.format == "json" else TextFormatter())
+    json_lines = config.format == "json"
+    handler.setFormatter(JsonFormatter(worker) if json_lines else TextFormatter(worker))
     handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -8,6 +8,7 @@ formatter writes such characters as escapes; a traceback keeps its own lines.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import signal
 from pathlib import Path
@@ -84,3 +85,20 @@ def test_the_text_formatter_escapes_the_message_but_keeps_a_tracebacks_lines(
     assert lines[1].endswith("pushd.test: failed for x\\ny"), lines
     assert lines[2] == "Traceback (most recent call last):"
     assert lines[-1] == "ValueError: inner"
+
+
+def test_a_workers_lines_name_it_in_text_and_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        logs.setup(LogConfig(level="info", format="text"), worker=1)
+        logging.getLogger("pushd.test").info("hello")
+        logs.setup(LogConfig(level="info", format="json"), worker=1)
+        logging.getLogger("pushd.test").info("hello")
+    finally:
+        root.handlers[:], root.level = handlers, level
+    text, line = stream.getvalue().splitlines()
+    assert text.endswith(" [worker 1] pushd.test: hello"), text
+    assert json.loads(line)["worker"] == 1

@@ -146,6 +146,11 @@ async def test_two_workers_answer_on_one_port(rig: Rig) -> None:
     assert (rig.tmp_path / "pushd.pid").read_text().strip() == str(pushd.process.pid)
     line = await pushd.wait_for_line(r"merged, on http")
     metrics_url = line.rsplit(" ", 1)[-1]
+    # Both workers write to the one log: each of their lines says whose it is.
+    for index in (0, 1):
+        await pushd.wait_for_line(
+            rf" \[worker {index}\] pushd\.server: worker {index} \(pid \d+\) serving "
+        )
     async with httpx.AsyncClient() as client:
         text = (await client.get(metrics_url)).text
     assert "pushd_workers 2" in text
