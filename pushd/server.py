@@ -43,6 +43,7 @@ from pushd.http11 import HttpServer, HttpSettings, ListenError
 from pushd.lanes import Budget, Lane, Sender
 from pushd.metrics import Metrics, record_reload
 from pushd.pidfile import PidFile
+from pushd.proof import Proof
 from pushd.recent import Recent
 from pushd.reload import Reloader, status_line
 from pushd.reuseport import ReusePortHttpServer
@@ -51,6 +52,7 @@ from pushd.sdnotify import Notifier
 from pushd.spool.seal import SealError, SpoolKeys
 from pushd.store import Store, open_store
 from pushd.tls import server_context
+from pushd.upstream.apns.classify import mismatch_hint as apns_mismatch_hint
 from pushd.upstream.apns.client import ApnsClient
 from pushd.upstream.fcm.client import FcmClient
 from pushd.workers import METRICS_FIELD, WorkerRole, first_of, orphaned
@@ -131,8 +133,11 @@ def build_lane(config: Config, index: int) -> Lane:
     try:
         if app.provider == "fcm":
             sender = FcmClient(fcm_settings(app, config.upstream))
+            hint = ""
         else:
-            sender = ApnsClient(apns_settings(app, config.upstream))
+            settings = apns_settings(app, config.upstream)
+            sender = ApnsClient(settings)
+            hint = apns_mismatch_hint(app.environment, settings.topic)
     except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
         raise StartupError(
             f"apps[{index}] ({app.name}): cannot load its credentials: {_reason(error)}"
@@ -143,6 +148,7 @@ def build_lane(config: Config, index: int) -> Lane:
         budget=Budget(app.concurrency),
         scope=config.removal_scope(app),
         request_timeout=app.request_timeout,
+        proof=Proof(hint),
     )
 
 

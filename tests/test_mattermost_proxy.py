@@ -363,6 +363,9 @@ async def test_dead_apns_token_is_remove(
     mattermost: mm.MattermostServer, simulator: ApnsSimulator, reason: str
 ) -> None:
     status = 410 if reason == "Unregistered" else 400
+    # A delivery first: only an app that has delivered believes BadDeviceToken and
+    # DeviceTokenNotForTopic, which a wrong environment or topic earns every token.
+    assert await mattermost.send(mm.message(token(2))) == OK
     simulator.script(token(1), SimReply(status=status, reason=reason))
     assert await mattermost.send(mm.message(token(1))) == REMOVE
 

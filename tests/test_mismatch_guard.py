@@ -1,0 +1,90 @@
+"""Answers a misconfigured app hears for every token do not wipe the store (over HTTP,
+against the APNs and FCM simulators).
+
+APNs answers ``BadDeviceToken`` to a production app sending sandbox tokens and
+``DeviceTokenNotForTopic`` to the wrong bundle id; FCM answers ``SENDER_ID_MISMATCH``
+to the wrong project.  Such a verdict removes a token only once the app has delivered
+a push since start (or its last config change); before that the push fails with the
+token kept, and one ALARM (with a gauge) names what to check.  See :mod:`pushd.proof`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from pushd.proof import ALARM_AFTER, KEPT
+from pushd.simulators.apns import ApnsSimulator, SimReply
+from tests.conftest import Pushd, PushdFactory, token
+from tests.test_metrics import parse, scrape, value
+
+#: Registrations of the misconfigured app: more than one burst's worth of the alarm.
+DEVICES = 30
+
+
+async def stored(pushd: Pushd, users: list[str]) -> list[str]:
+    """The tokens the store still holds for ``users``."""
+    tokens = []
+    for user in users:
+        devices = (await pushd.post("/v1/users/devices", {"user": user})).json()["devices"]
+        tokens.extend(device["token"] for device in devices)
+    return tokens
+
+
+def alarms(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "ALARM" in r.getMessage()]
+
+
+@pytest.mark.parametrize(
+    ("reason", "hint"),
+    [("BadDeviceToken", "environment 'sandbox'"), ("DeviceTokenNotForTopic", "topic ")],
+)
+async def test_apns_mismatches_before_a_delivery_keep_every_token(
+    start_pushd: PushdFactory,
+    simulator: ApnsSimulator,
+    caplog: pytest.LogCaptureFixture,
+    reason: str,
+    hint: str,
+) -> None:
+    """The app's environment or topic is wrong: every token answers ``reason``.  None is
+    removed, one ALARM names what to check, the gauge says so; once the app delivers,
+    the same answer removes its token at once."""
+    caplog.set_level(logging.INFO, "pushd")
+    pushd: Pushd = await start_pushd()
+    users = [f"u{n}" for n in range(DEVICES)]
+    tokens = [token(n) for n in range(1, DEVICES + 1)]
+    for user, device in zip(users, tokens, strict=True):
+        await pushd.register(user, device)
+    simulator.set_default(SimReply(status=400, reason=reason))
+    for _ in range(2):  # the second burst raises no second ALARM
+        answer = await pushd.send({"tokens": tokens, "alert": "x"})
+        results = {(r["status"], r.get("reason")) for r in answer["results"]}
+        assert results == {("failed", f"{reason} {KEPT}")}
+    assert sorted(await stored(pushd, users)) == tokens
+    (alarm,) = alarms(caplog)
+    assert "app chat" in alarm and reason in alarm and hint in alarm
+    samples = parse((await scrape(pushd)).text)
+    assert value(samples, "pushd_app_mismatch_alarm", app="chat", reason=reason) == 1
+    assert value(samples, "pushd_app_mismatch_alarm", app="other", reason="") == 0
+    kept = value(
+        samples,
+        "pushd_notifications_total",
+        app="chat",
+        provider="apns",
+        protocol="native",
+        outcome="failed",
+        reason="unproven",
+    )
+    assert kept == 2 * DEVICES >= ALARM_AFTER
+
+    # The operator fixes the app: a delivery proves it, the alarm clears, and from now on
+    # the same answer is about the token alone.
+    simulator.set_default(SimReply())
+    simulator.script(tokens[1], SimReply(status=400, reason=reason))
+    answer = await pushd.send({"tokens": tokens[:2], "alert": "x"})
+    statuses = [(r["status"], r.get("reason")) for r in answer["results"]]
+    assert statuses == [("delivered", None), ("removed", reason)]
+    assert tokens[1] not in await stored(pushd, users[:2])
+    samples = parse((await scrape(pushd)).text)
+    assert value(samples, "pushd_app_mismatch_alarm", app="chat", reason="") == 0
