@@ -54,6 +54,7 @@ from pushd.store import Store, open_store
 from pushd.tls import server_context
 from pushd.upstream.apns.classify import mismatch_hint as apns_mismatch_hint
 from pushd.upstream.apns.client import ApnsClient
+from pushd.upstream.fcm.classify import mismatch_hint as fcm_mismatch_hint
 from pushd.upstream.fcm.client import FcmClient
 from pushd.workers import METRICS_FIELD, WorkerRole, first_of, orphaned
 
@@ -132,8 +133,9 @@ def build_lane(config: Config, index: int) -> Lane:
     sender: Sender[Any]
     try:
         if app.provider == "fcm":
-            sender = FcmClient(fcm_settings(app, config.upstream))
-            hint = ""
+            fcm = fcm_settings(app, config.upstream)
+            sender = FcmClient(fcm)
+            hint = fcm_mismatch_hint(fcm.project_id)
         else:
             settings = apns_settings(app, config.upstream)
             sender = ApnsClient(settings)

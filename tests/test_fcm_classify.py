@@ -59,7 +59,7 @@ TABLE: list[tuple[int, bytes, str | None, Outcome | Unauthenticated]] = [
     (404, error(404, "NOT_FOUND", "UNREGISTERED", "Requested entity was not found."), None,
      TokenDead("UNREGISTERED")),
     (403, error(403, "PERMISSION_DENIED", "SENDER_ID_MISMATCH", "SenderId mismatch"), None,
-     TokenDead("SENDER_ID_MISMATCH")),
+     TokenDead("SENDER_ID_MISMATCH", mismatch=True)),
     # INVALID_ARGUMENT: the token form deletes the token ...
     (400, error(400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", BAD_TOKEN_MESSAGE), None,
      TokenDead("INVALID_ARGUMENT")),

@@ -190,7 +190,7 @@ async def test_sender_id_mismatch_alarm_logged_once(
     # instead, so a wrong project id cannot delete every token.
     dead = outcomes.index(Failed("SENDER_ID_MISMATCH", credential=True))
     assert dead >= ALARM_MIN_SENDS // 2
-    assert outcomes[:dead] == [TokenDead("SENDER_ID_MISMATCH")] * dead
+    assert outcomes[:dead] == [TokenDead("SENDER_ID_MISMATCH", mismatch=True)] * dead
     assert set(outcomes[dead:]) == {Failed("SENDER_ID_MISMATCH", credential=True)}
 
 

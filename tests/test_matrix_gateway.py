@@ -320,6 +320,10 @@ async def test_a_410_older_than_the_pusher_is_not_a_rejection(
 async def test_dead_fcm_tokens_are_rejected(
     homeserver: hs.Homeserver, fcm_simulator: FcmSimulator, reply: FcmReply
 ) -> None:
+    # A delivery first: only an app that has delivered believes SENDER_ID_MISMATCH,
+    # which a wrong project earns every token.
+    proof = hs.full_event([android_device(OTHER_FCM_TOKEN)], content=MESSAGE)
+    assert await homeserver.rejected(proof) == []
     fcm_simulator.script(FCM_TOKEN, reply)
     device = android_device()
     assert await homeserver.rejected(hs.full_event([device], content=MESSAGE)) == [FCM_TOKEN]

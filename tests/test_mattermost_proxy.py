@@ -378,6 +378,10 @@ async def test_non_hex_apns_token_is_remove(mattermost: mm.MattermostServer) -> 
 async def test_dead_fcm_token_is_remove(
     mattermost: mm.MattermostServer, fcm_simulator: FcmSimulator, code: str
 ) -> None:
+    # A delivery first: only an app that has delivered believes SENDER_ID_MISMATCH,
+    # which a wrong project earns every token.
+    proof = mm.message("mm-device-0002:APA91b" + "y" * 40, platform=mm.ANDROID)
+    assert await mattermost.send(proof) == OK
     fcm_simulator.script(FCM_TOKEN, FcmReply(error_code=code))
     assert await mattermost.send(mm.message(FCM_TOKEN, platform=mm.ANDROID)) == REMOVE
 

@@ -11,12 +11,17 @@ token kept, and one ALARM (with a gauge) names what to check.  See :mod:`pushd.p
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pushd.proof import ALARM_AFTER, KEPT
 from pushd.simulators.apns import ApnsSimulator, SimReply
-from tests.conftest import Pushd, PushdFactory, token
+from pushd.simulators.fcm import FcmReply, FcmSimulator
+from tests.conftest import FCM_PROJECT, Pushd, PushdFactory, fcm_entry, token
+from tests.test_fcm_end_to_end import fcm_token
 from tests.test_metrics import parse, scrape, value
 
 #: Registrations of the misconfigured app: more than one burst's worth of the alarm.
@@ -88,3 +93,37 @@ async def test_apns_mismatches_before_a_delivery_keep_every_token(
     assert tokens[1] not in await stored(pushd, users[:2])
     samples = parse((await scrape(pushd)).text)
     assert value(samples, "pushd_app_mismatch_alarm", app="chat", reason="") == 0
+
+
+async def test_a_wrong_fcm_project_deletes_no_token(
+    start_pushd: PushdFactory,
+    fcm_simulator: FcmSimulator,
+    fcm_key: rsa.RSAPrivateKey,
+    ca_file: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every token answers SENDER_ID_MISMATCH (the project is wrong) before any delivery:
+    none is removed, where the first 19 were (the window alarm needs 20 answers, and
+    forgets them on a restart); the window's alarm still pauses the app, and the proof
+    ALARM names the project."""
+    caplog.set_level(logging.INFO, "pushd")
+    apps = [fcm_entry("android", fcm_simulator, fcm_key, ca_file, tmp_path)]
+    pushd: Pushd = await start_pushd(apps=apps)
+    users = [f"u{n}" for n in range(DEVICES)]
+    tokens = [fcm_token(n) for n in range(DEVICES)]
+    for user, device in zip(users, tokens, strict=True):
+        await pushd.register(user, device, app="android")
+    fcm_simulator.set_default(FcmReply(error_code="SENDER_ID_MISMATCH"))
+    answer = await pushd.send({"tokens": tokens, "alert": "x"})
+    statuses = Counter(r["status"] for r in answer["results"])
+    assert "removed" not in statuses
+    reasons = {r.get("reason") for r in answer["results"] if r["status"] == "failed"}
+    assert f"SENDER_ID_MISMATCH {KEPT}" in reasons
+    assert sorted(await stored(pushd, users)) == sorted(tokens)
+    lines = alarms(caplog)
+    assert any("app android" in line and f"project {FCM_PROJECT!r}" in line for line in lines)
+    assert any("does not match the app's tokens" in line for line in lines)  # the window's
+    samples = parse((await scrape(pushd)).text)
+    gauge = value(samples, "pushd_app_mismatch_alarm", app="android", reason="SENDER_ID_MISMATCH")
+    assert gauge == 1

@@ -231,6 +231,9 @@ async def test_dead_apns_token_is_406(
 async def test_dead_fcm_token_is_406(
     rc: RocketChat, fcm_simulator: FcmSimulator, code: str
 ) -> None:
+    # A delivery first: only an app that has delivered believes SENDER_ID_MISMATCH,
+    # which a wrong project earns every token.
+    assert (await rc.send("gcm", "rc-device-0002:APA91b" + "y" * 40, options())).status_code == 200
     fcm_simulator.script(FCM_TOKEN, FcmReply(error_code=code))
     error_body(await rc.send("gcm", FCM_TOKEN, options()), 406)
 

@@ -4,7 +4,9 @@ The table is the protocol notes' §2.3.  FCM's own ``errorCode`` (in a
 ``google.firebase.fcm.v1.FcmError`` detail) decides first; without one, the Google API
 ``status`` and then the HTTP status class decide, choosing the outcome that does the
 least harm: nothing deletes a token unless FCM said the token is unregistered, belongs
-to another project, or is not a registration token at all.
+to another project, or is not a registration token at all.  "Another project" is also
+what every token hears when the app's ``project_id`` is wrong, so that verdict is marked
+``mismatch`` (believed only once the app has delivered: :mod:`pushd.proof`).
 
 ``INVALID_ARGUMENT`` is the awkward one: FCM uses it both for a malformed token (which
 Google's token-management guide calls stale, so we delete it) and for a payload we built
@@ -49,6 +51,14 @@ RETRY_CODES: Final = frozenset({"UNAVAILABLE", "INTERNAL"})
 CREDENTIAL_CODES: Final = frozenset(
     {"THIRD_PARTY_AUTH_ERROR", "APNS_AUTH_ERROR", "PERMISSION_DENIED"}
 )
+
+
+def mismatch_hint(project: str) -> str:
+    """What an ALARM about an app's ``SENDER_ID_MISMATCH`` asks the operator to check."""
+    return (
+        f"is project {project!r} the Firebase project the app registers its tokens with? "
+        "check project_id and the service-account file"
+    )
 
 
 @attrs.frozen
@@ -188,8 +198,10 @@ def classify(
     code = error.error_code
     delay = parse_retry_after(retry_after, now)
     if code is not None:
-        if code == "UNREGISTERED" or code == "SENDER_ID_MISMATCH":
+        if code == "UNREGISTERED":
             return TokenDead(code)
+        if code == "SENDER_ID_MISMATCH":
+            return TokenDead(code, mismatch=True)
         if code == "QUOTA_EXCEEDED":
             return _quota(delay)
         if code == "INVALID_ARGUMENT":

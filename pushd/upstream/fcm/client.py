@@ -28,11 +28,13 @@ invalidates the token that was refused, and the batch's own task fetches a new o
 is down makes sends ``RetryLater`` (it never raises into the app's lane).
 
 **A project that does not match.**  ``SENDER_ID_MISMATCH`` means the token belongs to
-another Firebase project: for one token, it is dead.  When most recent sends of the app
-fail that way, the app's configuration is wrong instead (the service account's project
-is not the one the mobile app registers with), so the client logs an alarm once and,
-while the alarm holds, answers mismatches with ``Failed(credential=True)`` so that the
-delivery engine pauses the app rather than deleting every token it has.
+another Firebase project: for one token of an app that has delivered, it is dead
+(before that the delivery engine keeps the token: :mod:`pushd.proof`).  When most
+recent sends of the app fail that way, the app's configuration is wrong instead (the
+service account's project is not the one the mobile app registers with), so the client
+logs an alarm once and, while the alarm holds, answers mismatches with
+``Failed(credential=True)`` so that the delivery engine pauses the app rather than
+deleting every token it has.
 """
 
 from __future__ import annotations
