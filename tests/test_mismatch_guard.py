@@ -127,3 +127,36 @@ async def test_a_wrong_fcm_project_deletes_no_token(
     samples = parse((await scrape(pushd)).text)
     gauge = value(samples, "pushd_app_mismatch_alarm", app="android", reason="SENDER_ID_MISMATCH")
     assert gauge == 1
+
+
+async def test_firebase_refusing_the_apns_credentials_fails_only_ios_deliveries(
+    start_pushd: PushdFactory,
+    fcm_simulator: FcmSimulator,
+    fcm_key: rsa.RSAPrivateKey,
+    ca_file: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """THIRD_PARTY_AUTH_ERROR concerns the APNs credentials uploaded to Firebase, so only
+    iOS (and web) tokens sent through FCM: that delivery fails with its token kept and
+    one ALARM says so, while the app's Android devices are served at once; the app was
+    paused before, holding the next Android push as ``retrying (paused)``."""
+    caplog.set_level(logging.INFO, "pushd")
+    apps = [fcm_entry("android", fcm_simulator, fcm_key, ca_file, tmp_path)]
+    pushd: Pushd = await start_pushd(apps=apps)
+    iphone, android = fcm_token(1), fcm_token(2)
+    await pushd.register("ios-user", iphone, app="android")
+    await pushd.register("android-user", android, app="android")
+    fcm_simulator.script(iphone, FcmReply(error_code="THIRD_PARTY_AUTH_ERROR"))
+    fcm_simulator.script(iphone, FcmReply(error_code="THIRD_PARTY_AUTH_ERROR"))
+    for _ in range(2):  # the second refusal raises no second ALARM
+        (result,) = (await pushd.send({"tokens": [iphone], "alert": "x"}))["results"]
+        assert result["status"] == "failed"
+        assert result["reason"].startswith("THIRD_PARTY_AUTH_ERROR: Firebase refused")
+        (result,) = (await pushd.send({"tokens": [android], "alert": "x"}))["results"]
+        assert result["status"] == "delivered"
+    assert await stored(pushd, ["ios-user", "android-user"]) == [iphone, android]
+    (alarm,) = alarms(caplog)
+    assert "fcm[android]" in alarm and "APNs credentials" in alarm and FCM_PROJECT in alarm
+    samples = parse((await scrape(pushd)).text)
+    assert value(samples, "pushd_app_paused", app="android", reason="") == 0

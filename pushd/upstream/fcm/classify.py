@@ -46,11 +46,19 @@ _SUCCESS_BODY: Final = re.compile(
 #: FCM error codes that retry later, honouring Retry-After.
 RETRY_CODES: Final = frozenset({"UNAVAILABLE", "INTERNAL"})
 #: FCM error codes (and Google statuses) that mean the app's credentials are wrong:
-#: pause the app, keep the tokens.  ``APNS_AUTH_ERROR`` is the older name of
-#: ``THIRD_PARTY_AUTH_ERROR``.
-CREDENTIAL_CODES: Final = frozenset(
-    {"THIRD_PARTY_AUTH_ERROR", "APNS_AUTH_ERROR", "PERMISSION_DENIED"}
-)
+#: pause the app, keep the tokens.
+CREDENTIAL_CODES: Final = frozenset({"PERMISSION_DENIED"})
+#: Firebase refused the APNs (or web push) credentials uploaded to the project: only
+#: the iOS and web tokens sent through FCM are concerned, so the message fails with
+#: its token kept and the app goes on serving Android (the client raises the ALARM,
+#: :mod:`pushd.upstream.fcm.alarms`).  ``APNS_AUTH_ERROR`` is the older name of
+#: ``THIRD_PARTY_AUTH_ERROR``.  Code -> the outcome reported.
+THIRD_PARTY_OUTCOMES: Final = {
+    code: Failed(f"{code}: Firebase refused the app's APNs credentials; token kept")
+    for code in ("THIRD_PARTY_AUTH_ERROR", "APNS_AUTH_ERROR")
+}
+#: The reasons of :data:`THIRD_PARTY_OUTCOMES`.
+THIRD_PARTY_FAILURES: Final = frozenset(outcome.reason for outcome in THIRD_PARTY_OUTCOMES.values())
 
 
 def mismatch_hint(project: str) -> str:
@@ -208,6 +216,9 @@ def classify(
             return _invalid_argument(error)
         if code in RETRY_CODES:
             return RetryLater(code, delay)
+        third_party = THIRD_PARTY_OUTCOMES.get(code)
+        if third_party is not None:
+            return third_party
         if code in CREDENTIAL_CODES:
             return Failed(code, credential=True)
 
