@@ -5,6 +5,9 @@ the same whichever process sends it and how often:
 
 - delivered, dead (unless the device registered the token again after APNs saw it
   die) and failed are final;
+- a dead verdict that a misconfigured app hears for every token (``TokenDead.mismatch``)
+  removes the token only once the app has proven its configuration by a delivery;
+  before that it fails with the token kept (:mod:`pushd.proof`);
 - a transient failure is tried again after a backoff (with jitter, never before the
   upstream's Retry-After), unless the push asked for one attempt (APNs expiration 0),
   ran out of attempts, or would be due after it expires;
@@ -31,6 +34,7 @@ import attrs
 from pushd.config import RetryConfig
 from pushd.lanes import Lane, LaneStats, backoff
 from pushd.model import Delivered, Delivery, Failed, Outcome, RetryLater, TokenDead, mask_token
+from pushd.proof import KEPT
 
 log = logging.getLogger("pushd.dispatch")
 
@@ -127,6 +131,9 @@ class Decisions:
                 return Report(
                     delivery, "failed", f"{outcome.reason} (kept: re-registered)", outcome
                 )
+            lane = self.lanes.get(delivery.app)
+            if outcome.mismatch and (lane is None or not lane.proof.proven):
+                return self._unproven(delivery, outcome, lane, now, stats)
             stats.removed += 1
             log.info(
                 "app %s: token %s is dead (%s), removing it",
@@ -142,6 +149,26 @@ class Decisions:
             stats.failed += 1
             return Report(delivery, "failed", outcome.reason, outcome)
         return self._retry_or_give_up(delivery, outcome, attempt, now, stats)
+
+    def _unproven(
+        self,
+        delivery: Delivery,
+        outcome: TokenDead,
+        lane: Lane | None,
+        now: float,
+        stats: LaneStats,
+    ) -> Report:
+        """A mismatch verdict from an app that has not delivered yet: the token stays."""
+        stats.failed += 1
+        log.info(
+            "app %s: token %s answered %s before any delivery proved the app; kept",
+            delivery.app,
+            mask_token(delivery.token),
+            outcome.reason,
+        )
+        if lane is not None:
+            lane.proof.keep(lane.name, outcome.reason, now)
+        return Report(delivery, "failed", f"{outcome.reason} {KEPT}", outcome)
 
     def _retry_or_give_up(
         self, delivery: Delivery, outcome: RetryLater, attempt: int, now: float, stats: LaneStats

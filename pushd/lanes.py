@@ -25,6 +25,7 @@ from pushd.model import (
     RetryLater,
     TokenDead,
 )
+from pushd.proof import Proof
 from pushd.spool.circuit import Circuit
 
 ReportFn = Callable[[int, Outcome], None]
@@ -138,6 +139,9 @@ class Lane:
     stats: LaneStats = attrs.Factory(LaneStats)
     #: What this app's dead verdicts may remove from the store.
     scope: RemovalScope = attrs.Factory(RemovalScope)
+    #: Whether the app has delivered since this lane was built: until then its
+    #: mismatch verdicts keep their tokens (:mod:`pushd.proof`).
+    proof: Proof = attrs.Factory(Proof)
     #: Paces retries from the spool by how the upstream is doing.
     circuit: Circuit = attrs.field(init=False)
     #: Spool rows this instance is sending now.
@@ -188,7 +192,9 @@ class Lane:
                 offset += len(tokens)
 
     def observe(self, outcome: Outcome, now: float) -> bool:
-        """Tell the circuit what the upstream said; True if that opened it."""
+        """Tell the circuit (and the proof) what the upstream said; True if that opened it."""
+        if isinstance(outcome, Delivered) and not self.proof.proven:
+            self.proof.delivered(self.name)
         if isinstance(outcome, RetryLater):
             if outcome.kind in UPSTREAM_TROUBLE:
                 return self.circuit.failure(now)

@@ -147,10 +147,17 @@ class TokenDead:
 
     ``since`` (UNIX seconds) is APNs' 410 ``timestamp``: the token stopped being valid
     then, so a registration made *after* it is a fresh one and must be kept.
+
+    ``mismatch`` marks a verdict that a misconfigured app hears for *every* token (APNs
+    ``BadDeviceToken`` from the wrong environment, ``DeviceTokenNotForTopic`` from the
+    wrong topic, FCM ``SENDER_ID_MISMATCH`` from the wrong project): the delivery
+    engine believes it only once the app has proven its configuration by a delivery
+    (:mod:`pushd.proof`), or a config mistake would wipe the store.
     """
 
     reason: str
     since: float | None = None
+    mismatch: bool = False
 
 
 #: Why an attempt must be made again, which decides when and how (see RetryLater).

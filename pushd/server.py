@@ -46,6 +46,7 @@ from pushd.http11 import HttpServer, HttpSettings, ListenError
 from pushd.lanes import Budget, Lane, Sender
 from pushd.metrics import Metrics, record_reload
 from pushd.pidfile import PidFile
+from pushd.proof import Proof
 from pushd.recent import Recent
 from pushd.reload import Reloader, status_line
 from pushd.reuseport import ReusePortHttpServer
@@ -54,7 +55,9 @@ from pushd.sdnotify import Notifier
 from pushd.spool.seal import SealError, SpoolKeys
 from pushd.store import Store, open_store
 from pushd.tls import server_context
+from pushd.upstream.apns.classify import mismatch_hint as apns_mismatch_hint
 from pushd.upstream.apns.client import ApnsClient
+from pushd.upstream.fcm.classify import mismatch_hint as fcm_mismatch_hint
 from pushd.upstream.fcm.client import FcmClient
 from pushd.workers import METRICS_FIELD, WorkerRole, first_of, orphaned
 
@@ -133,9 +136,13 @@ def build_lane(config: Config, index: int) -> Lane:
     sender: Sender[Any]
     try:
         if app.provider == "fcm":
-            sender = FcmClient(fcm_settings(app, config.upstream))
+            fcm = fcm_settings(app, config.upstream)
+            sender = FcmClient(fcm)
+            hint = fcm_mismatch_hint(fcm.project_id)
         else:
-            sender = ApnsClient(apns_settings(app, config.upstream))
+            settings = apns_settings(app, config.upstream)
+            sender = ApnsClient(settings)
+            hint = apns_mismatch_hint(app.environment, settings.topic)
     except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
         raise StartupError(
             f"apps[{index}] ({app.name}): cannot load its credentials: {_reason(error)}"
@@ -146,6 +153,7 @@ def build_lane(config: Config, index: int) -> Lane:
         budget=Budget(app.concurrency),
         scope=config.removal_scope(app),
         request_timeout=app.request_timeout,
+        proof=Proof(hint),
     )
 
 

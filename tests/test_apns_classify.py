@@ -21,8 +21,8 @@ def body(reason: str, **extra: object) -> bytes:
 
 
 TABLE: list[tuple[int, str, Outcome]] = [
-    (400, "BadDeviceToken", TokenDead("BadDeviceToken")),
-    (400, "DeviceTokenNotForTopic", TokenDead("DeviceTokenNotForTopic")),
+    (400, "BadDeviceToken", TokenDead("BadDeviceToken", mismatch=True)),
+    (400, "DeviceTokenNotForTopic", TokenDead("DeviceTokenNotForTopic", mismatch=True)),
     (410, "ExpiredToken", TokenDead("ExpiredToken")),
     (410, "Unregistered", TokenDead("Unregistered")),  # no timestamp given
     # configuration / credentials: pause the app, keep the tokens

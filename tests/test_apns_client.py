@@ -160,7 +160,7 @@ async def test_shrink_to_one_stream_with_requests_in_flight(env: Env) -> None:
         env.sim.script(token(n), SimReply(delay=0.1))
     tokens = [token(n) for n in range(1, 150)]
     outcomes = await send_many(client, tokens)
-    assert outcomes.pop(token(1)) == TokenDead("BadDeviceToken")
+    assert outcomes.pop(token(1)) == TokenDead("BadDeviceToken", mismatch=True)
     assert max(env.sim.max_in_flight.values()) > 10  # the shrink came with many in flight
     assert all(isinstance(o, Delivered) for o in outcomes.values()), set(outcomes.values())
     assert sorted(r.token for r in env.sim.received if r.status == 200) == sorted(
@@ -423,7 +423,7 @@ async def test_batch_mixed_outcomes(env: Env) -> None:
     assert isinstance(outcomes.pop(5), Delivered)
     assert outcomes == {
         1: TokenDead("Unregistered", since=1_700_000_000.5),
-        2: TokenDead("BadDeviceToken"),
+        2: TokenDead("BadDeviceToken", mismatch=True),  # APNs' answer: also a wrong environment
         3: RetryLater("InternalServerError"),
         4: TokenDead("BadDeviceToken"),  # not hex: never sent
         6: Failed("MissingDeviceToken"),

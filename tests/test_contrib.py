@@ -107,7 +107,7 @@ def test_promtool_checks_the_alert_rules() -> None:
         [promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 11 rules found" in done.stdout
+    assert "SUCCESS: 12 rules found" in done.stdout
 
 
 def test_promtool_unit_tests_of_the_alert_rules_pass() -> None:
@@ -199,6 +199,7 @@ async def test_rules_and_dashboard_name_only_metrics_pushd_exports(
     rule_names = set().union(*(metric_names(expr) for expr in rule_expressions()))
     assert {
         "pushd_app_paused",
+        "pushd_app_mismatch_alarm",
         "pushd_credential_expiry_timestamp_seconds",
         "pushd_spool_oldest_due_age_seconds",
         "pushd_upstream_errors_total",

@@ -49,6 +49,15 @@ async def stored_tokens(pushd: Pushd) -> dict[str, Any]:
 ZULIP_SERVER = str(uuid.UUID(int=1))
 
 
+async def prove(pushd: Pushd, app: str) -> None:
+    """Deliver one push through ``app``: only an app that has delivered believes
+    BadDeviceToken (a wrong environment earns it for every token: pushd.proof)."""
+    device = token(0xA11)
+    await pushd.register("prover", device, app=app)
+    answer = await pushd.send({"tokens": [device], "app": app, "alert": "proof"})
+    assert [r["status"] for r in answer["results"]] == ["delivered"]
+
+
 async def register_everywhere(pushd: Pushd) -> None:
     """alice's device token, registered natively for both apps and by a Zulip server."""
     await pushd.register("alice", VICTIM, app="prod")
@@ -63,6 +72,7 @@ async def test_a_matrix_verdict_removes_no_stored_registration(
 ) -> None:
     pushd, homeserver = await start(start_pushd, simulator, key_file, ca_file)
     await register_everywhere(pushd)
+    await prove(pushd, "sandbox")
     simulator.script(VICTIM, SimReply(400, "BadDeviceToken"))
     device = hs.device(hs.IOS_APP, hs.pushkey_for(VICTIM), pushkey_ts=int(time.time()) - 60)
     assert await homeserver.rejected(hs.full_event([device])) == [device["pushkey"]]
@@ -75,6 +85,8 @@ async def test_a_native_verdict_removes_only_its_app_and_environment(
 ) -> None:
     pushd, _ = await start(start_pushd, simulator, key_file, ca_file)
     await register_everywhere(pushd)
+    await prove(pushd, "sandbox")
+    await prove(pushd, "prod")
     simulator.script(VICTIM, SimReply(400, "BadDeviceToken"))
     result = await pushd.send({"user": "alice", "alert": "hi", "app": "sandbox"})
     assert result["summary"]["removed"] == 1

@@ -59,7 +59,7 @@ TABLE: list[tuple[int, bytes, str | None, Outcome | Unauthenticated]] = [
     (404, error(404, "NOT_FOUND", "UNREGISTERED", "Requested entity was not found."), None,
      TokenDead("UNREGISTERED")),
     (403, error(403, "PERMISSION_DENIED", "SENDER_ID_MISMATCH", "SenderId mismatch"), None,
-     TokenDead("SENDER_ID_MISMATCH")),
+     TokenDead("SENDER_ID_MISMATCH", mismatch=True)),
     # INVALID_ARGUMENT: the token form deletes the token ...
     (400, error(400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", BAD_TOKEN_MESSAGE), None,
      TokenDead("INVALID_ARGUMENT")),
@@ -96,11 +96,13 @@ TABLE: list[tuple[int, bytes, str | None, Outcome | Unauthenticated]] = [
     (502, b"<html>Bad Gateway</html>", None, RetryLater("HTTP 502")),
     (504, b"", "1", RetryLater("HTTP 504", 1.0)),
     (500, error(500, "INTERNAL", "UNSPECIFIED_ERROR"), None, RetryLater("UNSPECIFIED_ERROR")),
-    # credentials: pause the app, keep the tokens
+    # Firebase refused the app's APNs credentials: fail that message, keep its token,
+    # never pause the app (its Android devices are served)
     (401, error(401, "UNAUTHENTICATED", "THIRD_PARTY_AUTH_ERROR"), None,
-     Failed("THIRD_PARTY_AUTH_ERROR", credential=True)),
+     Failed("THIRD_PARTY_AUTH_ERROR: Firebase refused the app's APNs credentials; token kept")),
     (401, error(401, "UNAUTHENTICATED", "APNS_AUTH_ERROR"), None,
-     Failed("APNS_AUTH_ERROR", credential=True)),
+     Failed("APNS_AUTH_ERROR: Firebase refused the app's APNs credentials; token kept")),
+    # credentials: pause the app, keep the tokens
     (403, error(403, "PERMISSION_DENIED", None, "Permission denied"), None,
      Failed("PERMISSION_DENIED", credential=True)),
     (403, b"Forbidden", None, Failed("HTTP 403", credential=True)),

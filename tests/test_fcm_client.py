@@ -13,7 +13,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pushd.model import Delivered, Failed, FcmPush, Outcome, RetryLater, TokenDead
 from pushd.simulators.fcm import FcmReply, FcmSimulator, make_service_account
-from pushd.upstream.fcm.client import ALARM_MIN_SENDS, RECYCLE_AFTER_TIMEOUTS, FcmClient
+from pushd.upstream.fcm.alarms import ALARM_MIN_SENDS
+from pushd.upstream.fcm.classify import THIRD_PARTY_OUTCOMES
+from pushd.upstream.fcm.client import RECYCLE_AFTER_TIMEOUTS, FcmClient
 from pushd.upstream.fcm.message import AndroidOptions, Notification, build_push
 from pushd.upstream.fcm.oauth import failure_backoff
 from pushd.upstream.fcm.service_account import load_service_account
@@ -190,7 +192,7 @@ async def test_sender_id_mismatch_alarm_logged_once(
     # instead, so a wrong project id cannot delete every token.
     dead = outcomes.index(Failed("SENDER_ID_MISMATCH", credential=True))
     assert dead >= ALARM_MIN_SENDS // 2
-    assert outcomes[:dead] == [TokenDead("SENDER_ID_MISMATCH")] * dead
+    assert outcomes[:dead] == [TokenDead("SENDER_ID_MISMATCH", mismatch=True)] * dead
     assert set(outcomes[dead:]) == {Failed("SENDER_ID_MISMATCH", credential=True)}
 
 
@@ -222,7 +224,7 @@ async def test_malformed_tokens_are_dead(client: FcmClient, fcm_sim: FcmSimulato
         (FcmReply(error_code="UNAVAILABLE", retry_after=7), RetryLater("UNAVAILABLE", 7.0)),
         (FcmReply(error_code="INTERNAL"), RetryLater("INTERNAL")),
         (FcmReply(error_code="THIRD_PARTY_AUTH_ERROR"),
-         Failed("THIRD_PARTY_AUTH_ERROR", credential=True)),
+         THIRD_PARTY_OUTCOMES["THIRD_PARTY_AUTH_ERROR"]),
         (FcmReply(status=403), Failed("PERMISSION_DENIED", credential=True)),
     ],
 )  # fmt: skip

@@ -293,6 +293,9 @@ async def test_a_background_push_type_goes_at_priority_5(
 async def test_dead_apns_tokens_are_rejected(
     homeserver: hs.Homeserver, simulator: ApnsSimulator, reply: SimReply
 ) -> None:
+    # A delivery first: only an app that has delivered believes BadDeviceToken and
+    # DeviceTokenNotForTopic, which a wrong environment or topic earns every token.
+    assert await homeserver.rejected(hs.full_event([ios_device(2)])) == []
     simulator.script(token(1), reply)
     device = ios_device(pushkey_ts=int(time.time()) - 86400)
     assert await homeserver.rejected(hs.full_event([device])) == [device["pushkey"]]
@@ -317,6 +320,10 @@ async def test_a_410_older_than_the_pusher_is_not_a_rejection(
 async def test_dead_fcm_tokens_are_rejected(
     homeserver: hs.Homeserver, fcm_simulator: FcmSimulator, reply: FcmReply
 ) -> None:
+    # A delivery first: only an app that has delivered believes SENDER_ID_MISMATCH,
+    # which a wrong project earns every token.
+    proof = hs.full_event([android_device(OTHER_FCM_TOKEN)], content=MESSAGE)
+    assert await homeserver.rejected(proof) == []
     fcm_simulator.script(FCM_TOKEN, reply)
     device = android_device()
     assert await homeserver.rejected(hs.full_event([device], content=MESSAGE)) == [FCM_TOKEN]

@@ -363,6 +363,9 @@ async def test_dead_apns_token_is_remove(
     mattermost: mm.MattermostServer, simulator: ApnsSimulator, reason: str
 ) -> None:
     status = 410 if reason == "Unregistered" else 400
+    # A delivery first: only an app that has delivered believes BadDeviceToken and
+    # DeviceTokenNotForTopic, which a wrong environment or topic earns every token.
+    assert await mattermost.send(mm.message(token(2))) == OK
     simulator.script(token(1), SimReply(status=status, reason=reason))
     assert await mattermost.send(mm.message(token(1))) == REMOVE
 
@@ -375,6 +378,10 @@ async def test_non_hex_apns_token_is_remove(mattermost: mm.MattermostServer) -> 
 async def test_dead_fcm_token_is_remove(
     mattermost: mm.MattermostServer, fcm_simulator: FcmSimulator, code: str
 ) -> None:
+    # A delivery first: only an app that has delivered believes SENDER_ID_MISMATCH,
+    # which a wrong project earns every token.
+    proof = mm.message("mm-device-0002:APA91b" + "y" * 40, platform=mm.ANDROID)
+    assert await mattermost.send(proof) == OK
     fcm_simulator.script(FCM_TOKEN, FcmReply(error_code=code))
     assert await mattermost.send(mm.message(FCM_TOKEN, platform=mm.ANDROID)) == REMOVE
 

@@ -60,6 +60,9 @@ async def test_send_reaches_every_device_of_a_user_across_apps(pushd: Pushd, sim
 async def test_dead_token_is_removed_and_reported(pushd: Pushd, simulator) -> None:
     await pushd.register("dave", token(1))
     await pushd.register("dave", token(2))
+    # token(3) is delivered: the app proves its configuration, so APNs' BadDeviceToken
+    # is about token(2) alone (pushd.proof), not a wrong environment.
+    await pushd.register("dave", token(3))
     simulator.script(
         token(1),
         SimReply(status=410, reason="Unregistered", timestamp_ms=int(time.time() * 1000) + 60_000),
@@ -70,9 +73,10 @@ async def test_dead_token_is_removed_and_reported(pushd: Pushd, simulator) -> No
     assert statuses == {
         token(1): ("removed", "Unregistered"),
         token(2): ("removed", "BadDeviceToken"),
+        token(3): ("delivered", None),
     }
     devices = await pushd.post("/v1/users/devices", {"user": "dave"})
-    assert devices.json() == {"devices": []}
+    assert [d["token"] for d in devices.json()["devices"]] == [token(3)]
 
 
 async def test_410_before_registration_keeps_the_token(pushd: Pushd, simulator) -> None:

@@ -220,6 +220,9 @@ async def test_dead_apns_token_is_406(
     rc: RocketChat, simulator: ApnsSimulator, reason: str
 ) -> None:
     status = 410 if reason == "Unregistered" else 400
+    # A delivery first: only an app that has delivered believes BadDeviceToken and
+    # DeviceTokenNotForTopic, which a wrong environment or topic earns every token.
+    assert (await rc.send("apn", token(6), options(topic=TOPIC))).status_code == 200
     simulator.script(token(5), SimReply(status=status, reason=reason))
     error_body(await rc.send("apn", token(5), options(topic=TOPIC)), 406)
 
@@ -228,6 +231,9 @@ async def test_dead_apns_token_is_406(
 async def test_dead_fcm_token_is_406(
     rc: RocketChat, fcm_simulator: FcmSimulator, code: str
 ) -> None:
+    # A delivery first: only an app that has delivered believes SENDER_ID_MISMATCH,
+    # which a wrong project earns every token.
+    assert (await rc.send("gcm", "rc-device-0002:APA91b" + "y" * 40, options())).status_code == 200
     fcm_simulator.script(FCM_TOKEN, FcmReply(error_code=code))
     error_body(await rc.send("gcm", FCM_TOKEN, options()), 406)
 

@@ -134,6 +134,14 @@ class PushdCollector(Collector):
             "1 while the app is paused after a credential error (reason: the upstream's code)",
             labels=["app", "reason"],
         )
+        mismatch = GaugeMetricFamily(
+            "pushd_app_mismatch_alarm",
+            "1 while the app's tokens keep answering a mismatch (BadDeviceToken, "
+            "DeviceTokenNotForTopic, SENDER_ID_MISMATCH) and nothing was delivered since "
+            "start or its config changed: likely a wrong environment, topic or project "
+            "(the tokens are kept; reason: the last upstream code)",
+            labels=["app", "reason"],
+        )
         key_missing = GaugeMetricFamily(
             "pushd_spool_key_missing",
             "1 while spooled deliveries of the app are sealed with a spool key this "
@@ -164,6 +172,8 @@ class PushdCollector(Collector):
             is_paused = lane.paused_until > now
             reason = reason_label(lane.pause_reason) if is_paused else ""
             paused.add_metric([name, reason], 1 if is_paused else 0)
+            suspect = lane.proof.alarm_reason
+            mismatch.add_metric([name, reason_label(suspect)], 1 if suspect else 0)
             missing = dispatcher.worker.missing_key(name, now) is not None
             key_missing.add_metric([name], 1 if missing else 0)
             for state in CIRCUIT_STATES:
@@ -178,7 +188,8 @@ class PushdCollector(Collector):
             oldest.add_metric([name], dispatcher.worker.oldest_due_age(name, now))
         for (app, protocol), count in sorted(metrics.registrations.items()):
             registrations.add_metric([app, protocol], count)
-        yield from (in_flight, depth, oldest, paused, key_missing, circuit, expiry, registrations)
+        yield from (in_flight, depth, oldest, paused, mismatch, key_missing, circuit, expiry)
+        yield registrations
 
     def _http(self) -> Iterator[Metric]:
         tally = self.metrics.http

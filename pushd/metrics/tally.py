@@ -57,7 +57,7 @@ RETRY_KIND_CLASS: Final = {
 STORE_UNAVAILABLE: Final = "store_unavailable"
 #: Every reason class a label may carry (the tests hold the scrape to these).
 FAILED_REASONS: Final = frozenset(
-    {"rejected", "credential", "gave_up", "expired", "spool_full", "reregistered"}
+    {"rejected", "credential", "gave_up", "expired", "spool_full", "reregistered", "unproven"}
     | {STORE_UNAVAILABLE}
 )
 UPSTREAM_ERRORS: Final = frozenset({*RETRY_KIND_CLASS.values(), "credential", "rejected"}) - {
@@ -96,7 +96,9 @@ def failed_class(outcome: Outcome | None, reason: str | None) -> str:
     if isinstance(outcome, Failed):
         return "credential" if outcome.credential else "rejected"
     if isinstance(outcome, TokenDead):
-        return "reregistered"  # dead, but the device registered it again since
+        # Dead, but kept: a mismatch before the app proved itself (pushd.proof), or
+        # the device registered the token again since.
+        return "unproven" if outcome.mismatch else "reregistered"
     if reason == "spool_full":
         return "spool_full"
     if isinstance(outcome, RetryLater) or (reason or "").startswith("gave up"):

@@ -4,7 +4,8 @@ The table is the protocol notes' §1.4.  Reasons decide first (they are unique a
 statuses); a reason we do not know falls back on its status class, choosing the outcome
 that does the least harm: an unknown 403 pauses the app (credentials), an unknown 4xx
 fails only this message, unknown 5xx and 429 retry.  Nothing here deletes a token unless
-APNs named one of the token reasons.
+APNs named one of the token reasons, and two of those (:data:`MISMATCH_REASONS`) are also
+what a wrong environment or topic earns every token, so they are marked as such.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ from pushd.model import Delivered, Failed, Outcome, RetryKind, RetryLater, Token
 TOKEN_DEAD_REASONS: Final = frozenset(
     {"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered", "ExpiredToken"}
 )
+#: Dead-token reasons that every token gets when the app is set up wrongly: a sandbox
+#: token sent to production (or the reverse) is a ``BadDeviceToken``, a wrong bundle id
+#: a ``DeviceTokenNotForTopic``.  ``TokenDead.mismatch``: believed only from an app
+#: that has delivered since its configuration was loaded (:mod:`pushd.proof`).
+MISMATCH_REASONS: Final = frozenset({"BadDeviceToken", "DeviceTokenNotForTopic"})
 #: The app's credentials or topic configuration are wrong: pause the app, keep tokens.
 CREDENTIAL_REASONS: Final = frozenset(
     {
@@ -71,6 +77,15 @@ RETRY_REASONS: Final = frozenset(
 )
 #: The one reason the client answers itself: regenerate the JWT and resend once.
 EXPIRED_PROVIDER_TOKEN: Final = "ExpiredProviderToken"
+
+
+def mismatch_hint(environment: str, topic: str) -> str:
+    """What an ALARM about an app's :data:`MISMATCH_REASONS` asks the operator to check."""
+    return (
+        f"is environment {environment!r} the one its tokens come from (a sandbox build's "
+        f"tokens are BadDeviceToken on production, and the reverse)? is topic {topic!r} "
+        "the app's bundle id?"
+    )
 
 
 @attrs.frozen
@@ -137,7 +152,8 @@ def classify(
     reason, timestamp = parse_body(body)
     if reason is not None:
         if reason in TOKEN_DEAD_REASONS:
-            return TokenDead(reason, since=timestamp if reason == "Unregistered" else None)
+            since = timestamp if reason == "Unregistered" else None
+            return TokenDead(reason, since=since, mismatch=reason in MISMATCH_REASONS)
         if reason in CREDENTIAL_REASONS:
             return Failed(reason, credential=True)
         if reason in REQUEST_REASONS:

@@ -4,7 +4,9 @@ The table is the protocol notes' §2.3.  FCM's own ``errorCode`` (in a
 ``google.firebase.fcm.v1.FcmError`` detail) decides first; without one, the Google API
 ``status`` and then the HTTP status class decide, choosing the outcome that does the
 least harm: nothing deletes a token unless FCM said the token is unregistered, belongs
-to another project, or is not a registration token at all.
+to another project, or is not a registration token at all.  "Another project" is also
+what every token hears when the app's ``project_id`` is wrong, so that verdict is marked
+``mismatch`` (believed only once the app has delivered: :mod:`pushd.proof`).
 
 ``INVALID_ARGUMENT`` is the awkward one: FCM uses it both for a malformed token (which
 Google's token-management guide calls stale, so we delete it) and for a payload we built
@@ -44,11 +46,27 @@ _SUCCESS_BODY: Final = re.compile(
 #: FCM error codes that retry later, honouring Retry-After.
 RETRY_CODES: Final = frozenset({"UNAVAILABLE", "INTERNAL"})
 #: FCM error codes (and Google statuses) that mean the app's credentials are wrong:
-#: pause the app, keep the tokens.  ``APNS_AUTH_ERROR`` is the older name of
-#: ``THIRD_PARTY_AUTH_ERROR``.
-CREDENTIAL_CODES: Final = frozenset(
-    {"THIRD_PARTY_AUTH_ERROR", "APNS_AUTH_ERROR", "PERMISSION_DENIED"}
-)
+#: pause the app, keep the tokens.
+CREDENTIAL_CODES: Final = frozenset({"PERMISSION_DENIED"})
+#: Firebase refused the APNs (or web push) credentials uploaded to the project: only
+#: the iOS and web tokens sent through FCM are concerned, so the message fails with
+#: its token kept and the app goes on serving Android (the client raises the ALARM,
+#: :mod:`pushd.upstream.fcm.alarms`).  ``APNS_AUTH_ERROR`` is the older name of
+#: ``THIRD_PARTY_AUTH_ERROR``.  Code -> the outcome reported.
+THIRD_PARTY_OUTCOMES: Final = {
+    code: Failed(f"{code}: Firebase refused the app's APNs credentials; token kept")
+    for code in ("THIRD_PARTY_AUTH_ERROR", "APNS_AUTH_ERROR")
+}
+#: The reasons of :data:`THIRD_PARTY_OUTCOMES`.
+THIRD_PARTY_FAILURES: Final = frozenset(outcome.reason for outcome in THIRD_PARTY_OUTCOMES.values())
+
+
+def mismatch_hint(project: str) -> str:
+    """What an ALARM about an app's ``SENDER_ID_MISMATCH`` asks the operator to check."""
+    return (
+        f"is project {project!r} the Firebase project the app registers its tokens with? "
+        "check project_id and the service-account file"
+    )
 
 
 @attrs.frozen
@@ -188,14 +206,19 @@ def classify(
     code = error.error_code
     delay = parse_retry_after(retry_after, now)
     if code is not None:
-        if code == "UNREGISTERED" or code == "SENDER_ID_MISMATCH":
+        if code == "UNREGISTERED":
             return TokenDead(code)
+        if code == "SENDER_ID_MISMATCH":
+            return TokenDead(code, mismatch=True)
         if code == "QUOTA_EXCEEDED":
             return _quota(delay)
         if code == "INVALID_ARGUMENT":
             return _invalid_argument(error)
         if code in RETRY_CODES:
             return RetryLater(code, delay)
+        third_party = THIRD_PARTY_OUTCOMES.get(code)
+        if third_party is not None:
+            return third_party
         if code in CREDENTIAL_CODES:
             return Failed(code, credential=True)
 

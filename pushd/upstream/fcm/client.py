@@ -27,17 +27,15 @@ invalidates the token that was refused, and the batch's own task fetches a new o
 (the readers cannot await) and resends each refused request once; a token endpoint that
 is down makes sends ``RetryLater`` (it never raises into the app's lane).
 
-**A project that does not match.**  ``SENDER_ID_MISMATCH`` means the token belongs to
-another Firebase project: for one token, it is dead.  When most recent sends of the app
-fail that way, the app's configuration is wrong instead (the service account's project
-is not the one the mobile app registers with), so the client logs an alarm once and,
-while the alarm holds, answers mismatches with ``Failed(credential=True)`` so that the
-delivery engine pauses the app rather than deleting every token it has.
+**Alarms.**  Every answer goes through :mod:`pushd.upstream.fcm.alarms`: most sends
+answering ``SENDER_ID_MISMATCH`` (a wrong project) raise an alarm and turn those answers
+into ``Failed(credential=True)``, which pauses the app rather than deleting every token
+it has; ``THIRD_PARTY_AUTH_ERROR`` (Firebase refusing the app's APNs credentials) fails
+only that iOS or web delivery and logs a rate-limited ALARM.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import ssl
 import time
@@ -50,6 +48,7 @@ import trio
 from hpack import NeverIndexedHeaderTuple
 
 from pushd.model import Failed, FcmPush, Outcome, RetryLater, TokenDead
+from pushd.upstream.fcm.alarms import MismatchWindow, ThirdPartyAlarm
 from pushd.upstream.fcm.classify import Unauthenticated, classify
 from pushd.upstream.fcm.message import InvalidToken, body_for
 from pushd.upstream.fcm.oauth import AccessTokens, TokenUnavailable
@@ -75,15 +74,6 @@ FCM_PEER: Final = Peer("FCM", log, default_streams=DEFAULT_STREAMS, connect_leve
 LOG_LABEL: Final = "fcm"
 #: Bound on closing the token endpoint's client at shutdown.
 CLOSE_TIMEOUT: Final = 5.0
-#: SENDER_ID_MISMATCH alarm: over the last ALARM_WINDOW answered sends, at least
-#: ALARM_MIN_SENDS of them, more than ALARM_RATIO mismatches raise it; it clears (and
-#: may be raised again) below ALARM_CLEAR_RATIO, so a ratio hovering near the threshold
-#: does not log on every send.
-ALARM_WINDOW: Final = 100
-ALARM_MIN_SENDS: Final = 20
-ALARM_RATIO: Final = 0.5
-ALARM_CLEAR_RATIO: Final = 0.25
-SENDER_ID_MISMATCH: Final = "SENDER_ID_MISMATCH"
 UNAUTHENTICATED: Final = "UNAUTHENTICATED"
 USER_AGENT: Final = "pushd"
 NOT_RUNNING: Final = "FCM client not running"
@@ -207,11 +197,8 @@ class FcmClient:
         self._token_context = make_ssl_context(settings)
         self._token_http: httpx.AsyncClient | None = None
         self._tokens: AccessTokens | None = None
-        #: Answered sends, newest last: True for a SENDER_ID_MISMATCH.
-        self._recent: collections.deque[bool] = collections.deque(maxlen=ALARM_WINDOW)
-        self._mismatches = 0
-        #: Whether the SENDER_ID_MISMATCH alarm is raised.
-        self.mismatch_alarm = False
+        self._mismatches = MismatchWindow(settings.name, settings.project_id)
+        self._third_party = ThirdPartyAlarm(settings.name, settings.project_id)
 
     @property
     def access_tokens(self) -> AccessTokens | None:
@@ -353,34 +340,14 @@ class FcmClient:
                 batch.set_credential(access)
         await self.pool.send_batch(batch, deadline)
 
-    # --- SENDER_ID_MISMATCH alarm -----------------------------------------------------
+    # --- alarms ---------------------------------------------------------------------
+
+    @property
+    def mismatch_alarm(self) -> bool:
+        """Whether the SENDER_ID_MISMATCH alarm is raised."""
+        return self._mismatches.raised
 
     def observe(self, outcome: Outcome) -> Outcome:
-        """Feed an answered send into the mismatch window; return the outcome to report."""
-        if isinstance(outcome, RetryLater):  # says nothing about the tokens
-            return outcome
-        mismatch = isinstance(outcome, TokenDead) and outcome.reason == SENDER_ID_MISMATCH
-        recent = self._recent
-        if len(recent) == recent.maxlen and recent[0]:
-            self._mismatches -= 1
-        recent.append(mismatch)
-        self._mismatches += mismatch
-        count = len(recent)
-        if not self.mismatch_alarm:
-            if count >= ALARM_MIN_SENDS and self._mismatches > ALARM_RATIO * count:
-                self.mismatch_alarm = True
-                log.error(
-                    "ALARM fcm[%s]: %d of the last %d sends failed with SENDER_ID_MISMATCH: "
-                    "the service account's project (%s) does not match the app's tokens; "
-                    "check project_id and the service-account file",
-                    self._settings.name,
-                    self._mismatches,
-                    count,
-                    self._settings.project_id,
-                )
-        elif self._mismatches < ALARM_CLEAR_RATIO * count:
-            self.mismatch_alarm = False
-            log.warning("fcm[%s]: SENDER_ID_MISMATCH alarm cleared", self._settings.name)
-        if mismatch and self.mismatch_alarm:
-            return Failed(SENDER_ID_MISMATCH, credential=True)
-        return outcome
+        """Feed an answer to the app's alarms; return the outcome to report."""
+        self._third_party.observe(outcome, trio.current_time())
+        return self._mismatches.observe(outcome)
