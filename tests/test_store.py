@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -1000,3 +1001,19 @@ async def test_a_value_the_database_cannot_hold_is_refused_and_nothing_written(
             await store.user_registrations(2**64, "alice")
     assert await store.count_registrations() == 0
     assert store.engine.failures.failing is None  # not counted as the store failing
+
+
+def test_a_database_that_refuses_connections_is_named_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pool said only "pool initialization incomplete after 10.0 sec": the admin
+    now reads the server's own reason (here: nobody listens on the port)."""
+    from pushd.store import postgres
+
+    monkeypatch.setattr(postgres, "POOL_TIMEOUT", 1.0)
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"postgresql://pushd@127.0.0.1:{port}/pushd"
+    with pytest.raises(StoreError, match="Connection refused"):
+        postgres.PostgresEngine.open_sync(url, pool_size=2)

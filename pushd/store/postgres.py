@@ -165,6 +165,19 @@ def _refused_kind(error: Exception) -> str:
     return "invalid value"
 
 
+def _connect_error(url: str, kwargs: dict[str, Any]) -> str | None:
+    """Why connecting fails, from one plain attempt: the pool only says it timed out
+    ("pool initialization incomplete after 10.0 sec"), not that the server refused
+    the connection or the password; None if this attempt connects."""
+    import psycopg
+
+    try:
+        psycopg.connect(url, **kwargs).close()
+    except psycopg.Error as error:
+        return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return None
+
+
 def redact_url(url: str) -> str:
     """``url`` without its password, for log lines and check-config."""
     parts = urlsplit(url)
@@ -226,7 +239,8 @@ class PostgresEngine:
             pool.open(wait=True, timeout=POOL_TIMEOUT)
         except Exception as error:
             pool.close()
-            raise StoreError(f"cannot connect to {redact_url(url)}: {error}") from None
+            why = _connect_error(url, kwargs) or str(error)
+            raise StoreError(f"cannot connect to {redact_url(url)}: {why}") from None
         return cls(url, pool, pool_size)
 
     def describe(self) -> str:
