@@ -22,7 +22,7 @@ import trio
 from pushd import __version__, cli_store, config, logs
 from pushd.cli_store import run_store, store_options
 from pushd.files import private_dirs
-from pushd.spool.seal import create_key_file
+from pushd.spool.seal import SealError, create_key_file
 from pushd.store import Store, StoreError, open_store
 from pushd.workers import WorkerRole
 
@@ -183,8 +183,12 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     key = trio.run(first_server)
     spool_key = target.resolve().parent / "spool.key"
-    if not spool_key.exists():
+    try:
         create_key_file(spool_key)
+    except FileExistsError:
+        pass  # keys in use already: rows sealed under them must stay readable
+    except SealError as error:
+        return _fail(str(error))
     with open(os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
         file.write(key + "\n")
     print(f"wrote {target} (add your apps, then: pushd check-config {target})")

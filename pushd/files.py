@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import tempfile
 from pathlib import Path
 from typing import Final
 
@@ -20,6 +21,8 @@ PRIVATE_FILE: Final = 0o600
 PRIVATE_DIR: Final = 0o700
 #: SQLite's side files of a database in WAL mode.
 SQLITE_SIDE_FILES: Final = ("-wal", "-shm", "-journal")
+#: Ends the name of a file :func:`write_durably` has not put in place yet.
+TEMPORARY_SUFFIX: Final = ".tmp"
 
 
 def private_dirs(path: Path) -> None:
@@ -49,3 +52,48 @@ def private_file(path: Path) -> None:
         with contextlib.suppress(FileNotFoundError, PermissionError):
             if stat.S_IMODE(side.stat().st_mode) & ~PRIVATE_FILE:
                 os.chmod(side, PRIVATE_FILE)
+
+
+def write_durably(
+    path: Path, data: bytes, *, mode: int, owner: tuple[int, int] | None = None, replace: bool
+) -> None:
+    """Put ``data`` at ``path`` whole or not at all, and on disk before this returns.
+
+    The bytes go to a temporary file beside ``path`` (so a rename is atomic), made
+    private at once, then given ``owner`` (uid, gid) and ``mode``, written, flushed with
+    fsync, and only then renamed over ``path`` (``replace``) or linked to it (not
+    ``replace``: FileExistsError if there is one, never overwritten); the directory is
+    flushed last so the new name survives a power loss too.  A full disk or a crash
+    leaves ``path`` as it was and no temporary file behind; OSError if it fails.
+    """
+    directory = path.parent
+    fd, name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
+    temporary = Path(name)
+    try:
+        try:
+            if owner is not None:
+                os.fchown(fd, *owner)
+            os.fchmod(fd, mode)  # after fchown, which may clear set-id bits
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if replace:
+            os.replace(temporary, path)
+        else:
+            os.link(temporary, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+    sync_directory(directory)
+
+
+def sync_directory(directory: Path) -> None:
+    """fsync ``directory``: a rename or link in it is durable only once this returns."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
