@@ -54,6 +54,11 @@ def private_file(path: Path) -> None:
                 os.chmod(side, PRIVATE_FILE)
 
 
+class OwnerError(PermissionError):
+    """A new file cannot be given the owner and group of the file it replaces (only
+    root, or the owner keeping its own uid and a group it is in, may set them)."""
+
+
 def write_durably(
     path: Path, data: bytes, *, mode: int, owner: tuple[int, int] | None = None, replace: bool
 ) -> None:
@@ -64,7 +69,8 @@ def write_durably(
     fsync, and only then renamed over ``path`` (``replace``) or linked to it (not
     ``replace``: FileExistsError if there is one, never overwritten); the directory is
     flushed last so the new name survives a power loss too.  A full disk or a crash
-    leaves ``path`` as it was and no temporary file behind; OSError if it fails.
+    leaves ``path`` as it was and no temporary file behind.  OwnerError if ``owner``
+    cannot be set, OSError for anything else.
     """
     directory = path.parent
     fd, name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
@@ -72,7 +78,10 @@ def write_durably(
     try:
         try:
             if owner is not None:
-                os.fchown(fd, *owner)
+                try:
+                    os.fchown(fd, *owner)
+                except PermissionError as error:
+                    raise OwnerError(error.errno, error.strerror) from None
             os.fchmod(fd, mode)  # after fchown, which may clear set-id bits
             view = memoryview(data)
             while view:

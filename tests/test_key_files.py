@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,6 +53,86 @@ def pushd(*args: str, user: list[str] | None = None) -> subprocess.CompletedProc
         check=False,
         env={**os.environ, "PYTHONPATH": ROOT},
     )
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory the service user can reach (pytest's own are private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="pushd-keyfiles-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+def service_install(root: Path) -> Path:
+    """A config and a key file as README's install leaves them: /etc/pushd root:pushd
+    0750, pushd.toml and spool.key root:pushd 0640, the store's directory pushd's."""
+    etc, lib = root / "etc", root / "lib"
+    etc.mkdir(mode=0o750)
+    lib.mkdir(mode=0o750)
+    os.chown(etc, 0, SERVICE_ID)
+    os.chown(lib, SERVICE_ID, SERVICE_ID)
+    spool_key = etc / "spool.key"
+    create_key_file(spool_key)
+    config = write_config(
+        etc / "pushd.toml",
+        {
+            "server": {"port": 0},
+            "store": {"path": str(lib / "pushd.sqlite3")},
+            "spool": {"key_file": "spool.key"},
+        },
+    )
+    for path in (config, spool_key):
+        os.chown(path, 0, SERVICE_ID)
+        path.chmod(0o640)
+    return config
+
+
+@needs_root
+def test_new_key_and_rotate_key_as_root_keep_the_key_files_owner_group_and_mode(
+    shared_dir: Path,
+) -> None:
+    """``spool new-key`` and ``rotate-key`` run as root replaced spool.key with a new
+    root:root 0600 file: the running pushd (another uid) could not read it, kept the old
+    key, could not open rows re-sealed under the new one, and its restart failed.  Now
+    every rewrite keeps the file's owner, group and mode."""
+    config = service_install(shared_dir)
+    spool_key = config.parent / "spool.key"
+    before = spool_key.stat()
+    added = pushd("spool", "new-key", "--config", str(config))
+    assert added.returncode == 0, added.stderr
+    rotated = pushd("spool", "rotate-key", "--keep-key", "--prune", "--config", str(config))
+    assert rotated.returncode == 0, rotated.stderr
+    after = spool_key.stat()
+    assert after.st_ino != before.st_ino  # replaced (so never read half written)...
+    assert (after.st_uid, after.st_gid, mode(spool_key)) == (0, SERVICE_ID, 0o640)  # ...alike
+    assert len(read_keys(spool_key)) == 1  # pruned down to the new key
+    for path in (shared_dir / "lib").iterdir():  # root made the store: the README's chown
+        os.chown(path, SERVICE_ID, SERVICE_ID)
+    checked = pushd("check-config", str(config), user=AS_SERVICE)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert sorted(path.name for path in config.parent.iterdir()) == ["pushd.toml", "spool.key"]
+
+
+@needs_root
+def test_a_rewrite_that_cannot_keep_the_owner_is_refused_and_changes_nothing(
+    shared_dir: Path,
+) -> None:
+    """A user who may write the directory but not give a file root's ownership (here
+    the service user itself) would have left a key file of its own instead: refused."""
+    config = service_install(shared_dir)
+    os.chown(config.parent, SERVICE_ID, SERVICE_ID)  # it may create files there
+    spool_key = config.parent / "spool.key"
+    text = spool_key.read_text()
+    refused = pushd("spool", "new-key", "--config", str(config), user=AS_SERVICE)
+    assert refused.returncode == 1
+    assert f"owner and group 0:{SERVICE_ID}" in refused.stderr, refused.stderr
+    assert "run this as root or as that owner" in refused.stderr
+    assert spool_key.read_text() == text
+    assert (spool_key.stat().st_uid, mode(spool_key)) == (0, 0o640)
+    assert sorted(path.name for path in config.parent.iterdir()) == ["pushd.toml", "spool.key"]
 
 
 FULL_DISK_SCRIPT = """
@@ -108,10 +191,11 @@ async def test_an_empty_key_file_left_by_a_failed_start_is_replaced_not_one_with
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     """A 0-byte spool.key (what a start on a full disk left before) is taken for none:
-    pushd writes a key into its place.  A file holding anything, even
+    pushd writes a key into its place, keeping its mode.  A file holding anything, even
     only a comment, is never overwritten: it is refused as before."""
     spool_key = tmp_path / "spool.key"
     spool_key.touch()
+    spool_key.chmod(0o640)
     config = write_config(
         tmp_path / "pushd.toml",
         {
@@ -126,6 +210,7 @@ async def test_an_empty_key_file_left_by_a_failed_start_is_replaced_not_one_with
     served.kill()
     await served.wait()
     assert len(read_keys(spool_key)) == 1
+    assert mode(spool_key) == 0o640
 
     spool_key.write_text("# keys go here\n")
     refused = await start_pushd_process(nursery, config, wait_listening=False)

@@ -35,7 +35,7 @@ import nacl.secret
 import nacl.utils
 
 from pushd import jsonutil
-from pushd.files import PRIVATE_FILE, write_durably
+from pushd.files import PRIVATE_FILE, OwnerError, write_durably
 from pushd.model import ApnsPush, FcmPush, Push
 
 KEY_BYTES: Final = nacl.secret.SecretBox.KEY_SIZE
@@ -99,9 +99,9 @@ def create_key_file(path: Path) -> None:
     """Write a new key file with one key, mode 0600, whole and on disk before this
     returns; FileExistsError if there is one holding anything.
 
-    An empty file there (:func:`key_file_missing`) is replaced.  SealError if the file
-    cannot be written: ``path`` is then as it was, never left empty or half written
-    (which every later start would refuse).
+    An empty file there (:func:`key_file_missing`) is replaced, keeping its owner, group
+    and mode.  SealError if the file cannot be written: ``path`` is then as it was, never
+    left empty or half written (which every later start would refuse).
     """
     text = _key_text([nacl.utils.random(KEY_BYTES)])
     try:
@@ -116,11 +116,13 @@ def create_key_file(path: Path) -> None:
 
 
 def write_keys(path: Path, keys: list[bytes]) -> None:
-    """Replace the key file with ``keys`` (mode 0600), first is current: whole, and on
-    disk before this returns, as ``rotate-key`` then re-seals rows under the first key.
+    """Replace the key file with ``keys``, first is current: whole, on disk before this
+    returns, and with the owner, group and mode the file had.
 
     The file is replaced, not rewritten in place, so a running pushd never reads half a
-    file.  SealError (and the file as it was) if that cannot be done.
+    file; the new one keeps the old one's owner and group because pushd reads it as its
+    own user while an operator rotates as root.  SealError (and the file as it was) if
+    that cannot be done.
     """
     _rewrite(path, _key_text(keys))
 
@@ -131,9 +133,20 @@ def _key_text(keys: list[bytes]) -> bytes:
 
 
 def _rewrite(path: Path, text: bytes) -> None:
-    """Replace the file at ``path`` with ``text``."""
+    """Replace the file at ``path`` with ``text``, keeping its owner, group and mode."""
     try:
-        write_durably(path, text, mode=PRIVATE_FILE, replace=True)
+        was = path.stat()
+    except OSError as error:
+        raise SealError(f"cannot read spool key file {path}: {error.strerror}") from None
+    owner = (was.st_uid, was.st_gid)
+    try:
+        write_durably(path, text, mode=stat.S_IMODE(was.st_mode), owner=owner, replace=True)
+    except OwnerError as error:
+        raise SealError(
+            f"{path} left as it was: a new file could not keep its owner and group"
+            f" {was.st_uid}:{was.st_gid} ({error.strerror}), and pushd may no longer read"
+            " one that does not; run this as root or as that owner"
+        ) from None
     except OSError as error:
         raise SealError(
             f"cannot write spool key file {path}: {error.strerror}; it was left as it was"
