@@ -17,6 +17,9 @@ from typing import Final
 
 #: The store and other files only pushd's user reads.
 PRIVATE_FILE: Final = 0o600
+#: Config and key files root writes for the service's user to read: owner root, group
+#: the service's (README, "Running it for real"), nobody else.
+SHARED_FILE: Final = 0o640
 #: Directories pushd creates for them.
 PRIVATE_DIR: Final = 0o700
 #: SQLite's side files of a database in WAL mode.

@@ -24,6 +24,7 @@ import trio
 from pushd.spool.seal import create_key_file, read_keys
 from tests.process import ROOT, start_pushd_process, write_config
 
+README = Path(ROOT) / "README.md"
 SETPRIV = "/usr/bin/setpriv"
 UNSHARE = "/usr/bin/unshare"
 STRACE = "/usr/bin/strace"
@@ -64,6 +65,72 @@ def shared_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path)
+
+
+def readme_install_steps(root: Path) -> list[str]:
+    """The shell lines of README's "Running it for real" that prepare files, moved under
+    ``root``, with the service user's name replaced by its id: what a test can run of
+    the install (no useradd, no editor, no systemd)."""
+    text = README.read_text()
+    block = text.split("## Running it for real", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    steps = []
+    for line in block.splitlines():
+        command = re.sub(r"\s+#.*$", "", line)
+        if not command.startswith(("install -d", "python -m pushd init", "chgrp", "chown")):
+            continue
+        for name, value in (
+            ("/etc/pushd", f"{root}/etc/pushd"),
+            ("/var/lib/pushd", f"{root}/var/lib/pushd"),
+            ("python -m pushd", f"{sys.executable} -m pushd"),
+            ("-o pushd", f"-o {SERVICE_ID}"),
+            ("-g pushd", f"-g {SERVICE_ID}"),
+            ("chgrp pushd", f"chgrp {SERVICE_ID}"),
+            ("chown pushd:", f"chown {SERVICE_ID}:{SERVICE_ID}"),
+        ):
+            command = command.replace(name, value)
+        steps.append(command)
+    return steps
+
+
+@needs_root
+async def test_the_readme_install_gives_a_service_that_reads_its_config_and_starts(
+    nursery: trio.Nursery, shared_dir: Path
+) -> None:
+    """README's install, run as root, left spool.key root:root 0600: as the service
+    user check-config and serve failed "spool.key_file: cannot read ...: Permission
+    denied" and the unit never started.  Now init writes it like the config (0640, the
+    config's group) and the README gives both the service's group."""
+    steps = readme_install_steps(shared_dir)
+    assert any("init" in step for step in steps) and any("chgrp" in step for step in steps)
+    for step in steps:
+        done = await trio.run_process(
+            ["bash", "-c", step],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env={**os.environ, "PYTHONPATH": ROOT},
+            preexec_fn=lambda: os.umask(0o077),  # a hardened root's umask
+        )
+        assert done.returncode == 0, (step, done.stderr)
+    config = shared_dir / "etc" / "pushd" / "pushd.toml"
+    spool_key = config.parent / "spool.key"
+    assert (spool_key.stat().st_uid, spool_key.stat().st_gid) == (0, SERVICE_ID)
+    assert mode(spool_key) == mode(config) == 0o640
+    assert mode(config.parent / "default.key") == 0o600  # only the admin needs it
+    # The admin's edit ($EDITOR): free ports, as tests run side by side.
+    config.write_text(
+        config.read_text().replace("port = 8080", "port = 0") + "\n[metrics]\nport = 0\n"
+    )
+    checked = await trio.to_thread.run_sync(
+        lambda: pushd("check-config", str(config), user=AS_SERVICE)
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    served = await start_pushd_process(nursery, config, command=AS_SERVICE)
+    try:
+        assert "listening on" in served.log
+    finally:
+        served.kill()
+        await served.wait()
 
 
 def service_install(root: Path) -> Path:

@@ -95,17 +95,18 @@ def key_file_missing(path: Path) -> bool:
     return stat.S_ISREG(found.st_mode) and found.st_size == 0
 
 
-def create_key_file(path: Path) -> None:
-    """Write a new key file with one key, mode 0600, whole and on disk before this
-    returns; FileExistsError if there is one holding anything.
+def create_key_file(path: Path, *, mode: int = PRIVATE_FILE, group: int | None = None) -> None:
+    """Write a new key file with one key (``mode``, and ``group`` if given), whole and on
+    disk before this returns; FileExistsError if there is one holding anything.
 
     An empty file there (:func:`key_file_missing`) is replaced, keeping its owner, group
     and mode.  SealError if the file cannot be written: ``path`` is then as it was, never
     left empty or half written (which every later start would refuse).
     """
     text = _key_text([nacl.utils.random(KEY_BYTES)])
+    owner = None if group is None else (-1, group)
     try:
-        write_durably(path, text, mode=PRIVATE_FILE, replace=False)
+        write_durably(path, text, mode=mode, owner=owner, replace=False)
         return
     except FileExistsError:
         if not key_file_missing(path):
