@@ -21,8 +21,8 @@ import trio
 
 from pushd import __version__, cli_store, config, logs
 from pushd.cli_store import run_store, store_options
-from pushd.files import private_dirs
-from pushd.spool.seal import create_key_file
+from pushd.files import SHARED_FILE, private_dirs
+from pushd.spool.seal import SealError, create_key_file
 from pushd.store import Store, StoreError, open_store
 from pushd.workers import WorkerRole
 
@@ -171,7 +171,8 @@ def cmd_init(args: argparse.Namespace) -> int:
             return _fail(f"{existing} exists already; init never overwrites anything")
     private_dirs(target.resolve().parent)
     private_dirs(store.parent)
-    with open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640), "w") as file:
+    with open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SHARED_FILE), "w") as file:
+        os.fchmod(file.fileno(), SHARED_FILE)  # a umask of 077 would leave it 0600
         file.write(STARTER_CONFIG.format(store=store))
 
     async def first_server() -> str:
@@ -183,14 +184,20 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     key = trio.run(first_server)
     spool_key = target.resolve().parent / "spool.key"
-    if not spool_key.exists():
-        create_key_file(spool_key)
+    try:
+        # Read by the service's user as the config is: same mode and group (README).
+        create_key_file(spool_key, mode=SHARED_FILE, group=target.stat().st_gid)
+    except FileExistsError:
+        pass  # keys in use already: rows sealed under them must stay readable
+    except SealError as error:
+        return _fail(str(error))
     with open(os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
         file.write(key + "\n")
     print(f"wrote {target} (add your apps, then: pushd check-config {target})")
     print(f"created {store} with chat server {args.server!r}")
     print(f"its API key is in {key_file} (mode 0600); it is stored only hashed")
-    print(f"spooled notifications are sealed with the key in {spool_key} (mode 0600)")
+    print(f"spooled notifications are sealed with the key in {spool_key} (mode 0640)")
+    print(f"pushd's user reads {target} and {spool_key}: give both its group")
     return 0
 
 

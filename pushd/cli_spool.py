@@ -35,6 +35,7 @@ from pushd.spool.seal import (
     SealError,
     SpoolKeys,
     create_key_file,
+    key_file_missing,
     key_id,
     prepend_key,
     read_keys,
@@ -134,7 +135,7 @@ def cmd_new_key(args: argparse.Namespace) -> int:
     except config.ConfigError as error:
         return fail("; ".join(error.problems))
     path = Path(cfg.spool.key_file)
-    if not path.exists():
+    if key_file_missing(path):
         try:
             create_key_file(path)
             (new,) = SpoolKeys.load(path).ids

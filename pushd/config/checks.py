@@ -29,7 +29,7 @@ from pushd.config.values import (
     check_token_file,
     is_loopback,
 )
-from pushd.spool.seal import SealError, read_keys
+from pushd.spool.seal import SealError, key_file_missing, read_keys
 from pushd.tls import server_context
 from pushd.upstream.apns import jwt as apns_jwt
 from pushd.upstream.fcm.service_account import ServiceAccountError, load_service_account
@@ -161,12 +161,15 @@ def _check_store(config: Config) -> list[str]:
     if spool.degraded_after <= 0:
         problems.append("spool.degraded_after: must be positive")
     key_dir = Path(spool.key_file).parent
-    if store.url is not None and not Path(spool.key_file).exists():
+    # An empty file is one a failed start left: serve and new-key replace it.
+    missing = key_file_missing(Path(spool.key_file))
+    if store.url is not None and missing:
+        what = "an empty file" if Path(spool.key_file).exists() else "no such file"
         problems.append(
-            f"spool.key_file: no such file {spool.key_file}; with PostgreSQL every instance "
+            f"spool.key_file: {what} {spool.key_file}; with PostgreSQL every instance "
             "needs the same keys: create it once with `pushd spool new-key` and copy it"
         )
-    elif store.url is not None or Path(spool.key_file).exists():
+    elif store.url is not None or not missing:
         problems += check_file("spool.key_file", spool.key_file) or _check_keys(spool.key_file)
     elif not key_dir.is_dir():
         problems.append(f"spool.key_file: directory {key_dir} does not exist")

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import logging
-import os
+import stat
 from pathlib import Path
 from typing import Any, Final
 
@@ -34,7 +35,7 @@ import nacl.secret
 import nacl.utils
 
 from pushd import jsonutil
-from pushd.files import PRIVATE_FILE
+from pushd.files import PRIVATE_FILE, OwnerError, write_durably
 from pushd.model import ApnsPush, FcmPush, Push
 
 KEY_BYTES: Final = nacl.secret.SecretBox.KEY_SIZE
@@ -42,6 +43,8 @@ KEY_BYTES: Final = nacl.secret.SecretBox.KEY_SIZE
 KEY_ID_BYTES: Final = 6
 #: Format of the sealed plaintext: a JSON header line, then the payload bytes.
 FORMAT_VERSION: Final = 1
+#: The first line of every key file pushd writes.
+KEY_FILE_HEADER: Final = "# pushd spool keys: the first seals new rows. Keep a copy; never share.\n"
 
 log = logging.getLogger(__name__)
 
@@ -81,22 +84,74 @@ def read_keys(path: Path) -> list[bytes]:
     return keys
 
 
-def create_key_file(path: Path) -> None:
-    """Write a new key file with one key, mode 0600; FileExistsError if there is one."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
-    with os.fdopen(fd, "w") as file:
-        file.write("# pushd spool keys: the first seals new rows. Keep a copy; never share.\n")
-        file.write(new_key_line() + "\n")
+def key_file_missing(path: Path) -> bool:
+    """No key file at ``path``, or an empty one: a start on a full disk, before key
+    files were written whole, left one of 0 bytes behind, and it holds nothing to lose.
+    A file holding anything else (a comment, a broken line) is never taken for none."""
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return True
+    return stat.S_ISREG(found.st_mode) and found.st_size == 0
+
+
+def create_key_file(path: Path, *, mode: int = PRIVATE_FILE, group: int | None = None) -> None:
+    """Write a new key file with one key (``mode``, and ``group`` if given), whole and on
+    disk before this returns; FileExistsError if there is one holding anything.
+
+    An empty file there (:func:`key_file_missing`) is replaced, keeping its owner, group
+    and mode.  SealError if the file cannot be written: ``path`` is then as it was, never
+    left empty or half written (which every later start would refuse).
+    """
+    text = _key_text([nacl.utils.random(KEY_BYTES)])
+    owner = None if group is None else (-1, group)
+    try:
+        write_durably(path, text, mode=mode, owner=owner, replace=False)
+        return
+    except FileExistsError:
+        if not key_file_missing(path):
+            raise
+    except OSError as error:
+        raise SealError(f"cannot write spool key file {path}: {error.strerror}") from None
+    _rewrite(path, text)
 
 
 def write_keys(path: Path, keys: list[bytes]) -> None:
-    """Replace the key file with ``keys`` (atomically, mode 0600), first is current."""
-    temporary = path.with_name(path.name + ".new")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
-    with os.fdopen(fd, "w") as file:
-        file.write("# pushd spool keys: the first seals new rows. Keep a copy; never share.\n")
-        file.writelines(base64.b64encode(key).decode() + "\n" for key in keys)
-    os.replace(temporary, path)
+    """Replace the key file with ``keys``, first is current: whole, on disk before this
+    returns, and with the owner, group and mode the file had.
+
+    The file is replaced, not rewritten in place, so a running pushd never reads half a
+    file; the new one keeps the old one's owner and group because pushd reads it as its
+    own user while an operator rotates as root.  SealError (and the file as it was) if
+    that cannot be done.
+    """
+    _rewrite(path, _key_text(keys))
+
+
+def _key_text(keys: list[bytes]) -> bytes:
+    lines = [KEY_FILE_HEADER, *(base64.b64encode(key).decode() + "\n" for key in keys)]
+    return "".join(lines).encode()
+
+
+def _rewrite(path: Path, text: bytes) -> None:
+    """Replace the file at ``path`` with ``text``, keeping its owner, group and mode."""
+    try:
+        was = path.stat()
+    except OSError as error:
+        raise SealError(f"cannot read spool key file {path}: {error.strerror}") from None
+    owner = (was.st_uid, was.st_gid)
+    try:
+        write_durably(path, text, mode=stat.S_IMODE(was.st_mode), owner=owner, replace=True)
+    except OwnerError as error:
+        raise SealError(
+            f"{path} left as it was: a new file could not keep its owner and group"
+            f" {was.st_uid}:{was.st_gid} ({error.strerror}), and pushd may no longer read"
+            " one that does not; run this as root or as that owner"
+        ) from None
+    except OSError as error:
+        raise SealError(
+            f"cannot write spool key file {path}: {error.strerror}; it was left as it was"
+        ) from None
 
 
 def prepend_key(path: Path) -> str:
@@ -162,10 +217,12 @@ class SpoolKeys:
 
     @classmethod
     def load(cls, path: str | Path, *, create: bool = False) -> SpoolKeys:
-        """The keys in ``path``; with ``create``, a new file first if there is none."""
+        """The keys in ``path``; with ``create``, a new file first if there is none (or
+        an empty one: :func:`key_file_missing`)."""
         file = Path(path)
-        if create and not file.exists():
-            create_key_file(file)
+        if create and key_file_missing(file):
+            with contextlib.suppress(FileExistsError):  # another process made it just now
+                create_key_file(file)
         return cls(file)
 
     def refresh(self) -> None:
