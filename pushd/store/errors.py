@@ -71,6 +71,11 @@ class FailureLog:
     #: Calls in flight: when each began (``clock``), by a number of its own.
     _running: dict[int, float] = attrs.Factory(dict)
     _calls: int = 0
+    #: A cheap look at the store that :attr:`reason` takes while nothing has failed
+    #: (SQLite: is the file still the one opened?), so ``/healthz`` and the metrics
+    #: see a store gone bad before a request trips over it.  It records what it
+    #: finds through :meth:`failed`.
+    probe: Callable[[], object] | None = None
 
     def began(self) -> int:
         """A store call begins (waiting for its turn included); pass the number to
@@ -86,6 +91,8 @@ class FailureLog:
     def reason(self) -> str | None:
         """Why the store counts as failing: the last failure's kind until a write
         succeeds, or ``stalled`` while a call has run longer than :data:`STALL_AFTER`."""
+        if self.failing is None and self.probe is not None:
+            self.probe()
         if self.failing is not None:
             return self.failing
         running = self._running
@@ -93,8 +100,11 @@ class FailureLog:
             return "stalled"
         return None
 
-    def failed(self, kind: str) -> StoreUnavailable:
-        """Record a failure of ``kind``, log it if due, return the error to raise."""
+    def failed(self, kind: str, detail: str = "") -> StoreUnavailable:
+        """Record a failure of ``kind``, log it if due, return the error to raise.
+
+        ``detail`` is what the log line adds for the admin (what happened, what to
+        do); it never reaches the caller, which hears only ``kind``."""
         self.failing = kind
         now = self.clock()
         last = self._logged.get(kind)
@@ -102,8 +112,9 @@ class FailureLog:
             suppressed = self._suppressed.pop(kind, 0)
             more = f" ({suppressed} more since the last line)" if suppressed else ""
             log.error(
-                "store unavailable: %s; requests that need it are answered 503%s",
+                "store unavailable: %s%s; requests that need it are answered 503%s",
                 kind,
+                f" ({detail})" if detail else "",
                 more,
             )
             self._logged[kind] = now
