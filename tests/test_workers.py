@@ -29,6 +29,7 @@ import trio
 import trustme
 
 from pushd.spool.seal import create_key_file
+from pushd.workers import store_claim_names
 from tests import matrix_homeserver as hs
 from tests.conftest import TOPIC, app_entry, token
 from tests.process import PushdProcess, start_pushd_process
@@ -522,7 +523,7 @@ async def test_another_users_squatter_on_the_claims_neither_blocks_nor_doubles_p
     uid = os.getuid()
     names = [
         f"pushd-claim uid={uid} slot=0 {what}"
-        for what in (f"port 127.0.0.1:{port}", f"store {store}")
+        for what in (f"port 127.0.0.1:{port}", *(key for key, _ in store_claim_names(store)))
     ]
     squatter = await trio.lowlevel.open_process(
         [
