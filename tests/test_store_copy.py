@@ -205,3 +205,34 @@ async def test_migrate_is_refused_while_a_pushd_serves_the_store(
     migrated = await pushd_cli("store", "migrate", "--store", str(database))
     assert migrated.returncode == 0, migrated.stderr.decode()
 
+
+async def test_a_nul_in_text_names_its_table_and_row_not_its_value(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """SQLite holds a NUL in text (a native user id older pushd accepted), PostgreSQL
+    cannot: the copy failed with "NUL character in text" and no table or row."""
+    database = tmp_path / "pushd.sqlite3"
+    await trio.to_thread.run_sync(add_server, StoreConfig(path=str(database)), "chat")
+    with sqlite3.connect(database) as db:
+        db.execute(
+            "INSERT INTO registrations (server_id, user_id, token, app, environment,"
+            " registered_at) VALUES (1, 'okuser', ?, 'chat', 'production', 0),"
+            " (1, ?, ?, 'chat', 'production', 0)",
+            (token(1), "secret\x00user", token(2)),
+        )
+    copied = await pushd_cli("store", "copy", "--store", str(database), "--to", pg_url)
+    message = copied.stderr.decode()
+    assert copied.returncode == 1, copied.stdout.decode()
+    assert "table registrations, row id 2: column user_id holds a NUL" in message, message
+    assert "DELETE FROM registrations WHERE id = 2" in message
+    assert "secret" not in message and "Traceback" not in message
+
+    def target_rows() -> int:
+        import psycopg
+
+        with psycopg.connect(pg_url) as conn:
+            row = conn.execute("SELECT count(*) FROM registrations").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    assert await trio.to_thread.run_sync(target_rows) == 0
