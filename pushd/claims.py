@@ -1,15 +1,15 @@
 """One pushd at a time per port and per SQLite file, which other users cannot block.
 
-A claim is an abstract Unix socket bound under a name (``port 127.0.0.1:8080``, ``store
-/var/lib/pushd/pushd.sqlite3``): the kernel releases it when the process ends, however
-it ends, so a crash never leaves a stale lock behind.  Abstract names have no owner or
-permissions, though, and are predictable from the config: any local user could bind
-pushd's first and keep it from starting.  So a name held by a process of another user
-is skipped for the next of a few slots, and a claim counts as taken only when a
-process of pushd's own user holds it (read from ``/proc``: that user's processes are
-the ones whose descriptors it may list, and their owner is checked too, in case pushd
-runs as root).  A claim on slot *k* also checks the slots above it, where another
-pushd went while a squatter held this one and has since left.
+A claim is an abstract Unix socket bound under a name (``port 127.0.0.1:8080``, or a
+SQLite file's identity: ``pushd.workers.store_claim_names``): the kernel releases it
+when the process ends, however it ends, so a crash never leaves a stale lock behind.
+Abstract names have no owner or permissions, though, and are predictable from the
+config: any local user could bind pushd's first and keep it from starting.  So a name
+held by a process of another user is skipped for the next of a few slots, and a claim
+counts as taken only when a process of pushd's own user holds it (read from ``/proc``:
+that user's processes are the ones whose descriptors it may list, and their owner is
+checked too, in case pushd runs as root).  A claim on slot *k* also checks the slots
+above it, where another pushd went while a squatter held this one and has since left.
 """
 
 from __future__ import annotations
@@ -103,26 +103,31 @@ def _slot_is_ours(address: str) -> bool | None:
     return False
 
 
-def claim(name: str) -> socket.socket | str:
+def claim(name: str, label: str | None = None) -> socket.socket | str:
     """Hold ``name`` while this process runs (keep the socket open), or the sentence
-    saying why it cannot be had."""
+    saying why it cannot be had (naming ``label``, the name as the admin knows it,
+    when the name itself is not readable: a file's identity).
+
+    An abstract address is at most 107 bytes: keep ``name`` short (a digest for
+    anything of unbounded length, such as a path)."""
+    label = label or name
     for slot in range(SLOTS):
         address = claim_address(name, slot)
         lock = _bind(address)
         if lock is None:
             ours = _slot_is_ours(address)
             if ours:
-                return f"another pushd has {name} already"
+                return f"another pushd has {label} already"
             if ours is None:
                 lock = _bind(address)
             if lock is None:
                 continue  # another user's process squats this slot
         if any(_slot_is_ours(address) for address in _busy_above(name, slot)):
             lock.close()
-            return f"another pushd has {name} already"
+            return f"another pushd has {label} already"
         return lock
     return (
-        f"processes of other users hold every slot of pushd's claim on {name}: find them "
+        f"processes of other users hold every slot of pushd's claim on {label}: find them "
         f"with `grep '@pushd-claim uid={os.getuid()}' /proc/net/unix` and `ss -xp`"
     )
 

@@ -9,6 +9,7 @@ on SQLite or PostgreSQL alike.
 from __future__ import annotations
 
 import argparse
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -50,8 +51,13 @@ def store_options(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--store", help="the SQLite file, instead of reading the config")
 
 
-def run_store(args: argparse.Namespace, command: StoreCommand, *, upgrade: bool = False) -> int:
-    """Open the store ``args`` names (``--store`` or the config's), run ``command``."""
+def run_store(
+    args: argparse.Namespace, command: StoreCommand, *, upgrade: bool = False, alone: str = ""
+) -> int:
+    """Open the store ``args`` names (``--store`` or the config's), run ``command``.
+
+    With ``alone`` (the command's name), a SQLite store is claimed as ``serve`` claims
+    it, for a command that must not run beside a pushd serving the file."""
     cfg = None
     if getattr(args, "store", None):
         where = config.StoreConfig(path=args.store)
@@ -60,6 +66,9 @@ def run_store(args: argparse.Namespace, command: StoreCommand, *, upgrade: bool 
         if cfg is None:
             return 1
         where = cfg.store
+    held = claim_sqlite(where.path, alone) if alone and where.url is None else []
+    if isinstance(held, str):
+        return fail(held)
 
     async def main() -> int:
         store = await open_store(where, upgrade=upgrade)
@@ -73,6 +82,23 @@ def run_store(args: argparse.Namespace, command: StoreCommand, *, upgrade: bool 
         return trio.run(main)
     except StoreError as error:
         return fail(str(error))
+    finally:
+        for lock in held:
+            lock.close()
+
+
+def claim_sqlite(path: str, command: str) -> list[socket.socket] | str:
+    """Take the claim ``serve`` takes on the SQLite file at ``path`` (held until the
+    sockets close), or the sentence refusing ``command``: run beside a pushd on that
+    file, a copy would miss what it spools after the snapshot and both would send the
+    same pushes once PostgreSQL serves, and a migration would change the schema under
+    it."""
+    from pushd.workers import claim_store
+
+    held = claim_store(path)
+    if isinstance(held, str):
+        return f"{held}: stop it before `pushd store {command}`"
+    return held
 
 
 def add_commands(commands: Any) -> None:
@@ -101,7 +127,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         print(f"{store.describe()}: schema {SCHEMA_VERSION}, up to date")
         return 0
 
-    return run_store(args, report, upgrade=True)
+    return run_store(args, report, upgrade=True, alone="migrate")
 
 
 def cmd_copy(args: argparse.Namespace) -> int:
@@ -125,6 +151,9 @@ def cmd_copy(args: argparse.Namespace) -> int:
     if not Path(source).is_file():
         return fail(f"no SQLite store at {source}")
     target = config.StoreConfig(url=args.to, password_file=args.password_file, pool_size=1)
+    held = claim_sqlite(source, "copy")
+    if isinstance(held, str):
+        return fail(held)
 
     async def main() -> int:
         # Opening creates the schema in an empty database, and refuses an old one.
@@ -148,3 +177,6 @@ def cmd_copy(args: argparse.Namespace) -> int:
         return trio.run(main)
     except StoreError as error:
         return fail(str(error))
+    finally:
+        for lock in held:
+            lock.close()

@@ -281,6 +281,15 @@ async def serve(
     pid_file = PidFile(None if worker else config.server.pid_file)  # the supervisor's
     lanes = build_lanes(config) if lanes is None else lanes
     store = await open_store(config.store)
+    if getattr(store.engine, "created", False):
+        # A store is made on purpose by `pushd init` or `server add`: one made by
+        # serve may mean the real one was moved or deleted (every chat server's key
+        # would then be refused, and the spool is gone), so the admin is told.
+        log.warning(
+            "created a new, empty store at %s: no file was there; if pushd had a store "
+            "before, stop it and put that file back",
+            store.describe(),
+        )
     if worker is not None:
         # N processes on one store share rate windows and dedupe keys, and release only
         # their own leases: as instances on one PostgreSQL do (pushd.workers).

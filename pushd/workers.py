@@ -27,6 +27,7 @@ spool's key file.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import signal
@@ -42,6 +43,7 @@ from pushd.config import Config
 from pushd.sdnotify import WORKER_ENV
 from pushd.spool.seal import SealError, SpoolKeys
 from pushd.store import open_store
+from pushd.store.identity import file_identity
 
 log = logging.getLogger(__name__)
 
@@ -152,16 +154,58 @@ async def prepare_store(config: Config) -> int:
         await store.close()
 
 
-def claim_names(config: Config) -> list[str]:
+#: A claim: the name bound (:func:`pushd.claims.claim`) and how messages call it.
+Claim = tuple[str, str]
+
+
+def claim_names(config: Config) -> list[Claim]:
     """What one supervisor at a time may have: its port (``SO_REUSEPORT`` would let a
     second one of the same user bind it and take half the connections) and its SQLite
     file (a second would release the first one's spool leases at start)."""
     names = []
     if config.server.port != 0:
-        names.append(f"port {config.server.listen}:{config.server.port}")
+        port = f"port {config.server.listen}:{config.server.port}"
+        names.append((port, port))
     if config.store.url is None:
-        names.append(f"store {os.path.realpath(config.store.path)}")
+        names += store_claim_names(config.store.path)
     return names
+
+
+def store_claim_names(path: str) -> list[Claim]:
+    """The claims on the SQLite file at ``path``: the file, not the path to it.
+
+    A path is one of many to a file: through a bind mount of its directory (or of
+    the file), a symlink, a hard link.  Keyed by path, a second pushd on the same file
+    by another path started, released the first one's leases and sent its pushes in
+    flight twice.  So the claims name identities (``st_dev``, ``st_ino``):
+
+    - the containing directory's, with the file's name (a digest: names are unbounded,
+      abstract addresses are not): the file may not exist yet, and a bind mount of the
+      directory shows the same identity;
+    - the file's own, when it exists: a hard link elsewhere, a bind mount of the file.
+
+    Not covered: a hard link made after a pushd started on a file it created (only
+    the directory was claimed then); another network namespace (abstract sockets are
+    per namespace: a container); another user (the claim is per user); another host
+    (a network filesystem).
+    """
+    real = os.path.realpath(path)
+    label = f"store {real}"
+    directory, name = os.path.split(real)
+    try:
+        where = os.stat(directory)
+    except OSError:  # opening it will fail and say why; claim what there is
+        return [(f"store path {_digest(real)}", label)]
+    digest = _digest(name)
+    names = [(f"store dir {where.st_dev}:{where.st_ino} {digest}", label)]
+    identity = file_identity(real)
+    if identity is not None:
+        names.append((f"store file {identity[0]}:{identity[1]}", label))
+    return names
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(errors="surrogateescape"), digest_size=12).hexdigest()
 
 
 def accepted_config_fd(text: bytes) -> int:
@@ -195,9 +239,19 @@ def claim_all(config: Config) -> list[socket.socket] | str:
     sockets close or the process ends), or the sentence saying why one cannot be had
     (none are kept then).  A supervisor claims them for its workers; a single
     ``pushd serve`` for itself."""
+    return claim_each(claim_names(config))
+
+
+def claim_store(path: str) -> list[socket.socket] | str:
+    """The claims ``serve`` takes on the SQLite file at ``path``, for a command that
+    must not run beside a pushd on it (``store copy``, ``store migrate``)."""
+    return claim_each(store_claim_names(path))
+
+
+def claim_each(names: list[Claim]) -> list[socket.socket] | str:
     held: list[socket.socket] = []
-    for name in claim_names(config):
-        claimed = claims.claim(name)
+    for name, label in names:
+        claimed = claims.claim(name, label)
         if isinstance(claimed, str):
             for lock in held:
                 lock.close()

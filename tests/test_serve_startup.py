@@ -15,7 +15,9 @@ import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
 
+from pushd.store import Store
 from tests.conftest import KEY_ID, TEAM_ID
+from tests.storefixtures import with_store
 
 #: Run as root, the command first drops the capabilities that let root read any file
 #: and bind any port (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_NET_BIND_SERVICE), so
@@ -58,11 +60,17 @@ def assert_one_line(done: subprocess.CompletedProcess[str], line: str) -> None:
 
 
 def write_config(tmp_path: Path, server: str = "", apps: str = "") -> Path:
+    """A config on a store made beforehand, as ``pushd init`` makes it: a ``serve``
+    that creates its store warns on stderr, which these tests expect to hold one line."""
+    store = tmp_path / "pushd.sqlite3"
+    with_store(str(store), made)
     path = tmp_path / "pushd.toml"
-    path.write_text(
-        f"[server]\n{server}\n[metrics]\nport = 0\n[store]\npath = 'pushd.sqlite3'\n{apps}"
-    )
+    path.write_text(f"[server]\n{server}\n[metrics]\nport = 0\n[store]\npath = '{store}'\n{apps}")
     return path
+
+
+async def made(_: Store) -> None:
+    return None
 
 
 @pytest.fixture

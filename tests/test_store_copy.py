@@ -9,6 +9,7 @@ spool rows, still sealed, are delivered.
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import subprocess
@@ -23,7 +24,7 @@ from pushd.config import StoreConfig
 from pushd.simulators.apns import ApnsSimulator, SimReply
 from pushd.spool.seal import create_key_file
 from tests.conftest import TOPIC, app_entry, token
-from tests.process import ROOT, start_pushd_process, write_config
+from tests.process import ROOT, PushdProcess, start_pushd_process, write_config
 from tests.storefixtures import add_server
 from tests.zulip_client import ZulipServer, realm
 
@@ -146,3 +147,92 @@ async def test_copy_refuses_what_it_cannot_copy(tmp_path: Path, pg_url: str) -> 
     not_pg = await pushd_cli("store", "copy", "--store", str(database), "--to", "/tmp/x.db")
     assert not_pg.returncode == 1
     assert "--to must be a PostgreSQL URL" in not_pg.stderr.decode()
+
+
+async def serving(nursery: trio.Nursery, tmp_path: Path, database: Path) -> PushdProcess:
+    """A pushd serving ``database`` (no apps needed to hold its claim)."""
+    sections: dict[str, Any] = {"server": {"port": 0}, "store": {"path": str(database)}}
+    return await start_pushd_process(nursery, write_config(tmp_path / "serving.toml", sections))
+
+
+def pg_tables(url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_copy_is_refused_while_a_pushd_serves_the_store(
+    nursery: trio.Nursery, tmp_path: Path, pg_url: str
+) -> None:
+    """A copy taken beside a running pushd exited 0: both then sent the same pushes,
+    and what was spooled after the snapshot never reached PostgreSQL.  Now it takes the
+    claim ``serve`` takes, by the file, whatever path it is given."""
+    database = tmp_path / "pushd.sqlite3"
+    await trio.to_thread.run_sync(add_server, StoreConfig(path=str(database)), "chat")
+    link = tmp_path / "other" / "link.sqlite3"
+    await trio.Path(link.parent).mkdir()
+    await trio.to_thread.run_sync(os.link, database, link)
+    running = await serving(nursery, tmp_path, database)
+    for source in (database, link):
+        copied = await pushd_cli("store", "copy", "--store", str(source), "--to", pg_url)
+        assert copied.returncode == 1, copied.stdout.decode()
+        message = copied.stderr.decode()
+        assert f"another pushd has store {source} already" in message, message
+        assert "stop it before `pushd store copy`" in message
+    assert await trio.to_thread.run_sync(pg_tables, pg_url) == 0  # not even the schema
+    running.signal(signal.SIGTERM)
+    assert await running.wait() == 0, running.log
+    copied = await pushd_cli("store", "copy", "--store", str(database), "--to", pg_url)
+    assert copied.returncode == 0, copied.stderr.decode()
+
+
+async def test_migrate_is_refused_while_a_pushd_serves_the_store(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    database = tmp_path / "pushd.sqlite3"
+    await trio.to_thread.run_sync(add_server, StoreConfig(path=str(database)), "chat")
+    running = await serving(nursery, tmp_path, database)
+    migrated = await pushd_cli("store", "migrate", "--store", str(database))
+    assert migrated.returncode == 1
+    assert "stop it before `pushd store migrate`" in migrated.stderr.decode()
+    running.signal(signal.SIGTERM)
+    assert await running.wait() == 0, running.log
+    migrated = await pushd_cli("store", "migrate", "--store", str(database))
+    assert migrated.returncode == 0, migrated.stderr.decode()
+
+
+async def test_a_nul_in_text_names_its_table_and_row_not_its_value(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """SQLite holds a NUL in text (a native user id older pushd accepted), PostgreSQL
+    cannot: the copy failed with "NUL character in text" and no table or row."""
+    database = tmp_path / "pushd.sqlite3"
+    await trio.to_thread.run_sync(add_server, StoreConfig(path=str(database)), "chat")
+    with sqlite3.connect(database) as db:
+        db.execute(
+            "INSERT INTO registrations (server_id, user_id, token, app, environment,"
+            " registered_at) VALUES (1, 'okuser', ?, 'chat', 'production', 0),"
+            " (1, ?, ?, 'chat', 'production', 0)",
+            (token(1), "secret\x00user", token(2)),
+        )
+    copied = await pushd_cli("store", "copy", "--store", str(database), "--to", pg_url)
+    message = copied.stderr.decode()
+    assert copied.returncode == 1, copied.stdout.decode()
+    assert "table registrations, row id 2: column user_id holds a NUL" in message, message
+    assert "DELETE FROM registrations WHERE id = 2" in message
+    assert "secret" not in message and "Traceback" not in message
+
+    def target_rows() -> int:
+        import psycopg
+
+        with psycopg.connect(pg_url) as conn:
+            row = conn.execute("SELECT count(*) FROM registrations").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    assert await trio.to_thread.run_sync(target_rows) == 0

@@ -30,6 +30,7 @@ import trustme
 
 from pushd import claims
 from pushd.spool.seal import create_key_file
+from pushd.workers import store_claim_names
 from tests import matrix_homeserver as hs
 from tests.conftest import TOPIC, app_entry, token
 from tests.process import PushdProcess, start_pushd_process
@@ -525,7 +526,10 @@ async def test_another_users_squatter_on_the_claims_neither_blocks_nor_doubles_p
     port = free_port()
     await rig.configure(server={"port": port})
     store = str(await trio.Path(rig.tmp_path / "pushd.sqlite3").resolve())
-    names = [claims.claim_address(what, 0) for what in (f"port 127.0.0.1:{port}", f"store {store}")]
+    names = [
+        claims.claim_address(what, 0)
+        for what in (f"port 127.0.0.1:{port}", *(key for key, _ in store_claim_names(store)))
+    ]
     squatter = await trio.lowlevel.open_process(
         [
             SETPRIV,

@@ -18,7 +18,6 @@ refused, so a copy cannot merge two stores or run twice.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from typing import TYPE_CHECKING, Final
 
@@ -26,7 +25,7 @@ import attrs
 
 from pushd.store.engine import Tx, connect_sqlite
 from pushd.store.errors import StoreError
-from pushd.store.schema import MIGRATIONS, SCHEMA_VERSION
+from pushd.store.schema import SCHEMA_VERSION, schema_tables
 
 if TYPE_CHECKING:
     from pushd.store.postgres import PostgresEngine
@@ -35,12 +34,10 @@ if TYPE_CHECKING:
 #: spool while keeping the round trips few.
 BATCH_ROWS: Final = 1000
 
-_CREATE_TABLE: Final = re.compile(r"CREATE TABLE (\w+)")
-
 
 def copied_tables() -> tuple[str, ...]:
     """Every table of the schema, in the order the migrations create them."""
-    return tuple(name for text in MIGRATIONS for name in _CREATE_TABLE.findall(text))
+    return schema_tables()
 
 
 @attrs.frozen
@@ -93,12 +90,33 @@ def _copy_table(source: sqlite3.Connection, tx: Tx, table: str) -> int:
         raise StoreError(f"the target's table {table} lacks columns {sorted(missing)}")
     names = ", ".join(columns)
     insert = f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))})"
-    cursor = source.execute(f"SELECT {names} FROM {table} ORDER BY rowid")
+    cursor = source.execute(f"SELECT rowid, {names} FROM {table} ORDER BY rowid")
     copied = 0
     while batch := cursor.fetchmany(BATCH_ROWS):
-        tx.executemany(insert, batch)
-        copied += len(batch)
+        rows = [row[1:] for row in batch]
+        _refuse_nul(table, columns, batch)
+        tx.executemany(insert, rows)
+        copied += len(rows)
     return copied
+
+
+def _refuse_nul(table: str, columns: list[str], batch: list[tuple[object, ...]]) -> None:
+    """Name the first row of ``batch`` (rowid first) holding text PostgreSQL cannot.
+
+    SQLite keeps a NUL character in text (older pushd accepted one in a native user
+    id; a Zulip ``user_uuid`` may carry one); PostgreSQL refuses it, and the whole
+    copy failed saying only "NUL character in text".  The admin needs the table and
+    the row to fix or delete it; the value itself is never printed."""
+    key = "id" if "id" in columns else "rowid"
+    for row in batch:
+        for column, value in zip(columns, row[1:], strict=True):
+            if isinstance(value, str) and "\0" in value:
+                raise StoreError(
+                    f"table {table}, row {key} {row[0]}: column {column} holds a NUL "
+                    "character, which PostgreSQL cannot store; nothing was copied: fix "
+                    f"or delete that row with sqlite3 (`DELETE FROM {table} WHERE "
+                    f"{key} = {row[0]}`, pushd stopped), then copy again"
+                )
 
 
 def _advance_identities(tx: Tx) -> None:

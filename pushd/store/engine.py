@@ -16,9 +16,12 @@ cross a network.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -35,6 +38,7 @@ from pushd.store.errors import (
     ValueRefused,
 )
 from pushd.store.hop import run_on_thread
+from pushd.store.identity import FileIdentity, file_change, file_identity
 
 T = TypeVar("T")
 Dialect = Literal["sqlite", "postgres"]
@@ -201,25 +205,55 @@ def _switch_to_wal(db: sqlite3.Connection) -> None:
         pause *= 2
 
 
+#: The failure kind once the SQLite file pushd opened is no longer the one at its path.
+FILE_REPLACED: Final = "store_file_replaced"
 #: ``[store] synchronous`` -> SQLite's value (a fixed table: never text from a file).
 SYNCHRONOUS: Final = {"full": "FULL", "normal": "NORMAL"}
 
 
 class SqliteEngine:
-    """The embedded default: one file, one process.  Open with :meth:`open`."""
+    """The embedded default: one file, one process.  Open with :meth:`open_sync`.
+
+    The file is known by its identity, ``(st_dev, st_ino)``, taken at open: a file
+    deleted or replaced (``mv backup.sqlite3 pushd.sqlite3``) under a running pushd
+    stays open and writable through its descriptors, so without a look at the path
+    pushd would go on answering "retrying" for deliveries spooled into a file nobody
+    will ever open again.  Before each write transaction (an ``os.stat`` on the
+    writer thread: 5-8 us measured on a 2-vCPU VM, beside 60-110 us for a one-row
+    transaction at ``synchronous = normal`` and about 2 ms at ``full``, the default)
+    and whenever health is read, the path is checked; once it
+    names another file or none, the store fails for good (:data:`FILE_REPLACED`: 503s,
+    ``/healthz`` degraded) until pushd is restarted on whatever is there now.
+    """
 
     dialect: Dialect = "sqlite"
     shared = False
 
-    def __init__(self, path: str, writer: sqlite3.Connection, reader: sqlite3.Connection) -> None:
+    def __init__(
+        self,
+        path: str,
+        writer: sqlite3.Connection,
+        reader: sqlite3.Connection,
+        identity: FileIdentity | None = None,
+        *,
+        created: bool = False,
+    ) -> None:
         self.path = path
         self._writer_db = writer
         self._reader_db = reader
         self._writer = trio.CapacityLimiter(1)
-        self.failures = FailureLog()
+        self._identity = identity
+        #: What became of the file (:func:`file_change`), once seen; never cleared.
+        self._lost: str | None = None
+        self._wal_emptied = False
+        self._checking = threading.Lock()
+        #: Whether opening made a new file where there was none (``serve`` says so).
+        self.created = created
+        self.failures = FailureLog(probe=self.check_file)
 
     @classmethod
     def open_sync(cls, path: str, synchronous: str = "full") -> SqliteEngine:
+        created = not os.path.lexists(path)
         writer = connect_sqlite(path)
         try:
             _switch_to_wal(writer)
@@ -232,7 +266,38 @@ class SqliteEngine:
         except sqlite3.DatabaseError as error:
             writer.close()
             raise StoreError(f"{path}: {error}") from None
-        return cls(path, writer, reader)
+        return cls(path, writer, reader, file_identity(path), created=created)
+
+    def check_file(self) -> StoreUnavailable | None:
+        """The error to raise if the file opened is no longer the one at the path
+        (recorded as the store's failure, logged once a minute), else None."""
+        with self._checking:  # the writer thread and the event loop: one log line
+            return self._check_file()
+
+    def _check_file(self) -> StoreUnavailable | None:
+        if self._lost is None and self._identity is not None:
+            self._lost = file_change(self.path, self._identity)
+        if self._lost is None:
+            return None
+        return self.failures.failed(
+            FILE_REPLACED,
+            f"{self.path} {self._lost} while pushd ran; nothing more is written to the "
+            "file pushd opened, which nobody would read: restart pushd to serve the "
+            "store now at that path, or put the right file back first",
+        )
+
+    def _empty_wal(self) -> None:
+        """Checkpoint the lost file's WAL into it and truncate the WAL to nothing.
+
+        The ``-wal`` file beside the path is still this connection's: left with frames
+        in it, the next pushd would replay them onto whatever file is at the path now
+        (a restored backup).  Emptied, it has nothing to replay.  Until it succeeds,
+        by whoever has the writer connection: a write, a read finding it free, close."""
+        if self._wal_emptied:
+            return
+        with contextlib.suppress(sqlite3.Error):
+            row = self._writer_db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            self._wal_emptied = row is not None and row[0] == 0  # 1: busy, try again
 
     def describe(self) -> str:
         return f"SQLite {self.path}"
@@ -240,6 +305,18 @@ class SqliteEngine:
     async def read(self, fn: Callable[[Tx], T]) -> T:
         """Run ``fn`` on the event loop (see the module docstring); no transaction is
         needed for one statement, and WAL gives each a consistent snapshot."""
+        if self._lost is not None:  # no stat here: reads are the hot path
+            lost = self.check_file()
+            assert lost is not None
+            try:  # a write running now empties the WAL itself, at its check
+                self._writer.acquire_nowait()
+            except trio.WouldBlock:
+                raise lost from None
+            try:
+                self._empty_wal()
+            finally:
+                self._writer.release()
+            raise lost
         try:
             return fn(SqliteTx(self._reader_db))
         except OverflowError:
@@ -265,6 +342,10 @@ class SqliteEngine:
 
     def write_sync(self, fn: Callable[[Tx], T]) -> T:
         """:meth:`write` for a thread that is not the event loop's (migrations)."""
+        lost = self.check_file()
+        if lost is not None:
+            self._empty_wal()
+            raise lost
         try:
             return run_sqlite_tx(self._writer_db, fn, immediate=True)
         except sqlite3.IntegrityError as error:
@@ -282,6 +363,8 @@ class SqliteEngine:
             await trio.to_thread.run_sync(self.close_sync, limiter=self._writer)
 
     def close_sync(self) -> None:
+        if self._lost is not None:
+            self._empty_wal()
         self._reader_db.close()
         self._writer_db.close()
 

@@ -73,6 +73,11 @@ class FailureLog:
     _calls: int = 0
     #: When the oldest call of a stall that was logged began (None: no stall logged).
     _stalled_since: float | None = None
+    #: A cheap look at the store that :attr:`reason` takes while nothing has failed
+    #: (SQLite: is the file still the one opened?), so ``/healthz`` and the metrics
+    #: see a store gone bad before a request trips over it.  It records what it
+    #: finds through :meth:`failed`.
+    probe: Callable[[], object] | None = None
 
     def began(self) -> int:
         """A store call begins (waiting for its turn included); pass the number to
@@ -98,6 +103,8 @@ class FailureLog:
         succeeds, or ``stalled`` while a call has run longer than :data:`STALL_AFTER`
         (said once in the log when first seen here, and once when calls complete
         again: health and the metrics ask every few seconds)."""
+        if self.failing is None and self.probe is not None:
+            self.probe()
         if self.failing is not None:
             return self.failing
         now = self.clock()
@@ -112,8 +119,11 @@ class FailureLog:
             )
         return "stalled"
 
-    def failed(self, kind: str) -> StoreUnavailable:
-        """Record a failure of ``kind``, log it if due, return the error to raise."""
+    def failed(self, kind: str, detail: str = "") -> StoreUnavailable:
+        """Record a failure of ``kind``, log it if due, return the error to raise.
+
+        ``detail`` is what the log line adds for the admin (what happened, what to
+        do); it never reaches the caller, which hears only ``kind``."""
         self.failing = kind
         now = self.clock()
         last = self._logged.get(kind)
@@ -121,8 +131,9 @@ class FailureLog:
             suppressed = self._suppressed.pop(kind, 0)
             more = f" ({suppressed} more since the last line)" if suppressed else ""
             log.error(
-                "store unavailable: %s; requests that need it are answered 503%s",
+                "store unavailable: %s%s; requests that need it are answered 503%s",
                 kind,
+                f" ({detail})" if detail else "",
                 more,
             )
             self._logged[kind] = now

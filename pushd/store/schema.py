@@ -14,6 +14,7 @@ empty database is created at the current version by anyone (``init``, the demo, 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Final
 
@@ -242,16 +243,51 @@ def _set_version(tx: Tx, version: int) -> None:
         tx.execute("INSERT INTO pushd_schema (version) VALUES (?)", (version,))
 
 
-def _is_empty(tx: Tx) -> bool:
-    """Whether the database has none of pushd's tables (a new store)."""
+_CREATE_TABLE: Final = re.compile(r"CREATE TABLE (\w+)")
+
+
+def schema_tables(version: int = SCHEMA_VERSION) -> tuple[str, ...]:
+    """The tables migrations 1 to ``version`` create, in the order they create them."""
+    return tuple(name for text in MIGRATIONS[:version] for name in _CREATE_TABLE.findall(text))
+
+
+def _tables(tx: Tx) -> set[str]:
+    """Every table of the database (PostgreSQL: of the schema in use, ``search_path``,
+    not every schema of the database), but SQLite's own and ``pushd_schema``."""
     if tx.dialect == "sqlite":
-        row = tx.one("SELECT count(*) FROM sqlite_master WHERE name = 'servers'")
-    else:  # the schema in use (search_path), not every schema of the database
-        row = tx.one(
-            "SELECT count(*) FROM information_schema.tables"
-            " WHERE table_schema = current_schema() AND table_name = 'servers'"
+        rows = tx.all(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
         )
-    return row is None or int(row[0]) == 0
+    else:
+        rows = tx.all(
+            "SELECT table_name FROM information_schema.tables"
+            " WHERE table_schema = current_schema() AND table_name <> 'pushd_schema'"
+        )
+    return {str(row[0]) for row in rows}
+
+
+def _refuse_foreign(tx: Tx, version: int) -> None:
+    """Refuse a database that is not a pushd store of schema ``version``.
+
+    Telling one apart by a table named ``servers`` only let another application's
+    database through: a PostgreSQL ``spool`` table made serve and copy die on a
+    DuplicateTable traceback, a foreign SQLite file got pushd's tables added beside its
+    own, and one whose ``user_version`` happened to be 3 failed with "database_error".
+    So: a new store (version 0) may hold none of pushd's table names, and in SQLite,
+    where the file is pushd's alone, no table at all; an existing one must hold every
+    table its version's migrations created.
+    """
+    present = _tables(tx)
+    if version == 0:
+        clash = present if tx.dialect == "sqlite" else present & set(schema_tables())
+    else:
+        clash = set(schema_tables(version)) - present
+    if clash:
+        raise StoreError(
+            "the database holds tables that are not a pushd store "
+            f"({'missing' if version else 'found'}: {', '.join(sorted(clash)[:5])}): "
+            "point [store] at pushd's own file or database"
+        )
 
 
 def migrate_tx(tx: Tx, *, upgrade: bool, hint: str) -> tuple[int, int]:
@@ -268,6 +304,7 @@ def migrate_tx(tx: Tx, *, upgrade: bool, hint: str) -> tuple[int, int]:
             f"the store has schema {version}, newer than this pushd ({SCHEMA_VERSION}): "
             "upgrade pushd or restore a backup"
         )
+    _refuse_foreign(tx, version)
     if version == SCHEMA_VERSION:
         return version, version
     if version > 0 and not upgrade:
@@ -275,8 +312,6 @@ def migrate_tx(tx: Tx, *, upgrade: bool, hint: str) -> tuple[int, int]:
             f"the store has schema {version}, this pushd needs {SCHEMA_VERSION}: "
             f"run `{hint}` (back the store up first)"
         )
-    if version == 0 and not _is_empty(tx):
-        raise StoreError("the database holds tables that are not a pushd store")
     for number in range(version + 1, SCHEMA_VERSION + 1):
         for statement in statements(number, tx.dialect):
             tx.execute(statement)
