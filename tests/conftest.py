@@ -7,7 +7,7 @@ HTTP/1.1 to pushd's socket, pushd speaks HTTP/2 over TLS to the simulator's sock
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -250,3 +250,30 @@ async def pushd(start_pushd: PushdFactory) -> Pushd:
 def token(n: int) -> str:
     """A distinct, valid 64-hex-digit device token."""
     return f"{n:064x}"
+
+
+@pytest.fixture
+def start_bouncer(
+    start_pushd: PushdFactory,
+    simulator: ApnsSimulator,
+    fcm_simulator: FcmSimulator,
+    fcm_key: rsa.RSAPrivateKey,
+    key_file: Path,
+    ca_file: Path,
+    tmp_path: Path,
+) -> Callable[..., Awaitable[Pushd]]:
+    """Starts pushd serving Zulip's bouncer with an APNs app (``ios``) and an FCM app
+    (``android``, Zulip's FCM app), registration open; ``zulip`` settings override,
+    ``sections`` are further config sections (a store backend)."""
+
+    async def start(sections: dict[str, Any] | None = None, **zulip: Any) -> Pushd:
+        upstream = f"https://127.0.0.1:{simulator.port}"
+        apps = [
+            app_entry("ios", TOPIC, upstream, key_file, ca_file),
+            fcm_entry("android", fcm_simulator, fcm_key, ca_file, tmp_path),
+        ]
+        settings = {"registration": "open", "fcm_app": "android", **zulip}
+        pushd: Pushd = await start_pushd(apps=apps, zulip=settings, **(sections or {}))
+        return pushd
+
+    return start

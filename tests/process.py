@@ -144,3 +144,15 @@ async def start_pushd_process(
         assert match is not None, line
         running.url = match.group(1)
     return running
+
+
+async def run_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+    """``pushd ARGS`` as a process of its own, with a bare environment (no inherited
+    PUSHD_* variables); whatever its exit status."""
+    return await trio.run_process(
+        [sys.executable, "-m", "pushd", *args],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        env={"PYTHONPATH": ROOT, "PATH": "/usr/bin:/bin"},
+    )

@@ -11,8 +11,6 @@ and left as it was.
 from __future__ import annotations
 
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,19 +18,9 @@ import trio
 
 from pushd.config import StoreConfig
 from pushd.store import StoreError, open_store
-from tests.process import ROOT
+from tests.process import run_cli
 
 REFUSAL = "holds tables that are not a pushd store"
-
-
-async def pushd_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return await trio.run_process(
-        [sys.executable, "-m", "pushd", *args],
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-        env={"PYTHONPATH": ROOT, "PATH": "/usr/bin:/bin"},
-    )
 
 
 def foreign_sqlite(path: Path, user_version: int) -> None:
@@ -59,7 +47,7 @@ async def test_another_applications_sqlite_file_is_refused_and_left_alone(
         await open_store(StoreConfig(path=str(other)))
     with pytest.raises(StoreError, match=REFUSAL):
         await open_store(StoreConfig(path=str(other)), upgrade=True)
-    migrated = await pushd_cli("store", "migrate", "--store", str(other))
+    migrated = await run_cli("store", "migrate", "--store", str(other))
     assert migrated.returncode == 1
     assert REFUSAL in migrated.stderr.decode(), migrated.stderr.decode()
     assert sqlite_shape(other) == (user_version, ["notes"])
@@ -81,7 +69,7 @@ async def test_a_postgres_database_with_another_applications_spool_is_refused(
     source = tmp_path / "pushd.sqlite3"
     store = await open_store(StoreConfig(path=str(source)))
     await store.close()
-    copied = await pushd_cli("store", "copy", "--store", str(source), "--to", pg_url)
+    copied = await run_cli("store", "copy", "--store", str(source), "--to", pg_url)
     message = copied.stderr.decode()
     assert copied.returncode == 1
     assert REFUSAL in message and "spool" in message, message

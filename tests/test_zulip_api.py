@@ -6,17 +6,15 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pushd.simulators.apns import ApnsSimulator, SimReply
 from pushd.simulators.fcm import FcmReply, FcmSimulator
 from pushd.store import open_store
-from tests.conftest import TOPIC, Pushd, PushdFactory, app_entry, fcm_entry, token
+from tests.conftest import TOPIC, Pushd, token
 from tests.storefixtures import run_cli
 from tests.zulip_client import USER_AGENT, ZulipServer, new_org_key, realm
 
@@ -34,29 +32,6 @@ def error(code: str, msg: str, **data: Any) -> dict[str, Any]:
 
 
 OK = {"result": "success", "msg": ""}
-
-
-@pytest.fixture
-def start_bouncer(
-    start_pushd: PushdFactory,
-    simulator: ApnsSimulator,
-    fcm_simulator: FcmSimulator,
-    fcm_key: rsa.RSAPrivateKey,
-    key_file: Path,
-    ca_file: Path,
-    tmp_path: Path,
-) -> Any:
-    async def start(**zulip: Any) -> Pushd:
-        upstream = f"https://127.0.0.1:{simulator.port}"
-        apps = [
-            app_entry("ios", TOPIC, upstream, key_file, ca_file),
-            fcm_entry("android", fcm_simulator, fcm_key, ca_file, tmp_path),
-        ]
-        settings = {"registration": "open", "fcm_app": "android", **zulip}
-        pushd: Pushd = await start_pushd(apps=apps, zulip=settings)
-        return pushd
-
-    return start
 
 
 @pytest.fixture

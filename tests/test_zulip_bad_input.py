@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pushd.frontends.zulip.e2ee import new_key_pair
-from pushd.simulators.apns import ApnsSimulator
-from pushd.simulators.fcm import FcmSimulator
-from tests.conftest import TOPIC, Pushd, PushdFactory, app_entry, fcm_entry, token
+from tests.conftest import TOPIC, Pushd, token
 from tests.zulip_client import (
     PushKey,
     ZulipServer,
@@ -58,24 +55,10 @@ def refused(response: httpx.Response, code: str = "BAD_REQUEST") -> str:
 
 @pytest.fixture
 async def bouncer(
-    start_pushd: PushdFactory,
-    store_sections: dict[str, Any],
-    simulator: ApnsSimulator,
-    fcm_simulator: FcmSimulator,
-    fcm_key: rsa.RSAPrivateKey,
-    key_file: Path,
-    ca_file: Path,
-    tmp_path: Path,
+    start_bouncer: Callable[..., Awaitable[Pushd]], store_sections: dict[str, Any]
 ) -> Pushd:
     """pushd serving Zulip with an APNs and an FCM app, on each store backend."""
-    upstream = f"https://127.0.0.1:{simulator.port}"
-    apps = [
-        app_entry("ios", TOPIC, upstream, key_file, ca_file),
-        fcm_entry("android", fcm_simulator, fcm_key, ca_file, tmp_path),
-    ]
-    zulip = {"registration": "open", "fcm_app": "android"}
-    pushd: Pushd = await start_pushd(apps=apps, zulip=zulip, **store_sections)
-    return pushd
+    return await start_bouncer(store_sections)
 
 
 @pytest.fixture

@@ -14,19 +14,19 @@ import json
 import sqlite3
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import nacl.exceptions
 import nacl.public
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pushd.model import RemovalScope
 from pushd.simulators.apns import ApnsSimulator, SimReply
 from pushd.simulators.fcm import FcmReply, FcmSimulator
 from pushd.store import DeadToken, Store, ZulipRealm
-from tests.conftest import TOPIC, Pushd, PushdFactory, app_entry, fcm_entry, token
+from tests.conftest import TOPIC, Pushd, token
 from tests.storefixtures import run_cli
 from tests.zulip_client import (
     PushKey,
@@ -67,23 +67,8 @@ def error(code: str, msg: str, **data: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def bouncer(
-    start_pushd: PushdFactory,
-    simulator: ApnsSimulator,
-    fcm_simulator: FcmSimulator,
-    fcm_key: rsa.RSAPrivateKey,
-    key_file: Path,
-    ca_file: Path,
-    tmp_path: Path,
-) -> Pushd:
-    upstream = f"https://127.0.0.1:{simulator.port}"
-    apps = [
-        app_entry("ios", TOPIC, upstream, key_file, ca_file),
-        fcm_entry("android", fcm_simulator, fcm_key, ca_file, tmp_path),
-    ]
-    zulip = {"registration": "open", "fcm_app": "android"}
-    pushd: Pushd = await start_pushd(apps=apps, zulip=zulip)
-    return pushd
+async def bouncer(start_bouncer: Callable[..., Awaitable[Pushd]]) -> Pushd:
+    return await start_bouncer()
 
 
 @pytest.fixture
