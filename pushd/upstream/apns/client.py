@@ -24,6 +24,7 @@ import ssl
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from typing import Final
 from urllib.parse import urlsplit
 
 import trio
@@ -56,6 +57,10 @@ log = logging.getLogger("pushd.upstream.apns")
 APNS_PEER = Peer("APNs", log, id_header=b"apns-id")
 #: Log prefix of the pool's lines: ``apns[app]``.
 LOG_LABEL = "apns"
+#: Replace a connection after this many sends in a row timed out on it with no answer
+#: in between: a connection that stopped answering but still ACKs PING (so the pinger
+#: keeps it) would otherwise take every push to its deadline for as long as it lives.
+RECYCLE_AFTER_TIMEOUTS: Final = 3
 #: The :func:`encode_field` arguments of ``:path``: a never-indexed literal, as Apple asks.
 _PATH = b":path"
 _PATH_SENSITIVE = True
@@ -169,6 +174,7 @@ class ApnsClient:
             port=url.port or 443,
             ssl_context=make_ssl_context(settings),
             connections=settings.connections,
+            recycle_after_timeouts=RECYCLE_AFTER_TIMEOUTS,
             proxy=route(settings.proxy, url.hostname),
         )
 
@@ -176,6 +182,11 @@ class ApnsClient:
     def connections_opened(self) -> int:
         """Connections opened since start, for metrics and tests."""
         return self.pool.connections_opened
+
+    @property
+    def recycled(self) -> int:
+        """Connections replaced after :data:`RECYCLE_AFTER_TIMEOUTS` timeouts in a row."""
+        return self.pool.recycled
 
     # --- public -----------------------------------------------------------------------
 

@@ -1,0 +1,43 @@
+"""Connection health of the APNs client against the APNs simulator: connections that
+stop answering, say ``Shutdown`` or allow no streams are replaced, not kept.
+
+Each test is one of a tester's findings against a fake APNs (wedged connection, 503
+``Shutdown``, SETTINGS_MAX_CONCURRENT_STREAMS 0), over real TLS sockets on loopback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from pushd.model import Delivered, RetryLater
+from pushd.simulators.apns import SimReply
+from tests.test_apns_client import PUSH, TEST_DEADLINE, Env, start_env, token
+
+#: The request timeout of these tests' clients (seconds): short, so that a few time out.
+TIMEOUT = 0.3
+
+
+@pytest.fixture
+async def env(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Env]:
+    with trio.fail_after(TEST_DEADLINE):
+        yield await start_env(tmp_path, nursery)
+
+
+async def test_a_connection_that_only_times_out_is_replaced(env: Env) -> None:
+    """A connection that stops answering but still ACKs PING was never replaced (over
+    ~47 s one connection, every push retried, some given up): after three timeouts in a
+    row it is, and the next push goes out on a new one."""
+    client = await env.client(request_timeout=TIMEOUT)
+    assert isinstance(await client.send(token(1), PUSH), Delivered)
+    env.sim.set_default(SimReply(delay=60))  # answers nothing; h2 still ACKs PING
+    for n in range(2, 5):
+        assert await client.send(token(n), PUSH) == RetryLater("timeout", kind="unknown")
+    env.sim.clear()
+    assert isinstance(await client.send(token(5), PUSH), Delivered)
+    assert env.sim.connections_opened == 2
+    assert env.sim.received[-1].connection_id != env.sim.received[0].connection_id
+    assert client.recycled == 1
