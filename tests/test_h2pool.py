@@ -2,7 +2,8 @@
 
 The APNs and FCM clients are tested against their simulators; this server does what
 neither simulator does (GOAWAY on an FCM-shaped connection, answers split over DATA
-frames, SETTINGS without a stream limit) in a few lines of stock h2.
+frames, SETTINGS without a stream limit, a connection that goes silent, PING ACKs
+included) in a few lines of stock h2.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from h2.connection import H2Connection
 from h2.events import DataReceived, RequestReceived, StreamEnded
 
 from pushd.model import Delivered, Outcome, RetryLater
+from pushd.upstream import h2conn
 from pushd.upstream.h2batch import Batch, Reauthenticate, Report
 from pushd.upstream.h2pool import H2Pool, spread
 from pushd.upstream.h2types import Peer, Stream
@@ -40,6 +42,9 @@ class Server:
     goaway_after: int = 0
     #: The ``:status`` the first connection answers with (a middlebox's garbage).
     first_status: bytes = b"200"
+    #: The first connection goes silent once it received this many requests: it reads
+    #: nothing more and sends nothing, not even a PING ACK (0: never).
+    mute_after: int = 0
     connections: int = 0
     bodies: list[bytes] = attrs.Factory(list)
 
@@ -70,6 +75,8 @@ class Server:
                     conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 elif isinstance(event, StreamEnded):
                     ended.append(event.stream_id)
+            if first and self.mute_after and len(bodies) >= self.mute_after:
+                await trio.sleep_forever()
             goaway = first and self.goaway_after and len(ended) >= self.goaway_after
             if goaway:
                 ended = ended[:1]
@@ -133,7 +140,7 @@ async def start_pool(nursery: trio.Nursery, port: int, ca_file: Path) -> H2Pool:
     return pool
 
 
-async def send(pool: H2Pool, count: int) -> dict[int, Outcome]:
+async def send(pool: H2Pool, count: int, wait: float = 5) -> dict[int, Outcome]:
     reports: dict[int, Outcome] = {}
 
     def report(index: int, outcome: Outcome) -> None:
@@ -142,8 +149,8 @@ async def send(pool: H2Pool, count: int) -> dict[int, Outcome]:
 
     batch = EchoBatch(pool, report, count)
     batch.pending.extend(range(count))
-    with trio.fail_after(5):
-        await pool.send_batch(batch, trio.current_time() + 5)
+    with trio.fail_after(wait + 1):
+        await pool.send_batch(batch, trio.current_time() + wait)
     return reports
 
 
@@ -187,6 +194,37 @@ async def test_an_unreadable_status_ends_that_connection_not_the_process(
     second = await send(pool, 3)
     assert second == {i: Delivered(str(i)) for i in range(3)}
     assert srv.connections == 2
+
+
+@pytest.mark.parametrize("stalled", [True, False], ids=["silent-in-flight", "timed-out"])
+async def test_a_silent_connection_is_replaced_within_seconds(
+    nursery: trio.Nursery,
+    server: tuple[Server, int],
+    ca_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    stalled: bool,
+) -> None:
+    """A connection that reads nothing and ACKs no PING was noticed only by the idle
+    PING, after 60 s of silence and 10 s more for its ACK (tester: 72 s, every push in
+    between timing out).  Now it is PINGed once requests on it get no frame for a short
+    while, or once one times out, and dropped when the ACK does not come: the next push
+    goes out on a new connection."""
+    srv, port = server
+    srv.mute_after = 1
+    monkeypatch.setattr(h2conn, "STALL_PING_TIMEOUT", 0.3)
+    if not stalled:  # only the timeout can prompt the PING
+        monkeypatch.setattr(h2conn, "STALL_PING_AFTER", 60.0)
+    else:
+        monkeypatch.setattr(h2conn, "STALL_PING_AFTER", 0.2)
+    pool = await start_pool(nursery, port, ca_file)
+    started = trio.current_time()
+    (first,) = (await send(pool, 1, wait=0.5 if not stalled else 2.0)).values()
+    assert isinstance(first, RetryLater)
+    await trio.sleep(0.4)  # the PING's ACK is overdue by now
+    second = await send(pool, 1, wait=2.0)
+    assert second == {0: Delivered("0")}
+    assert srv.connections == 2
+    assert trio.current_time() - started < 2.0
 
 
 def test_spread_levels_free_slots() -> None:

@@ -234,8 +234,13 @@ class H2Pool:
         batch.fail_pending(self.no_connection)
 
     def _timed_out(self, conn: PoolConnection) -> None:
-        """Count a batch that gave up on ``conn``; replace ``conn`` after too many."""
+        """Count a batch that gave up on ``conn``; replace ``conn`` after too many.
+
+        Each timeout also has ``conn`` PING at once: a connection that stopped reading
+        is dropped when the ACK does not come, long before the idle PING.
+        """
         conn.timeouts += 1
+        conn.suspect()
         if self._recycle_after is None or conn.timeouts < self._recycle_after:
             return
         if not conn.accepting:

@@ -102,6 +102,14 @@ class StreamTable:
         self.reserved = 0
         self.lost_reason: str | None = None
         self._goaway_reason: str | None = None
+        #: When the streams in flight last went from none to some: a stalled connection's
+        #: silence counts from then, not from the last frame of an idle spell.
+        self._busy_since = 0.0
+        #: Wakes the pinger (:class:`~pushd.upstream.h2conn.PoolConnection`): streams
+        #: opened on an idle connection, or a request timed out.
+        self._pinger_wake = trio.Event()
+        #: A request here went unanswered past its deadline: PING now.
+        self._ping_wanted = False
 
     @property
     def free_slots(self) -> int:
@@ -168,6 +176,7 @@ class StreamTable:
         h2 = self._h2
         send = h2.send_fields
         streams = self._streams
+        was_idle = not streams
         opened = 0
         failure: str | None = None
         for index in indices:
@@ -200,6 +209,9 @@ class StreamTable:
                 break
         if opened:
             self._flush()
+            if was_idle:
+                self._busy_since = trio.current_time()
+                self._pinger_wake.set()
         return opened, failure
 
     def abandon(self, owner: StreamOwner) -> list[Stream]:
