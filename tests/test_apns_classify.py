@@ -11,6 +11,7 @@ from pushd.upstream.apns.classify import (
     PROVIDER_TOKEN_EXPIRED,
     ProviderTokenExpired,
     classify,
+    connection_closing,
     parse_body,
     parse_retry_after,
 )
@@ -141,3 +142,18 @@ def test_bodies_that_are_not_apns_json_never_raise(
 )
 def test_parse_body(raw: bytes, parsed: tuple[str | None, float | None]) -> None:
     assert parse_body(raw) == parsed
+
+
+@pytest.mark.parametrize(
+    ("status", "raw", "closing"),
+    [
+        (503, body("Shutdown"), "Shutdown"),
+        (503, body("ServiceUnavailable"), None),
+        (500, body("InternalServerError"), None),
+        (200, b"", None),
+        (503, b"<html>Service Unavailable</html>", None),
+    ],
+)
+def test_connection_closing(status: int, raw: bytes, closing: str | None) -> None:
+    """Only ``Shutdown`` sends the client to a new connection (the notes' table)."""
+    assert connection_closing(status, raw) == closing

@@ -13,12 +13,22 @@ from pathlib import Path
 import pytest
 import trio
 
-from pushd.model import Delivered, RetryLater
+from pushd.model import Delivered, Outcome, RetryLater
 from pushd.simulators.apns import SimReply
+from pushd.upstream.apns.client import ApnsClient
 from tests.test_apns_client import PUSH, TEST_DEADLINE, Env, start_env, token
 
 #: The request timeout of these tests' clients (seconds): short, so that a few time out.
 TIMEOUT = 0.3
+
+
+async def send_all(client: ApnsClient, tokens: list[str]) -> dict[str, Outcome]:
+    """Send one push to each of ``tokens`` at once (one batch)."""
+    outcomes: dict[str, Outcome] = {}
+    await client.send_many(
+        tokens, PUSH, lambda index, outcome: outcomes.update({tokens[index]: outcome})
+    )
+    return outcomes
 
 
 @pytest.fixture
@@ -41,3 +51,23 @@ async def test_a_connection_that_only_times_out_is_replaced(env: Env) -> None:
     assert env.sim.connections_opened == 2
     assert env.sim.received[-1].connection_id != env.sim.received[0].connection_id
     assert client.recycled == 1
+
+
+async def test_shutdown_retires_the_connection_after_its_streams_end(env: Env) -> None:
+    """503 ``Shutdown`` says the server is going down, move to a new connection; every
+    retry went to the same connection and heard ``Shutdown`` again (tester: 4 requests
+    per token, one connection, some given up).  Now the connection takes no new
+    requests, what is in flight on it finishes there, and the next push goes out on a
+    new connection; the push that heard ``Shutdown`` is retried as before."""
+    client = await env.client()
+    assert isinstance(await client.send(token(1), PUSH), Delivered)
+    env.sim.script(token(2), SimReply(delay=0.2))  # in flight when Shutdown comes
+    env.sim.script(token(3), SimReply(503, "Shutdown", delay=0.05))
+    outcomes = await send_all(client, [token(2), token(3)])
+    assert isinstance(outcomes[token(2)], Delivered)
+    assert outcomes[token(3)] == RetryLater("Shutdown")
+    assert isinstance(await client.send(token(4), PUSH), Delivered)
+    connection = {r.token: r.connection_id for r in env.sim.received}
+    assert connection[token(2)] == connection[token(3)] == connection[token(1)]
+    assert connection[token(4)] != connection[token(1)]
+    assert env.sim.connections_opened == 2

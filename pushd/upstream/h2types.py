@@ -112,6 +112,10 @@ class Peer:
     #: Level of the pool's "connected" and "closed" lines: FCM's tests and operators
     #: expect no INFO lines from its client, APNs has always logged connections.
     connect_level: int = logging.INFO
+    #: Given an answer's status and body (never for a 200), the reason it gives for
+    #: moving to another connection (APNs' ``Shutdown``), or None: the connection then
+    #: takes no new requests and closes once those in flight have ended.
+    retiring: Callable[[int, bytes], str | None] | None = None
 
 
 class ConnectionFailed(Exception):

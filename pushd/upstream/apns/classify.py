@@ -71,6 +71,9 @@ RETRY_REASONS: Final = frozenset(
 )
 #: The one reason the client answers itself: regenerate the JWT and resend once.
 EXPIRED_PROVIDER_TOKEN: Final = "ExpiredProviderToken"
+#: Retry reasons that also say the connection is closing: 503 ``Shutdown``, "this APNs
+#: server is going down": move to a new connection, then retry (protocol notes §1.4).
+CONNECTION_CLOSING_REASONS: Final = frozenset({"Shutdown"})
 
 
 @attrs.frozen
@@ -158,3 +161,15 @@ def classify(
         return Delivered(apns_id)
     # Unknown 4xx, or a status APNs never sends (a proxy in between): this message failed.
     return Failed(label)
+
+
+def connection_closing(status: int, body: bytes) -> str | None:
+    """The reason an answer gives for leaving its connection (``Shutdown``), or None.
+
+    The push itself is retried as :func:`classify` says; this is about the connection,
+    which should take no new requests (the pool opens another).
+    """
+    if status == 200:
+        return None
+    reason, _ = parse_body(body)
+    return reason if reason in CONNECTION_CLOSING_REASONS else None

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from pushd.model import ApnsPush, Delivered, Failed, Outcome, TokenDead
-from pushd.upstream.apns.classify import ProviderTokenExpired, classify
+from pushd.upstream.apns.classify import ProviderTokenExpired, classify, connection_closing
 from pushd.upstream.apns.jwt import ProviderToken
 from pushd.upstream.apns.request import (
     InvalidDeviceToken,
@@ -53,8 +53,9 @@ log = logging.getLogger("pushd.upstream.apns")
 
 #: How APNs looks to a connection: the ``apns-id`` header names each answer; APNs always
 #: sends SETTINGS_MAX_CONCURRENT_STREAMS (1 on a token-auth connection until the first
-#: authenticated request, then its real limit), so no default is assumed.
-APNS_PEER = Peer("APNs", log, id_header=b"apns-id")
+#: authenticated request, then its real limit), so no default is assumed; a ``Shutdown``
+#: answer retires its connection.
+APNS_PEER = Peer("APNs", log, id_header=b"apns-id", retiring=connection_closing)
 #: Log prefix of the pool's lines: ``apns[app]``.
 LOG_LABEL = "apns"
 #: Replace a connection after this many sends in a row timed out on it with no answer
