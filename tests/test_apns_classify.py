@@ -12,6 +12,7 @@ from pushd.upstream.apns.classify import (
     ProviderTokenExpired,
     classify,
     connection_closing,
+    goaway_outcome,
     parse_body,
     parse_retry_after,
 )
@@ -157,3 +158,19 @@ def test_parse_body(raw: bytes, parsed: tuple[str | None, float | None]) -> None
 def test_connection_closing(status: int, raw: bytes, closing: str | None) -> None:
     """Only ``Shutdown`` sends the client to a new connection (the notes' table)."""
     assert connection_closing(status, raw) == closing
+
+
+@pytest.mark.parametrize(
+    ("reason", "outcome"),
+    [
+        ("InvalidProviderToken", Failed("InvalidProviderToken", credential=True)),
+        ("BadCertificate", Failed("BadCertificate", credential=True)),
+        ("ExpiredProviderToken", PROVIDER_TOKEN_EXPIRED),
+        ("Shutdown", None),
+        ("IdleTimeout", None),
+        ("b'garbage'", None),
+    ],
+)
+def test_goaway_outcome(reason: str, outcome: Outcome | ProviderTokenExpired | None) -> None:
+    """A GOAWAY's credential reason is what the answer would be; others are resent."""
+    assert goaway_outcome(reason) == outcome

@@ -71,3 +71,15 @@ async def test_shutdown_retires_the_connection_after_its_streams_end(env: Env) -
     assert connection[token(2)] == connection[token(3)] == connection[token(1)]
     assert connection[token(4)] != connection[token(1)]
     assert env.sim.connections_opened == 2
+
+
+async def test_a_goaway_saying_the_jwt_expired_regenerates_it(env: Env) -> None:
+    """``ExpiredProviderToken`` in a GOAWAY is answered as in a 403: a new JWT, the
+    request resent once (on a new connection), not resent with the refused JWT."""
+    client = await env.client()
+    env.sim.script(token(1), SimReply(action="goaway", reason="ExpiredProviderToken"))
+    first_jwt = client.provider.current(client.clock()) if client.provider else None
+    assert isinstance(await client.send(token(1), PUSH), Delivered)
+    assert client.provider is not None
+    assert client.provider.current(client.clock()) != first_jwt
+    assert env.sim.goaways_sent == 1

@@ -343,7 +343,7 @@ class AnswerReader(StreamTable):
         )
         self._goaway_reason = reason
         for sid in [sid for sid in self._streams if sid > last]:
-            self._release(self._streams[sid], Unprocessed(f"GOAWAY {reason}"))
+            self._release(self._streams[sid], Unprocessed(f"GOAWAY {reason}", goaway=reason))
         if not self._streams:
             self._die(DRAINED)
 

@@ -107,6 +107,11 @@ class Batch:
         """Rebuild the shared request parts for ``credential``."""
         self.credential = credential
 
+    def goaway_outcome(self, reason: str) -> Outcome | Reauthenticate | None:
+        """What a request left unprocessed by a GOAWAY with ``reason`` in its debug data
+        reports, as an answer with that reason would; None resends it elsewhere."""
+        return None
+
     def credential_refused(self) -> Outcome:
         """What an index reports when its renewed credential is refused too."""
         return Failed("credential refused", credential=True)
@@ -198,8 +203,16 @@ class Batch:
         if self.closed:
             return
         if isinstance(failure, Unprocessed):
-            self.unprocessed(stream.index, failure.reason)
-            self.pool.pump(self)
+            verdict = None if failure.goaway is None else self.goaway_outcome(failure.goaway)
+            if isinstance(verdict, Reauthenticate):
+                self.reauthenticate(stream.index)
+            elif verdict is not None:
+                # A credential the server refused: resending it on a new connection only
+                # hears the same (tester: 7 connections in 35 s, the app never paused).
+                self.finish(stream.index, verdict)
+            else:
+                self.unprocessed(stream.index, failure.reason)
+                self.pool.pump(self)
         else:
             self.finish(stream.index, RetryLater(failure.reason, kind="unknown"))
 

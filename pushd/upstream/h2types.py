@@ -27,6 +27,10 @@ class Unprocessed:
     """The server did not act on the request (GOAWAY above it, REFUSED_STREAM, never sent)."""
 
     reason: str
+    #: The reason in the debug data of the GOAWAY that left it unprocessed, if that was
+    #: how: APNs names a refused credential there as it would in an answer, and the
+    #: owner treats it so (:meth:`~pushd.upstream.h2batch.Batch.goaway_outcome`).
+    goaway: str | None = None
 
 
 @attrs.frozen

@@ -173,3 +173,19 @@ def connection_closing(status: int, body: bytes) -> str | None:
         return None
     reason, _ = parse_body(body)
     return reason if reason in CONNECTION_CLOSING_REASONS else None
+
+
+def goaway_outcome(reason: str) -> Outcome | ProviderTokenExpired | None:
+    """What a request left unprocessed by a GOAWAY with ``reason`` reports, or None.
+
+    APNs closes a connection with a credential reason in the GOAWAY's debug data
+    (``{"reason": "InvalidProviderToken"}``): the request gets what an answer with that
+    reason would (the app pauses; an expired JWT is regenerated), since resending it
+    on a new connection only hears the same.  Any other reason (``Shutdown``,
+    ``IdleTimeout``) is None: resend on another connection.
+    """
+    if reason in CREDENTIAL_REASONS:
+        return Failed(reason, credential=True)
+    if reason == EXPIRED_PROVIDER_TOKEN:
+        return PROVIDER_TOKEN_EXPIRED
+    return None

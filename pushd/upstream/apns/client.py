@@ -32,7 +32,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from pushd.model import ApnsPush, Delivered, Failed, Outcome, TokenDead
-from pushd.upstream.apns.classify import ProviderTokenExpired, classify, connection_closing
+from pushd.upstream.apns.classify import (
+    ProviderTokenExpired,
+    classify,
+    connection_closing,
+    goaway_outcome,
+)
 from pushd.upstream.apns.jwt import ProviderToken
 from pushd.upstream.apns.request import (
     InvalidDeviceToken,
@@ -133,6 +138,12 @@ class _ApnsBatch(Batch):
             return REAUTHENTICATE
         return outcome
 
+    def goaway_outcome(self, reason: str) -> Outcome | Reauthenticate | None:
+        outcome = goaway_outcome(reason)
+        if isinstance(outcome, ProviderTokenExpired):
+            return REAUTHENTICATE
+        return outcome
+
     def credential_refused(self) -> Outcome:
         return Failed("ExpiredProviderToken", credential=True)
 
@@ -223,6 +234,8 @@ class ApnsClient:
           caller decides whether to retry.
         * ``ExpiredProviderToken`` regenerates the shared JWT (once for the batch) and
           resends each affected request once; a second one is ``Failed(credential=True)``.
+        * A GOAWAY naming a credential reason (``InvalidProviderToken``...) is, for the
+          requests it left unprocessed, the answer that reason would be: not resent.
         * While APNs is unreachable and no connection is open, requests that find no
           slot are ``RetryLater("APNs unreachable: ...")`` at once.
 
