@@ -20,6 +20,7 @@ import trio
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import DataReceived, RequestReceived, StreamEnded
+from h2.settings import SettingCodes
 
 from pushd.model import Delivered, Outcome, RetryLater
 from pushd.upstream import h2conn
@@ -45,6 +46,8 @@ class Server:
     #: The first connection goes silent once it received this many requests: it reads
     #: nothing more and sends nothing, not even a PING ACK (0: never).
     mute_after: int = 0
+    #: SETTINGS_MAX_CONCURRENT_STREAMS the first connection sends with its first answer.
+    first_limit: int | None = None
     connections: int = 0
     bodies: list[bytes] = attrs.Factory(list)
 
@@ -90,6 +93,9 @@ class Server:
                 conn.send_data(sid, answer[half:], end_stream=True)
             if goaway:
                 conn.close_connection(last_stream_id=ended[0])
+            if first and ended and self.first_limit is not None:
+                conn.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: self.first_limit})
+                self.first_limit = None
             ended = []
             await sock.send_all(conn.data_to_send())
 
@@ -225,6 +231,23 @@ async def test_a_silent_connection_is_replaced_within_seconds(
     assert second == {0: Delivered("0")}
     assert srv.connections == 2
     assert trio.current_time() - started < 2.0
+
+
+async def test_a_connection_allowing_no_streams_is_replaced(
+    nursery: trio.Nursery, server: tuple[Server, int], ca_file: Path
+) -> None:
+    """SETTINGS_MAX_CONCURRENT_STREAMS 0 on the only connection left every push waiting
+    for a slot until it expired (tester: attempt 0 for good, no second connection).  A
+    connection that allows no streams through a whole request timeout while pushes wait
+    is retired, and the next push goes out on a new one."""
+    srv, port = server
+    srv.first_limit = 0
+    pool = await start_pool(nursery, port, ca_file)
+    assert await send(pool, 1) == {0: Delivered("0")}  # its answer brings the 0
+    (waited,) = (await send(pool, 1, wait=0.3)).values()
+    assert waited == RetryLater(pool.no_connection, kind="unreachable")
+    assert await send(pool, 2, wait=2.0) == {0: Delivered("0"), 1: Delivered("1")}
+    assert srv.connections == 2
 
 
 def test_spread_levels_free_slots() -> None:

@@ -91,6 +91,9 @@ class AnswerReader(StreamTable):
         #: Requests given up by their caller's deadline since the last answer here: the
         #: pool replaces a connection that only times out (see H2Pool).
         self.timeouts = 0
+        #: Since when the server allows no streams here (SETTINGS_MAX_CONCURRENT_STREAMS
+        #: 0), or None: the pool replaces a connection that stays so while requests wait.
+        self.no_streams_since: float | None = None
 
     # --- receiving --------------------------------------------------------------------
 
@@ -315,6 +318,10 @@ class AnswerReader(StreamTable):
             default = self._peer.default_streams
             if first and default is not None and streams is None:
                 self.max_streams = default
+            if self.max_streams > 0:
+                self.no_streams_since = None
+            elif self.no_streams_since is None:
+                self.no_streams_since = trio.current_time()
             if old != self.max_streams and not first:
                 self._log.debug(
                     "%s connection %d: max streams %d -> %d",

@@ -4,12 +4,14 @@ Split from :mod:`pushd.upstream.h2pool` (which decides where a batch's requests 
 this is what a batch does with the answers (classify, resend what the server did not
 process, renew an expired credential once, report each index exactly once).  The APNs
 and FCM clients subclass it with their request building and classification.
+:func:`spread` (how many of a batch's requests go to each connection) lives here too,
+to keep the pool's module to its size; the pool re-exports it.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import trio
@@ -26,6 +28,37 @@ if TYPE_CHECKING:
 MAX_RESENDS = 5
 
 Report = Callable[[int, Outcome], None]
+
+
+def spread(conns: Sequence[PoolConnection], wanted: int) -> list[tuple[PoolConnection, int]]:
+    """How many of ``wanted`` slots to take from each connection, in one go.
+
+    The result is what taking one slot at a time from the connection with the most free
+    slots would give: the free counts are levelled from the top, so load spreads evenly.
+    """
+    frees = sorted(
+        ((conn.free_slots, n) for n, conn in enumerate(conns) if conn.free_slots > 0),
+        reverse=True,
+    )
+    wanted = min(wanted, sum(free for free, _ in frees))
+    takes = [0] * len(frees)
+    top = 1  # frees[:top] are levelled down to ``level`` by the takes so far
+    level = frees[0][0] if frees else 0
+    while wanted > 0:
+        below = frees[top][0] if top < len(frees) else 0
+        step = level - below
+        if step * top <= wanted:
+            for i in range(top):
+                takes[i] += step
+            wanted -= step * top
+            level = below
+            top += 1
+        else:
+            share, extra = divmod(wanted, top)
+            for i in range(top):
+                takes[i] += share + (i < extra)
+            wanted = 0
+    return [(conns[n], take) for (_, n), take in zip(frees, takes, strict=True) if take]
 
 
 class Reauthenticate:
