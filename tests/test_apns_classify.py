@@ -11,6 +11,8 @@ from pushd.upstream.apns.classify import (
     PROVIDER_TOKEN_EXPIRED,
     ProviderTokenExpired,
     classify,
+    connection_closing,
+    goaway_outcome,
     parse_body,
     parse_retry_after,
 )
@@ -141,3 +143,34 @@ def test_bodies_that_are_not_apns_json_never_raise(
 )
 def test_parse_body(raw: bytes, parsed: tuple[str | None, float | None]) -> None:
     assert parse_body(raw) == parsed
+
+
+@pytest.mark.parametrize(
+    ("status", "raw", "closing"),
+    [
+        (503, body("Shutdown"), "Shutdown"),
+        (503, body("ServiceUnavailable"), None),
+        (500, body("InternalServerError"), None),
+        (200, b"", None),
+        (503, b"<html>Service Unavailable</html>", None),
+    ],
+)
+def test_connection_closing(status: int, raw: bytes, closing: str | None) -> None:
+    """Only ``Shutdown`` sends the client to a new connection (the notes' table)."""
+    assert connection_closing(status, raw) == closing
+
+
+@pytest.mark.parametrize(
+    ("reason", "outcome"),
+    [
+        ("InvalidProviderToken", Failed("InvalidProviderToken", credential=True)),
+        ("BadCertificate", Failed("BadCertificate", credential=True)),
+        ("ExpiredProviderToken", PROVIDER_TOKEN_EXPIRED),
+        ("Shutdown", None),
+        ("IdleTimeout", None),
+        ("b'garbage'", None),
+    ],
+)
+def test_goaway_outcome(reason: str, outcome: Outcome | ProviderTokenExpired | None) -> None:
+    """A GOAWAY's credential reason is what the answer would be; others are resent."""
+    assert goaway_outcome(reason) == outcome

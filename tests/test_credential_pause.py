@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 from typing import Any
 
+import pytest
 import trio
 
 from pushd.simulators.apns import ApnsSimulator, SimReply
 from tests.conftest import Pushd, PushdFactory, token
+from tests.test_metrics import parse, scrape, value
 
 #: Short enough that a few pauses pass in a test.
 PAUSE = 0.5
@@ -60,3 +63,31 @@ async def test_after_a_pause_one_push_tests_the_credential_and_none_is_lost(
     assert detail["apps"]["chat"]["failed"] == 1  # only the fresh one
     assert detail["apps"]["chat"]["delivered"] == HELD
     assert detail["apps"]["chat"]["state"] == "ok"
+
+
+@pytest.mark.parametrize("reason", ["InvalidProviderToken", "BadCertificate"])
+async def test_a_goaway_naming_a_credential_reason_pauses_the_app(
+    start_pushd: PushdFactory,
+    simulator: ApnsSimulator,
+    caplog: pytest.LogCaptureFixture,
+    reason: str,
+) -> None:
+    """APNs closing the connection with GOAWAY ``{"reason": "InvalidProviderToken"}``
+    was only logged: the requests were resent on new connections that heard the same
+    (tester: 7 connections in 35 s, no ALARM, pushd_app_paused 0, pushes stuck in the
+    spool as "no APNs connection available").  Now the GOAWAY's reason is what the
+    answer would have said: the push fails on the credential, the app pauses with an
+    ALARM, and nothing more is sent while it is paused."""
+    caplog.set_level(logging.WARNING, "pushd")
+    pushd = await start_pushd(retry={"credential_pause": 60})
+    await pushd.register("u", token(1), app="chat")
+    await pushd.register("v", token(2), app="chat")
+    simulator.set_default(SimReply(action="goaway", reason=reason))
+    first = await pushd.send({"tokens": [token(1)], "alert": "x"})
+    assert first["results"][0]["status"] == "failed"
+    held = await pushd.send({"tokens": [token(2)], "alert": "y"})
+    assert held["results"][0]["status"] == "retrying"  # paused: spooled, not sent
+    samples = parse((await scrape(pushd)).text)
+    assert value(samples, "pushd_app_paused", app="chat", reason=reason) == 1
+    assert any("ALARM app chat paused" in r.getMessage() for r in caplog.records)
+    assert simulator.goaways_sent == 1  # never resent into the same refusal

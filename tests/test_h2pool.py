@@ -2,7 +2,8 @@
 
 The APNs and FCM clients are tested against their simulators; this server does what
 neither simulator does (GOAWAY on an FCM-shaped connection, answers split over DATA
-frames, SETTINGS without a stream limit) in a few lines of stock h2.
+frames, SETTINGS without a stream limit, a connection that goes silent, PING ACKs
+included) in a few lines of stock h2.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import trio
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import DataReceived, RequestReceived, StreamEnded
+from h2.settings import SettingCodes
 
 from pushd.model import Delivered, Outcome, RetryLater
+from pushd.upstream import h2conn
 from pushd.upstream.h2batch import Batch, Reauthenticate, Report
 from pushd.upstream.h2pool import H2Pool, spread
 from pushd.upstream.h2types import Peer, Stream
@@ -40,6 +43,11 @@ class Server:
     goaway_after: int = 0
     #: The ``:status`` the first connection answers with (a middlebox's garbage).
     first_status: bytes = b"200"
+    #: The first connection goes silent once it received this many requests: it reads
+    #: nothing more and sends nothing, not even a PING ACK (0: never).
+    mute_after: int = 0
+    #: SETTINGS_MAX_CONCURRENT_STREAMS the first connection sends with its first answer.
+    first_limit: int | None = None
     connections: int = 0
     bodies: list[bytes] = attrs.Factory(list)
 
@@ -70,6 +78,8 @@ class Server:
                     conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 elif isinstance(event, StreamEnded):
                     ended.append(event.stream_id)
+            if first and self.mute_after and len(bodies) >= self.mute_after:
+                await trio.sleep_forever()
             goaway = first and self.goaway_after and len(ended) >= self.goaway_after
             if goaway:
                 ended = ended[:1]
@@ -83,6 +93,9 @@ class Server:
                 conn.send_data(sid, answer[half:], end_stream=True)
             if goaway:
                 conn.close_connection(last_stream_id=ended[0])
+            if first and ended and self.first_limit is not None:
+                conn.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: self.first_limit})
+                self.first_limit = None
             ended = []
             await sock.send_all(conn.data_to_send())
 
@@ -133,7 +146,7 @@ async def start_pool(nursery: trio.Nursery, port: int, ca_file: Path) -> H2Pool:
     return pool
 
 
-async def send(pool: H2Pool, count: int) -> dict[int, Outcome]:
+async def send(pool: H2Pool, count: int, wait: float = 5) -> dict[int, Outcome]:
     reports: dict[int, Outcome] = {}
 
     def report(index: int, outcome: Outcome) -> None:
@@ -142,8 +155,8 @@ async def send(pool: H2Pool, count: int) -> dict[int, Outcome]:
 
     batch = EchoBatch(pool, report, count)
     batch.pending.extend(range(count))
-    with trio.fail_after(5):
-        await pool.send_batch(batch, trio.current_time() + 5)
+    with trio.fail_after(wait + 1):
+        await pool.send_batch(batch, trio.current_time() + wait)
     return reports
 
 
@@ -186,6 +199,54 @@ async def test_an_unreadable_status_ends_that_connection_not_the_process(
     assert all(isinstance(outcome, RetryLater) for outcome in first.values()), first
     second = await send(pool, 3)
     assert second == {i: Delivered(str(i)) for i in range(3)}
+    assert srv.connections == 2
+
+
+@pytest.mark.parametrize("stalled", [True, False], ids=["silent-in-flight", "timed-out"])
+async def test_a_silent_connection_is_replaced_within_seconds(
+    nursery: trio.Nursery,
+    server: tuple[Server, int],
+    ca_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    stalled: bool,
+) -> None:
+    """A connection that reads nothing and ACKs no PING was noticed only by the idle
+    PING, after 60 s of silence and 10 s more for its ACK (tester: 72 s, every push in
+    between timing out).  Now it is PINGed once requests on it get no frame for a short
+    while, or once one times out, and dropped when the ACK does not come: the next push
+    goes out on a new connection."""
+    srv, port = server
+    srv.mute_after = 1
+    monkeypatch.setattr(h2conn, "STALL_PING_TIMEOUT", 0.3)
+    if not stalled:  # only the timeout can prompt the PING
+        monkeypatch.setattr(h2conn, "STALL_PING_AFTER", 60.0)
+    else:
+        monkeypatch.setattr(h2conn, "STALL_PING_AFTER", 0.2)
+    pool = await start_pool(nursery, port, ca_file)
+    started = trio.current_time()
+    (first,) = (await send(pool, 1, wait=0.5 if not stalled else 2.0)).values()
+    assert isinstance(first, RetryLater)
+    await trio.sleep(0.4)  # the PING's ACK is overdue by now
+    second = await send(pool, 1, wait=2.0)
+    assert second == {0: Delivered("0")}
+    assert srv.connections == 2
+    assert trio.current_time() - started < 2.0
+
+
+async def test_a_connection_allowing_no_streams_is_replaced(
+    nursery: trio.Nursery, server: tuple[Server, int], ca_file: Path
+) -> None:
+    """SETTINGS_MAX_CONCURRENT_STREAMS 0 on the only connection left every push waiting
+    for a slot until it expired (tester: attempt 0 for good, no second connection).  A
+    connection that allows no streams through a whole request timeout while pushes wait
+    is retired, and the next push goes out on a new one."""
+    srv, port = server
+    srv.first_limit = 0
+    pool = await start_pool(nursery, port, ca_file)
+    assert await send(pool, 1) == {0: Delivered("0")}  # its answer brings the 0
+    (waited,) = (await send(pool, 1, wait=0.3)).values()
+    assert waited == RetryLater(pool.no_connection, kind="unreachable")
+    assert await send(pool, 2, wait=2.0) == {0: Delivered("0"), 1: Delivered("1")}
     assert srv.connections == 2
 
 

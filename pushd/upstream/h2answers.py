@@ -51,7 +51,7 @@ from pushd.upstream.h2recv import (
     unpad,
     window_update,
 )
-from pushd.upstream.h2streams import CONNECTION_WINDOW, STREAM_WINDOW, StreamTable
+from pushd.upstream.h2streams import CONNECTION_WINDOW, DRAINED, STREAM_WINDOW, StreamTable
 from pushd.upstream.h2types import Lost, Peer, Stream, Unprocessed
 
 #: Credit the connection, or a stream still open, once this much of its window was used
@@ -62,6 +62,8 @@ CONNECTION_ACK_AT = CONNECTION_WINDOW // 4
 STREAM_ACK_AT = STREAM_WINDOW // 4
 #: A response's ``:status`` is exactly three digits.
 STATUS_DIGITS = 3
+#: The status of an answer that cannot ask for its connection to be retired.
+OK = 200
 
 
 class AnswerReader(StreamTable):
@@ -89,6 +91,9 @@ class AnswerReader(StreamTable):
         #: Requests given up by their caller's deadline since the last answer here: the
         #: pool replaces a connection that only times out (see H2Pool).
         self.timeouts = 0
+        #: Since when the server allows no streams here (SETTINGS_MAX_CONCURRENT_STREAMS
+        #: 0), or None: the pool replaces a connection that stays so while requests wait.
+        self.no_streams_since: float | None = None
 
     # --- receiving --------------------------------------------------------------------
 
@@ -146,7 +151,7 @@ class AnswerReader(StreamTable):
         if self._capacity_freed:
             self._capacity_freed = False
             if not self.accepting and not streams:
-                self._die("drained")
+                self._die(DRAINED)
             else:
                 self._on_capacity(self)
 
@@ -213,8 +218,30 @@ class AnswerReader(StreamTable):
             h2.streams.pop(sid, None)
         self._free()
         self._answered += 1
+        if stream.status != OK and self._peer.retiring is not None:
+            self._retire_if_asked(stream)
         stream.owner.stream_answered(stream)
         self._capacity_freed = True
+
+    def _retire_if_asked(self, stream: Stream) -> None:
+        """An answer that says its connection is going away (APNs' 503 ``Shutdown``):
+        take no new requests here, let those in flight finish, then close, so the pool
+        opens a fresh connection.  Without this every retry went to the same
+        connection and heard ``Shutdown`` again."""
+        assert self._peer.retiring is not None
+        reason = self._peer.retiring(stream.status, stream.response_body())
+        if reason is None or not self.accepting:
+            return
+        self._log.warning(
+            "%s connection %d: %s answered %s; no new requests on it, closing once "
+            "%d in flight have ended",
+            self._app,
+            self.index,
+            self._peer.name,
+            reason,
+            len(self._streams),
+        )
+        self.retire(f"{self._peer.name} answered {reason}")
 
     def _handle_events(self, events: list[Event]) -> None:
         """Act on the events h2 made of the frames it was given (see :meth:`_receive`).
@@ -291,6 +318,10 @@ class AnswerReader(StreamTable):
             default = self._peer.default_streams
             if first and default is not None and streams is None:
                 self.max_streams = default
+            if self.max_streams > 0:
+                self.no_streams_since = None
+            elif self.no_streams_since is None:
+                self.no_streams_since = trio.current_time()
             if old != self.max_streams and not first:
                 self._log.debug(
                     "%s connection %d: max streams %d -> %d",
@@ -319,9 +350,9 @@ class AnswerReader(StreamTable):
         )
         self._goaway_reason = reason
         for sid in [sid for sid in self._streams if sid > last]:
-            self._release(self._streams[sid], Unprocessed(f"GOAWAY {reason}"))
+            self._release(self._streams[sid], Unprocessed(f"GOAWAY {reason}", goaway=reason))
         if not self._streams:
-            self._die("drained")
+            self._die(DRAINED)
 
 
 def _goaway_reason(data: bytes | None) -> str:

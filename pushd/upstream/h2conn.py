@@ -13,10 +13,16 @@ connection and nothing per request:
 * the **reader** feeds received bytes to h2 and hands each event to the waiting request;
 * the **writer** sends whatever h2 has queued, so requests that arrive while a write is in
   progress go out together in the next one (one ``send_all`` for many requests);
-* the **pinger** sends a PING only after :data:`PING_INTERVAL` of silence and drops the
-  connection if no ACK arrives within :data:`PING_TIMEOUT`.  Healthy idle connections are
-  never closed: Apple wants them kept for hours (unlike aioapns' 10 s idle close), and
-  for FCM a new connection costs a TLS handshake the next push would wait for.
+* the **pinger** sends a PING on an idle connection only after :data:`PING_INTERVAL` of
+  silence and drops the connection if no ACK arrives within :data:`PING_TIMEOUT`.
+  Healthy idle connections are never closed: Apple wants them kept for hours (unlike
+  aioapns' 10 s idle close), and for FCM a new connection costs a TLS handshake the next
+  push would wait for.  A connection with requests waiting on it is another matter:
+  there silence is suspect, so it PINGs after :data:`STALL_PING_AFTER` without a frame,
+  or at once when a request timed out (:meth:`PoolConnection.suspect`), and drops the
+  connection if the ACK takes :data:`STALL_PING_TIMEOUT`.  A connection that went silent
+  (a NAT that forgot it, a server that stopped reading) was otherwise kept for over a
+  minute, every push on it timing out, before the idle PING found it dead.
 
 Requests are opened in groups (:meth:`PoolConnection.open_streams`: one batch's requests
 that share every header but ``:path``), and nothing waits per request: the reader tells
@@ -50,6 +56,14 @@ log = logging.getLogger(__name__)
 PING_INTERVAL = 60.0
 #: Drop the connection if the PING ACK takes longer than this (seconds).
 PING_TIMEOUT = 10.0
+#: With requests in flight, send a PING after this many seconds without any frame from
+#: the server: far below any request timeout, and a PING is 17 bytes.
+STALL_PING_AFTER = 2.0
+#: Drop a connection whose PING (sent with requests in flight, or because one timed out)
+#: is not ACKed within this many seconds: a live server ACKs at once, even when slow to
+#: answer requests, so a few seconds leave room for a slow link and still replace a dead
+#: connection within seconds rather than a minute.
+STALL_PING_TIMEOUT = 5.0
 #: Bytes asked of the TLS stream per read.
 READ_SIZE = 1 << 16
 
@@ -155,18 +169,44 @@ class PoolConnection(AnswerReader):
 
     async def _pinger(self) -> None:
         while True:
-            await trio.sleep_until(self._last_received + PING_INTERVAL)
-            if trio.current_time() - self._last_received < PING_INTERVAL:
-                continue  # something arrived meanwhile: not idle
+            wake = self._pinger_wake = trio.Event()
+            urgent = self._ping_wanted
+            if not urgent:
+                due = self._ping_due()
+                if trio.current_time() < due:
+                    with trio.move_on_at(due):
+                        await wake.wait()
+                    continue  # woken (streams opened, a timeout) or due: look again
+            self._ping_wanted = False
+            timeout = STALL_PING_TIMEOUT if urgent or self._streams else PING_TIMEOUT
             ack = self._ping_ack = trio.Event()
             try:
                 self._h2.ping(os.urandom(8))
             except H2Error:
                 return
             self._flush()
-            with trio.move_on_after(PING_TIMEOUT):
+            with trio.move_on_after(timeout):
                 await ack.wait()
             if not ack.is_set():
-                self._log.warning("%s connection %d: no PING ACK, closing", self._app, self.index)
+                self._log.warning(
+                    "%s connection %d: no PING ACK within %.0f s (%d requests in flight), closing",
+                    self._app,
+                    self.index,
+                    timeout,
+                    len(self._streams),
+                )
                 self._die("no PING ACK")
                 return
+
+    def _ping_due(self) -> float:
+        """When the next PING is due: after :data:`STALL_PING_AFTER` of silence while
+        requests are in flight, else after :data:`PING_INTERVAL`."""
+        if self._streams:
+            return max(self._last_received, self._busy_since) + STALL_PING_AFTER
+        return self._last_received + PING_INTERVAL
+
+    def suspect(self) -> None:
+        """A request here went unanswered past its deadline: PING now (the pool calls
+        this), so that a dead connection is found in seconds, not at the next idle PING."""
+        self._ping_wanted = True
+        self._pinger_wake.set()

@@ -34,12 +34,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import ssl
-from collections.abc import Sequence
 
 import trio
 
 from pushd.model import RetryLater
 from pushd.upstream.h2batch import Batch
+from pushd.upstream.h2batch import spread as spread  # re-exported: its home was here
 from pushd.upstream.h2conn import PoolConnection
 from pushd.upstream.h2connect import Connector, reconnect_delay
 from pushd.upstream.h2types import ConnectionFailed, Peer, Stream
@@ -62,37 +62,6 @@ def root_cause(exc: BaseException) -> BaseException:
     while isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
         exc = exc.__cause__
     return exc
-
-
-def spread(conns: Sequence[PoolConnection], wanted: int) -> list[tuple[PoolConnection, int]]:
-    """How many of ``wanted`` slots to take from each connection, in one go.
-
-    The result is what taking one slot at a time from the connection with the most free
-    slots would give: the free counts are levelled from the top, so load spreads evenly.
-    """
-    frees = sorted(
-        ((conn.free_slots, n) for n, conn in enumerate(conns) if conn.free_slots > 0),
-        reverse=True,
-    )
-    wanted = min(wanted, sum(free for free, _ in frees))
-    takes = [0] * len(frees)
-    top = 1  # frees[:top] are levelled down to ``level`` by the takes so far
-    level = frees[0][0] if frees else 0
-    while wanted > 0:
-        below = frees[top][0] if top < len(frees) else 0
-        step = level - below
-        if step * top <= wanted:
-            for i in range(top):
-                takes[i] += step
-            wanted -= step * top
-            level = below
-            top += 1
-        else:
-            share, extra = divmod(wanted, top)
-            for i in range(top):
-                takes[i] += share + (i < extra)
-            wanted = 0
-    return [(conns[n], take) for (_, n), take in zip(frees, takes, strict=True) if take]
 
 
 class H2Pool:
@@ -189,6 +158,7 @@ class H2Pool:
         reset.  If cancelled, indices not reported yet are never reported.  The first
         exception ``report`` raised is raised at the end.
         """
+        started = trio.current_time()
         if batch.pending:
             if self._closed:
                 batch.fail_pending(self.closed_reason)
@@ -207,7 +177,7 @@ class H2Pool:
                     if batch.remaining:
                         abandoned = self._give_up(batch)
             if batch.remaining:  # the deadline passed (cancellation would have raised)
-                self._time_out(batch, abandoned)
+                self._time_out(batch, abandoned, started)
         batch.raise_error()
 
     def _give_up(self, batch: Batch) -> list[tuple[PoolConnection, list[Stream]]]:
@@ -223,8 +193,16 @@ class H2Pool:
                 self._waiters.remove(batch)
         return [(conn, conn.abandon(batch)) for conn in batch.conns]
 
-    def _time_out(self, batch: Batch, abandoned: list[tuple[PoolConnection, list[Stream]]]) -> None:
-        """Report what ``batch`` still had at its deadline: sent or still waiting."""
+    def _time_out(
+        self, batch: Batch, abandoned: list[tuple[PoolConnection, list[Stream]]], started: float
+    ) -> None:
+        """Report what ``batch`` still had at its deadline: sent or still waiting.
+
+        A batch that waited for a slot all along retires every connection that allowed
+        no streams (SETTINGS_MAX_CONCURRENT_STREAMS 0) since before it started: such a
+        connection never frees a slot by itself, and with one connection per app the
+        pool would otherwise never open another (pushes waited until they expired).
+        """
         timeout = RetryLater(TIMEOUT, kind="unknown")
         count = 0
         for conn, streams in abandoned:
@@ -239,11 +217,28 @@ class H2Pool:
             count,
             len(batch.pending) + len(batch.stale),
         )
+        if batch.pending or batch.stale:
+            for conn in list(self._conns):
+                since = conn.no_streams_since
+                if since is not None and since <= started and conn.accepting:
+                    self._log.warning(
+                        "%s connection %d: allowed no streams for %.1f s while requests "
+                        "waited; replacing the connection",
+                        self._label,
+                        conn.index,
+                        trio.current_time() - since,
+                    )
+                    conn.retire("allowed no streams")
         batch.fail_pending(self.no_connection)
 
     def _timed_out(self, conn: PoolConnection) -> None:
-        """Count a batch that gave up on ``conn``; replace ``conn`` after too many."""
+        """Count a batch that gave up on ``conn``; replace ``conn`` after too many.
+
+        Each timeout also has ``conn`` PING at once: a connection that stopped reading
+        is dropped when the ACK does not come, long before the idle PING.
+        """
         conn.timeouts += 1
+        conn.suspect()
         if self._recycle_after is None or conn.timeouts < self._recycle_after:
             return
         if not conn.accepting:

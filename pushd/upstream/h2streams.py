@@ -54,6 +54,8 @@ INBOUND_STREAMS = 1
 STREAM_ID_LIMIT = (1 << 31) - 1 - 2 * 100_000
 #: Drop h2's closed stream records once they outnumber open streams by this much.
 PRUNE_SLACK = 256
+#: Why a connection that took no new requests closed once its last stream ended.
+DRAINED = "drained"
 
 
 class StreamTable:
@@ -102,6 +104,16 @@ class StreamTable:
         self.reserved = 0
         self.lost_reason: str | None = None
         self._goaway_reason: str | None = None
+        #: Why :meth:`retire` stopped new requests, for the line when it has drained.
+        self._retired_for: str | None = None
+        #: When the streams in flight last went from none to some: a stalled connection's
+        #: silence counts from then, not from the last frame of an idle spell.
+        self._busy_since = 0.0
+        #: Wakes the pinger (:class:`~pushd.upstream.h2conn.PoolConnection`): streams
+        #: opened on an idle connection, or a request timed out.
+        self._pinger_wake = trio.Event()
+        #: A request here went unanswered past its deadline: PING now.
+        self._ping_wanted = False
 
     @property
     def free_slots(self) -> int:
@@ -115,6 +127,8 @@ class StreamTable:
         if self.lost_reason is None:
             if self._goaway_reason is not None:
                 reason = f"{reason} after GOAWAY {self._goaway_reason}"
+            elif self._retired_for is not None and reason == DRAINED:
+                reason = f"{reason}: {self._retired_for}"
             self.lost_reason = reason
         self.accepting = False
         if self._cancel_scope is not None:
@@ -126,6 +140,8 @@ class StreamTable:
 
     def retire(self, reason: str) -> None:
         """Take no new requests; close once the streams still open have ended."""
+        if self._retired_for is None:
+            self._retired_for = reason
         self.accepting = False
         if not self._streams:
             self._die(reason)
@@ -168,6 +184,7 @@ class StreamTable:
         h2 = self._h2
         send = h2.send_fields
         streams = self._streams
+        was_idle = not streams
         opened = 0
         failure: str | None = None
         for index in indices:
@@ -200,6 +217,9 @@ class StreamTable:
                 break
         if opened:
             self._flush()
+            if was_idle:
+                self._busy_since = trio.current_time()
+                self._pinger_wake.set()
         return opened, failure
 
     def abandon(self, owner: StreamOwner) -> list[Stream]:
@@ -270,7 +290,7 @@ class StreamTable:
     def _after_free(self: Self) -> None:
         """Slots were freed: close a drained connection, or offer them to the pool."""
         if not self.accepting and not self._streams:
-            self._die("drained")
+            self._die(DRAINED)
         elif self._in_handle:
             self._capacity_freed = True
         else:

@@ -27,6 +27,10 @@ class Unprocessed:
     """The server did not act on the request (GOAWAY above it, REFUSED_STREAM, never sent)."""
 
     reason: str
+    #: The reason in the debug data of the GOAWAY that left it unprocessed, if that was
+    #: how: APNs names a refused credential there as it would in an answer, and the
+    #: owner treats it so (:meth:`~pushd.upstream.h2batch.Batch.goaway_outcome`).
+    goaway: str | None = None
 
 
 @attrs.frozen
@@ -112,6 +116,10 @@ class Peer:
     #: Level of the pool's "connected" and "closed" lines: FCM's tests and operators
     #: expect no INFO lines from its client, APNs has always logged connections.
     connect_level: int = logging.INFO
+    #: Given an answer's status and body (never for a 200), the reason it gives for
+    #: moving to another connection (APNs' ``Shutdown``), or None: the connection then
+    #: takes no new requests and closes once those in flight have ended.
+    retiring: Callable[[int, bytes], str | None] | None = None
 
 
 class ConnectionFailed(Exception):

@@ -77,6 +77,9 @@ RETRY_REASONS: Final = frozenset(
 )
 #: The one reason the client answers itself: regenerate the JWT and resend once.
 EXPIRED_PROVIDER_TOKEN: Final = "ExpiredProviderToken"
+#: Retry reasons that also say the connection is closing: 503 ``Shutdown``, "this APNs
+#: server is going down": move to a new connection, then retry (protocol notes §1.4).
+CONNECTION_CLOSING_REASONS: Final = frozenset({"Shutdown"})
 
 
 def mismatch_hint(environment: str, topic: str) -> str:
@@ -174,3 +177,31 @@ def classify(
         return Delivered(apns_id)
     # Unknown 4xx, or a status APNs never sends (a proxy in between): this message failed.
     return Failed(label)
+
+
+def connection_closing(status: int, body: bytes) -> str | None:
+    """The reason an answer gives for leaving its connection (``Shutdown``), or None.
+
+    The push itself is retried as :func:`classify` says; this is about the connection,
+    which should take no new requests (the pool opens another).
+    """
+    if status == 200:
+        return None
+    reason, _ = parse_body(body)
+    return reason if reason in CONNECTION_CLOSING_REASONS else None
+
+
+def goaway_outcome(reason: str) -> Outcome | ProviderTokenExpired | None:
+    """What a request left unprocessed by a GOAWAY with ``reason`` reports, or None.
+
+    APNs closes a connection with a credential reason in the GOAWAY's debug data
+    (``{"reason": "InvalidProviderToken"}``): the request gets what an answer with that
+    reason would (the app pauses; an expired JWT is regenerated), since resending it
+    on a new connection only hears the same.  Any other reason (``Shutdown``,
+    ``IdleTimeout``) is None: resend on another connection.
+    """
+    if reason in CREDENTIAL_REASONS:
+        return Failed(reason, credential=True)
+    if reason == EXPIRED_PROVIDER_TOKEN:
+        return PROVIDER_TOKEN_EXPIRED
+    return None

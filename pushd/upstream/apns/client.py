@@ -24,6 +24,7 @@ import ssl
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from typing import Final
 from urllib.parse import urlsplit
 
 import trio
@@ -31,7 +32,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from pushd.model import ApnsPush, Delivered, Failed, Outcome, TokenDead
-from pushd.upstream.apns.classify import ProviderTokenExpired, classify
+from pushd.upstream.apns.classify import (
+    ProviderTokenExpired,
+    classify,
+    connection_closing,
+    goaway_outcome,
+)
 from pushd.upstream.apns.jwt import ProviderToken
 from pushd.upstream.apns.request import (
     InvalidDeviceToken,
@@ -52,10 +58,15 @@ log = logging.getLogger("pushd.upstream.apns")
 
 #: How APNs looks to a connection: the ``apns-id`` header names each answer; APNs always
 #: sends SETTINGS_MAX_CONCURRENT_STREAMS (1 on a token-auth connection until the first
-#: authenticated request, then its real limit), so no default is assumed.
-APNS_PEER = Peer("APNs", log, id_header=b"apns-id")
+#: authenticated request, then its real limit), so no default is assumed; a ``Shutdown``
+#: answer retires its connection.
+APNS_PEER = Peer("APNs", log, id_header=b"apns-id", retiring=connection_closing)
 #: Log prefix of the pool's lines: ``apns[app]``.
 LOG_LABEL = "apns"
+#: Replace a connection after this many sends in a row timed out on it with no answer
+#: in between: a connection that stopped answering but still ACKs PING (so the pinger
+#: keeps it) would otherwise take every push to its deadline for as long as it lives.
+RECYCLE_AFTER_TIMEOUTS: Final = 3
 #: The :func:`encode_field` arguments of ``:path``: a never-indexed literal, as Apple asks.
 _PATH = b":path"
 _PATH_SENSITIVE = True
@@ -127,6 +138,12 @@ class _ApnsBatch(Batch):
             return REAUTHENTICATE
         return outcome
 
+    def goaway_outcome(self, reason: str) -> Outcome | Reauthenticate | None:
+        outcome = goaway_outcome(reason)
+        if isinstance(outcome, ProviderTokenExpired):
+            return REAUTHENTICATE
+        return outcome
+
     def credential_refused(self) -> Outcome:
         return Failed("ExpiredProviderToken", credential=True)
 
@@ -169,6 +186,7 @@ class ApnsClient:
             port=url.port or 443,
             ssl_context=make_ssl_context(settings),
             connections=settings.connections,
+            recycle_after_timeouts=RECYCLE_AFTER_TIMEOUTS,
             proxy=route(settings.proxy, url.hostname),
         )
 
@@ -176,6 +194,11 @@ class ApnsClient:
     def connections_opened(self) -> int:
         """Connections opened since start, for metrics and tests."""
         return self.pool.connections_opened
+
+    @property
+    def recycled(self) -> int:
+        """Connections replaced after :data:`RECYCLE_AFTER_TIMEOUTS` timeouts in a row."""
+        return self.pool.recycled
 
     # --- public -----------------------------------------------------------------------
 
@@ -211,6 +234,8 @@ class ApnsClient:
           caller decides whether to retry.
         * ``ExpiredProviderToken`` regenerates the shared JWT (once for the batch) and
           resends each affected request once; a second one is ``Failed(credential=True)``.
+        * A GOAWAY naming a credential reason (``InvalidProviderToken``...) is, for the
+          requests it left unprocessed, the answer that reason would be: not resent.
         * While APNs is unreachable and no connection is open, requests that find no
           slot are ``RetryLater("APNs unreachable: ...")`` at once.
 
