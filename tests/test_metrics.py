@@ -350,15 +350,15 @@ async def test_the_reload_hooks_count_reloads_and_take_the_new_config(
 
 
 def test_a_busy_metrics_port_stops_pushd_with_one_line(tmp_path: Path) -> None:
-    from tests.test_serve_startup import assert_one_line, serve_config
+    from tests.test_serve_startup import assert_one_line, serve_config, write_config
 
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
-        path = tmp_path / "pushd.toml"
+        path = write_config(tmp_path)  # on a store made beforehand: no "created" line
         path.write_text(
-            f"[server]\nport = 0\n[metrics]\nport = {port}\n[store]\npath = 'pushd.sqlite3'\n"
+            path.read_text().replace("[metrics]\nport = 0", f"[metrics]\nport = {port}")
         )
         done = serve_config(path)
     assert_one_line(done, f"metrics: cannot listen on 127.0.0.1:{port}: address already in use")

@@ -16,6 +16,7 @@ from pushd import __version__
 from pushd.frontends.native import MAX_TOKENS_PER_SEND
 from pushd.model import APNS_PRIORITIES, APNS_PUSH_TYPES
 from pushd.upstream.apns.request import COLLAPSE_ID_LIMIT, PAYLOAD_LIMIT, VOIP_PAYLOAD_LIMIT
+from pushd.upstream.fcm.message import MAX_TTL
 
 _ERROR = {"$ref": "#/components/responses/Error"}
 _AUTH_ERRORS = {"401": _ERROR, "403": _ERROR}
@@ -73,7 +74,13 @@ _APNS_TOKEN = {
     "pattern": "^([0-9a-fA-F]{2}){32,100}$",
     "description": "An APNs device token: an even number of hex digits, 64 to 200.",
 }
-_USER = {"type": "string", "minLength": 1, "maxLength": 256}
+#: A user id: 1 to 256 characters, no control characters (C0 and DEL).
+_USER = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 256,
+    "pattern": "^[^\\u0000-\\u001f\\u007f]+$",
+}
 _APP = {
     "type": "string",
     "minLength": 1,
@@ -199,8 +206,11 @@ SCHEMAS: dict[str, Any] = {
                 "description": "Default: 5 for background pushes, else APNs' own (10).",
             },
             "ttl": {
-                **_nullable({"type": "integer", "minimum": 0}),
-                "description": "Seconds the upstream keeps trying; 0 = now or never.",
+                **_nullable({"type": "integer", "minimum": 0, "maximum": MAX_TTL}),
+                "description": (
+                    "Seconds the upstream keeps trying; 0 = now or never; at most 28 days "
+                    "(FCM's limit; APNs keeps a push about 30 days)."
+                ),
             },
             "collapse_id": {
                 **_nullable({"type": "string", "maxLength": COLLAPSE_ID_LIMIT}),
