@@ -208,6 +208,47 @@ def warnings(config: Config) -> list[str]:
             "server.admin_token_file is not set: /status and the detail of /healthz are "
             "readable only with a chat server's key"
         )
+    found += [
+        f"{key}: {path} is {'readable' if mode & 0o004 else 'writable'} by every user on "
+        f"this machine (mode {mode:04o}): `chmod o-rwx {path}`"
+        for key, path, mode in open_secret_files(config)
+    ]
+    return found
+
+
+def secret_files(config: Config) -> list[tuple[str, str]]:
+    """Every file the config names that holds a credential or a key, by its config key."""
+    named: list[tuple[str, str | None]] = [
+        ("server.tls_key", config.server.tls_key),
+        ("server.admin_token_file", config.server.admin_token_file),
+        ("metrics.bearer_token_file", config.metrics.bearer_token_file),
+        ("store.password_file", config.store.password_file),
+        ("spool.key_file", config.spool.key_file),
+        ("upstream.proxy_password_file", config.upstream.proxy_password_file),
+    ]
+    for index, app in enumerate(config.apps):
+        for field in (
+            "key_file",
+            "cert_file",
+            "cert_password_file",
+            "service_account_file",
+            "proxy_password_file",
+        ):
+            named.append((f"apps[{index}].{field}", getattr(app, field)))
+    return [(key, path) for key, path in named if path]
+
+
+def open_secret_files(config: Config) -> list[tuple[str, str, int]]:
+    """The secret files other users may read or write (a .p8 or a spool key left 0644
+    by an editor or a copy): key, path and permission bits."""
+    found = []
+    for key, path in secret_files(config):
+        try:
+            mode = os.stat(path).st_mode & 0o777
+        except OSError:  # missing files are check_config's problems, not warnings
+            continue
+        if mode & 0o006:
+            found.append((key, path, mode))
     return found
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import os
 import signal
 import sys
@@ -25,6 +26,8 @@ from pushd.files import SHARED_FILE, private_dirs
 from pushd.spool.seal import SealError, create_key_file
 from pushd.store import Store, StoreError, open_store
 from pushd.workers import WorkerRole
+
+log = logging.getLogger(__name__)
 
 #: Where ``serve`` looks for a config when none is named (then falls back to the demo).
 CONFIG_ENV = "PUSHD_CONFIG"
@@ -114,6 +117,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 _fail(problem if problem.startswith(f"{Path(path)}: ") else f"{path}: {problem}")
             return 1
         logs.setup(cfg.log, worker=None if role is None else role.index)
+        if role is None:  # said once, by the supervisor or the single process
+            from pushd.checkconfig import open_secret_files
+
+            for key, secret, mode in open_secret_files(cfg):
+                log.warning(
+                    "%s: %s is open to every user on this machine (mode %04o): chmod o-rwx it",
+                    key,
+                    secret,
+                    mode,
+                )
         if role is None and cfg.server.workers > 1:
             from pushd.supervisor import Supervisor
 

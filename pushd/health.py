@@ -118,5 +118,7 @@ def all_routes(services: Services, native: NativeApi, access: AdminAccess) -> li
     return [
         *native.routes(),
         Route("GET", "/healthz", health(services, access), "healthz"),
+        # Uptime checks and load balancers often ask with HEAD: the status, no body.
+        Route("HEAD", "/healthz", health(services, access), "healthz_head"),
         Route("GET", "/health", liveness, "health"),
     ]

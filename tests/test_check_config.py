@@ -133,6 +133,24 @@ def test_warnings_for_settings_that_will_surprise(
     assert "zulip.fcm_app is not set" in warnings
     assert "server.admin_token_file is not set" in warnings
     assert "server.drain_seconds is 25: a stop takes up to 7 s more" in warnings
+    assert "readable by every user" not in warnings  # the keys were made 0600
+
+
+def test_a_key_file_other_users_can_read_is_named_by_check_config(
+    tmp_path: Path, fcm_key: rsa.RSAPrivateKey
+) -> None:
+    """A .p8 key left 0644 (an editor, a copy) gives its APNs key to every local user:
+    said by check-config (and at the start of serve: tests/test_log_lines.py), with the
+    command that mends it."""
+    path = example("pushd.toml.example", tmp_path, fcm_key)
+    p8 = tmp_path / "AuthKey_ABC1234567.p8"
+    p8.chmod(0o644)
+    done = check_config(path)
+    assert done.returncode == 0, done.stderr
+    expected = f"{p8} is readable by every user on this machine (mode 0644): `chmod o-rwx {p8}`"
+    assert expected in done.stdout.split("warnings:\n", 1)[1]
+    p8.chmod(0o640)
+    assert "every user" not in check_config(path).stdout
 
 
 def test_a_bad_public_url_is_a_problem_with_its_key(tmp_path: Path) -> None:

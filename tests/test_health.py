@@ -38,6 +38,14 @@ async def test_without_credentials_only_the_status(guarded: Pushd) -> None:
     assert response.json() == {"status": "ok"}
 
 
+async def test_head_answers_the_status_without_a_body(guarded: Pushd) -> None:
+    """Uptime checks and load balancers often ask with HEAD: it was a 405."""
+    response = await guarded.client.head(guarded.url + "/healthz")
+    assert response.status_code == 200
+    assert response.content == b""
+    assert int(response.headers["content-length"]) == len(b'{"status":"ok"}')
+
+
 async def test_a_degraded_status_names_no_app(pushd: Pushd, simulator: ApnsSimulator) -> None:
     await pushd.register("ivy", token(1), app="chat")
     simulator.script(token(1), SimReply(status=403, reason="InvalidProviderToken"))

@@ -102,3 +102,32 @@ def test_a_workers_lines_name_it_in_text_and_json(monkeypatch: pytest.MonkeyPatc
     text, line = stream.getvalue().splitlines()
     assert text.endswith(" [worker 1] pushd.test: hello"), text
     assert json.loads(line)["worker"] == 1
+
+
+async def test_serve_names_a_key_file_other_users_can_read(
+    nursery: trio.Nursery,
+    simulator: ApnsSimulator,
+    key_file: Path,
+    ca_file: Path,
+    tmp_path: Path,
+) -> None:
+    upstream = f"https://127.0.0.1:{simulator.port}"
+    p8 = tmp_path / "open.p8"
+    await trio.Path(p8).write_bytes(await trio.Path(key_file).read_bytes())
+    await trio.Path(p8).chmod(0o644)
+    app = {**app_entry("ios", TOPIC, upstream, key_file, ca_file), "key_file": str(p8)}
+    config = write_config(
+        tmp_path / "pushd.toml",
+        {
+            "server": {"port": 0},
+            "store": {"path": str(tmp_path / "pushd.sqlite3")},
+            "apps": [app],
+        },
+    )
+    process = await start_pushd_process(nursery, config)
+    try:
+        line = await process.wait_for_line(r"open to every user")
+    finally:
+        process.signal(signal.SIGTERM)
+        await process.wait()
+    assert f"apps[0].key_file: {p8} is open to every user on this machine (mode 0644)" in line

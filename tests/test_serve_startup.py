@@ -184,5 +184,6 @@ def test_an_apns_certificate_that_does_not_load(
     tmp_path: Path, content: bytes, reason: str
 ) -> None:
     (tmp_path / "apns-cert").write_bytes(content)
+    (tmp_path / "apns-cert").chmod(0o600)  # as a credential is kept: no warning line
     done = serve_config(write_config(tmp_path, "port = 0", apns_app(cert_file="apns-cert")))
     assert_one_line(done, f"apps[0] (chat): cannot load its credentials: {reason}")
