@@ -48,6 +48,9 @@ EXPIRED: Final = "expired"
 #: The latest a push is retried until, from now, whatever expiry it carries (a year;
 #: the frontends allow at most about 30 days).
 LONGEST_EXPIRY: Final = 365 * 24 * 3600
+#: Devices remembered as throttled (APNs 429 TooManyRequests) before the expired ones
+#: are swept out: a bound on memory, far above what one process throttles at once.
+THROTTLED_DEVICES_SWEEP_AT: Final = 10_000
 
 
 @attrs.frozen
@@ -88,6 +91,9 @@ class Decisions:
     def __init__(self, lanes: Mapping[str, Lane], retry: RetryConfig) -> None:
         self.lanes = lanes
         self.retry = retry
+        #: Per (app, token) APNs throttles: when its next retry may go (see
+        #: :meth:`_device_slot`).
+        self._device_free: dict[tuple[str, str], float] = {}
 
     def stats(self, app: str) -> LaneStats:
         lane = self.lanes.get(app)
@@ -170,6 +176,21 @@ class Decisions:
             lane.proof.keep(lane.name, outcome.reason, now)
         return Report(delivery, "failed", f"{outcome.reason} {KEPT}", outcome)
 
+    def _device_slot(self, delivery: Delivery, due: float, now: float) -> float:
+        """When a push to a device APNs throttles (429: too many to this token) may go
+        again: after its own backoff, and after the retry of any other push to that
+        device, one backoff step apart.  Each push backed off on its own, so a device
+        with six pushes waiting got them back in bursts of six, every one refused again
+        (18 requests in 7 s): now they go one at a time."""
+        key = (delivery.app, delivery.token)
+        free = self._device_free
+        if len(free) >= THROTTLED_DEVICES_SWEEP_AT:
+            for stale in [k for k, until in free.items() if until <= now]:
+                del free[stale]
+        slot = max(due, free.get(key, now) + backoff(1, self.retry))
+        free[key] = slot
+        return slot
+
     def _retry_or_give_up(
         self, delivery: Delivery, outcome: RetryLater, attempt: int, now: float, stats: LaneStats
     ) -> Report | Retry:
@@ -185,6 +206,8 @@ class Decisions:
             if never_sent and not outcome.after:
                 delay = min(delay, self.retry.base_delay)  # never sent: go again soon
             due = now + delay
+            if outcome.kind == "device":
+                due = self._device_slot(delivery, due, now)
             if due < self.expires_at(delivery, now):
                 # Not counted here: a retry is one once its spool row is written or
                 # rescheduled (Dispatcher.count_retry); a caller answered 503 instead

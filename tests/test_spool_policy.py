@@ -126,3 +126,21 @@ def test_spool_status_says_when_rows_fall_due_not_due_0s_ago() -> None:
     assert _when(940.0, 1000.0) == "oldest due 60s ago"
     assert _when(1091.0, 1000.0) == "next due in 91s"
     assert _when(1291.0, 1000.0) == "next due in 5m"
+
+
+def test_pushes_to_a_throttled_device_go_back_one_at_a_time(decisions: Decisions) -> None:
+    """APNs 429 TooManyRequests is about one device: each push to it backed off on its
+    own and came back with the others in a burst, refused again.  Now the retries to
+    that device are spaced a backoff step apart; another device is not held back."""
+    throttled = RetryLater("TooManyRequests", kind="device")
+    dues = []
+    for _ in range(6):
+        decided = decisions.decide(delivery(), throttled, 1, 100.0)
+        assert isinstance(decided, Retry)
+        dues.append(decided.due)
+    # base_delay 1.0: each step is 0.5-1.0 s (equal jitter) after the one before.
+    gaps = [later - earlier for earlier, later in zip(dues, dues[1:], strict=False)]
+    assert all(0.5 <= gap <= 1.0 for gap in gaps), dues
+    other = Delivery(app="a", token="11" * 32, push=ApnsPush(b"{}"), protocol="native")
+    decided = decisions.decide(other, throttled, 1, 100.0)
+    assert isinstance(decided, Retry) and decided.due <= 101.0
