@@ -3,6 +3,8 @@ on what an answer means (never-sent attempts, expiry)."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from pushd.cli_spool import _when
@@ -139,7 +141,7 @@ def test_pushes_to_a_throttled_device_go_back_one_at_a_time(decisions: Decisions
         assert isinstance(decided, Retry)
         dues.append(decided.due)
     # base_delay 1.0: each step is 0.5-1.0 s (equal jitter) after the one before.
-    gaps = [later - earlier for earlier, later in zip(dues, dues[1:], strict=False)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(dues)]
     assert all(0.5 <= gap <= 1.0 for gap in gaps), dues
     other = Delivery(app="a", token="11" * 32, push=ApnsPush(b"{}"), protocol="native")
     decided = decisions.decide(other, throttled, 1, 100.0)
