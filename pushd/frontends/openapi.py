@@ -347,8 +347,17 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": _ok("Health", "Running"),
                     "401": _ERROR,
+                    "503": _ok("Health", "The store is failing"),
                 },
-            }
+            },
+            "head": {
+                "summary": "The same status code as GET, no body (uptime checks)",
+                "responses": {
+                    "200": {"description": "Running"},
+                    "401": {"description": "A wrong credential"},
+                    "503": {"description": "The store is failing"},
+                },
+            },
         },
         "/status": {
             "get": {
