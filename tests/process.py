@@ -146,9 +146,10 @@ async def start_pushd_process(
     return running
 
 
-async def run_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+async def run_cli_process(*args: str) -> subprocess.CompletedProcess[bytes]:
     """``pushd ARGS`` as a process of its own, with a bare environment (no inherited
-    PUSHD_* variables); whatever its exit status."""
+    PUSHD_* variables); whatever its exit status.  (:func:`tests.storefixtures.run_cli`
+    runs it in this process instead, for its exit code alone.)"""
     return await trio.run_process(
         [sys.executable, "-m", "pushd", *args],
         capture_stdout=True,

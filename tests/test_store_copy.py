@@ -22,7 +22,7 @@ from pushd.config import StoreConfig
 from pushd.simulators.apns import ApnsSimulator, SimReply
 from pushd.spool.seal import create_key_file
 from tests.conftest import TOPIC, app_entry, token
-from tests.process import PushdProcess, run_cli, start_pushd_process, write_config
+from tests.process import PushdProcess, run_cli_process, start_pushd_process, write_config
 from tests.storefixtures import add_server
 from tests.zulip_client import ZulipServer, realm
 
@@ -84,7 +84,7 @@ async def test_a_copied_store_serves_its_registrations_and_delivers_its_spool(
     simulator.received.clear()
 
     # 2. Copy, and say what was copied; a second copy is refused (the target has rows).
-    copied = await run_cli("store", "copy", "--config", str(on_sqlite), "--to", pg_url)
+    copied = await run_cli_process("store", "copy", "--config", str(on_sqlite), "--to", pg_url)
     out = copied.stdout.decode()
     assert copied.returncode == 0, copied.stderr.decode()
     rows = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.endswith(" rows")}
@@ -92,7 +92,7 @@ async def test_a_copied_store_serves_its_registrations_and_delivers_its_spool(
     assert rows["zulip_servers"] == "1" and rows["zulip_registrations"] == "1", out
     assert rows["spool"] == "1", out
     assert "password" not in out
-    again = await run_cli("store", "copy", "--config", str(on_sqlite), "--to", pg_url)
+    again = await run_cli_process("store", "copy", "--config", str(on_sqlite), "--to", pg_url)
     assert again.returncode == 1
     assert "the target database is not empty: servers (1 rows)" in again.stderr.decode()
 
@@ -127,12 +127,14 @@ async def test_a_copied_store_serves_its_registrations_and_delivers_its_spool(
 
 
 async def test_copy_refuses_what_it_cannot_copy(tmp_path: Path, pg_url: str) -> None:
-    missing = await run_cli("store", "copy", "--store", str(tmp_path / "none"), "--to", pg_url)
+    missing = await run_cli_process(
+        "store", "copy", "--store", str(tmp_path / "none"), "--to", pg_url
+    )
     assert missing.returncode == 1
     assert "no SQLite store at" in missing.stderr.decode()
     database = tmp_path / "pushd.sqlite3"
     await trio.to_thread.run_sync(add_server, StoreConfig(path=str(database)), "chat")
-    not_pg = await run_cli("store", "copy", "--store", str(database), "--to", "/tmp/x.db")
+    not_pg = await run_cli_process("store", "copy", "--store", str(database), "--to", "/tmp/x.db")
     assert not_pg.returncode == 1
     assert "--to must be a PostgreSQL URL" in not_pg.stderr.decode()
 
@@ -167,7 +169,7 @@ async def test_copy_is_refused_while_a_pushd_serves_the_store(
     await trio.to_thread.run_sync(os.link, database, link)
     running = await serving(nursery, tmp_path, database)
     for source in (database, link):
-        copied = await run_cli("store", "copy", "--store", str(source), "--to", pg_url)
+        copied = await run_cli_process("store", "copy", "--store", str(source), "--to", pg_url)
         assert copied.returncode == 1, copied.stdout.decode()
         message = copied.stderr.decode()
         assert f"another pushd has store {source} already" in message, message
@@ -175,7 +177,7 @@ async def test_copy_is_refused_while_a_pushd_serves_the_store(
     assert await trio.to_thread.run_sync(pg_tables, pg_url) == 0  # not even the schema
     running.signal(signal.SIGTERM)
     assert await running.wait() == 0, running.log
-    copied = await run_cli("store", "copy", "--store", str(database), "--to", pg_url)
+    copied = await run_cli_process("store", "copy", "--store", str(database), "--to", pg_url)
     assert copied.returncode == 0, copied.stderr.decode()
 
 
@@ -185,12 +187,12 @@ async def test_migrate_is_refused_while_a_pushd_serves_the_store(
     database = tmp_path / "pushd.sqlite3"
     await trio.to_thread.run_sync(add_server, StoreConfig(path=str(database)), "chat")
     running = await serving(nursery, tmp_path, database)
-    migrated = await run_cli("store", "migrate", "--store", str(database))
+    migrated = await run_cli_process("store", "migrate", "--store", str(database))
     assert migrated.returncode == 1
     assert "stop it before `pushd store migrate`" in migrated.stderr.decode()
     running.signal(signal.SIGTERM)
     assert await running.wait() == 0, running.log
-    migrated = await run_cli("store", "migrate", "--store", str(database))
+    migrated = await run_cli_process("store", "migrate", "--store", str(database))
     assert migrated.returncode == 0, migrated.stderr.decode()
 
 
@@ -208,7 +210,7 @@ async def test_a_nul_in_text_names_its_table_and_row_not_its_value(
             " (1, ?, ?, 'chat', 'production', 0)",
             (token(1), "secret\x00user", token(2)),
         )
-    copied = await run_cli("store", "copy", "--store", str(database), "--to", pg_url)
+    copied = await run_cli_process("store", "copy", "--store", str(database), "--to", pg_url)
     message = copied.stderr.decode()
     assert copied.returncode == 1, copied.stdout.decode()
     assert "table registrations, row id 2: column user_id holds a NUL" in message, message

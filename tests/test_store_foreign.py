@@ -18,7 +18,7 @@ import trio
 
 from pushd.config import StoreConfig
 from pushd.store import StoreError, open_store
-from tests.process import run_cli
+from tests.process import run_cli_process
 
 REFUSAL = "holds tables that are not a pushd store"
 
@@ -47,7 +47,7 @@ async def test_another_applications_sqlite_file_is_refused_and_left_alone(
         await open_store(StoreConfig(path=str(other)))
     with pytest.raises(StoreError, match=REFUSAL):
         await open_store(StoreConfig(path=str(other)), upgrade=True)
-    migrated = await run_cli("store", "migrate", "--store", str(other))
+    migrated = await run_cli_process("store", "migrate", "--store", str(other))
     assert migrated.returncode == 1
     assert REFUSAL in migrated.stderr.decode(), migrated.stderr.decode()
     assert sqlite_shape(other) == (user_version, ["notes"])
@@ -69,7 +69,7 @@ async def test_a_postgres_database_with_another_applications_spool_is_refused(
     source = tmp_path / "pushd.sqlite3"
     store = await open_store(StoreConfig(path=str(source)))
     await store.close()
-    copied = await run_cli("store", "copy", "--store", str(source), "--to", pg_url)
+    copied = await run_cli_process("store", "copy", "--store", str(source), "--to", pg_url)
     message = copied.stderr.decode()
     assert copied.returncode == 1
     assert REFUSAL in message and "spool" in message, message
