@@ -205,6 +205,14 @@ def decode(plain: bytes, app: str, token: str) -> Push:
     return FcmPush(fields=body, expiration=header["expiration"])
 
 
+def _identity(path: Path) -> tuple[int, int, int]:
+    """What tells a rewritten key file from the one read before: its inode (every
+    rewrite renames a new file into place), modification time and size.  The time
+    alone missed a rotation written within the clock tick of the file's creation."""
+    stat = path.stat()
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
 class SpoolKeys:
     """The keys of one key file; seals with the first, opens with any."""
 
@@ -212,7 +220,8 @@ class SpoolKeys:
         self.path = path
         self._boxes: dict[str, nacl.secret.SecretBox] = {}
         self.current = ""
-        self._mtime = 0
+        #: The file as last read: (inode, mtime, size); a rewrite is a new inode.
+        self._seen: tuple[int, int, int] = (0, 0, 0)
         self.reload()
 
     @classmethod
@@ -231,20 +240,20 @@ class SpoolKeys:
         Never raises: a file that cannot be used is logged once per change and the keys
         read before stay (module docstring)."""
         try:
-            mtime = self.path.stat().st_mtime_ns
+            seen = _identity(self.path)
         except OSError as error:
-            mtime = -1
+            seen = (-1, -1, -1)
             problem = f"cannot read spool key file {self.path}: {error.strerror}"
         else:
-            if mtime == self._mtime:
+            if seen == self._seen:
                 return
             try:
                 self.reload()
                 return
             except (SealError, OSError) as error:
                 problem = str(error)
-        if mtime != self._mtime:
-            self._mtime = mtime
+        if seen != self._seen:
+            self._seen = seen
             log.error(
                 "spool: %s; still sealing with key %s and opening with the %d keys read before",
                 problem,
@@ -254,11 +263,11 @@ class SpoolKeys:
 
     def reload(self) -> None:
         """Read the file now; SealError or OSError (and nothing changed) if it is unusable."""
-        mtime = self.path.stat().st_mtime_ns
+        seen = _identity(self.path)
         keys = read_keys(self.path)
         self._boxes = {key_id(key): nacl.secret.SecretBox(key) for key in keys}
         self.current = key_id(keys[0])
-        self._mtime = mtime
+        self._seen = seen
 
     @property
     def ids(self) -> list[str]:
