@@ -200,6 +200,9 @@ class Connection:
             else "malformed HTTP request"
         )
         reply = error_reply(status, "bad_request", message)
+        observe = self.server.observe
+        if observe is not None:  # a scanner's junk is traffic too: count it, unrouted
+            observe(*UNMATCHED, status, 0.0)
         with contextlib.suppress(_ClientGone):
             await self._write(head_bytes(reply, close=True) + reply.body)
 

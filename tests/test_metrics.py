@@ -189,6 +189,30 @@ async def test_routes_are_patterns_and_unknown_paths_one_label(start_pushd: Push
     )
 
 
+async def test_malformed_requests_are_counted_unrouted(start_pushd: PushdFactory) -> None:
+    """An unknown method or an oversized head is answered 400 / 431 before any route is
+    found; the count still shows it (a scanner or a broken client is visible)."""
+    pushd: Pushd = await start_pushd()
+    host, port = pushd.url.removeprefix("http://").rsplit(":", 1)
+    for raw in (
+        b"BREW / HTTP/1.1\r\nhost: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\n" + b"a: 1\r\n" * 200 + b"\r\n",
+    ):
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(raw)
+            answer = b""
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+        assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 431")), answer[:40]
+    samples = parse((await scrape(pushd)).text)
+    for status in ("400", "431"):
+        assert (
+            value(samples, "pushd_http_requests_total", route="unmatched", method="", status=status)
+            == 1
+        ), status
+
+
 async def test_rate_limited_requests_are_counted_by_protocol(start_pushd: PushdFactory) -> None:
     pushd: Pushd = await start_pushd(native={"rate_limit": 1})
     before = (
