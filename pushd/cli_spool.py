@@ -31,6 +31,7 @@ import trio
 
 from pushd import config
 from pushd.cli_store import fail, run_store, store_options
+from pushd.files import SHARED_FILE
 from pushd.spool.seal import (
     SealError,
     SpoolKeys,
@@ -137,7 +138,9 @@ def cmd_new_key(args: argparse.Namespace) -> int:
     path = Path(cfg.spool.key_file)
     if key_file_missing(path):
         try:
-            create_key_file(path)
+            # Read by the service's user as the config is (README): as ``pushd init``
+            # writes it, the config's group and mode 0640, not root's own 0600.
+            create_key_file(path, mode=SHARED_FILE, group=Path(args.config).stat().st_gid)
             (new,) = SpoolKeys.load(path).ids
         except (OSError, SealError) as error:
             return fail(f"cannot create {path}: {error}")

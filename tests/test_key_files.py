@@ -184,6 +184,24 @@ def test_new_key_and_rotate_key_as_root_keep_the_key_files_owner_group_and_mode(
 
 
 @needs_root
+def test_new_key_creates_a_missing_key_file_as_the_config_is_shared(shared_dir: Path) -> None:
+    """A PostgreSQL deployment's first step, ``spool new-key`` as root with no key file
+    yet, made it root:root 0600: the service's user could not read it and every instance
+    refused to start.  It now gets the config's group and mode 0640, as ``init`` does."""
+    config = service_install(shared_dir)
+    spool_key = config.parent / "spool.key"
+    spool_key.unlink()
+    created = pushd("spool", "new-key", "--config", str(config))
+    assert created.returncode == 0, created.stderr
+    assert (spool_key.stat().st_uid, spool_key.stat().st_gid) == (0, SERVICE_ID)
+    assert mode(spool_key) == 0o640
+    for path in (shared_dir / "lib").iterdir():
+        os.chown(path, SERVICE_ID, SERVICE_ID)
+    checked = pushd("check-config", str(config), user=AS_SERVICE)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@needs_root
 def test_a_rewrite_that_cannot_keep_the_owner_is_refused_and_changes_nothing(
     shared_dir: Path,
 ) -> None:
