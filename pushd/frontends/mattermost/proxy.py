@@ -136,6 +136,7 @@ class MattermostProxy:
                 "/{secret}/api/v1/send_push",
                 self.send_push,
                 "mattermost_send_push",
+                max_body_bytes=wire.MAX_BODY_BYTES,
                 error_reply=errors,
             ),
             Route("POST", "/{secret}/api/v1/ack", self.ack, "mattermost_ack", error_reply=errors),
