@@ -56,6 +56,18 @@ async def zulip(bouncer: Pushd) -> ZulipServer:
 # --- server registration and auth ----------------------------------------------------------
 
 
+async def test_services_url_with_a_trailing_slash(bouncer: Pushd, simulator: ApnsSimulator) -> None:
+    # register_server concatenates: "https://pushd.example.com/" + "/api/v1/..." asks
+    # for //api/v1/remotes/server/register, which Zulip's bouncer (nginx, merge_slashes)
+    # serves; the other requests go through urljoin, which drops the slash.
+    server = ZulipServer(client=bouncer.client, services_url=bouncer.url + "/")
+    assert server.command_url("server/register").endswith("//api/v1/remotes/server/register")
+    assert (await server.register_server()).json() == {**OK, "created": True}
+    assert (await server.upload_analytics([realm(1)])).status_code == 200
+    response = await server.register_device(token(1), APNS, ios_app_id=TOPIC)
+    assert response.json()["result"] == "success"
+
+
 async def test_register_server_then_rotate_key(bouncer: Pushd) -> None:
     server = zulip_server(bouncer)
     first = await server.register_server()
