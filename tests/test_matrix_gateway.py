@@ -450,6 +450,24 @@ async def test_the_answer_does_not_wait_for_a_slow_upstream(
     assert len(simulator.received) == 1
 
 
+async def test_a_badge_update_does_not_use_up_a_late_rejection(
+    start_gateway: Any, simulator: ApnsSimulator
+) -> None:
+    # Synapse sends a badge update after a read receipt and discards the answer
+    # (httppusher._send_badge): a rejection told there is never heard.  The next event
+    # push must still hear it, and not go upstream.
+    pushd, homeserver = await start_gateway()
+    simulator.script(token(1), SimReply(500, "InternalServerError"), SimReply(410, "Unregistered"))
+    device = ios_device(1, pushkey_ts=int(time.time()) - 86400)
+    assert await homeserver.rejected(hs.full_event([device], event_id="$a")) == []
+    await simulator.wait_for(2)
+    await verdict_kept(pushd, device)
+    await homeserver.notify(hs.badge_update([device], unread=0))
+    assert await homeserver.rejected(hs.full_event([device], event_id="$b")) == [device["pushkey"]]
+    await trio.sleep(0.1)
+    assert len(simulator.received) == 2
+
+
 async def test_a_token_found_dead_in_a_background_retry_is_rejected_next_time(
     start_gateway: Any, simulator: ApnsSimulator
 ) -> None:
