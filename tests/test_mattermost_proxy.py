@@ -492,6 +492,29 @@ async def test_a_token_found_dead_in_a_retry_is_remove_on_the_next_push(
     assert len(simulator.received) == sent + 1
 
 
+async def test_a_test_push_does_not_use_up_a_late_remove(
+    mattermost: mm.MattermostServer, simulator: ApnsSimulator
+) -> None:
+    # The System Console's test push (SendTestPushNotification) reads REMOVE as "not
+    # sent" and keeps the device: only a push through sendToPushProxy detaches it, so
+    # that push must still hear the REMOVE, and not go upstream.
+    simulator.script(
+        token(1),
+        SimReply(status=503, reason="ServiceUnavailable"),
+        SimReply(status=410, reason="Unregistered", timestamp_ms=1),
+    )
+    assert await mattermost.send(mm.message(token(1))) == OK
+    with trio.fail_after(5):
+        await simulator.wait_for(2)
+    with trio.fail_after(5):
+        while (answer := await mattermost.send(mm.system_console_test(token(1)))) != REMOVE:
+            assert answer == OK
+            await trio.sleep(0.05)
+    sent = len(simulator.received)
+    assert await mattermost.send(mm.message(token(1))) == REMOVE
+    assert len(simulator.received) == sent
+
+
 # --- bad input --------------------------------------------------------------------------
 
 
