@@ -218,8 +218,11 @@ async def test_path_secret_prefix_and_its_fcm_app(
     # rc2 is not registered with any token: only its prefix authenticates it.
     rc2 = RocketChat(client=gateway.client, gateway=f"{gateway.url}/{SECRET_2}", cloud_token="")
     assert (await rc2.send("gcm", FCM_TOKEN, options())).status_code == 200
+    # sendGatewayPush joins `${gateway}/push/...`: a Push_gateway ending in / still works.
+    slash = RocketChat(client=gateway.client, gateway=f"{gateway.url}/{SECRET_2}/", cloud_token="")
+    assert (await slash.send("gcm", FCM_TOKEN, options())).status_code == 200
     assert (await rc2.send("apn", token(4), options(topic=TOPIC))).status_code == 200
-    assert gateway.services.dispatcher.lanes["android-2"].stats.delivered == 1
+    assert gateway.services.dispatcher.lanes["android-2"].stats.delivered == 2
     assert gateway.services.dispatcher.lanes["android"].stats.delivered == 0
     assert len(simulator.received) == 1
     # rc1's prefix works too, whatever its Authorization says.
