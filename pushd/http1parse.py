@@ -23,6 +23,7 @@ read.
 from __future__ import annotations
 
 import collections
+import re
 from typing import Final, Protocol
 from urllib.parse import unquote
 
@@ -52,6 +53,11 @@ _HEADER_OVERHEAD: Final = 4
 #: spaces, ``HTTP/1.1`` and CRLF.
 _REQUEST_LINE_OVERHEAD: Final = 18
 _EXPECT_CONTINUE: Final = b"100-continue"
+#: A run of slashes in a path, read as one, as nginx does by default (``merge_slashes``):
+#: chat servers join a configured URL and a path by concatenation (Zulip's
+#: ``register_server``, Rocket.Chat's gateway client), so a URL set with a trailing
+#: slash asks for ``//api/...``, which the services they were written for serve.
+_SLASHES: Final = re.compile("/{2,}")
 #: llhttp's ``HPE_PAUSED_UPGRADE``: the request asked for another protocol; what was
 #: parsed is served, then the connection closes.
 _Upgrade = httptools.HttpParserUpgrade
@@ -216,6 +222,8 @@ class RequestReader:
         method = parser.get_method().decode("ascii")
         target = b"".join(self._target).decode("latin-1")
         path = unquote(target.partition("?")[0])
+        if "//" in path:
+            path = _SLASHES.sub("/", path)
         message = Message(method, path, self._fields, self.source.router.find(method, path))
         # HTTP/1.0 is answered and closed, as h11 did: no client of pushd's speaks it.
         message.keep_alive = not http10 and parser.should_keep_alive()

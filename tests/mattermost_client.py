@@ -9,14 +9,26 @@ kind of push; Go's ``omitempty`` drops empty strings, zero ints and so a badge o
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import attrs
 import httpx
 
 SERVER_ID = "telemetry0000000000000000a"
+#: What Go's ``json.Marshal`` writes as ``\uXXXX``: HTML's ``<``, ``>`` and ``&`` and the
+#: two line separators JavaScript cannot hold; everything else non-ASCII goes raw UTF-8.
+_GO_ESCAPED = re.compile("[<>&\u2028\u2029]")
+#: The most runes a post's message holds (``model.PostMessageMaxRunesV2``).
+POST_MESSAGE_MAX_RUNES = 16383
 APPLE = "apple_rn-v2"
 ANDROID = "android_rn-v2"
+
+
+def go_json(value: Any) -> bytes:
+    """``value`` as ``json.Marshal`` encodes it: compact, UTF-8, HTML characters escaped."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return _GO_ESCAPED.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode()
 
 
 def marshal(**fields: Any) -> dict[str, Any]:
@@ -139,7 +151,7 @@ class MattermostServer:
     push_url: str
 
     async def post(self, path: str, body: Any) -> httpx.Response:
-        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        content = body if isinstance(body, bytes) else go_json(body)
         return await self.client.post(self.push_url.rstrip("/") + path, content=content)
 
     async def send_push(self, body: Any) -> httpx.Response:

@@ -7,12 +7,38 @@
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import attrs
 import httpx
 
 UNIQUE_ID = "rc-workspace-unique-id"
+#: ``PUSH_TITLE_LIMIT`` and ``PUSH_MESSAGE_BODY_LIMIT`` of ``push.ts``, in UTF-16 code units.
+TITLE_LIMIT = 65
+TEXT_LIMIT = 240
+_ELLIPSIS = "..."
+#: What is left of a UTF-16 surrogate pair after Python's JSON decoding: a lone half.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def node_json(value: Any) -> bytes:
+    """``value`` as ``JSON.stringify`` writes it: compact, UTF-8, and a lone surrogate
+    as its ``\\uXXXX`` escape (well-formed stringify, Node 12 and later)."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode()
+
+
+def truncate_string(text: str, limit: int) -> str:
+    """``truncateString`` of ``@rocket.chat/tools`` before it learned about surrogate
+    pairs: ``str.slice`` counts UTF-16 code units, so an emoji across the cut leaves its
+    first half, which ``JSON.stringify`` writes as a lone ``\\ud83d``-style escape."""
+    units = text.encode("utf-16-le", "surrogatepass")
+    if len(units) <= 2 * limit:
+        return text
+    kept = units[: 2 * (limit - len(_ELLIPSIS))]
+    return kept.decode("utf-16-le", "surrogatepass") + _ELLIPSIS
 
 
 def options(
@@ -82,8 +108,4 @@ class RocketChat:
 
     async def send(self, kind: str, token: str, opts: dict[str, Any]) -> httpx.Response:
         """``sendGatewayPush``: ``kind`` is ``apn`` or ``gcm``."""
-        return await self.client.post(
-            f"{self.gateway}/push/{kind}/send",
-            json={"token": token, "options": opts},
-            headers=self.headers(),
-        )
+        return await self.post(kind, node_json({"token": token, "options": opts}))

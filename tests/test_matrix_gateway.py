@@ -223,6 +223,25 @@ async def test_tweaks_sound_is_used_only_when_the_app_asks(
     assert apns_sent(simulator)["aps"]["sound"] == "default"
 
 
+async def test_a_sound_tweak_that_is_not_a_string_is_ignored(
+    start_gateway: Any, simulator: ApnsSimulator, fcm_simulator: FcmSimulator
+) -> None:
+    # Synapse accepts any set_tweak action in a push rule and sends a tweak without a
+    # value as true (httppusher.tweaks_for_actions): a user's {"set_tweak": "sound"}
+    # puts "sound": true in every push.  A 400 for it made Synapse retry each event for
+    # 24 hours, holding every later push to the device behind it.
+    _, homeserver = await start_gateway(ios={"sound_from_tweaks": True, "push_type": "alert"})
+    devices = [
+        ios_device(1, tweaks={"sound": True, "highlight": True}),
+        ios_device(2, tweaks={"sound": 1}),
+        hs.device(hs.ANDROID_APP, FCM_TOKEN, tweaks={"sound": {"name": "ding"}}),
+    ]
+    assert await homeserver.rejected(hs.full_event(devices, content=MESSAGE)) == []
+    await simulator.wait_for(2)
+    assert all("sound" not in json.loads(r.payload)["aps"] for r in simulator.received)
+    await fcm_simulator.wait_for(1)
+
+
 async def test_devices_of_one_request_each_get_their_own_payload(
     start_gateway: Any, simulator: ApnsSimulator, fcm_simulator: FcmSimulator
 ) -> None:
@@ -431,6 +450,24 @@ async def test_the_answer_does_not_wait_for_a_slow_upstream(
     assert len(simulator.received) == 1
 
 
+async def test_a_badge_update_does_not_use_up_a_late_rejection(
+    start_gateway: Any, simulator: ApnsSimulator
+) -> None:
+    # Synapse sends a badge update after a read receipt and discards the answer
+    # (httppusher._send_badge): a rejection told there is never heard.  The next event
+    # push must still hear it, and not go upstream.
+    pushd, homeserver = await start_gateway()
+    simulator.script(token(1), SimReply(500, "InternalServerError"), SimReply(410, "Unregistered"))
+    device = ios_device(1, pushkey_ts=int(time.time()) - 86400)
+    assert await homeserver.rejected(hs.full_event([device], event_id="$a")) == []
+    await simulator.wait_for(2)
+    await verdict_kept(pushd, device)
+    await homeserver.notify(hs.badge_update([device], unread=0))
+    assert await homeserver.rejected(hs.full_event([device], event_id="$b")) == [device["pushkey"]]
+    await trio.sleep(0.1)
+    assert len(simulator.received) == 2
+
+
 async def test_a_token_found_dead_in_a_background_retry_is_rejected_next_time(
     start_gateway: Any, simulator: ApnsSimulator
 ) -> None:
@@ -597,12 +634,6 @@ async def test_a_long_message_is_truncated_to_fit_apns(
             b'{"notification": {"devices": [{"app_id": "a", "pushkey": "k", "tweaks": []}]}}',
             "M_BAD_JSON",
             "tweaks is of invalid type",
-        ),
-        (
-            b'{"notification": {"devices": [{"app_id": "a", "pushkey": "k",'
-            b' "tweaks": {"sound": 1}}]}}',
-            "M_BAD_JSON",
-            "tweaks.sound is of invalid type",
         ),
         (
             b'{"notification": {"counts": {"unread": "2"},'

@@ -13,6 +13,7 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from pushd.frontends.mattermost.wire import MAX_BODY_BYTES
 from pushd.simulators.apns import ApnsSimulator, SimReply
 from pushd.simulators.fcm import FcmReply, FcmSimulator
 from tests import mattermost_client as mm
@@ -242,6 +243,20 @@ async def test_payload_limits(mattermost: mm.MattermostServer, simulator: ApnsSi
     # ... and a VoIP payload between 4096 and 5120 bytes is sent.
     assert await mattermost.send(mm.message(token(2), transport="voip", sender_name="x" * 4500))
     assert len(simulator.received) == 2
+
+
+async def test_longest_post_is_sent_cut(
+    mattermost: mm.MattermostServer, simulator: ApnsSimulator
+) -> None:
+    # Mattermost sends a post's whole text (up to 16,383 runes, plus its attachments'
+    # fallback texts) and MPNS reads any size, then cuts it: a 64 KiB cap was a FAIL.
+    text = "alice: " + "😀" * mm.POST_MESSAGE_MAX_RUNES
+    fallback = "\n" + "<&>" * 20_000  # json.Marshal writes each as 6 bytes
+    body = mm.message(token(1), message=text + fallback)
+    assert len(mm.go_json(body)) > 400_000
+    assert await mattermost.send(body) == OK
+    alert = apns_payload(simulator)["aps"]["alert"]["body"]
+    assert alert == "alice: " + "😀" * 509  # 2046 bytes, the split emoji dropped
 
 
 # --- push types, FCM --------------------------------------------------------------------
@@ -477,6 +492,29 @@ async def test_a_token_found_dead_in_a_retry_is_remove_on_the_next_push(
     assert len(simulator.received) == sent + 1
 
 
+async def test_a_test_push_does_not_use_up_a_late_remove(
+    mattermost: mm.MattermostServer, simulator: ApnsSimulator
+) -> None:
+    # The System Console's test push (SendTestPushNotification) reads REMOVE as "not
+    # sent" and keeps the device: only a push through sendToPushProxy detaches it, so
+    # that push must still hear the REMOVE, and not go upstream.
+    simulator.script(
+        token(1),
+        SimReply(status=503, reason="ServiceUnavailable"),
+        SimReply(status=410, reason="Unregistered", timestamp_ms=1),
+    )
+    assert await mattermost.send(mm.message(token(1))) == OK
+    with trio.fail_after(5):
+        await simulator.wait_for(2)
+    with trio.fail_after(5):
+        while (answer := await mattermost.send(mm.system_console_test(token(1)))) != REMOVE:
+            assert answer == OK
+            await trio.sleep(0.05)
+    sent = len(simulator.received)
+    assert await mattermost.send(mm.message(token(1))) == REMOVE
+    assert len(simulator.received) == sent
+
+
 # --- bad input --------------------------------------------------------------------------
 
 
@@ -532,12 +570,15 @@ async def test_bad_input_is_fail(
 
 
 async def test_oversized_body_is_fail(start_proxy: Any, simulator: ApnsSimulator) -> None:
+    # send_push takes what a Mattermost server can build, whatever [server] says.
     pushd = await start_proxy(server={"max_body_bytes": 2048})
     server = mm.MattermostServer(pushd.client, f"{pushd.url}/{SECRET}")
-    response = await server.send_push(mm.message(token(1), message="x" * 3000))
+    assert (await server.send(mm.message(token(1), message="x" * 3000))) == OK
+    response = await server.send_push(mm.message(token(1), message="x" * MAX_BODY_BYTES))
     assert response.status_code == 200
-    assert response.json() == fail("Failed to read message body: the body exceeds 2048 bytes")
-    assert simulator.received == []
+    too_large = f"Failed to read message body: the body exceeds {MAX_BODY_BYTES} bytes"
+    assert response.json() == fail(too_large)
+    assert len(simulator.received) == 1
 
 
 async def test_version_suffix_variants(

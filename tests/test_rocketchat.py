@@ -18,7 +18,7 @@ from pushd.frontends import rocketchat
 from pushd.simulators.apns import ApnsSimulator, SimReply
 from pushd.simulators.fcm import FcmReply, FcmSimulator
 from tests.conftest import OTHER_TOPIC, TOPIC, Pushd, PushdFactory, app_entry, fcm_entry, token
-from tests.rocketchat_client import RocketChat, options
+from tests.rocketchat_client import TEXT_LIMIT, TITLE_LIMIT, RocketChat, options, truncate_string
 
 CLOUD_TOKEN = "cloud-workspace-token"
 SECRET_1 = "rc1-secret-0123456789"
@@ -100,6 +100,24 @@ async def test_apn_send_builds_the_native_payload(rc: RocketChat, simulator: Apn
         "messageFrom": "push",
     }
     assert json.loads(payload["ejson"])["notificationType"] == "message"
+
+
+async def test_a_title_or_text_cut_inside_an_emoji_is_sent(
+    rc: RocketChat, simulator: ApnsSimulator, fcm_simulator: FcmSimulator
+) -> None:
+    # Rocket.Chat cuts title and text by UTF-16 code units; releases whose truncateString
+    # predates its surrogate-safe version send the first half of an emoji split by the
+    # cut.  A 422 for it lost the push: the half is dropped, as the newer cut does.
+    text = truncate_string("a" * 236 + "😀" * 10, TEXT_LIMIT)
+    title = truncate_string("#" + "b" * 60 + "🚀" * 5, TITLE_LIMIT)
+    assert text.endswith("\ud83d...") and title.endswith("\ud83d...")
+    opts = options(title=title, text=text)
+    assert (await rc.send("apn", token(1), {**opts, "topic": TOPIC})).status_code == 200
+    alert = json.loads(simulator.received[0].payload)["aps"]["alert"]
+    assert alert == {"title": "#" + "b" * 60 + "...", "body": "a" * 236 + "..."}
+    assert (await rc.send("gcm", FCM_TOKEN, opts)).status_code == 200
+    data = fcm_simulator.received[0].message["data"]
+    assert (data["title"], data["message"]) == (alert["title"], alert["body"])
 
 
 async def test_apn_app_is_chosen_by_topic(gateway: Pushd, rc: RocketChat) -> None:
@@ -200,8 +218,11 @@ async def test_path_secret_prefix_and_its_fcm_app(
     # rc2 is not registered with any token: only its prefix authenticates it.
     rc2 = RocketChat(client=gateway.client, gateway=f"{gateway.url}/{SECRET_2}", cloud_token="")
     assert (await rc2.send("gcm", FCM_TOKEN, options())).status_code == 200
+    # sendGatewayPush joins `${gateway}/push/...`: a Push_gateway ending in / still works.
+    slash = RocketChat(client=gateway.client, gateway=f"{gateway.url}/{SECRET_2}/", cloud_token="")
+    assert (await slash.send("gcm", FCM_TOKEN, options())).status_code == 200
     assert (await rc2.send("apn", token(4), options(topic=TOPIC))).status_code == 200
-    assert gateway.services.dispatcher.lanes["android-2"].stats.delivered == 1
+    assert gateway.services.dispatcher.lanes["android-2"].stats.delivered == 2
     assert gateway.services.dispatcher.lanes["android"].stats.delivered == 0
     assert len(simulator.received) == 1
     # rc1's prefix works too, whatever its Authorization says.
@@ -296,7 +317,7 @@ GOOD = {"token": "0" * 64, "options": options(topic=TOPIC)}
         json.dumps({**GOOD, "options": options(topic="org.unknown.app")}).encode(),
         json.dumps({**GOOD, "options": options(topic=TOPIC, text="x" * 5000)}).encode(),
         b'{"token":"' + b"0" * 64 + b'","options":{"topic":"' + TOPIC.encode() + b'",'
-        b'"text":"\\ud800","notId":1}}',
+        b'"payload":{"x":"\\ud800"},"notId":1}}',
         b'{"token":"' + b"0" * 64 + b'","options":{"topic":"' + TOPIC.encode() + b'",'
         b'"payload":{"x":NaN},"notId":1}}',
     ],

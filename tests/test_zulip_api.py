@@ -56,6 +56,18 @@ async def zulip(bouncer: Pushd) -> ZulipServer:
 # --- server registration and auth ----------------------------------------------------------
 
 
+async def test_services_url_with_a_trailing_slash(bouncer: Pushd, simulator: ApnsSimulator) -> None:
+    # register_server concatenates: "https://pushd.example.com/" + "/api/v1/..." asks
+    # for //api/v1/remotes/server/register, which Zulip's bouncer (nginx, merge_slashes)
+    # serves; the other requests go through urljoin, which drops the slash.
+    server = ZulipServer(client=bouncer.client, services_url=bouncer.url + "/")
+    assert server.command_url("server/register").endswith("//api/v1/remotes/server/register")
+    assert (await server.register_server()).json() == {**OK, "created": True}
+    assert (await server.upload_analytics([realm(1)])).status_code == 200
+    response = await server.register_device(token(1), APNS, ios_app_id=TOPIC)
+    assert response.json()["result"] == "success"
+
+
 async def test_register_server_then_rotate_key(bouncer: Pushd) -> None:
     server = zulip_server(bouncer)
     first = await server.register_server()
@@ -375,6 +387,18 @@ async def test_analytics_learns_realms_and_high_water_marks(bouncer: Pushd) -> N
     finally:
         await database.close()
     assert stored is not None and (stored.host, stored.name) == ("zulip.example.com", "Realm 2")
+
+
+async def test_analytics_from_a_server_that_sends_no_realm_names(bouncer: Pushd) -> None:
+    # Servers before realm names were uploaded send realms without "name"; Zulip's
+    # bouncer reads it as "" (RealmDataForAnalytics).  A 400 here is a warning in the
+    # server's log on every upload, and the realms never registered.
+    server = zulip_server(bouncer)
+    await server.register_server()
+    old = {key: value for key, value in realm(1).items() if key not in ("name", "org_type")}
+    response = await server.upload_analytics([old])
+    assert response.status_code == 200, response.text
+    assert list(response.json()["realms"]) == [old["uuid"]]
 
 
 async def test_a_realm_of_another_server(zulip: ZulipServer, bouncer: Pushd) -> None:

@@ -21,6 +21,7 @@ import secrets
 import time
 import uuid
 from typing import Any
+from urllib.parse import urljoin
 
 import attrs
 import httpx
@@ -48,7 +49,14 @@ class ZulipServer:
     hostname: str = "zulip.example.com"
 
     def url(self, endpoint: str) -> str:
-        return f"{self.services_url}/api/v1/remotes/{endpoint}"
+        """``send_to_push_bouncer``'s URL: ``urljoin``, which drops any path of the
+        setting (a trailing slash included)."""
+        return urljoin(self.services_url, "/api/v1/remotes/" + endpoint)
+
+    def command_url(self, endpoint: str) -> str:
+        """``manage.py register_server``'s URL: the setting and the path concatenated, so
+        a setting ending in ``/`` gives ``//api/...``."""
+        return self.services_url + "/api/v1/remotes/" + endpoint
 
     def headers(self, org_id: str | None = None, org_key: str | None = None) -> dict[str, str]:
         pair = f"{org_id or self.org_id}:{org_key or self.org_key}".encode()
@@ -69,7 +77,7 @@ class ZulipServer:
         if new_key is not None:
             data["new_org_key"] = new_key
         return await self.client.post(
-            self.url("server/register"), data=data, headers={"user-agent": USER_AGENT}
+            self.command_url("server/register"), data=data, headers={"user-agent": USER_AGENT}
         )
 
     async def form(self, endpoint: str, data: dict[str, Any], **auth: str) -> httpx.Response:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
@@ -69,6 +70,9 @@ RETRY_AFTER_SECONDS = 60
 #: Largest request body.  A push is a few hundred bytes of options plus the ``payload``
 #: that becomes ``ejson``; whatever the upstream can carry (4 KiB) fits with room.
 MAX_BODY_BYTES = 32 * 1024
+#: A UTF-16 surrogate left in a decoded string: JSON decoding joins whole pairs, so
+#: whatever remains is half of one.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def late_ref(server: str, app: str, token: str) -> str:
@@ -134,6 +138,20 @@ def _get(options: Mapping[str, Any], name: str, kind: type, path: str = "options
     return value
 
 
+def _cut_text(options: Mapping[str, Any], name: str) -> str | None:
+    """``title`` or ``text``, less any half of a UTF-16 surrogate pair.
+
+    Rocket.Chat cuts both by UTF-16 code units (``truncateString`` in ``PushClass.send``),
+    and releases before its cut learned about surrogate pairs send the first half of an
+    emoji the cut splits, as a lone escape no UTF-8 can carry.  The half is dropped, as
+    the newer cut drops the whole emoji; a 422 would lose the push.
+    """
+    value: str | None = _get(options, name, str)
+    if value is None or _LONE_SURROGATE.search(value) is None:
+        return value
+    return _LONE_SURROGATE.sub("", value)
+
+
 def _not_id(options: Mapping[str, Any]) -> int | None:
     """``notId``: a number on the wire; a numeric string is accepted as Android's app does."""
     value = options.get("notId")
@@ -191,8 +209,8 @@ def parse_body(body: bytes) -> GatewayPush:
     payload = options.get("payload")
     return GatewayPush(
         token=token,
-        title=_get(options, "title", str),
-        text=_get(options, "text", str),
+        title=_cut_text(options, "title"),
+        text=_cut_text(options, "text"),
         badge=badge,
         sound=_get(options, "sound", str),
         not_id=_not_id(options),

@@ -10,9 +10,10 @@ not (§5.2):
   answered by then, or failed transiently, is retried by the dispatcher in the
   background, and never makes the homeserver wait or retry;
 - a dead verdict is kept in the store under the delivery's ``ref`` (app_id and
-  pushkey) and reported in ``rejected`` the next time a request carries that pushkey,
-  which is then not sent: a token found dead by a background retry is not lost, nor
-  one whose rejection the homeserver never received (it repeats the request);
+  pushkey) and reported in ``rejected`` whenever a request carries that pushkey, which
+  is then not sent, until an event's notify has told it (a badge update's answer is
+  not read by Synapse): a token found dead by a background retry is not lost, nor one
+  whose rejection the homeserver never received (it repeats the request);
 - a homeserver's retry of an event already sent (same app_id, pushkey and event_id
   within ``dedupe_seconds``) is answered 200 and not sent again, whichever instance
   it reaches (:mod:`.dedupe`: shared through the store on PostgreSQL).
@@ -268,7 +269,9 @@ class MatrixGateway:
                         report.reason,
                     )
         # Forgotten last: if anything above fails (a 503), the next try hears them still.
-        if told:
+        # Not on a badge update (no event id): Synapse discards that answer
+        # (httppusher._send_badge), so the next event's notify must tell it again.
+        if told and notification.event_id:
             await self.dispatcher.verdicts.forget(told)
         return list(dict.fromkeys(key for key in rejected if key is not None))
 

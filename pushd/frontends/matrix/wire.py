@@ -7,7 +7,9 @@ content type (§5.2, point 7).
 
 Checks are Sygnal's and no stricter: unknown fields are ignored everywhere, top-level
 string fields are not type-checked (a non-string is treated as absent when building a
-payload), ``type: null`` is a badge update.  What Sygnal answers with a 500 (odd shapes
+payload), ``type: null`` is a badge update.  One is looser: a ``tweaks.sound`` that is not
+a string, which Synapse sends for a push rule's valueless sound tweak, is dropped where
+Sygnal answers 400.  What Sygnal answers with a 500 (odd shapes
 deeper down) is a clean 400 or a per-device verdict here.
 """
 
@@ -151,7 +153,11 @@ def _device(value: object) -> Device:
     data = _optional_object(value, "data", "data")
     tweaks = _optional_object(value, "tweaks", "tweaks")
     if "sound" in tweaks and not isinstance(tweaks["sound"], str):
-        raise BadRequest("tweaks.sound is of invalid type")
+        # Synapse checks no push rule's tweak values and sends a tweak set without one
+        # as true (httppusher.tweaks_for_actions).  Sygnal's 400 here makes Synapse
+        # retry the event for a day, every later push to the device held behind it;
+        # a sound that names no sound file is dropped instead, as an unknown tweak is.
+        tweaks = {key: item for key, item in tweaks.items() if key != "sound"}
     return Device(app_id, pushkey, pushkey_ts, data, tweaks)
 
 

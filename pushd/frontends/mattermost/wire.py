@@ -23,6 +23,23 @@ MESSAGE_MAX_BYTES: Final = 2047
 MESSAGE_CUT_BYTES: Final = 2046
 #: MPNS cuts ``channel_name`` to this many bytes.
 CHANNEL_NAME_MAX_BYTES: Final = 64
+#: ``model.PostMessageMaxRunesV2``: the most runes a post's message holds.
+POST_MESSAGE_MAX_RUNES: Final = 16383
+#: ``model.PostPropsMaxRunes``: the most runes a post's props hold; Mattermost appends
+#: every attachment's fallback text (kept in the props) to the pushed message, uncut.
+POST_PROPS_MAX_RUNES: Final = 800_000
+#: The most bytes ``json.Marshal`` writes for one rune (``<``, ``>`` and ``&`` become
+#: ``\u003c`` and the like).
+GO_JSON_MAX_BYTES_PER_RUNE: Final = 6
+#: Room for the push's other fields (ids, names, signature), far more than they take.
+OTHER_FIELDS_BYTES: Final = 64 * 1024
+#: Largest ``send_push`` body: the biggest push a Mattermost server can build.  MPNS reads
+#: any size and cuts ``message`` afterwards, so a body pushd refused (a FAIL, never
+#: retried) would be a push MPNS delivers; the server's 64 KiB default is below a post
+#: of 16,383 emoji alone.
+MAX_BODY_BYTES: Final = (
+    POST_MESSAGE_MAX_RUNES + POST_PROPS_MAX_RUNES
+) * GO_JSON_MAX_BYTES_PER_RUNE + OTHER_FIELDS_BYTES
 #: The app version when ``platform`` carries no (valid) ``-vN`` suffix.
 DEFAULT_APP_VERSION: Final = 1
 #: Go's ``int`` is 64 bits: larger JSON numbers fail to decode there, so here too.

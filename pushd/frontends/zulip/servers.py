@@ -139,9 +139,11 @@ def _row_id(row: Any, name: str, index: int) -> int:
 def _realm_info(row: Any, index: int) -> ZulipRealm:
     if not isinstance(row, dict):
         raise bad_request(f"Invalid realms[{index}]")
-    values = {}
+    # Servers from before realm names were uploaded send none: Zulip's bouncer reads
+    # that as "" (RealmDataForAnalytics.name), so a missing name is no error here.
+    values = {"name": ""}
     for key in ("uuid", "host", "name"):
-        value = row.get(key)
+        value = row.get(key, values.get(key))
         if not isinstance(value, str):
             raise bad_request(f'Invalid realms[{index}]["{key}"]')
         values[key] = value
