@@ -63,6 +63,11 @@ EXPIRY_SLACK: Final = 30.0
 DEFAULT_LIFETIME: Final = 3600.0
 #: How long one token request may take, connect to last byte.
 TOKEN_REQUEST_TIMEOUT: Final = 10.0
+#: The most of a token endpoint's answer that is read (decoded).  Google's is a few
+#: hundred bytes; read whole, an endpoint (or a proxy in its place) that streamed without
+#: end grew pushd's memory by about 30 MiB a second until the token timeout, again at
+#: every try, for every app alike.
+MAX_ANSWER_BYTES: Final = 64 * 1024
 #: After a failed refresh, how long a send waits for the next try before it hears the
 #: last failure: a recovered endpoint answers well within it, one that still hangs holds
 #: each send this long at most (not the whole token timeout).
@@ -315,16 +320,25 @@ class AccessTokens:
         account = self._account
         assertion = make_assertion(self._key, account, int(now))
         self.requests += 1
+        body = bytearray()
         try:
             with trio.fail_after(self._timeout):
-                response = await self._http.post(
+                async with self._http.stream(
+                    "POST",
                     account.token_uri,
                     data={"grant_type": JWT_BEARER_GRANT, "assertion": assertion},
                     headers={"accept": "application/json"},
                     timeout=self._timeout,
-                )
+                ) as response:
+                    async for chunk in response.aiter_bytes():
+                        body += chunk
+                        if len(body) > MAX_ANSWER_BYTES:
+                            raise TokenUnavailable(
+                                f"token endpoint: answer over {MAX_ANSWER_BYTES} bytes"
+                            )
+                    status = response.status_code
         except (trio.TooSlowError, httpx.TimeoutException):
             raise TokenUnavailable("token endpoint: timeout") from None
         except httpx.HTTPError as exc:
             raise TokenUnavailable(f"token endpoint: {type(exc).__name__}") from None
-        return parse_token_response(response.status_code, response.content)
+        return parse_token_response(status, bytes(body))
