@@ -36,6 +36,14 @@ def reconnect_delay(failures: int, rng: Callable[[], float] = random.random) -> 
     return delay * (1 - RECONNECT_JITTER * rng())
 
 
+def root_cause(exc: BaseException) -> BaseException:
+    """What really failed: trio wraps a TLS handshake's error (a certificate that does
+    not verify) in a BrokenResourceError whose own text is empty."""
+    while isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
 @attrs.frozen
 class Connector:
     """Everything a pool's connections are opened with; the same for all of them.

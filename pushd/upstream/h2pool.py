@@ -41,7 +41,7 @@ from pushd.model import RetryLater
 from pushd.upstream.h2batch import Batch
 from pushd.upstream.h2batch import spread as spread  # re-exported: its home was here
 from pushd.upstream.h2conn import PoolConnection
-from pushd.upstream.h2connect import Connector, reconnect_delay
+from pushd.upstream.h2connect import Connector, reconnect_delay, root_cause
 from pushd.upstream.h2types import ConnectionFailed, Peer, Stream
 from pushd.upstream.proxy import Proxy
 
@@ -54,14 +54,6 @@ from pushd.upstream.proxy import Proxy
 RECONNECT_ON_DEMAND = 1.0
 #: What a request that was sent but not answered in time reports.
 TIMEOUT = "timeout"
-
-
-def root_cause(exc: BaseException) -> BaseException:
-    """What really failed: trio wraps a TLS handshake's error (a certificate that does
-    not verify) in a BrokenResourceError whose own text is empty."""
-    while isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
-        exc = exc.__cause__
-    return exc
 
 
 class H2Pool:
@@ -344,9 +336,7 @@ class H2Pool:
                 failures += 1
                 delay = reconnect_delay(failures)
                 cause = root_cause(exc)
-                if not self._conns:
-                    self._unreachable = f"{self._peer.name} unreachable: {type(cause).__name__}"
-                    self._fail_waiters(self._unreachable)
+                self._cannot_reach(type(cause).__name__)
                 log.warning(
                     "%s connection %d: connect to %s failed (%s: %s); retry in %.1f s%s",
                     label,
@@ -387,10 +377,23 @@ class H2Pool:
             if conn.completed:
                 failures = 0
             else:
-                # Connected but never answered: treat like a failed connect, or a server
-                # that accepts and drops would be hammered.
+                # Connected but never answered: a failed connect.  Once it happens again,
+                # sends fail at once meanwhile: waiting out the backoff in their place, a
+                # server that accepted and dropped every connection held each push of
+                # the app for up to its whole request_timeout once the backoff had grown
+                # past it.  A single such connection (a blip) still lets them wait for
+                # the next, a fraction of a second away.
                 failures += 1
-                await trio.sleep(reconnect_delay(failures))
+                if failures > 1:
+                    self._cannot_reach(conn.lost_reason or "closed")
+                await self._back_off(reconnect_delay(failures))
+
+    def _cannot_reach(self, reason: str) -> None:
+        """A connect failed (or its connection closed unanswered): with no connection
+        open, sends fail at once as unreachable until one is."""
+        if not self._conns:
+            self._unreachable = f"{self._peer.name} unreachable: {reason}"
+            self._fail_waiters(self._unreachable)
 
     async def _back_off(self, delay: float) -> None:
         """Wait ``delay`` after a failed connect, or :data:`RECONNECT_ON_DEMAND` if a
