@@ -55,6 +55,7 @@ from pushd.sdnotify import Notifier
 from pushd.spool.seal import SealError, SpoolKeys
 from pushd.store import Store, open_store
 from pushd.tls import server_context
+from pushd.upstream import resolver
 from pushd.upstream.apns.classify import mismatch_hint as apns_mismatch_hint
 from pushd.upstream.apns.client import ApnsClient
 from pushd.upstream.fcm.classify import mismatch_hint as fcm_mismatch_hint
@@ -277,6 +278,8 @@ async def serve(
         return
     if worker is not None:
         config = worker.apply(config)
+    # One app's hanging DNS must not take the lookup threads of the others.
+    resolver.install()
     tls = server_tls(config)  # what the admin may have got wrong first: nothing to undo
     pid_file = PidFile(None if worker else config.server.pid_file)  # the supervisor's
     lanes = build_lanes(config) if lanes is None else lanes

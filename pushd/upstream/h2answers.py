@@ -52,7 +52,7 @@ from pushd.upstream.h2recv import (
     window_update,
 )
 from pushd.upstream.h2streams import CONNECTION_WINDOW, DRAINED, STREAM_WINDOW, StreamTable
-from pushd.upstream.h2types import Lost, Peer, Stream, Unprocessed
+from pushd.upstream.h2types import MAX_RESPONSE_BODY, Lost, Peer, Stream, Unprocessed
 
 #: Credit the connection, or a stream still open, once this much of its window was used
 #: by frames taken on the fast path (:mod:`pushd.upstream.h2recv`): a quarter of the
@@ -177,9 +177,12 @@ class AnswerReader(StreamTable):
                     stream.chunks = [payload]
                 else:
                     stream.chunks.append(payload)
+                stream.received += len(payload)
             self._unacked += length
         if flags & END_STREAM:
             self._answered_stream(stream)
+        elif stream.received > MAX_RESPONSE_BODY:
+            self._cut_short(stream)
         elif length:
             stream.unacked += length
             if stream.unacked >= STREAM_ACK_AT:
@@ -220,6 +223,19 @@ class AnswerReader(StreamTable):
         self._answered += 1
         if stream.status != OK and self._peer.retiring is not None:
             self._retire_if_asked(stream)
+        stream.owner.stream_answered(stream)
+        self._capacity_freed = True
+
+    def _cut_short(self, stream: Stream) -> None:
+        """``stream``'s body passed :data:`MAX_RESPONSE_BODY`: reset it and report the
+        answer its status gives (the body, cut, no longer parses)."""
+        sid = stream.stream_id
+        del self._streams[sid]
+        self._blocked.pop(sid, None)
+        with contextlib.suppress(H2Error):
+            self._h2.reset_stream(sid, ErrorCodes.CANCEL)
+        self._free()
+        self._answered += 1
         stream.owner.stream_answered(stream)
         self._capacity_freed = True
 
@@ -285,6 +301,9 @@ class AnswerReader(StreamTable):
                         stream.chunks = [data]
                     else:
                         stream.chunks.append(data)
+                    stream.received += len(data)
+                    if stream.received > MAX_RESPONSE_BODY:
+                        self._cut_short(stream)
                 length = event.flow_controlled_length
                 if length:
                     if unacked is None:

@@ -181,10 +181,12 @@ class Batch:
         if self.error is not None:
             raise self.error
 
-    def fail_pending(self, reason: str) -> None:
-        """Report every request still waiting for a slot (or a credential) as RetryLater."""
+    def fail_pending(self, reason: str, outcome: Outcome | None = None) -> None:
+        """Report every request still waiting for a slot (or a credential): ``outcome``,
+        or RetryLater(``reason``)."""
         pending = self.pending
-        outcome = RetryLater(reason, kind="unreachable")
+        if outcome is None:
+            outcome = RetryLater(reason, kind="unreachable")
         while pending:
             self.finish(pending.popleft(), outcome)
         stale, self.stale = self.stale, []

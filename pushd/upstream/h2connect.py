@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import ssl
 from collections.abc import Callable
+from typing import Final
 
 import attrs
 import trio
@@ -28,12 +29,52 @@ CONNECT_TIMEOUT = 10.0
 RECONNECT_BACKOFF_BASE = 0.5
 RECONNECT_BACKOFF_MAX = 60.0
 RECONNECT_JITTER = 0.5
+#: While the server is unreachable, a send (which fails at once) cuts the backoff short:
+#: the next connect is at most this long after the last.  Without it a 7 s outage left
+#: the pool 8 s into its backoff when the server came back, and every send in between
+#: failed (and was spooled) though the server was up.  One connect a second while
+#: there is traffic is not the churn Apple frowns upon; with no traffic the backoff
+#: still grows to RECONNECT_BACKOFF_MAX.
+RECONNECT_ON_DEMAND = 1.0
 
 
 def reconnect_delay(failures: int, rng: Callable[[], float] = random.random) -> float:
     """Seconds to wait after ``failures`` consecutive failed connects (>= 1)."""
     delay = min(RECONNECT_BACKOFF_MAX, RECONNECT_BACKOFF_BASE * 2.0 ** min(failures - 1, 30))
     return delay * (1 - RECONNECT_JITTER * rng())
+
+
+#: TLS alerts by which a server refuses the client's own certificate (APNs certificate
+#: auth: expired, revoked, not one it knows): the credential is wrong, the server is not
+#: down.  Apple sends them in the handshake rather than answer 403 ``BadCertificate``.
+CERTIFICATE_ALERTS: Final = frozenset(
+    {
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_REVOKED",
+        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "TLSV1_ALERT_ACCESS_DENIED",
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+    }
+)
+
+
+def refused_certificate(exc: BaseException) -> str | None:
+    """The alert (:data:`CERTIFICATE_ALERTS`) if ``exc`` is the server refusing our
+    client certificate, else None."""
+    if isinstance(exc, ssl.SSLError) and exc.reason in CERTIFICATE_ALERTS:
+        return str(exc.reason)
+    return None
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """What really failed: trio wraps a TLS handshake's error (a certificate that does
+    not verify) in a BrokenResourceError whose own text is empty."""
+    while isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
 
 
 @attrs.frozen

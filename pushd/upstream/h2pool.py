@@ -37,31 +37,22 @@ import ssl
 
 import trio
 
-from pushd.model import RetryLater
+from pushd.model import Failed, RetryLater
 from pushd.upstream.h2batch import Batch
 from pushd.upstream.h2batch import spread as spread  # re-exported: its home was here
 from pushd.upstream.h2conn import PoolConnection
-from pushd.upstream.h2connect import Connector, reconnect_delay
+from pushd.upstream.h2connect import (
+    RECONNECT_ON_DEMAND,
+    Connector,
+    reconnect_delay,
+    refused_certificate,
+    root_cause,
+)
 from pushd.upstream.h2types import ConnectionFailed, Peer, Stream
 from pushd.upstream.proxy import Proxy
 
-#: While the server is unreachable, a send (which fails at once) cuts the backoff short:
-#: the next connect is at most this long after the last.  Without it a 7 s outage left
-#: the pool 8 s into its backoff when the server came back, and every send in between
-#: failed (and was spooled) though the server was up.  One connect a second while
-#: there is traffic is not the churn Apple frowns upon; with no traffic the backoff
-#: still grows to RECONNECT_BACKOFF_MAX.
-RECONNECT_ON_DEMAND = 1.0
 #: What a request that was sent but not answered in time reports.
 TIMEOUT = "timeout"
-
-
-def root_cause(exc: BaseException) -> BaseException:
-    """What really failed: trio wraps a TLS handshake's error (a certificate that does
-    not verify) in a BrokenResourceError whose own text is empty."""
-    while isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
-        exc = exc.__cause__
-    return exc
 
 
 class H2Pool:
@@ -102,6 +93,9 @@ class H2Pool:
         #: Set while the server cannot be reached and no connection is open: sends fail at
         #: once as RetryLater instead of holding their caller for the whole timeout.
         self._unreachable: str | None = None
+        #: What sends hear meanwhile instead of RetryLater when the server refused our
+        #: client certificate (a credential failure: the app pauses).
+        self._refused: Failed | None = None
         #: When a send last found the server unreachable, and the event that tells
         #: slots waiting out a backoff (replaced each time it is set).
         self._wanted_at = float("-inf")
@@ -290,7 +284,7 @@ class H2Pool:
             batch.fail_pending(self.closed_reason)
             return
         if self._unreachable is not None and not self._conns:
-            batch.fail_pending(self._unreachable)
+            batch.fail_pending(self._unreachable, self._refused)
             self._wanted_at = trio.current_time()
             wanted, self._wanted = self._wanted, trio.Event()
             wanted.set()
@@ -318,7 +312,7 @@ class H2Pool:
         while self._waiters:
             batch = self._waiters.popleft()
             batch.waiting = False
-            batch.fail_pending(reason)
+            batch.fail_pending(reason, self._refused)
 
     # --- connections --------------------------------------------------------------------
 
@@ -344,9 +338,7 @@ class H2Pool:
                 failures += 1
                 delay = reconnect_delay(failures)
                 cause = root_cause(exc)
-                if not self._conns:
-                    self._unreachable = f"{self._peer.name} unreachable: {type(cause).__name__}"
-                    self._fail_waiters(self._unreachable)
+                self._cannot_reach(type(cause).__name__, refused_certificate(cause))
                 log.warning(
                     "%s connection %d: connect to %s failed (%s: %s); retry in %.1f s%s",
                     label,
@@ -362,7 +354,7 @@ class H2Pool:
                 await self._back_off(delay)
                 continue
             self.connections_opened += 1
-            self._unreachable = None
+            self._unreachable = self._refused = None
             log.log(
                 self._peer.connect_level,
                 "%s connection %d: connected to %s, %d streams",
@@ -387,10 +379,26 @@ class H2Pool:
             if conn.completed:
                 failures = 0
             else:
-                # Connected but never answered: treat like a failed connect, or a server
-                # that accepts and drops would be hammered.
+                # Connected but never answered: a failed connect.  From the second in a
+                # row sends fail at once: a server that accepted and dropped every
+                # connection held each push for its whole request_timeout once the
+                # backoff had grown past it.  After one (a blip) they wait for the next.
                 failures += 1
-                await trio.sleep(reconnect_delay(failures))
+                if failures > 1:
+                    self._cannot_reach(conn.lost_reason or "closed")
+                await self._back_off(reconnect_delay(failures))
+
+    def _cannot_reach(self, reason: str, alert: str | None = None) -> None:
+        """A connect failed (or closed unanswered): with no connection open, sends fail
+        at once until one is; on the credential if the server refused our certificate
+        with ``alert`` (the app pauses with an ALARM), else as unreachable."""
+        if not self._conns:
+            self._unreachable = f"{self._peer.name} unreachable: {reason}"
+            self._refused = None
+            if alert is not None:
+                refused = f"{self._peer.name} refused the client certificate: {alert}"
+                self._refused = Failed(refused, credential=True)
+            self._fail_waiters(self._unreachable)
 
     async def _back_off(self, delay: float) -> None:
         """Wait ``delay`` after a failed connect, or :data:`RECONNECT_ON_DEMAND` if a

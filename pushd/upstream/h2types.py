@@ -63,6 +63,14 @@ class StreamOwner(Protocol):
 # --- one request ----------------------------------------------------------------------
 
 
+#: The most of one response body kept: APNs' and FCM's answers are a few hundred bytes
+#: (an error's JSON).  A server that streamed a body without end had all of it kept
+#: until the request timed out (about 20 MiB a second in a probe, 10 s a request, per
+#: request in flight), in the memory every app shares; now the stream is cut there and
+#: answered by its status.
+MAX_RESPONSE_BODY = 64 * 1024
+
+
 class Stream:
     """One request on the wire: what its owner needs back, filled in by the reader."""
 
@@ -72,6 +80,7 @@ class Stream:
         "end_sent",
         "index",
         "owner",
+        "received",
         "retry_after",
         "status",
         "stream_id",
@@ -92,6 +101,8 @@ class Stream:
         self.retry_after: str | None = None
         #: Response body pieces; None until one arrives (a 200 has no body).
         self.chunks: list[bytes] | None = None
+        #: Response body bytes kept in :attr:`chunks` (at most MAX_RESPONSE_BODY).
+        self.received = 0
         #: Body bytes received and not yet credited to the stream's window.
         self.unacked = 0
 

@@ -51,7 +51,7 @@ from pushd.model import Failed, FcmPush, Outcome, RetryLater, TokenDead
 from pushd.upstream.fcm.alarms import MismatchWindow, ThirdPartyAlarm
 from pushd.upstream.fcm.classify import Unauthenticated, classify
 from pushd.upstream.fcm.message import InvalidToken, body_for
-from pushd.upstream.fcm.oauth import AccessTokens, TokenUnavailable
+from pushd.upstream.fcm.oauth import TOKEN_REQUEST_TIMEOUT, AccessTokens, TokenUnavailable
 from pushd.upstream.fcm.service_account import load_private_key
 from pushd.upstream.fcm.settings import FcmSettings
 from pushd.upstream.h2batch import REAUTHENTICATE, Batch, Reauthenticate, Report
@@ -244,9 +244,20 @@ class FcmClient:
             # which would send token requests one way and sends another.
             trust_env=False,
         )
-        self._tokens = AccessTokens(settings.account, token_http, clock=self._clock)
         try:
-            await self.pool.run(task_status=task_status)
+            async with trio.open_nursery() as nursery:
+                # Token refreshes run in this nursery: a send's deadline never cuts one
+                # short (see pushd.upstream.fcm.oauth).  A token request that takes longer
+                # than a send may is no use to the send: a short request_timeout
+                # shortens the token request's too.
+                self._tokens = AccessTokens(
+                    settings.account,
+                    token_http,
+                    clock=self._clock,
+                    timeout=min(TOKEN_REQUEST_TIMEOUT, settings.request_timeout),
+                    nursery=nursery,
+                )
+                await self.pool.run(task_status=task_status)
         finally:
             self._tokens = None
             with trio.CancelScope(shield=True) as scope:

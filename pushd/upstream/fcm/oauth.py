@@ -14,11 +14,22 @@ therefore cost one token request, not a thousand.
 A token endpoint that is down must delay sends, not crash or hammer: a failed refresh
 raises :class:`TokenUnavailable` (which the client turns into ``RetryLater``) and is
 remembered for a growing backoff, during which callers fail at once without a request.
+Once a refresh has failed, the next one (after the backoff) holds a send for at most
+:data:`RETRY_WAIT`; then it hears the last failure.
+
+Given a nursery (the FCM client always gives its own), a refresh runs there rather than
+in the task of the send that wanted it, so it ends only by the token endpoint's answer
+or :data:`TOKEN_REQUEST_TIMEOUT`, never by that send's deadline.  Run in the sender's
+task, an endpoint that accepted the connection and never answered had every refresh
+cancelled by the send's deadline (10 s, like the token timeout) before its own timeout
+could record a failure: no backoff ever started, and every push of the app held its
+caller for the whole first-attempt deadline.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import math
@@ -52,6 +63,15 @@ EXPIRY_SLACK: Final = 30.0
 DEFAULT_LIFETIME: Final = 3600.0
 #: How long one token request may take, connect to last byte.
 TOKEN_REQUEST_TIMEOUT: Final = 10.0
+#: The most of a token endpoint's answer that is read (decoded).  Google's is a few
+#: hundred bytes; read whole, an endpoint (or a proxy in its place) that streamed without
+#: end grew pushd's memory by about 30 MiB a second until the token timeout, again at
+#: every try, for every app alike.
+MAX_ANSWER_BYTES: Final = 64 * 1024
+#: After a failed refresh, how long a send waits for the next try before it hears the
+#: last failure: a recovered endpoint answers well within it, one that still hangs holds
+#: each send this long at most (not the whole token timeout).
+RETRY_WAIT: Final = 1.0
 #: After a failed refresh, callers fail fast for BASE * 2**(n-1) seconds, capped: long
 #: enough not to hammer a dead endpoint, short enough that recovery is noticed quickly.
 FAILURE_BACKOFF_BASE: Final = 1.0
@@ -155,9 +175,10 @@ class AccessTokens:
     """The current access token of one service account, refreshed single-flight.
 
     ``http`` is the client token requests go through (HTTP/1.1 is plenty: one request an
-    hour); the caller owns and closes it.  ``clock`` is wall-clock seconds: it stamps the
-    assertion's ``iat``, and token expiry is measured with it too, so a test can move it.
-    Backoff after failures is measured on trio's clock.
+    hour); the caller owns and closes it.  ``nursery``: where refreshes run, so that no
+    caller's deadline cuts one short (see the module docstring).  ``clock`` is wall-clock
+    seconds: it stamps the assertion's ``iat``, and token expiry is measured with it too,
+    so a test can move it.  Backoff after failures is measured on trio's clock.
     """
 
     def __init__(
@@ -167,8 +188,11 @@ class AccessTokens:
         *,
         clock: Callable[[], float] = time.time,
         timeout: float = TOKEN_REQUEST_TIMEOUT,
+        nursery: trio.Nursery | None = None,
     ) -> None:
         self._account = account
+        #: Where refreshes run (module docstring); None runs them in the caller's task.
+        self._nursery = nursery
         self._key = load_private_key(account.private_key_pem)
         self._http = http
         self._clock = clock
@@ -209,18 +233,33 @@ class AccessTokens:
             if self._refreshing is not None:
                 if token is not None and self._usable(now):
                     return token
-                await self._refreshing.wait()
-                continue
+                if self._failure is None:
+                    await self._refreshing.wait()
+                    continue
+                # The endpoint failed last time: wait briefly for this try, which may
+                # well hang the same way, then hear the last failure.
+                with trio.move_on_after(RETRY_WAIT):
+                    await self._refreshing.wait()
+                    continue
+                raise self._last_failure()
             if self._failure is not None and trio.current_time() < self._failed_until:
                 if token is not None and self._usable(now):
                     return token
-                failure = self._failure
-                raise TokenUnavailable(
-                    failure.reason,
-                    retry_after=self._failed_until - trio.current_time(),
-                    credential=failure.credential,
-                )
-            return await self._refresh(now)
+                raise self._last_failure()
+            event = self._refreshing = trio.Event()
+            if self._nursery is None:
+                return await self._refresh(now, event)
+            self._nursery.start_soon(self._refresh_aside, now, event)
+
+    def _last_failure(self) -> TokenUnavailable:
+        """The last failed refresh's error, for a caller who fails fast meanwhile."""
+        failure = self._failure
+        assert failure is not None
+        return TokenUnavailable(
+            failure.reason,
+            retry_after=max(self._failed_until - trio.current_time(), 0.0) or None,
+            credential=failure.credential,
+        )
 
     def invalidate(self, seen_token: str) -> None:
         """FCM answered 401 to ``seen_token``: forget it, if it is still the current one.
@@ -232,26 +271,41 @@ class AccessTokens:
             self._token = None
             self._expires_at = self._refresh_at = 0.0
 
-    async def _refresh(self, now: float) -> str:
-        event = self._refreshing = trio.Event()
+    async def _refresh_aside(self, now: float, event: trio.Event) -> None:
+        """:meth:`_refresh` in the nursery: its outcome is left for the callers to read.
+
+        Nothing may escape into the nursery (the FCM client's): an unexpected error is
+        recorded as a failed refresh like any other, named by its type only.
+        """
+        # Recorded by _refresh: callers read it from self._failure.
+        with contextlib.suppress(TokenUnavailable):
+            await self._refresh(now, event)
+
+    async def _refresh(self, now: float, event: trio.Event) -> str:
         try:
             try:
                 token, lifetime = await self._request(now)
-            except TokenUnavailable as exc:
+            except Exception as exc:
+                failure = (
+                    exc
+                    if isinstance(exc, TokenUnavailable)
+                    else TokenUnavailable(f"token endpoint: {type(exc).__name__}")
+                )
                 self._failures += 1
                 backoff = failure_backoff(self._failures)
-                self._failure = exc
+                self._failure = failure
                 self._failed_until = trio.current_time() + backoff
                 log.warning(
-                    "fcm: no access token for %s: %s; sends wait %.0f s before the next try",
+                    "fcm: no access token for %s: %s; next try in %.0f s, sends fail "
+                    "at once until one succeeds",
                     self._account.client_email,
-                    exc.reason,
+                    failure.reason,
                     backoff,
                 )
                 if self._usable(self._clock()) and self._token is not None:
                     return self._token
-                exc.retry_after = backoff
-                raise
+                failure.retry_after = backoff
+                raise failure from None
             self._failure = None
             self._failures = 0
             self._token = token
@@ -266,16 +320,25 @@ class AccessTokens:
         account = self._account
         assertion = make_assertion(self._key, account, int(now))
         self.requests += 1
+        body = bytearray()
         try:
             with trio.fail_after(self._timeout):
-                response = await self._http.post(
+                async with self._http.stream(
+                    "POST",
                     account.token_uri,
                     data={"grant_type": JWT_BEARER_GRANT, "assertion": assertion},
                     headers={"accept": "application/json"},
                     timeout=self._timeout,
-                )
+                ) as response:
+                    async for chunk in response.aiter_bytes():
+                        body += chunk
+                        if len(body) > MAX_ANSWER_BYTES:
+                            raise TokenUnavailable(
+                                f"token endpoint: answer over {MAX_ANSWER_BYTES} bytes"
+                            )
+                    status = response.status_code
         except (trio.TooSlowError, httpx.TimeoutException):
             raise TokenUnavailable("token endpoint: timeout") from None
         except httpx.HTTPError as exc:
             raise TokenUnavailable(f"token endpoint: {type(exc).__name__}") from None
-        return parse_token_response(response.status_code, response.content)
+        return parse_token_response(status, bytes(body))
