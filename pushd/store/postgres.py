@@ -92,6 +92,14 @@ TCP_SETTINGS: Final = {
 #: the spool rows its claim locked (``FOR UPDATE``) are free for the other instances
 #: again instead of locked for as long as the dead connection lingers.
 IDLE_IN_TRANSACTION_MS: Final = 30_000
+#: The server gives up a statement of pushd's that has waited this long (milliseconds)
+#: for a lock another session holds (an operator's ``LOCK TABLE``, ``ALTER TABLE`` or
+#: ``VACUUM FULL``, a stuck client's transaction): the request hears 503 ``lock_wait``
+#: within seconds instead of waiting as long as the lock is held, and its worker thread
+#: (one of ``pool_size``) is free for requests that need other tables.  Migrations wait
+#: on (:func:`pushd.store.schema.migrate_tx`): an instance starting beside another's
+#: migration waits its turn.
+LOCK_TIMEOUT_MS: Final = 5_000
 #: Runs of one read or write after the first on a connection found dead when first used.
 STALE_RETRIES: Final = 1
 #: Connections kept open while idle: one, so the first request after a quiet night
@@ -105,6 +113,7 @@ _FAILURE_KINDS: Final = (
     ("08", "connection_lost"),
     ("25006", "read_only"),
     ("40", "conflict_retry"),
+    ("55P03", "lock_wait"),
 )
 #: Failure kinds that mean the connection, not one statement, is gone.
 _CONNECTION_KINDS: Final = frozenset({"connection_lost", "server_shutdown", "unreachable"})
@@ -216,7 +225,10 @@ class PostgresEngine:
             kwargs["connect_timeout"] = CONNECT_TIMEOUT
         kwargs |= {name: value for name, value in TCP_SETTINGS.items() if name not in url}
         if "options" not in url:
-            kwargs["options"] = f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
+            kwargs["options"] = (
+                f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
+                f" -c lock_timeout={LOCK_TIMEOUT_MS}"
+            )
         if password_file is not None:
             try:
                 kwargs["password"] = Path(password_file).read_text().strip()
