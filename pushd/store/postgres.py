@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -50,6 +51,7 @@ from pushd.store.errors import (
     ValueRefused,
 )
 from pushd.store.hop import run_on_thread
+from pushd.store.pgcall import StoreCall
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -100,6 +102,19 @@ IDLE_IN_TRANSACTION_MS: Final = 30_000
 #: on (:func:`pushd.store.schema.migrate_tx`): an instance starting beside another's
 #: migration waits its turn.
 LOCK_TIMEOUT_MS: Final = 5_000
+#: While pushd serves, a store call with no answer from the database after this long
+#: is given up: its connection is shut (:class:`StoreCall`), the call fails as ``stalled``
+#: (503) and the pool replaces the connection.  A link that stalls with its TCP
+#: connection still open and acknowledging (a hung proxy or pooler on the way, a
+#: server stuck on its disk) ends no statement, and neither keepalives nor
+#: ``tcp_user_timeout`` see it: a request that took a connection waited for as long as
+#: the stall lasted.  Not for the CLI and migrations (:attr:`PostgresEngine.give_up_after`):
+#: an operator's statement may rightly take longer.
+GIVE_UP_AFTER: Final = 10.0
+_STALLED_DETAIL: Final = (
+    "no answer from the database within {:.0f} s (a hung link, proxy or pooler?): "
+    "its connection was closed"
+)
 #: Runs of one read or write after the first on a connection found dead when first used.
 STALE_RETRIES: Final = 1
 #: Connections kept open while idle: one, so the first request after a quiet night
@@ -211,6 +226,9 @@ class PostgresEngine:
         #: Connecting failed and nothing has succeeded since (read and written by
         #: worker threads; a stale value only changes how long one request waits).
         self._unreachable = False
+        #: How long a call may wait for the database's answer before it is given up:
+        #: :data:`GIVE_UP_AFTER` once ``serve`` has opened the store and migrated it.
+        self.give_up_after = math.inf
 
     @classmethod
     def open_sync(
@@ -258,18 +276,24 @@ class PostgresEngine:
     def describe(self) -> str:
         return f"PostgreSQL {redact_url(self.url)}"
 
-    def run_sync(self, fn: Callable[[Tx], T], *, write: bool = True) -> T:
+    def run_sync(
+        self, fn: Callable[[Tx], T], *, write: bool = True, call: StoreCall | None = None
+    ) -> T:
         """Run ``fn`` on a pooled connection (blocking): a write in one transaction, a
         read (or a repeatable statement, see :meth:`write_repeatable`) in autocommit;
-        once more on another connection if this one was dead."""
+        once more on another connection if this one was dead.  ``call`` records the
+        connection in use, for the event loop to give the call up."""
         import psycopg
 
+        call = call or StoreCall()
         for attempt in range(STALE_RETRIES + 1):
             if attempt:  # the last connection was dead: so, likely, its idle neighbours
                 self.pool.check()
             connection = self._connection()
             begun = False
             try:
+                if not call.using(connection):
+                    raise self._failed("stalled")
                 if not write:
                     result = fn(PostgresTx(connection))
                 else:
@@ -285,6 +309,8 @@ class PostgresEngine:
                 psycopg.InternalError,
                 psycopg.InterfaceError,
             ) as error:
+                if call.given_up:  # its connection shut by give_up, not lost
+                    raise self._failed("stalled") from None
                 kind = failure_kind(error)
                 if not begun and kind in _CONNECTION_KINDS and attempt < STALE_RETRIES:
                     # Nothing of fn happened: run it on a live connection, after
@@ -292,6 +318,7 @@ class PostgresEngine:
                     continue
                 raise self._failed(kind) from None
             finally:
+                call.using(None)
                 self.pool.putconn(connection)  # a broken one is discarded and replaced
             self._unreachable = False
             return result
@@ -328,17 +355,30 @@ class PostgresEngine:
     def _failed(self, kind: str) -> StoreUnavailable:
         if kind in _CONNECTION_KINDS:
             self._unreachable = True
-        return self.failures.failed(kind)
+        detail = _STALLED_DETAIL.format(self.give_up_after) if kind == "stalled" else ""
+        return self.failures.failed(kind, detail)
 
     async def _run(self, fn: Callable[[Tx], T], write: bool) -> T:
         # Not abandoned on cancellation (run_on_thread): a transaction that started is
         # finished, so what the caller hears never disagrees with what was committed.
-        run = functools.partial(self.run_sync, fn, write=write)
-        call = self.failures.began()
+        call = StoreCall()
+        run = functools.partial(self.run_sync, fn, write=write, call=call)
+        began = self.failures.began()
         try:
-            result = await run_on_thread(run, self._limiter)
+            # Waiting for one of the pool's threads counts against POOL_TIMEOUT, as
+            # waiting for a connection does: while every thread waits on the database,
+            # the requests queued behind them hear 503 too.
+            result = await run_on_thread(
+                run,
+                self._limiter,
+                wait_at_most=POOL_TIMEOUT,
+                run_at_most=self.give_up_after,
+                on_overrun=call.give_up,
+            )
+        except trio.TooSlowError:
+            raise self._failed("pool_exhausted") from None
         finally:
-            self.failures.ended(call)
+            self.failures.ended(began)
         self.failures.succeeded()
         return result
 
