@@ -45,9 +45,11 @@ async def run_on_thread(
     limiter, before anything started, is cancellable unless ``shield_wait``, and ends
     with :class:`trio.TooSlowError` after ``wait_at_most`` seconds (nothing ran).
 
-    ``on_overrun`` is called (on the event loop) once ``fn`` has run ``run_at_most``
-    seconds: it is how the caller makes ``fn`` end (the store shuts a hung
-    connection); ``fn`` is still waited for, so its outcome is what the caller gets."""
+    ``on_overrun`` is called (on the event loop) ``run_at_most`` seconds after this
+    call (its wait for the limiter included) if ``fn`` is still running: it is how the
+    caller makes ``fn`` end (the store shuts a hung connection); ``fn`` is still waited
+    for, so its outcome is what the caller gets."""
+    overrun_at = trio.current_time() + run_at_most
     try:
         limiter.acquire_nowait()
     except trio.WouldBlock:
@@ -80,7 +82,7 @@ async def run_on_thread(
 
         # Shielded: only this deadline, never the caller's cancellation, calls it.
         with trio.CancelScope(shield=True) as running:
-            running.deadline = trio.current_time() + run_at_most
+            running.deadline = overrun_at
             value = await trio.lowlevel.wait_task_rescheduled(overrun)
         return value
     finally:

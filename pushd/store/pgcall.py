@@ -13,6 +13,7 @@ import contextlib
 import os
 import socket
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -26,9 +27,11 @@ class StoreCall:
     discards it.  The lock keeps a connection already handed back to the pool (and
     perhaps to another call) from being shut."""
 
-    __slots__ = ("connection", "given_up", "lock")
+    __slots__ = ("began", "connection", "given_up", "lock")
 
     def __init__(self) -> None:
+        #: When the call began (``time.monotonic``), its wait for a thread included.
+        self.began = time.monotonic()
         self.lock = threading.Lock()
         self.connection: psycopg.Connection[Any] | None = None
         self.given_up = False

@@ -35,6 +35,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -102,9 +103,10 @@ IDLE_IN_TRANSACTION_MS: Final = 30_000
 #: on (:func:`pushd.store.schema.migrate_tx`): an instance starting beside another's
 #: migration waits its turn.
 LOCK_TIMEOUT_MS: Final = 5_000
-#: While pushd serves, a store call with no answer from the database after this long
-#: is given up: its connection is shut (:class:`StoreCall`), the call fails as ``stalled``
-#: (503) and the pool replaces the connection.  A link that stalls with its TCP
+#: While pushd serves, a store call not done this long after it began (its waits for a
+#: thread and a connection included) is given up: its connection is shut
+#: (:class:`StoreCall`), the call fails as ``stalled`` (503) and the pool replaces the
+#: connection.  A link that stalls with its TCP
 #: connection still open and acknowledging (a hung proxy or pooler on the way, a
 #: server stuck on its disk) ends no statement, and neither keepalives nor
 #: ``tcp_user_timeout`` see it: a request that took a connection waited for as long as
@@ -289,7 +291,10 @@ class PostgresEngine:
         for attempt in range(STALE_RETRIES + 1):
             if attempt:  # the last connection was dead: so, likely, its idle neighbours
                 self.pool.check()
-            connection = self._connection()
+            # What is left of POOL_TIMEOUT since the call began (waiting for a thread
+            # counts), but a short look for an idle connection at least.
+            waited = time.monotonic() - call.began
+            connection = self._connection(max(POOL_TIMEOUT - waited, UNREACHABLE_RECHECK))
             begun = False
             try:
                 if not call.using(connection):
@@ -324,26 +329,29 @@ class PostgresEngine:
             return result
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def _connection(self) -> psycopg.Connection[Any]:
-        """A checked connection from the pool, or StoreUnavailable.
+    def _connection(self, wait: float = POOL_TIMEOUT) -> psycopg.Connection[Any]:
+        """A checked connection from the pool within ``wait`` seconds, or
+        StoreUnavailable.
 
         The first :data:`UNREACHABLE_WAIT` tells an unreachable database (the pool's
         connection attempts failed meanwhile, or had failed before) from a busy pool
-        (nothing failed: wait on, up to :data:`POOL_TIMEOUT`).
+        (nothing failed: wait on, up to ``wait``).
         """
         import psycopg_pool
 
         errors = self._connect_errors()
         connection: psycopg.Connection[Any]
-        first_wait = UNREACHABLE_RECHECK if self._unreachable else UNREACHABLE_WAIT
+        first_wait = min(UNREACHABLE_RECHECK if self._unreachable else UNREACHABLE_WAIT, wait)
         try:
             connection = self.pool.getconn(timeout=first_wait)
             return connection
         except psycopg_pool.PoolTimeout:
             if self._unreachable or self._connect_errors() > errors:
                 raise self._failed("unreachable") from None
+        if wait <= first_wait:
+            raise self._failed("pool_exhausted")
         try:
-            connection = self.pool.getconn(timeout=POOL_TIMEOUT - UNREACHABLE_WAIT)
+            connection = self.pool.getconn(timeout=wait - first_wait)
             return connection
         except psycopg_pool.PoolTimeout:
             failing = self._connect_errors() > errors
