@@ -54,6 +54,7 @@ from pushd.routing import Router
 from pushd.sdnotify import Notifier
 from pushd.spool.seal import SealError, SpoolKeys
 from pushd.store import Store, open_store
+from pushd.store.postgres import GIVE_UP_AFTER, PostgresEngine
 from pushd.tls import server_context
 from pushd.upstream import resolver
 from pushd.upstream.apns.classify import mismatch_hint as apns_mismatch_hint
@@ -284,6 +285,10 @@ async def serve(
     pid_file = PidFile(None if worker else config.server.pid_file)  # the supervisor's
     lanes = build_lanes(config) if lanes is None else lanes
     store = await open_store(config.store)
+    if isinstance(store.engine, PostgresEngine):
+        # Serving, a call the database does not answer is given up (a stalled link):
+        # not while migrating, nor in the CLI, whose statements may rightly take long.
+        store.engine.give_up_after = GIVE_UP_AFTER
     if getattr(store.engine, "created", False):
         # A store is made on purpose by `pushd init` or `server add`: one made by
         # serve may mean the real one was moved or deleted (every chat server's key

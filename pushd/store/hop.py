@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -30,17 +31,33 @@ T = TypeVar("T")
 
 
 async def run_on_thread(
-    fn: Callable[[], T], limiter: trio.CapacityLimiter, *, shield_wait: bool = False
+    fn: Callable[[], T],
+    limiter: trio.CapacityLimiter,
+    *,
+    shield_wait: bool = False,
+    wait_at_most: float = math.inf,
+    run_at_most: float = math.inf,
+    on_overrun: Callable[[], object] | None = None,
 ) -> T:
     """``fn()`` on a worker thread, at most ``limiter``'s total at once; its result or
     exception.  Not cancellable once started (see the module docstring): a cancel that
     arrives meanwhile takes effect at the caller's next checkpoint.  Waiting for the
-    limiter, before anything started, is cancellable unless ``shield_wait``."""
+    limiter, before anything started, is cancellable unless ``shield_wait``, and ends
+    with :class:`trio.TooSlowError` after ``wait_at_most`` seconds (nothing ran).
+
+    ``on_overrun`` is called (on the event loop) ``run_at_most`` seconds after this
+    call (its wait for the limiter included) if ``fn`` is still running: it is how the
+    caller makes ``fn`` end (the store shuts a hung connection); ``fn`` is still waited
+    for, so its outcome is what the caller gets."""
+    overrun_at = trio.current_time() + run_at_most
     try:
         limiter.acquire_nowait()
     except trio.WouldBlock:
-        with trio.CancelScope(shield=shield_wait):
+        with trio.CancelScope(shield=shield_wait) as waiting:
+            waiting.deadline = trio.current_time() + wait_at_most
             await limiter.acquire()
+        if waiting.cancelled_caught:
+            raise trio.TooSlowError from None
     try:
         task = trio.lowlevel.current_task()
         token = trio.lowlevel.current_trio_token()
@@ -55,7 +72,18 @@ async def run_on_thread(
 
         # The thread cache captures fn's outcome and hands it to deliver on that thread.
         trio.lowlevel.start_thread_soon(work, deliver)
-        value: T = await trio.lowlevel.wait_task_rescheduled(_never_abort)
+        if on_overrun is None or run_at_most == math.inf:
+            value: T = await trio.lowlevel.wait_task_rescheduled(_never_abort)
+            return value
+
+        def overrun(_: object) -> trio.lowlevel.Abort:
+            on_overrun()
+            return trio.lowlevel.Abort.FAILED  # fn's own outcome ends the wait
+
+        # Shielded: only this deadline, never the caller's cancellation, calls it.
+        with trio.CancelScope(shield=True) as running:
+            running.deadline = overrun_at
+            value = await trio.lowlevel.wait_task_rescheduled(overrun)
         return value
     finally:
         limiter.release()

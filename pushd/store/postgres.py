@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -50,6 +52,7 @@ from pushd.store.errors import (
     ValueRefused,
 )
 from pushd.store.hop import run_on_thread
+from pushd.store.pgcall import StoreCall
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -92,6 +95,28 @@ TCP_SETTINGS: Final = {
 #: the spool rows its claim locked (``FOR UPDATE``) are free for the other instances
 #: again instead of locked for as long as the dead connection lingers.
 IDLE_IN_TRANSACTION_MS: Final = 30_000
+#: The server gives up a statement of pushd's that has waited this long (milliseconds)
+#: for a lock another session holds (an operator's ``LOCK TABLE``, ``ALTER TABLE`` or
+#: ``VACUUM FULL``, a stuck client's transaction): the request hears 503 ``lock_wait``
+#: within seconds instead of waiting as long as the lock is held, and its worker thread
+#: (one of ``pool_size``) is free for requests that need other tables.  Migrations wait
+#: on (:func:`pushd.store.schema.migrate_tx`): an instance starting beside another's
+#: migration waits its turn.
+LOCK_TIMEOUT_MS: Final = 5_000
+#: While pushd serves, a store call not done this long after it began (its waits for a
+#: thread and a connection included) is given up: its connection is shut
+#: (:class:`StoreCall`), the call fails as ``stalled`` (503) and the pool replaces the
+#: connection.  A link that stalls with its TCP
+#: connection still open and acknowledging (a hung proxy or pooler on the way, a
+#: server stuck on its disk) ends no statement, and neither keepalives nor
+#: ``tcp_user_timeout`` see it: a request that took a connection waited for as long as
+#: the stall lasted.  Not for the CLI and migrations (:attr:`PostgresEngine.give_up_after`):
+#: an operator's statement may rightly take longer.
+GIVE_UP_AFTER: Final = 10.0
+_STALLED_DETAIL: Final = (
+    "no answer from the database within {:.0f} s (a hung link, proxy or pooler?): "
+    "its connection was closed"
+)
 #: Runs of one read or write after the first on a connection found dead when first used.
 STALE_RETRIES: Final = 1
 #: Connections kept open while idle: one, so the first request after a quiet night
@@ -105,6 +130,7 @@ _FAILURE_KINDS: Final = (
     ("08", "connection_lost"),
     ("25006", "read_only"),
     ("40", "conflict_retry"),
+    ("55P03", "lock_wait"),
 )
 #: Failure kinds that mean the connection, not one statement, is gone.
 _CONNECTION_KINDS: Final = frozenset({"connection_lost", "server_shutdown", "unreachable"})
@@ -202,6 +228,9 @@ class PostgresEngine:
         #: Connecting failed and nothing has succeeded since (read and written by
         #: worker threads; a stale value only changes how long one request waits).
         self._unreachable = False
+        #: How long a call may wait for the database's answer before it is given up:
+        #: :data:`GIVE_UP_AFTER` once ``serve`` has opened the store and migrated it.
+        self.give_up_after = math.inf
 
     @classmethod
     def open_sync(
@@ -216,7 +245,10 @@ class PostgresEngine:
             kwargs["connect_timeout"] = CONNECT_TIMEOUT
         kwargs |= {name: value for name, value in TCP_SETTINGS.items() if name not in url}
         if "options" not in url:
-            kwargs["options"] = f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
+            kwargs["options"] = (
+                f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
+                f" -c lock_timeout={LOCK_TIMEOUT_MS}"
+            )
         if password_file is not None:
             try:
                 kwargs["password"] = Path(password_file).read_text().strip()
@@ -246,18 +278,27 @@ class PostgresEngine:
     def describe(self) -> str:
         return f"PostgreSQL {redact_url(self.url)}"
 
-    def run_sync(self, fn: Callable[[Tx], T], *, write: bool = True) -> T:
+    def run_sync(
+        self, fn: Callable[[Tx], T], *, write: bool = True, call: StoreCall | None = None
+    ) -> T:
         """Run ``fn`` on a pooled connection (blocking): a write in one transaction, a
         read (or a repeatable statement, see :meth:`write_repeatable`) in autocommit;
-        once more on another connection if this one was dead."""
+        once more on another connection if this one was dead.  ``call`` records the
+        connection in use, for the event loop to give the call up."""
         import psycopg
 
+        call = call or StoreCall()
         for attempt in range(STALE_RETRIES + 1):
             if attempt:  # the last connection was dead: so, likely, its idle neighbours
                 self.pool.check()
-            connection = self._connection()
+            # What is left of POOL_TIMEOUT since the call began (waiting for a thread
+            # counts), but a short look for an idle connection at least.
+            waited = time.monotonic() - call.began
+            connection = self._connection(max(POOL_TIMEOUT - waited, UNREACHABLE_RECHECK))
             begun = False
             try:
+                if not call.using(connection):
+                    raise self._failed("stalled")
                 if not write:
                     result = fn(PostgresTx(connection))
                 else:
@@ -273,6 +314,8 @@ class PostgresEngine:
                 psycopg.InternalError,
                 psycopg.InterfaceError,
             ) as error:
+                if call.given_up:  # its connection shut by give_up, not lost
+                    raise self._failed("stalled") from None
                 kind = failure_kind(error)
                 if not begun and kind in _CONNECTION_KINDS and attempt < STALE_RETRIES:
                     # Nothing of fn happened: run it on a live connection, after
@@ -280,31 +323,35 @@ class PostgresEngine:
                     continue
                 raise self._failed(kind) from None
             finally:
+                call.using(None)
                 self.pool.putconn(connection)  # a broken one is discarded and replaced
             self._unreachable = False
             return result
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def _connection(self) -> psycopg.Connection[Any]:
-        """A checked connection from the pool, or StoreUnavailable.
+    def _connection(self, wait: float = POOL_TIMEOUT) -> psycopg.Connection[Any]:
+        """A checked connection from the pool within ``wait`` seconds, or
+        StoreUnavailable.
 
         The first :data:`UNREACHABLE_WAIT` tells an unreachable database (the pool's
         connection attempts failed meanwhile, or had failed before) from a busy pool
-        (nothing failed: wait on, up to :data:`POOL_TIMEOUT`).
+        (nothing failed: wait on, up to ``wait``).
         """
         import psycopg_pool
 
         errors = self._connect_errors()
         connection: psycopg.Connection[Any]
-        first_wait = UNREACHABLE_RECHECK if self._unreachable else UNREACHABLE_WAIT
+        first_wait = min(UNREACHABLE_RECHECK if self._unreachable else UNREACHABLE_WAIT, wait)
         try:
             connection = self.pool.getconn(timeout=first_wait)
             return connection
         except psycopg_pool.PoolTimeout:
             if self._unreachable or self._connect_errors() > errors:
                 raise self._failed("unreachable") from None
+        if wait <= first_wait:
+            raise self._failed("pool_exhausted")
         try:
-            connection = self.pool.getconn(timeout=POOL_TIMEOUT - UNREACHABLE_WAIT)
+            connection = self.pool.getconn(timeout=wait - first_wait)
             return connection
         except psycopg_pool.PoolTimeout:
             failing = self._connect_errors() > errors
@@ -316,17 +363,30 @@ class PostgresEngine:
     def _failed(self, kind: str) -> StoreUnavailable:
         if kind in _CONNECTION_KINDS:
             self._unreachable = True
-        return self.failures.failed(kind)
+        detail = _STALLED_DETAIL.format(self.give_up_after) if kind == "stalled" else ""
+        return self.failures.failed(kind, detail)
 
     async def _run(self, fn: Callable[[Tx], T], write: bool) -> T:
         # Not abandoned on cancellation (run_on_thread): a transaction that started is
         # finished, so what the caller hears never disagrees with what was committed.
-        run = functools.partial(self.run_sync, fn, write=write)
-        call = self.failures.began()
+        call = StoreCall()
+        run = functools.partial(self.run_sync, fn, write=write, call=call)
+        began = self.failures.began()
         try:
-            result = await run_on_thread(run, self._limiter)
+            # Waiting for one of the pool's threads counts against POOL_TIMEOUT, as
+            # waiting for a connection does: while every thread waits on the database,
+            # the requests queued behind them hear 503 too.
+            result = await run_on_thread(
+                run,
+                self._limiter,
+                wait_at_most=POOL_TIMEOUT,
+                run_at_most=self.give_up_after,
+                on_overrun=call.give_up,
+            )
+        except trio.TooSlowError:
+            raise self._failed("pool_exhausted") from None
         finally:
-            self.failures.ended(call)
+            self.failures.ended(began)
         self.failures.succeeded()
         return result
 

@@ -297,6 +297,9 @@ def migrate_tx(tx: Tx, *, upgrade: bool, hint: str) -> tuple[int, int]:
     schema raises :class:`StoreError` naming ``hint`` (the command to run).
     """
     if tx.dialect == "postgres":
+        # Not bounded by the store's lock_timeout: an instance starting beside another
+        # one's migration (or `store migrate`) waits for it to finish.
+        tx.execute("SET LOCAL lock_timeout = 0")
         tx.execute("SELECT pg_advisory_xact_lock(?)", (PG_MIGRATION_LOCK,))
     version = _version(tx)
     if version > SCHEMA_VERSION:
