@@ -215,7 +215,10 @@ def test_a_postgresql_deployment_creates_its_key_file_as_check_config_says(
     )
     assert created.returncode == 0, created.stderr
     assert f"created {key_file}" in created.stdout
-    assert len(read_keys(key_file)) == 1 and key_file.stat().st_mode & 0o077 == 0
+    assert len(read_keys(key_file)) == 1
+    # As the config is kept (README): its group reads it, other users do not.
+    assert key_file.stat().st_mode & 0o077 == 0o040
+    assert key_file.stat().st_gid == path.stat().st_gid
     done = check_config(path)
     assert "spool.key_file" not in done.stderr, done.stderr
 
