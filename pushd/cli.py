@@ -111,7 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             if text is None:
                 text = read_config(path)
-            cfg = config.load_checked(path, text)
+            cfg, unusable = config.load_serving(path, text)
         except config.ConfigError as error:
             for problem in error.problems:  # load's own problems start with the path
                 _fail(problem if problem.startswith(f"{Path(path)}: ") else f"{path}: {problem}")
@@ -146,7 +146,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # KillMode=control-group), must not kill a worker that has drained.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-        trio.run(functools.partial(server.serve, cfg, worker=role))
+        trio.run(functools.partial(server.serve, cfg, worker=role, unusable=unusable))
     except StoreError as error:
         return _fail(str(error))
     except KeyboardInterrupt:

@@ -46,6 +46,7 @@ from pushd.lanes import Lane
 from pushd.reload_diff import carry_state, fingerprint, keep_restart_only, setting
 from pushd.sdnotify import Notifier
 from pushd.store import StoreUnavailable
+from pushd.unusable import UnusableSender
 
 if TYPE_CHECKING:
     from pushd.activity import Activity
@@ -188,7 +189,11 @@ class Reloader:
             plan = attrs.evolve(plan, tls=await trio.to_thread.run_sync(server_tls, new))
             for index, app in enumerate(new.apps):
                 lane = running.get(app.name)
-                if lane is not None and self._fingerprints.get(app.name) == fingerprints[app.name]:
+                if (
+                    lane is not None
+                    and self._fingerprints.get(app.name) == fingerprints[app.name]
+                    and not isinstance(lane.sender, UnusableSender)  # started paused: mended?
+                ):
                     lanes[app.name] = lane
                     continue
                 # Off the event loop: an FCM client's TLS setup and RSA key take ~0.1 s.

@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ from pushd.spool.seal import SealError, SpoolKeys
 from pushd.store import Store, open_store
 from pushd.store.postgres import GIVE_UP_AFTER, PostgresEngine
 from pushd.tls import server_context
+from pushd.unusable import pause_unusable, unusable_sender
 from pushd.upstream import resolver
 from pushd.upstream.apns.classify import mismatch_hint as apns_mismatch_hint
 from pushd.upstream.apns.client import ApnsClient
@@ -123,13 +124,29 @@ def _reason(error: Exception) -> str:
     return str(error)
 
 
-def build_lanes(config: Config) -> list[Lane]:
+def build_lanes(config: Config, unusable: Mapping[str, str] | None = None) -> list[Lane]:
     """One lane per configured app, each with its own upstream client and budget.
 
     Raises StartupError for an app whose credentials or CA file do not load
-    (``check-config`` reads them but does not parse certificates).
+    (``check-config`` reads them but does not parse certificates), unless ``unusable``
+    is given (``serve``'s start: the apps whose credential files have a problem, by
+    name): then each such app, and each whose client cannot be built, starts paused
+    (:mod:`pushd.unusable`) and the others serve.
     """
-    return [build_lane(config, index) for index in range(len(config.apps))]
+    lanes = []
+    for index, app in enumerate(config.apps):
+        problem = None if unusable is None else unusable.get(app.name)
+        if problem is None:
+            try:
+                lanes.append(build_lane(config, index))
+                continue
+            except StartupError as error:
+                if unusable is None:
+                    raise
+                problem = str(error)
+        lane = lane_for(config, index, unusable_sender(problem), hint="")
+        lanes.append(pause_unusable(lane, config.retry.credential_pause))
+    return lanes
 
 
 def build_lane(config: Config, index: int) -> Lane:
@@ -149,6 +166,13 @@ def build_lane(config: Config, index: int) -> Lane:
         raise StartupError(
             f"apps[{index}] ({app.name}): cannot load its credentials: {_reason(error)}"
         ) from None
+    return lane_for(config, index, sender, hint)
+
+
+def lane_for(config: Config, index: int, sender: Sender[Any], hint: str) -> Lane:
+    """The lane of ``config.apps[index]`` around ``sender``; ``hint``: what to check
+    when its tokens are refused en masse (:class:`~pushd.proof.Proof`)."""
+    app = config.apps[index]
     return Lane(
         name=app.name,
         sender=sender,
@@ -250,6 +274,7 @@ async def serve(
     on_ready: Callable[[Services, list[str]], None] | None = None,
     hangups: AsyncIterator[int] | None = None,
     worker: WorkerRole | None = None,
+    unusable: Mapping[str, str] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run pushd until ``shutdown_trigger`` returns (default: SIGINT or SIGTERM).
@@ -261,7 +286,9 @@ async def serve(
     ``lanes`` replaces the upstream clients built from the config and ``extra_routes``
     adds routes (the benchmarks' empty endpoint); both are for tests and benchmarks.
     ``worker``: this process is one of a supervisor's (:mod:`pushd.workers` says what
-    differs).
+    differs).  ``unusable``: apps whose credential files have a problem, which start
+    paused rather than stop the start (:func:`pushd.config.load_serving`); None refuses
+    to start with any app whose client cannot be built.
     """
     if shutdown_trigger is None:
         # SIGHUP's default action kills: catch it from the start, like SIGTERM.
@@ -274,6 +301,7 @@ async def serve(
                 on_ready=on_ready,
                 hangups=hups,
                 worker=worker,
+                unusable=unusable,
                 task_status=task_status,
             )
         return
@@ -283,7 +311,7 @@ async def serve(
     resolver.install()
     tls = server_tls(config)  # what the admin may have got wrong first: nothing to undo
     pid_file = PidFile(None if worker else config.server.pid_file)  # the supervisor's
-    lanes = build_lanes(config) if lanes is None else lanes
+    lanes = build_lanes(config, unusable) if lanes is None else lanes
     store = await open_store(config.store)
     if isinstance(store.engine, PostgresEngine):
         # Serving, a call the database does not answer is given up (a stalled link):

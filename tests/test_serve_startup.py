@@ -1,6 +1,8 @@
 """``pushd serve`` that cannot start says why in one line and exits 1, no traceback:
 each case runs the real command as a subprocess against what an admin can get wrong
-(a busy port, a privileged port, unreadable or broken key and TLS files)."""
+(a busy port, a privileged port, broken TLS files).  An app's unreadable or broken
+credential no longer stops the start: that app starts paused with an ALARM (here, and
+in test_unusable_credential.py)."""
 
 from __future__ import annotations
 
@@ -111,8 +113,31 @@ def apns_app(**fields: str) -> str:
     )
 
 
+def serve_until_alarm(path: Path) -> str:
+    """``pushd serve --config path`` as an ordinary user, until it logs an ALARM line
+    (returned) or ends (the test fails); then SIGTERM."""
+    command = [sys.executable, "-m", "pushd", "serve", "--config", str(path)]
+    if os.geteuid() == 0:
+        command[1:1] = ["-c", AS_ORDINARY_USER]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env) as process:
+        try:
+            assert process.stderr is not None
+            for line in process.stderr:
+                if "ALARM" in line:
+                    return line
+        finally:
+            process.terminate()
+            process.wait(30)
+    if process.returncode == 77:
+        pytest.skip("cannot drop root's capabilities here")
+    raise AssertionError(f"pushd serve ended ({process.returncode}) without an ALARM")
+
+
 @pytest.mark.parametrize("kind", ["key_file", "cert_file", "service_account_file"])
-def test_an_unreadable_credential_file(tmp_path: Path, kind: str) -> None:
+def test_an_unreadable_credential_file_starts_its_app_paused(tmp_path: Path, kind: str) -> None:
+    """Not a refused start any more (:mod:`pushd.unusable`): the app starts paused and
+    the ALARM names the file and why."""
     secret = tmp_path / "credential"
     secret.write_text("unreadable: what it holds does not matter")
     secret.chmod(0)
@@ -122,10 +147,8 @@ def test_an_unreadable_credential_file(tmp_path: Path, kind: str) -> None:
         app = apns_app(key_file=str(secret), key_id=KEY_ID, team_id=TEAM_ID)
     else:
         app = apns_app(cert_file=str(secret))
-    done = serve_config(write_config(tmp_path, apps=app))
-    assert_one_line(
-        done, f"{tmp_path}/pushd.toml: apps[0].{kind}: cannot read {secret}: Permission denied"
-    )
+    line = serve_until_alarm(write_config(tmp_path, "port = 0", apps=app))
+    assert f"app chat started paused: apps[0].{kind}: cannot read {secret}: Permission" in line
 
 
 @pytest.fixture(scope="module")
@@ -185,5 +208,5 @@ def test_an_apns_certificate_that_does_not_load(
 ) -> None:
     (tmp_path / "apns-cert").write_bytes(content)
     (tmp_path / "apns-cert").chmod(0o600)  # as a credential is kept: no warning line
-    done = serve_config(write_config(tmp_path, "port = 0", apns_app(cert_file="apns-cert")))
-    assert_one_line(done, f"apps[0] (chat): cannot load its credentials: {reason}")
+    line = serve_until_alarm(write_config(tmp_path, "port = 0", apns_app(cert_file="apns-cert")))
+    assert f"app chat started paused: apps[0] (chat): cannot load its credentials: {reason}" in line

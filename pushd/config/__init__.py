@@ -53,7 +53,7 @@ from pushd.config.constants import (
     ContentMode,
     LogLevel,
 )
-from pushd.config.loading import load, load_checked, parse
+from pushd.config.loading import load, load_checked, load_serving, parse
 from pushd.config.protocols import (
     MatrixConfig,
     MattermostConfig,
@@ -133,6 +133,7 @@ __all__ = [
     "is_loopback",
     "load",
     "load_checked",
+    "load_serving",
     "parse",
     "read_admin_token",
 ]

@@ -3,6 +3,7 @@ unique), every problem at once so that ``pushd check-config`` lists them all."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from pushd.config.apps import AppConfig
@@ -32,7 +33,7 @@ from pushd.config.values import (
 from pushd.spool.seal import SealError, key_file_missing, read_keys
 from pushd.tls import server_context
 from pushd.upstream.apns import jwt as apns_jwt
-from pushd.upstream.fcm.service_account import ServiceAccountError, load_service_account
+from pushd.upstream.fcm.service_account import load_service_account
 
 
 def check(config: Config) -> list[str]:
@@ -191,14 +192,7 @@ def _check_fcm_app(key: str, app: AppConfig) -> list[str]:
         if getattr(app, field) is not None:
             problems.append(f'{key}.{field}: only for provider "apns"')
     if app.service_account_file is None:
-        return [*problems, f'{key}.service_account_file: required for provider "fcm"']
-    file_problems = check_file(f"{key}.service_account_file", app.service_account_file)
-    if file_problems:
-        return problems + file_problems
-    try:
-        load_service_account(Path(app.service_account_file).read_bytes())
-    except ServiceAccountError as error:
-        problems.append(f"{key}.service_account_file: {error}")
+        problems.append(f'{key}.service_account_file: required for provider "fcm"')
     if app.android_ttl is not None and not 0 <= app.android_ttl <= FCM_MAX_TTL:
         problems.append(f"{key}.android_ttl: must be 0 to {FCM_MAX_TTL} seconds")
     return problems
@@ -217,7 +211,7 @@ def _check_app(index: int, app: AppConfig) -> list[str]:
         problems.append(f"{key}.request_timeout: must be positive")
     if app.upstream_url is not None and not app.upstream_url.startswith("https://"):
         problems.append(f"{key}.upstream_url: must start with https://")
-    problems += check_file(f"{key}.upstream_ca_file", app.upstream_ca_file)
+    problems += credential_problems(index, app)
     if not app.redacted_text.strip() or len(app.redacted_text) > MAX_REDACTED_TEXT:
         problems.append(f"{key}.redacted_text: 1 to {MAX_REDACTED_TEXT} characters")
     problems += check_proxy(key, app.proxy, app.proxy_password_file)
@@ -234,8 +228,7 @@ def _check_app(index: int, app: AppConfig) -> list[str]:
     if app.key_file is not None and app.cert_file is not None:
         problems.append(f"{key}: set either key_file (token auth) or cert_file, not both")
     elif app.cert_file is not None:
-        problems += check_file(f"{key}.cert_file", app.cert_file)
-        problems += check_file(f"{key}.cert_password_file", app.cert_password_file)
+        pass  # its files: credential_problems
     elif any(value is None for value in token_auth):
         missing = [
             name
@@ -246,17 +239,47 @@ def _check_app(index: int, app: AppConfig) -> list[str]:
             f"{key}: token auth needs {', '.join(missing)} (or set cert_file for certificate auth)"
         )
     else:
-        file_problems = check_file(f"{key}.key_file", app.key_file)
-        problems += file_problems
-        if not file_problems and app.key_file is not None:
-            try:
-                apns_jwt.load_p8(Path(app.key_file).read_bytes())
-            except ValueError as error:
-                problems.append(f"{key}.key_file: {error}")
         for field in ("key_id", "team_id"):
             value = getattr(app, field)
             if value is not None and (len(value) != APPLE_ID_LENGTH or not value.isalnum()):
                 problems.append(
                     f"{key}.{field}: must be the 10-character id from Apple, got {value!r}"
                 )
+    return problems
+
+
+def credential_problems(index: int, app: AppConfig) -> list[str]:
+    """What is wrong with the files app ``index`` authenticates and connects with (its
+    key, certificate, service account, CA bundle): missing, unreadable or not parsing.
+
+    Kept apart from the config's other problems because ``serve`` treats them apart: a
+    wrong setting is the config's fault and refuses the start, but a credential file
+    broken on disk (a renewal script's half-written key, a lost permission) is that app's
+    alone, and must not keep every other app from starting after a reboot
+    (:mod:`pushd.unusable`)."""
+    key = f"apps[{index}]"
+    problems = check_file(f"{key}.upstream_ca_file", app.upstream_ca_file)
+    if app.provider == "fcm":
+        if app.service_account_file is not None:
+            problems += _parsed(
+                f"{key}.service_account_file", app.service_account_file, load_service_account
+            )
+    elif app.key_file is not None and app.cert_file is None:
+        problems += _parsed(f"{key}.key_file", app.key_file, apns_jwt.load_p8)
+    elif app.cert_file is not None and app.key_file is None:
+        problems += check_file(f"{key}.cert_file", app.cert_file)
+        problems += check_file(f"{key}.cert_password_file", app.cert_password_file)
+    return problems
+
+
+def _parsed(key: str, path: str, parse: Callable[[bytes], object]) -> list[str]:
+    """:func:`check_file`, then ``parse`` of its bytes (ValueError: the problem)."""
+    problems = check_file(key, path)
+    if not problems:
+        try:
+            parse(Path(path).read_bytes())
+        except ValueError as error:  # ServiceAccountError and InvalidProviderKey too
+            problems.append(f"{key}: {error}")
+        except OSError as error:  # gone or unreadable since check_file looked
+            problems.append(f"{key}: cannot read {path}: {error.strerror}")
     return problems

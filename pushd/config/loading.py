@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from pushd.config.checks import check
+from pushd.config.checks import check, credential_problems
 from pushd.config.protocols import ZulipPinConfig
 from pushd.config.root import Config, ConfigError
 from pushd.typed import CONVERTER, describe_error
@@ -139,3 +139,18 @@ def load_checked(path: str | Path, text: bytes | None = None) -> Config:
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def load_serving(path: str | Path, text: bytes | None = None) -> tuple[Config, dict[str, str]]:
+    """:func:`load_checked` for ``serve``'s start: the config, and the apps whose
+    credential files are unusable, by name, each with what is wrong (one line).
+
+    Those apps start paused instead of stopping every app (:mod:`pushd.unusable`);
+    any other problem still refuses the config, as :func:`load_checked` does."""
+    config = load(path, text)
+    problems = check(config)
+    found = {app.name: credential_problems(i, app) for i, app in enumerate(config.apps)}
+    theirs = {problem for listed in found.values() for problem in listed}
+    if any(problem not in theirs for problem in problems):
+        raise ConfigError(problems)
+    return config, {name: "; ".join(listed) for name, listed in found.items() if listed}
