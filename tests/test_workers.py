@@ -343,17 +343,36 @@ async def test_a_rate_limit_holds_across_workers(rig: Rig) -> None:
 
 
 async def test_a_worker_that_cannot_start_stops_the_supervisor(rig: Rig) -> None:
-    """An app whose certificate does not load: the workers fail before pushd was ever
-    ready, so the supervisor stops and exits 1 (systemd's Restart= decides)."""
+    """A worker killed (the OOM killer, say) before pushd was ever ready: the supervisor
+    stops the other one and exits 1 (systemd's Restart= decides), where it would have
+    restarted a worker that died once serving.  (What fails a worker's start in the
+    config, a key or file that does not load, the supervisor finds first; an app's
+    broken credential no longer fails a start: test_unusable_credential.py.)"""
+    await rig.configure()
+    pushd = await start_pushd_process(rig.nursery, rig.config, wait_listening=False)
+    rig.pushd = pushd
+    line = await pushd.wait_for_line(r"worker 0 started \(pid \d+\)")
+    pid = int(re.findall(r"pid (\d+)", line)[0])
+    os.kill(pid, signal.SIGSTOP)  # held where it is: a worker takes about a second to start
+    assert "listening on" not in pushd.log, "the worker was ready before the test held it"
+    os.kill(pid, signal.SIGKILL)
+    assert await pushd.wait() == 1
+    assert re.search(rf"worker 0 \(pid {pid}\) was killed by SIGKILL before pushd was "
+                     "ready: stopping", pushd.log), pushd.log  # fmt: skip
+    # The other, still starting, is stopped with it, not left running.
+    assert re.search(r"worker 1 \(pid \d+\) (exited with status 0|was killed by SIGTERM)",
+                     pushd.log), pushd.log  # fmt: skip
+
+
+async def test_an_app_with_a_broken_ca_file_starts_paused_in_every_worker(rig: Rig) -> None:
+    """An app whose CA file OpenSSL cannot use: every worker starts, the app paused in
+    each with its ALARM, and pushd serves (the other apps would go on sending)."""
     garbage = rig.tmp_path / "garbage-ca.pem"
     garbage.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64\n")
     await rig.configure(app={"upstream_ca_file": str(garbage)})
-    pushd = await start_pushd_process(rig.nursery, rig.config, wait_listening=False)
-    rig.pushd = pushd
-    assert await pushd.wait() == 1
-    assert "cannot load its credentials" in pushd.log
-    assert re.search(r"worker \d \(pid \d+\) exited with status 1 before pushd was ready",
-                     pushd.log)  # fmt: skip
+    pushd = await rig.start()
+    alarms = [line for line in pushd.lines if "ALARM app chat started paused" in line]
+    assert sorted(line.split("]")[0][-1] for line in alarms) == ["0", "1"], pushd.log
 
 
 async def test_a_worker_that_keeps_crashing_stops_the_supervisor(rig: Rig) -> None:
