@@ -3,8 +3,6 @@ against the simulators and small upstreams that misbehave on real TLS sockets)."
 
 from __future__ import annotations
 
-import contextlib
-import ssl
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pushd.simulators.fcm import FcmSimulator, make_service_account
 from tests.conftest import FCM_PROJECT, PushdFactory, fcm_entry
+from tests.misbehaving import LocalServer, TlsServer, send_alert, server_context
 
 #: The broken app's request_timeout: its token requests give up this soon too.
 REQUEST_TIMEOUT = 1.0
@@ -29,29 +28,18 @@ def fcm_token(n: int) -> str:
     return f"fcm-device-{n:04d}:APA91b" + "x" * 40
 
 
-class Silent:
+class Silent(LocalServer):
     """A token endpoint that accepts TCP connections and never says a word."""
 
-    def __init__(self) -> None:
-        self.accepted = 0
-        self.port = 0
-
-    async def _hold(self, stream: trio.SocketStream) -> None:
-        self.accepted += 1
-        async with stream:
+    async def connection(self, tcp: trio.SocketStream) -> None:
+        async with tcp:
             await trio.sleep_forever()
-
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started()
-        await trio.serve_listeners(self._hold, listeners)
 
 
 async def send(pushd: Any, app: str, device: str) -> tuple[dict[str, Any], float]:
+    """:func:`send_alert`, and how long its answer took."""
     started = trio.current_time()
-    answer = await pushd.send({"tokens": [device], "app": app, "alert": "hi"})
-    result: dict[str, Any] = answer["results"][0]
+    result = await send_alert(pushd, app, device)
     return result, trio.current_time() - started
 
 
@@ -98,31 +86,17 @@ async def test_a_token_endpoint_that_never_answers_fails_fast_after_its_first_ti
     assert silent.accepted < SENDS
 
 
-class Endless:
+class Endless(TlsServer):
     """A TLS token endpoint that answers 200 and then streams its body without end."""
 
-    def __init__(self, context: ssl.SSLContext) -> None:
-        self.context = context
-        self.port = 0
-
-    async def _answer(self, tcp: trio.SocketStream) -> None:
-        stream = trio.SSLStream(tcp, self.context, server_side=True)
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            async with stream:
-                await stream.receive_some()
-                await stream.send_all(
-                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                    b"connection: close\r\n\r\n"
-                )
-                chunk = b" " * CHUNK
-                while True:
-                    await stream.send_all(chunk)
-
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started()
-        await trio.serve_listeners(self._answer, listeners)
+    async def over_tls(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
+        await stream.receive_some()
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n"
+        )
+        chunk = b" " * CHUNK
+        while True:
+            await stream.send_all(chunk)
 
 
 async def test_a_token_answer_without_end_is_cut_short(
@@ -139,9 +113,7 @@ async def test_a_token_answer_without_end_is_cut_short(
     probe; more on a faster link), shared by every app, and again at each try.  Now the
     answer is read up to MAX_ANSWER_BYTES: the refresh fails at once, naming the size,
     and the healthy app delivers."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    endless = Endless(context)
+    endless = Endless(server_context(ca, alpn_h2=False))
     await nursery.start(endless.serve)
     broken = fcm_entry("broken", fcm_simulator, fcm_key, ca_file, tmp_path)
     account = tmp_path / "broken-account.json"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime
 import ssl
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -15,22 +14,23 @@ import trustme
 
 from pushd.simulators.apns import ApnsSimulator
 from tests.conftest import OTHER_TOPIC, TOPIC, PushdFactory, app_entry, token
+from tests.misbehaving import LocalServer, send_alert
 
 #: Bytes asked of the socket per read during the handshake.
 READ_SIZE = 1 << 16
 
 
-class Refusing:
+class Refusing(LocalServer):
     """A TLS server that wants a client certificate from ``ca`` and refuses an expired
     one with the alert OpenSSL makes of it, as APNs does.  The handshake is driven by
     hand (a memory BIO) so that the alert is sent before the socket closes."""
 
     def __init__(self, context: ssl.SSLContext) -> None:
+        super().__init__()
         self.context = context
-        self.port = 0
         self.refused = 0
 
-    async def _handshake(self, tcp: trio.SocketStream) -> None:
+    async def connection(self, tcp: trio.SocketStream) -> None:
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         tls = self.context.wrap_bio(incoming, outgoing, server_side=True)
         async with tcp:
@@ -51,12 +51,6 @@ class Refusing:
                 if not data:
                     return
                 incoming.write(data)
-
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started()
-        await trio.serve_listeners(self._handshake, listeners)
 
 
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
@@ -105,18 +99,13 @@ async def test_a_refused_client_certificate_pauses_the_app_with_an_alarm(
     await pushd.register("r", token(1), app="refused")
     await pushd.register("h", token(2), app="healthy")
 
-    async def send(app: str, device: str) -> dict[str, Any]:
-        answer = await pushd.send({"tokens": [device], "app": app, "alert": "hi"})
-        result: dict[str, Any] = answer["results"][0]
-        return result
-
-    first = await send("refused", token(1))
+    first = await send_alert(pushd, "refused", token(1))
     assert first["status"] == "failed", first
     assert "refused the client certificate" in first["reason"]
-    later = await send("refused", token(1))
+    later = await send_alert(pushd, "refused", token(1))
     assert later["status"] == "retrying"
     assert "paused" in later["reason"]
-    assert (await send("healthy", token(2)))["status"] == "delivered"
+    assert (await send_alert(pushd, "healthy", token(2)))["status"] == "delivered"
     detail = (await pushd.client.get(pushd.url + "/healthz", headers=pushd.auth())).json()
     assert detail["apps"]["refused"]["state"] == "paused"
     assert detail["apps"]["healthy"]["state"] == "ok"

@@ -5,10 +5,7 @@ the APNs simulator and small HTTP/2 servers on real TLS)."""
 
 from __future__ import annotations
 
-import contextlib
-import ssl
 from pathlib import Path
-from typing import Any
 
 import h2.config
 import h2.connection
@@ -18,6 +15,7 @@ import trustme
 
 from pushd.simulators.apns import ApnsSimulator
 from tests.conftest import OTHER_TOPIC, TOPIC, PushdFactory, app_entry, token
+from tests.misbehaving import TlsServer, send_alert, server_context
 
 #: The dropping app's request_timeout: short, so a push that waits it out shows quickly.
 REQUEST_TIMEOUT = 1.0
@@ -27,30 +25,15 @@ SENDS = 8
 NO_CONNECTION = "no APNs connection available"
 
 
-class Dropper:
+class Dropper(TlsServer):
     """Completes TLS and the HTTP/2 preface, then closes the connection."""
 
-    def __init__(self, context: ssl.SSLContext) -> None:
-        self.context = context
-        self.accepted = 0
-        self.port = 0
-
-    async def _drop(self, tcp: trio.SocketStream) -> None:
-        self.accepted += 1
-        stream = trio.SSLStream(tcp, self.context, server_side=True)
+    async def over_tls(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            async with stream:
-                conn.initiate_connection()
-                await stream.send_all(conn.data_to_send())
-                conn.receive_data(await stream.receive_some())
-                await stream.send_all(conn.data_to_send())
-
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started()
-        await trio.serve_listeners(self._drop, listeners)
+        conn.initiate_connection()
+        await stream.send_all(conn.data_to_send())
+        conn.receive_data(await stream.receive_some())
+        await stream.send_all(conn.data_to_send())
 
 
 async def test_an_upstream_that_drops_every_connection_fails_its_pushes_at_once(
@@ -68,10 +51,7 @@ async def test_an_upstream_that_drops_every_connection_fails_its_pushes_at_once(
     refused connect answers in tens of ms).  From the second such connection on, the
     app is unreachable until one answers: its pushes are spooled at once, as for a
     refused connect, and the healthy app delivers."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    context.set_alpn_protocols(["h2"])
-    dropper = Dropper(context)
+    dropper = Dropper(server_context(ca))
     await nursery.start(dropper.serve)
     dropping = app_entry(
         "dropping", OTHER_TOPIC, f"https://127.0.0.1:{dropper.port}", key_file, ca_file
@@ -82,30 +62,20 @@ async def test_an_upstream_that_drops_every_connection_fails_its_pushes_at_once(
     await pushd.register("d", token(1), app="dropping")
     await pushd.register("h", token(2), app="healthy")
 
-    async def send(app: str, device: str) -> dict[str, Any]:
-        answer = await pushd.send({"tokens": [device], "app": app, "alert": "hi"})
-        result: dict[str, Any] = answer["results"][0]
-        return result
-
     results = []
     for _ in range(SENDS):
-        results.append(await send("dropping", token(1)))
-        assert (await send("healthy", token(2)))["status"] == "delivered"
+        results.append(await send_alert(pushd, "dropping", token(1)))
+        assert (await send_alert(pushd, "healthy", token(2)))["status"] == "delivered"
     assert [result["status"] for result in results] == ["retrying"] * SENDS
     # None waited out its request_timeout for a connection that never came.
     assert not any(result["reason"] == NO_CONNECTION for result in results), results
     assert "unreachable" in results[-1]["reason"], results
 
 
-class Endless:
+class Endless(TlsServer):
     """Answers every request ``400`` and then a body that never ends."""
 
-    def __init__(self, context: ssl.SSLContext) -> None:
-        self.context = context
-        self.port = 0
-
-    async def _answer(self, tcp: trio.SocketStream) -> None:
-        stream = trio.SSLStream(tcp, self.context, server_side=True)
+    async def over_tls(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
         answering: set[int] = set()
         more = trio.Event()
@@ -134,19 +104,12 @@ class Endless:
                     await more.wait()
                     more = trio.Event()
 
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            async with stream, trio.open_nursery() as nursery:
-                conn.initiate_connection()
-                await stream.send_all(conn.data_to_send())
-                nursery.start_soon(write)
-                await read()
-                nursery.cancel_scope.cancel()
-
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started()
-        await trio.serve_listeners(self._answer, listeners)
+        async with trio.open_nursery() as nursery:
+            conn.initiate_connection()
+            await stream.send_all(conn.data_to_send())
+            nursery.start_soon(write)
+            await read()
+            nursery.cancel_scope.cancel()
 
 
 async def test_an_answer_without_end_is_cut_and_read_by_its_status(
@@ -162,10 +125,7 @@ async def test_an_answer_without_end_is_cut_and_read_by_its_status(
     flight (probe: 70 -> 261 MiB in 11 s, and on with each retry), shared by every app.
     Now a response body is kept up to MAX_RESPONSE_BODY: the stream is reset there and
     the answer read by its status (400: failed), and the healthy app delivers."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    context.set_alpn_protocols(["h2"])
-    endless = Endless(context)
+    endless = Endless(server_context(ca))
     await nursery.start(endless.serve)
     streaming = app_entry(
         "streaming", OTHER_TOPIC, f"https://127.0.0.1:{endless.port}", key_file, ca_file
