@@ -20,7 +20,7 @@ import trio
 from pushd import config
 from pushd.simulators.apns import ApnsSimulator
 from pushd.store import open_store
-from tests.conftest import KEY_ID, OTHER_TOPIC, TEAM_ID, TOPIC, token
+from tests.conftest import OTHER_TOPIC, TOPIC, app_entry, token
 from tests.process import start_pushd_process, write_config
 
 UNSHARE = "/usr/bin/unshare"
@@ -41,17 +41,10 @@ pytestmark = pytest.mark.skipif(
 
 
 def app(name: str, topic: str, url: str, key_file: Path, ca_file: Path) -> dict[str, Any]:
-    return {
-        "name": name,
-        "provider": "apns",
-        "environment": "sandbox",
-        "topic": topic,
-        "key_file": str(key_file),
-        "key_id": KEY_ID,
-        "team_id": TEAM_ID,
-        "upstream_url": url,
-        "upstream_ca_file": str(ca_file),
-    }
+    """conftest's app entry with pushd's default number of connections."""
+    entry = app_entry(name, topic, url, key_file, ca_file)
+    del entry["connections"]
+    return entry
 
 
 async def test_a_host_whose_dns_hangs_leaves_the_other_apps_their_lookups(
