@@ -127,8 +127,8 @@ def _reason(error: Exception) -> str:
 def build_lanes(config: Config, unusable: Mapping[str, str] | None = None) -> list[Lane]:
     """One lane per configured app, each with its own upstream client and budget.
 
-    Raises StartupError for an app whose credentials or CA file do not load
-    (``check-config`` reads them but does not parse certificates), unless ``unusable``
+    Raises StartupError for an app whose credentials or CA file do not load (the
+    config checks load them too, but a file may change in between), unless ``unusable``
     is given (``serve``'s start: the apps whose credential files have a problem, by
     name): then each such app, and each whose client cannot be built, starts paused
     (:mod:`pushd.unusable`) and the others serve.

@@ -13,12 +13,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import trustme
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pushd.simulators.fcm import make_service_account
 from pushd.spool.seal import read_keys
 from pushd.upstream.apns.jwt import write_p8
 from tests.process import ROOT
+from tests.test_apns_client import write_pkcs12
 
 MM_SECRET = "mmSecretPath0123456789abcdef"
 RC_SECRET = "rcSecretPath0123456789abcdef"
@@ -245,3 +247,30 @@ def test_a_reader_that_stops_early_gets_no_traceback(tmp_path: Path) -> None:
         os.close(write)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_tls_files_openssl_cannot_use_are_problems_with_their_keys(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    """A CA bundle that is not PEM and a PKCS#12 certificate with the wrong password can
+    be read, so they passed every check: check-config said OK and the app was paused at
+    the next start.  Now OpenSSL loads them here, and each is named."""
+    write_p8(tmp_path / "key.p8", ec.generate_private_key(ec.SECP256R1()))
+    (tmp_path / "ca.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64\n")
+    write_pkcs12(ca.issue_cert("pushd-client"), tmp_path / "cert.p12", b"right")
+    (tmp_path / "password").write_text("wrong\n")
+    for name in ("key.p8", "cert.p12", "password"):
+        (tmp_path / name).chmod(0o600)
+    path = tmp_path / "pushd.toml"
+    path.write_text(
+        f'[store]\npath = "{tmp_path}/db"\n[spool]\nkey_file = "{tmp_path}/spool.key"\n'
+        f'[[apps]]\nname = "a"\nprovider = "apns"\ntopic = "com.example.a"\n'
+        f'key_file = "{tmp_path}/key.p8"\nkey_id = "ABC1234567"\nteam_id = "TEAM123456"\n'
+        f'upstream_ca_file = "{tmp_path}/ca.pem"\n'
+        f'[[apps]]\nname = "b"\nprovider = "apns"\ntopic = "com.example.b"\n'
+        f'cert_file = "{tmp_path}/cert.p12"\ncert_password_file = "{tmp_path}/password"\n'
+    )
+    done = check_config(path)
+    assert done.returncode == 1
+    assert "apps[0].upstream_ca_file: OpenSSL cannot use it (not PEM)" in done.stderr
+    assert "apps[1].cert_file: Invalid password or PKCS12 data" in done.stderr, done.stderr

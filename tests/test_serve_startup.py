@@ -196,10 +196,7 @@ def test_bad_tls_files(tmp_path: Path, tls_files: Path, cert: str, key: str, pro
     ("content", "reason"),
     [
         (b"not PKCS#12", "Could not deserialize PKCS12 data"),
-        (
-            b"-----BEGIN CERTIFICATE-----\nnot base64\n",
-            "a certificate, key or CA file OpenSSL cannot use (not PEM)",
-        ),
+        (b"-----BEGIN CERTIFICATE-----\nnot base64\n", "OpenSSL cannot use it (not PEM)"),
     ],
     ids=["pkcs12", "pem"],
 )
@@ -209,4 +206,4 @@ def test_an_apns_certificate_that_does_not_load(
     (tmp_path / "apns-cert").write_bytes(content)
     (tmp_path / "apns-cert").chmod(0o600)  # as a credential is kept: no warning line
     line = serve_until_alarm(write_config(tmp_path, "port = 0", apns_app(cert_file="apns-cert")))
-    assert f"app chat started paused: apps[0] (chat): cannot load its credentials: {reason}" in line
+    assert f"app chat started paused: apps[0].cert_file: {reason};" in line

@@ -3,6 +3,7 @@ unique), every problem at once so that ``pushd check-config`` lists them all."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +34,8 @@ from pushd.config.values import (
 from pushd.spool.seal import SealError, key_file_missing, read_keys
 from pushd.tls import server_context
 from pushd.upstream.apns import jwt as apns_jwt
+from pushd.upstream.apns.certificate import load_client_certificate
+from pushd.upstream.apns.settings import CertAuth
 from pushd.upstream.fcm.service_account import load_service_account
 
 
@@ -259,6 +262,8 @@ def credential_problems(index: int, app: AppConfig) -> list[str]:
     (:mod:`pushd.unusable`)."""
     key = f"apps[{index}]"
     problems = check_file(f"{key}.upstream_ca_file", app.upstream_ca_file)
+    if not problems and app.upstream_ca_file is not None:
+        problems += _openssl(f"{key}.upstream_ca_file", _ca_loader(app.upstream_ca_file))
     if app.provider == "fcm":
         if app.service_account_file is not None:
             problems += _parsed(
@@ -267,9 +272,39 @@ def credential_problems(index: int, app: AppConfig) -> list[str]:
     elif app.key_file is not None and app.cert_file is None:
         problems += _parsed(f"{key}.key_file", app.key_file, apns_jwt.load_p8)
     elif app.cert_file is not None and app.key_file is None:
-        problems += check_file(f"{key}.cert_file", app.cert_file)
-        problems += check_file(f"{key}.cert_password_file", app.cert_password_file)
+        files = check_file(f"{key}.cert_file", app.cert_file)
+        files += check_file(f"{key}.cert_password_file", app.cert_password_file)
+        problems += files or _openssl(f"{key}.cert_file", _certificate_loader(app))
     return problems
+
+
+def _ca_loader(ca_file: str) -> Callable[[ssl.SSLContext], None]:
+    return lambda context: context.load_verify_locations(cafile=ca_file)
+
+
+def _certificate_loader(app: AppConfig) -> Callable[[ssl.SSLContext], None]:
+    assert app.cert_file is not None
+    password = None
+    if app.cert_password_file is not None:
+        password = Path(app.cert_password_file).read_bytes().strip()
+    auth = CertAuth(cert_file=app.cert_file, password=password)
+    return lambda context: load_client_certificate(context, auth)
+
+
+def _openssl(key: str, load: Callable[[ssl.SSLContext], None]) -> list[str]:
+    """What OpenSSL says of a file ``load`` puts into a bare client context: one that
+    can be read but is not PEM (or, for a certificate, PKCS#12), lacks its key or needs
+    another password would otherwise pass every check and fail only in the app's
+    client, leaving check-config's "OK" wrong and the app paused at the next start."""
+    try:
+        load(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+    except ssl.SSLError as error:
+        return [f"{key}: OpenSSL cannot use it ({error.reason or 'not PEM'})"]
+    except (ValueError, TypeError) as error:  # a PKCS#12 bundle cryptography refuses
+        return [f"{key}: {error}"]
+    except OSError as error:  # gone or unreadable since check_file looked
+        return [f"{key}: {error.strerror}"]
+    return []
 
 
 def _parsed(key: str, path: str, parse: Callable[[bytes], object]) -> list[str]:

@@ -19,19 +19,16 @@ the JWT at once, in the reader that saw it.  :meth:`ApnsClient.send` is a batch 
 from __future__ import annotations
 
 import logging
-import os
 import ssl
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Final
 from urllib.parse import urlsplit
 
 import trio
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.serialization import pkcs12
 
 from pushd.model import ApnsPush, Delivered, Failed, Outcome, TokenDead
+from pushd.upstream.apns.certificate import load_client_certificate
 from pushd.upstream.apns.classify import (
     ProviderTokenExpired,
     classify,
@@ -336,36 +333,3 @@ def make_ssl_context(settings: ApnsSettings) -> ssl.SSLContext:
     if isinstance(settings.auth, CertAuth):
         load_client_certificate(ctx, settings.auth)
     return ctx
-
-
-def load_client_certificate(ctx: ssl.SSLContext, auth: CertAuth) -> None:
-    """Load a PEM (certificate + key) or PKCS#12 client certificate into ``ctx``.
-
-    :mod:`ssl` only loads PEM files, so a PKCS#12 bundle is converted with
-    ``cryptography`` into a private temporary file (mode 0600, key encrypted with a
-    one-off passphrase) that is deleted as soon as it is loaded.
-    """
-    with open(auth.cert_file, "rb") as f:
-        data = f.read()
-    if b"-----BEGIN" in data:
-        ctx.load_cert_chain(auth.cert_file, password=auth.password)
-        return
-    key, cert, extra = pkcs12.load_key_and_certificates(data, auth.password)
-    if key is None or cert is None:
-        raise ValueError(f"{auth.cert_file}: PKCS#12 file lacks a certificate or a key")
-    passphrase = os.urandom(24).hex().encode()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(passphrase),
-    )
-    pem += cert.public_bytes(serialization.Encoding.PEM)
-    for extra_cert in extra or ():
-        pem += extra_cert.public_bytes(serialization.Encoding.PEM)
-    fd, path = tempfile.mkstemp(suffix=".pem")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-        ctx.load_cert_chain(path, password=passphrase)
-    finally:
-        os.unlink(path)
