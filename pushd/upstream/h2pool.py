@@ -48,6 +48,7 @@ from pushd.upstream.h2connect import (
     refused_certificate,
     root_cause,
 )
+from pushd.upstream.h2outage import ConnectFailures
 from pushd.upstream.h2types import ConnectionFailed, Peer, Stream
 from pushd.upstream.proxy import Proxy
 
@@ -83,6 +84,7 @@ class H2Pool:
         self._name = name
         #: Log prefix, ``apns[app]``.
         self._label = f"{label}[{name}]"
+        self._failures = ConnectFailures(self._log, self._label)
         self._connector = Connector(peer, host, port, ssl_context, proxy)
         self._connections = max(1, connections)
         self._recycle_after = recycle_after_timeouts
@@ -339,22 +341,16 @@ class H2Pool:
                 delay = reconnect_delay(failures)
                 cause = root_cause(exc)
                 self._cannot_reach(type(cause).__name__, refused_certificate(cause))
-                log.warning(
-                    "%s connection %d: connect to %s failed (%s: %s); retry in %.1f s%s",
-                    label,
-                    index,
-                    self._connector.route,
-                    type(cause).__name__,
-                    cause,
-                    delay,
-                    f" (or {RECONNECT_ON_DEMAND:.0f} s if sends want it)"
-                    if delay > RECONNECT_ON_DEMAND
-                    else "",
-                )
+                retry = f"retry in {delay:.1f} s"
+                if delay > RECONNECT_ON_DEMAND:
+                    retry += f" (or {RECONNECT_ON_DEMAND:.0f} s if sends want it)"
+                error = f"{type(cause).__name__}: {cause}"
+                self._failures.failed(index, self._connector.route, error, retry)
                 await self._back_off(delay)
                 continue
             self.connections_opened += 1
             self._unreachable = self._refused = None
+            self._failures.connected()
             log.log(
                 self._peer.connect_level,
                 "%s connection %d: connected to %s, %d streams",
