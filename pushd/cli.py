@@ -89,10 +89,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the daemon; what stops it from starting is one ``pushd:`` line on stderr each.
 
     A service manager's log shows a line per entry, so a config problem or a
-    :class:`~pushd.server.StartupError` (a busy port, a key that does not load) is one
+    :class:`~pushd.applanes.StartupError` (a busy port, a key that does not load) is one
     self-contained line and exit status 1; a traceback is left for pushd's own bugs.
     """
     from pushd import server
+    from pushd.applanes import StartupError
 
     path = args.config or os.environ.get(CONFIG_ENV)
     if path is None and Path("pushd.toml").exists():
@@ -151,8 +152,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail(str(error))
     except KeyboardInterrupt:
         pass
-    except (server.StartupError, BaseExceptionGroup) as error:
-        startup = _startup_error(error, server.StartupError)
+    except (StartupError, BaseExceptionGroup) as error:
+        startup = _startup_error(error, StartupError)
         if startup is None:
             raise
         return _fail(str(startup))

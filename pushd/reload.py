@@ -160,7 +160,8 @@ class Reloader:
 
     async def _plan(self) -> Plan | list[str]:
         """The new config and the lanes it needs, or the problems that refuse it."""
-        from pushd.server import StartupError, build_lane, server_tls
+        from pushd.applanes import StartupError, build_lane
+        from pushd.server import server_tls
 
         old = self.services.config
         if old.source is None:

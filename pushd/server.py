@@ -29,7 +29,8 @@ import trio
 
 from pushd import __version__
 from pushd.activity import Activity
-from pushd.config import Config, apns_settings, fcm_settings, read_admin_token
+from pushd.applanes import StartupError, build_lanes
+from pushd.config import Config, read_admin_token
 from pushd.dispatch import Dispatcher
 from pushd.frontends.admin import AdminAccess
 from pushd.frontends.http import Route, parse_networks
@@ -43,10 +44,9 @@ from pushd.frontends.zulip import ZulipBouncer
 from pushd.health import all_routes, app_health
 from pushd.hostshared import HostSharedStore
 from pushd.http11 import HttpServer, HttpSettings, ListenError
-from pushd.lanes import Budget, Lane, Sender
+from pushd.lanes import Lane
 from pushd.metrics import Metrics, record_reload
 from pushd.pidfile import PidFile
-from pushd.proof import Proof
 from pushd.recent import Recent
 from pushd.reload import Reloader, status_line
 from pushd.reuseport import ReusePortHttpServer
@@ -56,12 +56,7 @@ from pushd.spool.seal import SealError, SpoolKeys
 from pushd.store import Store, open_store
 from pushd.store.postgres import GIVE_UP_AFTER, PostgresEngine
 from pushd.tls import server_context
-from pushd.unusable import pause_unusable, unusable_sender
 from pushd.upstream import resolver
-from pushd.upstream.apns.classify import mismatch_hint as apns_mismatch_hint
-from pushd.upstream.apns.client import ApnsClient
-from pushd.upstream.fcm.classify import mismatch_hint as fcm_mismatch_hint
-from pushd.upstream.fcm.client import FcmClient
 from pushd.workers import METRICS_FIELD, WorkerRole, first_of, orphaned
 
 log = logging.getLogger(__name__)
@@ -107,80 +102,6 @@ class Services:
     def worker_info(self) -> dict[str, int]:
         """Which worker answers (``/healthz``): each keeps its own counters."""
         return {"index": self.worker.index, "pid": os.getpid()} if self.worker else {}
-
-
-class StartupError(Exception):
-    """What stops pushd from starting is the admin's to fix (a busy port, a key file
-    that does not load): the message says what in one line, which ``pushd serve``
-    prints instead of a traceback."""
-
-
-def _reason(error: Exception) -> str:
-    """``error`` in a few words: OpenSSL's reason, or the system's message and file."""
-    if isinstance(error, ssl.SSLError):  # OpenSSL does not say which file
-        return f"a certificate, key or CA file OpenSSL cannot use ({error.reason or 'not PEM'})"
-    if isinstance(error, OSError) and error.strerror:
-        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
-    return str(error)
-
-
-def build_lanes(config: Config, unusable: Mapping[str, str] | None = None) -> list[Lane]:
-    """One lane per configured app, each with its own upstream client and budget.
-
-    Raises StartupError for an app whose credentials or CA file do not load (the
-    config checks load them too, but a file may change in between), unless ``unusable``
-    is given (``serve``'s start: the apps whose credential files have a problem, by
-    name): then each such app, and each whose client cannot be built, starts paused
-    (:mod:`pushd.unusable`) and the others serve.
-    """
-    lanes = []
-    for index, app in enumerate(config.apps):
-        problem = None if unusable is None else unusable.get(app.name)
-        if problem is None:
-            try:
-                lanes.append(build_lane(config, index))
-                continue
-            except StartupError as error:
-                if unusable is None:
-                    raise
-                problem = str(error)
-        lane = lane_for(config, index, unusable_sender(problem), hint="")
-        lanes.append(pause_unusable(lane, config.retry.credential_pause))
-    return lanes
-
-
-def build_lane(config: Config, index: int) -> Lane:
-    """The lane of ``config.apps[index]``; StartupError if its credentials do not load."""
-    app = config.apps[index]
-    sender: Sender[Any]
-    try:
-        if app.provider == "fcm":
-            fcm = fcm_settings(app, config.upstream)
-            sender = FcmClient(fcm)
-            hint = fcm_mismatch_hint(fcm.project_id)
-        else:
-            settings = apns_settings(app, config.upstream)
-            sender = ApnsClient(settings)
-            hint = apns_mismatch_hint(app.environment, settings.topic)
-    except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
-        raise StartupError(
-            f"apps[{index}] ({app.name}): cannot load its credentials: {_reason(error)}"
-        ) from None
-    return lane_for(config, index, sender, hint)
-
-
-def lane_for(config: Config, index: int, sender: Sender[Any], hint: str) -> Lane:
-    """The lane of ``config.apps[index]`` around ``sender``; ``hint``: what to check
-    when its tokens are refused en masse (:class:`~pushd.proof.Proof`)."""
-    app = config.apps[index]
-    return Lane(
-        name=app.name,
-        sender=sender,
-        budget=Budget(app.concurrency),
-        scope=config.removal_scope(app),
-        request_timeout=app.request_timeout,
-        proof=Proof(hint),
-    )
 
 
 def assemble(
