@@ -175,6 +175,44 @@ async def test_app_and_server_end_to_end_through_pushd(
         PushKey(id=20).decrypt(data["encrypted_data"])
 
 
+#: Devices of the one user, half iOS, half Android.
+DEVICES = 80
+#: A message notification as Zulip fills it: content cut to 200 characters, names, URLs.
+FULL_MESSAGE = {
+    **MESSAGE,
+    "content": "x" * 200,
+    "sender_full_name": "Somebody With A Long Name",
+    "sender_avatar_url": "https://zulip.example.com/user_avatars/2/" + "a" * 40 + ".png",
+    "realm_name": "A realm whose name is not short either",
+}
+
+
+async def test_a_notify_for_80_devices_past_64_kib_is_delivered_to_every_one(
+    zulip: ZulipServer,
+    public_key: str,
+    simulator: ApnsSimulator,
+    fcm_simulator: FcmSimulator,
+) -> None:
+    """A Zulip user with many devices: one E2EE notify carries a payload per device,
+    and a body past the server's default 64 KiB was answered 413, which makes Zulip's
+    worker drop the notification for every device of the user."""
+    key = PushKey(id=7)
+    requests = []
+    for n in range(1, DEVICES // 2 + 1):
+        requests.append(apns_push_request(await register_apns(zulip, public_key, n), key,
+                                          FULL_MESSAGE))  # fmt: skip
+        requests.append(fcm_push_request(await register_fcm(zulip, public_key, n), key,
+                                         FULL_MESSAGE))  # fmt: skip
+    body = json.dumps({"realm_uuid": REALM, "push_requests": requests})
+    assert len(body) > 64 * 1024  # the server default this route no longer stops at
+    response = await zulip.e2ee_notify(REALM, requests)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["apple_successfully_sent_count"] == DEVICES // 2, answer
+    assert answer["android_successfully_sent_count"] == DEVICES // 2, answer
+    assert len(simulator.received) == len(fcm_simulator.received) == DEVICES // 2
+
+
 async def test_removals_go_at_low_priority_as_given(
     zulip: ZulipServer,
     public_key: str,

@@ -23,7 +23,7 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 from pushd.activity import Activity
 from pushd.config import AppConfig, Config
@@ -36,6 +36,7 @@ from pushd.frontends.zulip.registration import ServerRegistration
 from pushd.frontends.zulip.servers import (
     ANALYTICS_MAX_BODY,
     ANALYTICS_TABLES,
+    NOTIFY_MAX_BODY,
     REALM_PUSH_STATUS,
     ServerHandlers,
     checked_realm,
@@ -65,6 +66,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1/remotes/"
+#: Routes whose bodies may exceed the server's ``max_body_bytes``, by path.
+BODY_LIMITS: Final = {
+    "server/analytics": ANALYTICS_MAX_BODY,
+    "push/notify": NOTIFY_MAX_BODY,
+    "push/e2ee/notify": NOTIFY_MAX_BODY,
+}
 #: Unknown paths up to this many segments below the prefix get a Zulip-shaped 404.
 MAX_UNKNOWN_DEPTH = 4
 
@@ -109,6 +116,7 @@ class ZulipBouncer:
         self.servers = ServerHandlers(store)
 
     def routes(self) -> list[Route]:
+        """Every route of the bouncer, on Zulip's paths, with Zulip's error format."""
         authed: list[tuple[str, str, AuthedHandler]] = [
             ("POST", "push/register", self.legacy.push_register),
             ("POST", "push/unregister", self.legacy.push_unregister),
@@ -128,7 +136,7 @@ class ZulipBouncer:
                 PREFIX + path,
                 self._authed(handler),
                 "zulip_" + path,
-                max_body_bytes=ANALYTICS_MAX_BODY if path == "server/analytics" else None,
+                max_body_bytes=BODY_LIMITS.get(path),
                 error_reply=zulip_error_reply,
             )
             for method, path, handler in authed
