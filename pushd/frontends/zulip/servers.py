@@ -28,8 +28,8 @@ log = logging.getLogger("pushd.frontends.zulip.api")
 #: The analytics upload (also sent by ``manage.py register_server``) carries up to
 #: 10,000 rows per table: take what Django takes (DATA_UPLOAD_MAX_MEMORY_SIZE).
 ANALYTICS_MAX_BODY = 25 * 1024 * 1024
-#: A notify carries one encrypted payload per device of the user (E2EE: about 1.5 KB
-#: each, base64): the server default of 64 KiB held about 40, and a 413 makes Zulip's
+#: A notify carries one encrypted payload per device of the user (E2EE: about 1 KB
+#: each, base64): the server default of 64 KiB held about 60, and a 413 makes Zulip's
 #: worker drop the notification.  Zulip's bouncer takes up to 25 MiB; 1 MiB holds
 #: several hundred devices and keeps an unauthenticated body small.
 NOTIFY_MAX_BODY = 1024 * 1024
