@@ -83,6 +83,8 @@ class Supervisor:
         #: passed the checks): every worker starts on them (:data:`ACCEPTED_ENV`), so a
         #: replacement never serves an edit not reloaded yet, nor dies on a broken one.
         self._accepted_fd = accepted_config_fd(accepted)
+        #: Raised each time a reload is accepted (:attr:`Worker.generation`).
+        self._generation = 0
         self.notifier = notifier or Notifier.from_environment()
         self.workers = [Worker(index) for index in range(config.server.workers)]
         self.port = config.server.port
@@ -241,12 +243,13 @@ class Supervisor:
         while not self.stopping:
             assert self._inbox is not None
             environ = worker_environment(worker, self.port, self._inbox.path, self._shared_dir)
-            fd = self._accepted_fd
+            fd, generation = self._accepted_fd, self._generation
             environ[ACCEPTED_ENV] = str(fd)
             process = await trio.lowlevel.open_process(
                 worker_argv(self.config), env=environ, pass_fds=(fd,)
             )
             worker.process, worker.pid, worker.ready = process, process.pid, False
+            worker.generation = generation
             worker.last_ping = trio.current_time()
             log.info("worker %d started (pid %d)", worker.index, process.pid)
             code = await process.wait()
@@ -325,6 +328,7 @@ class Supervisor:
             return  # each worker logs the problems and keeps its config
         old, self._accepted_fd = self._accepted_fd, accepted_config_fd(text)
         os.close(old)
+        self._generation += 1
         if self._metrics is not None:
             self._metrics.token = read_admin_token(new.metrics.bearer_token_file)
 
@@ -339,8 +343,17 @@ class Supervisor:
             self._poke()
 
     def _heard(self, worker: Worker, fields: dict[str, str]) -> None:
-        if worker.heard(fields) and self.serving:
+        if not worker.heard(fields):
+            return
+        if self.serving:
             log.info("worker %d (pid %d) is ready", worker.index, worker.pid)
+        if worker.generation != self._generation and worker.process is not None:
+            # It was starting, on the config before, when a reload was forwarded to
+            # the ready workers: it would have served the old config until restarted.
+            log.info("worker %d (pid %d) started before the last reload: reloading it",
+                     worker.index, worker.pid)  # fmt: skip
+            worker.generation, worker.reloading = self._generation, True
+            worker.process.send_signal(signal.SIGHUP)
 
     async def _watchdogs(self) -> None:
         while True:

@@ -52,6 +52,10 @@ class Worker:
     status: str = ""
     metrics_url: str | None = None
     reloading: bool = False
+    #: The supervisor's config generation (one per reload it accepted) that the
+    #: process in the slot started on: one that was starting during a reload missed
+    #: its SIGHUP and is sent one once ready.
+    generation: int = 0
     last_ping: float = 0.0
     #: Lease owner prefixes of the predecessors its next start must release.
     release: list[str] = attrs.Factory(list)

@@ -244,6 +244,43 @@ async def test_sighup_reaches_every_worker(rig: Rig, key_file: Path, ca_file: Pa
     assert all(apps == {"chat", "second"} for apps in seen.values()), seen
 
 
+async def test_a_worker_starting_during_a_reload_takes_it_once_ready(
+    rig: Rig, key_file: Path, ca_file: Path
+) -> None:
+    """A replacement worker still starting (held by SIGSTOP) when SIGHUP came: the
+    reload went to the ready worker only, and the replacement, started on the config
+    before, served it until its next restart.  Now it is sent SIGHUP once ready, and
+    both workers have the added app."""
+    await rig.configure()
+    pushd = await rig.start()
+    first = worker_pids(pushd)[0]
+    os.kill(first, signal.SIGKILL)
+    with trio.fail_after(10):
+        while worker_pids(pushd)[0] == first:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+    starting = worker_pids(pushd)[0]
+    os.kill(starting, signal.SIGSTOP)  # held before it is ready (it takes about a second)
+    assert f"worker 0 (pid {starting}) is ready" not in pushd.log
+    try:
+        extra = app_entry("second", TOPIC + ".two", f"https://127.0.0.1:{rig.sim.port}",
+                          key_file, ca_file)  # fmt: skip
+        lines = ["[[apps]]", *(f'{k} = "{v}"' if isinstance(v, str) else f"{k} = {v}"
+                                for k, v in extra.items())]  # fmt: skip
+        rig.config.write_text(rig.config.read_text() + "\n".join(lines) + "\n")
+        pushd.signal(signal.SIGHUP)
+        await pushd.wait_for_line(r"\[worker 1\] .*app\(s\) unchanged", within=20)
+    finally:
+        os.kill(starting, signal.SIGCONT)
+    await pushd.wait_for_line(rf"worker 0 \(pid {starting}\) started before the last reload")
+    await pushd.wait_for_line(r"\[worker 0\] .*app\(s\) unchanged", within=20)
+    seen: dict[int, set[str]] = collections.defaultdict(set)
+    for _ in range(SPREAD):
+        body = (await rig.request("GET", "/healthz")).json()
+        seen[body["worker"]["pid"]] |= set(body["apps"])
+    assert set(seen) == set(worker_pids(pushd).values()), seen
+    assert all(apps == {"chat", "second"} for apps in seen.values()), seen
+
+
 async def test_sigterm_drains_every_worker(rig: Rig) -> None:
     """Sends in flight in both workers when the supervisor gets SIGTERM: every one is
     answered ``delivered``, both workers exit 0, then the supervisor does."""
