@@ -274,3 +274,34 @@ def test_tls_files_openssl_cannot_use_are_problems_with_their_keys(
     assert done.returncode == 1
     assert "apps[0].upstream_ca_file: OpenSSL cannot use it (not PEM)" in done.stderr
     assert "apps[1].cert_file: Invalid password or PKCS12 data" in done.stderr, done.stderr
+
+
+def test_file_names_the_system_cannot_look_up_are_problems_not_tracebacks(
+    tmp_path: Path,
+) -> None:
+    """A NUL character (TOML's ``\\u0000``) and a name longer than the system takes:
+    check-config and serve printed a traceback (ValueError, OSError ENAMETOOLONG).  Now
+    each is a problem line with its key, and serve refuses to start with it."""
+    long = tmp_path / ("k" * 300)
+    path = tmp_path / "pushd.toml"
+    path.write_text(
+        f'[store]\npath = "{tmp_path}/db"\n[spool]\nkey_file = "{long}"\n'
+        f'[server]\nadmin_token_file = "{tmp_path}/token\\u0000.txt"\n'
+    )
+    done = check_config(path)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "server.admin_token_file: contains a NUL character" in done.stderr, done.stderr
+    path.write_text(f'[store]\npath = "{tmp_path}/db"\n[spool]\nkey_file = "{long}"\n')
+    for args in (["check-config", str(path)], ["serve", "--config", str(path)]):
+        done = subprocess.run(
+            [sys.executable, "-m", "pushd", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={"PYTHONPATH": ROOT, "PATH": "/usr/bin:/bin"},
+        )
+        assert done.returncode == 1, done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+        assert f"spool.key_file: cannot look up {long}: File name too long" in done.stderr

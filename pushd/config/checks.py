@@ -6,6 +6,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable
 from pathlib import Path
+from typing import Final
 
 from pushd.config.apps import AppConfig
 from pushd.config.constants import (
@@ -38,10 +39,57 @@ from pushd.upstream.apns.certificate import load_client_certificate
 from pushd.upstream.apns.settings import CertAuth
 from pushd.upstream.fcm.service_account import load_service_account
 
+#: An app's settings that name files.
+APP_FILES: Final = (
+    "key_file",
+    "cert_file",
+    "cert_password_file",
+    "service_account_file",
+    "upstream_ca_file",
+    "proxy_password_file",
+)
+
+
+def file_settings(config: Config) -> list[tuple[str, str]]:
+    """Every file or path the config names, by key (what :func:`lookup_problems` and
+    the checks below look at)."""
+    server, store = config.server, config.store
+    named = [
+        ("server.tls_cert", server.tls_cert),
+        ("server.tls_key", server.tls_key),
+        ("server.admin_token_file", server.admin_token_file),
+        ("server.pid_file", server.pid_file),
+        ("store.path", store.path),
+        ("store.password_file", store.password_file),
+        ("spool.key_file", config.spool.key_file),
+        ("metrics.bearer_token_file", config.metrics.bearer_token_file),
+        ("upstream.proxy_password_file", config.upstream.proxy_password_file),
+    ]
+    for index, app in enumerate(config.apps):
+        for field in APP_FILES:
+            named.append((f"apps[{index}].{field}", getattr(app, field)))
+    return [(key, value) for key, value in named if value is not None]
+
+
+def lookup_problems(config: Config) -> list[str]:
+    """The files the system cannot even look up (a name too long, a loop of links, a
+    directory on the way it may not search): the other checks would trip over them."""
+    problems = []
+    for key, value in file_settings(config):
+        try:
+            Path(value).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            pass  # the checks below say what each key needs
+        except OSError as error:
+            problems.append(f"{key}: cannot look up {value}: {error.strerror}")
+    return problems
+
 
 def check(config: Config) -> list[str]:
     """Everything wrong with ``config`` that only the filesystem can tell; empty if fine."""
-    problems: list[str] = []
+    problems = lookup_problems(config)
+    if problems:
+        return problems
     server = config.server
     if not 0 <= server.port < 65536:
         problems.append("server.port: must be between 1 and 65535 (0: any free port)")

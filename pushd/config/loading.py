@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from pushd.config.checks import check, credential_problems
+from pushd.config.checks import check, credential_problems, lookup_problems
 from pushd.config.protocols import ZulipPinConfig
 from pushd.config.root import Config, ConfigError
 from pushd.typed import CONVERTER, describe_error
@@ -93,6 +94,9 @@ CONVERTER.register_structure_hook(ZulipPinConfig, _structure_pin)
 
 def parse(data: dict[str, Any], *, base: Path, source: str | None = None) -> Config:
     """Structure a TOML document into a Config, or raise ConfigError with every problem."""
+    problems = list(_nul_characters(data, ""))
+    if problems:
+        raise ConfigError(problems)
     try:
         config = CONVERTER.structure(data, Config)
     except Exception as error:  # cattrs raises a tree of errors; flatten them all
@@ -100,6 +104,20 @@ def parse(data: dict[str, Any], *, base: Path, source: str | None = None) -> Con
     if data.get("source") is not None:
         raise ConfigError(["source: unknown key (check its spelling and section)"])
     return attrs.evolve(_resolve_paths(config, base), source=source)
+
+
+def _nul_characters(value: Any, key: str) -> Iterator[str]:
+    """Every string of the document holding a NUL character, by key path: TOML allows
+    one (``"\\u0000"``), but no setting can hold it (the system cannot look up a file
+    name with one: checking it raised a traceback)."""
+    if isinstance(value, str) and "\0" in value:
+        yield f"{key}: contains a NUL character"
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            yield from _nul_characters(item, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _nul_characters(item, f"{key}[{index}]")
 
 
 def read_config(path: str | Path) -> bytes:
@@ -149,6 +167,8 @@ def load_serving(path: str | Path, text: bytes | None = None) -> tuple[Config, d
     any other problem still refuses the config, as :func:`load_checked` does."""
     config = load(path, text)
     problems = check(config)
+    if lookup_problems(config):  # not an app's alone: its file name is wrong
+        raise ConfigError(problems)
     found = {app.name: credential_problems(i, app) for i, app in enumerate(config.apps)}
     theirs = {problem for listed in found.values() for problem in listed}
     if any(problem not in theirs for problem in problems):
