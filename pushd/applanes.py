@@ -88,6 +88,7 @@ def lane_for(config: Config, index: int, sender: Sender[Any], hint: str) -> Lane
     return Lane(
         name=app.name,
         sender=sender,
+        provider=app.provider,
         budget=Budget(app.concurrency),
         scope=config.removal_scope(app),
         request_timeout=app.request_timeout,

@@ -29,7 +29,7 @@ import trio
 from pushd.config import RetryConfig
 from pushd.lanes import Lane
 from pushd.metrics.tally import DeliveryTally
-from pushd.model import Delivered, Failed, Outcome, RetryLater, TokenDead
+from pushd.model import Delivered, Failed, Outcome, RetryLater, TokenDead, provider_of
 from pushd.requestid import REQUEST_ID
 
 log = logging.getLogger("pushd.dispatch")
@@ -47,6 +47,16 @@ class Send:
     record: Record
     #: The request it came from: its outcomes are logged under it.
     request_id: str = ""
+
+
+def _wrong_provider(lane: Lane, send: Send) -> Failed:
+    """What a push built for another provider than ``lane``'s hears: spooled before a
+    reload (or a restart) moved its app to the other provider, it cannot be sent there,
+    nor to its device, whose token is the other provider's."""
+    return Failed(
+        f"app {lane.name}: a push spooled for {provider_of(send.push)} cannot go to "
+        f"{lane.provider} (the app's provider changed)"
+    )
 
 
 def _record_all(send: Send, outcome: Outcome) -> None:
@@ -78,6 +88,19 @@ class Attempts:
         is called exactly once per token."""
         await self.attempt_sends(app, [Send(tokens, push, record, REQUEST_ID.get())])
 
+    @staticmethod
+    def _sendable(lane: Lane, sends: Sequence[Send]) -> list[Send]:
+        """The sends ``lane``'s sender can send; the others are failed, logged once each."""
+        sendable = []
+        for send in sends:
+            if provider_of(send.push) == lane.provider:
+                sendable.append(send)
+                continue
+            outcome = _wrong_provider(lane, send)
+            log.error("%s: failed", outcome.reason)
+            _record_all(send, outcome)
+        return sendable
+
     async def attempt_sends(self, app: str, sends: Sequence[Send]) -> None:
         """Every send of ``sends`` through the app's lane, as one upstream batch when the
         budget has room for all; each token's outcome is recorded exactly once."""
@@ -86,6 +109,10 @@ class Attempts:
             for send in sends:
                 _record_all(send, Failed(f"no app named {app!r} is configured"))
             return
+        if lane.provider and any(provider_of(s.push) != lane.provider for s in sends):
+            sends = self._sendable(lane, sends)
+            if not sends:
+                return
         now = self.clock()
         if lane.pause_reason is not None:  # a credential failed and nothing proved it since
             if lane.paused_until > now or lane.probing:

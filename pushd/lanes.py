@@ -127,6 +127,10 @@ class Lane:
     name: str
     sender: Sender[Any]
     budget: Budget
+    #: ``"apns"`` or ``"fcm"``: the only pushes its sender can send ("": any, for a
+    #: lane built by hand).  A reload may change an app's provider under pushes
+    #: spooled for the old one (:meth:`pushd.attempts.Attempts.attempt_sends`).
+    provider: str = ""
     paused_until: float = 0.0
     #: The last credential failure, until an answer proves the credential works again
     #: (so it outlives the pause: see :mod:`pushd.attempts`).

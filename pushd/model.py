@@ -79,6 +79,12 @@ class FcmPush:
 
 Push = ApnsPush | FcmPush
 
+
+def provider_of(push: Push) -> str:
+    """``"apns"`` or ``"fcm"``: the provider whose client can send ``push``."""
+    return "apns" if isinstance(push, ApnsPush) else "fcm"
+
+
 #: The protocol a delivery came in by (a metrics label, and what a dead verdict may touch).
 Protocol = Literal["native", "zulip", "mattermost", "rocketchat", "matrix"]
 #: Protocols whose devices pushd stores itself: a dead verdict for one of their deliveries

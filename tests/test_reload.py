@@ -532,3 +532,42 @@ async def test_a_fixed_credential_sends_the_paused_apps_spool_at_once(
         while {r.token for r in simulator.received if r.status == 200} != set(held):  # noqa: ASYNC110
             await trio.sleep(0.05)
     assert gateway.count(r"spool: 3 deliveries of chat go now") == 1
+
+
+async def test_an_app_whose_provider_a_reload_changed_fails_its_old_spool_and_serves(
+    start: Any,
+    simulator: ApnsSimulator,
+    fcm_simulator: FcmSimulator,
+    apns_upstream: str,
+    key_file: Path,
+    ca_file: Path,
+    fcm_key: rsa.RSAPrivateKey,
+    tmp_path: Path,
+) -> None:
+    """An app moved from APNs to FCM by a reload while an APNs push of it waited in the
+    spool: that push cannot go to FCM.  It is failed with a reason saying so (counted,
+    its row gone), and pushd goes on serving the app on FCM."""
+    chat = app_entry("chat", TOPIC, apns_upstream, key_file, ca_file)
+    gateway = await start([chat])
+    await gateway.register("bob", token(2), "chat")
+    simulator.set_token_reply(token(2), SimReply(status=500, reason="InternalServerError"))
+    assert statuses(await gateway.send("bob")) == {"chat": "retrying"}
+    gateway.rewrite(apps=[fcm_entry("chat", fcm_simulator, fcm_key, ca_file, tmp_path)])
+    await gateway.hup()
+    url = gateway.process.url + "/healthz"
+    with trio.fail_after(20):
+        while True:
+            try:
+                health = (await gateway.client.get(url, headers=gateway.auth())).json()
+            except httpx.ConnectError:
+                await gateway.process.wait()
+                raise AssertionError(gateway.process.log) from None
+            if not health["spooled"]:
+                break
+            await trio.sleep(0.1)
+    assert gateway.count(r"ERROR .*Traceback|Traceback") == 0, gateway.process.log
+    assert gateway.count(r"app chat: a push spooled for apns cannot go to fcm \(") == 1, (
+        gateway.process.log
+    )
+    await gateway.register("carol", "fcm-token-0001:APA91b" + "x" * 40, "chat")
+    assert statuses(await gateway.send("carol")) == {"chat": "delivered"}
