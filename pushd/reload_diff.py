@@ -18,6 +18,7 @@ from typing import Any, Final
 import attrs
 
 from pushd.config import AppConfig, Config
+from pushd.config.checks import APP_FILES
 
 #: Settings read once at start: a change is logged as needing a restart and ignored.
 RESTART_ONLY: Final = (
@@ -59,14 +60,6 @@ SENDER_FIELDS: Final = (
     "proxy",
     "proxy_password_file",
 )
-_APP_FILES: Final = (
-    "key_file",
-    "cert_file",
-    "cert_password_file",
-    "service_account_file",
-    "upstream_ca_file",
-    "proxy_password_file",
-)
 #: Frontend attributes that hold state worth keeping across a reload.
 _CARRIED: Final = ("rate_limit", "limiter", "throttle", "dedupe", "stats", "rejected")
 
@@ -85,7 +78,7 @@ def fingerprint(config: Config, app: AppConfig) -> tuple[Any, ...]:
     return (
         tuple(getattr(app, field) for field in SENDER_FIELDS),
         config.upstream,
-        tuple(_digest(getattr(app, name)) for name in _APP_FILES),
+        tuple(_digest(getattr(app, name)) for name in APP_FILES),
         _digest(config.upstream.proxy_password_file),
     )
 
