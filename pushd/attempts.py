@@ -106,8 +106,13 @@ class Attempts:
         budget has room for all; each token's outcome is recorded exactly once."""
         lane = self.lanes.get(app)
         if lane is None:
+            # A reload removed the app between a spool claim (or a frontend's check)
+            # and now.  Not sent, so not lost: it waits in the spool with the app's
+            # other rows, for the app to come back or the push to expire, where it was
+            # failed while they waited.
+            gone = RetryLater(f"no app named {app!r} is configured", kind="paused")
             for send in sends:
-                _record_all(send, Failed(f"no app named {app!r} is configured"))
+                _record_all(send, gone)
             return
         if lane.provider and any(provider_of(s.push) != lane.provider for s in sends):
             sends = self._sendable(lane, sends)

@@ -186,7 +186,8 @@ class RetryLater:
       only when the upstream is healthy again;
     - ``server``: the upstream answered with a 5xx; ``throttled``: it asked the app to
       slow down (a quota); ``device``: it asked to slow down for this device only;
-    - ``paused``: not sent, because the app is paused after a credential error.
+    - ``paused``: not sent, because the app is paused after a credential error (or is
+      no longer configured: a reload removed it).
     """
 
     reason: str

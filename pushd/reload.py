@@ -12,7 +12,8 @@ does, and only then changes anything:
   new sends go to the new lane at once, and the old one closes its connections only
   when the sends it already has in flight are answered (or after :data:`RETIRE_GRACE`;
   what is cut then is in the spool and goes again).
-- A removed app's lane is retired the same way; its sends now get "no app named ...".
+- A removed app's lane is retired the same way; its spooled pushes wait (a send that
+  raced the reload is spooled with them) until it is back or they expire.
 - The API's TLS certificate and key are read again from their files (a renewed
   certificate); new connections get it.
 - Frontends are rebuilt from the new config and the router swapped; requests being
