@@ -33,7 +33,6 @@ import trio
 from pushd import config
 from pushd.cli_store import fail, run_store, store_options
 from pushd.files import SHARED_FILE
-from pushd.frontends.zulip.bouncer_keys import reseal as reseal_bouncer_keys
 from pushd.spool.seal import (
     SealError,
     SpoolKeys,
@@ -196,6 +195,8 @@ def cmd_rotate(args: argparse.Namespace) -> int:
         print(f"re-sealed {resealed} rows under key {keys.current}")
         if unreadable:
             print(f"{unreadable} rows do not open with any key in {path}; kept as they are")
+        from pushd.frontends.zulip.bouncer_keys import reseal as reseal_bouncer_keys
+
         bouncer = await reseal_bouncer_keys(store, keys, plain_only=False)
         if bouncer.sealed:
             print(f"re-sealed {bouncer.sealed} Zulip bouncer private key(s)")

@@ -241,8 +241,10 @@ def _spool_keys(args: argparse.Namespace, cfg: Config | None, *, shared: bool) -
                 else:
                     create_key_file(path, mode=SHARED_FILE, group=group)
         return SpoolKeys.load(path)
-    except (OSError, SealError) as error:
-        return f"spool key file {path}: {error}"
+    except SealError as error:
+        return str(error)
+    except OSError as error:
+        return f"spool key file {path}: {error.strerror}"
 
 
 def add_commands(commands: Any) -> None:

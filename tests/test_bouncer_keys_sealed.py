@@ -319,19 +319,32 @@ async def test_prune_keeps_a_spool_key_a_bouncer_key_still_uses(
 
 
 async def test_a_bouncer_key_whose_spool_key_is_gone_answers_503(
-    bouncer: Pushd,
-    zulip: ZulipServer,
+    start_bouncer: Callable[..., Awaitable[Pushd]],
+    store_config: StoreConfig,
+    store_sections: dict[str, Any],
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Sealed with a spool key the daemon's file does not hold: the Zulip server gets a
-    503 in Zulip's shape (it retries later), and one ERROR names the bouncer key by id,
-    never the key."""
+    """Sealed with a spool key the daemon's file does not hold (a key file replaced):
+    the start says so, naming that spool key; a registration gets a 503 in Zulip's
+    shape (the server retries later), and one ERROR names the bouncer key by id, never
+    the key."""
     public, private = new_key_pair()
     elsewhere = SpoolKeys.load(tmp_path / "elsewhere.key", create=True)
     spool_key, stored = seal_private_key(elsewhere, public, private)
-    key = await bouncer.services.store.zulip_add_bouncer_key(public, stored, key_id=spool_key)
+    opened = await open_store(store_config)
+    try:
+        key = await opened.zulip_add_bouncer_key(public, stored, key_id=spool_key)
+    finally:
+        await opened.close()
     caplog.set_level(logging.INFO)
+    bouncer = await start_bouncer(store_sections)
+    (at_start,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert f"sealed with spool key(s) {spool_key}, which" in at_start
+    zulip = ZulipServer(client=bouncer.client, services_url=bouncer.url)
+    assert (await zulip.register_server()).status_code == 200
+    assert (await zulip.upload_analytics([realm(1)])).status_code == 200
+    caplog.clear()
     sealed = seal_registration(public, token(1), "apns", TOPIC)
     response = await zulip.e2ee_register(REALM, token_id(token(1)), sealed, public)
     assert response.status_code == 503, response.text

@@ -85,16 +85,26 @@ async def reseal(store: Store, keys: SpoolKeys, *, plain_only: bool) -> Resealed
 
 
 async def seal_plain_bouncer_keys(store: Store, keys: SpoolKeys) -> None:
-    """At ``serve``'s start: seal the private keys stored in the clear by an older pushd.
+    """At ``serve``'s start: seal the private keys stored in the clear by an older pushd,
+    and say if any is sealed with a spool key the key file lacks (a key file lost or
+    replaced), as the spool does for its rows: registrations to it fail until it is back.
 
     A store that fails here is logged and the start goes on: the keys in the clear keep
     working, and the next start tries again.
     """
     try:
         done = await reseal(store, keys, plain_only=True)
+        missing = sorted(await store.zulip_bouncer_key_ids() - set(keys.ids))
     except StoreError as error:
         log.warning("Zulip bouncer keys stay in the clear until the next start: %s", error)
         return
+    if missing:
+        log.error(
+            "Zulip bouncer private keys are sealed with spool key(s) %s, which %s does "
+            "not hold: registrations to them fail until a key file that holds them is back",
+            ", ".join(missing),
+            keys.path,
+        )
     if done.sealed:
         log.info(
             "sealed %d Zulip bouncer private key(s) stored in the clear with spool key %s",
