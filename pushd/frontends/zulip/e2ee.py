@@ -14,7 +14,8 @@ chosen ``push_account_id``, is given a bouncer ``device_id`` at registration and
 
 Privacy: the sealed registration, the decrypted token (except masked) and
 ``encrypted_data`` never reach a log line or the disk; only the token and what sending
-needs are stored.
+needs are stored.  The bouncer's private keys rest sealed with the spool keys and are
+opened per registration, in memory (:mod:`.bouncer_keys`).
 
 The pure half (key pairs, token ids, opening a sealed registration, checking a push
 request) lives in :mod:`.e2ee_payloads`; its names are re-exported here.
