@@ -8,8 +8,9 @@ a key the daemon no longer has:
 
 1. ``pushd spool new-key`` puts a new key first in the key file (the old ones stay).
    Every instance re-reads the file within seconds and seals new rows with it.
-2. ``pushd spool rotate-key`` re-seals the remaining rows under the first key; with
-   ``--prune`` it then drops keys no row uses from the file.
+2. ``pushd spool rotate-key`` re-seals the remaining rows, and the Zulip bouncer
+   private keys the same keys seal, under the first key; with ``--prune`` it then
+   drops keys no row (of either) uses from the file.
 
 ``rotate-key`` alone does both (adds a key unless ``--keep-key``).  A running pushd
 looks at the key file before it seals a row, so once a new key is first no row is
@@ -194,6 +195,16 @@ def cmd_rotate(args: argparse.Namespace) -> int:
         print(f"re-sealed {resealed} rows under key {keys.current}")
         if unreadable:
             print(f"{unreadable} rows do not open with any key in {path}; kept as they are")
+        from pushd.frontends.zulip.bouncer_keys import reseal as reseal_bouncer_keys
+
+        bouncer = await reseal_bouncer_keys(store, keys, plain_only=False)
+        if bouncer.sealed:
+            print(f"re-sealed {bouncer.sealed} Zulip bouncer private key(s)")
+        if bouncer.unreadable:
+            print(
+                f"{bouncer.unreadable} Zulip bouncer private key(s) do not open with any key"
+                f" in {path}; kept as they are"
+            )
         if args.prune:
             await _prune(store, keys)
         return 0
@@ -201,17 +212,23 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     return run_store(args, rotate)
 
 
+async def _used_key_ids(store: Store) -> set[str]:
+    """The keys something in the store is sealed with: spool rows and Zulip bouncer
+    private keys (:mod:`pushd.frontends.zulip.bouncer_keys`)."""
+    return set(await store.spool_key_ids()) | await store.zulip_bouncer_key_ids()
+
+
 async def _prune(store: Store, keys: SpoolKeys) -> None:
     """Drop the keys no row uses; then look again and put back any that came into use
     (module docstring)."""
-    used = set(await store.spool_key_ids()) | {keys.current}
+    used = await _used_key_ids(store) | {keys.current}
     held = read_keys(keys.path)
     kept = [key for key in held if key_id(key) in used]
     write_keys(keys.path, kept)
     dropped = [key for key in held if key_id(key) not in used]
     if dropped:
         await trio.sleep(KEY_SWITCH_SECONDS)
-        used = set(await store.spool_key_ids())
+        used = await _used_key_ids(store)
         back = [key for key in dropped if key_id(key) in used]
         if back:
             # Read again: an operator may have changed the file meanwhile too.

@@ -8,16 +8,20 @@ module a readable size; :func:`add_commands` mounts the commands there.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import secrets
 import time
 import uuid
+from pathlib import Path
 from typing import Any, Final
 
 from pushd.cli_store import fail as _fail
 from pushd.cli_store import run_store
 from pushd.cli_store import store_options as _store_options
 from pushd.config import Config
+from pushd.files import SHARED_FILE
 from pushd.model import normalize_zulip_hostname
+from pushd.spool.seal import SealError, SpoolKeys, create_key_file, key_file_missing
 from pushd.store import HostnameTaken, Store, StoreError, ZulipServer
 
 #: ``zulip_org_key`` is 64 characters: 32 random bytes in hex.
@@ -182,21 +186,27 @@ def cmd_zulip_keys(args: argparse.Namespace) -> int:
     """Bouncer key pairs for Zulip's E2EE pushes (X25519, as Zulip's own bouncer uses).
 
     ``add`` prints the new public key once in the base64 form a white-label app bakes in
-    (zulip-flutter's ``bouncerPublicKey``); the private key never leaves the store.
+    (zulip-flutter's ``bouncerPublicKey``); the private key never leaves the store, and
+    is stored sealed with the current spool key (:mod:`pushd.frontends.zulip.bouncer_keys`).
     Several keys live at once so an app release can move to a new key while older
     installs keep registering with theirs; ``remove`` a key once no app carries it.  The
     running daemon reads keys per request, so changes take effect without a restart.
     """
+    from pushd.frontends.zulip.bouncer_keys import seal_private_key
     from pushd.frontends.zulip.e2ee import new_key_pair
 
-    async def action(database: Store, _: Config | None) -> int:
+    async def action(database: Store, cfg: Config | None) -> int:
         if args.action == "list":
             for key in await database.zulip_bouncer_keys():
                 created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(key.created_at))
                 print(f"{key.id:>4}  {key.public_key}  created {created} UTC")
         elif args.action == "add":
+            keys = _spool_keys(args, cfg, shared=database.shared)
+            if isinstance(keys, str):
+                return _fail(keys)
             public, private = new_key_pair()
-            key = await database.zulip_add_bouncer_key(public, private)
+            spool_key, sealed = seal_private_key(keys, public, private)
+            key = await database.zulip_add_bouncer_key(public, sealed, key_id=spool_key)
             print(f"added bouncer key {key.id}; build it into the mobile app as its")
             print("bouncer public key (zulip-flutter: PushDeviceManager.bouncerPublicKey):")
             print(public)
@@ -207,6 +217,34 @@ def cmd_zulip_keys(args: argparse.Namespace) -> int:
         return 0
 
     return run_store(args, action)
+
+
+def _spool_keys(args: argparse.Namespace, cfg: Config | None, *, shared: bool) -> SpoolKeys | str:
+    """The spool keys a new bouncer key is sealed with, or why there are none.
+
+    With SQLite and no key file yet it is made, as ``serve`` would, but as ``spool
+    new-key`` makes it (the config's group, 0640): this runs as root, and the service's
+    user must read it.  With PostgreSQL every instance needs the same file, so it must
+    exist already, as check-config demands.
+    """
+    if args.key_file is not None:
+        path, group = Path(args.key_file), None
+    elif cfg is None:
+        return "with --store, name the spool key file with --key-file: it seals the key"
+    else:
+        path, group = Path(cfg.spool.key_file), Path(args.config).stat().st_gid
+    try:
+        if not shared and key_file_missing(path):
+            with contextlib.suppress(FileExistsError):  # another process made it just now
+                if group is None:
+                    create_key_file(path)
+                else:
+                    create_key_file(path, mode=SHARED_FILE, group=group)
+        return SpoolKeys.load(path)
+    except SealError as error:
+        return str(error)
+    except OSError as error:
+        return f"spool key file {path}: {error.strerror}"
 
 
 def add_commands(commands: Any) -> None:
@@ -254,5 +292,11 @@ def add_commands(commands: Any) -> None:
         sub = key_actions.add_parser(action, help=text)
         if action == "remove":
             sub.add_argument("key", help="the key's id or its base64 public key")
+        elif action == "add":
+            sub.add_argument(
+                "--key-file",
+                help="the spool key file that seals the private key (default: the config's"
+                " [spool] key_file; needed with --store)",
+            )
         _store_options(sub)
         sub.set_defaults(func=cmd_zulip_keys)

@@ -41,6 +41,7 @@ from pushd.frontends.openapi import OPENAPI
 from pushd.frontends.rocketchat import RocketChatGateway
 from pushd.frontends.status import StatusPage
 from pushd.frontends.zulip import ZulipBouncer
+from pushd.frontends.zulip.bouncer_keys import seal_plain_bouncer_keys
 from pushd.health import all_routes, app_health
 from pushd.hostshared import HostSharedStore
 from pushd.http11 import HttpServer, HttpSettings, ListenError
@@ -267,6 +268,7 @@ async def serve(
             keys = SpoolKeys.load(config.spool.key_file, create=not store.shared)
         except (SealError, OSError) as error:
             raise StartupError(f"spool.key_file: {error}") from None
+        await seal_plain_bouncer_keys(store, keys)
         dispatcher = Dispatcher(
             lanes,
             store,

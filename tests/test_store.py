@@ -493,10 +493,10 @@ async def test_zulip_analytics_marks_only_rise_and_realms_stay_with_their_server
 
 
 async def test_zulip_bouncer_keys_and_e2ee_devices(store: Store) -> None:
-    first = await store.zulip_add_bouncer_key("pub1", "priv1")
-    second = await store.zulip_add_bouncer_key("pub2", "priv2")
+    first = await store.zulip_add_bouncer_key("pub1", "priv1", key_id=None)
+    second = await store.zulip_add_bouncer_key("pub2", "sealed2", key_id="k2")
     with pytest.raises(StoreError, match="exists already"):
-        await store.zulip_add_bouncer_key("pub1", "other")
+        await store.zulip_add_bouncer_key("pub1", "other", key_id=None)
     assert "priv1" not in repr(first)
     assert await store.zulip_bouncer_key("pub2") == second
     assert await store.zulip_remove_bouncer_key(str(first.id)) == 1

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from pushd.frontends.zulip.bouncer_keys import seal_private_key
 from pushd.frontends.zulip.e2ee import new_key_pair
 from tests.conftest import TOPIC, Pushd, token
 from tests.zulip_client import (
@@ -74,7 +75,8 @@ async def zulip(bouncer: Pushd) -> ZulipServer:
 async def public_key(bouncer: Pushd) -> str:
     """A bouncer key pair in pushd's store (what ``pushd zulip keys add`` writes)."""
     public, private = new_key_pair()
-    await bouncer.services.store.zulip_add_bouncer_key(public, private)
+    spool_key, sealed = seal_private_key(bouncer.services.dispatcher.keys, public, private)
+    await bouncer.services.store.zulip_add_bouncer_key(public, sealed, key_id=spool_key)
     return public
 
 

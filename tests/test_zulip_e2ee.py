@@ -83,7 +83,8 @@ async def zulip(bouncer: Pushd) -> ZulipServer:
 async def add_key(pushd: Pushd, capsys: pytest.CaptureFixture[str]) -> str:
     """``pushd zulip keys add`` against the running daemon's store; the printed key."""
     capsys.readouterr()
-    assert await run_cli(["zulip", "keys", "add", "--store", pushd.config.store.path]) == 0
+    store, key_file = pushd.config.store.path, pushd.config.spool.key_file
+    assert await run_cli(["zulip", "keys", "add", "--store", store, "--key-file", key_file]) == 0
     public = capsys.readouterr().out.strip().splitlines()[-1]
     assert len(base64.b64decode(public, validate=True)) == 32
     return public

@@ -16,7 +16,9 @@ keys read before stay in use, because a daemon that stopped on a typo in the key
 would take every delivery down with it.
 
 The sealed text names the app and token it belongs to, and opening checks them: a row
-whose sealed push was swapped for another row's does not open.
+whose sealed push was swapped for another row's does not open.  The same keys seal a
+few small secrets pushd keeps in the store (:meth:`SpoolKeys.seal_secret`, each bound
+to its purpose: :mod:`pushd.spool.secret`), so a rotation re-seals those too.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import nacl.utils
 from pushd import jsonutil
 from pushd.files import PRIVATE_FILE, OwnerError, write_durably
 from pushd.model import ApnsPush, FcmPush, Push
+from pushd.spool.secret import SecretMismatch, decode_secret, encode_secret
 
 KEY_BYTES: Final = nacl.secret.SecretBox.KEY_SIZE
 #: Bytes of the key's hash that name it in a row (12 hex characters).
@@ -285,6 +288,28 @@ class SpoolKeys:
 
     def open(self, key: str, sealed: bytes, app: str, token: str) -> Push:
         """The push of a row; SealError if its key is unknown or it does not open."""
+        plain = self._decrypt(key, sealed, "push")
+        try:
+            return decode(plain, app, token)
+        except (ValueError, KeyError, TypeError):
+            raise SealError("a sealed push is not in pushd's format") from None
+
+    def seal_secret(self, purpose: str, data: bytes) -> tuple[str, bytes]:
+        """``(key_id, sealed)`` for a small secret kept in the store, bound to
+        ``purpose`` (:mod:`pushd.spool.secret`): with the current key, as :meth:`seal`."""
+        self.refresh()
+        sealed = self._boxes[self.current].encrypt(encode_secret(purpose, data))
+        return self.current, bytes(sealed)
+
+    def open_secret(self, key: str, sealed: bytes, purpose: str) -> bytes:
+        """The secret :meth:`seal_secret` sealed for ``purpose``; SealError if its key is
+        unknown, it does not open, or it was sealed for something else."""
+        try:
+            return decode_secret(self._decrypt(key, sealed, "secret"), purpose)
+        except SecretMismatch:
+            raise SealError("a sealed secret is not the one asked for") from None
+
+    def _decrypt(self, key: str, sealed: bytes, what: str) -> bytes:
         box = self._boxes.get(key)
         if box is None:
             self.refresh()  # rotated by ``pushd spool rotate-key`` since we loaded
@@ -292,10 +317,6 @@ class SpoolKeys:
         if box is None:
             raise SealError(f"no spool key with id {key} in {self.path}")
         try:
-            plain = box.decrypt(sealed)
+            return box.decrypt(sealed)
         except nacl.exceptions.CryptoError:
-            raise SealError("a sealed push does not open with its key") from None
-        try:
-            return decode(plain, app, token)
-        except (ValueError, KeyError, TypeError):
-            raise SealError("a sealed push is not in pushd's format") from None
+            raise SealError(f"a sealed {what} does not open with its key") from None

@@ -210,6 +210,13 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         PRIMARY KEY (key, window_start)
     );
     """,
+    # 10: Zulip bouncer private keys sealed with the spool keys, as spooled pushes are,
+    # so a dump of the store alone opens no device token.  ``key_id`` names the spool
+    # key and ``private_key`` then holds the sealed key (base64); NULL is a row written
+    # before, in the clear, which ``serve`` seals at its next start.
+    """
+    ALTER TABLE zulip_bouncer_keys ADD COLUMN key_id TEXT;
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 #: Migrations that change data as well as structure: run after the statements of the

@@ -3,7 +3,9 @@
 Tables ``zulip_bouncer_keys`` and ``zulip_e2ee_devices`` (migration 4).  Key pairs live
 in the store rather than the config: the CLI adds and removes them while the daemon
 runs, and the daemon reads them per request.  Only what sending needs is stored: no
-sealed registration and no push key.
+sealed registration and no push key.  Private keys are stored sealed with the spool
+keys (migration 10, :mod:`pushd.frontends.zulip.bouncer_keys`); this module stores
+and returns them as given, sealed or not.
 """
 
 from __future__ import annotations
@@ -25,13 +27,16 @@ class ZulipBouncerKey:
     """A bouncer X25519 key pair (base64); apps seal their registrations to the public one.
 
     Several live at once: each app release bakes in one public key, and a key is only
-    removed once the app versions carrying it are gone.
+    removed once the app versions carrying it are gone.  ``private_key`` is as stored:
+    sealed with the spool key ``key_id`` (base64 of the sealed text), or, if that is
+    None, a row from before sealing, in the clear.
     """
 
     id: int
     public_key: str
     private_key: str = attrs.field(repr=False)
     created_at: float
+    key_id: str | None = None
 
 
 @attrs.frozen
@@ -58,7 +63,7 @@ _DEVICE_COLUMNS: Final = (
     "id, server_uuid, realm_uuid, token_kind, token, ios_app_id, token_id, push_account_id,"
     " registered_at"
 )
-_KEY_COLUMNS: Final = "id, public_key, private_key, created_at"
+_KEY_COLUMNS: Final = "id, public_key, private_key, created_at, key_id"
 #: Registrations of one E2EE device take turns (:func:`~pushd.store.engine.serialize`).
 DEVICE_LOCK: Final = "zulip-e2ee-device"
 
@@ -78,7 +83,9 @@ def _device(row: Row) -> ZulipE2eeDevice:
 
 
 def _key(row: Row) -> ZulipBouncerKey:
-    return ZulipBouncerKey(int(row[0]), str(row[1]), str(row[2]), float(row[3]))
+    return ZulipBouncerKey(
+        int(row[0]), str(row[1]), str(row[2]), float(row[3]), optional_str(row[4])
+    )
 
 
 class ZulipE2eeQueries:
@@ -86,24 +93,56 @@ class ZulipE2eeQueries:
 
     engine: Engine
 
-    async def zulip_add_bouncer_key(self, public_key: str, private_key: str) -> ZulipBouncerKey:
-        """Store a key pair (base64); StoreError if the public key is there already."""
+    async def zulip_add_bouncer_key(
+        self, public_key: str, private_key: str, *, key_id: str | None
+    ) -> ZulipBouncerKey:
+        """Store a key pair (base64; the private key sealed with spool key ``key_id``, or
+        in the clear if None); StoreError if the public key is there already."""
         now = time.time()
 
         def tx(tx: Tx) -> int:
             row = tx.one(
-                "INSERT INTO zulip_bouncer_keys (public_key, private_key, created_at)"
-                " VALUES (?, ?, ?) RETURNING id",
-                (public_key, private_key, now),
+                "INSERT INTO zulip_bouncer_keys (public_key, private_key, created_at, key_id)"
+                " VALUES (?, ?, ?, ?) RETURNING id",
+                (public_key, private_key, now, key_id),
             )
             assert row is not None
             return int(row[0])
 
         try:
-            key_id = await self.engine.write(tx)
+            row_id = await self.engine.write(tx)
         except Conflict:
             raise StoreError("this bouncer key exists already") from None
-        return ZulipBouncerKey(key_id, public_key, private_key, now)
+        return ZulipBouncerKey(row_id, public_key, private_key, now, key_id)
+
+    async def zulip_reseal_bouncer_key(
+        self, key: ZulipBouncerKey, private_key: str, key_id: str
+    ) -> bool:
+        """Replace ``key``'s stored private key with one sealed under ``key_id``, unless
+        the row changed since ``key`` was read; whether it was replaced.
+
+        One UPDATE that compares the old value, so instances doing this at once (each
+        ``serve`` start on one PostgreSQL, a ``rotate-key`` beside them) never undo each
+        other: the first wins, the others find the row changed and leave it.
+        """
+        changed = await self.engine.write(
+            lambda tx: tx.execute(
+                "UPDATE zulip_bouncer_keys SET private_key = ?, key_id = ?"
+                " WHERE id = ? AND private_key = ?",
+                (private_key, key_id, key.id, key.private_key),
+            )
+        )
+        return changed > 0
+
+    async def zulip_bouncer_key_ids(self) -> set[str]:
+        """The spool keys bouncer private keys are sealed with (``rotate-key --prune``
+        keeps them)."""
+        rows = await self.engine.read(
+            lambda tx: tx.all(
+                "SELECT DISTINCT key_id FROM zulip_bouncer_keys WHERE key_id IS NOT NULL"
+            )
+        )
+        return {str(row[0]) for row in rows}
 
     async def zulip_bouncer_keys(self) -> list[ZulipBouncerKey]:
         rows = await self.engine.read(

@@ -14,7 +14,8 @@ chosen ``push_account_id``, is given a bouncer ``device_id`` at registration and
 
 Privacy: the sealed registration, the decrypted token (except masked) and
 ``encrypted_data`` never reach a log line or the disk; only the token and what sending
-needs are stored.
+needs are stored.  The bouncer's private keys rest sealed with the spool keys and are
+opened per registration, in memory (:mod:`.bouncer_keys`).
 
 The pure half (key pairs, token ids, opening a sealed registration, checking a push
 request) lives in :mod:`.e2ee_payloads`; its names are re-exported here.
@@ -29,6 +30,7 @@ from typing import Any, Final
 from pushd.config import AppConfig
 from pushd.dispatch import Dispatcher, Report
 from pushd.frontends.http import Reply, Request
+from pushd.frontends.zulip.bouncer_keys import open_private_key
 from pushd.frontends.zulip.e2ee_payloads import (
     FCM_PRIORITIES,
     TOKEN_ID_BYTES,
@@ -61,7 +63,8 @@ from pushd.frontends.zulip.wire import (
     success,
 )
 from pushd.model import Delivery, mask_token
-from pushd.store import Store, ZulipE2eeDevice, ZulipRealm, ZulipServer
+from pushd.spool.seal import SealError
+from pushd.store import Store, ZulipBouncerKey, ZulipE2eeDevice, ZulipRealm, ZulipServer
 
 __all__ = [
     "FCM_PRIORITIES",
@@ -91,6 +94,8 @@ log = logging.getLogger(__name__)
 #: ``PUSH_REGISTRATION_LIVENESS_TIMEOUT``: a sealed registration older than a day is
 #: refused, so one captured in transit cannot be replayed later.
 LIVENESS_SECONDS: Final = 24 * 3600
+#: The code of the 503 a registration gets when its bouncer key does not open.
+BOUNCER_KEY_UNAVAILABLE: Final = "BOUNCER_KEY_UNAVAILABLE"
 #: Fields each generation's ``e2ee/register`` reads (anything else is reported ignored).
 _REGISTER_FIELDS: Final = frozenset(
     {"realm_uuid", "token_id", "push_account_id", "encrypted_push_registration"}
@@ -161,7 +166,7 @@ class E2eeHandlers:
         key = None if has_control(public_key) else await self.store.zulip_bouncer_key(public_key)
         if key is None:
             raise ZulipError(400, "INVALID_BOUNCER_PUBLIC_KEY", "Invalid bouncer_public_key")
-        registration = open_registration(key.private_key, sealed)
+        registration = open_registration(self._private_key(key), sealed)
         # Zulip bounds the age only, not the future, and its timestamp is any integer:
         # compared, not subtracted, so one too large for a float cannot overflow.
         if registration.timestamp < self.clock() - LIVENESS_SECONDS:
@@ -195,6 +200,25 @@ class E2eeHandlers:
         if account is not None:
             return success(device_id=device_id, **extra)
         return success(**extra)
+
+    def _private_key(self, key: ZulipBouncerKey) -> str:
+        """The key pair's private key, opened with the spool keys; if it does not open
+        (its spool key gone from the key file), a 503 Zulip retries later, as it does
+        any 5xx: the request is sound, and the key file may yet be put back."""
+        try:
+            return open_private_key(self.dispatcher.keys, key)
+        except SealError as error:
+            log.error(
+                "Zulip E2EE: bouncer key %d cannot be opened (%s): registrations sealed "
+                "to it fail until the spool key file holds its key again",
+                key.id,
+                error,
+            )
+            raise ZulipError(
+                503,
+                BOUNCER_KEY_UNAVAILABLE,
+                "This push notification service cannot use this bouncer key now; try again later",
+            ) from None
 
     async def notify(self, request: Request, server: ZulipServer) -> Reply:
         """Forward every encrypted push at once; report counts and devices to forget."""
