@@ -6,10 +6,18 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+from pathlib import Path
 from typing import Any
 
 import trio
 import trustme
+
+from pushd.simulators.apns import ApnsSimulator
+from tests.conftest import OTHER_TOPIC, TOPIC, PushdFactory, app_entry, token
+
+#: The misbehaving app's device, and the healthy app's.
+BROKEN_DEVICE = token(1)
+HEALTHY_DEVICE = token(2)
 
 
 class LocalServer:
@@ -68,3 +76,26 @@ async def send_alert(pushd: Any, app: str, device: str) -> dict[str, Any]:
     answer = await pushd.send({"tokens": [device], "app": app, "alert": "hi"})
     result: dict[str, Any] = answer["results"][0]
     return result
+
+
+async def broken_and_healthy(
+    start_pushd: PushdFactory,
+    broken: str,
+    port: int,
+    simulator: ApnsSimulator,
+    key_file: Path,
+    ca_file: Path,
+    settings: dict[str, Any],
+) -> Any:
+    """pushd with app ``broken`` on the misbehaving server at ``port`` (its entry
+    updated with ``settings``; a value None drops that key) and app ``healthy`` on the
+    APNs simulator, a device registered with each
+    (:data:`BROKEN_DEVICE`, :data:`HEALTHY_DEVICE`)."""
+    entry = app_entry(broken, OTHER_TOPIC, f"https://127.0.0.1:{port}", key_file, ca_file)
+    entry.update(settings)
+    entry = {key: value for key, value in entry.items() if value is not None}
+    healthy = app_entry("healthy", TOPIC, f"https://127.0.0.1:{simulator.port}", key_file, ca_file)
+    pushd = await start_pushd(apps=[entry, healthy])
+    await pushd.register("b", BROKEN_DEVICE, app=broken)
+    await pushd.register("h", HEALTHY_DEVICE, app="healthy")
+    return pushd

@@ -13,8 +13,14 @@ import trio
 import trustme
 
 from pushd.simulators.apns import ApnsSimulator
-from tests.conftest import OTHER_TOPIC, TOPIC, PushdFactory, app_entry, token
-from tests.misbehaving import LocalServer, send_alert
+from tests.conftest import PushdFactory
+from tests.misbehaving import (
+    BROKEN_DEVICE,
+    HEALTHY_DEVICE,
+    LocalServer,
+    broken_and_healthy,
+    send_alert,
+)
 
 #: Bytes asked of the socket per read during the handshake.
 READ_SIZE = 1 << 16
@@ -88,24 +94,19 @@ async def test_a_refused_client_certificate_pauses_the_app_with_an_alarm(
     cert_file = tmp_path / "expired.pem"
     expired.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
     cert_file.chmod(0o600)
-    refused = app_entry(
-        "refused", OTHER_TOPIC, f"https://127.0.0.1:{refusing.port}", key_file, ca_file
-    )
-    for name in ("key_file", "key_id", "team_id"):
-        del refused[name]
-    refused.update(cert_file=str(cert_file), connections=1)
-    healthy = app_entry("healthy", TOPIC, f"https://127.0.0.1:{simulator.port}", key_file, ca_file)
-    pushd = await start_pushd(apps=[refused, healthy])
-    await pushd.register("r", token(1), app="refused")
-    await pushd.register("h", token(2), app="healthy")
+    pushd = await broken_and_healthy(
+        start_pushd, "refused", refusing.port, simulator, key_file, ca_file,
+        {"key_file": None, "key_id": None, "team_id": None, "cert_file": str(cert_file),
+         "connections": 1},
+    )  # fmt: skip
 
-    first = await send_alert(pushd, "refused", token(1))
+    first = await send_alert(pushd, "refused", BROKEN_DEVICE)
     assert first["status"] == "failed", first
     assert "refused the client certificate" in first["reason"]
-    later = await send_alert(pushd, "refused", token(1))
+    later = await send_alert(pushd, "refused", BROKEN_DEVICE)
     assert later["status"] == "retrying"
     assert "paused" in later["reason"]
-    assert (await send_alert(pushd, "healthy", token(2)))["status"] == "delivered"
+    assert (await send_alert(pushd, "healthy", HEALTHY_DEVICE))["status"] == "delivered"
     detail = (await pushd.client.get(pushd.url + "/healthz", headers=pushd.auth())).json()
     assert detail["apps"]["refused"]["state"] == "paused"
     assert detail["apps"]["healthy"]["state"] == "ok"

@@ -14,8 +14,15 @@ import trio
 import trustme
 
 from pushd.simulators.apns import ApnsSimulator
-from tests.conftest import OTHER_TOPIC, TOPIC, PushdFactory, app_entry, token
-from tests.misbehaving import TlsServer, send_alert, server_context
+from tests.conftest import PushdFactory
+from tests.misbehaving import (
+    BROKEN_DEVICE,
+    HEALTHY_DEVICE,
+    TlsServer,
+    broken_and_healthy,
+    send_alert,
+    server_context,
+)
 
 #: The dropping app's request_timeout: short, so a push that waits it out shows quickly.
 REQUEST_TIMEOUT = 1.0
@@ -53,19 +60,15 @@ async def test_an_upstream_that_drops_every_connection_fails_its_pushes_at_once(
     refused connect, and the healthy app delivers."""
     dropper = Dropper(server_context(ca))
     await nursery.start(dropper.serve)
-    dropping = app_entry(
-        "dropping", OTHER_TOPIC, f"https://127.0.0.1:{dropper.port}", key_file, ca_file
-    )
-    dropping.update(connections=1, request_timeout=REQUEST_TIMEOUT)
-    healthy = app_entry("healthy", TOPIC, f"https://127.0.0.1:{simulator.port}", key_file, ca_file)
-    pushd = await start_pushd(apps=[dropping, healthy])
-    await pushd.register("d", token(1), app="dropping")
-    await pushd.register("h", token(2), app="healthy")
+    pushd = await broken_and_healthy(
+        start_pushd, "dropping", dropper.port, simulator, key_file, ca_file,
+        {"connections": 1, "request_timeout": REQUEST_TIMEOUT},
+    )  # fmt: skip
 
     results = []
     for _ in range(SENDS):
-        results.append(await send_alert(pushd, "dropping", token(1)))
-        assert (await send_alert(pushd, "healthy", token(2)))["status"] == "delivered"
+        results.append(await send_alert(pushd, "dropping", BROKEN_DEVICE))
+        assert (await send_alert(pushd, "healthy", HEALTHY_DEVICE))["status"] == "delivered"
     assert [result["status"] for result in results] == ["retrying"] * SENDS
     # None waited out its request_timeout for a connection that never came.
     assert not any(result["reason"] == NO_CONNECTION for result in results), results
@@ -127,20 +130,16 @@ async def test_an_answer_without_end_is_cut_and_read_by_its_status(
     the answer read by its status (400: failed), and the healthy app delivers."""
     endless = Endless(server_context(ca))
     await nursery.start(endless.serve)
-    streaming = app_entry(
-        "streaming", OTHER_TOPIC, f"https://127.0.0.1:{endless.port}", key_file, ca_file
-    )
-    streaming.update(connections=1, request_timeout=REQUEST_TIMEOUT)
-    healthy = app_entry("healthy", TOPIC, f"https://127.0.0.1:{simulator.port}", key_file, ca_file)
-    pushd = await start_pushd(apps=[streaming, healthy])
-    await pushd.register("s", token(1), app="streaming")
-    await pushd.register("h", token(2), app="healthy")
-    answer = await pushd.send({"tokens": [token(1)], "app": "streaming", "alert": "hi"})
+    pushd = await broken_and_healthy(
+        start_pushd, "streaming", endless.port, simulator, key_file, ca_file,
+        {"connections": 1, "request_timeout": REQUEST_TIMEOUT},
+    )  # fmt: skip
+    answer = await pushd.send({"tokens": [BROKEN_DEVICE], "app": "streaming", "alert": "hi"})
     assert answer["results"][0] == {
-        "token": token(1),
+        "token": BROKEN_DEVICE,
         "app": "streaming",
         "status": "failed",
         "reason": "HTTP 400",
     }
-    answer = await pushd.send({"tokens": [token(2)], "app": "healthy", "alert": "hi"})
+    answer = await pushd.send({"tokens": [HEALTHY_DEVICE], "app": "healthy", "alert": "hi"})
     assert answer["results"][0]["status"] == "delivered"
