@@ -71,7 +71,7 @@ def run_store(
         return fail(held)
 
     async def main() -> int:
-        store = await open_store(where, upgrade=upgrade)
+        store = await open_store(where, upgrade=upgrade, operator=True)
         try:
             return await command(store, cfg)
         finally:
@@ -157,7 +157,7 @@ def cmd_copy(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         # Opening creates the schema in an empty database, and refuses an old one.
-        store = await open_store(target)
+        store = await open_store(target, operator=True)
         try:
             engine = store.engine
             assert isinstance(engine, PostgresEngine)

@@ -31,6 +31,7 @@ from pushd.store.postgres import LOCK_TIMEOUT_MS
 from tests.conftest import TOPIC, app_entry, token
 from tests.process import PushdProcess, start_pushd_process, write_config
 from tests.storefixtures import add_server
+from tests.trouble import spool_status
 
 #: Sends made at once while the spool is locked: more than one, fewer than the pool.
 SENDS = 2
@@ -126,3 +127,33 @@ async def test_a_locked_spool_is_a_prompt_503_and_pushd_serves_once_it_is_free(
         health = await client.get(process.url + "/healthz")
         assert health.status_code == 200, health.text
     await process.wait_for_line(r"store unavailable: lock_wait")
+
+
+async def test_an_operators_spool_status_waits_out_a_maintenance_lock(
+    tmp_path: Path, pg_url: str, locker: psycopg.Connection[Any]
+) -> None:
+    """The CLI has no caller waiting on it: ``pushd spool status`` under a lock held a
+    little longer than the daemon's LOCK_TIMEOUT_MS failed with "the store is
+    unavailable: lock_wait".  It now waits (up to OPERATOR_LOCK_TIMEOUT_MS) and
+    answers once the lock is gone."""
+    await trio.to_thread.run_sync(add_server, StoreConfig(url=pg_url, pool_size=1), "chat")
+    spool_key = tmp_path / "spool.key"
+    create_key_file(spool_key)
+    config = write_config(
+        tmp_path / "pushd.toml",
+        {"store": {"url": pg_url}, "spool": {"key_file": str(spool_key)}},
+    )
+    held = LOCK_TIMEOUT_MS / 1000 + 1.5
+    await trio.to_thread.run_sync(locker.execute, "LOCK TABLE spool IN ACCESS EXCLUSIVE MODE")
+    began = time.monotonic()
+    output: list[str] = []
+    async with trio.open_nursery() as nursery:
+
+        async def status() -> None:
+            output.append(await spool_status(config))
+
+        nursery.start_soon(status)
+        await trio.sleep(held)
+        await trio.to_thread.run_sync(locker.rollback)
+    assert time.monotonic() - began >= held
+    assert output == ["spool: empty\n"], output

@@ -14,6 +14,7 @@ No message content is stored in the clear: the spool seals what it keeps.
 
 from __future__ import annotations
 
+import functools
 import hmac
 from typing import TYPE_CHECKING
 
@@ -203,24 +204,37 @@ class Store(
         await self.engine.close()
 
 
-def open_engine_sync(config: StoreConfig) -> Engine:
-    """The engine ``config`` names (blocking: a thread, or the CLI)."""
+def open_engine_sync(config: StoreConfig, *, operator: bool = False) -> Engine:
+    """The engine ``config`` names (blocking: a thread, or the CLI); ``operator``: for
+    a CLI command, which waits longer for a lock another session holds."""
     if config.url is not None:
-        from pushd.store.postgres import PostgresEngine
+        from pushd.store.postgres import (
+            LOCK_TIMEOUT_MS,
+            OPERATOR_LOCK_TIMEOUT_MS,
+            PostgresEngine,
+        )
 
         return PostgresEngine.open_sync(
-            config.url, pool_size=config.pool_size, password_file=config.password_file
+            config.url,
+            pool_size=config.pool_size,
+            password_file=config.password_file,
+            lock_timeout_ms=OPERATOR_LOCK_TIMEOUT_MS if operator else LOCK_TIMEOUT_MS,
         )
     return SqliteEngine.open_sync(config.path, config.synchronous)
 
 
-async def open_store(config: StoreConfig, *, upgrade: bool = False) -> Store:
+async def open_store(
+    config: StoreConfig, *, upgrade: bool = False, operator: bool = False
+) -> Store:
     """Open the store ``config`` names, creating a new one at the current schema.
 
     An existing older schema is migrated only with ``upgrade`` (``pushd store
-    migrate``); otherwise StoreError says which command to run.
+    migrate``); otherwise StoreError says which command to run.  ``operator``: see
+    :func:`open_engine_sync`.
     """
-    engine = await trio.to_thread.run_sync(open_engine_sync, config)
+    engine = await trio.to_thread.run_sync(
+        functools.partial(open_engine_sync, config, operator=operator)
+    )
     try:
         await migrate(engine, upgrade=upgrade, hint=MIGRATE_COMMAND)
     except BaseException:

@@ -103,6 +103,9 @@ IDLE_IN_TRANSACTION_MS: Final = 30_000
 #: on (:func:`pushd.store.schema.migrate_tx`): an instance starting beside another's
 #: migration waits its turn.
 LOCK_TIMEOUT_MS: Final = 5_000
+#: The same for the CLI (an operator's ``spool status`` or ``purge``, no caller waiting):
+#: it waits out a maintenance lock rather than fail after 5 s, yet not for ever.
+OPERATOR_LOCK_TIMEOUT_MS: Final = 120_000
 #: While pushd serves, a store call not done this long after it began (its waits for a
 #: thread and a connection included) is given up: its connection is shut
 #: (:class:`StoreCall`), the call fails as ``stalled`` (503) and the pool replaces the
@@ -234,7 +237,12 @@ class PostgresEngine:
 
     @classmethod
     def open_sync(
-        cls, url: str, *, pool_size: int, password_file: str | None = None
+        cls,
+        url: str,
+        *,
+        pool_size: int,
+        password_file: str | None = None,
+        lock_timeout_ms: int = LOCK_TIMEOUT_MS,
     ) -> PostgresEngine:
         try:
             import psycopg_pool
@@ -247,7 +255,7 @@ class PostgresEngine:
         if "options" not in url:
             kwargs["options"] = (
                 f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
-                f" -c lock_timeout={LOCK_TIMEOUT_MS}"
+                f" -c lock_timeout={lock_timeout_ms}"
             )
         if password_file is not None:
             try:
