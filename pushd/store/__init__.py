@@ -208,11 +208,8 @@ def open_engine_sync(config: StoreConfig, *, operator: bool = False) -> Engine:
     """The engine ``config`` names (blocking: a thread, or the CLI); ``operator``: for
     a CLI command, which waits longer for a lock another session holds."""
     if config.url is not None:
-        from pushd.store.postgres import (
-            LOCK_TIMEOUT_MS,
-            OPERATOR_LOCK_TIMEOUT_MS,
-            PostgresEngine,
-        )
+        from pushd.store.pgsession import LOCK_TIMEOUT_MS, OPERATOR_LOCK_TIMEOUT_MS
+        from pushd.store.postgres import PostgresEngine
 
         return PostgresEngine.open_sync(
             config.url,

@@ -37,7 +37,6 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -53,6 +52,13 @@ from pushd.store.errors import (
 )
 from pushd.store.hop import run_on_thread
 from pushd.store.pgcall import StoreCall
+from pushd.store.pgsession import (
+    IDLE_IN_TRANSACTION_MS as IDLE_IN_TRANSACTION_MS,
+)
+from pushd.store.pgsession import LOCK_TIMEOUT_MS as LOCK_TIMEOUT_MS
+from pushd.store.pgsession import OPERATOR_LOCK_TIMEOUT_MS as OPERATOR_LOCK_TIMEOUT_MS
+from pushd.store.pgsession import TCP_SETTINGS as TCP_SETTINGS
+from pushd.store.pgsession import session_settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -76,36 +82,6 @@ UNREACHABLE_RECHECK: Final = 0.1
 #: stops until a request asks again (and a request then makes it try at once): the
 #: bound on how long pushd takes to see that the database is back.
 RECONNECT_TIMEOUT: Final = 5.0
-#: libpq's connect timeout (seconds) unless the URL sets one: without it a host that
-#: drops packets holds a connection attempt for TCP's minutes.
-CONNECT_TIMEOUT: Final = 5
-#: libpq's TCP settings unless the URL sets them: a database that vanished without a
-#: FIN or RST (a partition, a host gone) is noticed within about 30 s, not TCP's
-#: minutes to hours: keepalives on an idle connection, and a bound on unacknowledged
-#: data when one is waiting for an answer.
-TCP_SETTINGS: Final = {
-    "keepalives": 1,
-    "keepalives_idle": 10,
-    "keepalives_interval": 5,
-    "keepalives_count": 3,
-    "tcp_user_timeout": 30_000,  # milliseconds
-}
-#: The server ends a session left inside a transaction this long (milliseconds): pushd
-#: never waits inside one, so only a client that vanished mid-transaction is hit, and
-#: the spool rows its claim locked (``FOR UPDATE``) are free for the other instances
-#: again instead of locked for as long as the dead connection lingers.
-IDLE_IN_TRANSACTION_MS: Final = 30_000
-#: The server gives up a statement of pushd's that has waited this long (milliseconds)
-#: for a lock another session holds (an operator's ``LOCK TABLE``, ``ALTER TABLE`` or
-#: ``VACUUM FULL``, a stuck client's transaction): the request hears 503 ``lock_wait``
-#: within seconds instead of waiting as long as the lock is held, and its worker thread
-#: (one of ``pool_size``) is free for requests that need other tables.  Migrations wait
-#: on (:func:`pushd.store.schema.migrate_tx`): an instance starting beside another's
-#: migration waits its turn.
-LOCK_TIMEOUT_MS: Final = 5_000
-#: The same for the CLI (an operator's ``spool status`` or ``purge``, no caller waiting):
-#: it waits out a maintenance lock rather than fail after 5 s, yet not for ever.
-OPERATOR_LOCK_TIMEOUT_MS: Final = 120_000
 #: While pushd serves, a store call not done this long after it began (its waits for a
 #: thread and a connection included) is given up: its connection is shut
 #: (:class:`StoreCall`), the call fails as ``stalled`` (503) and the pool replaces the
@@ -248,20 +224,7 @@ class PostgresEngine:
             import psycopg_pool
         except ImportError:
             raise StoreError("PostgreSQL needs psycopg: pip install 'pushd[postgres]'") from None
-        kwargs: dict[str, Any] = {"autocommit": True}  # writes say BEGIN themselves
-        if "connect_timeout" not in url:
-            kwargs["connect_timeout"] = CONNECT_TIMEOUT
-        kwargs |= {name: value for name, value in TCP_SETTINGS.items() if name not in url}
-        if "options" not in url:
-            kwargs["options"] = (
-                f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
-                f" -c lock_timeout={lock_timeout_ms}"
-            )
-        if password_file is not None:
-            try:
-                kwargs["password"] = Path(password_file).read_text().strip()
-            except OSError as error:
-                raise StoreError(f"cannot read {password_file}: {error.strerror}") from None
+        kwargs = session_settings(url, lock_timeout_ms, password_file)
         pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
             url,
             kwargs=kwargs,
