@@ -25,6 +25,7 @@ from pushd.store import open_store
 from pushd.upstream.apns.jwt import write_p8
 from tests.pg import pg_url  # noqa: F401  (a fixture, for every test module)
 from tests.storefixtures import store, store_config, store_sections  # noqa: F401
+from tests.zulip_client import ZulipServer, realm
 
 FCM_PROJECT = "pushd-test"
 FCM_EMAIL = f"pushd@{FCM_PROJECT}.iam.gserviceaccount.com"
@@ -277,3 +278,22 @@ def start_bouncer(
         return pushd
 
     return start
+
+
+@pytest.fixture
+async def bouncer(
+    start_bouncer: Callable[..., Awaitable[Pushd]],
+    store_sections: dict[str, Any],  # noqa: F811 (the fixture imported above)
+) -> Pushd:
+    """pushd serving Zulip's bouncer (:func:`start_bouncer`) on each store backend; a
+    module whose tests need it otherwise defines its own."""
+    return await start_bouncer(store_sections)
+
+
+@pytest.fixture
+async def zulip(bouncer: Pushd) -> ZulipServer:
+    """A Zulip server registered with :func:`bouncer`, with one realm."""
+    server = ZulipServer(client=bouncer.client, services_url=bouncer.url)
+    assert (await server.register_server()).status_code == 200
+    assert (await server.upload_analytics([realm(1)])).status_code == 200
+    return server

@@ -91,22 +91,6 @@ def test_a_secret_opens_only_for_its_purpose(keys: SpoolKeys) -> None:
 # --- the store as a backup holds it ---------------------------------------------------------
 
 
-@pytest.fixture
-async def bouncer(
-    start_bouncer: Callable[..., Awaitable[Pushd]], store_sections: dict[str, Any]
-) -> Pushd:
-    """pushd serving Zulip's bouncer on each store backend."""
-    return await start_bouncer(store_sections)
-
-
-@pytest.fixture
-async def zulip(bouncer: Pushd) -> ZulipServer:
-    server = ZulipServer(client=bouncer.client, services_url=bouncer.url)
-    assert (await server.register_server()).status_code == 200
-    assert (await server.upload_analytics([realm(1)])).status_code == 200
-    return server
-
-
 def cli_config(bouncer: Pushd, tmp_path: Path) -> str:
     """A config file naming the daemon's store and spool key file, for the CLI."""
     store = bouncer.config.store

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -52,23 +51,6 @@ def refused(response: httpx.Response, code: str = "BAD_REQUEST") -> str:
     assert body["code"] == code, body
     msg: str = body["msg"]
     return msg
-
-
-@pytest.fixture
-async def bouncer(
-    start_bouncer: Callable[..., Awaitable[Pushd]], store_sections: dict[str, Any]
-) -> Pushd:
-    """pushd serving Zulip with an APNs and an FCM app, on each store backend."""
-    return await start_bouncer(store_sections)
-
-
-@pytest.fixture
-async def zulip(bouncer: Pushd) -> ZulipServer:
-    """A registered Zulip server with one realm."""
-    server = ZulipServer(client=bouncer.client, services_url=bouncer.url)
-    assert (await server.register_server()).status_code == 200
-    assert (await server.upload_analytics([realm(1)])).status_code == 200
-    return server
 
 
 @pytest.fixture
