@@ -68,16 +68,8 @@ def error(code: str, msg: str, **data: Any) -> dict[str, Any]:
 
 @pytest.fixture
 async def bouncer(start_bouncer: Callable[..., Awaitable[Pushd]]) -> Pushd:
+    """SQLite only (conftest's ``zulip`` registers its server with this one)."""
     return await start_bouncer()
-
-
-@pytest.fixture
-async def zulip(bouncer: Pushd) -> ZulipServer:
-    """A registered Zulip server with one realm."""
-    server = ZulipServer(client=bouncer.client, services_url=bouncer.url)
-    assert (await server.register_server()).status_code == 200
-    assert (await server.upload_analytics([realm(1)])).status_code == 200
-    return server
 
 
 async def add_key(pushd: Pushd, capsys: pytest.CaptureFixture[str]) -> str:

@@ -25,6 +25,7 @@ from pushd.config.protocol_checks import (
 )
 from pushd.config.root import Config
 from pushd.config.sections import MetricsConfig
+from pushd.config.settings import cert_auth
 from pushd.config.values import (
     check_file,
     check_networks,
@@ -36,7 +37,6 @@ from pushd.spool.seal import SealError, key_file_missing, read_keys
 from pushd.tls import server_context
 from pushd.upstream.apns import jwt as apns_jwt
 from pushd.upstream.apns.certificate import load_client_certificate
-from pushd.upstream.apns.settings import CertAuth
 from pushd.upstream.fcm.service_account import load_service_account
 
 #: An app's settings that name files.
@@ -87,9 +87,16 @@ def lookup_problems(config: Config) -> list[str]:
 
 def check(config: Config) -> list[str]:
     """Everything wrong with ``config`` that only the filesystem can tell; empty if fine."""
+    return check_apart(config)[0]
+
+
+def check_apart(config: Config) -> tuple[list[str], dict[str, list[str]]]:
+    """:func:`check`'s problems, and among them each app's :func:`credential_problems`
+    by app name (``serve``'s start treats those apart: :func:`load_serving`)."""
+    credentials: dict[str, list[str]] = {}
     problems = lookup_problems(config)
     if problems:
-        return problems
+        return problems, credentials
     server = config.server
     if not 0 <= server.port < 65536:
         problems.append("server.port: must be between 1 and 65535 (0: any free port)")
@@ -123,7 +130,7 @@ def check(config: Config) -> list[str]:
         if app.name in seen:
             problems.append(f"apps[{index}].name: {app.name!r} is used by an earlier app")
         seen.add(app.name)
-        problems += _check_app(index, app)
+        problems += _check_app(index, app, credentials)
     for key, limit in (
         ("native.rate_limit", config.native.rate_limit),
         ("rocketchat.rate_limit", config.rocketchat.rate_limit),
@@ -135,7 +142,7 @@ def check(config: Config) -> list[str]:
     problems += check_mattermost(config)
     problems += check_rocketchat(config)
     problems += check_matrix(config)
-    return problems
+    return problems, credentials
 
 
 def _check_retry(config: Config) -> list[str]:
@@ -249,7 +256,7 @@ def _check_fcm_app(key: str, app: AppConfig) -> list[str]:
     return problems
 
 
-def _check_app(index: int, app: AppConfig) -> list[str]:
+def _check_app(index: int, app: AppConfig, credentials: dict[str, list[str]]) -> list[str]:
     key = f"apps[{index}]"
     problems: list[str] = []
     if not app.name:
@@ -262,7 +269,8 @@ def _check_app(index: int, app: AppConfig) -> list[str]:
         problems.append(f"{key}.request_timeout: must be positive")
     if app.upstream_url is not None and not app.upstream_url.startswith("https://"):
         problems.append(f"{key}.upstream_url: must start with https://")
-    problems += credential_problems(index, app)
+    credentials[app.name] = credential_problems(index, app)
+    problems += credentials[app.name]
     if not app.redacted_text.strip() or len(app.redacted_text) > MAX_REDACTED_TEXT:
         problems.append(f"{key}.redacted_text: 1 to {MAX_REDACTED_TEXT} characters")
     problems += check_proxy(key, app.proxy, app.proxy_password_file)
@@ -331,11 +339,7 @@ def _ca_loader(ca_file: str) -> Callable[[ssl.SSLContext], None]:
 
 
 def _certificate_loader(app: AppConfig) -> Callable[[ssl.SSLContext], None]:
-    assert app.cert_file is not None
-    password = None
-    if app.cert_password_file is not None:
-        password = Path(app.cert_password_file).read_bytes().strip()
-    auth = CertAuth(cert_file=app.cert_file, password=password)
+    auth = cert_auth(app)
     return lambda context: load_client_certificate(context, auth)
 
 

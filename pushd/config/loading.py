@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from pushd.config.checks import check, credential_problems, lookup_problems
+from pushd.config.checks import check, check_apart
 from pushd.config.protocols import ZulipPinConfig
 from pushd.config.root import Config, ConfigError
 from pushd.typed import CONVERTER, describe_error
@@ -166,10 +166,9 @@ def load_serving(path: str | Path, text: bytes | None = None) -> tuple[Config, d
     Those apps start paused instead of stopping every app (:mod:`pushd.unusable`);
     any other problem still refuses the config, as :func:`load_checked` does."""
     config = load(path, text)
-    problems = check(config)
-    if lookup_problems(config):  # not an app's alone: its file name is wrong
-        raise ConfigError(problems)
-    found = {app.name: credential_problems(i, app) for i, app in enumerate(config.apps)}
+    # A file name the system cannot look up is the config's fault: it is no app's
+    # credential problem (check_apart returns none then), so it refuses the start.
+    problems, found = check_apart(config)
     theirs = {problem for listed in found.values() for problem in listed}
     if any(problem not in theirs for problem in problems):
         raise ConfigError(problems)

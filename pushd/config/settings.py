@@ -55,14 +55,21 @@ def fcm_settings(app: AppConfig, upstream: UpstreamConfig) -> FcmSettings:
     )
 
 
+def cert_auth(app: AppConfig) -> CertAuth:
+    """The client certificate of an APNs app with ``cert_file`` (reads its password
+    file): what its client and the config checks load."""
+    assert app.cert_file is not None
+    password = None
+    if app.cert_password_file is not None:
+        password = Path(app.cert_password_file).read_bytes().strip()
+    return CertAuth(cert_file=app.cert_file, password=password)
+
+
 def apns_settings(app: AppConfig, upstream: UpstreamConfig) -> ApnsSettings:
     """Build the APNs client settings of a checked app (reads its key files)."""
     auth: TokenAuth | CertAuth
     if app.cert_file is not None:
-        password = None
-        if app.cert_password_file is not None:
-            password = Path(app.cert_password_file).read_bytes().strip()
-        auth = CertAuth(cert_file=app.cert_file, password=password)
+        auth = cert_auth(app)
     else:
         assert app.key_file and app.key_id and app.team_id  # guaranteed by check()
         auth = TokenAuth(
