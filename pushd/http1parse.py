@@ -140,6 +140,8 @@ class RequestReader:
         self._fields: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
         self._spanning_bytes = 0
+        #: Whether a request began during the current :meth:`feed`.
+        self._begun = False
 
     @property
     def in_message(self) -> bool:
@@ -156,6 +158,7 @@ class RequestReader:
         if self.stopped:
             return
         spanning = self._in_head
+        self._begun = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as error:
@@ -167,7 +170,10 @@ class RequestReader:
         except httptools.HttpParserError:
             self._stop(None)
         else:
-            if self._in_head and spanning:
+            # Only a head that was under way before this read and is still open after
+            # it spanned all of it; one begun in this read (after pipelined requests)
+            # holds only its tail, which the next reads' count bounds.
+            if self._in_head and spanning and not self._begun:
                 self._spanning_bytes += len(data)
                 if self._spanning_bytes > MAX_HEAD_BYTES:
                     self._stop(HeadTooLarge())
@@ -183,6 +189,7 @@ class RequestReader:
 
     def on_message_begin(self) -> None:
         self._in_head = True
+        self._begun = True
         self._target = []
         self._fields = []
         self._head_bytes = _REQUEST_LINE_OVERHEAD

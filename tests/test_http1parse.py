@@ -204,3 +204,16 @@ def test_a_head_spanning_reads_is_bounded_by_what_was_read() -> None:
         assert reader.error is None
         reader.feed(b"y" * 1000)
     assert (reader.error, reader.stopped) == (431, True)
+
+
+def test_pipelined_requests_split_across_reads_are_not_taken_for_a_long_head() -> None:
+    # Each read ends inside a request's head and holds hundreds of whole requests before
+    # it; only the bytes of one head count against its limit, not the whole read (every
+    # such read after the first was a 431, closing a pipelining client's connection).
+    reader = RequestReader(Holder(Router(ROUTES, max_body_bytes=64)))
+    stream = b"GET /v1/echo HTTP/1.1\r\nhost: a\r\n\r\n" * 2000
+    read = 20_000  # over MAX_HEAD_BYTES, and not a multiple of one request
+    for start in range(0, len(stream), read):
+        reader.feed(stream[start : start + read])
+        assert reader.error is None
+    assert len(reader.ready) == 2000
