@@ -88,6 +88,14 @@ BATCHED = Plan(
         Scenario("matrix-4", 64, MATRIX_4_REQUESTS, 5, 20.0),
     ),
 )
+#: Matrix notifies with one device a request alone, in long windows (``--plan matrix``):
+#: the row issue 15 compares with Sygnal, long enough for a sampling profiler
+#: (``py-spy record --pid``) attached to pushd to see nothing else.
+MATRIX_LONG_REQUESTS = 60000
+MATRIX = Plan(
+    warmups=(Scenario("matrix", 16, 2000, 5, 15.0),),
+    scenarios=(Scenario("matrix", 64, MATRIX_LONG_REQUESTS, 5, 30.0),),
+)
 #: One FCM device a request (``--plan fcmone``), at 16 and 64 concurrent: the path of
 #: an Android user's push, whose concurrent requests leave in one upstream batch.  The
 #: FCM simulator takes about as much CPU as pushd (its own figure is not pushd's).
@@ -146,6 +154,7 @@ PLANS = {
     "onedev": ONEDEV,
     "fanout": FANOUT,
     "batched": BATCHED,
+    "matrix": MATRIX,
     "fcmone": FCMONE,
     "latency": LATENCY,
     "quick": QUICK,

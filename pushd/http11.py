@@ -53,6 +53,7 @@ from pushd.frontends.http import Network, in_networks
 from pushd.heap import settle
 from pushd.http1conn import RECEIVE_BYTES, Connection
 from pushd.http1parse import DRAIN_BYTES, MAX_HEAD_BYTES, MAX_HEADERS
+from pushd.rawsocket import SocketIO
 from pushd.routing import Router
 
 __all__ = [
@@ -211,12 +212,17 @@ class HttpServer:
         except OSError:
             peer = None
         stream: trio.abc.Stream = socket_stream
+        io: SocketIO | None = None
         if self.ssl_context is not None:
             stream = trio.SSLStream(
                 socket_stream, self.ssl_context, server_side=True, https_compatible=True
             )
+        else:
+            io = SocketIO(socket_stream.socket.fileno())
         trusted = self.settings.trusted_proxies  # looked at once per connection
-        connection = Connection(self, stream, peer, bool(trusted) and in_networks(peer, trusted))
+        connection = Connection(
+            self, stream, peer, bool(trusted) and in_networks(peer, trusted), io=io
+        )
         self._connections.add(connection)
         try:
             await connection.run()

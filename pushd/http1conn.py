@@ -34,6 +34,7 @@ import trio
 from pushd.forwarded import forwarded_client
 from pushd.frontends.http import Reply, Request
 from pushd.http1parse import MAX_HEAD_BYTES, MAX_HEADERS, Message, RequestReader
+from pushd.rawsocket import SocketIO
 from pushd.requestid import REQUEST_ID, new_request_id
 from pushd.routing import Router, error_reply
 
@@ -88,6 +89,9 @@ class Connection:
     peer: str | None
     #: Whether ``peer`` is a trusted proxy, whose forwarding headers name the client.
     via_proxy: bool = False
+    #: A plain TCP connection's socket, read and written directly (:mod:`pushd.rawsocket`);
+    #: None for TLS, which goes through ``stream``.
+    io: SocketIO | None = None
     reader: RequestReader = attrs.field(init=False)
     #: Set while waiting for a request (or the rest of its head): shutdown cancels it,
     #: which closes the connection between requests, never while one is answered.
@@ -108,16 +112,22 @@ class Connection:
         """Serve requests until the client, a timeout, an error or shutdown ends it."""
         with self._scope:
             try:
+                io = self.io
                 while (message := await self._next_message()) is not None:
                     if not await self._serve(message):
                         return
+                    if io is not None:
+                        await io.turn()
             except _ClientGone:
                 return
 
     async def _receive(self) -> bytes:
         """The next bytes from the client; :class:`_ClientGone` at its end of stream."""
         try:
-            data = await self.stream.receive_some(RECEIVE_BYTES)
+            io = self.io
+            data = await (
+                self.stream.receive_some(RECEIVE_BYTES) if io is None else io.receive(RECEIVE_BYTES)
+            )
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             raise _ClientGone from None
         if not data:
@@ -168,7 +178,8 @@ class Connection:
         """Write ``data``; a client that stops reading for ``read_timeout`` is dropped."""
         self.expires_at = trio.current_time() + self.server.settings.read_timeout
         try:
-            await self.stream.send_all(data)
+            io = self.io
+            await (self.stream.send_all(data) if io is None else io.send_all(data))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             raise _ClientGone from None
 

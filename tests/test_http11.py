@@ -66,6 +66,19 @@ async def slow(request: Request) -> Reply:
     return json_reply(200, {"slow": True})
 
 
+#: The order in which :func:`order`'s requests were handled, by the path's ``who``.
+ORDER: list[str] = []
+#: Set by :func:`order` at its first request.
+ORDERED: dict[str, trio.Event] = {}
+
+
+async def order(request: Request) -> Reply:
+    """Answers without ever waiting, as a cheap route does."""
+    ORDER.append(request.params["who"])
+    ORDERED["first"].set()
+    return Reply(200, b"", content_type="text/plain")
+
+
 def plain_error(status: int, code: str, message: str) -> Reply:
     return Reply(status, f"{code}: {message}".encode(), content_type="text/plain")
 
@@ -79,6 +92,7 @@ ROUTES = [
     Route("GET", "/hooks/{secret}/refused", refused, "refused", error_reply=plain_error),
     Route("GET", "/big", big, "big"),
     Route("GET", "/slow", slow, "slow"),
+    Route("GET", "/order/{who}", order, "order"),
 ]
 
 
@@ -305,6 +319,40 @@ async def test_chunked_bodies_and_pipelined_requests(running: Running) -> None:
     assert json.loads(answers[0]["body"])["size"] == 11
     assert json.loads(answers[1]["body"])["params"] == {"secret": "a"}
     await stream.aclose()
+
+
+async def test_a_client_pipelining_a_flood_does_not_hold_the_others_up(
+    running: Running,
+) -> None:
+    """Requests already read are served back to back without a wait, but a connection
+    yields to the others every few of them: another client's one request is answered
+    long before a flood of thousands sent ahead of it (it waited for all of them
+    before, the whole of every 64 KiB read)."""
+    flood = 4000
+    ORDER.clear()
+    ORDERED["first"] = trio.Event()
+    a = await running.connect()
+    answered: list[int] = []
+
+    async def flood_a() -> None:
+        await a.send_all(b"GET /order/a HTTP/1.1\r\nhost: x\r\n\r\n" * flood)
+
+    async def read_a() -> None:
+        answers = await exchange(a, b"", flood)
+        answered.append(len(answers))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flood_a)
+        nursery.start_soon(read_a)
+        await ORDERED["first"].wait()
+        b = await running.connect()
+        (answer,) = await exchange(b, b"GET /order/b HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert answer["status"] == 200
+    assert answered == [flood]
+    assert ORDER.count("a") == flood
+    assert ORDER.index("b") < flood // 4, ORDER.index("b")
+    await a.aclose()
+    await b.aclose()
 
 
 async def test_expect_100_continue(running: Running) -> None:
