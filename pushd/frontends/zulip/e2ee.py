@@ -96,6 +96,10 @@ log = logging.getLogger(__name__)
 LIVENESS_SECONDS: Final = 24 * 3600
 #: The code of the 503 a registration gets when its bouncer key does not open.
 BOUNCER_KEY_UNAVAILABLE: Final = "BOUNCER_KEY_UNAVAILABLE"
+#: A bouncer key that does not open is logged as an ERROR at its first refused request,
+#: then at most once per this many seconds with the count refused since: every device
+#: of a realm re-registers, so one line per request would flood the log.
+KEY_ERROR_LOG_SECONDS: Final = 60.0
 #: Fields each generation's ``e2ee/register`` reads (anything else is reported ignored).
 _REGISTER_FIELDS: Final = frozenset(
     {"realm_uuid", "token_id", "push_account_id", "encrypted_push_registration"}
@@ -141,6 +145,9 @@ class E2eeHandlers:
         self.app_for = app_for
         self.push_status = push_status
         self.clock = clock
+        #: Bouncer key id -> when its failure to open was last logged as an ERROR, and
+        #: how many requests it refused since.
+        self._unopened: dict[int, tuple[float, int]] = {}
 
     async def _realm(self, server: ZulipServer, realm_uuid: str, path: str) -> ZulipRealm:
         """Unlike legacy pushes, E2EE needs a known realm: 403 lets the server retry."""
@@ -208,12 +215,20 @@ class E2eeHandlers:
         try:
             return open_private_key(self.dispatcher.keys, key)
         except SealError as error:
-            log.error(
-                "Zulip E2EE: bouncer key %d cannot be opened (%s): registrations sealed "
-                "to it fail until the spool key file holds its key again",
-                key.id,
-                error,
-            )
+            now = self.clock()
+            logged_at, since = self._unopened.get(key.id, (None, 0))
+            if logged_at is not None and now - logged_at < KEY_ERROR_LOG_SECONDS:
+                self._unopened[key.id] = (logged_at, since + 1)
+                log.debug("Zulip E2EE: bouncer key %d still cannot be opened", key.id)
+            else:
+                self._unopened[key.id] = (now, 0)
+                log.error(
+                    "Zulip E2EE: bouncer key %d cannot be opened (%s): registrations sealed "
+                    "to it fail until the spool key file holds its key again%s",
+                    key.id,
+                    error,
+                    f" ({since} more refused since the last such line)" if since else "",
+                )
             raise ZulipError(
                 503,
                 BOUNCER_KEY_UNAVAILABLE,
