@@ -18,7 +18,8 @@ Rocket.Chat retries after 1, 2, 4, 8 and 16 minutes.  Rocket.Chat awaits each to
 turn, so pushd answers within :data:`DELIVER_DEADLINE` instead of holding the request
 through retries of its own.
 
-The APNs and FCM messages, VoIP pushes and the apps' ``content`` modes are
+The body is parsed by :mod:`pushd.frontends.rocketchat_wire`; the APNs and FCM
+messages, VoIP pushes and the apps' ``content`` modes are
 :mod:`pushd.frontends.rocketchat_payloads`'s.
 
 No double deliveries.  Rocket.Chat retries every non-2xx, so once a push is pushd's (in
@@ -32,10 +33,9 @@ from __future__ import annotations
 
 import hmac
 import logging
-import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import Literal
 
 import attrs
 
@@ -53,6 +53,7 @@ from pushd.frontends.rocketchat_payloads import (
     build_fcm_push,
     for_content,
 )
+from pushd.frontends.rocketchat_wire import GatewayError, bad, parse_body
 from pushd.model import Delivery, Failed, RetryLater, mask_token
 from pushd.store import Store
 
@@ -70,25 +71,12 @@ RETRY_AFTER_SECONDS = 60
 #: Largest request body.  A push is a few hundred bytes of options plus the ``payload``
 #: that becomes ``ejson``; whatever the upstream can carry (4 KiB) fits with room.
 MAX_BODY_BYTES = 32 * 1024
-#: A UTF-16 surrogate left in a decoded string: JSON decoding joins whole pairs, so
-#: whatever remains is half of one.
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def late_ref(server: str, app: str, token: str) -> str:
     """The name a dead verdict for this device is kept under until the server's next
     push to it (JSON: no choice of the strings can name another device's verdict)."""
     return jsonutil.key_text("rocketchat", server, app, token)
-
-
-class GatewayError(Exception):
-    """A request the gateway refuses; becomes a JSON error reply with ``status``."""
-
-    def __init__(self, status: int, message: str, *, retry_after: bool = False) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.retry_after = retry_after
 
 
 def error_reply(status: int, message: str, error_id: str, *, retry_after: bool = False) -> Reply:
@@ -116,113 +104,6 @@ def serving_error_reply(status: int, code: str, message: str) -> Reply:
     times over half an hour.
     """
     return error_reply(422 if status == 413 else status, message, code)
-
-
-# --- the request ----------------------------------------------------------------------
-
-
-def _bad(message: str) -> GatewayError:
-    return GatewayError(422, message)
-
-
-def _get(options: Mapping[str, Any], name: str, kind: type, path: str = "options") -> Any:
-    """``options[name]`` if it is a ``kind`` (None when absent or null); 422 otherwise.
-
-    The message names the field, never its value (values are message content).
-    """
-    value = options.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise _bad(f"{path}.{name}: must be a {kind.__name__}")
-    return value
-
-
-def _cut_text(options: Mapping[str, Any], name: str) -> str | None:
-    """``title`` or ``text``, less any half of a UTF-16 surrogate pair.
-
-    Rocket.Chat cuts both by UTF-16 code units (``truncateString`` in ``PushClass.send``),
-    and releases before its cut learned about surrogate pairs send the first half of an
-    emoji the cut splits, as a lone escape no UTF-8 can carry.  The half is dropped, as
-    the newer cut drops the whole emoji; a 422 would lose the push.
-    """
-    value: str | None = _get(options, name, str)
-    if value is None or _LONE_SURROGATE.search(value) is None:
-        return value
-    return _LONE_SURROGATE.sub("", value)
-
-
-def _not_id(options: Mapping[str, Any]) -> int | None:
-    """``notId``: a number on the wire; a numeric string is accepted as Android's app does."""
-    value = options.get("notId")
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            value = int(value)
-        except ValueError:
-            raise _bad("options.notId: must be an integer") from None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise _bad("options.notId: must be an integer")
-    return value
-
-
-def _encode(value: Any, field: str) -> str:
-    """``value`` as compact JSON (what ``EJSON.stringify`` gives for plain JSON)."""
-    try:
-        text = jsonutil.dumps(value)
-        text.encode()
-    except (ValueError, RecursionError):  # NaN, lone surrogates (UnicodeEncodeError)
-        raise _bad(f"{field}: not encodable as JSON") from None
-    return text
-
-
-def parse_body(body: bytes) -> GatewayPush:
-    """Parse and check a ``{token, options}`` body; GatewayError(422) naming the field."""
-    try:
-        document = jsonutil.loads(body)
-    except RecursionError:
-        raise _bad("the body is nested too deeply") from None
-    except ValueError:  # bad JSON, bad UTF-8, NaN, Infinity, numbers out of range
-        raise _bad("the body is not valid JSON") from None
-    if not isinstance(document, dict):
-        raise _bad("the body must be a JSON object")
-    token = document.get("token")
-    if not isinstance(token, str) or not token:
-        raise _bad("token: missing")
-    options = document.get("options")
-    if not isinstance(options, dict):
-        raise _bad("options: missing")
-    apn = _get(options, "apn", dict) or {}
-    gcm = _get(options, "gcm", dict) or {}
-    badge = _get(options, "badge", int)
-    if badge is not None and badge < 0:
-        raise _bad("options.badge: must be 0 or more")
-    expiration = _get(apn, "expirationSeconds", int, "options.apn")
-    if expiration is not None and expiration < 0:
-        raise _bad("options.apn.expirationSeconds: must be 0 or more")
-    content_available = options.get("contentAvailable")
-    if content_available not in (None, True, False, 0, 1):
-        raise _bad("options.contentAvailable: must be a boolean")
-    payload = options.get("payload")
-    return GatewayPush(
-        token=token,
-        title=_cut_text(options, "title"),
-        text=_cut_text(options, "text"),
-        badge=badge,
-        sound=_get(options, "sound", str),
-        not_id=_not_id(options),
-        ejson=None if payload is None else _encode(payload, "options.payload"),
-        sender=_get(options, "from", str),
-        topic=_get(options, "topic", str),
-        content_available=bool(content_available),
-        apn_category=_get(apn, "category", str, "options.apn") or None,
-        apn_expiration_seconds=expiration,
-        gcm_style=_get(gcm, "style", str, "options.gcm"),
-        gcm_image=_get(gcm, "image", str, "options.gcm"),
-    )
 
 
 # --- the handlers ------------------------------------------------------------------------
@@ -326,7 +207,7 @@ class RocketChatGateway:
         for FCM."""
         if provider == "apn":
             if not push.topic:
-                raise _bad("options.topic: missing")
+                raise bad("options.topic: missing")
             apps = [app for app in self.config.apps if app.provider == "apns"]
             for app in apps:
                 if app.topic == push.topic:
@@ -337,12 +218,12 @@ class RocketChatGateway:
                     if app.topic == bundle:
                         return app, True
             log.warning("Rocket.Chat server %s: no APNs app has this topic", server.name)
-            raise _bad("options.topic: no app with this topic is configured")
+            raise bad("options.topic: no app with this topic is configured")
         name = server.fcm_app or self.config.rocketchat.fcm_app
         fcm_app = None if name is None else self.config.app(name)
         if fcm_app is None:
             log.warning("Rocket.Chat server %s: no FCM app is configured for it", server.name)
-            raise _bad("no FCM app is configured for this server")
+            raise bad("no FCM app is configured for this server")
         return fcm_app, False
 
     async def send(self, request: Request, server: RocketChatServer, provider: Provider) -> Reply:
@@ -357,7 +238,7 @@ class RocketChatGateway:
                 else build_fcm_push(push, app, now)
             )
         except PayloadError as error:
-            raise _bad(str(error)) from None
+            raise bad(str(error)) from None
         ref = late_ref(server.name, app.name, push.token)
         verdict = (await self.dispatcher.verdicts.late_verdicts([ref])).get(ref)
         if verdict is not None:
