@@ -49,6 +49,7 @@ from h2.exceptions import H2Error
 from pushd.upstream.h2answers import AnswerReader
 from pushd.upstream.h2streams import CONNECTION_WINDOW
 from pushd.upstream.h2types import ConnectionFailed, Peer
+from pushd.upstream.tlsio import TlsSocket
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class PoolConnection(AnswerReader):
 
     def __init__(
         self,
-        sock: trio.SSLStream[trio.SocketStream],
+        sock: TlsSocket,
         *,
         peer: Peer,
         app: str,

@@ -21,6 +21,7 @@ import trio
 from pushd.upstream.h2conn import PoolConnection
 from pushd.upstream.h2types import ConnectionFailed, Peer
 from pushd.upstream.proxy import Proxy, open_tunnel
+from pushd.upstream.tlsio import TlsSocket
 
 #: TCP + TLS + first SETTINGS must complete within this many seconds.
 CONNECT_TIMEOUT = 10.0
@@ -119,9 +120,7 @@ class Connector:
                 tcp = await open_tunnel(self.proxy, self.host, self.port)
             else:
                 tcp = await trio.open_tcp_stream(self.host, self.port)
-            sock = trio.SSLStream(
-                tcp, self.ssl_context, server_hostname=self.host, https_compatible=True
-            )
+            sock = TlsSocket(tcp, self.ssl_context, self.host)
             try:
                 await sock.do_handshake()
                 if sock.selected_alpn_protocol() != "h2":
