@@ -29,6 +29,25 @@ import trio
 REQUESTS_PER_TURN: Final = 8
 
 
+async def write_all(fd: int, data: bytes) -> bool:
+    """Write all of ``data`` to the non-blocking descriptor ``fd``, waiting for room
+    only when it would block; whether it had to wait.  Errors are the system's."""
+    try:
+        sent = os.write(fd, data)
+    except BlockingIOError:
+        sent = 0
+    if sent == len(data):
+        return False
+    view = memoryview(data)
+    while sent < len(view):
+        await trio.lowlevel.wait_writable(fd)
+        try:
+            sent += os.write(fd, view[sent:])
+        except BlockingIOError:
+            continue
+    return True
+
+
 @attrs.define(eq=False)
 class SocketIO:
     """The file descriptor of a connected, non-blocking TCP socket, read and written
@@ -55,21 +74,8 @@ class SocketIO:
 
     async def send_all(self, data: bytes) -> None:
         """Write all of ``data``, waiting for room in the socket's buffer as needed."""
-        fd = self.fd
-        try:
-            sent = os.write(fd, data)
-        except BlockingIOError:
-            sent = 0
-        if sent == len(data):
-            return
-        view = memoryview(data)
-        while sent < len(view):
+        if await write_all(self.fd, data):
             self._unyielded = 0
-            await trio.lowlevel.wait_writable(fd)
-            try:
-                sent += os.write(fd, view[sent:])
-            except BlockingIOError:
-                continue
 
     async def turn(self) -> None:
         """Called once per request served: yield to the other tasks if this

@@ -27,6 +27,8 @@ from typing import Final
 
 import trio
 
+from pushd.rawsocket import write_all
+
 #: Bytes read from the socket at a time (the h2 reader's own read size is what it asks).
 READ_BYTES: Final = 64 * 1024
 
@@ -128,17 +130,11 @@ class TlsSocket(trio.abc.AsyncResource):
             return
         self._writing = True
         try:
-            fd = self._fd
             while self._outgoing.pending:
-                data = memoryview(self._outgoing.read())
-                sent = 0
-                while sent < len(data):
-                    try:
-                        sent += os.write(fd, data[sent:])
-                    except BlockingIOError:
-                        await trio.lowlevel.wait_writable(fd)
-                    except OSError as exc:
-                        raise trio.BrokenResourceError from exc
+                try:
+                    await write_all(self._fd, self._outgoing.read())
+                except OSError as exc:
+                    raise trio.BrokenResourceError from exc
         finally:
             self._writing = False
             self._turn.unpark()
