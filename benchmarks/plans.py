@@ -96,6 +96,13 @@ MATRIX = Plan(
     warmups=(Scenario("matrix", 16, 2000, 5, 15.0),),
     scenarios=(Scenario("matrix", 64, MATRIX_LONG_REQUESTS, 5, 30.0),),
 )
+#: The same with 4 devices a request (``--plan matrix4``): what each further device
+#: costs, for a profiler (Sygnal's batched row).
+MATRIX4_LONG_REQUESTS = 80000
+MATRIX4 = Plan(
+    warmups=(Scenario("matrix-4", 16, 1000, 5, 15.0),),
+    scenarios=(Scenario("matrix-4", 64, MATRIX4_LONG_REQUESTS, 5, 30.0),),
+)
 #: One FCM device a request (``--plan fcmone``), at 16 and 64 concurrent: the path of
 #: an Android user's push, whose concurrent requests leave in one upstream batch.  The
 #: FCM simulator takes about as much CPU as pushd (its own figure is not pushd's).
@@ -155,6 +162,7 @@ PLANS = {
     "fanout": FANOUT,
     "batched": BATCHED,
     "matrix": MATRIX,
+    "matrix4": MATRIX4,
     "fcmone": FCMONE,
     "latency": LATENCY,
     "quick": QUICK,

@@ -137,16 +137,16 @@ class Store(
         once the key checked out: a wrong key reads nothing.
         """
         if self.engine.dialect != "postgres":
-            server = await self.authenticate(key)
+            # SQLite workers count in the host's shared tables: the key and the user's
+            # registrations in one statement (authenticate_for), then the count.
+            server, registrations = await self.authenticate_for(key, user)
             if server is None or not server.active:
                 return server, 0, None
             try:
                 count = await self.rate_hit(rate_prefix + server.name, window_start)
             except StoreUnavailable:  # a limit is a guard, not a quota: let it through
                 count = 0
-            if user is None:
-                return server, count, None
-            return server, count, await self.user_registrations(server.id, user)
+            return server, count, registrations
         digest = hash_key(key)
 
         def counted(tx: Tx) -> tuple[Server | None, int, list[Registration] | None]:
