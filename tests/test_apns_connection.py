@@ -11,8 +11,9 @@ from __future__ import annotations
 import pytest
 from h2.config import H2Configuration
 from h2.connection import H2Connection
-from h2.events import DataReceived, Event, RequestReceived, StreamEnded
-from h2.exceptions import TooManyStreamsError
+from h2.errors import ErrorCodes
+from h2.events import DataReceived, Event, RequestReceived, StreamEnded, StreamReset
+from h2.exceptions import NoAvailableStreamIDError, ProtocolError, TooManyStreamsError
 from h2.settings import SettingCodes
 from hpack import NeverIndexedHeaderTuple
 
@@ -61,7 +62,10 @@ def stream_state(conn: H2Connection, stream_id: int) -> tuple[object, ...]:
         stream.state_machine.state,
         stream.state_machine.client,
         stream.state_machine.headers_sent,
+        stream.state_machine.stream_closed_by,
         stream.outbound_flow_control_window,
+        stream.inbound_flow_control_window,
+        stream.max_outbound_frame_size,
         stream.request_method,
         conn.outbound_flow_control_window,
         conn.highest_outbound_stream_id,
@@ -145,3 +149,56 @@ def test_stream_limit_is_enforced_and_nothing_is_queued() -> None:
         ours.send_request(HEADERS, BODY)
     assert ours.data_to_send() == b""
     assert len(ours.streams) == 1
+
+
+def test_body_cut_by_the_window_leaves_the_same_state_as_stock() -> None:
+    ours, stock = LeanH2(), StockH2()
+    connect(ours, {SettingCodes.INITIAL_WINDOW_SIZE: 10})
+    connect(stock, {SettingCodes.INITIAL_WINDOW_SIZE: 10})
+    stream_id, sent = ours.send_request(HEADERS, BODY)
+    stock_id = stock.get_next_available_stream_id()
+    stock.send_headers(stock_id, HEADERS)
+    stock.send_data(stock_id, BODY[:10])
+    assert sent == 10
+    assert stream_state(ours, stream_id) == stream_state(stock, stock_id)
+
+
+def test_a_closed_connection_refuses_a_stream_as_stock_does() -> None:
+    ours, stock = LeanH2(), StockH2()
+    connect(ours)
+    connect(stock)
+    ours.close_connection()
+    stock.close_connection()
+    ours.data_to_send()
+    with pytest.raises(ProtocolError) as raised:
+        ours.send_request(HEADERS, BODY)
+    with pytest.raises(ProtocolError) as stock_raised:
+        stock_request(stock, BODY)
+    assert type(raised.value) is type(stock_raised.value)
+    assert ours.data_to_send() == b""
+    assert not ours.streams
+
+
+def test_no_stream_id_left_raises_and_queues_nothing() -> None:
+    ours = LeanH2()
+    connect(ours)
+    ours.highest_outbound_stream_id = (1 << 31) - 1
+    with pytest.raises(NoAvailableStreamIDError):
+        ours.send_request(HEADERS, BODY)
+    assert ours.data_to_send() == b""
+
+
+def test_h2_reads_a_reset_of_a_stream_opened_the_lean_way() -> None:
+    """Frames the fast path hands to h2 (a server's RST_STREAM here) find the stream
+    as h2 would have built it."""
+    ours = LeanH2()
+    server = connect(ours)
+    stream_id, _ = ours.send_request(HEADERS, BODY)
+    ours.open_count += 1
+    request_events(server, ours.data_to_send())
+    server.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+    events = ours.receive_data(server.data_to_send())
+    (reset,) = events
+    assert isinstance(reset, StreamReset)
+    assert reset.error_code == ErrorCodes.REFUSED_STREAM
+    assert ours.streams[stream_id].closed

@@ -10,14 +10,13 @@ import struct
 
 from h2.config import H2Configuration
 from h2.connection import (
-    AllowedStreamIDs,
     ConnectionInputs,
     ConnectionState,
     H2Connection,
     H2ConnectionStateMachine,
 )
-from h2.exceptions import TooManyStreamsError
-from h2.stream import StreamClosedBy, StreamInputs
+from h2.exceptions import NoAvailableStreamIDError, TooManyStreamsError
+from h2.stream import H2Stream, StreamClosedBy, StreamState
 
 from pushd.upstream.h2types import Header
 from pushd.upstream.hpack import HeaderEncoder, encode_fields
@@ -32,6 +31,13 @@ _END_HEADERS = 0x4
 #: A frame header: 24-bit length and 8-bit type packed in one word, flags, stream id.
 _FRAME_HEADER = struct.Struct(">LBL")
 _POST = b"POST"
+#: The highest stream id (31 bits, RFC 9113 §5.1.1).
+_MAX_STREAM_ID = (1 << 31) - 1
+
+#: What opening a stream reads of both sides' settings (:meth:`LeanH2.stream_params`):
+#: the server's stream limit, our and its initial stream windows, the largest frame
+#: it takes.
+StreamParams = tuple[int, int, int, int]
 
 _H2_CONFIG = H2Configuration(
     client_side=True,
@@ -132,43 +138,69 @@ class LeanH2(H2Connection):
         """
         return self.send_fields(encode_fields(headers), body)
 
-    def send_fields(self, fields: bytes, body: bytes) -> tuple[int, int]:
+    def stream_params(self) -> StreamParams:
+        """The settings a new stream is opened with.  Each read goes through h2's
+        ``Settings`` mapping (about a microsecond); a batch reads them once and passes
+        them to every :meth:`send_fields` call (no frame is received in between, so they
+        cannot change)."""
+        remote = self.remote_settings
+        return (
+            remote.max_concurrent_streams,
+            self.local_settings.initial_window_size,
+            remote.initial_window_size,
+            self.max_outbound_frame_size,
+        )
+
+    def send_fields(
+        self, fields: bytes, body: bytes, params: StreamParams | None = None
+    ) -> tuple[int, int]:
         """:meth:`send_request` for headers already encoded (:func:`encode_fields`).
 
-        A batch encodes the headers it shares once and splices in each ``:path``.
+        A batch encodes the headers it shares once and splices in each ``:path``, and
+        reads the settings once (``params``, :meth:`stream_params`).  The stream is
+        built as h2's ``_begin_new_stream`` builds it and put in the state its
+        ``SEND_HEADERS`` (and ``SEND_END_STREAM``) inputs would leave, without the
+        state machines' lookups: on an open connection those inputs can only go one
+        way.  ``tests/test_apns_connection.py`` compares the result with stock h2's.
         """
-        stream_id = self.get_next_available_stream_id()
-        limit = self.remote_settings.max_concurrent_streams
+        limit, inbound, outbound, frame_size = params or self.stream_params()
+        stream_id = self.highest_outbound_stream_id + 2 if self.highest_outbound_stream_id else 1
+        if stream_id > _MAX_STREAM_ID:
+            raise NoAvailableStreamIDError("Exhausted allowed stream IDs")
         if self.open_count + 1 > limit:
             raise TooManyStreamsError(f"Max outbound streams is {limit}, {self.open_count} open")
-        self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
-        stream = self._begin_new_stream(stream_id, AllowedStreamIDs.ODD)
+        if self.state_machine.state is not ConnectionState.CLIENT_OPEN:
+            # Not open (closed, or before the preface): h2 raises or moves it as usual.
+            self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+        stream = H2Stream(
+            stream_id,
+            config=self.config,
+            inbound_window_size=inbound,
+            outbound_window_size=outbound,
+        )
+        stream.max_outbound_frame_size = frame_size
+        self.streams[stream_id] = stream
+        self.highest_outbound_stream_id = stream_id
         machine = stream.state_machine
-        machine.process_input(StreamInputs.SEND_HEADERS)
+        machine.client = True
+        machine.headers_sent = True
         # What stock send_headers reads from the headers: the method decides whether a
         # response may have a body (HEAD); push requests are always POST.
         stream.request_method = _POST
 
         block = self._encoder.block(fields)
-        frame_size = self.max_outbound_frame_size
-        size = min(len(body), frame_size, self.outbound_flow_control_window)
-        size = min(size, stream.outbound_flow_control_window)
-        headers_flags = _END_HEADERS
-        if not body:
-            headers_flags |= _END_STREAM
-            machine.process_input(StreamInputs.SEND_END_STREAM)
+        size = min(len(body), frame_size, self.outbound_flow_control_window, outbound)
+        ended = not body or size == len(body)
+        machine.state = StreamState.HALF_CLOSED_LOCAL if ended else StreamState.OPEN
+        headers_flags = _END_HEADERS | _END_STREAM if not body else _END_HEADERS
         if len(block) <= frame_size:
             header = _FRAME_HEADER.pack(len(block) << 8 | _HEADERS, headers_flags, stream_id)
             parts = [header, block]
         else:
             parts = _split_header_block(block, frame_size, headers_flags, stream_id)
         if size > 0:
-            self.state_machine.process_input(ConnectionInputs.SEND_DATA)
-            data_flags = 0
-            if size == len(body):
-                data_flags = _END_STREAM
-                machine.process_input(StreamInputs.SEND_END_STREAM)
-            # (OPEN, SEND_DATA) is a no-op transition: the stream was opened just above.
+            # SEND_DATA on an open connection and stream changes no state.
+            data_flags = _END_STREAM if ended else 0
             parts += (_FRAME_HEADER.pack(size << 8 | _DATA, data_flags, stream_id), body[:size])
             stream.outbound_flow_control_window -= size
             self.outbound_flow_control_window -= size

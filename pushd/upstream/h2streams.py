@@ -183,6 +183,7 @@ class StreamTable:
             return 0, "connection no longer accepting"
         h2 = self._h2
         send = h2.send_fields
+        params = h2.stream_params()
         streams = self._streams
         was_idle = not streams
         opened = 0
@@ -190,7 +191,7 @@ class StreamTable:
         for index in indices:
             fields, body = build(index)
             try:
-                stream_id, sent = send(fields, body)
+                stream_id, sent = send(fields, body, params)
             except TooManyStreamsError:
                 # The server lowered its limit and we have not seen the SETTINGS event yet: take
                 # h2's word for it, so the pool stops offering slots here.
