@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from pushd.config import MatrixAppOptions
-from pushd.frontends.matrix import wire
+from pushd.frontends.matrix import payloads, wire
 from pushd.frontends.matrix.payloads import (
     ELLIPSIS,
     FIELD_MAX_BYTES,
@@ -622,6 +622,28 @@ TOKEN_CASES: list[tuple[str, str, bool, str | None]] = [
 )
 def test_apns_token(pushkey: str, convert: bool, expected: str | None) -> None:
     assert apns_token(pushkey, convert) == expected
+    assert apns_token(pushkey, convert) == expected  # remembered: the same answer again
+
+
+def test_decoded_pushkeys_are_remembered_within_bounds() -> None:
+    """A base64 pushkey is decoded once (a homeserver names its pushers again and
+    again); a long one (a 512 KB notify can carry one) is decoded but never kept, and
+    the number kept is capped."""
+    payloads._remembered_token.cache_clear()
+    token = (b"\x01\x02" * 16).hex()
+    pushkey = base64.b64encode(bytes.fromhex(token)).decode()
+    assert apns_token(pushkey, True) == token
+    assert apns_token(pushkey, True) == token
+    info = payloads._remembered_token.cache_info()
+    assert (info.hits, info.misses, info.currsize) == (1, 1, 1)
+    long_pushkey = pushkey + "=" * payloads.REMEMBERED_PUSHKEY_CHARS  # still decodes
+    assert apns_token(long_pushkey, True) == token
+    assert payloads._remembered_token.cache_info().currsize == 1
+    assert apns_token("A" * 400, True) is None
+    assert payloads._remembered_token.cache_info().currsize == 1
+    for n in range(payloads.DECODED_TOKENS + 10):
+        apns_token(base64.b64encode(n.to_bytes(32, "big")).decode(), True)
+    assert payloads._remembered_token.cache_info().currsize == payloads.DECODED_TOKENS
 
 
 def test_hex_pushkey_with_convert_on_is_the_pitfall() -> None:
