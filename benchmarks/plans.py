@@ -103,6 +103,13 @@ MATRIX4 = Plan(
     warmups=(Scenario("matrix-4", 16, 1000, 5, 15.0),),
     scenarios=(Scenario("matrix-4", 64, MATRIX4_LONG_REQUESTS, 5, 30.0),),
 )
+#: The empty endpoint alone in a long window (``--plan empty``): the serving layer with
+#: no handler work, for a profiler, and its floor beside it.
+EMPTY_LONG_REQUESTS = 150000
+EMPTY = Plan(
+    warmups=(Scenario("empty", 16, 2000, 5, 15.0),),
+    scenarios=(Scenario("empty", 64, EMPTY_LONG_REQUESTS, 5, 30.0),),
+)
 #: One FCM device a request (``--plan fcmone``), at 16 and 64 concurrent: the path of
 #: an Android user's push, whose concurrent requests leave in one upstream batch.  The
 #: FCM simulator takes about as much CPU as pushd (its own figure is not pushd's).
@@ -163,6 +170,7 @@ PLANS = {
     "batched": BATCHED,
     "matrix": MATRIX,
     "matrix4": MATRIX4,
+    "empty": EMPTY,
     "fcmone": FCMONE,
     "latency": LATENCY,
     "quick": QUICK,
