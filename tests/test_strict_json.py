@@ -332,3 +332,32 @@ def test_loads_refuses_bytes_that_are_not_utf8(raw: bytes) -> None:
 def test_key_text_is_the_compact_json_of_its_parts(parts: tuple[str, ...]) -> None:
     expected = json.dumps(list(parts), ensure_ascii=False, separators=(",", ":"))
     assert jsonutil.key_text(*parts) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"aps": {"alert": {"title": "caf\u00e9", "body": '\U0001f600\n\t"\\'}, "badge": 3}},
+        {"results": [{"token": "ab" * 32, "app": "ios", "status": "delivered"}], "n": None},
+        [1, -0.0, 1e300, 2**70, True, False, None, "", [], {}],
+        {1: "int key", 2.5: "float key", False: "bool key", None: "null key"},
+        ("a tuple", ["is", "a", "list"]),
+        "\u2028\u2029\x00\x1f\x7f",
+        "\ud800",  # encoded as json.dumps encodes it (UTF-8 refuses it later)
+        12345,
+    ],
+)
+def test_dumps_is_the_standard_encoders_text(value: Any) -> None:
+    """:func:`jsonutil.dumps` runs the C encoder it builds once; its text is what
+    ``json.dumps`` with the same options writes, byte for byte."""
+    expected = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    assert jsonutil.dumps(value) == expected
+
+
+def test_dumps_refuses_what_the_standard_encoder_refuses() -> None:
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        jsonutil.dumps({"a": object()})
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    with pytest.raises(ValueError):  # NotJson: a cycle nests without end
+        jsonutil.dumps(cycle)
