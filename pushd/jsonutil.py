@@ -48,7 +48,15 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan
 #: pushd encodes what it decoded or built, never a cycle, and a cycle would still end
 #: as an error (:class:`RecursionError`, :class:`NotJson` below).
 _C_ENCODER = make_encoder(
-    None, _ENCODER.default, encode_basestring, None, ":", ",", False, False, False
+    None,
+    _ENCODER.default,
+    encode_basestring,  # ensure_ascii=False
+    None,  # no indent
+    _ENCODER.key_separator,
+    _ENCODER.item_separator,
+    _ENCODER.sort_keys,
+    _ENCODER.skipkeys,
+    _ENCODER.allow_nan,
 )
 
 
