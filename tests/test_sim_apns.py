@@ -701,7 +701,10 @@ async def test_self_signed_certs(tmp_path: Any) -> None:
 
 
 async def test_cli_runs_and_prints_lines(tmp_path: Any) -> None:
-    """``pushd simulate`` serves, prints one line per notification, stops on SIGINT."""
+    """``pushd simulate`` serves, prints one line per notification, stops on SIGINT.
+
+    Started with SIGINT ignored, as a shell without job control starts a background
+    command (``pushd simulate &`` in a script): SIGINT still stops it."""
     key_file = tmp_path / "AuthKey.p8"
     key_file.write_bytes(
         KEY.private_bytes(
@@ -718,7 +721,10 @@ async def test_cli_runs_and_prints_lines(tmp_path: Any) -> None:
     # A child Python must start and import pushd first: generous on a loaded machine.
     with trio.fail_after(SUBPROCESS_DEADLINE):
         async with trio.open_nursery() as n:
-            run = functools.partial(trio.run_process, cmd, stdout=PIPE, stderr=PIPE, check=False)
+            run = functools.partial(
+                trio.run_process, cmd, stdout=PIPE, stderr=PIPE, check=False,
+                preexec_fn=_ignore_sigint,
+            )  # fmt: skip
             proc = await n.start(run)
             err = b""
             while b"(Ctrl-C" not in err:
@@ -737,6 +743,12 @@ async def test_cli_runs_and_prints_lines(tmp_path: Any) -> None:
             assert b"alert  22B  200" in out
             proc.send_signal(signal.SIGINT)
     assert proc.returncode == 0
+    assert b"stopped after 1 notifications" in await proc.stderr.receive_some(4096) + err
+
+
+def _ignore_sigint() -> None:
+    """In the child before exec: SIGINT ignored, as ``&`` in a non-interactive shell."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 async def test_cleartext_h2_prior_knowledge(nursery: trio.Nursery) -> None:

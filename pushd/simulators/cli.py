@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -352,7 +353,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"pushd simulate: {exc}", file=sys.stderr)
         return 1 if errors else 0
 
-    # Ctrl-C reaches us wrapped in the nursery's exception group.
+    # Ctrl-C reaches us wrapped in the nursery's exception group.  A shell without job
+    # control starts a background command with SIGINT ignored, and Python then leaves
+    # it ignored: a script that starts the simulator with ``&`` and stops it with
+    # ``kill -INT`` would wait forever.  Ctrl-C and SIGINT stop it however it started.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     interrupted = False
     try:
         return trio.run(main)
