@@ -105,15 +105,26 @@ def _registration(row: Row) -> Registration:
     )  # fmt: skip
 
 
+def _own_registration(server_id: int, user_id: str, row: Row) -> Registration:
+    """A registration of a row of ``_AUTHENTICATED_REGISTRATIONS`` (its own columns from
+    the sixth on), whose server and user the caller asked for."""
+    return Registration(
+        server_id, user_id, str(row[5]), str(row[6]), str(row[7]), float(row[8]), str(row[9])
+    )
+
+
 _REG_COLUMNS: Final = "server_id, user_id, token, app, environment, registered_at, kind"
 
 
 #: A server by its key's hash (as :func:`checked_server` reads it) beside the
-#: registrations of one of its users, oldest first; one row with NULLs for none.
+#: registrations of one of its users, oldest first; one row with NULLs for none.  A
+#: registration's server and user are the ones asked for, so only its own columns are
+#: read: each column of each row is an object made in Python, and a user with 100
+#: devices read 1,200 of them where 1,000 do (12 % of the call's instructions).
 _AUTHENTICATED_REGISTRATIONS: Final = (
-    "SELECT s.id, s.name, s.created_at, s.active, s.key_hash, "
-    + ", ".join(f"r.{column.strip()}" for column in _REG_COLUMNS.split(","))
-    + " FROM servers s LEFT JOIN registrations r ON r.server_id = s.id AND r.user_id = ?"
+    "SELECT s.id, s.name, s.created_at, s.active, s.key_hash,"
+    " r.token, r.app, r.environment, r.registered_at, r.kind"
+    " FROM servers s LEFT JOIN registrations r ON r.server_id = s.id AND r.user_id = ?"
     " WHERE s.key_hash = ? ORDER BY r.id"
 )
 
@@ -251,7 +262,9 @@ class ServerQueries:
             server = checked_server(rows[0] if rows else None, digest)
             if server is None or not server.active:
                 return server, None
-            return server, [_registration(row[5:]) for row in rows if row[5] is not None]
+            return server, [
+                _own_registration(server.id, user, row) for row in rows if row[5] is not None
+            ]
 
         return await self.engine.read(read)
 
