@@ -145,6 +145,13 @@ FANOUT = Plan(
         Scenario("fcm-hundred", 4, 100, 1, 20.0),
     ),
 )
+#: 100 APNs devices a request alone in a long window (``--plan hundred``): what each
+#: device of a fan-out costs, for a profiler attached to pushd (issue 15's 0.07 CPU-ms).
+HUNDRED_LONG_REQUESTS = 3000
+HUNDRED = Plan(
+    warmups=(Scenario("hundred", 4, 20, 1, 15.0),),
+    scenarios=(Scenario("hundred", 16, HUNDRED_LONG_REQUESTS, 2, 60.0),),
+)
 
 #: Issue 15's p99 target, measured as a gateway's latency should be (``--plan latency``):
 #: the 1-device rows at 64 connections, each first closed-loop (its capacity, as the
@@ -167,6 +174,7 @@ PLANS = {
     "serving": SERVING,
     "onedev": ONEDEV,
     "fanout": FANOUT,
+    "hundred": HUNDRED,
     "batched": BATCHED,
     "matrix": MATRIX,
     "matrix4": MATRIX4,
