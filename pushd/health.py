@@ -17,6 +17,7 @@ from pushd import __version__
 from pushd.frontends.admin import AccessDenied, AdminAccess
 from pushd.frontends.http import Reply, Request, Route, json_reply
 from pushd.frontends.native import NativeApi
+from pushd.store import StoreUnavailable
 
 if TYPE_CHECKING:
     from pushd.server import Services
@@ -31,6 +32,10 @@ def health(services: Services, access: AdminAccess) -> Callable[[Request], Await
             detailed = await access.authorized(request)
         except AccessDenied as denied:
             return denied.reply()
+        except StoreUnavailable:
+            # A server key is checked in the store, which fails: the answer everyone
+            # gets (503, degraded) still says so, where an error body would not.
+            detailed = False
         apps = app_health(services)
         store_failing = services.store.unhealthy
         degraded = store_failing is not None or any(app["state"] != "ok" for app in apps.values())

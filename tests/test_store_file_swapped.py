@@ -29,6 +29,7 @@ from tests.process import start_pushd_process, write_config
 #: An APNs that is not there: every first attempt fails, so sends are spooled (written).
 DOWN_UPSTREAM = "https://127.0.0.1:9"
 KIND = "store_file_replaced"
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
 
 
 async def seed_store(path: Path) -> str:
@@ -70,8 +71,15 @@ async def test_a_store_file_deleted_or_replaced_under_pushd_fails_the_store(
     backup = tmp_path / "backup.sqlite3"
     with sqlite3.connect(database) as source, sqlite3.connect(backup) as target:
         source.backup(target)  # taken before any device: what an admin restores
+    admin_token = tmp_path / "admin.token"
+    admin_token.write_text(ADMIN_TOKEN + "\n")
     sections: dict[str, Any] = {
-        "server": {"port": 0, "first_attempt_deadline": 0.3, "drain_seconds": 1.0},
+        "server": {
+            "port": 0,
+            "first_attempt_deadline": 0.3,
+            "drain_seconds": 1.0,
+            "admin_token_file": str(admin_token),
+        },
         "store": {"path": str(database)},
         "apps": [app_entry("chat", TOPIC, DOWN_UPSTREAM, key_file, ca_file)],
     }
@@ -87,10 +95,17 @@ async def test_a_store_file_deleted_or_replaced_under_pushd_fails_the_store(
 
         swap(database, backup, how)
 
-        # Health sees it before any request writes.
-        health = (await client.get("/healthz")).json()
-        assert health["status"] == "degraded"
-        assert health["store"] == {"state": "failing", "reason": KIND}
+        # Health sees it before any request writes (the admin token needs no store; the
+        # spooled push's retry may write first, or not).
+        admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+        health = await client.get("/healthz", headers=admin)
+        assert health.status_code == 503
+        assert health.json()["status"] == "degraded"
+        assert health.json()["store"] == {"state": "failing", "reason": KIND}
+        # A server key cannot be checked in the failed store: it gets what anyone gets,
+        # which still says degraded, not an error body.
+        keyed = await client.get("/healthz")
+        assert (keyed.status_code, keyed.json()) == (503, {"status": "degraded"})
 
         refused = await client.post("/v1/notifications", json=notification)
         assert refused.status_code == 503, refused.text
