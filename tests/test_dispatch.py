@@ -100,7 +100,9 @@ async def test_one_app_at_its_concurrency_limit_does_not_slow_another(
         answer = await pushd.send({"user": "fast", "alert": "y"})
         elapsed = trio.current_time() - started
     assert answer["results"][0]["status"] == "delivered"
-    assert elapsed < 0.5  # not queued behind chat's three 0.5 s sends in a row
+    # Queued behind chat's three 0.5 s sends in a row it would take 1.4 s at least; the
+    # bound leaves room for the TLS set-up of other's first send on a loaded machine.
+    assert elapsed < 1.0
 
 
 async def test_budget_grants_what_is_free_and_wakes_waiters() -> None:
