@@ -1,4 +1,4 @@
-"""Who may read pushd's operational detail (``/healthz`` today; status pages, metrics).
+"""Who may read pushd's operational detail (``/healthz``, the status page's JSON).
 
 App names, counters and queue sizes tell an outsider which apps a deployment serves
 and how busy it is, so they are for the operator and the chat servers it serves: a
@@ -79,13 +79,3 @@ class AdminAccess:
         if not server.active:
             raise AccessDenied(f"server {server.name!r} is deactivated")
         return Viewer(server=server.name)
-
-    async def refusal(self, request: Request) -> Reply | None:
-        """None if ``request`` may see detail, else the 401 to answer: for pages that
-        are nothing but detail (a metrics scrape), where no credential is refused too."""
-        try:
-            if await self.authorized(request):
-                return None
-        except AccessDenied as denied:
-            return denied.reply()
-        return AccessDenied("send Authorization: Bearer <admin token or server key>").reply()
