@@ -24,6 +24,7 @@ from pushd.simulators.fcm import FcmSimulator, configure_alpn, make_service_acco
 from pushd.store import open_store
 from pushd.upstream.apns.jwt import write_p8
 from tests.pg import pg_url  # noqa: F401  (a fixture, for every test module)
+from tests.skipreasons import pytest_runtest_makereport  # noqa: F401  (a hook)
 from tests.storefixtures import store, store_config, store_sections  # noqa: F401
 from tests.zulip_client import ZulipServer, realm
 
