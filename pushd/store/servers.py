@@ -98,18 +98,16 @@ def checked_server(row: Row | None, digest: str) -> Server | None:
 
 
 def _registration(row: Row) -> Registration:
-    server_id, user_id, token, app, environment, registered_at, kind = row
-    return Registration(
-        int(server_id), str(user_id), str(token), str(app), str(environment),
-        float(registered_at), str(kind),
-    )  # fmt: skip
+    """A registration of a row of :data:`_REG_COLUMNS`."""
+    return _own_registration(int(row[0]), str(row[1]), row[2:])
 
 
-def _own_registration(server_id: int, user_id: str, row: Row) -> Registration:
-    """A registration of a row of ``_AUTHENTICATED_REGISTRATIONS`` (its own columns from
-    the sixth on), whose server and user the caller asked for."""
+def _own_registration(server_id: int, user_id: str, own: Row) -> Registration:
+    """A registration of its own five columns (token to kind), whose server and user
+    the caller knows (read with them, or asked for)."""
+    token, app, environment, registered_at, kind = own
     return Registration(
-        server_id, user_id, str(row[5]), str(row[6]), str(row[7]), float(row[8]), str(row[9])
+        server_id, user_id, str(token), str(app), str(environment), float(registered_at), str(kind)
     )
 
 
@@ -263,7 +261,7 @@ class ServerQueries:
             if server is None or not server.active:
                 return server, None
             return server, [
-                _own_registration(server.id, user, row) for row in rows if row[5] is not None
+                _own_registration(server.id, user, row[5:]) for row in rows if row[5] is not None
             ]
 
         return await self.engine.read(read)
