@@ -141,12 +141,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if isinstance(claims, str):
                 return _fail(claims)
         if role is not None:
-            # A worker hears SIGTERM only while serve() listens for it (it restores
-            # this on the way out): a second one, the supervisor's forwarded after the
-            # one a whole process group got (Ctrl-C in a terminal, systemd's
-            # KillMode=control-group), must not kill a worker that has drained.
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            # A worker acts on SIGTERM only while serve() listens for it; before (still
+            # starting) and after (drained) it is kept, not the default death: a second
+            # one, the supervisor's forwarded after the one a whole process group got
+            # (Ctrl-C in a terminal, systemd's KillMode=control-group), must not kill a
+            # worker that has drained, and one sent while it starts must not be lost.
+            signal.signal(signal.SIGTERM, server.remember_early_stop)
+            signal.signal(signal.SIGINT, server.remember_early_stop)
         trio.run(functools.partial(server.serve, cfg, worker=role, unusable=unusable))
     except StoreError as error:
         return _fail(str(error))

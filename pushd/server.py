@@ -170,16 +170,37 @@ async def start_metrics(metrics: Metrics | None, nursery: trio.Nursery) -> None:
     log.info("metrics on %s", ", ".join(urls))
 
 
+#: SIGINTs and SIGTERMs a worker got before :func:`signal_trigger` listened (see
+#: :func:`remember_early_stop`).
+_EARLY_STOPS: list[int] = []
+
+
+def remember_early_stop(signum: int, _frame: object) -> None:
+    """A worker's SIGINT/SIGTERM handler until :func:`signal_trigger` listens, and again
+    after it: kept, not acted on.  A supervisor that stops while a worker still starts
+    (imports take seconds on a loaded machine) sends SIGTERM then; ignored, it was lost,
+    and the worker served until the drain deadline had it killed.  A signal after the
+    drain (the supervisor forwarding one the process group already got) still does not
+    kill a worker that has drained."""
+    _EARLY_STOPS.append(signum)
+
+
 @contextlib.contextmanager
 def signal_trigger() -> Iterator[Callable[[], Awaitable[None]]]:
     """A shutdown trigger for SIGINT/SIGTERM, listening from the moment it is entered.
 
     Entered before the server binds, so a SIGTERM that arrives right after start-up is
-    a graceful shutdown, not the default action (instant death).
+    a graceful shutdown, not the default action (instant death); one a worker kept
+    before (:func:`remember_early_stop`) shuts it down as soon as it serves.
     """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
 
         async def wait() -> None:
+            if _EARLY_STOPS:
+                signum = _EARLY_STOPS.pop()
+                _EARLY_STOPS.clear()
+                log.info("received %s while starting: shutting down", signal.Signals(signum).name)
+                return
             async for signum in signals:
                 log.info("received %s: shutting down", signal.Signals(signum).name)
                 return

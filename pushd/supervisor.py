@@ -227,7 +227,7 @@ class Supervisor:
     async def _all_exited(self) -> None:
         grace = self.config.server.drain_seconds + STOP_GRACE
         with trio.move_on_after(grace):
-            while any(w.process is not None for w in self.workers):
+            while self._any_running():
                 await self._changed.wait()
         for worker in self.workers:
             if worker.process is not None and worker.process.returncode is None:
@@ -235,8 +235,12 @@ class Supervisor:
                           worker.index, worker.pid)  # fmt: skip
                 worker.process.kill()
         with trio.move_on_after(STOP_GRACE):
-            while any(w.process is not None for w in self.workers):
+            while self._any_running():
                 await self._changed.wait()
+
+    def _any_running(self) -> bool:
+        """A worker has a process, or one being started (a stop must wait for it too)."""
+        return any(w.process is not None or w.spawning for w in self.workers)
 
     async def _keep(self, worker: Worker) -> None:
         """Run the worker in its slot until the supervisor stops; restart it when it dies."""
@@ -245,13 +249,19 @@ class Supervisor:
             environ = worker_environment(worker, self.port, self._inbox.path, self._shared_dir)
             fd, generation = self._accepted_fd, self._generation
             environ[ACCEPTED_ENV] = str(fd)
-            process = await trio.lowlevel.open_process(
-                worker_argv(self.config), env=environ, pass_fds=(fd,)
-            )
+            worker.spawning = True
+            try:
+                process = await trio.lowlevel.open_process(
+                    worker_argv(self.config), env=environ, pass_fds=(fd,)
+                )
+            finally:
+                worker.spawning = False
             worker.process, worker.pid, worker.ready = process, process.pid, False
             worker.generation = generation
             worker.last_ping = trio.current_time()
             log.info("worker %d started (pid %d)", worker.index, process.pid)
+            if self.stopping:  # stop() ran while it was started, so it did not signal it
+                process.send_signal(signal.SIGTERM)
             code = await process.wait()
             was_ready, ready_for = worker.ready, trio.current_time() - worker.ready_at
             worker.process, worker.ready, worker.metrics_url = None, False, None

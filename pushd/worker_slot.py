@@ -43,6 +43,8 @@ class Worker:
 
     index: int
     process: trio.Process | None = None
+    #: Its next process is being started (``process`` not set yet): a stop waits for it.
+    spawning: bool = False
     pid: int = 0
     ready: bool = False
     ready_at: float = 0.0
