@@ -286,7 +286,13 @@ async def test_sigterm_drains_every_worker(rig: Rig) -> None:
     answered ``delivered``, both workers exit 0, then the supervisor does."""
     count = 16
     await rig.sim.start(delay=1.5)
-    await rig.configure(server={"first_attempt_deadline": 10.0, "drain_seconds": 10.0})
+    # The attempt's own timeout well past the simulator's delay: on a loaded machine the
+    # answer to 16 streams took over the rig's 2 s, and a timed-out attempt is spooled
+    # for the next start ("retrying"), which is not what this test is about.
+    await rig.configure(
+        server={"first_attempt_deadline": 10.0, "drain_seconds": 10.0},
+        app={"request_timeout": 8.0},
+    )
     pushd = await rig.start()
     devices = [token(n) for n in range(count)]
     await rig.register(devices)
