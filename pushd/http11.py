@@ -125,6 +125,12 @@ class HttpServer:
         self._connections: set[Connection] = set()
         self._all_closed = trio.Event()
 
+    @property
+    def open_connections(self) -> int:
+        """Connections accepted and not yet closed, idle kept-alive ones included (the
+        metrics' gauge: with workers it shows how the kernel spread the connections)."""
+        return len(self._connections)
+
     async def serve(
         self,
         host: str,

@@ -334,6 +334,8 @@ async def serve(
                 observe=services.metrics.http.observe if services.metrics else None,
                 on_drain=dispatcher.end_waits_at,
             )
+            if services.metrics is not None:
+                services.metrics.open_connections = lambda: http_server.open_connections
             http_done = trio.Event()
 
             async def http(*, task_status: trio.TaskStatus[list[str]]) -> None:

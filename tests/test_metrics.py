@@ -325,6 +325,31 @@ async def test_the_metrics_port_is_not_the_api_port(start_pushd: PushdFactory) -
     assert (await scrape(pushd)).status_code == 200
 
 
+async def open_connections(pushd: Pushd) -> float | None:
+    return value(parse((await scrape(pushd)).text), "pushd_http_open_connections")
+
+
+async def test_open_connections_count_kept_alive_ones_until_they_close(
+    start_pushd: PushdFactory,
+) -> None:
+    """Three clients each keep a connection to the API port after a request: the gauge
+    counts them, the metrics listener's own connection not; closed, they leave it."""
+    pushd: Pushd = await start_pushd()
+    before = await open_connections(pushd)
+    assert before is not None
+    clients = [httpx.AsyncClient() for _ in range(3)]
+    try:
+        for client in clients:
+            assert (await client.get(pushd.url + "/healthz")).status_code == 200
+        assert await open_connections(pushd) == before + 3
+    finally:
+        for client in clients:
+            await client.aclose()
+    with trio.fail_after(10):  # pushd sees each close on its next read
+        while await open_connections(pushd) != before:  # noqa: ASYNC110
+            await trio.sleep(0.05)
+
+
 def checked(tmp_path: Path, metrics: dict[str, Any]) -> list[str]:
     cfg = config.parse({"store": {"path": str(tmp_path / "db")}, "metrics": metrics}, base=tmp_path)
     return config.check(cfg)

@@ -162,6 +162,35 @@ async def test_two_workers_answer_on_one_port(rig: Rig) -> None:
     assert text.count("# TYPE pushd_build_info gauge") == 1
 
 
+async def test_the_merged_metrics_show_each_workers_open_connections(rig: Rig) -> None:
+    """Connections kept open to the one port: each worker's gauge counts those the
+    kernel gave it, and together they are all of them (the spread an operator sees)."""
+    await rig.configure()
+    pushd = await rig.start()
+    line = await pushd.wait_for_line(r"merged, on http")
+    metrics_url = line.rsplit(" ", 1)[-1]
+    clients = [httpx.AsyncClient(headers=rig.auth) for _ in range(SPREAD)]
+    pids: set[int] = set()
+    try:
+        for client in clients:
+            response = await client.get(rig.url + "/healthz")
+            pids.add(int(response.json()["worker"]["pid"]))
+        async with httpx.AsyncClient() as scraper:
+            with trio.fail_after(10):  # rig.start()'s own requests' connections closing
+                while True:
+                    text = (await scraper.get(metrics_url)).text
+                    shares = _per_worker(text, "pushd_http_open_connections", "")
+                    if sum(shares.values()) == SPREAD:
+                        break
+                    await trio.sleep(0.05)
+    finally:
+        for client in clients:
+            await client.aclose()
+    assert set(shares) == {"0", "1"}, text
+    # Both workers answered, so both hold some: the gauges say how many each.
+    assert len(pids) == 2 and all(shares.values()), shares
+
+
 async def test_check_config_reports_workers(rig: Rig) -> None:
     await rig.configure(server={"workers": 3})
     out = await pushd_cli("check-config", str(rig.config))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hmac
 import logging
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -77,6 +78,8 @@ class Metrics:
         self.registrations: dict[tuple[str, str], int] = {}
         #: app -> its credential's expiry (UNIX seconds), where known.
         self.credential_expiry: dict[str, float] = {}
+        #: The API listener's open connections, read at scrape time; set once it exists.
+        self.open_connections: Callable[[], int] | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(PushdCollector(self))
         ProcessCollector(registry=self.registry)

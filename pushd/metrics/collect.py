@@ -217,6 +217,12 @@ class PushdCollector(Collector):
         for protocol, count in sorted(ratelimit.REFUSED.items()):
             limited.add_metric([protocol], count)
         yield limited
+        if self.metrics.open_connections is not None:
+            yield GaugeMetricFamily(
+                "pushd_http_open_connections",
+                "Connections open on the API port, idle kept-alive ones included",
+                value=self.metrics.open_connections(),
+            )
 
     def _config(self) -> Iterator[Metric]:
         reloads = CounterMetricFamily(
